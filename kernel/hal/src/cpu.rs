@@ -1,0 +1,134 @@
+//! CPU identification, feature flags and the few instructions the rest of the kernel
+//! needs as safe functions (interrupt flag, halt, TSC).
+
+use spin::Once;
+use x86::cpuid::CpuId;
+
+/// The CPU features Keel cares about, read once with CPUID on the bootstrap CPU.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Features {
+    /// x2APIC mode of the local APIC.
+    pub x2apic: bool,
+    /// The local APIC timer's TSC-deadline mode.
+    pub tsc_deadline: bool,
+    /// RDFSBASE/WRFSBASE/RDGSBASE/WRGSBASE.
+    pub fsgsbase: bool,
+    /// 1 GiB pages.
+    pub huge_1g: bool,
+    /// No-execute pages (EFER.NXE).
+    pub nx: bool,
+    /// Supervisor-mode execution prevention.
+    pub smep: bool,
+    /// Supervisor-mode access prevention.
+    pub smap: bool,
+    /// User-mode instruction prevention.
+    pub umip: bool,
+    /// Global pages.
+    pub pge: bool,
+    /// Invariant TSC (constant rate).
+    pub invariant_tsc: bool,
+    /// Running under a hypervisor (CPUID.1:ECX[31]).
+    pub hypervisor: bool,
+}
+
+static FEATURES: Once<Features> = Once::new();
+
+/// Reads the CPU features (first call) and returns them.
+pub fn features() -> &'static Features {
+    FEATURES.call_once(|| {
+        let cpuid = CpuId::new();
+        let info = cpuid.get_feature_info();
+        let ext = cpuid.get_extended_feature_info();
+        let ext_fn = cpuid.get_extended_processor_and_feature_identifiers();
+        let power = cpuid.get_advanced_power_mgmt_info();
+        Features {
+            x2apic: info.as_ref().is_some_and(|f| f.has_x2apic()),
+            tsc_deadline: info.as_ref().is_some_and(|f| f.has_tsc_deadline()),
+            hypervisor: info.as_ref().is_some_and(|f| f.has_hypervisor()),
+            pge: info.as_ref().is_some_and(|f| f.has_pge()),
+            fsgsbase: ext.as_ref().is_some_and(|f| f.has_fsgsbase()),
+            smep: ext.as_ref().is_some_and(|f| f.has_smep()),
+            smap: ext.as_ref().is_some_and(|f| f.has_smap()),
+            umip: ext.as_ref().is_some_and(|f| f.has_umip()),
+            huge_1g: ext_fn.as_ref().is_some_and(|f| f.has_1gib_pages()),
+            nx: ext_fn.as_ref().is_some_and(|f| f.has_execute_disable()),
+            invariant_tsc: power.as_ref().is_some_and(|f| f.has_invariant_tsc()),
+        }
+    })
+}
+
+/// Reads the time-stamp counter.
+#[inline(always)]
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no side effects; CR4.TSD is never set by Keel.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Enables interrupts, waits for one, and disables them again.
+pub fn wait_for_interrupt() {
+    // SAFETY: the kernel allows interrupts here; `sti; hlt` takes the interrupt after
+    // HLT starts (STI's one-instruction shadow), so none is lost between the two.
+    unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+}
+
+/// Whether interrupts are enabled (RFLAGS.IF).
+pub fn interrupts_enabled() -> bool {
+    let flags: u64;
+    // SAFETY: reads RFLAGS through the stack; no other effect.
+    unsafe { core::arch::asm!("pushfq", "pop {}", out(reg) flags, options(nomem, preserves_flags)) };
+    flags & (1 << 9) != 0
+}
+
+/// Stops this CPU for good (interrupts off, HLT in a loop).
+pub fn halt_forever() -> ! {
+    loop {
+        // SAFETY: CLI; HLT only stops this CPU; NMIs still run their handlers and return
+        // to the loop.
+        unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) };
+    }
+}
+
+/// A spin-loop hint for busy waits.
+#[inline(always)]
+pub fn relax() {
+    core::hint::spin_loop();
+}
+
+/// Turns on the protections the CPU has: write protection in ring 0, global pages, NX
+/// (already on from boot), SMEP, SMAP and UMIP. Runs on every CPU.
+pub fn enable_protections() {
+    use x86::controlregs::{Cr0, Cr4, cr0, cr0_write, cr4, cr4_write};
+    let f = features();
+    // SAFETY: each bit is set only when CPUID reports the feature; the kernel never
+    // executes user pages (SMEP), never dereferences user pointers (SMAP: it reads user
+    // memory through the direct map) and user code has no reason to run SGDT & co (UMIP).
+    unsafe {
+        cr0_write(cr0() | Cr0::CR0_WRITE_PROTECT);
+        let mut bits = cr4();
+        if f.pge {
+            bits |= Cr4::CR4_ENABLE_GLOBAL_PAGES;
+        }
+        if f.smep {
+            bits |= Cr4::CR4_ENABLE_SMEP;
+        }
+        if f.smap {
+            bits |= Cr4::CR4_ENABLE_SMAP;
+        }
+        if f.umip {
+            bits |= Cr4::CR4_ENABLE_UMIP;
+        }
+        cr4_write(bits);
+    }
+}
+
+/// (CR0, CR4) of this CPU.
+pub fn control_registers() -> (u64, u64) {
+    // SAFETY: reading control registers has no side effects.
+    unsafe { (x86::controlregs::cr0().bits() as u64, x86::controlregs::cr4().bits() as u64) }
+}
+
+/// IA32_EFER of this CPU.
+pub fn efer() -> u64 {
+    // SAFETY: IA32_EFER exists on every x86-64 CPU; reading it has no side effects.
+    unsafe { x86::msr::rdmsr(x86::msr::IA32_EFER) }
+}

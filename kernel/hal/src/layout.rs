@@ -1,0 +1,57 @@
+//! The kernel's virtual address space layout, and physical/virtual conversions.
+//!
+//! ```text
+//! 0x0000_0000_0000_0000 .. 0x0000_7fff_ffff_ffff   user space (lower half)
+//! 0xffff_8000_0000_0000 .. (+ top of RAM)           direct map of physical memory
+//! 0xffff_fe00_0000_0000 .. 0xffff_fe7f_ffff_ffff    kernel stacks with guard pages
+//! 0xffff_ffff_8000_0000 .. (+ image size)           kernel image (KERNEL_BASE + phys)
+//! ```
+
+/// Virtual address of physical address 0 in the direct map (PML4 slot 256).
+pub const DIRECT_MAP: u64 = 0xffff_8000_0000_0000;
+/// Base of the region holding every kernel stack and IST stack (PML4 slot 508).
+pub const KERNEL_STACKS: u64 = 0xffff_fe00_0000_0000;
+/// Virtual address of physical address 0 in the kernel image mapping (PML4 slot 511).
+pub const KERNEL_BASE: u64 = 0xffff_ffff_8000_0000;
+/// First address above user space.
+pub const USER_END: u64 = 0x0000_8000_0000_0000;
+/// PML4 slots from this one up belong to the kernel and are shared by every address space.
+pub const FIRST_KERNEL_PML4_SLOT: usize = 256;
+
+/// Size of a small page.
+pub const PAGE_SIZE: u64 = 4096;
+/// Size of every kernel and IST stack; stacks are aligned to it (paranoid entry finds the
+/// stack bottom by masking RSP).
+pub const STACK_SIZE: u64 = 16 * 1024;
+/// Virtual space each stack occupies: the stack plus an unmapped guard of the same size.
+pub const STACK_SLOT: u64 = 2 * STACK_SIZE;
+/// Stacks per CPU: the kernel stack (TSS.RSP0) and four IST stacks.
+pub const STACKS_PER_CPU: u64 = 5;
+/// Upper bound on CPUs the kernel starts.
+pub const MAX_CPUS: usize = 64;
+
+/// Direct-map virtual address of a physical address.
+pub const fn phys_to_virt(phys: u64) -> u64 {
+    phys + DIRECT_MAP
+}
+
+/// Physical address of a direct-map virtual address.
+pub const fn virt_to_phys(virt: u64) -> u64 {
+    virt - DIRECT_MAP
+}
+
+/// Physical address of a kernel-image virtual address.
+pub const fn image_virt_to_phys(virt: u64) -> u64 {
+    virt - KERNEL_BASE
+}
+
+/// The lowest address of stack `index` (0 = kernel stack, 1.. = IST stacks) of `cpu`.
+pub const fn stack_bottom(cpu: usize, index: u64) -> u64 {
+    KERNEL_STACKS + (cpu as u64 * STACKS_PER_CPU + index) * STACK_SLOT + STACK_SIZE
+}
+
+/// Whether `addr` is a canonical x86-64 address (bits 63:47 all equal).
+pub const fn is_canonical(addr: u64) -> bool {
+    let top = (addr as i64) >> 47;
+    top == 0 || top == -1
+}

@@ -1,0 +1,58 @@
+//! Keel's trusted core: everything in the kernel that needs `unsafe` or assembly.
+//!
+//! This crate owns the machine: the multiboot2 entry and the switch to long mode, page
+//! tables, descriptor tables and trap stubs, per-CPU areas reached through GS, the
+//! local APIC and timers, the other CPUs' start-up, the system-call entry and the
+//! return to user mode, the boot heap and the serial/framebuffer console. It exposes
+//! safe functions to the kernel glue (`kernel/src`) and to the safe object layer
+//! (`keel-kern`), and each `unsafe` block carries a `// SAFETY:` comment saying why it
+//! is sound.
+//!
+//! Invariants kept across the crate:
+//! - Physical memory is reachable at [`layout::DIRECT_MAP`] + physical address.
+//! - The kernel image is mapped at [`layout::KERNEL_BASE`] + physical address, with
+//!   text read-execute, rodata read-only and data no-execute.
+//! - Kernel code runs with interrupts disabled except where it explicitly waits
+//!   ([`cpu::wait_for_interrupt`], the idle loop).
+//! - GS base in kernel mode always points at the current CPU's [`percpu::PerCpu`].
+#![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+extern crate alloc;
+
+pub mod acpi;
+pub mod apic;
+pub mod boot;
+pub mod console;
+pub mod cpu;
+pub mod gdt;
+pub mod layout;
+pub mod memory;
+pub mod paging;
+pub mod percpu;
+pub mod qemu;
+pub mod serial;
+pub mod smp;
+pub mod syscall;
+pub mod testing;
+pub mod time;
+pub mod trap;
+pub mod user;
+
+/// Declares the kernel's main function, called by the boot code on the bootstrap CPU
+/// once the machine is set up: `hal::entry_point!(kernel_main);` with
+/// `fn kernel_main(boot: &'static hal::boot::BootInfo) -> !`.
+#[macro_export]
+macro_rules! entry_point {
+    ($main:path) => {
+        #[allow(unsafe_code)]
+        // SAFETY: the symbol name is unique in the kernel; hal::boot calls it once with
+        // a fully initialised BootInfo.
+        #[unsafe(export_name = "keel_kernel_main")]
+        extern "Rust" fn __keel_kernel_main(boot: &'static $crate::boot::BootInfo) -> ! {
+            let main: fn(&'static $crate::boot::BootInfo) -> ! = $main;
+            main(boot)
+        }
+    };
+}

@@ -1,0 +1,16 @@
+//! Keel's safe object layer: the kernel logic that needs no `unsafe` and no hardware.
+//!
+//! Everything here is plain Rust over plain data, so it is unit-tested on the host
+//! (`cargo test -p keel-kern`) and used unchanged in the kernel. The trusted core
+//! (`keel-hal`) calls into it; it never calls the trusted core.
+//!
+//! Today it holds the boot-time pieces: the physical frame allocator, the kernel
+//! command-line parser, the ELF loader's plan and test bookkeeping. The capability
+//! system, IPC and the scheduler arrive with the object-model work.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+pub mod cmdline;
+pub mod elf;
+pub mod frames;
+pub mod testing;

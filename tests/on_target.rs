@@ -1,0 +1,255 @@
+//! Boots the on-target images in QEMU across the test matrix of DESIGN.md §8, through the runner.
+//!
+//! Each leg runs the `keel` binary as a human would (`keel --image test --cpu qemu64 ...`)
+//! and then reads the serial output itself with `keel_abi::harness::parse_line`: a leg
+//! fails on a FAILED line, a `KERNEL PANIC`, a missing summary, a summary with failures or
+//! with nothing passed, a timeout, or a runner exit status other than 0 (which covers a
+//! bad QEMU status). A failed leg prints the runner's log and the whole serial output.
+//!
+//! The eight TCG legs cover every value of every axis (cpu qemu64/max, smp 1/4, BIOS/UEFI,
+//! 128M/4G, pc/q35) and every combination of cpu, smp and firmware, in 8 boots instead of 32.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use keel::verdict::{EXIT_OK, EXIT_TESTS_FAILED};
+use keel_abi::harness::{CMDLINE_FAIL_TEST, PANIC_MARKER, READY_LINE, TestLine, parse_line};
+
+/// Timeout of one TCG boot of the test image, in seconds (the runner kills QEMU then).
+const TCG_TIMEOUT: &str = "150";
+/// Timeout of the default image's `keel: ready` leg, in seconds.
+const READY_TIMEOUT: &str = "120";
+
+/// One finished run of the runner.
+struct Run {
+    /// The runner's exit status.
+    code: Option<i32>,
+    /// Its stdout: the serial output.
+    serial: String,
+    /// Its stderr: progress lines, QEMU's messages and the verdict.
+    log: String,
+}
+
+impl Run {
+    fn report(&self) -> String {
+        format!(
+            "runner exit status: {:?}\n--- runner log (stderr) ---\n{}--- serial output ---\n{}--- end ---",
+            self.code, self.log, self.serial
+        )
+    }
+}
+
+fn runner(args: &[&str]) -> Run {
+    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run the keel runner");
+    Run {
+        code: output.status.code(),
+        serial: String::from_utf8_lossy(&output.stdout).into_owned(),
+        log: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// The test protocol as read from the serial output.
+#[derive(Default)]
+struct Protocol {
+    ok: usize,
+    failed: Vec<String>,
+    summary: Option<(u32, u32)>,
+    panic: bool,
+}
+
+fn protocol(serial: &str) -> Protocol {
+    let mut p = Protocol::default();
+    for line in serial.lines() {
+        p.panic |= line.contains(PANIC_MARKER);
+        match parse_line(line) {
+            Some(TestLine::Ok(_)) => p.ok += 1,
+            Some(TestLine::Failed(name)) => p.failed.push(name.to_string()),
+            Some(TestLine::Summary { passed, failed }) => p.summary = Some((passed, failed)),
+            Some(TestLine::Skipped(..)) | None => {}
+        }
+    }
+    p
+}
+
+/// Everything wrong with a run of the test image; empty when it passed.
+fn problems(run: &Run) -> Vec<String> {
+    let p = protocol(&run.serial);
+    let mut problems = Vec::new();
+    if p.panic {
+        problems.push(format!("`{PANIC_MARKER}` on serial"));
+    }
+    if !p.failed.is_empty() {
+        problems.push(format!("FAILED tests: {}", p.failed.join(", ")));
+    }
+    match p.summary {
+        None => problems.push("no `N passed, N failed` summary line".to_string()),
+        Some((_, failed)) if failed > 0 => problems.push(format!("summary: {failed} failed")),
+        Some((0, _)) => problems.push("summary: 0 passed".to_string()),
+        Some(_) => {}
+    }
+    if run.code != Some(i32::from(EXIT_OK)) {
+        let verdict = run
+            .log
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("keel: "))
+            .unwrap_or("(no verdict line)");
+        problems.push(format!("runner exit status {:?}: {verdict}", run.code));
+    }
+    problems
+}
+
+/// Boots the test image under TCG with one setting of each axis and checks it.
+fn test_leg(cpu: &str, smp: u32, uefi: bool, mem: &str, machine: &str) {
+    let smp = smp.to_string();
+    let mut args = vec![
+        "--image", "test", "--accel", "tcg", "--cpu", cpu, "--smp", &smp, "--mem", mem,
+    ];
+    args.extend(["--machine", machine, "--timeout", TCG_TIMEOUT]);
+    if uefi {
+        args.push("--uefi");
+    }
+    let run = runner(&args);
+    let problems = problems(&run);
+    assert!(
+        problems.is_empty(),
+        "keel {}:\n{}\n{}",
+        args.join(" "),
+        problems.join("\n"),
+        run.report()
+    );
+}
+
+#[test]
+fn tcg_qemu64_smp1_bios_128m_pc() {
+    test_leg("qemu64", 1, false, "128M", "pc");
+}
+
+#[test]
+fn tcg_qemu64_smp1_uefi_4g_q35() {
+    test_leg("qemu64", 1, true, "4G", "q35");
+}
+
+#[test]
+fn tcg_qemu64_smp4_bios_4g_q35() {
+    test_leg("qemu64", 4, false, "4G", "q35");
+}
+
+#[test]
+fn tcg_qemu64_smp4_uefi_128m_pc() {
+    test_leg("qemu64", 4, true, "128M", "pc");
+}
+
+#[test]
+fn tcg_max_smp1_bios_4g_pc() {
+    test_leg("max", 1, false, "4G", "pc");
+}
+
+#[test]
+fn tcg_max_smp1_uefi_128m_q35() {
+    test_leg("max", 1, true, "128M", "q35");
+}
+
+#[test]
+fn tcg_max_smp4_bios_128m_q35() {
+    test_leg("max", 4, false, "128M", "q35");
+}
+
+#[test]
+fn tcg_max_smp4_uefi_4g_pc() {
+    test_leg("max", 4, true, "4G", "pc");
+}
+
+/// `keel.test_fail` adds a failing in-kernel test: the run must be judged FAILED, both by
+/// this harness and by the runner, which proves a broken kernel cannot pass.
+#[test]
+fn tcg_max_smp2_bios_256m_q35_test_fail() {
+    let args = [
+        "--image",
+        "test",
+        "--cmdline",
+        CMDLINE_FAIL_TEST,
+        "--timeout",
+        TCG_TIMEOUT,
+    ];
+    let run = runner(&args);
+    let p = protocol(&run.serial);
+    assert!(
+        !p.failed.is_empty(),
+        "no FAILED line with {CMDLINE_FAIL_TEST}\n{}",
+        run.report()
+    );
+    assert!(
+        !problems(&run).is_empty(),
+        "the harness did not fail the run\n{}",
+        run.report()
+    );
+    assert!(
+        !p.panic,
+        "a failing test must not panic the kernel\n{}",
+        run.report()
+    );
+    assert_eq!(
+        run.code,
+        Some(i32::from(EXIT_TESTS_FAILED)),
+        "runner status\n{}",
+        run.report()
+    );
+    assert!(
+        run.log
+            .lines()
+            .any(|l| l.starts_with("keel: FAILED: failed tests: ")),
+        "{}",
+        run.report()
+    );
+}
+
+/// Hardware KVM with the host CPU, only where /dev/kvm is real (not kvm_pvm).
+#[test]
+fn kvm_host_smp2_bios_256m_q35() {
+    if let Err(why) = keel::host::hardware_kvm() {
+        // Straight to stderr, past libtest's capture, so the reason shows in `cargo test`.
+        let _ = writeln!(
+            std::io::stderr(),
+            "keel: KVM leg kvm_host_smp2_bios_256m_q35 skipped ({why})"
+        );
+        return;
+    }
+    let args = [
+        "--image",
+        "test",
+        "--accel",
+        "kvm",
+        "--cpu",
+        "host",
+        "--timeout",
+        "60",
+    ];
+    let run = runner(&args);
+    let problems = problems(&run);
+    assert!(
+        problems.is_empty(),
+        "keel {}:\n{}\n{}",
+        args.join(" "),
+        problems.join("\n"),
+        run.report()
+    );
+}
+
+/// The default image comes up and says so.
+#[test]
+fn default_image_ready() {
+    let run = runner(&["--until", READY_LINE, "--timeout", READY_TIMEOUT]);
+    assert_eq!(
+        run.code,
+        Some(i32::from(EXIT_OK)),
+        "no `{READY_LINE}`\n{}",
+        run.report()
+    );
+    assert!(run.serial.contains(READY_LINE), "{}", run.report());
+    assert!(!run.serial.contains(PANIC_MARKER), "{}", run.report());
+}
