@@ -24,7 +24,10 @@ fn main() {
         None => root.join("target").join("keel"),
     };
     let out = target_dir.join(TARGET).join("release");
-    println!("cargo:rustc-env=KEEL_KERNEL_ELF={}", out.join("keel-kernel").display());
+    println!(
+        "cargo:rustc-env=KEEL_KERNEL_ELF={}",
+        out.join("keel-kernel").display()
+    );
     println!("cargo:rustc-env=KEEL_USERLAND_DIR={}", out.display());
     println!("cargo:rustc-env=KEEL_ROOT={}", root.display());
 
@@ -42,7 +45,10 @@ fn main() {
     ];
     nested_build(&root.join("kernel/Cargo.toml"), &target_dir, &kernel_flags);
 
-    let user_flags = ["-Crelocation-model=static".to_string(), "-Cforce-frame-pointers=yes".to_string()];
+    let user_flags = [
+        "-Crelocation-model=static".to_string(),
+        "-Cforce-frame-pointers=yes".to_string(),
+    ];
     nested_build(&root.join("userland/Cargo.toml"), &target_dir, &user_flags);
 }
 
@@ -71,6 +77,9 @@ fn nested_build(manifest: &Path, target_dir: &Path, rustflags: &[String]) {
     if !output.status.success() {
         eprintln!("{}", String::from_utf8_lossy(&output.stdout));
         eprintln!("{}", String::from_utf8_lossy(&output.stderr));
-        panic!("building {} for {TARGET} failed (output above)", manifest.display());
+        panic!(
+            "building {} for {TARGET} failed (output above)",
+            manifest.display()
+        );
     }
 }

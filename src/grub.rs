@@ -18,14 +18,28 @@ use crate::paths::Paths;
 /// Placeholder for the kernel command line in the templates.
 pub const CMDLINE_PLACEHOLDER: &str = "@CMDLINE@";
 
-/// The kernel command line of `image` with the user's extra words appended.
-pub fn kernel_cmdline(image: Image, extra: &str) -> String {
-    let extra = extra.split_whitespace().collect::<Vec<_>>().join(" ");
-    if extra.is_empty() {
-        image.base_cmdline()
-    } else {
-        format!("{} {extra}", image.base_cmdline())
+/// Kernel command-line word by which the runner tells the test image how many CPUs QEMU
+/// has (the kernel checks the ACPI MADT against it).
+pub const CMDLINE_SMP: &str = "keel.smp";
+
+/// The words the runner adds after the image's base command line: `keel.smp=N` for the
+/// test image.
+pub fn runner_words(image: Image, smp: u32) -> String {
+    match image {
+        Image::Test => format!("{CMDLINE_SMP}={smp}"),
+        Image::Default | Image::Bench => String::new(),
     }
+}
+
+/// The kernel command line of `image`: its base, the runner's words, the user's words.
+pub fn kernel_cmdline(image: Image, smp: u32, extra: &str) -> String {
+    let (base, runner) = (image.base_cmdline(), runner_words(image, smp));
+    let words = [base.as_str(), runner.as_str(), extra];
+    words
+        .iter()
+        .flat_map(|w| w.split_whitespace())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Quotes a kernel command line for a GRUB script line: words made only of harmless
@@ -75,18 +89,22 @@ fn fnv1a(s: &str) -> u64 {
     })
 }
 
-/// The name of the ISO and staging directory: the image name, plus a hash of the extra
-/// command line when there is one (so legs with different command lines can run at once).
-pub fn variant_name(image: Image, extra_cmdline: &str) -> String {
+/// The name of the ISO and staging directory: the image name, `-smpN` for the test image
+/// (whose command line holds `keel.smp=N`), and a hash of the user's extra command line
+/// when there is one, so that runs with different command lines can boot at the same time.
+pub fn variant_name(image: Image, smp: u32, extra_cmdline: &str) -> String {
+    let mut name = image.name().to_string();
+    if !runner_words(image, smp).is_empty() {
+        name.push_str(&format!("-smp{smp}"));
+    }
     let extra = extra_cmdline
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ");
-    if extra.is_empty() {
-        image.name().to_string()
-    } else {
-        format!("{}-{:08x}", image.name(), fnv1a(&extra) as u32)
+    if !extra.is_empty() {
+        name.push_str(&format!("-{:08x}", fnv1a(&extra) as u32));
     }
+    name
 }
 
 /// One line per input file: path, size and modification time.
@@ -111,15 +129,21 @@ fn stamp_of(files: &[PathBuf], cfg: &str) -> Result<String, String> {
     Ok(stamp)
 }
 
-/// Builds (or finds up to date) the ISO of `image` with `extra_cmdline`; returns its path.
-pub fn build_iso(paths: &Paths, image: Image, extra_cmdline: &str) -> Result<PathBuf, String> {
+/// Builds (or finds up to date) the ISO of `image` for `smp` CPUs with `extra_cmdline`;
+/// returns its path.
+pub fn build_iso(
+    paths: &Paths,
+    image: Image,
+    smp: u32,
+    extra_cmdline: &str,
+) -> Result<PathBuf, String> {
     let template_path = paths
         .root
         .join("grub")
         .join(format!("{}.cfg", image.name()));
     let template = fs::read_to_string(&template_path)
         .map_err(|e| format!("cannot read {}: {e}", paths.show(&template_path)))?;
-    let cfg = render(&template, &kernel_cmdline(image, extra_cmdline))
+    let cfg = render(&template, &kernel_cmdline(image, smp, extra_cmdline))
         .map_err(|e| format!("{}: {e}", paths.show(&template_path)))?;
     let module_names = modules(&cfg);
     if module_names.first().map(String::as_str) != Some(image.root_task()) {
@@ -148,7 +172,7 @@ pub fn build_iso(paths: &Paths, image: Image, extra_cmdline: &str) -> Result<Pat
         inputs.push(file);
     }
 
-    let name = variant_name(image, extra_cmdline);
+    let name = variant_name(image, smp, extra_cmdline);
     let iso = paths.out_dir.join(format!("{name}.iso"));
     let stamp_path = paths.out_dir.join(format!("{name}.iso.stamp"));
     let iso_dir = paths.out_dir.join("iso");
@@ -223,15 +247,11 @@ mod tests {
 
     #[test]
     fn command_lines() {
-        assert_eq!(kernel_cmdline(Image::Default, ""), "log=info");
-        assert_eq!(
-            kernel_cmdline(Image::Test, "  keel.test_fail "),
-            "log=info keel.test keel.test_fail"
-        );
-        assert_eq!(
-            kernel_cmdline(Image::Bench, "a  b"),
-            "log=warn keel.bench a b"
-        );
+        assert_eq!(kernel_cmdline(Image::Default, 2, ""), "log=info");
+        let test = kernel_cmdline(Image::Test, 4, "  keel.test_fail ");
+        assert_eq!(test, "log=info keel.test keel.smp=4 keel.test_fail");
+        let bench = kernel_cmdline(Image::Bench, 1, "a  b");
+        assert_eq!(bench, "log=warn keel.bench a b");
     }
 
     #[test]
@@ -247,11 +267,11 @@ mod tests {
     #[test]
     fn templates_render_with_root_task_first() {
         for image in [Image::Default, Image::Test, Image::Bench] {
-            let cfg = render(&template(image), &kernel_cmdline(image, "x=1")).unwrap();
+            let cfg = render(&template(image), &kernel_cmdline(image, 1, "x=1")).unwrap();
             assert!(cfg.contains("set timeout=0"), "{cfg}");
             let expected = format!(
                 "multiboot2 /boot/keel-kernel {} x=1\n",
-                image.base_cmdline()
+                kernel_cmdline(image, 1, "")
             );
             assert!(cfg.contains(&expected), "{cfg}");
             assert_eq!(
@@ -283,10 +303,12 @@ mod tests {
 
     #[test]
     fn variants() {
-        assert_eq!(variant_name(Image::Test, " "), "test");
-        let a = variant_name(Image::Test, "keel.test_fail");
-        assert!(a.starts_with("test-") && a.len() == 13, "{a}");
-        assert_eq!(a, variant_name(Image::Test, " keel.test_fail"));
-        assert_ne!(a, variant_name(Image::Test, "keel.test_fails"));
+        assert_eq!(variant_name(Image::Default, 4, " "), "default");
+        assert_eq!(variant_name(Image::Test, 4, " "), "test-smp4");
+        let a = variant_name(Image::Test, 2, "keel.test_fail");
+        assert!(a.starts_with("test-smp2-") && a.len() == 18, "{a}");
+        assert_eq!(a, variant_name(Image::Test, 2, " keel.test_fail"));
+        assert_ne!(a, variant_name(Image::Test, 2, "keel.test_fails"));
+        assert_eq!(variant_name(Image::Bench, 1, "x").len(), "bench-".len() + 8);
     }
 }

@@ -94,7 +94,7 @@ fn run(cli: &Cli, interrupted: &AtomicBool) -> Result<Verdict, String> {
         }
     }
 
-    let iso = crate::grub::build_iso(&paths, cli.image, &cli.cmdline)?;
+    let iso = crate::grub::build_iso(&paths, cli.image, cli.smp, &cli.cmdline)?;
 
     let mut scratch = Scratch(None);
     let boot = if !cli.uefi {

@@ -51,7 +51,11 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
         hal::testing::report("root_task_ran_in_ring3_and_returned_its_value", &outcome);
         tally.record(&outcome);
         hal::println!("{} passed, {} failed", tally.passed, tally.failed);
-        hal::qemu::exit(if tally.success() { exit::SUCCESS } else { exit::TESTS_FAILED });
+        hal::qemu::exit(if tally.success() {
+            exit::SUCCESS
+        } else {
+            exit::TESTS_FAILED
+        });
     }
     if cmdline::flag(&boot.cmdline, "keel.bench") {
         hal::qemu::exit(exit::SUCCESS);
@@ -73,10 +77,16 @@ fn run_root_task(boot: &BootInfo) -> Option<UserExit> {
             return None;
         }
     };
-    log::info!("starting root task '{}' at {:#x}", module.name, program.entry);
+    log::info!(
+        "starting root task '{}' at {:#x}",
+        module.name,
+        program.entry
+    );
     let exit = hal::user::enter(&program, hal::smp::online_cpus() as u64);
     match exit {
-        UserExit::Exited(value) => log::info!("root task '{}' exited with value {value:#x}", module.name),
+        UserExit::Exited(value) => {
+            log::info!("root task '{}' exited with value {value:#x}", module.name)
+        }
         UserExit::Faulted { vector, rip, .. } => log::error!(
             "root task '{}' faulted: {} at {rip:#x}",
             module.name,
@@ -90,6 +100,11 @@ fn run_root_task(boot: &BootInfo) -> Option<UserExit> {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     hal::console::force_unlock();
-    hal::println!("\n{} on CPU {}: {}", harness::PANIC_MARKER, hal::percpu::cpu_index(), info);
+    hal::println!(
+        "\n{} on CPU {}: {}",
+        harness::PANIC_MARKER,
+        hal::percpu::cpu_index(),
+        info
+    );
     hal::qemu::exit(exit::KERNEL_PANIC)
 }

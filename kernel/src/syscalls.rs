@@ -7,7 +7,11 @@ use keel_hal::user::UserExit;
 use keel_kern::testing::Tally;
 use spin::Mutex;
 
-static USER_TALLY: Mutex<Tally> = Mutex::new(Tally { passed: 0, failed: 0, skipped: 0 });
+static USER_TALLY: Mutex<Tally> = Mutex::new(Tally {
+    passed: 0,
+    failed: 0,
+    skipped: 0,
+});
 
 /// The tally the user-level test suite reported (and forgets it).
 pub fn take_user_tally() -> Tally {
@@ -29,7 +33,9 @@ pub fn handle(frame: &mut TrapFrame) {
             tally.failed += frame.rsi as u32;
             0
         }
-        DEBUG_TICKS => hal::percpu::current().ticks.load(core::sync::atomic::Ordering::Relaxed),
+        DEBUG_TICKS => hal::percpu::current()
+            .ticks
+            .load(core::sync::atomic::Ordering::Relaxed),
         DEBUG_HALT => hal::qemu::exit(keel_abi::exit::HALTED),
         _ => ERROR_UNKNOWN_SYSCALL,
     };

@@ -31,7 +31,11 @@ fn boot() -> &'static BootInfo {
 /// The verdict on the root task: it must have exited (not faulted) with `expected`.
 pub fn root_task_outcome(exit: Option<UserExit>, expected: u64) -> Outcome {
     check!(exit.is_some(), "the root task did not run");
-    check!(exit == Some(UserExit::Exited(expected)), "root task ended with {:?}, expected exit {expected:#x}", exit);
+    check!(
+        exit == Some(UserExit::Exited(expected)),
+        "root task ended with {:?}, expected exit {expected:#x}",
+        exit
+    );
     Outcome::Passed
 }
 
@@ -44,7 +48,10 @@ hal::kernel_test!(exception_invalid_opcode_is_caught, invalid_opcode);
 
 fn breakpoint() -> Outcome {
     let caught = hal::trap::probe::breakpoint();
-    check!(caught.is_some_and(|c| c.vector == 3), "INT3 gave {caught:?}");
+    check!(
+        caught.is_some_and(|c| c.vector == 3),
+        "INT3 gave {caught:?}"
+    );
     Outcome::Passed
 }
 hal::kernel_test!(exception_breakpoint_is_caught, breakpoint);
@@ -52,10 +59,17 @@ hal::kernel_test!(exception_breakpoint_is_caught, breakpoint);
 fn page_fault_not_present() -> Outcome {
     let guard = hal::boot::boot_stack_guard();
     let caught = hal::trap::probe::read(guard + 8);
-    check!(caught.is_some(), "reading the boot stack guard page did not fault");
+    check!(
+        caught.is_some(),
+        "reading the boot stack guard page did not fault"
+    );
     let c = caught.unwrap();
     check!(c.vector == 14 && c.address == guard + 8, "got {c:?}");
-    check!(c.error_code & 1 == 0 && c.error_code & 2 == 0, "error code {:#x} is not a not-present read", c.error_code);
+    check!(
+        c.error_code & 1 == 0 && c.error_code & 2 == 0,
+        "error code {:#x} is not a not-present read",
+        c.error_code
+    );
     Outcome::Passed
 }
 hal::kernel_test!(exception_page_fault_not_present, page_fault_not_present);
@@ -63,33 +77,54 @@ hal::kernel_test!(exception_page_fault_not_present, page_fault_not_present);
 fn page_fault_write_protect() -> Outcome {
     let text = invalid_opcode as *const () as u64;
     let caught = hal::trap::probe::write_read_only(text);
-    check!(caught.is_some_and(|c| c.vector == 14 && c.error_code & 3 == 3), "write to kernel text gave {caught:?}");
+    check!(
+        caught.is_some_and(|c| c.vector == 14 && c.error_code & 3 == 3),
+        "write to kernel text gave {caught:?}"
+    );
     Outcome::Passed
 }
-hal::kernel_test!(exception_page_fault_write_to_kernel_text, page_fault_write_protect);
+hal::kernel_test!(
+    exception_page_fault_write_to_kernel_text,
+    page_fault_write_protect
+);
 
 fn general_protection() -> Outcome {
     let caught = hal::trap::probe::bad_segment();
-    check!(caught.is_some_and(|c| c.vector == 13 && c.error_code == 0xfff8), "bad selector gave {caught:?}");
+    check!(
+        caught.is_some_and(|c| c.vector == 13 && c.error_code == 0xfff8),
+        "bad selector gave {caught:?}"
+    );
     let caught = hal::trap::probe::read(0x8000_0000_0000_0000);
-    check!(caught.is_some_and(|c| c.vector == 13), "non-canonical read gave {caught:?}");
+    check!(
+        caught.is_some_and(|c| c.vector == 13),
+        "non-canonical read gave {caught:?}"
+    );
     Outcome::Passed
 }
 hal::kernel_test!(exception_general_protection_is_caught, general_protection);
 
 fn divide_error() -> Outcome {
     let caught = hal::trap::probe::divide_error();
-    check!(caught.is_some_and(|c| c.vector == 0), "division by zero gave {caught:?}");
+    check!(
+        caught.is_some_and(|c| c.vector == 0),
+        "division by zero gave {caught:?}"
+    );
     Outcome::Passed
 }
 hal::kernel_test!(exception_divide_error_is_caught, divide_error);
 
 fn no_fault_no_record() -> Outcome {
     let mapped = &BOOT as *const _ as u64;
-    check!(hal::trap::probe::read(mapped).is_none(), "a mapped read was reported as a fault");
+    check!(
+        hal::trap::probe::read(mapped).is_none(),
+        "a mapped read was reported as a fault"
+    );
     Outcome::Passed
 }
-hal::kernel_test!(exception_probe_reports_nothing_without_fault, no_fault_no_record);
+hal::kernel_test!(
+    exception_probe_reports_nothing_without_fault,
+    no_fault_no_record
+);
 
 fn frame_accounting() -> Outcome {
     let before = hal::memory::frame_stats();
@@ -97,25 +132,52 @@ fn frame_accounting() -> Outcome {
     for _ in 0..256 {
         match hal::memory::allocate_frame() {
             Some(f) => frames.push(f),
-            None => return Outcome::Failed(keel_kern::testing::alloc_free::Message::new(format_args!("out of frames"))),
+            None => {
+                return Outcome::Failed(keel_kern::testing::alloc_free::Message::new(format_args!(
+                    "out of frames"
+                )));
+            }
         }
     }
     let during = hal::memory::frame_stats();
-    check!(during.free_frames == before.free_frames - 256, "free {} -> {}", before.free_frames, during.free_frames);
+    check!(
+        during.free_frames == before.free_frames - 256,
+        "free {} -> {}",
+        before.free_frames,
+        during.free_frames
+    );
     let mut sorted = frames.clone();
     sorted.sort_unstable();
     sorted.dedup();
     check!(sorted.len() == 256, "a frame was handed out twice");
-    check!(frames.iter().all(|f| f % 4096 == 0 && *f >= 0x10_0000), "bad frame address");
+    check!(
+        frames
+            .iter()
+            .all(|f| f.is_multiple_of(4096) && *f >= 0x10_0000),
+        "bad frame address"
+    );
     let kernel = (hal::boot::kernel_phys_start(), hal::boot::kernel_phys_end());
-    check!(frames.iter().all(|f| *f < kernel.0 || *f >= kernel.1), "frame inside the kernel image");
+    check!(
+        frames.iter().all(|f| *f < kernel.0 || *f >= kernel.1),
+        "frame inside the kernel image"
+    );
     for m in &boot().modules {
-        check!(frames.iter().all(|f| *f + 4096 <= m.start || *f >= m.end), "frame inside module {}", m.name);
+        check!(
+            frames.iter().all(|f| *f + 4096 <= m.start || *f >= m.end),
+            "frame inside module {}",
+            m.name
+        );
     }
     for f in &frames {
-        check!(hal::memory::free_frame(*f).is_ok(), "free of {f:#x} refused");
+        check!(
+            hal::memory::free_frame(*f).is_ok(),
+            "free of {f:#x} refused"
+        );
     }
-    check!(hal::memory::free_frame(frames[0]).is_err(), "double free accepted");
+    check!(
+        hal::memory::free_frame(frames[0]).is_err(),
+        "double free accepted"
+    );
     check!(hal::memory::frame_stats() == before, "accounting drifted");
     Outcome::Passed
 }
@@ -130,7 +192,10 @@ fn heap() -> Outcome {
         check!(big.iter().all(|b| *b == 0xa5));
         check!(boxes.iter().enumerate().all(|(i, b)| **b == i as u64));
         let (used, _) = hal::memory::heap_usage();
-        check!(used >= used_before + (1 << 20), "usage {used_before} -> {used}");
+        check!(
+            used >= used_before + (1 << 20),
+            "usage {used_before} -> {used}"
+        );
     }
     check!(hal::memory::heap_usage().0 == used_before, "heap leaked");
     Outcome::Passed
@@ -141,8 +206,13 @@ fn acpi_cpus() -> Outcome {
     let platform = &boot().platform;
     check!(platform.acpi, "no ACPI tables found");
     let found = platform.usable_processors().count();
-    match keel_kern::cmdline::value(&boot().cmdline, "keel.smp").and_then(|v| v.parse::<usize>().ok()) {
-        Some(expected) => check!(found == expected, "MADT lists {found} CPUs, QEMU has {expected}"),
+    match keel_kern::cmdline::value(&boot().cmdline, "keel.smp")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        Some(expected) => check!(
+            found == expected,
+            "MADT lists {found} CPUs, QEMU has {expected}"
+        ),
         None => return Outcome::Skipped("runner did not pass keel.smp=N"),
     }
     check!(!platform.io_apics.is_empty(), "no I/O APIC in the MADT");
@@ -153,7 +223,11 @@ hal::kernel_test!(acpi_madt_matches_smp, acpi_cpus);
 
 fn all_cpus_online() -> Outcome {
     let expected = boot().platform.usable_processors().count();
-    check!(hal::smp::online_cpus() == expected, "{} of {expected} CPUs checked in", hal::smp::online_cpus());
+    check!(
+        hal::smp::online_cpus() == expected,
+        "{} of {expected} CPUs checked in",
+        hal::smp::online_cpus()
+    );
     for cpu in 0..expected {
         let area = hal::percpu::area(cpu);
         check!(area.is_some(), "CPU {cpu} has no per-CPU area");
@@ -165,12 +239,16 @@ hal::kernel_test!(smp_all_application_processors_check_in, all_cpus_online);
 
 fn timer_ticks() -> Outcome {
     let cpus = hal::smp::online_cpus();
-    let before: Vec<u64> = (0..cpus).map(|c| hal::percpu::area(c).unwrap().ticks.load(Ordering::Relaxed)).collect();
+    let before: Vec<u64> = (0..cpus)
+        .map(|c| hal::percpu::area(c).unwrap().ticks.load(Ordering::Relaxed))
+        .collect();
     let start = hal::cpu::rdtsc();
     // Up to one second: every CPU must see at least three timer interrupts.
     loop {
         hal::cpu::wait_for_interrupt();
-        let now: Vec<u64> = (0..cpus).map(|c| hal::percpu::area(c).unwrap().ticks.load(Ordering::Relaxed)).collect();
+        let now: Vec<u64> = (0..cpus)
+            .map(|c| hal::percpu::area(c).unwrap().ticks.load(Ordering::Relaxed))
+            .collect();
         if now.iter().zip(&before).all(|(n, b)| *n >= b + 3) {
             return Outcome::Passed;
         }
@@ -183,7 +261,10 @@ hal::kernel_test!(timer_ticks_advance_on_every_cpu, timer_ticks);
 
 fn tsc_calibrated() -> Outcome {
     let hz = hal::time::tsc_hz();
-    check!((50_000_000..20_000_000_000).contains(&hz), "TSC frequency {hz} Hz is implausible");
+    check!(
+        (50_000_000..20_000_000_000).contains(&hz),
+        "TSC frequency {hz} Hz is implausible"
+    );
     Outcome::Passed
 }
 hal::kernel_test!(tsc_frequency_is_plausible, tsc_calibrated);
@@ -191,21 +272,37 @@ hal::kernel_test!(tsc_frequency_is_plausible, tsc_calibrated);
 fn page_rights() -> Outcome {
     let pml4 = hal::paging::current_pml4();
     let text = hal::paging::translate(pml4, invalid_opcode as *const () as u64);
-    check!(text.is_some_and(|t| !t.writable && t.executable && !t.user), "kernel text mapped {text:?}");
+    check!(
+        text.is_some_and(|t| !t.writable && t.executable && !t.user),
+        "kernel text mapped {text:?}"
+    );
     let data = hal::paging::translate(pml4, &BOOT as *const _ as u64);
     let nx = hal::cpu::features().nx;
-    check!(data.is_some_and(|t| t.writable && t.executable != nx && !t.user), "kernel data mapped {data:?}");
-    check!(hal::paging::translate(pml4, 0).is_none(), "page 0 is mapped");
+    check!(
+        data.is_some_and(|t| t.writable && t.executable != nx && !t.user),
+        "kernel data mapped {data:?}"
+    );
+    check!(
+        hal::paging::translate(pml4, 0).is_none(),
+        "page 0 is mapped"
+    );
     Outcome::Passed
 }
 hal::kernel_test!(paging_kernel_sections_have_their_rights, page_rights);
 
 fn direct_map() -> Outcome {
     let pml4 = hal::paging::current_pml4();
-    for r in boot().memory_map.iter().filter(|r| r.kind == MemoryKind::Available) {
+    for r in boot()
+        .memory_map
+        .iter()
+        .filter(|r| r.kind == MemoryKind::Available)
+    {
         for phys in [r.start, r.end - 1] {
             let t = hal::paging::translate(pml4, hal::layout::phys_to_virt(phys));
-            check!(t.is_some_and(|t| t.phys == phys && t.writable), "RAM {phys:#x} not in the direct map");
+            check!(
+                t.is_some_and(|t| t.phys == phys && t.writable),
+                "RAM {phys:#x} not in the direct map"
+            );
         }
     }
     Outcome::Passed
@@ -218,16 +315,25 @@ fn ist_stacks() -> Outcome {
         let area = hal::percpu::area(cpu).unwrap() as *const _ as u64;
         for ist in 1..=4 {
             let bottom = hal::layout::stack_bottom(cpu, ist);
-            check!(bottom % hal::layout::STACK_SIZE == 0, "IST stack {ist} of CPU {cpu} misaligned");
+            check!(
+                bottom.is_multiple_of(hal::layout::STACK_SIZE),
+                "IST stack {ist} of CPU {cpu} misaligned"
+            );
             let pml4 = hal::paging::current_pml4();
             let word = hal::paging::translate(pml4, bottom).map(|t| t.phys);
             check!(word.is_some(), "IST stack {ist} of CPU {cpu} not mapped");
             let guard = hal::paging::translate(pml4, bottom - 8);
-            check!(guard.is_none(), "IST stack {ist} of CPU {cpu} has no guard page");
+            check!(
+                guard.is_none(),
+                "IST stack {ist} of CPU {cpu} has no guard page"
+            );
             let value = hal::trap::probe::read(bottom);
             check!(value.is_none(), "IST stack bottom unreadable");
             let stored = hal::percpu::ist_gs_word(cpu, ist);
-            check!(stored == area, "IST stack {ist} of CPU {cpu} holds {stored:#x}, not its GS base {area:#x}");
+            check!(
+                stored == area,
+                "IST stack {ist} of CPU {cpu} holds {stored:#x}, not its GS base {area:#x}"
+            );
         }
     }
     Outcome::Passed
@@ -241,19 +347,32 @@ fn protections() -> Outcome {
     check!(!f.smep || cr4 & (1 << 20) != 0, "SMEP available but off");
     check!(!f.smap || cr4 & (1 << 21) != 0, "SMAP available but off");
     check!(!f.umip || cr4 & (1 << 11) != 0, "UMIP available but off");
-    check!(!f.nx || hal::cpu::efer() & (1 << 11) != 0, "NX available but off");
+    check!(
+        !f.nx || hal::cpu::efer() & (1 << 11) != 0,
+        "NX available but off"
+    );
     Outcome::Passed
 }
 hal::kernel_test!(cpu_protections_enabled, protections);
 
 fn bad_elf() -> Outcome {
     let before = hal::memory::frame_stats();
-    check!(hal::user::load(b"\x7fELF but not really").is_err(), "garbage loaded as a program");
+    check!(
+        hal::user::load(b"\x7fELF but not really").is_err(),
+        "garbage loaded as a program"
+    );
     let root = &boot().modules[0];
     let program = hal::user::load(root.bytes());
-    check!(program.is_ok(), "the root task does not load: {:?}", program.err());
+    check!(
+        program.is_ok(),
+        "the root task does not load: {:?}",
+        program.err()
+    );
     hal::user::unload(program.unwrap());
-    check!(hal::memory::frame_stats() == before, "loading and unloading leaked frames");
+    check!(
+        hal::memory::frame_stats() == before,
+        "loading and unloading leaked frames"
+    );
     Outcome::Passed
 }
 hal::kernel_test!(user_loader_refuses_garbage_and_does_not_leak, bad_elf);

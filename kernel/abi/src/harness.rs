@@ -51,7 +51,10 @@ pub fn parse_line(line: &str) -> Option<TestLine<'_>> {
     }
     let (passed, rest) = line.split_once(" passed, ")?;
     let failed = rest.strip_suffix(" failed")?;
-    Some(TestLine::Summary { passed: passed.trim().parse().ok()?, failed: failed.parse().ok()? })
+    Some(TestLine::Summary {
+        passed: passed.trim().parse().ok()?,
+        failed: failed.parse().ok()?,
+    })
 }
 
 #[cfg(test)]
@@ -60,15 +63,24 @@ mod tests {
 
     #[test]
     fn parses_result_lines() {
-        assert_eq!(parse_line("test heap ... ok\r\n"), Some(TestLine::Ok("heap")));
-        assert_eq!(parse_line("test a b ... FAILED: x"), Some(TestLine::Failed("a b")));
+        assert_eq!(
+            parse_line("test heap ... ok\r\n"),
+            Some(TestLine::Ok("heap"))
+        );
+        assert_eq!(
+            parse_line("test a b ... FAILED: x"),
+            Some(TestLine::Failed("a b"))
+        );
         assert_eq!(
             parse_line("test kvm ... skipped (no KVM)"),
             Some(TestLine::Skipped("kvm", "no KVM"))
         );
         assert_eq!(
             parse_line("12 passed, 0 failed"),
-            Some(TestLine::Summary { passed: 12, failed: 0 })
+            Some(TestLine::Summary {
+                passed: 12,
+                failed: 0
+            })
         );
         assert_eq!(parse_line("keel: booting"), None);
         assert_eq!(parse_line("test x ... maybe"), None);

@@ -10,6 +10,6 @@
 //! that are Keel's own live in ranges seL4 does not use.
 #![no_std]
 
-pub mod syscall;
 pub mod exit;
 pub mod harness;
+pub mod syscall;

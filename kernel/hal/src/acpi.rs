@@ -80,11 +80,23 @@ impl Platform {
 struct DirectMap;
 
 impl AcpiHandler for DirectMap {
-    unsafe fn map_physical_region<T>(&self, physical_address: usize, size: usize) -> PhysicalMapping<Self, T> {
+    unsafe fn map_physical_region<T>(
+        &self,
+        physical_address: usize,
+        size: usize,
+    ) -> PhysicalMapping<Self, T> {
         let virt = layout::phys_to_virt(physical_address as u64) as *mut T;
         // SAFETY: the direct map covers all RAM and the first 4 GiB, where firmware puts
         // ACPI tables; the mapping is permanent, so "unmapping" is a no-op.
-        unsafe { PhysicalMapping::new(physical_address, NonNull::new_unchecked(virt), size, size, *self) }
+        unsafe {
+            PhysicalMapping::new(
+                physical_address,
+                NonNull::new_unchecked(virt),
+                size,
+                size,
+                *self,
+            )
+        }
     }
 
     fn unmap_physical_region<T>(_region: &PhysicalMapping<Self, T>) {}
@@ -94,25 +106,36 @@ impl AcpiHandler for DirectMap {
 pub fn parse(root: Option<RootPointer>) -> Platform {
     let fallback = Platform {
         acpi: false,
-        processors: alloc::vec![Processor { apic_id: 0, enabled: true }],
+        processors: alloc::vec![Processor {
+            apic_id: 0,
+            enabled: true
+        }],
         local_apic_address: 0xfee0_0000,
         has_8259: true,
         ..Platform::default()
     };
     let Some(root) = root else {
-        log::warn!("acpi: no RSDP from the bootloader; assuming one CPU");
+        log::warn!("no RSDP from the bootloader; assuming one CPU");
         return fallback;
     };
     // SAFETY: the bootloader's RSDP copy named this RSDT/XSDT address; the handler maps
     // it through the direct map.
-    let tables = match unsafe { AcpiTables::from_rsdt(DirectMap, root.revision, root.table as usize) } {
-        Ok(t) => t,
-        Err(e) => {
-            log::warn!("acpi: bad root table at {:#x}: {e:?}; assuming one CPU", root.table);
-            return fallback;
-        }
+    let tables =
+        match unsafe { AcpiTables::from_rsdt(DirectMap, root.revision, root.table as usize) } {
+            Ok(t) => t,
+            Err(e) => {
+                log::warn!(
+                    "bad root table at {:#x}: {e:?}; assuming one CPU",
+                    root.table
+                );
+                return fallback;
+            }
+        };
+    let mut platform = Platform {
+        acpi: true,
+        local_apic_address: 0xfee0_0000,
+        ..Platform::default()
     };
-    let mut platform = Platform { acpi: true, local_apic_address: 0xfee0_0000, ..Platform::default() };
     match tables.find_table::<Madt>() {
         Ok(madt) => {
             platform.local_apic_address = madt.get().local_apic_address as u64;
@@ -121,39 +144,53 @@ pub fn parse(root: Option<RootPointer>) -> Platform {
                 match entry {
                     MadtEntry::LocalApic(e) => {
                         let flags = e.flags;
-                        platform.processors.push(Processor { apic_id: e.apic_id as u32, enabled: flags & 1 != 0 });
+                        platform.processors.push(Processor {
+                            apic_id: e.apic_id as u32,
+                            enabled: flags & 1 != 0,
+                        });
                     }
                     MadtEntry::LocalX2Apic(e) => {
                         let (id, flags) = (e.x2apic_id, e.flags);
-                        platform.processors.push(Processor { apic_id: id, enabled: flags & 1 != 0 });
+                        platform.processors.push(Processor {
+                            apic_id: id,
+                            enabled: flags & 1 != 0,
+                        });
                     }
                     MadtEntry::IoApic(e) => platform.io_apics.push(IoApic {
                         id: e.io_apic_id,
                         address: e.io_apic_address as u64,
                         gsi_base: e.global_system_interrupt_base,
                     }),
-                    MadtEntry::InterruptSourceOverride(e) => platform.overrides.push(InterruptOverride {
-                        irq: e.irq,
-                        gsi: e.global_system_interrupt,
-                        flags: e.flags,
-                    }),
-                    MadtEntry::LocalApicAddressOverride(e) => platform.local_apic_address = e.local_apic_address,
+                    MadtEntry::InterruptSourceOverride(e) => {
+                        platform.overrides.push(InterruptOverride {
+                            irq: e.irq,
+                            gsi: e.global_system_interrupt,
+                            flags: e.flags,
+                        })
+                    }
+                    MadtEntry::LocalApicAddressOverride(e) => {
+                        platform.local_apic_address = e.local_apic_address
+                    }
                     _ => {}
                 }
             }
         }
-        Err(e) => log::warn!("acpi: no MADT ({e:?})"),
+        Err(e) => log::warn!("no MADT ({e:?})"),
     }
     if platform.processors.is_empty() {
         platform.processors = fallback.processors.clone();
     }
     platform.hpet = HpetInfo::new(&tables).ok().map(|h| h.base_address as u64);
     log::info!(
-        "acpi: {} CPUs, {} I/O APICs, {} overrides, HPET {}",
+        "{} CPUs, {} I/O APICs, {} overrides, HPET {}",
         platform.usable_processors().count(),
         platform.io_apics.len(),
         platform.overrides.len(),
-        if platform.hpet.is_some() { "present" } else { "absent" }
+        if platform.hpet.is_some() {
+            "present"
+        } else {
+            "absent"
+        }
     );
     platform
 }

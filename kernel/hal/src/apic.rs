@@ -49,7 +49,9 @@ fn read(reg: u32) -> u32 {
         // effects for the registers Keel reads.
         Mode::X2Apic => unsafe { rdmsr(0x800 + (reg >> 4)) as u32 },
         // SAFETY: the xAPIC page is mapped by the direct map; aligned 32-bit access.
-        Mode::XApic { base } => unsafe { core::ptr::read_volatile((base + reg as u64) as *const u32) },
+        Mode::XApic { base } => unsafe {
+            core::ptr::read_volatile((base + reg as u64) as *const u32)
+        },
     }
 }
 
@@ -58,7 +60,9 @@ fn write(reg: u32, value: u32) {
         // SAFETY: writing a local APIC register of this CPU.
         Mode::X2Apic => unsafe { wrmsr(0x800 + (reg >> 4), value as u64) },
         // SAFETY: as in `read`.
-        Mode::XApic { base } => unsafe { core::ptr::write_volatile((base + reg as u64) as *mut u32, value) },
+        Mode::XApic { base } => unsafe {
+            core::ptr::write_volatile((base + reg as u64) as *mut u32, value)
+        },
     }
 }
 
@@ -75,7 +79,11 @@ fn enable_on_this_cpu() {
     // mode, which the CPU reported) keeps the APIC at its address.
     unsafe {
         let base = rdmsr(IA32_APIC_BASE);
-        let extd = if matches!(mode(), Mode::X2Apic) { 1 << 10 } else { 0 };
+        let extd = if matches!(mode(), Mode::X2Apic) {
+            1 << 10
+        } else {
+            0
+        };
         wrmsr(IA32_APIC_BASE, base | (1 << 11) | extd);
     }
     write(REG_TPR, 0);
@@ -92,7 +100,9 @@ pub fn init_bootstrap(platform: &Platform) {
         if crate::cpu::features().x2apic {
             Mode::X2Apic
         } else {
-            Mode::XApic { base: layout::phys_to_virt(platform.local_apic_address) }
+            Mode::XApic {
+                base: layout::phys_to_virt(platform.local_apic_address),
+            }
         }
     });
     // SAFETY: the 8259 data ports; masking every line has no memory effect.
@@ -124,8 +134,12 @@ pub fn init_bootstrap(platform: &Platform) {
     }
     enable_on_this_cpu();
     log::info!(
-        "apic: {} mode, bootstrap APIC ID {}",
-        if matches!(mode(), Mode::X2Apic) { "x2APIC" } else { "xAPIC" },
+        "{} mode, bootstrap APIC ID {}",
+        if matches!(mode(), Mode::X2Apic) {
+            "x2APIC"
+        } else {
+            "xAPIC"
+        },
         id()
     );
 }
@@ -160,11 +174,17 @@ pub fn start_timer(tsc_hz: u64) {
         }
         let per_ms = (u32::MAX - read(REG_TIMER_CURRENT)) as u64;
         write(REG_TIMER_INITIAL, 0);
-        PERIODIC_COUNT.store((per_ms * 1000 / TIMER_HZ).clamp(1, u32::MAX as u64), Ordering::Relaxed);
+        PERIODIC_COUNT.store(
+            (per_ms * 1000 / TIMER_HZ).clamp(1, u32::MAX as u64),
+            Ordering::Relaxed,
+        );
     }
     write(REG_TIMER_DIVIDE, 0b0011);
     write(REG_LVT_TIMER, TIMER_VECTOR as u32 | (0b01 << 17));
-    write(REG_TIMER_INITIAL, PERIODIC_COUNT.load(Ordering::Relaxed) as u32);
+    write(
+        REG_TIMER_INITIAL,
+        PERIODIC_COUNT.load(Ordering::Relaxed) as u32,
+    );
 }
 
 /// Re-arms the timer after a tick (TSC-deadline mode only).
@@ -178,7 +198,11 @@ pub fn timer_tick() {
 
 /// Which timer mode is in use, for the boot log and tests.
 pub fn timer_mode() -> &'static str {
-    if DEADLINE_PERIOD.load(Ordering::Relaxed) != 0 { "TSC-deadline" } else { "periodic" }
+    if DEADLINE_PERIOD.load(Ordering::Relaxed) != 0 {
+        "TSC-deadline"
+    } else {
+        "periodic"
+    }
 }
 
 fn send_icr(apic_id: u32, low: u32) {

@@ -242,7 +242,10 @@ impl Module {
         // SAFETY: the module's frames are reserved in the frame allocator for the
         // kernel's lifetime and mapped by the direct map; nothing writes them.
         unsafe {
-            core::slice::from_raw_parts(layout::phys_to_virt(self.start) as *const u8, (self.end - self.start) as usize)
+            core::slice::from_raw_parts(
+                layout::phys_to_virt(self.start) as *const u8,
+                (self.end - self.start) as usize,
+            )
         }
     }
 }
@@ -281,9 +284,16 @@ extern "C" fn hal_boot_main(mbi_phys: u64) -> ! {
     console::init_logger(log::LevelFilter::Info);
     // SAFETY: GRUB passed the physical address of a valid multiboot2 information
     // structure; the boot page tables map it at DIRECT_MAP + phys (it lies below 4 GiB).
-    let mbi = unsafe { BootInformation::load(layout::phys_to_virt(mbi_phys) as *const BootInformationHeader) };
-    let Ok(mbi) = mbi else { panic!("bad multiboot2 information at {mbi_phys:#x}") };
-    let cmdline = mbi.command_line_tag().and_then(|t| t.cmdline().ok()).unwrap_or("");
+    let mbi = unsafe {
+        BootInformation::load(layout::phys_to_virt(mbi_phys) as *const BootInformationHeader)
+    };
+    let Ok(mbi) = mbi else {
+        panic!("bad multiboot2 information at {mbi_phys:#x}")
+    };
+    let cmdline = mbi
+        .command_line_tag()
+        .and_then(|t| t.cmdline().ok())
+        .unwrap_or("");
     console::init_logger(keel_kern::cmdline::log_level(cmdline));
     log::info!("Keel booting; command line '{cmdline}'");
 
@@ -315,16 +325,25 @@ extern "C" fn hal_boot_main(mbi_phys: u64) -> ! {
         })
         .collect();
     let rsdp = if let Some(v2) = mbi.rsdp_v2_tag().filter(|t| t.checksum_is_valid()) {
-        Some(crate::acpi::RootPointer { revision: v2.revision(), table: v2.xsdt_address() as u64 })
+        Some(crate::acpi::RootPointer {
+            revision: v2.revision(),
+            table: v2.xsdt_address() as u64,
+        })
     } else {
         mbi.rsdp_v1_tag()
             .filter(|t| t.checksum_is_valid())
-            .map(|v1| crate::acpi::RootPointer { revision: 0, table: v1.rsdt_address() as u64 })
+            .map(|v1| crate::acpi::RootPointer {
+                revision: 0,
+                table: v1.rsdt_address() as u64,
+            })
     };
     let cmdline = String::from(cmdline);
-    let bootloader = String::from(mbi.boot_loader_name_tag().and_then(|t| t.name().ok()).unwrap_or("?"));
+    let bootloader = String::from(
+        mbi.boot_loader_name_tag()
+            .and_then(|t| t.name().ok())
+            .unwrap_or("?"),
+    );
     let uefi = mbi.efi_sdt64_tag().is_some();
-    drop(mbi);
 
     let (platform, tsc_hz) = bring_up(rsdp);
     let info = alloc::boxed::Box::leak(alloc::boxed::Box::new(BootInfo {
@@ -365,16 +384,26 @@ const MAX_REGIONS: usize = 256;
 
 /// Reads the memory map into a fixed array (the heap does not exist yet).
 fn read_memory_map(mbi: &BootInformation<'_>) -> ([MemoryRegion; MAX_REGIONS], usize) {
-    let Some(tag) = mbi.memory_map_tag() else { panic!("the bootloader gave no memory map") };
-    let mut regions = [MemoryRegion { start: 0, end: 0, kind: MemoryKind::Reserved }; MAX_REGIONS];
+    let Some(tag) = mbi.memory_map_tag() else {
+        panic!("the bootloader gave no memory map")
+    };
+    let mut regions = [MemoryRegion {
+        start: 0,
+        end: 0,
+        kind: MemoryKind::Reserved,
+    }; MAX_REGIONS];
     let mut count = 0;
     for area in tag.memory_areas().iter().take(MAX_REGIONS) {
-        let kind = match area.typ().into() {
+        let kind = match area.typ() {
             MemoryAreaType::Available => MemoryKind::Available,
             MemoryAreaType::AcpiAvailable => MemoryKind::AcpiReclaimable,
             _ => MemoryKind::Reserved,
         };
-        regions[count] = MemoryRegion { start: area.start_address(), end: area.end_address(), kind };
+        regions[count] = MemoryRegion {
+            start: area.start_address(),
+            end: area.end_address(),
+            kind,
+        };
         count += 1;
     }
     (regions, count)

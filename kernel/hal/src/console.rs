@@ -60,10 +60,18 @@ const GLYPH_H: u32 = 16;
 
 impl Framebuffer {
     fn columns(&self) -> u32 {
-        if self.info.text { self.info.width } else { self.info.width / GLYPH_W }
+        if self.info.text {
+            self.info.width
+        } else {
+            self.info.width / GLYPH_W
+        }
     }
     fn rows(&self) -> u32 {
-        if self.info.text { self.info.height } else { self.info.height / GLYPH_H }
+        if self.info.text {
+            self.info.height
+        } else {
+            self.info.height / GLYPH_H
+        }
     }
 
     fn put(&mut self, byte: u8) {
@@ -86,12 +94,20 @@ impl Framebuffer {
             self.row += 1;
             return;
         }
-        let line_bytes = if self.info.text { self.info.pitch } else { self.info.pitch * GLYPH_H };
+        let line_bytes = if self.info.text {
+            self.info.pitch
+        } else {
+            self.info.pitch * GLYPH_H
+        };
         let total = line_bytes * (self.rows() - 1);
         // SAFETY: both ranges lie inside the mapped framebuffer (rows() lines of
         // line_bytes each); `copy` handles the overlap.
         unsafe {
-            core::ptr::copy(self.base.add(line_bytes as usize), self.base, total as usize);
+            core::ptr::copy(
+                self.base.add(line_bytes as usize),
+                self.base,
+                total as usize,
+            );
             core::ptr::write_bytes(self.base.add(total as usize), 0, line_bytes as usize);
         }
     }
@@ -100,21 +116,32 @@ impl Framebuffer {
         if self.info.text {
             let offset = (row * self.info.pitch + column * 2) as usize;
             // SAFETY: offset is inside the text buffer (column < width, row < height).
-            unsafe { core::ptr::write_volatile(self.base.add(offset) as *mut u16, 0x0700 | byte as u16) };
+            unsafe {
+                core::ptr::write_volatile(self.base.add(offset) as *mut u16, 0x0700 | byte as u16)
+            };
             return;
         }
-        let glyph = font8x8::legacy::BASIC_LEGACY.get(byte as usize).copied().unwrap_or([0; 8]);
+        let glyph = font8x8::legacy::BASIC_LEGACY
+            .get(byte as usize)
+            .copied()
+            .unwrap_or([0; 8]);
         let bytes_pp = (self.info.bpp as u32).div_ceil(8);
         for y in 0..GLYPH_H {
             let bits = glyph[(y / 2) as usize];
             for x in 0..GLYPH_W {
                 let on = bits & (1 << x) != 0;
-                let offset = ((row * GLYPH_H + y) * self.info.pitch + (column * GLYPH_W + x) * bytes_pp) as usize;
+                let offset = ((row * GLYPH_H + y) * self.info.pitch
+                    + (column * GLYPH_W + x) * bytes_pp) as usize;
                 let value: u32 = if on { 0x00c0_c0c0 } else { 0 };
                 for b in 0..bytes_pp as usize {
                     // SAFETY: the pixel lies inside the framebuffer: row < rows(),
                     // column < columns().
-                    unsafe { core::ptr::write_volatile(self.base.add(offset + b), (value >> (8 * b)) as u8) };
+                    unsafe {
+                        core::ptr::write_volatile(
+                            self.base.add(offset + b),
+                            (value >> (8 * b)) as u8,
+                        )
+                    };
                 }
             }
         }
@@ -130,7 +157,14 @@ pub unsafe fn init_framebuffer(info: FramebufferInfo) {
         return;
     }
     let base = crate::layout::phys_to_virt(info.phys) as *mut u8;
-    FRAMEBUFFER.call_once(|| spin::Mutex::new(Framebuffer { info, base, column: 0, row: 0 }));
+    FRAMEBUFFER.call_once(|| {
+        spin::Mutex::new(Framebuffer {
+            info,
+            base,
+            column: 0,
+            row: 0,
+        })
+    });
 }
 
 struct Console;
@@ -167,7 +201,10 @@ fn locked<R>(f: impl FnOnce() -> R) -> R {
     if OWNER.load(Ordering::Relaxed) == me {
         return f();
     }
-    while OWNER.compare_exchange_weak(NO_OWNER, me, Ordering::Acquire, Ordering::Relaxed).is_err() {
+    while OWNER
+        .compare_exchange_weak(NO_OWNER, me, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
         crate::cpu::relax();
     }
     let result = f();
@@ -213,7 +250,13 @@ impl log::Log for Logger {
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
             let cpu = current_cpu_id();
-            print(format_args!("[{cpu}] {:5} {}: {}\n", record.level(), record.target(), record.args()));
+            let target = record.target();
+            let module = target.rsplit("::").next().unwrap_or(target);
+            print(format_args!(
+                "[{cpu}] {:5} {module}: {}\n",
+                record.level(),
+                record.args()
+            ));
         }
     }
     fn flush(&self) {}

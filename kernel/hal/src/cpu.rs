@@ -75,7 +75,9 @@ pub fn wait_for_interrupt() {
 pub fn interrupts_enabled() -> bool {
     let flags: u64;
     // SAFETY: reads RFLAGS through the stack; no other effect.
-    unsafe { core::arch::asm!("pushfq", "pop {}", out(reg) flags, options(nomem, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("pushfq", "pop {}", out(reg) flags, options(nomem, preserves_flags))
+    };
     flags & (1 << 9) != 0
 }
 
@@ -124,7 +126,12 @@ pub fn enable_protections() {
 /// (CR0, CR4) of this CPU.
 pub fn control_registers() -> (u64, u64) {
     // SAFETY: reading control registers has no side effects.
-    unsafe { (x86::controlregs::cr0().bits() as u64, x86::controlregs::cr4().bits() as u64) }
+    unsafe {
+        (
+            x86::controlregs::cr0().bits() as u64,
+            x86::controlregs::cr4().bits() as u64,
+        )
+    }
 }
 
 /// IA32_EFER of this CPU.

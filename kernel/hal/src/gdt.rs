@@ -90,7 +90,13 @@ pub fn prepare_stacks(cpu: usize, percpu: u64) -> u64 {
         for page in 0..STACK_SIZE / PAGE_SIZE {
             let frame = crate::memory::allocate_zeroed_frame();
             let flags = paging::WRITABLE | paging::NO_EXECUTE;
-            paging::map(pml4, bottom + page * PAGE_SIZE, frame, flags, PageSize::Small);
+            paging::map(
+                pml4,
+                bottom + page * PAGE_SIZE,
+                frame,
+                flags,
+                PageSize::Small,
+            );
         }
         if (1..=4).contains(&index) {
             // SAFETY: the stack's first page was just mapped writable.
@@ -108,7 +114,8 @@ pub fn stack_top(cpu: usize, index: u64) -> u64 {
 /// Fills and loads this CPU's GDT and TSS (its per-CPU area must be installed and its
 /// stacks prepared).
 pub fn load(cpu: usize) {
-    let percpu = crate::percpu::current() as *const crate::percpu::PerCpu as *mut crate::percpu::PerCpu;
+    let percpu =
+        crate::percpu::current() as *const crate::percpu::PerCpu as *mut crate::percpu::PerCpu;
     // SAFETY: the per-CPU area belongs to this CPU and nothing else touches its tables
     // (they are written once here, before they are loaded).
     let tables = unsafe { &mut (*percpu).tables };

@@ -39,8 +39,17 @@ pub struct Stats {
 /// Builds the frame allocator and the boot heap, then the kernel's page tables.
 /// `reserved` lists ranges that are in use (kernel image, boot information, modules);
 /// `framebuffer_end` extends the direct map to cover the framebuffer.
-pub fn init(regions: &[MemoryRegion], reserved: &[(u64, u64)], framebuffer_end: Option<u64>) -> Stats {
-    let usable = || regions.iter().filter(|r| r.kind == MemoryKind::Available).map(|r| (r.start, r.end));
+pub fn init(
+    regions: &[MemoryRegion],
+    reserved: &[(u64, u64)],
+    framebuffer_end: Option<u64>,
+) -> Stats {
+    let usable = || {
+        regions
+            .iter()
+            .filter(|r| r.kind == MemoryKind::Available)
+            .map(|r| (r.start, r.end))
+    };
     let top = usable().map(|(_, end)| end).max().unwrap_or(0);
     let words = frames::bitmap_words(top);
     let bitmap_bytes = (words as u64 * 8 * 2).next_multiple_of(PAGE_SIZE);
@@ -59,7 +68,9 @@ pub fn init(regions: &[MemoryRegion], reserved: &[(u64, u64)], framebuffer_end: 
             candidate += PAGE_SIZE;
         }
     }
-    let Some(bitmap_phys) = place else { panic!("no room for the frame bitmap ({bitmap_bytes} bytes)") };
+    let Some(bitmap_phys) = place else {
+        panic!("no room for the frame bitmap ({bitmap_bytes} bytes)")
+    };
     // SAFETY: [bitmap_phys, +bitmap_bytes) is usable RAM that no reserved range covers,
     // mapped by the boot direct map, and from now on owned by the allocator (it is
     // reserved below so it is never handed out).
@@ -77,33 +88,54 @@ pub fn init(regions: &[MemoryRegion], reserved: &[(u64, u64)], framebuffer_end: 
     all_reserved[n + 1] = (bitmap_phys, bitmap_phys + bitmap_bytes);
     let mut allocator = FrameAllocator::new(bitmap, usable_bits, usable(), &all_reserved[..n + 2]);
 
-    let Some(heap_phys) = allocator.allocate_contiguous(HEAP_SIZE / PAGE_SIZE, PAGE_SIZE, BOOT_MAPPED) else {
+    let Some(heap_phys) =
+        allocator.allocate_contiguous(HEAP_SIZE / PAGE_SIZE, PAGE_SIZE, BOOT_MAPPED)
+    else {
         panic!("no room for the boot heap")
     };
     // SAFETY: the heap range was just taken from the allocator, so nothing else uses it,
     // and it is mapped by the boot direct map (below 4 GiB) and by every later one.
-    unsafe { HEAP.lock().init(layout::phys_to_virt(heap_phys) as usize, HEAP_SIZE as usize) };
+    unsafe {
+        HEAP.lock()
+            .init(layout::phys_to_virt(heap_phys) as usize, HEAP_SIZE as usize)
+    };
     let managed = allocator.stats().managed_frames * PAGE_SIZE;
     *FRAMES.lock() = Some(allocator);
 
-    let direct_map_top = top.max(BOOT_MAPPED).max(framebuffer_end.unwrap_or(0)).next_multiple_of(1 << 30);
+    let direct_map_top = top
+        .max(BOOT_MAPPED)
+        .max(framebuffer_end.unwrap_or(0))
+        .next_multiple_of(1 << 30);
     crate::paging::init_kernel_space(direct_map_top);
     let usable_bytes = usable().map(|(s, e)| e - s).sum();
     log::info!(
-        "memory: {} MiB usable, {} MiB managed, direct map to {:#x}",
+        "{} MiB usable, {} MiB managed, direct map to {:#x}",
         usable_bytes >> 20,
         managed >> 20,
         direct_map_top
     );
-    Stats { usable_bytes, managed_bytes: managed, direct_map_top, heap_phys }
+    Stats {
+        usable_bytes,
+        managed_bytes: managed,
+        direct_map_top,
+        heap_phys,
+    }
 }
 
 /// Allocates one zeroed frame; panics when physical memory is exhausted at boot.
 pub fn allocate_zeroed_frame() -> u64 {
-    let Some(frame) = allocate_frame() else { panic!("out of physical memory") };
+    let Some(frame) = allocate_frame() else {
+        panic!("out of physical memory")
+    };
     // SAFETY: the frame was just allocated (exclusively ours) and the direct map covers
     // every frame the allocator manages.
-    unsafe { core::ptr::write_bytes(layout::phys_to_virt(frame) as *mut u8, 0, PAGE_SIZE as usize) };
+    unsafe {
+        core::ptr::write_bytes(
+            layout::phys_to_virt(frame) as *mut u8,
+            0,
+            PAGE_SIZE as usize,
+        )
+    };
     frame
 }
 
@@ -114,12 +146,19 @@ pub fn allocate_frame() -> Option<u64> {
 
 /// Returns a frame to the allocator.
 pub fn free_frame(frame: u64) -> Result<(), frames::FreeError> {
-    FRAMES.lock().as_mut().map_or(Err(frames::FreeError::NotUsable), |a| a.free(frame))
+    FRAMES
+        .lock()
+        .as_mut()
+        .map_or(Err(frames::FreeError::NotUsable), |a| a.free(frame))
 }
 
 /// Current frame statistics.
 pub fn frame_stats() -> frames::Stats {
-    FRAMES.lock().as_ref().map(|a| a.stats()).unwrap_or_default()
+    FRAMES
+        .lock()
+        .as_ref()
+        .map(|a| a.stats())
+        .unwrap_or_default()
 }
 
 /// Bytes the boot heap has handed out and its capacity.

@@ -87,7 +87,10 @@ fn index(virt: u64, level: usize) -> usize {
 /// Maps `virt` to `phys` in the address space rooted at `pml4` (an existing mapping
 /// of that page is replaced). Intermediate tables are allocated as needed.
 pub fn map(pml4: u64, virt: u64, phys: u64, flags: u64, size: PageSize) {
-    assert!(virt % size.bytes() == 0 && phys % size.bytes() == 0, "unaligned mapping {virt:#x} -> {phys:#x}");
+    assert!(
+        virt.is_multiple_of(size.bytes()) && phys.is_multiple_of(size.bytes()),
+        "unaligned mapping {virt:#x} -> {phys:#x}"
+    );
     assert!(layout::is_canonical(virt));
     let user = virt < layout::USER_END;
     let flags = flags & !(NO_EXECUTE & !NX_MASK.load(Ordering::Relaxed));
@@ -154,7 +157,12 @@ pub fn translate(pml4: u64, virt: u64) -> Option<Translation> {
         let page_bytes = 1u64 << (12 + 9 * (level - 1));
         if level == 1 || entry & HUGE != 0 {
             let phys = (entry & ADDRESS_MASK & !(page_bytes - 1)) + (virt & (page_bytes - 1));
-            return Some(Translation { phys, writable, user, executable });
+            return Some(Translation {
+                phys,
+                writable,
+                user,
+                executable,
+            });
         }
         table_phys = entry & ADDRESS_MASK;
     }
@@ -193,7 +201,8 @@ pub fn new_user_space() -> u64 {
     // SAFETY: both are PML4 frames reached through the direct map; the new one is ours.
     unsafe {
         let (src, dst) = (&*table(kernel), &mut *table(pml4));
-        dst[layout::FIRST_KERNEL_PML4_SLOT..].copy_from_slice(&src[layout::FIRST_KERNEL_PML4_SLOT..]);
+        dst[layout::FIRST_KERNEL_PML4_SLOT..]
+            .copy_from_slice(&src[layout::FIRST_KERNEL_PML4_SLOT..]);
     }
     pml4
 }
@@ -252,19 +261,23 @@ pub fn init_kernel_space(direct_map_top: u64) {
     }
     let global = if features.pge { GLOBAL } else { 0 };
     let data = WRITABLE | NO_EXECUTE | global;
-    let size = if features.huge_1g { PageSize::Huge } else { PageSize::Large };
+    let size = if features.huge_1g {
+        PageSize::Huge
+    } else {
+        PageSize::Large
+    };
     let mut phys = 0;
     while phys < direct_map_top {
         map(pml4, layout::phys_to_virt(phys), phys, data, size);
         phys += size.bytes();
     }
     let (text, text_end, rodata, rodata_end, data_start, end) = (
-            &raw const __text_start as u64,
-            &raw const __text_end as u64,
-            &raw const __rodata_start as u64,
-            &raw const __rodata_end as u64,
-            &raw const __data_start as u64,
-            &raw const __kernel_virt_end as u64,
+        &raw const __text_start as u64,
+        &raw const __text_end as u64,
+        &raw const __rodata_start as u64,
+        &raw const __rodata_end as u64,
+        &raw const __data_start as u64,
+        &raw const __kernel_virt_end as u64,
     );
     let guard = crate::boot::boot_stack_guard();
     let mut virt = text & !(PAGE_SIZE - 1);
@@ -277,7 +290,13 @@ pub fn init_kernel_space(direct_map_top: u64) {
             data
         };
         if virt != guard {
-            map(pml4, virt, layout::image_virt_to_phys(virt), flags, PageSize::Small);
+            map(
+                pml4,
+                virt,
+                layout::image_virt_to_phys(virt),
+                flags,
+                PageSize::Small,
+            );
         }
         virt += PAGE_SIZE;
     }

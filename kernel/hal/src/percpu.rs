@@ -79,8 +79,8 @@ pub unsafe fn install(area: *mut PerCpu) {
         (*area).self_ptr = area as u64;
         x86::msr::wrmsr(x86::msr::IA32_GS_BASE, area as u64);
         x86::msr::wrmsr(x86::msr::IA32_KERNEL_GSBASE, 0);
+        register(&*area);
     }
-    register(area);
 }
 
 /// The current CPU's area.
@@ -126,10 +126,8 @@ static AREAS: [core::sync::atomic::AtomicPtr<PerCpu>; crate::layout::MAX_CPUS] =
     [const { core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()) }; crate::layout::MAX_CPUS];
 
 /// Records `area` as the per-CPU area of its CPU index (for cross-CPU reads).
-pub fn register(area: *mut PerCpu) {
-    // SAFETY: `area` is a live, 'static per-CPU area; reading its index is a plain read.
-    let index = unsafe { (*area).cpu_index } as usize;
-    AREAS[index].store(area, Ordering::Release);
+fn register(area: &'static PerCpu) {
+    AREAS[area.cpu_index as usize].store(area as *const PerCpu as *mut PerCpu, Ordering::Release);
 }
 
 /// The per-CPU area of CPU `index`, if that CPU exists.
@@ -143,7 +141,9 @@ pub fn area(index: usize) -> Option<&'static PerCpu> {
 /// paranoid entry loads).
 pub fn ist_gs_word(cpu: usize, ist: u64) -> u64 {
     let bottom = crate::layout::stack_bottom(cpu, ist);
-    let Some(t) = crate::paging::translate(crate::paging::kernel_pml4(), bottom) else { return 0 };
+    let Some(t) = crate::paging::translate(crate::paging::kernel_pml4(), bottom) else {
+        return 0;
+    };
     // SAFETY: the word is mapped kernel memory (checked), read through the direct map.
     unsafe { (crate::layout::phys_to_virt(t.phys) as *const u64).read_volatile() }
 }

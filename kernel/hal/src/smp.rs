@@ -29,8 +29,8 @@ const OFFSET_GDT: usize = 64;
 // Two instructions need AT&T syntax (32-bit operand forms in 16-bit code).
 #[allow(bad_asm_style)]
 mod trampoline_asm {
-core::arch::global_asm!(
-    r#"
+    core::arch::global_asm!(
+        r#"
     .section .text.ap_trampoline, "ax"
     .code16
     .global ap_trampoline_start
@@ -109,14 +109,14 @@ tramp_64:
 ap_trampoline_end:
     .text
 "#,
-    gdtr = const super::OFFSET_GDTR,
-    cr3 = const super::OFFSET_CR3,
-    efer = const super::OFFSET_EFER,
-    far64 = const super::OFFSET_FAR64,
-    stack = const super::OFFSET_STACK,
-    argument = const super::OFFSET_ARGUMENT,
-    entry = const super::OFFSET_ENTRY,
-);
+        gdtr = const super::OFFSET_GDTR,
+        cr3 = const super::OFFSET_CR3,
+        efer = const super::OFFSET_EFER,
+        far64 = const super::OFFSET_FAR64,
+        stack = const super::OFFSET_STACK,
+        argument = const super::OFFSET_ARGUMENT,
+        entry = const super::OFFSET_ENTRY,
+    );
 }
 
 unsafe extern "C" {
@@ -144,8 +144,12 @@ pub fn online_cpus() -> usize {
 /// Starts every enabled CPU of the MADT other than this one, one at a time.
 pub fn start_application_processors(platform: &Platform, tsc_hz: u64) {
     let me = crate::apic::id();
-    let others: alloc::vec::Vec<u32> =
-        platform.usable_processors().map(|p| p.apic_id).filter(|&id| id != me).take(layout::MAX_CPUS - 1).collect();
+    let others: alloc::vec::Vec<u32> = platform
+        .usable_processors()
+        .map(|p| p.apic_id)
+        .filter(|&id| id != me)
+        .take(layout::MAX_CPUS - 1)
+        .collect();
     if others.is_empty() {
         return;
     }
@@ -153,7 +157,11 @@ pub fn start_application_processors(platform: &Platform, tsc_hz: u64) {
     let bytes = trampoline_bytes();
     assert!(page < 0x10_0000 && bytes.len() as u64 <= PAGE_SIZE);
     assert_eq!(bytes[OFFSET_FAR64 + 4], 0x08, "trampoline data block moved");
-    assert_eq!(bytes[OFFSET_GDT + 8..OFFSET_GDT + 16], 0x00af_9a00_0000_ffffu64.to_le_bytes(), "trampoline GDT moved");
+    assert_eq!(
+        bytes[OFFSET_GDT + 8..OFFSET_GDT + 16],
+        0x00af_9a00_0000_ffffu64.to_le_bytes(),
+        "trampoline GDT moved"
+    );
     crate::paging::identity_map_low_memory(true);
     let dst = layout::phys_to_virt(page) as *mut u8;
     // SAFETY: `page` is a free page below 1 MiB kept for the trampoline (the frame
@@ -162,17 +170,23 @@ pub fn start_application_processors(platform: &Platform, tsc_hz: u64) {
     let put64 = |off: usize, v: u64| unsafe { (dst.add(off) as *mut u64).write_unaligned(v) };
     // SAFETY: as above.
     let put32 = |off: usize, v: u32| unsafe { (dst.add(off) as *mut u32).write_unaligned(v) };
-    let read32 = |off: usize| u32::from_le_bytes([bytes[off], bytes[off + 1], bytes[off + 2], bytes[off + 3]]);
+    let read32 = |off: usize| {
+        u32::from_le_bytes([bytes[off], bytes[off + 1], bytes[off + 2], bytes[off + 3]])
+    };
     // SAFETY: as above.
     unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
     // The 32-bit code segment is based at the trampoline page; absolute addresses are
     // the assembled offsets plus the page.
-    let code32 = 0x00cf_9a00_0000_ffffu64 | ((page & 0xff_ffff) << 16) | (((page >> 24) & 0xff) << 56);
+    let code32 =
+        0x00cf_9a00_0000_ffffu64 | ((page & 0xff_ffff) << 16) | (((page >> 24) & 0xff) << 56);
     put64(OFFSET_GDT + 24, code32);
     put32(OFFSET_GDTR + 2, page as u32 + read32(OFFSET_GDTR + 2));
     put32(OFFSET_FAR64, page as u32 + read32(OFFSET_FAR64));
     put64(OFFSET_CR3, crate::paging::kernel_pml4());
-    put64(OFFSET_EFER, 0x101 | if crate::cpu::features().nx { 0x800 } else { 0 });
+    put64(
+        OFFSET_EFER,
+        0x101 | if crate::cpu::features().nx { 0x800 } else { 0 },
+    );
     for (i, &apic_id) in others.iter().enumerate() {
         let cpu = i + 1;
         let area = Box::leak(Box::new(PerCpu::new(cpu as u32, apic_id)));
@@ -195,11 +209,11 @@ pub fn start_application_processors(platform: &Platform, tsc_hz: u64) {
             crate::cpu::relax();
         }
         if online_cpus() == before {
-            log::error!("smp: CPU {cpu} (APIC ID {apic_id}) did not start");
+            log::error!("CPU {cpu} (APIC ID {apic_id}) did not start");
         }
     }
     crate::paging::identity_map_low_memory(false);
-    log::info!("smp: {} CPUs online", online_cpus());
+    log::info!("{} CPUs online", online_cpus());
 }
 
 fn pick_trampoline_page() -> u64 {
@@ -219,7 +233,7 @@ extern "C" fn ap_entry(area: *mut PerCpu) -> ! {
     crate::syscall::init_cpu();
     crate::apic::init_application_processor();
     crate::apic::start_timer(crate::time::tsc_hz());
-    log::debug!("smp: CPU {cpu} (APIC ID {}) online", crate::apic::id());
+    log::debug!("CPU {cpu} (APIC ID {}) online", crate::apic::id());
     ONLINE.fetch_add(1, Ordering::AcqRel);
     idle_loop()
 }

@@ -26,8 +26,10 @@ macro_rules! kernel_test {
             // it and `hal::testing::all` reads it as an array of them.
             #[unsafe(link_section = ".keel_tests")]
             #[used]
-            static TEST: $crate::testing::TestCase =
-                $crate::testing::TestCase { name: stringify!($name), run: $function };
+            static TEST: $crate::testing::TestCase = $crate::testing::TestCase {
+                name: stringify!($name),
+                run: $function,
+            };
         };
     };
 }

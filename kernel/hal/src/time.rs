@@ -19,7 +19,10 @@ pub fn calibrate_tsc(platform: &Platform) -> u64 {
     };
     let cost_ms = (crate::cpu::rdtsc() - start) * 1000 / hz.max(1);
     TSC_HZ.store(hz, Ordering::Relaxed);
-    log::info!("time: TSC {} MHz (calibrated against the {source} in {cost_ms} ms)", hz / 1_000_000);
+    log::info!(
+        "TSC {} MHz (calibrated against the {source} in {cost_ms} ms)",
+        hz / 1_000_000
+    );
     hz
 }
 

@@ -146,9 +146,13 @@ unsafe extern "C" {
 }
 
 #[repr(C, align(16))]
-struct Idt([u64; 512]);
+struct Idt(core::cell::UnsafeCell<[u64; 512]>);
 
-static mut IDT: Idt = Idt([0; 512]);
+// SAFETY: written only by `init_idt` on the bootstrap CPU before any other CPU runs or
+// the IDT is loaded; read-only afterwards.
+unsafe impl Sync for Idt {}
+
+static IDT: Idt = Idt(core::cell::UnsafeCell::new([0; 512]));
 
 /// Fills the IDT (once, on the bootstrap CPU).
 pub fn init_idt() {
@@ -173,9 +177,9 @@ pub fn init_idt() {
         // SAFETY: the IDT is written only here, on the bootstrap CPU before any other
         // CPU starts and before it is loaded.
         unsafe {
-            let idt = &mut *(&raw mut IDT);
-            idt.0[vector as usize * 2] = low;
-            idt.0[vector as usize * 2 + 1] = handler >> 32;
+            let idt = &mut *IDT.0.get();
+            idt[vector as usize * 2] = low;
+            idt[vector as usize * 2 + 1] = handler >> 32;
         }
     }
 }
@@ -184,8 +188,8 @@ pub fn init_idt() {
 pub fn load_idt() {
     // SAFETY: the IDT is fully initialised (init_idt) and never written again.
     unsafe {
-        let idt = &*(&raw const IDT);
-        let pointer = x86::dtables::DescriptorTablePointer::new(&idt.0);
+        let idt = &*IDT.0.get();
+        let pointer = x86::dtables::DescriptorTablePointer::new(idt);
         x86::dtables::lidt(&pointer);
     }
 }
@@ -218,7 +222,11 @@ pub struct ProbeRecord {
 impl ProbeRecord {
     /// No exception recorded.
     pub const fn new() -> Self {
-        Self { vector: AtomicU64::new(NONE), error_code: AtomicU64::new(0), address: AtomicU64::new(0) }
+        Self {
+            vector: AtomicU64::new(NONE),
+            error_code: AtomicU64::new(0),
+            address: AtomicU64::new(0),
+        }
     }
 }
 
@@ -418,7 +426,11 @@ pub fn dump(frame: &TrapFrame) {
     use crate::println;
     // SAFETY: reading control registers has no side effects.
     let (cr0, cr3, cr4) = unsafe {
-        (x86::controlregs::cr0().bits(), x86::controlregs::cr3(), x86::controlregs::cr4().bits())
+        (
+            x86::controlregs::cr0().bits(),
+            x86::controlregs::cr3(),
+            x86::controlregs::cr4().bits(),
+        )
     };
     println!(
         "{} (vector {}, error code {:#x}) on CPU {} in {} mode",
@@ -428,14 +440,38 @@ pub fn dump(frame: &TrapFrame) {
         crate::percpu::cpu_index(),
         if frame.from_user() { "user" } else { "kernel" }
     );
-    println!("RIP {:#018x}  CS  {:#06x}  RFLAGS {:#010x}", frame.rip, frame.cs, frame.rflags);
+    println!(
+        "RIP {:#018x}  CS  {:#06x}  RFLAGS {:#010x}",
+        frame.rip, frame.cs, frame.rflags
+    );
     println!("RSP {:#018x}  SS  {:#06x}", frame.rsp, frame.ss);
-    println!("RAX {:#018x}  RBX {:#018x}  RCX {:#018x}", frame.rax, frame.rbx, frame.rcx);
-    println!("RDX {:#018x}  RSI {:#018x}  RDI {:#018x}", frame.rdx, frame.rsi, frame.rdi);
-    println!("RBP {:#018x}  R8  {:#018x}  R9  {:#018x}", frame.rbp, frame.r8, frame.r9);
-    println!("R10 {:#018x}  R11 {:#018x}  R12 {:#018x}", frame.r10, frame.r11, frame.r12);
-    println!("R13 {:#018x}  R14 {:#018x}  R15 {:#018x}", frame.r13, frame.r14, frame.r15);
-    println!("CR0 {:#018x}  CR2 {:#018x}  CR3 {:#018x}  CR4 {:#x}", cr0, cr2(), cr3, cr4);
+    println!(
+        "RAX {:#018x}  RBX {:#018x}  RCX {:#018x}",
+        frame.rax, frame.rbx, frame.rcx
+    );
+    println!(
+        "RDX {:#018x}  RSI {:#018x}  RDI {:#018x}",
+        frame.rdx, frame.rsi, frame.rdi
+    );
+    println!(
+        "RBP {:#018x}  R8  {:#018x}  R9  {:#018x}",
+        frame.rbp, frame.r8, frame.r9
+    );
+    println!(
+        "R10 {:#018x}  R11 {:#018x}  R12 {:#018x}",
+        frame.r10, frame.r11, frame.r12
+    );
+    println!(
+        "R13 {:#018x}  R14 {:#018x}  R15 {:#018x}",
+        frame.r13, frame.r14, frame.r15
+    );
+    println!(
+        "CR0 {:#018x}  CR2 {:#018x}  CR3 {:#018x}  CR4 {:#x}",
+        cr0,
+        cr2(),
+        cr3,
+        cr4
+    );
     // SAFETY: reading MSRs that exist on every x86-64 CPU.
     let (gs, kgs, fs) = unsafe {
         (
@@ -457,7 +493,7 @@ pub fn backtrace(mut rbp: u64) {
     for _ in 0..16 {
         let mapped = |a: u64| {
             a >= crate::layout::DIRECT_MAP
-                && a % 8 == 0
+                && a.is_multiple_of(8)
                 && crate::paging::translate(crate::paging::current_pml4(), a).is_some()
                 && crate::paging::translate(crate::paging::current_pml4(), a + 8).is_some()
         };
@@ -504,13 +540,19 @@ fn kernel_exception(frame: &mut TrapFrame) {
     if let Some(fixup) = extable().iter().find(|e| e.instruction == frame.rip) {
         let record = &crate::percpu::current().probe;
         record.error_code.store(frame.error_code, Ordering::Relaxed);
-        record.address.store(if vector == 14 { cr2() } else { 0 }, Ordering::Relaxed);
+        record
+            .address
+            .store(if vector == 14 { cr2() } else { 0 }, Ordering::Relaxed);
         record.vector.store(vector, Ordering::Relaxed);
         frame.rip = fixup.continuation;
         return;
     }
     if vector == 2 {
-        log::warn!("NMI on CPU {} at {:#x}", crate::percpu::cpu_index(), frame.rip);
+        log::warn!(
+            "NMI on CPU {} at {:#x}",
+            crate::percpu::cpu_index(),
+            frame.rip
+        );
         return;
     }
     crate::console::force_unlock();
@@ -520,21 +562,37 @@ fn kernel_exception(frame: &mut TrapFrame) {
         crate::println!("diagnosis: kernel stack overflow into a guard page");
     }
     if vector == 14 {
-        crate::println!("diagnosis: page fault at {:#x} ({})", cr2(), page_fault_cause(frame.error_code));
+        crate::println!(
+            "diagnosis: page fault at {:#x} ({})",
+            cr2(),
+            page_fault_cause(frame.error_code)
+        );
     }
-    panic!("{} in kernel mode at {:#x}", exception_name(vector), frame.rip);
+    panic!(
+        "{} in kernel mode at {:#x}",
+        exception_name(vector),
+        frame.rip
+    );
 }
 
 fn stack_guard_hit(rsp: u64) -> bool {
     let region = crate::layout::KERNEL_STACKS;
     rsp >= region
-        && rsp < region + crate::layout::MAX_CPUS as u64 * crate::layout::STACKS_PER_CPU * crate::layout::STACK_SLOT
+        && rsp
+            < region
+                + crate::layout::MAX_CPUS as u64
+                    * crate::layout::STACKS_PER_CPU
+                    * crate::layout::STACK_SLOT
         && (rsp - region) % crate::layout::STACK_SLOT < crate::layout::STACK_SIZE
 }
 
 /// A page-fault error code in words.
 pub fn page_fault_cause(error_code: u64) -> &'static str {
-    match (error_code & 1 != 0, error_code & 2 != 0, error_code & 16 != 0) {
+    match (
+        error_code & 1 != 0,
+        error_code & 2 != 0,
+        error_code & 16 != 0,
+    ) {
         (_, _, true) => "instruction fetch",
         (false, false, _) => "read of a not-present page",
         (false, true, _) => "write to a not-present page",

@@ -95,10 +95,20 @@ pub fn load(image: &[u8]) -> Result<UserProgram, LoadError> {
     let mut page = USER_STACK_TOP - USER_STACK_SIZE;
     while page < USER_STACK_TOP {
         let frame = crate::memory::allocate_zeroed_frame();
-        paging::map(pml4, page, frame, paging::USER | paging::WRITABLE | paging::NO_EXECUTE, PageSize::Small);
+        paging::map(
+            pml4,
+            page,
+            frame,
+            paging::USER | paging::WRITABLE | paging::NO_EXECUTE,
+            PageSize::Small,
+        );
         page += PAGE_SIZE;
     }
-    Ok(UserProgram { pml4, entry: plan.entry, stack_top: USER_STACK_TOP })
+    Ok(UserProgram {
+        pml4,
+        entry: plan.entry,
+        stack_top: USER_STACK_TOP,
+    })
 }
 
 core::arch::global_asm!(
@@ -144,7 +154,8 @@ unsafe extern "C" {
     fn keel_user_resume() -> !;
 }
 
-static EXITS: spin::Mutex<[Option<UserExit>; layout::MAX_CPUS]> = spin::Mutex::new([None; layout::MAX_CPUS]);
+static EXITS: spin::Mutex<[Option<UserExit>; layout::MAX_CPUS]> =
+    spin::Mutex::new([None; layout::MAX_CPUS]);
 
 /// Runs `program` in ring 3 on this CPU with `argument` in RDI until it exits or
 /// faults. Interrupts are enabled while it runs.
@@ -167,7 +178,9 @@ pub fn enter(program: &UserProgram, argument: u64) -> UserExit {
         keel_user_enter(&frame);
         paging::switch_to(paging::kernel_pml4());
     }
-    EXITS.lock()[crate::percpu::cpu_index()].take().unwrap_or(UserExit::Exited(u64::MAX))
+    EXITS.lock()[crate::percpu::cpu_index()]
+        .take()
+        .unwrap_or(UserExit::Exited(u64::MAX))
 }
 
 /// Ends the running user program and returns from [`enter`] on this CPU.
@@ -190,7 +203,12 @@ pub fn user_exception(frame: &mut TrapFrame) {
         frame.error_code,
         address
     );
-    exit_to_kernel(UserExit::Faulted { vector, error_code: frame.error_code, rip: frame.rip, address })
+    exit_to_kernel(UserExit::Faulted {
+        vector,
+        error_code: frame.error_code,
+        rip: frame.rip,
+        address,
+    })
 }
 
 /// Why a user buffer could not be read.
@@ -207,13 +225,19 @@ pub fn copy_from_user(address: u64, buffer: &mut [u8]) -> Result<(), BadAddress>
         if virt >= layout::USER_END {
             return Err(BadAddress);
         }
-        let t = paging::translate(pml4, virt).filter(|t| t.user).ok_or(BadAddress)?;
+        let t = paging::translate(pml4, virt)
+            .filter(|t| t.user)
+            .ok_or(BadAddress)?;
         let in_page = (PAGE_SIZE - (virt % PAGE_SIZE)) as usize;
         let n = in_page.min(buffer.len() - done);
         // SAFETY: `t.phys .. t.phys + n` lies in one present user frame, reached
         // through the direct map; the kernel only reads it.
         unsafe {
-            core::ptr::copy_nonoverlapping(layout::phys_to_virt(t.phys) as *const u8, buffer[done..].as_mut_ptr(), n)
+            core::ptr::copy_nonoverlapping(
+                layout::phys_to_virt(t.phys) as *const u8,
+                buffer[done..].as_mut_ptr(),
+                n,
+            )
         };
         done += n;
     }

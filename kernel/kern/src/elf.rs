@@ -71,7 +71,9 @@ impl Plan {
 pub fn plan(image: &[u8]) -> Result<Plan, ElfError> {
     let elf = ElfFile::new(image).map_err(ElfError::Malformed)?;
     let header = &elf.header;
-    if header.pt1.class() != Class::SixtyFour || header.pt2.machine().as_machine() != Machine::X86_64 {
+    if header.pt1.class() != Class::SixtyFour
+        || header.pt2.machine().as_machine() != Machine::X86_64
+    {
         return Err(ElfError::WrongKind);
     }
     let entry = header.pt2.entry_point();
@@ -83,11 +85,16 @@ pub fn plan(image: &[u8]) -> Result<Plan, ElfError> {
             continue;
         }
         let vaddr = ph.virtual_addr();
-        let end = vaddr.checked_add(ph.mem_size()).ok_or(ElfError::OutOfRange)?;
+        let end = vaddr
+            .checked_add(ph.mem_size())
+            .ok_or(ElfError::OutOfRange)?;
         if vaddr < USER_IMAGE_MIN || end > USER_END {
             return Err(ElfError::OutOfRange);
         }
-        let file_end = ph.offset().checked_add(ph.file_size()).ok_or(ElfError::Truncated)?;
+        let file_end = ph
+            .offset()
+            .checked_add(ph.file_size())
+            .ok_or(ElfError::Truncated)?;
         if file_end > image.len() as u64 || ph.file_size() > ph.mem_size() {
             return Err(ElfError::Truncated);
         }
@@ -156,12 +163,26 @@ mod tests {
     #[test]
     fn refuses_bad_images() {
         assert!(matches!(plan(b"not an elf"), Err(ElfError::Malformed(_))));
-        assert_eq!(plan(&tiny_elf(0x1000, 0x1000, 0x100)).unwrap_err(), ElfError::OutOfRange);
         assert_eq!(
-            plan(&tiny_elf(0xffff_ffff_8000_0000, 0xffff_ffff_8000_0000, 0x100)).unwrap_err(),
+            plan(&tiny_elf(0x1000, 0x1000, 0x100)).unwrap_err(),
             ElfError::OutOfRange
         );
-        assert_eq!(plan(&tiny_elf(0x40_0000, 0x40_0000, 0x1000_0000)).unwrap_err(), ElfError::Truncated);
-        assert_eq!(plan(&tiny_elf(0x40_0000, 0x90_0000, 0x100)).unwrap_err(), ElfError::BadEntry);
+        assert_eq!(
+            plan(&tiny_elf(
+                0xffff_ffff_8000_0000,
+                0xffff_ffff_8000_0000,
+                0x100
+            ))
+            .unwrap_err(),
+            ElfError::OutOfRange
+        );
+        assert_eq!(
+            plan(&tiny_elf(0x40_0000, 0x40_0000, 0x1000_0000)).unwrap_err(),
+            ElfError::Truncated
+        );
+        assert_eq!(
+            plan(&tiny_elf(0x40_0000, 0x90_0000, 0x100)).unwrap_err(),
+            ElfError::BadEntry
+        );
     }
 }

@@ -78,7 +78,13 @@ impl<'a> FrameAllocator<'a> {
         }
         usable.copy_from_slice(bitmap);
         let free = bitmap.iter().map(|w| w.count_ones() as u64).sum();
-        FrameAllocator { bitmap, usable, managed: free, free, next_word: 0 }
+        FrameAllocator {
+            bitmap,
+            usable,
+            managed: free,
+            free,
+            next_word: 0,
+        }
     }
 
     /// Allocates one frame, lowest address first; `None` when memory is exhausted.
@@ -145,7 +151,10 @@ impl<'a> FrameAllocator<'a> {
 
     /// Current statistics.
     pub fn stats(&self) -> Stats {
-        Stats { managed_frames: self.managed, free_frames: self.free }
+        Stats {
+            managed_frames: self.managed,
+            free_frames: self.free,
+        }
     }
 
     /// The free frames as maximal ranges `[start, end)` of addresses, in order.
@@ -194,13 +203,24 @@ mod tests {
         let (mut b, mut u) = make(bitmap_words(16 << 20));
         // usable: 1 MiB .. 16 MiB with a hole at 4..5 MiB; reserved 2 MiB .. 3 MiB + 1 byte
         let ranges = [(0x10_0000, 0x40_0000), (0x50_0000, 0x100_0000)];
-        let mut a = FrameAllocator::new(&mut b, &mut u, ranges.into_iter(), &[(0x20_0000, 0x30_0001)]);
+        let mut a = FrameAllocator::new(
+            &mut b,
+            &mut u,
+            ranges.into_iter(),
+            &[(0x20_0000, 0x30_0001)],
+        );
         let expected = (0x40_0000 - 0x10_0000 + 0x100_0000 - 0x50_0000 - 0x10_1000) / FRAME_SIZE;
         assert_eq!(a.stats().managed_frames, expected);
         let mut got = Vec::new();
         while let Some(f) = a.allocate() {
-            assert!(!(0x20_0000..0x30_1000).contains(&f), "reserved frame {f:#x} handed out");
-            assert!(!(0x40_0000..0x50_0000).contains(&f), "hole frame {f:#x} handed out");
+            assert!(
+                !(0x20_0000..0x30_1000).contains(&f),
+                "reserved frame {f:#x} handed out"
+            );
+            assert!(
+                !(0x40_0000..0x50_0000).contains(&f),
+                "hole frame {f:#x} handed out"
+            );
             got.push(f);
         }
         assert_eq!(got.len() as u64, expected);

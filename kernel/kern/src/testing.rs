@@ -59,7 +59,10 @@ pub mod alloc_free {
     impl Message {
         /// Formats `args` into a message, truncating what does not fit.
         pub fn new(args: fmt::Arguments<'_>) -> Self {
-            let mut m = Message { bytes: [0; 120], len: 0 };
+            let mut m = Message {
+                bytes: [0; 120],
+                len: 0,
+            };
             let _ = fmt::write(&mut m, args);
             m
         }
@@ -144,7 +147,9 @@ mod tests {
         t.record(&Outcome::Passed);
         t.record(&Outcome::Skipped("x"));
         assert!(t.success());
-        t.record(&Outcome::Failed(alloc_free::Message::new(format_args!("x"))));
+        t.record(&Outcome::Failed(alloc_free::Message::new(format_args!(
+            "x"
+        ))));
         assert!(!t.success());
         assert!(!Tally::default().success());
     }

@@ -42,7 +42,10 @@ impl Write for LineWriter {
 
 /// Prints formatted text on the kernel console.
 pub fn print(args: fmt::Arguments<'_>) {
-    let mut w = LineWriter { buffer: [0; 256], len: 0 };
+    let mut w = LineWriter {
+        buffer: [0; 256],
+        len: 0,
+    };
     let _ = w.write_fmt(args);
     w.flush();
 }

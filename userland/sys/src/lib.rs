@@ -67,7 +67,11 @@ pub fn debug_put_char(byte: u8) {
 
 /// Prints bytes on the kernel console; returns the count or an error value.
 pub fn debug_put_string(bytes: &[u8]) -> u64 {
-    syscall2(syscall::DEBUG_PUT_STRING, bytes.as_ptr() as u64, bytes.len() as u64)
+    syscall2(
+        syscall::DEBUG_PUT_STRING,
+        bytes.as_ptr() as u64,
+        bytes.len() as u64,
+    )
 }
 
 /// Prints bytes from an arbitrary address (for tests of the kernel's checks).

@@ -33,19 +33,40 @@ impl Suite {
 }
 
 fn main(cpus: u64) -> u64 {
-    let mut suite = Suite { passed: 0, failed: 0 };
-    suite.run("argument_reaches_main", || if cpus >= 1 { Ok(()) } else { Err("no CPU count in RDI") });
+    let mut suite = Suite {
+        passed: 0,
+        failed: 0,
+    };
+    suite.run("argument_reaches_main", || {
+        if cpus >= 1 {
+            Ok(())
+        } else {
+            Err("no CPU count in RDI")
+        }
+    });
     suite.run("put_string_returns_length", || {
         let text = b"(user: hello from ring 3)\n";
-        if keel_sys::debug_put_string(text) == text.len() as u64 { Ok(()) } else { Err("wrong count") }
+        if keel_sys::debug_put_string(text) == text.len() as u64 {
+            Ok(())
+        } else {
+            Err("wrong count")
+        }
     });
     suite.run("put_string_refuses_kernel_address", || {
         let r = keel_sys::debug_put_raw(0xffff_ffff_8020_0000, 16);
-        if r == syscall::ERROR_BAD_ADDRESS { Ok(()) } else { Err("kernel memory was readable") }
+        if r == syscall::ERROR_BAD_ADDRESS {
+            Ok(())
+        } else {
+            Err("kernel memory was readable")
+        }
     });
     suite.run("put_string_refuses_unmapped_address", || {
         let r = keel_sys::debug_put_raw(0x1000, 16);
-        if r == syscall::ERROR_BAD_ADDRESS { Ok(()) } else { Err("unmapped memory was readable") }
+        if r == syscall::ERROR_BAD_ADDRESS {
+            Ok(())
+        } else {
+            Err("unmapped memory was readable")
+        }
     });
     suite.run("put_string_refuses_non_canonical_and_huge", || {
         if keel_sys::debug_put_raw(0x0000_7fff_ffff_fff0, 64) != syscall::ERROR_BAD_ADDRESS {
@@ -57,7 +78,11 @@ fn main(cpus: u64) -> u64 {
         Ok(())
     });
     suite.run("unknown_syscall_gets_error", || {
-        if keel_sys::raw_syscall(-1000) == syscall::ERROR_UNKNOWN_SYSCALL { Ok(()) } else { Err("no error") }
+        if keel_sys::raw_syscall(-1000) == syscall::ERROR_UNKNOWN_SYSCALL {
+            Ok(())
+        } else {
+            Err("no error")
+        }
     });
     suite.run("registers_survive_syscall", registers_survive);
     suite.run("timer_interrupts_reach_user_mode", || {
@@ -76,8 +101,15 @@ fn main(cpus: u64) -> u64 {
         for (i, b) in buffer.iter_mut().enumerate() {
             *b = i as u8;
         }
-        let sum: u64 = core::hint::black_box(&buffer).iter().map(|&b| b as u64).sum();
-        if sum == (0..32 * 1024u64).map(|i| i % 256).sum() { Ok(()) } else { Err("stack memory corrupt") }
+        let sum: u64 = core::hint::black_box(&buffer)
+            .iter()
+            .map(|&b| b as u64)
+            .sum();
+        if sum == (0..32 * 1024u64).map(|i| i % 256).sum() {
+            Ok(())
+        } else {
+            Err("stack memory corrupt")
+        }
     });
     keel_sys::debug_test_report(suite.passed, suite.failed);
     DONE
