@@ -133,9 +133,9 @@ fn frame_accounting() -> Outcome {
         match hal::memory::allocate_frame() {
             Some(f) => frames.push(f),
             None => {
-                return Outcome::Failed(keel_kern::testing::alloc_free::Message::new(format_args!(
-                    "out of frames"
-                )));
+                return Outcome::Failed(keel_kern::testing::alloc_free::Message::new(
+                    format_args!("out of frames"),
+                ));
             }
         }
     }

@@ -10,7 +10,14 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+#[cfg(test)]
+extern crate std;
+
 pub mod cmdline;
 pub mod elf;
 pub mod frames;
+pub mod memory;
+pub mod object;
 pub mod testing;
+#[cfg(test)]
+pub mod testing_memory;

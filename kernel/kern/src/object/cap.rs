@@ -1,0 +1,543 @@
+//! Capabilities: what a slot holds, and its two-word encoding.
+//!
+//! A capability slot is 32 bytes, as in seL4 (seL4_SlotBits = 5): two words of
+//! capability and two words of derivation-tree links (see [`super::cspace`]). [`Cap`]
+//! is the decoded form the object layer works with; [`Cap::encode`] and
+//! [`Cap::decode`] convert. The type tag is in bits 63..59 of the first word; physical
+//! addresses fit in 52 bits.
+
+/// Access rights on a capability (seL4_CapRights: write, read, grant, grant-reply).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Rights(pub u8);
+
+impl Rights {
+    /// Write (send on endpoints, signal on notifications).
+    pub const WRITE: Rights = Rights(1);
+    /// Read (receive / wait).
+    pub const READ: Rights = Rights(2);
+    /// Grant: transfer capabilities through IPC.
+    pub const GRANT: Rights = Rights(4);
+    /// Grant-reply: the receiver of a Call may get a reply capability that can grant.
+    pub const GRANT_REPLY: Rights = Rights(8);
+    /// Every right.
+    pub const ALL: Rights = Rights(15);
+    /// No right.
+    pub const NONE: Rights = Rights(0);
+
+    /// Whether every right in `other` is present.
+    pub const fn contains(self, other: Rights) -> bool {
+        self.0 & other.0 == other.0
+    }
+    /// Rights present in both.
+    pub const fn intersect(self, other: Rights) -> Rights {
+        Rights(self.0 & other.0)
+    }
+    /// From the seL4_CapRights word (bits: 0 write, 1 read, 2 grant, 3 grant-reply).
+    pub const fn from_word(word: u64) -> Rights {
+        Rights((word & 15) as u8)
+    }
+}
+
+/// Page sizes of frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameSize {
+    /// 4 KiB.
+    Small = 0,
+    /// 2 MiB.
+    Large = 1,
+    /// 1 GiB.
+    Huge = 2,
+}
+
+impl FrameSize {
+    /// log2 of the size in bytes.
+    pub const fn bits(self) -> u32 {
+        match self {
+            FrameSize::Small => 12,
+            FrameSize::Large => 21,
+            FrameSize::Huge => 30,
+        }
+    }
+    fn from_bits(v: u64) -> FrameSize {
+        match v & 3 {
+            0 => FrameSize::Small,
+            1 => FrameSize::Large,
+            _ => FrameSize::Huge,
+        }
+    }
+}
+
+/// Rights of a frame mapping (seL4_X86_VMAttributes aside): read-only or read-write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmRights {
+    /// Read-only.
+    ReadOnly = 2,
+    /// Read and write.
+    ReadWrite = 3,
+}
+
+/// Where a frame or paging structure is mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// The address space's ASID.
+    pub asid: u16,
+    /// Virtual address of the mapping (aligned to the object's size).
+    pub vaddr: u64,
+}
+
+/// A decoded capability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Cap {
+    /// An empty slot.
+    #[default]
+    Null,
+    /// Untyped memory: `base .. base + 2^size_bits`, of which `free_index` bytes are used.
+    Untyped {
+        base: u64,
+        size_bits: u8,
+        free_index: u64,
+        device: bool,
+    },
+    /// An endpoint.
+    Endpoint {
+        ptr: u64,
+        badge: u64,
+        rights: Rights,
+    },
+    /// A notification.
+    Notification {
+        ptr: u64,
+        badge: u64,
+        rights: Rights,
+    },
+    /// A reply capability to `tcb` (the master reply cap lives in the TCB itself).
+    Reply {
+        tcb: u64,
+        master: bool,
+        can_grant: bool,
+    },
+    /// A CNode of 2^radix slots with a guard.
+    CNode {
+        ptr: u64,
+        radix: u8,
+        guard_size: u8,
+        guard: u64,
+    },
+    /// A thread control block.
+    Tcb { ptr: u64 },
+    /// The authority to create IRQ handlers.
+    IrqControl,
+    /// The authority to handle one IRQ.
+    IrqHandler { irq: u16 },
+    /// A frame of memory.
+    Frame {
+        base: u64,
+        size: FrameSize,
+        rights: VmRights,
+        device: bool,
+        mapping: Option<Mapping>,
+    },
+    /// A page table (level 1).
+    PageTable { base: u64, mapping: Option<Mapping> },
+    /// A page directory (level 2).
+    PageDirectory { base: u64, mapping: Option<Mapping> },
+    /// A page-directory-pointer table (level 3).
+    Pdpt { base: u64, mapping: Option<Mapping> },
+    /// A PML4: the root of an address space; `asid` once assigned to an ASID pool.
+    Pml4 { base: u64, asid: Option<u16> },
+    /// The authority to create ASID pools.
+    AsidControl,
+    /// An ASID pool covering `asid_base .. asid_base + 512`.
+    AsidPool { base: u64, asid_base: u16 },
+    /// The authority to create I/O port capabilities.
+    IoPortControl,
+    /// I/O ports `first ..= last`.
+    IoPort { first: u16, last: u16 },
+    /// The scheduling-domain authority (kept for seL4 compatibility).
+    Domain,
+    /// Keel: the authority to let threads use RD/WR FS/GS BASE.
+    FsGsBaseControl,
+    /// A capability in the middle of deletion (a CNode or TCB being emptied).
+    Zombie { ptr: u64, is_tcb: bool, radix: u8 },
+}
+
+const TYPE_SHIFT: u32 = 59;
+const ADDR_MASK: u64 = (1 << 52) - 1;
+
+#[repr(u64)]
+enum Tag {
+    Untyped = 1,
+    Endpoint,
+    Notification,
+    Reply,
+    CNode,
+    Tcb,
+    IrqControl,
+    IrqHandler,
+    Frame,
+    PageTable,
+    PageDirectory,
+    Pdpt,
+    Pml4,
+    AsidControl,
+    AsidPool,
+    IoPortControl,
+    IoPort,
+    Domain,
+    FsGsBaseControl,
+    Zombie,
+}
+
+fn tagged(tag: Tag, rest: u64) -> u64 {
+    ((tag as u64) << TYPE_SHIFT) | rest
+}
+
+fn encode_mapping(mapping: Option<Mapping>) -> (u64, u64) {
+    match mapping {
+        Some(m) => (1 << 58, (m.vaddr >> 12) | ((m.asid as u64) << 48)),
+        None => (0, 0),
+    }
+}
+
+fn decode_mapping(w0: u64, w1: u64) -> Option<Mapping> {
+    (w0 & (1 << 58) != 0).then(|| Mapping {
+        vaddr: (w1 & ((1 << 48) - 1)) << 12,
+        asid: (w1 >> 48) as u16,
+    })
+}
+
+impl Cap {
+    /// The two-word encoding stored in a slot.
+    pub fn encode(self) -> [u64; 2] {
+        match self {
+            Cap::Null => [0, 0],
+            Cap::Untyped {
+                base,
+                size_bits,
+                free_index,
+                device,
+            } => [
+                tagged(
+                    Tag::Untyped,
+                    base | ((size_bits as u64 & 63) << 52) | ((device as u64) << 58),
+                ),
+                free_index,
+            ],
+            Cap::Endpoint { ptr, badge, rights } => [
+                tagged(Tag::Endpoint, ptr | ((rights.0 as u64) << 52)),
+                badge,
+            ],
+            Cap::Notification { ptr, badge, rights } => [
+                tagged(Tag::Notification, ptr | ((rights.0 as u64) << 52)),
+                badge,
+            ],
+            Cap::Reply {
+                tcb,
+                master,
+                can_grant,
+            } => [
+                tagged(
+                    Tag::Reply,
+                    tcb | ((master as u64) << 52) | ((can_grant as u64) << 53),
+                ),
+                0,
+            ],
+            Cap::CNode {
+                ptr,
+                radix,
+                guard_size,
+                guard,
+            } => [
+                tagged(Tag::CNode, (ptr >> 4) | ((radix as u64 & 63) << 48)),
+                (guard & ((1 << 58) - 1)) | ((guard_size as u64 & 63) << 58),
+            ],
+            Cap::Tcb { ptr } => [tagged(Tag::Tcb, ptr), 0],
+            Cap::IrqControl => [tagged(Tag::IrqControl, 0), 0],
+            Cap::IrqHandler { irq } => [tagged(Tag::IrqHandler, irq as u64), 0],
+            Cap::Frame {
+                base,
+                size,
+                rights,
+                device,
+                mapping,
+            } => {
+                let (m0, m1) = encode_mapping(mapping);
+                [
+                    tagged(
+                        Tag::Frame,
+                        (base >> 12)
+                            | ((size as u64) << 52)
+                            | ((rights as u64) << 54)
+                            | ((device as u64) << 56)
+                            | m0,
+                    ),
+                    m1,
+                ]
+            }
+            Cap::PageTable { base, mapping } => {
+                let (m0, m1) = encode_mapping(mapping);
+                [tagged(Tag::PageTable, (base >> 12) | m0), m1]
+            }
+            Cap::PageDirectory { base, mapping } => {
+                let (m0, m1) = encode_mapping(mapping);
+                [tagged(Tag::PageDirectory, (base >> 12) | m0), m1]
+            }
+            Cap::Pdpt { base, mapping } => {
+                let (m0, m1) = encode_mapping(mapping);
+                [tagged(Tag::Pdpt, (base >> 12) | m0), m1]
+            }
+            Cap::Pml4 { base, asid } => [
+                tagged(Tag::Pml4, (base >> 12) | ((asid.is_some() as u64) << 58)),
+                asid.unwrap_or(0) as u64,
+            ],
+            Cap::AsidControl => [tagged(Tag::AsidControl, 0), 0],
+            Cap::AsidPool { base, asid_base } => {
+                [tagged(Tag::AsidPool, base >> 12), asid_base as u64]
+            }
+            Cap::IoPortControl => [tagged(Tag::IoPortControl, 0), 0],
+            Cap::IoPort { first, last } => {
+                [tagged(Tag::IoPort, first as u64 | ((last as u64) << 16)), 0]
+            }
+            Cap::Domain => [tagged(Tag::Domain, 0), 0],
+            Cap::FsGsBaseControl => [tagged(Tag::FsGsBaseControl, 0), 0],
+            Cap::Zombie { ptr, is_tcb, radix } => [
+                tagged(
+                    Tag::Zombie,
+                    ptr | ((is_tcb as u64) << 52) | ((radix as u64 & 63) << 53),
+                ),
+                0,
+            ],
+        }
+    }
+
+    /// Decodes a slot's two words.
+    pub fn decode([w0, w1]: [u64; 2]) -> Cap {
+        let rest = w0 & ((1 << TYPE_SHIFT) - 1);
+        let addr = rest & ADDR_MASK;
+        let page = (rest & ((1 << 40) - 1)) << 12;
+        match w0 >> TYPE_SHIFT {
+            1 => Cap::Untyped {
+                base: addr,
+                size_bits: ((rest >> 52) & 63) as u8,
+                free_index: w1,
+                device: rest & (1 << 58) != 0,
+            },
+            2 => Cap::Endpoint {
+                ptr: addr,
+                badge: w1,
+                rights: Rights(((rest >> 52) & 15) as u8),
+            },
+            3 => Cap::Notification {
+                ptr: addr,
+                badge: w1,
+                rights: Rights(((rest >> 52) & 15) as u8),
+            },
+            4 => Cap::Reply {
+                tcb: addr,
+                master: rest & (1 << 52) != 0,
+                can_grant: rest & (1 << 53) != 0,
+            },
+            5 => Cap::CNode {
+                ptr: (rest & ((1 << 48) - 1)) << 4,
+                radix: ((rest >> 48) & 63) as u8,
+                guard_size: (w1 >> 58) as u8,
+                guard: w1 & ((1 << 58) - 1),
+            },
+            6 => Cap::Tcb { ptr: addr },
+            7 => Cap::IrqControl,
+            8 => Cap::IrqHandler { irq: rest as u16 },
+            9 => Cap::Frame {
+                base: page,
+                size: FrameSize::from_bits(rest >> 52),
+                rights: if (rest >> 54) & 3 == 2 {
+                    VmRights::ReadOnly
+                } else {
+                    VmRights::ReadWrite
+                },
+                device: rest & (1 << 56) != 0,
+                mapping: decode_mapping(rest, w1),
+            },
+            10 => Cap::PageTable {
+                base: page,
+                mapping: decode_mapping(rest, w1),
+            },
+            11 => Cap::PageDirectory {
+                base: page,
+                mapping: decode_mapping(rest, w1),
+            },
+            12 => Cap::Pdpt {
+                base: page,
+                mapping: decode_mapping(rest, w1),
+            },
+            13 => Cap::Pml4 {
+                base: page,
+                asid: (rest & (1 << 58) != 0).then_some(w1 as u16),
+            },
+            14 => Cap::AsidControl,
+            15 => Cap::AsidPool {
+                base: page,
+                asid_base: w1 as u16,
+            },
+            16 => Cap::IoPortControl,
+            17 => Cap::IoPort {
+                first: rest as u16,
+                last: (rest >> 16) as u16,
+            },
+            18 => Cap::Domain,
+            19 => Cap::FsGsBaseControl,
+            20 => Cap::Zombie {
+                ptr: addr,
+                is_tcb: rest & (1 << 52) != 0,
+                radix: ((rest >> 53) & 63) as u8,
+            },
+            _ => Cap::Null,
+        }
+    }
+
+    /// Whether the slot is empty.
+    pub fn is_null(&self) -> bool {
+        matches!(self, Cap::Null)
+    }
+
+    /// The kernel object this capability names, if it names one: (address, size in bytes).
+    /// Two capabilities to the same object have the same answer.
+    pub fn object(&self) -> Option<(u64, u64)> {
+        match *self {
+            Cap::Untyped {
+                base, size_bits, ..
+            } => Some((base, 1 << size_bits)),
+            Cap::Endpoint { ptr, .. } => Some((ptr, 16)),
+            Cap::Notification { ptr, .. } => Some((ptr, 32)),
+            Cap::CNode { ptr, radix, .. } => Some((ptr, 1 << (radix as u64 + 5))),
+            Cap::Tcb { ptr } => Some((ptr, 1 << super::TCB_BITS)),
+            Cap::Frame { base, size, .. } => Some((base, 1 << size.bits())),
+            Cap::PageTable { base, .. }
+            | Cap::PageDirectory { base, .. }
+            | Cap::Pdpt { base, .. } => Some((base, 4096)),
+            Cap::Pml4 { base, .. } | Cap::AsidPool { base, .. } => Some((base, 4096)),
+            Cap::Zombie { ptr, is_tcb, radix } => Some((
+                ptr,
+                if is_tcb {
+                    1 << super::TCB_BITS
+                } else {
+                    1 << (radix as u64 + 5)
+                },
+            )),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a physical-memory capability (as opposed to an authority such as
+    /// IRQControl or an I/O port range).
+    pub fn is_physical(&self) -> bool {
+        self.object().is_some()
+    }
+
+    /// The badge of an endpoint or notification capability (0 = unbadged).
+    pub fn badge(&self) -> u64 {
+        match *self {
+            Cap::Endpoint { badge, .. } | Cap::Notification { badge, .. } => badge,
+            _ => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips() {
+        let m = Some(Mapping {
+            asid: 7,
+            vaddr: 0x7fff_f000,
+        });
+        let caps = [
+            Cap::Null,
+            Cap::Untyped {
+                base: 0x1234_0000,
+                size_bits: 16,
+                free_index: 0x800,
+                device: true,
+            },
+            Cap::Endpoint {
+                ptr: 0x9_0000_0010,
+                badge: u64::MAX,
+                rights: Rights(0b1011),
+            },
+            Cap::Notification {
+                ptr: 0x20,
+                badge: 5,
+                rights: Rights::ALL,
+            },
+            Cap::Reply {
+                tcb: 0x80_0000,
+                master: true,
+                can_grant: false,
+            },
+            Cap::CNode {
+                ptr: 0x4000,
+                radix: 12,
+                guard_size: 52,
+                guard: 0x3_ffff_ffff_ffff,
+            },
+            Cap::Tcb { ptr: 0xf_ffff_f800 },
+            Cap::IrqControl,
+            Cap::IrqHandler { irq: 255 },
+            Cap::Frame {
+                base: 0x4000_0000,
+                size: FrameSize::Huge,
+                rights: VmRights::ReadOnly,
+                device: false,
+                mapping: m,
+            },
+            Cap::Frame {
+                base: 0x1000,
+                size: FrameSize::Small,
+                rights: VmRights::ReadWrite,
+                device: true,
+                mapping: None,
+            },
+            Cap::PageTable {
+                base: 0x5000,
+                mapping: m,
+            },
+            Cap::PageDirectory {
+                base: 0x6000,
+                mapping: None,
+            },
+            Cap::Pdpt {
+                base: 0x7000,
+                mapping: m,
+            },
+            Cap::Pml4 {
+                base: 0x8000,
+                asid: Some(513),
+            },
+            Cap::Pml4 {
+                base: 0x8000,
+                asid: None,
+            },
+            Cap::AsidControl,
+            Cap::AsidPool {
+                base: 0x9000,
+                asid_base: 1024,
+            },
+            Cap::IoPortControl,
+            Cap::IoPort {
+                first: 0x3f8,
+                last: 0x3ff,
+            },
+            Cap::Domain,
+            Cap::FsGsBaseControl,
+            Cap::Zombie {
+                ptr: 0x10000,
+                is_tcb: false,
+                radix: 8,
+            },
+        ];
+        for cap in caps {
+            assert_eq!(Cap::decode(cap.encode()), cap, "{cap:?}");
+        }
+    }
+}
