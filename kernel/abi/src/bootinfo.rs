@@ -1,0 +1,331 @@
+//! What the root task finds at start: its initial capabilities, the boot-info frame and
+//! the extra boot-info records (seL4 `seL4_BootInfo`, x86-64).
+//!
+//! This module owns the root CNode's initial slot numbers, the `seL4_BootInfo` layout,
+//! the untyped descriptors, and the extra boot-info record format with its x86 records.
+//! The root task starts with RDI = the user address of the [`BootInfo`] frame. The
+//! kernel maps, in this order after the user image: the IPC buffer frame (4 KiB), the
+//! boot-info frame (4 KiB), then the extra boot-info pages; `BootInfo::extra_len`
+//! bytes of records start at the first extra page (boot-info address + 4096).
+
+/// Root CNode slots of the initial capabilities (seL4_RootCNodeCapSlots).
+pub mod cap {
+    /// seL4_CapNull: always empty.
+    pub const NULL: u64 = 0;
+    /// seL4_CapInitThreadTCB: the root task's TCB.
+    pub const INIT_THREAD_TCB: u64 = 1;
+    /// seL4_CapInitThreadCNode: the root CNode itself.
+    pub const INIT_THREAD_CNODE: u64 = 2;
+    /// seL4_CapInitThreadVSpace (= seL4_CapInitThreadPD): the root task's PML4.
+    pub const INIT_THREAD_VSPACE: u64 = 3;
+    /// seL4_CapIRQControl.
+    pub const IRQ_CONTROL: u64 = 4;
+    /// seL4_CapASIDControl.
+    pub const ASID_CONTROL: u64 = 5;
+    /// seL4_CapInitThreadASIDPool: the pool holding the root task's ASID.
+    pub const INIT_THREAD_ASID_POOL: u64 = 6;
+    /// seL4_CapIOPortControl (present on x86).
+    pub const IO_PORT_CONTROL: u64 = 7;
+    /// seL4_CapIOSpace: empty without an IOMMU (Keel: empty).
+    pub const IO_SPACE: u64 = 8;
+    /// seL4_CapBootInfoFrame.
+    pub const BOOT_INFO_FRAME: u64 = 9;
+    /// seL4_CapInitThreadIPCBuffer.
+    pub const INIT_THREAD_IPC_BUFFER: u64 = 10;
+    /// seL4_CapDomain: the DomainSet capability.
+    pub const DOMAIN: u64 = 11;
+    /// seL4_CapSMMUSIDControl: Arm only; empty on x86.
+    pub const SMMU_SID_CONTROL: u64 = 12;
+    /// seL4_CapSMMUCBControl: Arm only; empty on x86.
+    pub const SMMU_CB_CONTROL: u64 = 13;
+    /// seL4_CapInitThreadSC: MCS only; empty here.
+    pub const INIT_THREAD_SC: u64 = 14;
+    /// seL4_CapSMC: Arm only; empty on x86.
+    pub const SMC: u64 = 15;
+    /// seL4_NumInitialCaps: first slot after seL4's initial capabilities.
+    pub const NUM_INITIAL_CAPS: u64 = 16;
+
+    /// Keel: the FsGsBaseControl capability, in the first slot after seL4's fixed ones.
+    /// seL4 programs find free slots through `BootInfo::empty`, which starts after
+    /// this slot and the other boot-time regions.
+    pub const KEEL_FS_GS_BASE_CONTROL: u64 = 16;
+    /// Keel: first slot after all fixed initial capabilities, Keel's included.
+    pub const KEEL_NUM_INITIAL_CAPS: u64 = 17;
+}
+
+/// CONFIG_MAX_NUM_BOOTINFO_UNTYPED_CAPS (seL4's default).
+pub const MAX_BOOT_INFO_UNTYPED_CAPS: usize = 230;
+/// CONFIG_ROOT_CNODE_SIZE_BITS (seL4's default): the root CNode has 4096 slots.
+pub const ROOT_CNODE_SIZE_BITS: u64 = 12;
+
+/// seL4_SlotRegion: slots `start..end` of the root CNode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct SlotRegion {
+    /// First slot of the region.
+    pub start: u64,
+    /// First slot after the region.
+    pub end: u64,
+}
+
+impl SlotRegion {
+    /// Number of slots.
+    pub const fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Whether the region has no slots.
+    pub const fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+}
+
+/// seL4_UntypedDesc: one untyped capability's description, in the order of
+/// `BootInfo::untyped`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct UntypedDesc {
+    /// Physical address of the untyped.
+    pub paddr: u64,
+    /// log2 of its size in bytes.
+    pub size_bits: u8,
+    /// 1 for device memory (may only become frames), 0 for RAM.
+    pub is_device: u8,
+    /// Zero.
+    pub padding: [u8; 6],
+}
+
+/// seL4_BootInfo: the boot-info frame's contents (non-MCS: no `schedcontrol` region).
+#[derive(Clone, Debug)]
+#[repr(C)]
+pub struct BootInfo {
+    /// `extraLen`: bytes of extra boot-info records after this frame.
+    pub extra_len: u64,
+    /// `nodeID`: this node's index (0; one kernel image runs all CPUs).
+    pub node_id: u64,
+    /// `numNodes`: number of CPUs running.
+    pub num_nodes: u64,
+    /// `numIOPTLevels`: IOMMU page-table levels (0 without IOMMU).
+    pub num_io_pt_levels: u64,
+    /// `ipcBuffer`: user address of the root task's IPC buffer.
+    pub ipc_buffer: u64,
+    /// `empty`: the free slots of the root CNode.
+    pub empty: SlotRegion,
+    /// `sharedFrames`: frames shared between nodes (empty).
+    pub shared_frames: SlotRegion,
+    /// `userImageFrames`: frame capabilities of the root task's image, in address order.
+    pub user_image_frames: SlotRegion,
+    /// `userImagePaging`: page-table capabilities built for the root task's image.
+    pub user_image_paging: SlotRegion,
+    /// `ioSpaceCaps`: Arm SMMU I/O spaces (empty).
+    pub io_space_caps: SlotRegion,
+    /// `extraBIPages`: frame capabilities of the extra boot-info pages.
+    pub extra_bi_pages: SlotRegion,
+    /// `initThreadCNodeSizeBits`: log2 of the root CNode's slot count.
+    pub init_thread_cnode_size_bits: u64,
+    /// `initThreadDomain`: the root task's scheduling domain.
+    pub init_thread_domain: u64,
+    /// `untyped`: the untyped capabilities, described by `untyped_list` in order.
+    pub untyped: SlotRegion,
+    /// `untypedList`: one entry per slot of `untyped`.
+    pub untyped_list: [UntypedDesc; MAX_BOOT_INFO_UNTYPED_CAPS],
+}
+
+const _: () = assert!(core::mem::size_of::<SlotRegion>() == 16);
+const _: () = assert!(core::mem::size_of::<UntypedDesc>() == 16);
+const _: () = assert!(core::mem::offset_of!(BootInfo, empty) == 40);
+const _: () = assert!(core::mem::offset_of!(BootInfo, init_thread_cnode_size_bits) == 136);
+const _: () = assert!(core::mem::offset_of!(BootInfo, untyped) == 152);
+const _: () = assert!(core::mem::offset_of!(BootInfo, untyped_list) == 168);
+const _: () = assert!(core::mem::size_of::<BootInfo>() == 168 + 16 * MAX_BOOT_INFO_UNTYPED_CAPS);
+const _: () = assert!(core::mem::size_of::<BootInfo>() <= 4096);
+
+/// seL4_BootInfoHeader: starts every extra boot-info record. `len` counts the header.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct BootInfoHeader {
+    /// One of [`extra_id`].
+    pub id: u64,
+    /// Bytes of the record, this header included.
+    pub len: u64,
+}
+const _: () = assert!(core::mem::size_of::<BootInfoHeader>() == 16);
+
+/// seL4_BootInfoID: the `id` of an extra boot-info record.
+pub mod extra_id {
+    /// SEL4_BOOTINFO_HEADER_PADDING: skip `len` bytes.
+    pub const PADDING: u64 = 0;
+    /// SEL4_BOOTINFO_HEADER_X86_VBE: [`super::X86BootInfoVbe`].
+    pub const X86_VBE: u64 = 1;
+    /// SEL4_BOOTINFO_HEADER_X86_MBMMAP: [`super::X86BootInfoMmap`].
+    pub const X86_MBMMAP: u64 = 2;
+    /// SEL4_BOOTINFO_HEADER_X86_ACPI_RSDP: header + [`super::AcpiRsdp`].
+    pub const X86_ACPI_RSDP: u64 = 3;
+    /// SEL4_BOOTINFO_HEADER_X86_FRAMEBUFFER: header + [`super::X86Framebuffer`].
+    pub const X86_FRAMEBUFFER: u64 = 4;
+    /// SEL4_BOOTINFO_HEADER_X86_TSC_FREQ: header + a `u32`, the TSC frequency in MHz.
+    pub const X86_TSC_FREQ: u64 = 5;
+    /// SEL4_BOOTINFO_HEADER_FDT: header + a flattened device tree (not on x86).
+    pub const FDT: u64 = 6;
+    /// SEL4_BOOTINFO_HEADER_NUM: number of ids.
+    pub const NUM: u64 = 7;
+}
+
+/// Order in which seL4 writes the x86 records (each present only when known; the
+/// memory map and TSC frequency always are).
+pub const X86_RECORD_ORDER: [u64; 5] = [
+    extra_id::X86_VBE,
+    extra_id::X86_ACPI_RSDP,
+    extra_id::X86_FRAMEBUFFER,
+    extra_id::X86_MBMMAP,
+    extra_id::X86_TSC_FREQ,
+];
+
+/// SEL4_MULTIBOOT_MAX_MMAP_ENTRIES.
+pub const MULTIBOOT_MAX_MMAP_ENTRIES: usize = 50;
+/// SEL4_MULTIBOOT_RAM_REGION_TYPE: `X86MmapEntry::region_type` of usable RAM.
+pub const MULTIBOOT_RAM_REGION_TYPE: u32 = 1;
+
+/// seL4_X86_mb_mmap_t: one memory-map entry (multiboot layout, packed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C, packed)]
+pub struct X86MmapEntry {
+    /// Size of the rest of the entry in bytes (20), as multiboot counts it.
+    pub size: u32,
+    /// Physical start address.
+    pub base_addr: u64,
+    /// Length in bytes.
+    pub length: u64,
+    /// Region type; [`MULTIBOOT_RAM_REGION_TYPE`] is usable RAM.
+    pub region_type: u32,
+}
+const _: () = assert!(core::mem::size_of::<X86MmapEntry>() == 24);
+
+/// seL4_X86_BootInfo_mmap_t: the memory-map record; `header.len` is the whole
+/// structure's size even when fewer entries are used.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, packed)]
+pub struct X86BootInfoMmap {
+    /// Record header, id [`extra_id::X86_MBMMAP`].
+    pub header: BootInfoHeader,
+    /// Bytes of `mmap` in use (entries × 24).
+    pub mmap_length: u32,
+    /// The entries.
+    pub mmap: [X86MmapEntry; MULTIBOOT_MAX_MMAP_ENTRIES],
+}
+const _: () = assert!(core::mem::size_of::<X86BootInfoMmap>() == 16 + 4 + 24 * 50);
+
+/// seL4_X86_BootInfo_VBE: the VESA record. The two blocks are the VBE controller
+/// information block (512 bytes) and mode information block (256 bytes) in the VESA
+/// BIOS Extensions' own layout; seL4 copies them unchanged from the boot loader.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, packed)]
+pub struct X86BootInfoVbe {
+    /// Record header, id [`extra_id::X86_VBE`], len 800.
+    pub header: BootInfoHeader,
+    /// VBE controller information block.
+    pub vbe_info_block: [u8; 512],
+    /// VBE mode information block.
+    pub vbe_mode_info_block: [u8; 256],
+    /// VBE mode number.
+    pub vbe_mode: u32,
+    /// Protected-mode interface segment.
+    pub vbe_interface_seg: u32,
+    /// Protected-mode interface offset.
+    pub vbe_interface_off: u32,
+    /// Protected-mode interface length.
+    pub vbe_interface_len: u32,
+}
+const _: () = assert!(core::mem::size_of::<X86BootInfoVbe>() == 800);
+
+/// The RSDP record's body: the ACPI 2.0 Root System Description Pointer (36 bytes,
+/// packed), copied from firmware.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C, packed)]
+pub struct AcpiRsdp {
+    /// "RSD PTR ".
+    pub signature: [u8; 8],
+    /// Checksum of the first 20 bytes.
+    pub checksum: u8,
+    /// OEM identifier.
+    pub oem_id: [u8; 6],
+    /// ACPI revision (2 or more for the extended fields).
+    pub revision: u8,
+    /// Physical address of the RSDT.
+    pub rsdt_address: u32,
+    /// Length of this table.
+    pub length: u32,
+    /// Physical address of the XSDT.
+    pub xsdt_address: u64,
+    /// Checksum of the whole table.
+    pub extended_checksum: u8,
+    /// Zero.
+    pub reserved: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<AcpiRsdp>() == 36);
+
+/// The framebuffer record's body (seL4_X86_BootInfo_fb_t, the multiboot 2 framebuffer
+/// tag's common part, packed, 22 bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C, packed)]
+pub struct X86Framebuffer {
+    /// Physical address of the framebuffer.
+    pub addr: u64,
+    /// Bytes per line.
+    pub pitch: u32,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Bits per pixel.
+    pub bpp: u8,
+    /// Multiboot 2 framebuffer type (0 indexed, 1 RGB, 2 EGA text).
+    pub fb_type: u8,
+}
+const _: () = assert!(core::mem::size_of::<X86Framebuffer>() == 22);
+
+/// Length of the TSC-frequency record (header + u32 MHz).
+pub const X86_TSC_FREQ_RECORD_LEN: u64 = 16 + 4;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_caps_in_order() {
+        let slots = [
+            cap::NULL,
+            cap::INIT_THREAD_TCB,
+            cap::INIT_THREAD_CNODE,
+            cap::INIT_THREAD_VSPACE,
+            cap::IRQ_CONTROL,
+            cap::ASID_CONTROL,
+            cap::INIT_THREAD_ASID_POOL,
+            cap::IO_PORT_CONTROL,
+            cap::IO_SPACE,
+            cap::BOOT_INFO_FRAME,
+            cap::INIT_THREAD_IPC_BUFFER,
+            cap::DOMAIN,
+            cap::SMMU_SID_CONTROL,
+            cap::SMMU_CB_CONTROL,
+            cap::INIT_THREAD_SC,
+            cap::SMC,
+        ];
+        for (i, s) in slots.iter().enumerate() {
+            assert_eq!(*s, i as u64);
+        }
+        assert_eq!(cap::NUM_INITIAL_CAPS, slots.len() as u64);
+        assert_eq!(cap::KEEL_FS_GS_BASE_CONTROL, cap::NUM_INITIAL_CAPS);
+        assert_eq!(cap::KEEL_NUM_INITIAL_CAPS, cap::KEEL_FS_GS_BASE_CONTROL + 1);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(core::mem::size_of::<BootInfo>(), 3848);
+        assert_eq!(core::mem::size_of::<X86BootInfoMmap>(), 1220);
+        let r = SlotRegion { start: 20, end: 30 };
+        assert_eq!(r.len(), 10);
+        assert!(!r.is_empty());
+        assert_eq!(extra_id::NUM, 7);
+    }
+}
