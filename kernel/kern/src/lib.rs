@@ -13,9 +13,15 @@
 #[cfg(test)]
 extern crate std;
 
+extern crate alloc;
+
 pub mod cmdline;
 pub mod elf;
+pub mod fault;
 pub mod frames;
+pub mod invocation;
+pub mod ipc;
+pub mod kernel;
 pub mod memory;
 pub mod object;
 pub mod testing;

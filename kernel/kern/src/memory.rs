@@ -16,7 +16,12 @@
 //!   [`Notification`](crate::object::notification::Notification).
 
 /// A record type that lives in retyped memory.
-pub trait Record: Default + 'static {}
+pub trait Record: Default + 'static {
+    /// Whether this record is a live object (a destroyed one reads as all zeroes).
+    fn live(&self) -> bool {
+        true
+    }
+}
 
 /// Physical memory as the object layer sees it.
 pub trait Memory {
@@ -34,4 +39,6 @@ pub trait Memory {
     fn get<T: Record>(&self, phys: u64) -> &T;
     /// The record of type `T` at `phys`, mutably.
     fn get_mut<T: Record>(&mut self, phys: u64) -> &mut T;
+    /// Whether a live record of type `T` is at `phys`.
+    fn exists<T: Record>(&self, phys: u64) -> bool;
 }

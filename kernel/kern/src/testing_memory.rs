@@ -52,6 +52,9 @@ impl Memory for TestMemory {
             "destroying a missing record at {phys:#x}"
         );
     }
+    fn exists<T: Record>(&self, phys: u64) -> bool {
+        self.records.get(&phys).and_then(|r| r.downcast_ref::<T>()).is_some_and(|r| r.live())
+    }
     fn get<T: Record>(&self, phys: u64) -> &T {
         self.records
             .get(&phys)

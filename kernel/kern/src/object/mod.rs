@@ -4,11 +4,13 @@
 //! 2^4, a notification 2^5, a slot 2^5.
 
 pub mod cap;
+pub mod cnode;
 pub mod cspace;
+pub mod endpoint;
+pub mod irq;
+pub mod tcb;
+pub mod tcb_ops;
+pub mod untyped;
+pub mod vspace;
 
-/// log2 of a TCB object's size.
-pub const TCB_BITS: u32 = 11;
-/// log2 of an endpoint object's size.
-pub const ENDPOINT_BITS: u32 = 4;
-/// log2 of a notification object's size.
-pub const NOTIFICATION_BITS: u32 = 5;
+pub use keel_abi::object::{ENDPOINT_BITS, NOTIFICATION_BITS, TCB_BITS};

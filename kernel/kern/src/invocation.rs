@@ -1,0 +1,356 @@
+//! System calls and capability invocations: the entry points the trusted core calls.
+//!
+//! Every invocation is *look up → decode (every check, may fail, changes nothing) →
+//! perform (cannot fail)*, as in seL4. Errors become a reply whose label is the
+//! `keel_abi::error::Error` code and whose message registers carry its details; a
+//! failed lookup of the invoked capability itself is a capability fault instead.
+
+use keel_abi::error::Error;
+use keel_abi::invocation::InvocationLabel;
+use keel_abi::message::{MSG_MAX_LENGTH, MessageInfo};
+use keel_abi::syscall;
+
+use crate::kernel::{Hardware, Kernel};
+use crate::object::cap::{Cap, Rights};
+use crate::object::cspace::{self, LookupFault};
+use crate::object::tcb::{self, Fault, ThreadState};
+
+/// The arguments of one invocation, read before decoding.
+pub struct Args {
+    /// The invoking thread.
+    pub thread: u64,
+    /// Its IPC buffer.
+    pub buffer: Option<u64>,
+    /// The message's length (clamped to what the thread can send).
+    pub length: usize,
+    /// Message registers (the first 16 are read eagerly).
+    mrs: [u64; 16],
+    /// Extra capabilities: (slot, capability).
+    extra: [Option<(u64, Cap)>; 3],
+    /// The slot of the invoked capability.
+    pub slot: u64,
+}
+
+impl Args {
+    /// Message register `i` (0 beyond what was read).
+    pub fn mr(&self, i: usize) -> u64 {
+        self.mrs.get(i).copied().unwrap_or(0)
+    }
+    /// Extra capability `i`.
+    pub fn extra_cap(&self, i: usize) -> Option<Cap> {
+        self.extra[i].map(|(_, c)| c)
+    }
+    /// Slot of extra capability `i`.
+    pub fn extra_slot(&self, i: usize) -> Option<u64> {
+        self.extra[i].map(|(s, _)| s)
+    }
+}
+
+/// A failed invocation: the error code and its detail words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvocationError {
+    /// The error code (the reply's label).
+    pub error: Error,
+    /// Detail words.
+    pub words: [u64; 6],
+    /// How many detail words.
+    pub length: usize,
+}
+
+impl InvocationError {
+    /// An error without details.
+    pub fn simple(error: Error) -> Self {
+        Self { error, words: [0; 6], length: 0 }
+    }
+    /// InvalidArgument for argument `index`.
+    pub fn argument(index: u64) -> Self {
+        Self { error: Error::InvalidArgument, words: [index, 0, 0, 0, 0, 0], length: 1 }
+    }
+    /// InvalidCapability for capability `index` (0 = the invoked one).
+    pub fn capability(index: u64) -> Self {
+        Self { error: Error::InvalidCapability, words: [index, 0, 0, 0, 0, 0], length: 1 }
+    }
+    /// RangeError with the allowed range.
+    pub fn range(min: u64, max: u64) -> Self {
+        Self { error: Error::RangeError, words: [min, max, 0, 0, 0, 0], length: 2 }
+    }
+    /// NotEnoughMemory with the bytes available.
+    pub fn memory(available: u64) -> Self {
+        Self { error: Error::NotEnoughMemory, words: [available, 0, 0, 0, 0, 0], length: 1 }
+    }
+    /// FailedLookup (`source`: it was the source of a two-slot operation).
+    pub fn failed_lookup(source: bool, fault: LookupFault) -> Self {
+        let mut words = [0; 6];
+        words[0] = source as u64;
+        let n = crate::fault::lookup_failure_words(fault, &mut words[1..]);
+        Self { error: Error::FailedLookup, words, length: 1 + n }
+    }
+}
+
+/// The result of a successful invocation: how many reply message registers it set.
+pub type Invoked = Result<usize, InvocationError>;
+
+impl<H: Hardware> Kernel<H> {
+    /// A system call by the current thread; `number` is the value of RDX.
+    pub fn handle_syscall(&mut self, number: u64) {
+        let t = self.current();
+        if t == 0 {
+            return;
+        }
+        self.tcb_mut(t).context.vector = tcb::SYSCALL_VECTOR;
+        match number as i64 {
+            syscall::CALL => self.handle_invocation(t, true, true),
+            syscall::SEND => self.handle_invocation(t, false, true),
+            syscall::NB_SEND => self.handle_invocation(t, false, false),
+            syscall::RECV => self.handle_receive(t, true),
+            syscall::NB_RECV => self.handle_receive(t, false),
+            syscall::REPLY => self.handle_reply(t),
+            syscall::REPLY_RECV => {
+                self.handle_reply(t);
+                self.handle_receive(t, true);
+            }
+            syscall::YIELD => {
+                let here = self.hw.current_cpu();
+                self.cpus[here].current = 0;
+                self.enqueue(t, false);
+                self.reschedule_required();
+            }
+            n if (syscall::KEEL_DEBUG_BASE - 16..=syscall::DEBUG_PUT_CHAR).contains(&n) => self.handle_debug(t, n),
+            _ => self.handle_fault(t, Fault::UnknownSyscall { number }),
+        }
+    }
+
+    /// An exception in user mode by the current thread.
+    pub fn handle_user_exception(&mut self, vector: u64, code: u64, address: u64) {
+        let t = self.current();
+        if t == 0 {
+            return;
+        }
+        self.tcb_mut(t).context.vector = vector;
+        let fault = match vector {
+            14 => Fault::VmFault { address, fsr: code, instruction: code & 16 != 0 },
+            1 | 3 => Fault::Debug { reason: vector, address },
+            _ => Fault::UserException { number: vector, code },
+        };
+        self.handle_fault(t, fault);
+    }
+
+    fn handle_receive(&mut self, t: u64, blocking: bool) {
+        let cptr = self.tcb(t).context.rdi;
+        let cap = match self.lookup_cap(t, cptr) {
+            Ok((_, cap)) => cap,
+            Err(lookup) => {
+                self.handle_fault(t, Fault::Capability { address: cptr, in_receive: true, lookup });
+                return;
+            }
+        };
+        match cap {
+            Cap::Endpoint { ptr, rights, .. } if rights.contains(Rights::READ) => {
+                self.delete_caller_cap(t);
+                self.receive_ipc(t, ptr, rights.contains(Rights::GRANT), blocking);
+            }
+            Cap::Notification { ptr, rights, .. } if rights.contains(Rights::READ) => {
+                let bound = self.hw.get::<crate::object::endpoint::Notification>(ptr).bound();
+                if bound != 0 && bound != t {
+                    let lookup = LookupFault::MissingCapability { bits_left: 0 };
+                    self.handle_fault(t, Fault::Capability { address: cptr, in_receive: true, lookup });
+                    return;
+                }
+                self.receive_signal(t, ptr, blocking);
+            }
+            _ => {
+                let lookup = LookupFault::MissingCapability { bits_left: 0 };
+                self.handle_fault(t, Fault::Capability { address: cptr, in_receive: true, lookup });
+            }
+        }
+    }
+
+    fn handle_reply(&mut self, t: u64) {
+        let caller = tcb::slot(t, tcb::SLOT_CALLER);
+        if let Cap::Reply { tcb: receiver, master: false, can_grant } = cspace::cap(&self.hw, caller) {
+            self.do_reply(t, receiver, caller, can_grant);
+        }
+    }
+
+    fn handle_invocation(&mut self, t: u64, is_call: bool, blocking: bool) {
+        let (cptr, info) = {
+            let c = &self.tcb(t).context;
+            (c.rdi, MessageInfo::from_word(c.rsi))
+        };
+        let (slot, cap) = match self.lookup_cap(t, cptr) {
+            Ok(found) => found,
+            Err(lookup) => {
+                if blocking {
+                    self.handle_fault(t, Fault::Capability { address: cptr, in_receive: false, lookup });
+                }
+                return;
+            }
+        };
+        let buffer = self.ipc_buffer(t);
+        let max = if buffer.is_some() { MSG_MAX_LENGTH } else { 4 };
+        let length = (info.length() as usize).min(max);
+        let mut mrs = [0u64; 16];
+        for (i, mr) in mrs.iter_mut().enumerate().take(length) {
+            *mr = self.message_register(t, buffer, i);
+        }
+        let mut extra = [None; 3];
+        if let Some(b) = buffer {
+            for (i, e) in extra.iter_mut().enumerate().take(info.extra_caps() as usize) {
+                let c = self.hw.read(b + crate::ipc::buffer::caps_or_badges(i));
+                match self.lookup_cap(t, c) {
+                    Ok(found) => *e = Some(found),
+                    Err(lookup) => {
+                        if blocking {
+                            self.handle_fault(t, Fault::Capability { address: c, in_receive: false, lookup });
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+        match cap {
+            Cap::Endpoint { ptr, badge, rights } => {
+                if !rights.contains(Rights::WRITE) {
+                    if blocking {
+                        let lookup = LookupFault::MissingCapability { bits_left: 0 };
+                        self.handle_fault(t, Fault::Capability { address: cptr, in_receive: false, lookup });
+                    }
+                    return;
+                }
+                let grant = rights.contains(Rights::GRANT);
+                let grant_reply = rights.contains(Rights::GRANT_REPLY);
+                self.send_ipc(t, ptr, badge, blocking, is_call, grant, grant_reply);
+                return;
+            }
+            Cap::Notification { ptr, badge, rights } => {
+                if !rights.contains(Rights::WRITE) {
+                    if blocking {
+                        let lookup = LookupFault::MissingCapability { bits_left: 0 };
+                        self.handle_fault(t, Fault::Capability { address: cptr, in_receive: false, lookup });
+                    }
+                    return;
+                }
+                self.signal(ptr, badge);
+                return;
+            }
+            Cap::Reply { tcb: receiver, master: false, can_grant } => {
+                self.do_reply(t, receiver, slot, can_grant);
+                return;
+            }
+            Cap::Null => {
+                if blocking {
+                    let lookup = LookupFault::MissingCapability { bits_left: 0 };
+                    self.handle_fault(t, Fault::Capability { address: cptr, in_receive: false, lookup });
+                }
+                return;
+            }
+            _ => {}
+        }
+        let args = Args { thread: t, buffer, length, mrs, extra, slot };
+        let result = match InvocationLabel::from_u64(info.label()) {
+            Some(label) => self.invoke_object(cap, label, &args),
+            None => Err(InvocationError::simple(Error::IllegalOperation)),
+        };
+        // The thread may have been deleted or suspended by its own invocation.
+        if !self.thread_alive(t) {
+            return;
+        }
+        if !is_call {
+            if self.tcb(t).state == ThreadState::Running || self.tcb(t).state == ThreadState::Restart {
+                self.tcb_mut(t).state = ThreadState::Running;
+            }
+            return;
+        }
+        let (label, length) = match result {
+            Ok(n) => (0, n),
+            Err(e) => {
+                for (i, w) in e.words[..e.length].iter().enumerate() {
+                    self.set_message_register(t, buffer, i, *w);
+                }
+                (e.error as u64, e.length)
+            }
+        };
+        let c = &mut self.tcb_mut(t).context;
+        c.rsi = MessageInfo::new(label, 0, 0, length as u64).to_word();
+        c.rdi = 0;
+    }
+
+    /// Whether `t` is still a live TCB (not deleted by the invocation it made).
+    fn thread_alive(&self, t: u64) -> bool {
+        self.hw.exists::<tcb::Tcb>(tcb::record(t))
+    }
+
+    /// Dispatches a kernel-object invocation to the object's decoder.
+    fn invoke_object(&mut self, cap: Cap, label: InvocationLabel, args: &Args) -> Invoked {
+        match cap {
+            Cap::CNode { .. } => self.invoke_cnode(cap, label, args),
+            Cap::Untyped { .. } => self.invoke_untyped(cap, label, args),
+            Cap::Tcb { ptr } => self.invoke_tcb(ptr, label, args),
+            Cap::IrqControl | Cap::IrqHandler { .. } => self.invoke_irq(cap, label, args),
+            Cap::IoPortControl | Cap::IoPort { .. } => self.invoke_io_port(cap, label, args),
+            Cap::Frame { .. }
+            | Cap::PageTable { .. }
+            | Cap::PageDirectory { .. }
+            | Cap::Pdpt { .. }
+            | Cap::Pml4 { .. }
+            | Cap::AsidControl
+            | Cap::AsidPool { .. } => self.invoke_vspace(cap, label, args),
+            Cap::FsGsBaseControl => self.invoke_fsgsbase_control(label, args),
+            Cap::Domain => Err(InvocationError::simple(Error::IllegalOperation)),
+            _ => Err(InvocationError::capability(0)),
+        }
+    }
+
+    fn handle_debug(&mut self, t: u64, number: i64) {
+        let c = self.tcb(t).context;
+        match number {
+            syscall::DEBUG_PUT_CHAR => self.hw.console_write(&[c.rdi as u8]),
+            syscall::DEBUG_HALT => self.hw.halt(),
+            syscall::DEBUG_PUT_STRING => {
+                let result = self.debug_put_string(t, c.rdi, c.rsi);
+                self.tcb_mut(t).context.rax = result;
+            }
+            syscall::DEBUG_THREAD_EXIT => {
+                self.set_state(t, ThreadState::Inactive);
+                self.hw.thread_exited(t, c.rdi);
+            }
+            syscall::DEBUG_TEST_REPORT => self.hw.test_report(c.rdi, c.rsi),
+            syscall::DEBUG_TICKS => {
+                let ticks = self.hw.ticks();
+                self.tcb_mut(t).context.rax = ticks;
+            }
+            syscall::DEBUG_NAME_THREAD => {
+                // RDI: the TCB capability; the name is in the IPC buffer's message words.
+                if let (Ok((_, Cap::Tcb { ptr })), Some(b)) = (self.lookup_cap(t, c.rdi), self.ipc_buffer(t)) {
+                    let mut name = [0u8; 16];
+                    for (i, chunk) in name.chunks_mut(8).enumerate() {
+                        chunk.copy_from_slice(&self.hw.read(b + crate::ipc::buffer::message(i)).to_le_bytes());
+                    }
+                    self.tcb_mut(ptr).name = name;
+                }
+            }
+            _ => self.handle_fault(t, Fault::UnknownSyscall { number: number as u64 }),
+        }
+    }
+
+    /// Prints `length` bytes at user address `address` of thread `t`'s address space.
+    fn debug_put_string(&mut self, t: u64, address: u64, length: u64) -> u64 {
+        if length > syscall::DEBUG_PUT_STRING_MAX {
+            return syscall::ERROR_BAD_ADDRESS;
+        }
+        let Cap::Pml4 { base, .. } = cspace::cap(&self.hw, tcb::slot(t, tcb::SLOT_VSPACE)) else {
+            return syscall::ERROR_BAD_ADDRESS;
+        };
+        let mut bytes = [0u8; syscall::DEBUG_PUT_STRING_MAX as usize];
+        for i in 0..length {
+            let Some(va) = address.checked_add(i) else { return syscall::ERROR_BAD_ADDRESS };
+            let Some(pa) = crate::object::vspace::translate_user(&self.hw, base, va) else {
+                return syscall::ERROR_BAD_ADDRESS;
+            };
+            let word = self.hw.read(pa & !7);
+            bytes[i as usize] = (word >> (8 * (pa & 7))) as u8;
+        }
+        self.hw.console_write(&bytes[..length as usize]);
+        length
+    }
+}

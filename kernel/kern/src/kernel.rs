@@ -1,0 +1,346 @@
+//! The kernel's state and its scheduler.
+//!
+//! [`Kernel`] owns the hardware interface (physical memory plus the few machine
+//! operations the object layer needs, [`Hardware`]) and the per-CPU scheduling state.
+//! The trusted core holds it behind the big kernel lock and calls its entry points
+//! (`handle_syscall`, `handle_user_exception`, `handle_timer_tick`, …) with the current
+//! thread's registers already saved in its TCB; afterwards it runs
+//! [`Kernel::current`] of the CPU.
+//!
+//! Scheduling (seL4 non-MCS): 256 fixed priorities, one ready queue per priority per
+//! CPU with a bitmap for the highest non-empty queue, round-robin time slices of
+//! [`TIME_SLICE_TICKS`](crate::object::tcb::TIME_SLICE_TICKS) timer ticks, and a
+//! scheduler action that lets IPC switch directly to the woken thread.
+//!
+//! Invariants: a thread is in at most one ready queue, that of its affinity CPU, and
+//! only when runnable and not current; `cpus[c].current` is runnable or 0 (idle).
+
+use alloc::vec::Vec;
+
+use crate::memory::Memory;
+use crate::object::tcb::{self, Tcb, ThreadState};
+
+/// Number of priorities.
+pub const NUM_PRIORITIES: usize = 256;
+
+/// What the machine must do for the object layer beyond memory access.
+pub trait Hardware: Memory {
+    /// Index of the CPU running this code.
+    fn current_cpu(&self) -> usize;
+    /// Physical address of the kernel's PML4 (its upper half is shared by every PML4).
+    fn kernel_pml4(&self) -> u64;
+    /// Writes bytes to the kernel console.
+    fn console_write(&mut self, bytes: &[u8]);
+    /// Asks `cpu` to run its scheduler soon (an IPI; nothing if it is this CPU).
+    fn reschedule_cpu(&mut self, cpu: usize);
+    /// Flushes the TLB entries of address space `asid` for `vaddr` on every CPU.
+    fn flush_page(&mut self, asid: u16, vaddr: u64);
+    /// Flushes every TLB entry of address space `asid` on every CPU.
+    fn flush_address_space(&mut self, asid: u16);
+    /// Reads an I/O port (`size` 1, 2 or 4 bytes).
+    fn port_read(&mut self, port: u16, size: u8) -> u32;
+    /// Writes an I/O port.
+    fn port_write(&mut self, port: u16, size: u8, value: u32);
+    /// Routes IRQ `irq` (an I/O APIC pin or MSI vector index) to the kernel and unmasks
+    /// it (`true`) or masks it (`false`).
+    fn irq_enable(&mut self, irq: u16, enabled: bool);
+    /// Timer interrupts seen by this CPU.
+    fn ticks(&self) -> u64;
+    /// The debug exit system call: a thread ended with `value`.
+    fn thread_exited(&mut self, tcb: u64, value: u64);
+    /// The debug test-report system call.
+    fn test_report(&mut self, passed: u64, failed: u64);
+    /// The debug halt system call.
+    fn halt(&mut self) -> !;
+}
+
+/// What the scheduler does at the next exit to user mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Keep running the current thread.
+    Resume,
+    /// Pick the best ready thread (the current one competes if runnable).
+    ChooseNew,
+    /// Switch to this thread unless a better one is ready.
+    SwitchTo(u64),
+}
+
+/// One CPU's scheduling state.
+#[derive(Clone)]
+pub struct CpuState {
+    /// The running thread (TCB address; 0 = idle).
+    pub current: u64,
+    /// Pending scheduler decision.
+    pub action: Action,
+    heads: [u64; NUM_PRIORITIES],
+    tails: [u64; NUM_PRIORITIES],
+    bitmap: [u64; NUM_PRIORITIES / 64],
+}
+
+impl CpuState {
+    fn new() -> Self {
+        Self {
+            current: 0,
+            action: Action::Resume,
+            heads: [0; NUM_PRIORITIES],
+            tails: [0; NUM_PRIORITIES],
+            bitmap: [0; NUM_PRIORITIES / 64],
+        }
+    }
+
+    /// The highest priority with a ready thread.
+    pub fn highest_ready(&self) -> Option<u8> {
+        (0..self.bitmap.len())
+            .rev()
+            .find(|&i| self.bitmap[i] != 0)
+            .map(|i| (i * 64 + 63 - self.bitmap[i].leading_zeros() as usize) as u8)
+    }
+}
+
+/// The kernel.
+pub struct Kernel<H: Hardware> {
+    /// Memory and machine operations.
+    pub hw: H,
+    /// Per-CPU scheduling state, indexed by CPU.
+    pub cpus: Vec<CpuState>,
+    /// IRQ states, indexed by IRQ number (see `object::irq`).
+    pub irqs: [crate::object::irq::IrqState; crate::object::irq::MAX_IRQS],
+    /// ASID pools by the ASID's high bits (physical address, 0 = none).
+    pub asid_pools: [u64; crate::object::vspace::ASID_POOLS],
+    /// Whether CPUs allow user RD/WR FS/GS BASE (CR4.FSGSBASE can be set).
+    pub fsgsbase_supported: bool,
+}
+
+impl<H: Hardware> Kernel<H> {
+    /// A kernel for `cpu_count` CPUs.
+    pub fn new(hw: H, cpu_count: usize) -> Self {
+        let mut cpus = Vec::with_capacity(cpu_count);
+        for _ in 0..cpu_count {
+            cpus.push(CpuState::new());
+        }
+        Self {
+            hw,
+            cpus,
+            irqs: [crate::object::irq::IrqState::Inactive; crate::object::irq::MAX_IRQS],
+            asid_pools: [0; crate::object::vspace::ASID_POOLS],
+            fsgsbase_supported: false,
+        }
+    }
+
+    /// The thread running on this CPU (0 = idle).
+    pub fn current(&self) -> u64 {
+        self.cpus[self.hw.current_cpu()].current
+    }
+
+    /// The record of TCB `t`.
+    pub fn tcb(&self, t: u64) -> &Tcb {
+        self.hw.get::<Tcb>(tcb::record(t))
+    }
+
+    /// The record of TCB `t`, mutably.
+    pub fn tcb_mut(&mut self, t: u64) -> &mut Tcb {
+        self.hw.get_mut::<Tcb>(tcb::record(t))
+    }
+
+    /// Sets a thread's state; if it stops being runnable while current, the CPU
+    /// reschedules.
+    pub fn set_state(&mut self, t: u64, state: ThreadState) {
+        self.tcb_mut(t).state = state;
+        if !state.is_runnable() {
+            self.dequeue(t);
+            let cpu = self.tcb(t).affinity as usize;
+            if cpu < self.cpus.len() && self.cpus[cpu].current == t {
+                self.cpus[cpu].action = Action::ChooseNew;
+                if cpu != self.hw.current_cpu() {
+                    self.hw.reschedule_cpu(cpu);
+                }
+            }
+        }
+    }
+
+    /// Puts `t` at the head (`front`) or tail of its CPU's ready queue.
+    pub fn enqueue(&mut self, t: u64, front: bool) {
+        let (prio, cpu, queued) = {
+            let r = self.tcb(t);
+            (r.priority as usize, r.affinity as usize, r.queued)
+        };
+        if queued {
+            return;
+        }
+        let (head, tail) = (self.cpus[cpu].heads[prio], self.cpus[cpu].tails[prio]);
+        if front {
+            {
+                let r = self.tcb_mut(t);
+                r.ready_prev = 0;
+                r.ready_next = head;
+                r.queued = true;
+            }
+            if head != 0 {
+                self.tcb_mut(head).ready_prev = t;
+            } else {
+                self.cpus[cpu].tails[prio] = t;
+            }
+            self.cpus[cpu].heads[prio] = t;
+        } else {
+            {
+                let r = self.tcb_mut(t);
+                r.ready_next = 0;
+                r.ready_prev = tail;
+                r.queued = true;
+            }
+            if tail != 0 {
+                self.tcb_mut(tail).ready_next = t;
+            } else {
+                self.cpus[cpu].heads[prio] = t;
+            }
+            self.cpus[cpu].tails[prio] = t;
+        }
+        self.cpus[cpu].bitmap[prio / 64] |= 1 << (prio % 64);
+    }
+
+    /// Takes `t` out of its ready queue (if it is in one).
+    pub fn dequeue(&mut self, t: u64) {
+        let (prio, cpu, queued, prev, next) = {
+            let r = self.tcb(t);
+            (r.priority as usize, r.affinity as usize, r.queued, r.ready_prev, r.ready_next)
+        };
+        if !queued {
+            return;
+        }
+        if prev != 0 {
+            self.tcb_mut(prev).ready_next = next;
+        } else {
+            self.cpus[cpu].heads[prio] = next;
+        }
+        if next != 0 {
+            self.tcb_mut(next).ready_prev = prev;
+        } else {
+            self.cpus[cpu].tails[prio] = prev;
+        }
+        if self.cpus[cpu].heads[prio] == 0 {
+            self.cpus[cpu].bitmap[prio / 64] &= !(1 << (prio % 64));
+        }
+        let r = self.tcb_mut(t);
+        r.queued = false;
+        r.ready_next = 0;
+        r.ready_prev = 0;
+    }
+
+    /// Makes a newly runnable thread run: directly if it belongs to this CPU and the
+    /// scheduler has not decided otherwise, else through its ready queue.
+    pub fn possible_switch_to(&mut self, t: u64) {
+        let cpu = self.tcb(t).affinity as usize;
+        let here = self.hw.current_cpu();
+        if cpu != here {
+            self.enqueue(t, false);
+            self.hw.reschedule_cpu(cpu);
+        } else if self.cpus[here].action != Action::Resume {
+            self.enqueue(t, false);
+            self.cpus[here].action = Action::ChooseNew;
+        } else {
+            self.cpus[here].action = Action::SwitchTo(t);
+        }
+    }
+
+    /// Asks this CPU to choose again at the next exit.
+    pub fn reschedule_required(&mut self) {
+        let here = self.hw.current_cpu();
+        if let Action::SwitchTo(t) = self.cpus[here].action {
+            self.enqueue(t, false);
+        }
+        self.cpus[here].action = Action::ChooseNew;
+    }
+
+    /// Carries out this CPU's scheduler action; afterwards `current()` is the thread to
+    /// run (or 0 for idle).
+    pub fn schedule(&mut self) {
+        let here = self.hw.current_cpu();
+        let action = self.cpus[here].action;
+        self.cpus[here].action = Action::Resume;
+        let current = self.cpus[here].current;
+        let current_runnable = current != 0 && self.tcb(current).state.is_runnable()
+            && self.tcb(current).affinity as usize == here;
+        match action {
+            Action::Resume => {
+                if current != 0 && !current_runnable {
+                    self.choose_new(here);
+                }
+            }
+            Action::SwitchTo(candidate) => {
+                let prio = self.tcb(candidate).priority;
+                let best_ready = self.cpus[here].highest_ready();
+                let beats_current = !current_runnable || prio >= self.tcb(current).priority;
+                if beats_current && best_ready.is_none_or(|b| prio >= b) {
+                    if current_runnable && current != candidate {
+                        self.enqueue(current, true);
+                    }
+                    self.dequeue(candidate);
+                    self.cpus[here].current = candidate;
+                } else {
+                    self.enqueue(candidate, false);
+                    if current_runnable {
+                        self.enqueue(current, true);
+                    }
+                    self.choose_new(here);
+                }
+            }
+            Action::ChooseNew => {
+                if current_runnable {
+                    self.enqueue(current, true);
+                }
+                self.choose_new(here);
+            }
+        }
+        let chosen = self.cpus[here].current;
+        if chosen != 0 && self.tcb(chosen).state == ThreadState::Restart {
+            let r = self.tcb_mut(chosen);
+            if r.context.vector == crate::object::tcb::SYSCALL_VECTOR {
+                r.context.rip = r.context.rip.wrapping_sub(2);
+            }
+            r.state = ThreadState::Running;
+        }
+    }
+
+    fn choose_new(&mut self, here: usize) {
+        match self.cpus[here].highest_ready() {
+            Some(prio) => {
+                let t = self.cpus[here].heads[prio as usize];
+                self.dequeue(t);
+                self.cpus[here].current = t;
+            }
+            None => self.cpus[here].current = 0,
+        }
+    }
+
+    /// A timer interrupt on this CPU: charge the current thread's time slice.
+    pub fn handle_timer_tick(&mut self) {
+        let here = self.hw.current_cpu();
+        let current = self.cpus[here].current;
+        if current == 0 {
+            if self.cpus[here].highest_ready().is_some() {
+                self.cpus[here].action = Action::ChooseNew;
+            }
+            return;
+        }
+        let expired = {
+            let r = self.tcb_mut(current);
+            r.time_slice = r.time_slice.saturating_sub(1);
+            if r.time_slice == 0 {
+                r.time_slice = tcb::TIME_SLICE_TICKS;
+                true
+            } else {
+                false
+            }
+        };
+        if expired && self.tcb(current).state.is_runnable() {
+            self.cpus[here].current = 0;
+            self.enqueue(current, false);
+            self.reschedule_required();
+        }
+    }
+
+    /// A reschedule request from another CPU (or work arrived while idle).
+    pub fn handle_reschedule(&mut self) {
+        self.reschedule_required();
+    }
+}

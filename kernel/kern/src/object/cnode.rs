@@ -1,0 +1,394 @@
+//! Deriving, deleting and revoking capabilities, and the CNode invocations.
+//!
+//! Deletion finalises an object when its last capability goes: endpoints and
+//! notifications wake their waiters (who restart their system calls), TCBs are
+//! suspended, mapped frames and tables are unmapped, IRQ handlers are cleared. A CNode
+//! or TCB that must be emptied first becomes a Zombie capability; emptying nested
+//! CNodes is iterative (each Zombie records the slot of the Zombie it sits in), so a
+//! hostile CSpace cannot exhaust the kernel stack.
+
+use keel_abi::error::Error;
+
+use crate::invocation::{Args, InvocationError};
+use crate::kernel::{Hardware, Kernel};
+use crate::object::cap::{Cap, Rights, VmRights};
+use crate::object::cspace;
+use crate::object::endpoint::{Endpoint, Notification};
+use crate::object::tcb::{self, Tcb, ThreadState};
+
+/// The copy of `cap` (in `slot`) a derivation makes, or `None` if it may not be copied.
+pub fn derive<H: Hardware>(k: &Kernel<H>, slot: u64, cap: Cap) -> Option<Cap> {
+    match cap {
+        Cap::Null | Cap::Zombie { .. } | Cap::Reply { .. } => None,
+        Cap::Untyped { .. } if cspace::has_children(&k.hw, slot) => None,
+        Cap::Frame { base, size, rights, device, .. } => Some(Cap::Frame { base, size, rights, device, mapping: None }),
+        other => Some(other),
+    }
+}
+
+/// `cap` with its rights reduced to `mask`.
+pub fn mask_rights(cap: Cap, mask: Rights) -> Cap {
+    match cap {
+        Cap::Endpoint { ptr, badge, rights } => Cap::Endpoint { ptr, badge, rights: rights.intersect(mask) },
+        Cap::Notification { ptr, badge, rights } => {
+            Cap::Notification { ptr, badge, rights: rights.intersect(mask.intersect(Rights(3))) }
+        }
+        Cap::Reply { tcb, master, can_grant } => Cap::Reply { tcb, master, can_grant: can_grant && mask.contains(Rights::GRANT) },
+        Cap::Frame { base, size, rights, device, mapping } => {
+            let rights = if mask.contains(Rights::WRITE) && rights == VmRights::ReadWrite && mask.contains(Rights::READ) {
+                VmRights::ReadWrite
+            } else {
+                VmRights::ReadOnly
+            };
+            Cap::Frame { base, size, rights, device, mapping }
+        }
+        other => other,
+    }
+}
+
+/// `cap` with new badge / guard data (Mint, Mutate); `None` if not allowed.
+pub fn update_data(cap: Cap, data: u64, preserve: bool) -> Option<Cap> {
+    match cap {
+        Cap::Endpoint { ptr, badge, rights } => {
+            if preserve && badge != 0 {
+                return None;
+            }
+            Some(Cap::Endpoint { ptr, badge: if badge == 0 { data } else { badge }, rights })
+        }
+        Cap::Notification { ptr, badge, rights } => {
+            if preserve && badge != 0 {
+                return None;
+            }
+            Some(Cap::Notification { ptr, badge: if badge == 0 { data } else { badge }, rights })
+        }
+        Cap::CNode { ptr, radix, .. } => {
+            let guard_size = (data & 63) as u8;
+            let guard = (data >> 6) & ((1 << 58) - 1);
+            if guard_size as u32 + radix as u32 > 64 {
+                return None;
+            }
+            let guard = if guard_size >= 58 { guard } else { guard & ((1u64 << guard_size) - 1) };
+            Some(Cap::CNode { ptr, radix, guard_size, guard })
+        }
+        other => Some(other),
+    }
+}
+
+/// Deleting a capability whose slot is being emptied (the work stack of [`Kernel::delete`]).
+const DELETE_STACK: usize = 32;
+
+impl<H: Hardware> Kernel<H> {
+    /// Deletes the capability in `slot`, finalising its object if it was the last one.
+    pub fn delete(&mut self, slot: u64) {
+        let cap = cspace::cap(&self.hw, slot);
+        if cap.is_null() {
+            return;
+        }
+        if !cspace::is_final(&self.hw, slot) {
+            cspace::remove(&mut self.hw, slot);
+            return;
+        }
+        match cap {
+            Cap::CNode { .. } | Cap::Tcb { .. } | Cap::Zombie { .. } => self.empty_and_delete(slot),
+            _ => {
+                self.finalise(cap);
+                cspace::remove(&mut self.hw, slot);
+            }
+        }
+    }
+
+    /// Deletes a capability that never needs emptying (used for reply and caller caps).
+    pub fn delete_one(&mut self, slot: u64) {
+        let cap = cspace::cap(&self.hw, slot);
+        if matches!(cap, Cap::CNode { .. } | Cap::Tcb { .. } | Cap::Zombie { .. }) {
+            self.delete(slot);
+            return;
+        }
+        if cspace::is_final(&self.hw, slot) {
+            self.finalise(cap);
+        }
+        cspace::remove(&mut self.hw, slot);
+    }
+
+    /// Turns the final CNode/TCB capability in `root` into a Zombie and empties it and
+    /// everything it alone keeps alive, iteratively.
+    fn empty_and_delete(&mut self, root: u64) {
+        let mut stack = [(0u64, 0u64); DELETE_STACK]; // (zombie slot, next index to scan)
+        let mut depth = 0;
+        self.make_zombie(root);
+        stack[0] = (root, 0);
+        loop {
+            let (zslot, start) = stack[depth];
+            let Cap::Zombie { ptr, is_tcb, radix } = cspace::cap(&self.hw, zslot) else { return };
+            let count = if is_tcb { tcb::TCB_SLOTS } else { 1u64 << radix };
+            let mut found = None;
+            for i in start..count {
+                if !cspace::cap(&self.hw, ptr + i * cspace::SLOT_BYTES).is_null() {
+                    found = Some(i);
+                    break;
+                }
+            }
+            let Some(i) = found else {
+                // Empty: the object dies.
+                if is_tcb {
+                    self.hw.destroy::<Tcb>(tcb::record(ptr));
+                }
+                cspace::remove(&mut self.hw, zslot);
+                if depth == 0 {
+                    return;
+                }
+                depth -= 1;
+                continue;
+            };
+            stack[depth].1 = i;
+            let inner = ptr + i * cspace::SLOT_BYTES;
+            let cap = cspace::cap(&self.hw, inner);
+            let needs_emptying = matches!(cap, Cap::Zombie { .. })
+                || (matches!(cap, Cap::CNode { .. } | Cap::Tcb { .. }) && cspace::is_final(&self.hw, inner));
+            if needs_emptying && inner != zslot {
+                if !matches!(cap, Cap::Zombie { .. }) {
+                    self.make_zombie(inner);
+                }
+                if depth + 1 < DELETE_STACK {
+                    depth += 1;
+                    stack[depth] = (inner, 0);
+                } else {
+                    // Too deep to remember: restart this level's scan from 0 later.
+                    stack[depth].1 = 0;
+                    let mut d = depth;
+                    while d > 0 {
+                        stack[d] = stack[d - 1];
+                        d -= 1;
+                    }
+                    stack[depth] = (inner, 0);
+                }
+                continue;
+            }
+            if !needs_emptying {
+                self.finalise_if_final(inner);
+                cspace::remove(&mut self.hw, inner);
+            } else {
+                // A zombie containing itself: just drop the slot.
+                cspace::remove(&mut self.hw, inner);
+            }
+        }
+    }
+
+    fn finalise_if_final(&mut self, slot: u64) {
+        let cap = cspace::cap(&self.hw, slot);
+        if cspace::is_final(&self.hw, slot) {
+            self.finalise(cap);
+        }
+    }
+
+    fn make_zombie(&mut self, slot: u64) {
+        match cspace::cap(&self.hw, slot) {
+            Cap::CNode { ptr, radix, .. } => {
+                cspace::set_cap(&mut self.hw, slot, Cap::Zombie { ptr, is_tcb: false, radix })
+            }
+            Cap::Tcb { ptr } => {
+                self.suspend(ptr);
+                self.unbind_notification(ptr);
+                let cpu = self.tcb(ptr).affinity as usize;
+                if cpu < self.cpus.len() && self.cpus[cpu].current == ptr {
+                    self.cpus[cpu].current = 0;
+                    self.cpus[cpu].action = crate::kernel::Action::ChooseNew;
+                    if cpu != self.hw.current_cpu() {
+                        self.hw.reschedule_cpu(cpu);
+                    }
+                }
+                cspace::set_cap(&mut self.hw, slot, Cap::Zombie { ptr, is_tcb: true, radix: 0 })
+            }
+            _ => {}
+        }
+    }
+
+    /// The last capability to `cap`'s object is going: release the object.
+    fn finalise(&mut self, cap: Cap) {
+        match cap {
+            Cap::Endpoint { ptr, .. } => {
+                self.cancel_endpoint(ptr, None);
+                self.hw.destroy::<Endpoint>(ptr);
+            }
+            Cap::Notification { ptr, .. } => {
+                self.cancel_notification(ptr);
+                self.hw.destroy::<Notification>(ptr);
+            }
+            Cap::IrqHandler { irq } => self.clear_irq(irq),
+            Cap::Frame { .. } | Cap::PageTable { .. } | Cap::PageDirectory { .. } | Cap::Pdpt { .. } | Cap::Pml4 { .. } | Cap::AsidPool { .. } => {
+                self.finalise_vspace_object(cap)
+            }
+            _ => {}
+        }
+    }
+
+    /// Deletes every capability derived from the one in `slot`.
+    pub fn revoke(&mut self, slot: u64) {
+        loop {
+            let next = cspace::next(&self.hw, slot);
+            if next == 0 || !cspace::is_parent_of(&self.hw, slot, next) {
+                return;
+            }
+            self.delete(next);
+            if cspace::cap(&self.hw, next) != Cap::Null && cspace::next(&self.hw, slot) == next {
+                // Could not delete (should not happen): stop rather than loop.
+                return;
+            }
+        }
+    }
+
+    /// Stops a thread: it leaves every queue and will not run until resumed.
+    pub fn suspend(&mut self, t: u64) {
+        self.cancel_ipc(t);
+        if self.tcb(t).state == ThreadState::Running || self.tcb(t).state == ThreadState::Restart {
+            // A thread suspended in the middle of a system call does not redo it.
+        }
+        self.set_state(t, ThreadState::Inactive);
+        self.dequeue(t);
+    }
+
+    /// Unbinds a thread's notification.
+    pub fn unbind_notification(&mut self, t: u64) {
+        let n = self.tcb(t).bound_notification;
+        if n != 0 {
+            self.hw.get_mut::<Notification>(n).set_bound(0);
+            self.tcb_mut(t).bound_notification = 0;
+        }
+    }
+
+    /// Decodes and performs a CNode invocation on `cnode` (the invoked capability).
+    pub fn invoke_cnode(&mut self, cnode: Cap, label: keel_abi::invocation::InvocationLabel, args: &Args) -> Result<usize, InvocationError> {
+        use keel_abi::invocation::InvocationLabel as L;
+        let need = match label {
+            L::CNodeRevoke | L::CNodeDelete | L::CNodeCancelBadgedSends | L::CNodeSaveCaller => 2,
+            L::CNodeCopy => 5,
+            L::CNodeMint => 6,
+            L::CNodeMove => 4,
+            L::CNodeMutate => 5,
+            L::CNodeRotate => 8,
+            _ => return Err(InvocationError::simple(Error::IllegalOperation)),
+        };
+        if args.length < need {
+            return Err(InvocationError::simple(Error::TruncatedMessage));
+        }
+        let dest = self.target_slot(cnode, args.mr(0), args.mr(1), false)?;
+        match label {
+            L::CNodeRevoke => {
+                self.revoke(dest);
+                Ok(0)
+            }
+            L::CNodeDelete => {
+                self.delete(dest);
+                Ok(0)
+            }
+            L::CNodeCancelBadgedSends => {
+                match cspace::cap(&self.hw, dest) {
+                    Cap::Endpoint { ptr, badge, .. } => {
+                        if badge != 0 {
+                            self.cancel_endpoint(ptr, Some(badge));
+                        }
+                        Ok(0)
+                    }
+                    _ => Err(InvocationError::simple(Error::IllegalOperation)),
+                }
+            }
+            L::CNodeSaveCaller => {
+                if !cspace::cap(&self.hw, dest).is_null() {
+                    return Err(InvocationError::simple(Error::DeleteFirst));
+                }
+                let caller = tcb::slot(args.thread, tcb::SLOT_CALLER);
+                let cap = cspace::cap(&self.hw, caller);
+                if matches!(cap, Cap::Reply { .. }) {
+                    cspace::move_cap(&mut self.hw, caller, dest, cap);
+                }
+                Ok(0)
+            }
+            L::CNodeCopy | L::CNodeMint | L::CNodeMove | L::CNodeMutate => {
+                let src_root = args.extra_cap(0).ok_or(InvocationError::simple(Error::TruncatedMessage))?;
+                if !cspace::cap(&self.hw, dest).is_null() {
+                    return Err(InvocationError::simple(Error::DeleteFirst));
+                }
+                let src = self.source_slot(src_root, args.mr(2), args.mr(3))?;
+                let src_cap = cspace::cap(&self.hw, src);
+                if src_cap.is_null() {
+                    return Err(InvocationError::failed_lookup(true, crate::object::cspace::LookupFault::MissingCapability { bits_left: 0 }));
+                }
+                match label {
+                    L::CNodeCopy | L::CNodeMint => {
+                        let rights = Rights::from_word(args.mr(4));
+                        let mut new = mask_rights(src_cap, rights);
+                        if label == L::CNodeMint {
+                            new = update_data(new, args.mr(5), true).ok_or(InvocationError::simple(Error::IllegalOperation))?;
+                        }
+                        let new = derive(self, src, new).ok_or_else(|| {
+                            if matches!(src_cap, Cap::Untyped { .. }) {
+                                InvocationError::simple(Error::RevokeFirst)
+                            } else {
+                                InvocationError::simple(Error::IllegalOperation)
+                            }
+                        })?;
+                        cspace::insert_child(&mut self.hw, src, dest, new);
+                        Ok(0)
+                    }
+                    _ => {
+                        let new = if label == L::CNodeMutate {
+                            update_data(src_cap, args.mr(4), false).ok_or(InvocationError::simple(Error::IllegalOperation))?
+                        } else {
+                            src_cap
+                        };
+                        cspace::move_cap(&mut self.hw, src, dest, new);
+                        Ok(0)
+                    }
+                }
+            }
+            L::CNodeRotate => {
+                let pivot_root = args.extra_cap(0).ok_or(InvocationError::simple(Error::TruncatedMessage))?;
+                let src_root = args.extra_cap(1).ok_or(InvocationError::simple(Error::TruncatedMessage))?;
+                let pivot = self.source_slot(pivot_root, args.mr(2), args.mr(3))?;
+                let src = self.source_slot(src_root, args.mr(5), args.mr(6))?;
+                if pivot == src || pivot == dest {
+                    return Err(InvocationError::simple(Error::IllegalOperation));
+                }
+                if src != dest && !cspace::cap(&self.hw, dest).is_null() {
+                    return Err(InvocationError::simple(Error::DeleteFirst));
+                }
+                let (src_cap, pivot_cap) = (cspace::cap(&self.hw, src), cspace::cap(&self.hw, pivot));
+                if src_cap.is_null() || pivot_cap.is_null() {
+                    return Err(InvocationError::failed_lookup(true, crate::object::cspace::LookupFault::MissingCapability { bits_left: 0 }));
+                }
+                let new_src = update_data(src_cap, args.mr(7), false).ok_or(InvocationError::simple(Error::IllegalOperation))?;
+                let new_pivot = update_data(pivot_cap, args.mr(4), false).ok_or(InvocationError::simple(Error::IllegalOperation))?;
+                if src == dest {
+                    cspace::swap(&mut self.hw, src, new_pivot, pivot, new_src);
+                } else {
+                    cspace::move_cap(&mut self.hw, pivot, dest, new_pivot);
+                    cspace::move_cap(&mut self.hw, src, pivot, new_src);
+                }
+                Ok(0)
+            }
+            _ => Err(InvocationError::simple(Error::IllegalOperation)),
+        }
+    }
+
+    /// Resolves (index, depth) in `root` exactly to a slot (seL4 lookupTargetSlot).
+    pub fn target_slot(&self, root: Cap, index: u64, depth: u64, is_source: bool) -> Result<u64, InvocationError> {
+        if !matches!(root, Cap::CNode { .. }) {
+            return Err(InvocationError::failed_lookup(is_source, crate::object::cspace::LookupFault::InvalidRoot));
+        }
+        if depth == 0 || depth > 64 {
+            return Err(InvocationError::range(1, 64));
+        }
+        match cspace::resolve(&self.hw, root, index, depth as u32) {
+            Ok((slot, 0)) => Ok(slot),
+            Ok((_, left)) => Err(InvocationError::failed_lookup(
+                is_source,
+                crate::object::cspace::LookupFault::DepthMismatch { bits_left: left, bits_found: 0 },
+            )),
+            Err(f) => Err(InvocationError::failed_lookup(is_source, f)),
+        }
+    }
+
+    fn source_slot(&self, root: Cap, index: u64, depth: u64) -> Result<u64, InvocationError> {
+        self.target_slot(root, index, depth, true)
+    }
+}

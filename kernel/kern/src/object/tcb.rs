@@ -1,0 +1,208 @@
+//! Thread control blocks: a thread's registers, scheduling and IPC state.
+//!
+//! A TCB object is 2^11 bytes. Its first [`TCB_SLOTS`] 32-byte slots hold the
+//! capabilities the thread runs with (CSpace root, VSpace root, its master reply
+//! capability, the caller slot and its IPC buffer frame), exactly like seL4's TCB
+//! CNode; the [`Tcb`] record starts at [`TCB_RECORD_OFFSET`]. The record begins with
+//! the [`UserContext`], which the trusted core's entry code fills directly on every
+//! trap from user mode, so its layout is fixed (`repr(C)`, checked below).
+
+use crate::memory::Record;
+
+/// Slot index of the thread's CSpace root.
+pub const SLOT_CSPACE: u64 = 0;
+/// Slot index of the thread's VSpace root.
+pub const SLOT_VSPACE: u64 = 1;
+/// Slot index of the thread's master reply capability.
+pub const SLOT_REPLY: u64 = 2;
+/// Slot index of the reply capability to the thread that called this one.
+pub const SLOT_CALLER: u64 = 3;
+/// Slot index of the thread's IPC buffer frame.
+pub const SLOT_IPC_BUFFER: u64 = 4;
+/// Slots at the start of a TCB object.
+pub const TCB_SLOTS: u64 = 5;
+/// Offset of the [`Tcb`] record inside the TCB object.
+pub const TCB_RECORD_OFFSET: u64 = 1024;
+
+/// Address of slot `index` of the TCB at `tcb`.
+pub const fn slot(tcb: u64, index: u64) -> u64 {
+    tcb + index * super::cspace::SLOT_BYTES
+}
+
+/// Address of the record of the TCB at `tcb`.
+pub const fn record(tcb: u64) -> u64 {
+    tcb + TCB_RECORD_OFFSET
+}
+
+/// A thread's user-mode registers, in the order the entry code pushes them (lowest
+/// address first), followed by the FS and GS bases.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct UserContext {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    /// Vector of the last trap (or the SYSCALL marker).
+    pub vector: u64,
+    /// Error code of the last exception.
+    pub error_code: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+}
+
+/// Words of [`UserContext`] the entry code pushes (everything before `fs_base`).
+pub const CONTEXT_PUSHED_WORDS: usize = 22;
+const _: () = assert!(core::mem::offset_of!(UserContext, fs_base) == CONTEXT_PUSHED_WORDS * 8);
+
+/// RFLAGS bits user code may set: CF, PF, AF, ZF, SF, TF, DF, OF, AC, ID (IF is forced
+/// on; IOPL, NT, RF, VM and VIF/VIP stay clear).
+pub const USER_RFLAGS_MASK: u64 = 0x0000_0000_0024_0dd5;
+/// RFLAGS bits always set in user mode: IF and the reserved bit 1.
+pub const USER_RFLAGS_SET: u64 = 0x202;
+
+impl UserContext {
+    /// Message register `i` (0–3) held in a CPU register (R10, R8, R9, R15).
+    pub fn message_register(&self, i: usize) -> u64 {
+        match i {
+            0 => self.r10,
+            1 => self.r8,
+            2 => self.r9,
+            _ => self.r15,
+        }
+    }
+    /// Sets message register `i` (0–3).
+    pub fn set_message_register(&mut self, i: usize, value: u64) {
+        match i {
+            0 => self.r10 = value,
+            1 => self.r8 = value,
+            2 => self.r9 = value,
+            _ => self.r15 = value,
+        }
+    }
+    /// Makes RFLAGS safe for user mode whatever a debugger wrote.
+    pub fn sanitise_flags(&mut self) {
+        self.rflags = (self.rflags & USER_RFLAGS_MASK) | USER_RFLAGS_SET;
+    }
+}
+
+/// What a thread is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ThreadState {
+    /// Not runnable and not waiting (new or suspended).
+    #[default]
+    Inactive,
+    /// Runnable: continue where it was.
+    Running,
+    /// Runnable: re-execute the system call it was in (its IPC was aborted).
+    Restart,
+    /// Waiting to receive on an endpoint.
+    BlockedOnReceive { endpoint: u64, can_grant: bool },
+    /// Waiting to send on an endpoint (a Call if `is_call`).
+    BlockedOnSend { endpoint: u64, badge: u64, can_grant: bool, can_grant_reply: bool, is_call: bool },
+    /// Waiting for a reply.
+    BlockedOnReply,
+    /// Waiting on a notification.
+    BlockedOnNotification { notification: u64 },
+}
+
+impl ThreadState {
+    /// Whether the scheduler may run the thread.
+    pub fn is_runnable(&self) -> bool {
+        matches!(self, ThreadState::Running | ThreadState::Restart)
+    }
+}
+
+/// A fault the thread raised, waiting to be sent to its handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Fault {
+    /// None.
+    #[default]
+    None,
+    /// A capability fault: `address` failed to look up (`in_receive` during a receive).
+    Capability { address: u64, in_receive: bool, lookup: crate::object::cspace::LookupFault },
+    /// A system call number the kernel does not know.
+    UnknownSyscall { number: u64 },
+    /// A processor exception in user mode.
+    UserException { number: u64, code: u64 },
+    /// A page fault.
+    VmFault { address: u64, fsr: u64, instruction: bool },
+    /// A debug exception (breakpoint, single step, watchpoint).
+    Debug { reason: u64, address: u64 },
+}
+
+/// The thread record of a TCB object.
+#[repr(C)]
+#[derive(Clone, Debug, Default)]
+pub struct Tcb {
+    /// User registers (first: the entry code writes here).
+    pub context: UserContext,
+    /// What the thread is doing.
+    pub state: ThreadState,
+    /// Scheduling priority (0–255).
+    pub priority: u8,
+    /// Maximum controlled priority.
+    pub mcp: u8,
+    /// CPU the thread runs on.
+    pub affinity: u16,
+    /// Whether the thread is in its CPU's ready queue.
+    pub queued: bool,
+    /// Ready-queue links (TCB addresses, 0 = none).
+    pub ready_next: u64,
+    /// Ready-queue links.
+    pub ready_prev: u64,
+    /// Endpoint or notification wait-queue links.
+    pub wait_next: u64,
+    /// Endpoint or notification wait-queue links.
+    pub wait_prev: u64,
+    /// Notification bound to this thread (0 = none).
+    pub bound_notification: u64,
+    /// Capability pointer (in the thread's CSpace) of its fault endpoint.
+    pub fault_handler: u64,
+    /// User address of the IPC buffer.
+    pub ipc_buffer: u64,
+    /// Pending fault.
+    pub fault: Fault,
+    /// Timer ticks left in the current time slice.
+    pub time_slice: u32,
+    /// User-mode RD/WR FS/GS BASE allowed (granted through FsGsBaseControl).
+    pub fsgsbase_allowed: bool,
+    /// The thread's name (for debugging output), NUL-padded.
+    pub name: [u8; 16],
+    /// [`TCB_LIVE`] while the TCB exists (deletion zeroes the record).
+    pub live: u64,
+}
+
+impl Record for Tcb {
+    fn live(&self) -> bool {
+        self.live == TCB_LIVE
+    }
+}
+
+/// Value of [`Tcb::live`] in a live TCB.
+pub const TCB_LIVE: u64 = 0x6b65_656c_5443_4221;
+
+const _: () = assert!(TCB_RECORD_OFFSET as usize + core::mem::size_of::<Tcb>() <= 1 << super::TCB_BITS);
+
+/// Default time slice in timer ticks.
+pub const TIME_SLICE_TICKS: u32 = 5;
+
+/// `UserContext::vector` of a thread that entered the kernel with SYSCALL.
+pub const SYSCALL_VECTOR: u64 = 0x100;

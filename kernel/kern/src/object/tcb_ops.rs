@@ -1,0 +1,357 @@
+//! TCB invocations: configuration, registers, scheduling parameters, suspend/resume,
+//! notification binding, affinity, TLS base (seL4 x86-64 argument layouts).
+
+use keel_abi::error::Error;
+use keel_abi::fault::{USER_CONTEXT_WORDS, UserContext as AbiContext};
+use keel_abi::invocation::InvocationLabel as L;
+
+use crate::invocation::{Args, InvocationError, Invoked};
+use crate::kernel::{Hardware, Kernel};
+use crate::object::cap::Cap;
+use crate::object::cnode;
+use crate::object::cspace;
+use crate::object::endpoint::Notification;
+use crate::object::tcb::{self, ThreadState, UserContext};
+
+fn to_abi(c: &UserContext) -> AbiContext {
+    AbiContext {
+        rip: c.rip,
+        rsp: c.rsp,
+        rflags: c.rflags,
+        rax: c.rax,
+        rbx: c.rbx,
+        rcx: c.rcx,
+        rdx: c.rdx,
+        rsi: c.rsi,
+        rdi: c.rdi,
+        rbp: c.rbp,
+        r8: c.r8,
+        r9: c.r9,
+        r10: c.r10,
+        r11: c.r11,
+        r12: c.r12,
+        r13: c.r13,
+        r14: c.r14,
+        r15: c.r15,
+        fs_base: c.fs_base,
+        gs_base: c.gs_base,
+    }
+}
+
+fn from_abi(c: &mut UserContext, a: &AbiContext, count: usize) {
+    let w = a.to_words();
+    let fields: [&mut u64; USER_CONTEXT_WORDS] = [
+        &mut c.rip, &mut c.rsp, &mut c.rflags, &mut c.rax, &mut c.rbx, &mut c.rcx, &mut c.rdx, &mut c.rsi,
+        &mut c.rdi, &mut c.rbp, &mut c.r8, &mut c.r9, &mut c.r10, &mut c.r11, &mut c.r12, &mut c.r13, &mut c.r14,
+        &mut c.r15, &mut c.fs_base, &mut c.gs_base,
+    ];
+    for (i, f) in fields.into_iter().enumerate().take(count) {
+        *f = w[i];
+    }
+}
+
+/// Whether `address` is canonical and in user space.
+fn user_address(address: u64) -> bool {
+    address < keel_abi::object::USER_TOP + 0x1000
+}
+
+impl<H: Hardware> Kernel<H> {
+    /// Decodes and performs a TCB invocation on the TCB at `t`.
+    pub fn invoke_tcb(&mut self, t: u64, label: L, args: &Args) -> Invoked {
+        match label {
+            L::TcbReadRegisters => {
+                if args.length < 2 {
+                    return Err(InvocationError::simple(Error::TruncatedMessage));
+                }
+                let count = args.mr(1) as usize;
+                if !(1..=USER_CONTEXT_WORDS).contains(&count) {
+                    return Err(InvocationError::range(1, USER_CONTEXT_WORDS as u64));
+                }
+                if t == args.thread {
+                    return Err(InvocationError::simple(Error::IllegalOperation));
+                }
+                if args.mr(0) & 1 != 0 {
+                    self.suspend(t);
+                }
+                let words = to_abi(&self.tcb(t).context).to_words();
+                for (i, w) in words.iter().enumerate().take(count) {
+                    self.set_message_register(args.thread, args.buffer, i, *w);
+                }
+                Ok(count)
+            }
+            L::TcbWriteRegisters => {
+                if args.length < 2 {
+                    return Err(InvocationError::simple(Error::TruncatedMessage));
+                }
+                let count = (args.mr(1) as usize).min(USER_CONTEXT_WORDS).min(args.length.saturating_sub(2));
+                if t == args.thread {
+                    return Err(InvocationError::simple(Error::IllegalOperation));
+                }
+                let mut words = [0u64; USER_CONTEXT_WORDS];
+                for (i, w) in words.iter_mut().enumerate().take(count) {
+                    *w = self.message_register(args.thread, args.buffer, 2 + i);
+                }
+                let new = AbiContext::from_words(&words);
+                if count > 0 && !user_address(new.rip) {
+                    return Err(InvocationError::argument(2));
+                }
+                {
+                    let c = &mut self.tcb_mut(t).context;
+                    from_abi(c, &new, count);
+                    c.sanitise_flags();
+                    // The thread continues at the written RIP, not in a system call.
+                    c.vector = 0;
+                }
+                if args.mr(0) & 1 != 0 {
+                    self.restart(t);
+                }
+                Ok(0)
+            }
+            L::TcbCopyRegisters => {
+                let Some(Cap::Tcb { ptr: source }) = args.extra_cap(0) else { return Err(InvocationError::capability(1)) };
+                let flags = args.mr(0);
+                if flags & 1 != 0 {
+                    self.suspend(source);
+                }
+                let src = self.tcb(source).context;
+                {
+                    let c = &mut self.tcb_mut(t).context;
+                    if flags & 4 != 0 {
+                        c.rip = src.rip;
+                        c.rsp = src.rsp;
+                        c.rflags = src.rflags;
+                        c.vector = 0;
+                    }
+                    if flags & 8 != 0 {
+                        let (rip, rsp, rflags, vector) = (c.rip, c.rsp, c.rflags, c.vector);
+                        *c = UserContext { rip, rsp, rflags, vector, ..src };
+                    }
+                    c.sanitise_flags();
+                }
+                if flags & 2 != 0 {
+                    self.restart(t);
+                }
+                Ok(0)
+            }
+            L::TcbConfigure => {
+                if args.length < 4 {
+                    return Err(InvocationError::simple(Error::TruncatedMessage));
+                }
+                let (fault_ep, cspace_data, vspace_data, buffer) = (args.mr(0), args.mr(1), args.mr(2), args.mr(3));
+                self.set_space(t, args, fault_ep, cspace_data, vspace_data, 0)?;
+                self.set_ipc_buffer(t, args, buffer, 2)?;
+                Ok(0)
+            }
+            L::TcbSetSpace => {
+                if args.length < 3 {
+                    return Err(InvocationError::simple(Error::TruncatedMessage));
+                }
+                self.set_space(t, args, args.mr(0), args.mr(1), args.mr(2), 0)?;
+                Ok(0)
+            }
+            L::TcbSetIpcBuffer => {
+                if args.length < 1 {
+                    return Err(InvocationError::simple(Error::TruncatedMessage));
+                }
+                self.set_ipc_buffer(t, args, args.mr(0), 0)?;
+                Ok(0)
+            }
+            L::TcbSetPriority | L::TcbSetMcPriority | L::TcbSetSchedParams => {
+                let need = if label == L::TcbSetSchedParams { 2 } else { 1 };
+                if args.length < need {
+                    return Err(InvocationError::simple(Error::TruncatedMessage));
+                }
+                let Some(Cap::Tcb { ptr: authority }) = args.extra_cap(0) else {
+                    return Err(InvocationError::capability(1));
+                };
+                let max = self.tcb(authority).mcp as u64;
+                let (mcp, prio) = match label {
+                    L::TcbSetPriority => (None, Some(args.mr(0))),
+                    L::TcbSetMcPriority => (Some(args.mr(0)), None),
+                    _ => (Some(args.mr(0)), Some(args.mr(1))),
+                };
+                for v in [mcp, prio].into_iter().flatten() {
+                    if v > max {
+                        return Err(InvocationError::range(0, max));
+                    }
+                }
+                if let Some(m) = mcp {
+                    self.tcb_mut(t).mcp = m as u8;
+                }
+                if let Some(p) = prio {
+                    self.set_priority(t, p as u8);
+                }
+                Ok(0)
+            }
+            L::TcbSuspend => {
+                self.suspend(t);
+                Ok(0)
+            }
+            L::TcbResume => {
+                if self.tcb(t).state == ThreadState::Inactive {
+                    self.restart(t);
+                }
+                Ok(0)
+            }
+            L::TcbBindNotification => {
+                let Some(Cap::Notification { ptr, rights, .. }) = args.extra_cap(0) else {
+                    return Err(InvocationError::capability(1));
+                };
+                if !rights.contains(crate::object::cap::Rights::READ) {
+                    return Err(InvocationError::capability(1));
+                }
+                let n = *self.hw.get::<Notification>(ptr);
+                if self.tcb(t).bound_notification != 0 || n.bound() != 0 || n.head != 0 {
+                    return Err(InvocationError::simple(Error::IllegalOperation));
+                }
+                self.hw.get_mut::<Notification>(ptr).set_bound(t);
+                self.tcb_mut(t).bound_notification = ptr;
+                Ok(0)
+            }
+            L::TcbUnbindNotification => {
+                if self.tcb(t).bound_notification == 0 {
+                    return Err(InvocationError::simple(Error::IllegalOperation));
+                }
+                self.unbind_notification(t);
+                Ok(0)
+            }
+            L::TcbSetAffinity => {
+                if args.length < 1 {
+                    return Err(InvocationError::simple(Error::TruncatedMessage));
+                }
+                let cpu = args.mr(0);
+                if cpu >= self.cpus.len() as u64 {
+                    return Err(InvocationError::argument(0));
+                }
+                self.set_affinity(t, cpu as usize);
+                Ok(0)
+            }
+            L::TcbSetTlsBase => {
+                if args.length < 1 {
+                    return Err(InvocationError::simple(Error::TruncatedMessage));
+                }
+                self.tcb_mut(t).context.fs_base = args.mr(0);
+                Ok(0)
+            }
+            L::TcbSetGsBase => {
+                if args.length < 1 {
+                    return Err(InvocationError::simple(Error::TruncatedMessage));
+                }
+                self.tcb_mut(t).context.gs_base = args.mr(0);
+                Ok(0)
+            }
+            L::TcbSetFlags => {
+                // No flag is supported yet (FPU-disabled arrives with per-thread FPU state):
+                // report the empty flag set.
+                self.set_message_register(args.thread, args.buffer, 0, 0);
+                Ok(1)
+            }
+            _ => Err(InvocationError::simple(Error::IllegalOperation)),
+        }
+    }
+
+    /// Makes an inactive or blocked thread run again from its saved registers.
+    pub fn restart(&mut self, t: u64) {
+        self.cancel_ipc(t);
+        self.set_state(t, ThreadState::Restart);
+        self.possible_switch_to(t);
+    }
+
+    /// Changes a thread's priority, moving it between ready queues.
+    pub fn set_priority(&mut self, t: u64, priority: u8) {
+        let queued = self.tcb(t).queued;
+        self.dequeue(t);
+        self.tcb_mut(t).priority = priority;
+        if queued {
+            self.enqueue(t, false);
+        }
+        let cpu = self.tcb(t).affinity as usize;
+        if cpu == self.hw.current_cpu() {
+            self.reschedule_required();
+        } else {
+            self.hw.reschedule_cpu(cpu);
+        }
+    }
+
+    /// Moves a thread to another CPU.
+    pub fn set_affinity(&mut self, t: u64, cpu: usize) {
+        let old = self.tcb(t).affinity as usize;
+        let queued = self.tcb(t).queued;
+        self.dequeue(t);
+        self.tcb_mut(t).affinity = cpu as u16;
+        if self.cpus[old].current == t {
+            self.cpus[old].current = 0;
+            self.cpus[old].action = crate::kernel::Action::ChooseNew;
+            if old != self.hw.current_cpu() {
+                self.hw.reschedule_cpu(old);
+            }
+            if self.tcb(t).state.is_runnable() {
+                self.enqueue(t, false);
+                self.hw.reschedule_cpu(cpu);
+            }
+        } else if queued {
+            self.enqueue(t, false);
+            self.hw.reschedule_cpu(cpu);
+        }
+    }
+
+    fn set_space(&mut self, t: u64, args: &Args, fault_ep: u64, cspace_data: u64, vspace_data: u64, first_cap: usize) -> Result<(), InvocationError> {
+        let (Some(cspace_cap), Some(cspace_slot)) = (args.extra_cap(first_cap), args.extra_slot(first_cap)) else {
+            return Err(InvocationError::simple(Error::TruncatedMessage));
+        };
+        let (Some(vspace_cap), Some(vspace_slot)) = (args.extra_cap(first_cap + 1), args.extra_slot(first_cap + 1)) else {
+            return Err(InvocationError::simple(Error::TruncatedMessage));
+        };
+        let cspace_new = if cspace_data != 0 {
+            cnode::update_data(cspace_cap, cspace_data, false).ok_or(InvocationError::argument(1))?
+        } else {
+            cspace_cap
+        };
+        let _ = vspace_data;
+        if !matches!(cspace_new, Cap::CNode { .. }) {
+            return Err(InvocationError::capability(first_cap as u64 + 1));
+        }
+        if !matches!(vspace_cap, Cap::Pml4 { .. }) {
+            return Err(InvocationError::capability(first_cap as u64 + 2));
+        }
+        let cspace_new = cnode::derive(self, cspace_slot, cspace_new).ok_or(InvocationError::capability(first_cap as u64 + 1))?;
+        let vspace_new = cnode::derive(self, vspace_slot, vspace_cap).ok_or(InvocationError::capability(first_cap as u64 + 2))?;
+        // Decoding done.
+        self.tcb_mut(t).fault_handler = fault_ep;
+        for (index, source, cap) in [(tcb::SLOT_CSPACE, cspace_slot, cspace_new), (tcb::SLOT_VSPACE, vspace_slot, vspace_new)] {
+            let slot = tcb::slot(t, index);
+            if slot == source {
+                continue; // installing a thread's own root in place
+            }
+            self.delete(slot);
+            if cspace::cap(&self.hw, source).is_null() {
+                continue; // the source was deleted along with the old root
+            }
+            cspace::insert_child(&mut self.hw, source, slot, cap);
+        }
+        Ok(())
+    }
+
+    fn set_ipc_buffer(&mut self, t: u64, args: &Args, buffer: u64, cap_index: usize) -> Result<(), InvocationError> {
+        let slot = tcb::slot(t, tcb::SLOT_IPC_BUFFER);
+        if buffer == 0 {
+            self.delete(slot);
+            self.tcb_mut(t).ipc_buffer = 0;
+            return Ok(());
+        }
+        if buffer % (1 << keel_abi::message::IPC_BUFFER_SIZE_BITS) != 0 {
+            return Err(InvocationError::simple(Error::AlignmentError));
+        }
+        let (Some(frame), Some(frame_slot)) = (args.extra_cap(cap_index), args.extra_slot(cap_index)) else {
+            return Err(InvocationError::simple(Error::TruncatedMessage));
+        };
+        let Cap::Frame { device: false, .. } = frame else { return Err(InvocationError::capability(cap_index as u64 + 1)) };
+        let derived = cnode::derive(self, frame_slot, frame).ok_or(InvocationError::capability(cap_index as u64 + 1))?;
+        self.delete(slot);
+        if !cspace::cap(&self.hw, frame_slot).is_null() {
+            cspace::insert_child(&mut self.hw, frame_slot, slot, derived);
+        }
+        self.tcb_mut(t).ipc_buffer = buffer;
+        Ok(())
+    }
+}

@@ -1,0 +1,389 @@
+//! Address spaces as capabilities: PML4, PDPT, page directory and page table objects,
+//! frames of 4 KiB, 2 MiB and 1 GiB, and ASID pools (x86-64, seL4 semantics).
+//!
+//! Paging structures are ordinary retyped memory that the object layer reads and writes
+//! as words; the trusted core only loads CR3 and flushes TLBs ([`Hardware`]). An
+//! address space is usable once its PML4 has an ASID (ASIDPool Assign); every mapping
+//! records (ASID, virtual address) in its capability, so Unmap and deletion find and
+//! clear exactly the entry they made, and only if it still maps this object.
+//!
+//! Keel extension: bit 8 of the mapping attributes (`KEEL_EXECUTE_NEVER`) maps a frame
+//! no-execute. Rights: a frame is writable only if its capability and the requested
+//! rights both allow writing.
+
+use keel_abi::error::Error;
+use keel_abi::invocation::InvocationLabel as L;
+use keel_abi::object::{ASID_POOL_INDEX_BITS, NUM_ASID_POOLS_BITS, USER_TOP};
+
+use crate::invocation::{Args, InvocationError, Invoked};
+use crate::kernel::{Hardware, Kernel};
+use crate::memory::Memory;
+use crate::object::cap::{Cap, FrameSize, Mapping, Rights, VmRights};
+use crate::object::cspace;
+
+/// Number of ASID pools.
+pub const ASID_POOLS: usize = 1 << NUM_ASID_POOLS_BITS;
+/// ASIDs per pool.
+pub const ASIDS_PER_POOL: u64 = 1 << ASID_POOL_INDEX_BITS;
+/// Mapping attribute: no-execute (Keel extension).
+pub const KEEL_EXECUTE_NEVER: u64 = 1 << 8;
+
+const PRESENT: u64 = 1;
+const WRITABLE: u64 = 2;
+const USER: u64 = 4;
+const WRITE_THROUGH: u64 = 8;
+const CACHE_DISABLE: u64 = 16;
+const HUGE: u64 = 1 << 7;
+const NO_EXECUTE: u64 = 1 << 63;
+const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
+
+fn index(vaddr: u64, level: u32) -> u64 {
+    (vaddr >> (12 + 9 * (level - 1))) & 0x1ff
+}
+
+fn entry_address(table: u64, vaddr: u64, level: u32) -> u64 {
+    table + 8 * index(vaddr, level)
+}
+
+/// Copies the kernel half of the kernel's PML4 into a new PML4.
+pub fn copy_kernel_mappings<H: Hardware>(hw: &mut H, pml4: u64) {
+    let kernel = hw.kernel_pml4();
+    for slot in 256..512 {
+        let e = hw.read(kernel + 8 * slot);
+        hw.write(pml4 + 8 * slot, e);
+    }
+}
+
+/// The physical address `vaddr` maps to in the user half of `pml4`, if user-accessible.
+pub fn translate_user<M: Memory>(m: &M, pml4: u64, vaddr: u64) -> Option<u64> {
+    if vaddr >= USER_TOP + 0x1000 {
+        return None;
+    }
+    let mut table = pml4;
+    for level in (1..=4).rev() {
+        let e = m.read(entry_address(table, vaddr, level));
+        if e & PRESENT == 0 || e & USER == 0 {
+            return None;
+        }
+        if level == 1 || (level <= 3 && e & HUGE != 0) {
+            let size = 1u64 << (12 + 9 * (level - 1));
+            return Some((e & ADDRESS & !(size - 1)) | (vaddr & (size - 1)));
+        }
+        table = e & ADDRESS;
+    }
+    None
+}
+
+/// The table at `level` - 1 below `table` for `vaddr`, if present (not a large page).
+fn next_table<M: Memory>(m: &M, table: u64, vaddr: u64, level: u32) -> Option<u64> {
+    let e = m.read(entry_address(table, vaddr, level));
+    (e & PRESENT != 0 && e & HUGE == 0).then_some(e & ADDRESS)
+}
+
+/// Walks from `pml4` down to the table at `level` (4 = the PML4 itself) for `vaddr`.
+fn table_at<M: Memory>(m: &M, pml4: u64, vaddr: u64, level: u32) -> Option<u64> {
+    let mut table = pml4;
+    let mut l = 4;
+    while l > level {
+        table = next_table(m, table, vaddr, l)?;
+        l -= 1;
+    }
+    Some(table)
+}
+
+fn cache_bits(attributes: u64) -> u64 {
+    match attributes & 7 {
+        1 => WRITE_THROUGH,
+        2 | 3 => CACHE_DISABLE,
+        _ => 0,
+    }
+}
+
+impl<H: Hardware> Kernel<H> {
+    /// The PML4 of ASID `asid`, if assigned.
+    pub fn vspace_of_asid(&self, asid: u16) -> Option<u64> {
+        let pool = self.asid_pools.get((asid as u64 >> ASID_POOL_INDEX_BITS) as usize).copied().unwrap_or(0);
+        if pool == 0 {
+            return None;
+        }
+        let entry = self.hw.read(pool + 8 * (asid as u64 & (ASIDS_PER_POOL - 1)));
+        (entry != 0).then_some(entry)
+    }
+
+    /// Decodes and performs an invocation on a paging structure, frame or ASID cap.
+    pub fn invoke_vspace(&mut self, cap: Cap, label: L, args: &Args) -> Invoked {
+        match (cap, label) {
+            (Cap::Frame { base, .. }, L::X86PageGetAddress) => {
+                self.set_message_register(args.thread, args.buffer, 0, base);
+                Ok(1)
+            }
+            (Cap::Frame { .. }, L::X86PageMap) => self.map_frame(cap, args),
+            (Cap::Frame { .. }, L::X86PageUnmap) => {
+                self.unmap_object(cap);
+                self.clear_mapping(args.slot);
+                Ok(0)
+            }
+            (Cap::PageTable { .. }, L::X86PageTableMap)
+            | (Cap::PageDirectory { .. }, L::X86PageDirectoryMap)
+            | (Cap::Pdpt { .. }, L::X86PdptMap) => self.map_table(cap, args),
+            (Cap::PageTable { .. }, L::X86PageTableUnmap)
+            | (Cap::PageDirectory { .. }, L::X86PageDirectoryUnmap)
+            | (Cap::Pdpt { .. }, L::X86PdptUnmap) => {
+                if cspace::is_final(&self.hw, args.slot) {
+                    self.unmap_object(cap);
+                    self.clear_mapping(args.slot);
+                    Ok(0)
+                } else {
+                    Err(InvocationError::simple(Error::RevokeFirst))
+                }
+            }
+            (Cap::AsidControl, L::X86AsidControlMakePool) => self.make_asid_pool(args),
+            (Cap::AsidPool { base, asid_base }, L::X86AsidPoolAssign) => self.assign_asid(base, asid_base, args),
+            _ => Err(InvocationError::simple(Error::IllegalOperation)),
+        }
+    }
+
+    fn clear_mapping(&mut self, slot: u64) {
+        let cap = match cspace::cap(&self.hw, slot) {
+            Cap::Frame { base, size, rights, device, .. } => Cap::Frame { base, size, rights, device, mapping: None },
+            Cap::PageTable { base, .. } => Cap::PageTable { base, mapping: None },
+            Cap::PageDirectory { base, .. } => Cap::PageDirectory { base, mapping: None },
+            Cap::Pdpt { base, .. } => Cap::Pdpt { base, mapping: None },
+            other => other,
+        };
+        cspace::set_cap(&mut self.hw, slot, cap);
+    }
+
+    /// Looks up the address space argument (extra capability 0): an assigned PML4.
+    fn vspace_argument(&self, args: &Args) -> Result<(u64, u16), InvocationError> {
+        match args.extra_cap(0) {
+            Some(Cap::Pml4 { base, asid: Some(asid) }) => {
+                if self.vspace_of_asid(asid) != Some(base) {
+                    return Err(InvocationError::capability(1));
+                }
+                Ok((base, asid))
+            }
+            Some(_) => Err(InvocationError::capability(1)),
+            None => Err(InvocationError::simple(Error::TruncatedMessage)),
+        }
+    }
+
+    fn map_frame(&mut self, cap: Cap, args: &Args) -> Invoked {
+        let Cap::Frame { base, size, rights, device, mapping } = cap else { return Err(InvocationError::capability(0)) };
+        if args.length < 3 {
+            return Err(InvocationError::simple(Error::TruncatedMessage));
+        }
+        let (vaddr, requested, attributes) = (args.mr(0), Rights::from_word(args.mr(1)), args.mr(2));
+        let (pml4, asid) = self.vspace_argument(args)?;
+        let bytes = 1u64 << size.bits();
+        if vaddr % bytes != 0 {
+            return Err(InvocationError::simple(Error::AlignmentError));
+        }
+        if vaddr.checked_add(bytes).is_none_or(|end| end > USER_TOP) {
+            return Err(InvocationError::argument(0));
+        }
+        if let Some(m) = mapping
+            && (m.asid != asid || m.vaddr != vaddr)
+        {
+            return Err(InvocationError::simple(Error::InvalidArgument));
+        }
+        let level = match size {
+            FrameSize::Small => 1,
+            FrameSize::Large => 2,
+            FrameSize::Huge => 3,
+        };
+        let Some(table) = table_at(&self.hw, pml4, vaddr, level) else {
+            let missing = self.missing_level(pml4, vaddr, level);
+            return Err(InvocationError::failed_lookup(false, cspace::LookupFault::MissingCapability { bits_left: missing }));
+        };
+        let slot = entry_address(table, vaddr, level);
+        let old = self.hw.read(slot);
+        if old & PRESENT != 0 && mapping.is_none() {
+            return Err(InvocationError::simple(Error::DeleteFirst));
+        }
+        if level > 1 && old & PRESENT != 0 && old & HUGE == 0 {
+            return Err(InvocationError::simple(Error::DeleteFirst));
+        }
+        let writable = rights == VmRights::ReadWrite && requested.contains(Rights::WRITE);
+        if !requested.contains(Rights::READ) && !writable {
+            return Err(InvocationError::argument(1));
+        }
+        let mut entry = base | PRESENT | USER | cache_bits(attributes);
+        if writable {
+            entry |= WRITABLE;
+        }
+        if level > 1 {
+            entry |= HUGE;
+        }
+        if attributes & KEEL_EXECUTE_NEVER != 0 {
+            entry |= NO_EXECUTE;
+        }
+        // Performing.
+        self.hw.write(slot, entry);
+        let _ = device;
+        cspace::set_cap(&mut self.hw, args.slot, Cap::Frame { base, size, rights, device, mapping: Some(Mapping { asid, vaddr }) });
+        self.hw.flush_page(asid, vaddr);
+        Ok(0)
+    }
+
+    /// The seL4 "bits left" of the lookup that found no table: 9 bits per missing level.
+    fn missing_level(&self, pml4: u64, vaddr: u64, level: u32) -> u32 {
+        let mut table = pml4;
+        let mut l = 4;
+        while l > level {
+            match next_table(&self.hw, table, vaddr, l) {
+                Some(t) => table = t,
+                None => return 12 + 9 * (l - 1),
+            }
+            l -= 1;
+        }
+        0
+    }
+
+    fn map_table(&mut self, cap: Cap, args: &Args) -> Invoked {
+        let (base, mapping, level) = match cap {
+            Cap::PageTable { base, mapping } => (base, mapping, 2),
+            Cap::PageDirectory { base, mapping } => (base, mapping, 3),
+            Cap::Pdpt { base, mapping } => (base, mapping, 4),
+            _ => return Err(InvocationError::capability(0)),
+        };
+        if args.length < 2 {
+            return Err(InvocationError::simple(Error::TruncatedMessage));
+        }
+        if mapping.is_some() {
+            return Err(InvocationError::capability(0));
+        }
+        let vaddr = args.mr(0);
+        let (pml4, asid) = self.vspace_argument(args)?;
+        if vaddr >= USER_TOP {
+            return Err(InvocationError::argument(0));
+        }
+        let span = 1u64 << (12 + 9 * (level - 1));
+        let vaddr = vaddr & !(span - 1);
+        let Some(table) = table_at(&self.hw, pml4, vaddr, level) else {
+            let missing = self.missing_level(pml4, vaddr, level);
+            return Err(InvocationError::failed_lookup(false, cspace::LookupFault::MissingCapability { bits_left: missing }));
+        };
+        let slot = entry_address(table, vaddr, level);
+        if self.hw.read(slot) & PRESENT != 0 {
+            return Err(InvocationError::simple(Error::DeleteFirst));
+        }
+        self.hw.write(slot, base | PRESENT | WRITABLE | USER);
+        let new = match cap {
+            Cap::PageTable { .. } => Cap::PageTable { base, mapping: Some(Mapping { asid, vaddr }) },
+            Cap::PageDirectory { .. } => Cap::PageDirectory { base, mapping: Some(Mapping { asid, vaddr }) },
+            _ => Cap::Pdpt { base, mapping: Some(Mapping { asid, vaddr }) },
+        };
+        cspace::set_cap(&mut self.hw, args.slot, new);
+        Ok(0)
+    }
+
+    /// Clears the entry a mapped frame or table occupies, if it still points at it.
+    fn unmap_object(&mut self, cap: Cap) {
+        let (base, mapping, level, is_table) = match cap {
+            Cap::Frame { base, size, mapping, .. } => (
+                base,
+                mapping,
+                match size {
+                    FrameSize::Small => 1,
+                    FrameSize::Large => 2,
+                    FrameSize::Huge => 3,
+                },
+                false,
+            ),
+            Cap::PageTable { base, mapping } => (base, mapping, 2, true),
+            Cap::PageDirectory { base, mapping } => (base, mapping, 3, true),
+            Cap::Pdpt { base, mapping } => (base, mapping, 4, true),
+            _ => return,
+        };
+        let Some(Mapping { asid, vaddr }) = mapping else { return };
+        let Some(pml4) = self.vspace_of_asid(asid) else { return };
+        let Some(table) = table_at(&self.hw, pml4, vaddr, level) else { return };
+        let slot = entry_address(table, vaddr, level);
+        let e = self.hw.read(slot);
+        let points_here = e & PRESENT != 0 && e & ADDRESS == base && (is_table == (e & HUGE == 0) || level == 1);
+        if points_here {
+            self.hw.write(slot, 0);
+            if is_table {
+                self.hw.flush_address_space(asid);
+            } else {
+                self.hw.flush_page(asid, vaddr);
+            }
+        }
+    }
+
+    fn make_asid_pool(&mut self, args: &Args) -> Invoked {
+        if args.length < 2 {
+            return Err(InvocationError::simple(Error::TruncatedMessage));
+        }
+        let (Some(untyped), Some(untyped_slot), Some(root)) = (args.extra_cap(0), args.extra_slot(0), args.extra_cap(1)) else {
+            return Err(InvocationError::simple(Error::TruncatedMessage));
+        };
+        let Cap::Untyped { base, size_bits: 12, device: false, .. } = untyped else { return Err(InvocationError::capability(1)) };
+        if cspace::has_children(&self.hw, untyped_slot) {
+            return Err(InvocationError::simple(Error::RevokeFirst));
+        }
+        let Some(free) = self.asid_pools.iter().position(|p| *p == 0) else {
+            return Err(InvocationError::simple(Error::DeleteFirst));
+        };
+        let dest = self.target_slot(root, args.mr(0), args.mr(1), false)?;
+        if !cspace::cap(&self.hw, dest).is_null() {
+            return Err(InvocationError::simple(Error::DeleteFirst));
+        }
+        self.hw.zero(base, 4096);
+        let asid_base = (free as u64 * ASIDS_PER_POOL) as u16;
+        cspace::set_cap(&mut self.hw, untyped_slot, Cap::Untyped { base, size_bits: 12, free_index: 4096, device: false });
+        cspace::insert_child(&mut self.hw, untyped_slot, dest, Cap::AsidPool { base, asid_base });
+        self.asid_pools[free] = base;
+        Ok(0)
+    }
+
+    fn assign_asid(&mut self, pool: u64, asid_base: u16, args: &Args) -> Invoked {
+        let (Some(Cap::Pml4 { base, asid: None }), Some(slot)) = (args.extra_cap(0), args.extra_slot(0)) else {
+            return Err(InvocationError::capability(1));
+        };
+        if self.asid_pools[(asid_base as u64 >> ASID_POOL_INDEX_BITS) as usize] != pool {
+            return Err(InvocationError::capability(0));
+        }
+        // ASID 0 is never handed out (it names "no address space").
+        let first = if asid_base == 0 { 1 } else { 0 };
+        let Some(i) = (first..ASIDS_PER_POOL).find(|i| self.hw.read(pool + 8 * i) == 0) else {
+            return Err(InvocationError::simple(Error::DeleteFirst));
+        };
+        self.hw.write(pool + 8 * i, base);
+        cspace::set_cap(&mut self.hw, slot, Cap::Pml4 { base, asid: Some(asid_base + i as u16) });
+        Ok(0)
+    }
+
+    /// Assigns an ASID to a PML4 at boot (the root task's address space).
+    pub fn boot_assign_asid(&mut self, pool: u64, pml4: u64, asid: u16) {
+        self.hw.write(pool + 8 * (asid as u64 & (ASIDS_PER_POOL - 1)), pml4);
+        self.asid_pools[(asid as u64 >> ASID_POOL_INDEX_BITS) as usize] = pool;
+    }
+
+    /// The last capability to a paging object or ASID pool is being deleted.
+    pub fn finalise_vspace_object(&mut self, cap: Cap) {
+        match cap {
+            Cap::Frame { .. } | Cap::PageTable { .. } | Cap::PageDirectory { .. } | Cap::Pdpt { .. } => self.unmap_object(cap),
+            Cap::Pml4 { base, asid: Some(asid) } => {
+                if self.vspace_of_asid(asid) == Some(base) {
+                    let pool = self.asid_pools[(asid as u64 >> ASID_POOL_INDEX_BITS) as usize];
+                    self.hw.write(pool + 8 * (asid as u64 & (ASIDS_PER_POOL - 1)), 0);
+                    self.hw.flush_address_space(asid);
+                }
+            }
+            Cap::AsidPool { base, asid_base } => {
+                let index = (asid_base as u64 >> ASID_POOL_INDEX_BITS) as usize;
+                if self.asid_pools[index] == base {
+                    for i in 0..ASIDS_PER_POOL {
+                        if self.hw.read(base + 8 * i) != 0 {
+                            self.hw.flush_address_space(asid_base + i as u16);
+                        }
+                    }
+                    self.asid_pools[index] = 0;
+                }
+            }
+            _ => {}
+        }
+    }
+}
