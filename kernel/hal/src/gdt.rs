@@ -4,10 +4,11 @@
 //! `0x08` kernel code, `0x10` kernel data, `0x1b` user data, `0x23` user code (64-bit),
 //! `0x28` TSS (two slots).
 //!
-//! Each CPU has five stacks in the kernel stack region, each [`layout::STACK_SIZE`]
+//! Each CPU has six stacks in the kernel stack region, each [`layout::STACK_SIZE`]
 //! bytes, aligned to that size and preceded by an unmapped guard of the same size:
 //! index 0 is the kernel stack (TSS.RSP0, also the SYSCALL stack), 1–4 are the IST
-//! stacks for NMI, #DF, #MC and #DB. The lowest word of every IST stack holds the
+//! stacks for NMI, #DF, #MC and #DB, and 5 is an application processor's idle stack.
+//! The lowest word of every IST stack holds the
 //! CPU's kernel GS base, for the paranoid entry.
 
 use crate::layout::{self, PAGE_SIZE, STACK_SIZE};

@@ -25,8 +25,11 @@ pub const PAGE_SIZE: u64 = 4096;
 pub const STACK_SIZE: u64 = 16 * 1024;
 /// Virtual space each stack occupies: the stack plus an unmapped guard of the same size.
 pub const STACK_SLOT: u64 = 2 * STACK_SIZE;
-/// Stacks per CPU: the kernel stack (TSS.RSP0) and four IST stacks.
-pub const STACKS_PER_CPU: u64 = 5;
+/// Stacks per CPU: the kernel stack (index 0), four IST stacks (1–4: NMI, #DF, #MC,
+/// #DB) and the idle/boot stack of an application processor (5).
+pub const STACKS_PER_CPU: u64 = 6;
+/// Index of an application processor's idle stack.
+pub const IDLE_STACK: u64 = 5;
 /// Upper bound on CPUs the kernel starts.
 pub const MAX_CPUS: usize = 64;
 

@@ -192,7 +192,7 @@ pub fn start_application_processors(platform: &Platform, tsc_hz: u64) {
         let area = Box::leak(Box::new(PerCpu::new(cpu as u32, apic_id)));
         let area_ptr = area as *mut PerCpu as u64;
         crate::gdt::prepare_stacks(cpu, area_ptr);
-        let idle_stack_top = crate::gdt::stack_top(cpu, layout::STACKS_PER_CPU - 1);
+        let idle_stack_top = crate::gdt::stack_top(cpu, layout::IDLE_STACK);
         put64(OFFSET_STACK, idle_stack_top);
         put64(OFFSET_ARGUMENT, area_ptr);
         put64(OFFSET_ENTRY, ap_entry as *const () as u64);

@@ -7,7 +7,7 @@ pub fn value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
         .filter_map(|word| word.split_once('='))
         .filter(|(k, _)| *k == key)
         .map(|(_, v)| v)
-        .last()
+        .next_back()
 }
 
 /// Whether the bare word `flag` (or `flag=1`/`flag=on`) is on the command line.

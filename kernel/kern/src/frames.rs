@@ -128,7 +128,7 @@ impl<'a> FrameAllocator<'a> {
 
     /// Returns a frame.
     pub fn free(&mut self, address: u64) -> Result<(), FreeError> {
-        if address % FRAME_SIZE != 0 {
+        if !address.is_multiple_of(FRAME_SIZE) {
             return Err(FreeError::Unaligned);
         }
         let frame = address / FRAME_SIZE;

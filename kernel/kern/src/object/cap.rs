@@ -200,7 +200,7 @@ fn encode_mapping(mapping: Option<Mapping>) -> (u64, u64) {
 }
 
 fn decode_mapping(w0: u64, w1: u64) -> Option<Mapping> {
-    (w0 & (1 << 58) != 0).then(|| Mapping {
+    (w0 & (1 << 58) != 0).then_some(Mapping {
         vaddr: (w1 & ((1 << 48) - 1)) << 12,
         asid: (w1 >> 48) as u16,
     })

@@ -282,7 +282,8 @@ pub fn swap<M: Memory>(m: &mut M, a: u64, cap_for_a: Cap, b: u64, cap_for_b: Cap
 pub fn is_final<M: Memory>(m: &M, slot: u64) -> bool {
     let c = cap(m, slot);
     let (p, n) = (prev(m, slot), next(m, slot));
-    !(p != 0 && same_object(m, &cap(m, p), &c)) && !(n != 0 && same_object(m, &cap(m, n), &c))
+    let shares = |other: u64| other != 0 && same_object(m, &cap(m, other), &c);
+    !shares(p) && !shares(n)
 }
 
 /// Whether the capability in `slot` has children in the derivation tree.

@@ -41,9 +41,26 @@ fn to_abi(c: &UserContext) -> AbiContext {
 fn from_abi(c: &mut UserContext, a: &AbiContext, count: usize) {
     let w = a.to_words();
     let fields: [&mut u64; USER_CONTEXT_WORDS] = [
-        &mut c.rip, &mut c.rsp, &mut c.rflags, &mut c.rax, &mut c.rbx, &mut c.rcx, &mut c.rdx, &mut c.rsi,
-        &mut c.rdi, &mut c.rbp, &mut c.r8, &mut c.r9, &mut c.r10, &mut c.r11, &mut c.r12, &mut c.r13, &mut c.r14,
-        &mut c.r15, &mut c.fs_base, &mut c.gs_base,
+        &mut c.rip,
+        &mut c.rsp,
+        &mut c.rflags,
+        &mut c.rax,
+        &mut c.rbx,
+        &mut c.rcx,
+        &mut c.rdx,
+        &mut c.rsi,
+        &mut c.rdi,
+        &mut c.rbp,
+        &mut c.r8,
+        &mut c.r9,
+        &mut c.r10,
+        &mut c.r11,
+        &mut c.r12,
+        &mut c.r13,
+        &mut c.r14,
+        &mut c.r15,
+        &mut c.fs_base,
+        &mut c.gs_base,
     ];
     for (i, f) in fields.into_iter().enumerate().take(count) {
         *f = w[i];
@@ -83,7 +100,9 @@ impl<H: Hardware> Kernel<H> {
                 if args.length < 2 {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
                 }
-                let count = (args.mr(1) as usize).min(USER_CONTEXT_WORDS).min(args.length.saturating_sub(2));
+                let count = (args.mr(1) as usize)
+                    .min(USER_CONTEXT_WORDS)
+                    .min(args.length.saturating_sub(2));
                 if t == args.thread {
                     return Err(InvocationError::simple(Error::IllegalOperation));
                 }
@@ -108,7 +127,9 @@ impl<H: Hardware> Kernel<H> {
                 Ok(0)
             }
             L::TcbCopyRegisters => {
-                let Some(Cap::Tcb { ptr: source }) = args.extra_cap(0) else { return Err(InvocationError::capability(1)) };
+                let Some(Cap::Tcb { ptr: source }) = args.extra_cap(0) else {
+                    return Err(InvocationError::capability(1));
+                };
                 let flags = args.mr(0);
                 if flags & 1 != 0 {
                     self.suspend(source);
@@ -124,7 +145,13 @@ impl<H: Hardware> Kernel<H> {
                     }
                     if flags & 8 != 0 {
                         let (rip, rsp, rflags, vector) = (c.rip, c.rsp, c.rflags, c.vector);
-                        *c = UserContext { rip, rsp, rflags, vector, ..src };
+                        *c = UserContext {
+                            rip,
+                            rsp,
+                            rflags,
+                            vector,
+                            ..src
+                        };
                     }
                     c.sanitise_flags();
                 }
@@ -137,7 +164,8 @@ impl<H: Hardware> Kernel<H> {
                 if args.length < 4 {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
                 }
-                let (fault_ep, cspace_data, vspace_data, buffer) = (args.mr(0), args.mr(1), args.mr(2), args.mr(3));
+                let (fault_ep, cspace_data, vspace_data, buffer) =
+                    (args.mr(0), args.mr(1), args.mr(2), args.mr(3));
                 self.set_space(t, args, fault_ep, cspace_data, vspace_data, 0)?;
                 self.set_ipc_buffer(t, args, buffer, 2)?;
                 Ok(0)
@@ -295,15 +323,29 @@ impl<H: Hardware> Kernel<H> {
         }
     }
 
-    fn set_space(&mut self, t: u64, args: &Args, fault_ep: u64, cspace_data: u64, vspace_data: u64, first_cap: usize) -> Result<(), InvocationError> {
-        let (Some(cspace_cap), Some(cspace_slot)) = (args.extra_cap(first_cap), args.extra_slot(first_cap)) else {
+    fn set_space(
+        &mut self,
+        t: u64,
+        args: &Args,
+        fault_ep: u64,
+        cspace_data: u64,
+        vspace_data: u64,
+        first_cap: usize,
+    ) -> Result<(), InvocationError> {
+        let (Some(cspace_cap), Some(cspace_slot)) =
+            (args.extra_cap(first_cap), args.extra_slot(first_cap))
+        else {
             return Err(InvocationError::simple(Error::TruncatedMessage));
         };
-        let (Some(vspace_cap), Some(vspace_slot)) = (args.extra_cap(first_cap + 1), args.extra_slot(first_cap + 1)) else {
+        let (Some(vspace_cap), Some(vspace_slot)) = (
+            args.extra_cap(first_cap + 1),
+            args.extra_slot(first_cap + 1),
+        ) else {
             return Err(InvocationError::simple(Error::TruncatedMessage));
         };
         let cspace_new = if cspace_data != 0 {
-            cnode::update_data(cspace_cap, cspace_data, false).ok_or(InvocationError::argument(1))?
+            cnode::update_data(cspace_cap, cspace_data, false)
+                .ok_or(InvocationError::argument(1))?
         } else {
             cspace_cap
         };
@@ -314,11 +356,16 @@ impl<H: Hardware> Kernel<H> {
         if !matches!(vspace_cap, Cap::Pml4 { .. }) {
             return Err(InvocationError::capability(first_cap as u64 + 2));
         }
-        let cspace_new = cnode::derive(self, cspace_slot, cspace_new).ok_or(InvocationError::capability(first_cap as u64 + 1))?;
-        let vspace_new = cnode::derive(self, vspace_slot, vspace_cap).ok_or(InvocationError::capability(first_cap as u64 + 2))?;
+        let cspace_new = cnode::derive(self, cspace_slot, cspace_new)
+            .ok_or(InvocationError::capability(first_cap as u64 + 1))?;
+        let vspace_new = cnode::derive(self, vspace_slot, vspace_cap)
+            .ok_or(InvocationError::capability(first_cap as u64 + 2))?;
         // Decoding done.
         self.tcb_mut(t).fault_handler = fault_ep;
-        for (index, source, cap) in [(tcb::SLOT_CSPACE, cspace_slot, cspace_new), (tcb::SLOT_VSPACE, vspace_slot, vspace_new)] {
+        for (index, source, cap) in [
+            (tcb::SLOT_CSPACE, cspace_slot, cspace_new),
+            (tcb::SLOT_VSPACE, vspace_slot, vspace_new),
+        ] {
             let slot = tcb::slot(t, index);
             if slot == source {
                 continue; // installing a thread's own root in place
@@ -332,21 +379,32 @@ impl<H: Hardware> Kernel<H> {
         Ok(())
     }
 
-    fn set_ipc_buffer(&mut self, t: u64, args: &Args, buffer: u64, cap_index: usize) -> Result<(), InvocationError> {
+    fn set_ipc_buffer(
+        &mut self,
+        t: u64,
+        args: &Args,
+        buffer: u64,
+        cap_index: usize,
+    ) -> Result<(), InvocationError> {
         let slot = tcb::slot(t, tcb::SLOT_IPC_BUFFER);
         if buffer == 0 {
             self.delete(slot);
             self.tcb_mut(t).ipc_buffer = 0;
             return Ok(());
         }
-        if buffer % (1 << keel_abi::message::IPC_BUFFER_SIZE_BITS) != 0 {
+        if !buffer.is_multiple_of(1 << keel_abi::message::IPC_BUFFER_SIZE_BITS) {
             return Err(InvocationError::simple(Error::AlignmentError));
         }
-        let (Some(frame), Some(frame_slot)) = (args.extra_cap(cap_index), args.extra_slot(cap_index)) else {
+        let (Some(frame), Some(frame_slot)) =
+            (args.extra_cap(cap_index), args.extra_slot(cap_index))
+        else {
             return Err(InvocationError::simple(Error::TruncatedMessage));
         };
-        let Cap::Frame { device: false, .. } = frame else { return Err(InvocationError::capability(cap_index as u64 + 1)) };
-        let derived = cnode::derive(self, frame_slot, frame).ok_or(InvocationError::capability(cap_index as u64 + 1))?;
+        let Cap::Frame { device: false, .. } = frame else {
+            return Err(InvocationError::capability(cap_index as u64 + 1));
+        };
+        let derived = cnode::derive(self, frame_slot, frame)
+            .ok_or(InvocationError::capability(cap_index as u64 + 1))?;
         self.delete(slot);
         if !cspace::cap(&self.hw, frame_slot).is_null() {
             cspace::insert_child(&mut self.hw, frame_slot, slot, derived);

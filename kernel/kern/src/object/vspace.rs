@@ -102,11 +102,17 @@ fn cache_bits(attributes: u64) -> u64 {
 impl<H: Hardware> Kernel<H> {
     /// The PML4 of ASID `asid`, if assigned.
     pub fn vspace_of_asid(&self, asid: u16) -> Option<u64> {
-        let pool = self.asid_pools.get((asid as u64 >> ASID_POOL_INDEX_BITS) as usize).copied().unwrap_or(0);
+        let pool = self
+            .asid_pools
+            .get((asid as u64 >> ASID_POOL_INDEX_BITS) as usize)
+            .copied()
+            .unwrap_or(0);
         if pool == 0 {
             return None;
         }
-        let entry = self.hw.read(pool + 8 * (asid as u64 & (ASIDS_PER_POOL - 1)));
+        let entry = self
+            .hw
+            .read(pool + 8 * (asid as u64 & (ASIDS_PER_POOL - 1)));
         (entry != 0).then_some(entry)
     }
 
@@ -138,17 +144,40 @@ impl<H: Hardware> Kernel<H> {
                 }
             }
             (Cap::AsidControl, L::X86AsidControlMakePool) => self.make_asid_pool(args),
-            (Cap::AsidPool { base, asid_base }, L::X86AsidPoolAssign) => self.assign_asid(base, asid_base, args),
+            (Cap::AsidPool { base, asid_base }, L::X86AsidPoolAssign) => {
+                self.assign_asid(base, asid_base, args)
+            }
             _ => Err(InvocationError::simple(Error::IllegalOperation)),
         }
     }
 
     fn clear_mapping(&mut self, slot: u64) {
         let cap = match cspace::cap(&self.hw, slot) {
-            Cap::Frame { base, size, rights, device, .. } => Cap::Frame { base, size, rights, device, mapping: None },
-            Cap::PageTable { base, .. } => Cap::PageTable { base, mapping: None },
-            Cap::PageDirectory { base, .. } => Cap::PageDirectory { base, mapping: None },
-            Cap::Pdpt { base, .. } => Cap::Pdpt { base, mapping: None },
+            Cap::Frame {
+                base,
+                size,
+                rights,
+                device,
+                ..
+            } => Cap::Frame {
+                base,
+                size,
+                rights,
+                device,
+                mapping: None,
+            },
+            Cap::PageTable { base, .. } => Cap::PageTable {
+                base,
+                mapping: None,
+            },
+            Cap::PageDirectory { base, .. } => Cap::PageDirectory {
+                base,
+                mapping: None,
+            },
+            Cap::Pdpt { base, .. } => Cap::Pdpt {
+                base,
+                mapping: None,
+            },
             other => other,
         };
         cspace::set_cap(&mut self.hw, slot, cap);
@@ -157,7 +186,10 @@ impl<H: Hardware> Kernel<H> {
     /// Looks up the address space argument (extra capability 0): an assigned PML4.
     fn vspace_argument(&self, args: &Args) -> Result<(u64, u16), InvocationError> {
         match args.extra_cap(0) {
-            Some(Cap::Pml4 { base, asid: Some(asid) }) => {
+            Some(Cap::Pml4 {
+                base,
+                asid: Some(asid),
+            }) => {
                 if self.vspace_of_asid(asid) != Some(base) {
                     return Err(InvocationError::capability(1));
                 }
@@ -169,11 +201,21 @@ impl<H: Hardware> Kernel<H> {
     }
 
     fn map_frame(&mut self, cap: Cap, args: &Args) -> Invoked {
-        let Cap::Frame { base, size, rights, device, mapping } = cap else { return Err(InvocationError::capability(0)) };
+        let Cap::Frame {
+            base,
+            size,
+            rights,
+            device,
+            mapping,
+        } = cap
+        else {
+            return Err(InvocationError::capability(0));
+        };
         if args.length < 3 {
             return Err(InvocationError::simple(Error::TruncatedMessage));
         }
-        let (vaddr, requested, attributes) = (args.mr(0), Rights::from_word(args.mr(1)), args.mr(2));
+        let (vaddr, requested, attributes) =
+            (args.mr(0), Rights::from_word(args.mr(1)), args.mr(2));
         let (pml4, asid) = self.vspace_argument(args)?;
         let bytes = 1u64 << size.bits();
         if vaddr % bytes != 0 {
@@ -194,7 +236,10 @@ impl<H: Hardware> Kernel<H> {
         };
         let Some(table) = table_at(&self.hw, pml4, vaddr, level) else {
             let missing = self.missing_level(pml4, vaddr, level);
-            return Err(InvocationError::failed_lookup(false, cspace::LookupFault::MissingCapability { bits_left: missing }));
+            return Err(InvocationError::failed_lookup(
+                false,
+                cspace::LookupFault::MissingCapability { bits_left: missing },
+            ));
         };
         let slot = entry_address(table, vaddr, level);
         let old = self.hw.read(slot);
@@ -221,7 +266,17 @@ impl<H: Hardware> Kernel<H> {
         // Performing.
         self.hw.write(slot, entry);
         let _ = device;
-        cspace::set_cap(&mut self.hw, args.slot, Cap::Frame { base, size, rights, device, mapping: Some(Mapping { asid, vaddr }) });
+        cspace::set_cap(
+            &mut self.hw,
+            args.slot,
+            Cap::Frame {
+                base,
+                size,
+                rights,
+                device,
+                mapping: Some(Mapping { asid, vaddr }),
+            },
+        );
         self.hw.flush_page(asid, vaddr);
         Ok(0)
     }
@@ -262,7 +317,10 @@ impl<H: Hardware> Kernel<H> {
         let vaddr = vaddr & !(span - 1);
         let Some(table) = table_at(&self.hw, pml4, vaddr, level) else {
             let missing = self.missing_level(pml4, vaddr, level);
-            return Err(InvocationError::failed_lookup(false, cspace::LookupFault::MissingCapability { bits_left: missing }));
+            return Err(InvocationError::failed_lookup(
+                false,
+                cspace::LookupFault::MissingCapability { bits_left: missing },
+            ));
         };
         let slot = entry_address(table, vaddr, level);
         if self.hw.read(slot) & PRESENT != 0 {
@@ -270,9 +328,18 @@ impl<H: Hardware> Kernel<H> {
         }
         self.hw.write(slot, base | PRESENT | WRITABLE | USER);
         let new = match cap {
-            Cap::PageTable { .. } => Cap::PageTable { base, mapping: Some(Mapping { asid, vaddr }) },
-            Cap::PageDirectory { .. } => Cap::PageDirectory { base, mapping: Some(Mapping { asid, vaddr }) },
-            _ => Cap::Pdpt { base, mapping: Some(Mapping { asid, vaddr }) },
+            Cap::PageTable { .. } => Cap::PageTable {
+                base,
+                mapping: Some(Mapping { asid, vaddr }),
+            },
+            Cap::PageDirectory { .. } => Cap::PageDirectory {
+                base,
+                mapping: Some(Mapping { asid, vaddr }),
+            },
+            _ => Cap::Pdpt {
+                base,
+                mapping: Some(Mapping { asid, vaddr }),
+            },
         };
         cspace::set_cap(&mut self.hw, args.slot, new);
         Ok(0)
@@ -281,7 +348,12 @@ impl<H: Hardware> Kernel<H> {
     /// Clears the entry a mapped frame or table occupies, if it still points at it.
     fn unmap_object(&mut self, cap: Cap) {
         let (base, mapping, level, is_table) = match cap {
-            Cap::Frame { base, size, mapping, .. } => (
+            Cap::Frame {
+                base,
+                size,
+                mapping,
+                ..
+            } => (
                 base,
                 mapping,
                 match size {
@@ -296,12 +368,19 @@ impl<H: Hardware> Kernel<H> {
             Cap::Pdpt { base, mapping } => (base, mapping, 4, true),
             _ => return,
         };
-        let Some(Mapping { asid, vaddr }) = mapping else { return };
-        let Some(pml4) = self.vspace_of_asid(asid) else { return };
-        let Some(table) = table_at(&self.hw, pml4, vaddr, level) else { return };
+        let Some(Mapping { asid, vaddr }) = mapping else {
+            return;
+        };
+        let Some(pml4) = self.vspace_of_asid(asid) else {
+            return;
+        };
+        let Some(table) = table_at(&self.hw, pml4, vaddr, level) else {
+            return;
+        };
         let slot = entry_address(table, vaddr, level);
         let e = self.hw.read(slot);
-        let points_here = e & PRESENT != 0 && e & ADDRESS == base && (is_table == (e & HUGE == 0) || level == 1);
+        let points_here =
+            e & PRESENT != 0 && e & ADDRESS == base && (is_table == (e & HUGE == 0) || level == 1);
         if points_here {
             self.hw.write(slot, 0);
             if is_table {
@@ -316,10 +395,20 @@ impl<H: Hardware> Kernel<H> {
         if args.length < 2 {
             return Err(InvocationError::simple(Error::TruncatedMessage));
         }
-        let (Some(untyped), Some(untyped_slot), Some(root)) = (args.extra_cap(0), args.extra_slot(0), args.extra_cap(1)) else {
+        let (Some(untyped), Some(untyped_slot), Some(root)) =
+            (args.extra_cap(0), args.extra_slot(0), args.extra_cap(1))
+        else {
             return Err(InvocationError::simple(Error::TruncatedMessage));
         };
-        let Cap::Untyped { base, size_bits: 12, device: false, .. } = untyped else { return Err(InvocationError::capability(1)) };
+        let Cap::Untyped {
+            base,
+            size_bits: 12,
+            device: false,
+            ..
+        } = untyped
+        else {
+            return Err(InvocationError::capability(1));
+        };
         if cspace::has_children(&self.hw, untyped_slot) {
             return Err(InvocationError::simple(Error::RevokeFirst));
         }
@@ -332,14 +421,30 @@ impl<H: Hardware> Kernel<H> {
         }
         self.hw.zero(base, 4096);
         let asid_base = (free as u64 * ASIDS_PER_POOL) as u16;
-        cspace::set_cap(&mut self.hw, untyped_slot, Cap::Untyped { base, size_bits: 12, free_index: 4096, device: false });
-        cspace::insert_child(&mut self.hw, untyped_slot, dest, Cap::AsidPool { base, asid_base });
+        cspace::set_cap(
+            &mut self.hw,
+            untyped_slot,
+            Cap::Untyped {
+                base,
+                size_bits: 12,
+                free_index: 4096,
+                device: false,
+            },
+        );
+        cspace::insert_child(
+            &mut self.hw,
+            untyped_slot,
+            dest,
+            Cap::AsidPool { base, asid_base },
+        );
         self.asid_pools[free] = base;
         Ok(0)
     }
 
     fn assign_asid(&mut self, pool: u64, asid_base: u16, args: &Args) -> Invoked {
-        let (Some(Cap::Pml4 { base, asid: None }), Some(slot)) = (args.extra_cap(0), args.extra_slot(0)) else {
+        let (Some(Cap::Pml4 { base, asid: None }), Some(slot)) =
+            (args.extra_cap(0), args.extra_slot(0))
+        else {
             return Err(InvocationError::capability(1));
         };
         if self.asid_pools[(asid_base as u64 >> ASID_POOL_INDEX_BITS) as usize] != pool {
@@ -351,26 +456,39 @@ impl<H: Hardware> Kernel<H> {
             return Err(InvocationError::simple(Error::DeleteFirst));
         };
         self.hw.write(pool + 8 * i, base);
-        cspace::set_cap(&mut self.hw, slot, Cap::Pml4 { base, asid: Some(asid_base + i as u16) });
+        cspace::set_cap(
+            &mut self.hw,
+            slot,
+            Cap::Pml4 {
+                base,
+                asid: Some(asid_base + i as u16),
+            },
+        );
         Ok(0)
     }
 
     /// Assigns an ASID to a PML4 at boot (the root task's address space).
     pub fn boot_assign_asid(&mut self, pool: u64, pml4: u64, asid: u16) {
-        self.hw.write(pool + 8 * (asid as u64 & (ASIDS_PER_POOL - 1)), pml4);
+        self.hw
+            .write(pool + 8 * (asid as u64 & (ASIDS_PER_POOL - 1)), pml4);
         self.asid_pools[(asid as u64 >> ASID_POOL_INDEX_BITS) as usize] = pool;
     }
 
     /// The last capability to a paging object or ASID pool is being deleted.
     pub fn finalise_vspace_object(&mut self, cap: Cap) {
         match cap {
-            Cap::Frame { .. } | Cap::PageTable { .. } | Cap::PageDirectory { .. } | Cap::Pdpt { .. } => self.unmap_object(cap),
-            Cap::Pml4 { base, asid: Some(asid) } => {
-                if self.vspace_of_asid(asid) == Some(base) {
-                    let pool = self.asid_pools[(asid as u64 >> ASID_POOL_INDEX_BITS) as usize];
-                    self.hw.write(pool + 8 * (asid as u64 & (ASIDS_PER_POOL - 1)), 0);
-                    self.hw.flush_address_space(asid);
-                }
+            Cap::Frame { .. }
+            | Cap::PageTable { .. }
+            | Cap::PageDirectory { .. }
+            | Cap::Pdpt { .. } => self.unmap_object(cap),
+            Cap::Pml4 {
+                base,
+                asid: Some(asid),
+            } if self.vspace_of_asid(asid) == Some(base) => {
+                let pool = self.asid_pools[(asid as u64 >> ASID_POOL_INDEX_BITS) as usize];
+                self.hw
+                    .write(pool + 8 * (asid as u64 & (ASIDS_PER_POOL - 1)), 0);
+                self.hw.flush_address_space(asid);
             }
             Cap::AsidPool { base, asid_base } => {
                 let index = (asid_base as u64 >> ASID_POOL_INDEX_BITS) as usize;
