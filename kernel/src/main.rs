@@ -1,6 +1,7 @@
 //! The Keel kernel image: glue between the trusted core (`keel-hal`) and the safe
 //! object layer (`keel-kern`). Boot hands over here once the machine is up; this file
-//! decides what the image does (run the tests, start the root task) and owns no
+//! runs the in-kernel tests if asked, builds the root task, and connects the trusted
+//! core's entry points to the object layer under the big kernel lock. It owns no
 //! mechanism of its own.
 #![no_std]
 #![no_main]
@@ -8,21 +9,43 @@
 
 extern crate alloc;
 
-mod syscalls;
 mod tests;
+
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use keel_abi::{exit, harness};
 use keel_hal as hal;
-use keel_hal::boot::BootInfo;
-use keel_hal::user::UserExit;
+use keel_hal::boot::{BootInfo, MemoryKind};
+use keel_hal::machine::Machine;
+use keel_hal::sync::BigKernelLock;
 use keel_kern::cmdline;
+use keel_kern::kernel::Kernel;
+use keel_kern::object::cap::Cap;
+use keel_kern::object::cspace;
+use keel_kern::object::tcb;
 use keel_kern::testing::Tally;
 
 hal::entry_point!(kernel_main);
-hal::syscall_handler!(syscalls::handle);
+hal::kernel_entries! {
+    syscall: syscall,
+    user_trap: user_trap,
+    kernel_interrupt: kernel_interrupt,
+    idle_poll: idle_poll,
+}
 
 /// Value the test image's root task exits with when it ran to the end.
 pub const ROOT_TASK_TEST_EXIT: u64 = 0x600d;
+
+/// The kernel, behind the big kernel lock (None until boot has built it).
+static KERNEL: BigKernelLock<Option<Kernel<Machine>>> = BigKernelLock::new(None);
+/// The in-kernel tests' tally, reported with the user suite's at the end.
+static TALLY: spin::Mutex<Tally> = spin::Mutex::new(Tally {
+    passed: 0,
+    failed: 0,
+    skipped: 0,
+});
+static TESTING: AtomicBool = AtomicBool::new(false);
+static BENCH: AtomicBool = AtomicBool::new(false);
 
 fn kernel_main(boot: &'static BootInfo) -> ! {
     let boot_ms = hal::time::nanos_since(boot.boot_tsc) / 1_000_000;
@@ -38,16 +61,91 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
     );
     tests::remember_boot_info(boot);
     let testing = cmdline::flag(&boot.cmdline, harness::CMDLINE_RUN_TESTS);
-    let mut tally = Tally::default();
+    TESTING.store(testing, Ordering::Relaxed);
+    BENCH.store(
+        cmdline::flag(&boot.cmdline, "keel.bench"),
+        Ordering::Relaxed,
+    );
     if testing {
         let fail_on_request = cmdline::flag(&boot.cmdline, harness::CMDLINE_FAIL_TEST);
-        tally = hal::testing::run_all(|name| name != tests::FAILING_TEST || fail_on_request);
+        *TALLY.lock() =
+            hal::testing::run_all(|name| name != tests::FAILING_TEST || fail_on_request);
     }
 
-    let exit = run_root_task(boot);
-    if testing {
-        tally.add(syscalls::take_user_tally());
-        let outcome = tests::root_task_outcome(exit, ROOT_TASK_TEST_EXIT);
+    let cpus = hal::smp::online_cpus();
+    let mut kernel = Kernel::new(Machine::new(root_task_exited, test_report), cpus);
+    kernel.fsgsbase_supported = hal::cpu::features().fsgsbase;
+    let Some(module) = boot.modules.first() else {
+        panic!("no root task: the bootloader passed no modules")
+    };
+    let root = keel_kern::boot::create_root_task(
+        &mut kernel,
+        module.bytes(),
+        &mut hal::memory::allocate_object,
+        hal::cpu::features().nx,
+    );
+    let mut root = match root {
+        Ok(root) => root,
+        Err(e) => panic!("root task '{}' cannot be built: {e:?}", module.name),
+    };
+    let free = hal::memory::take_free_ranges();
+    let mut untyped_bytes = 0;
+    for &(start, end) in &free {
+        root.add_untyped(&mut kernel, start, end, false);
+        untyped_bytes += end - start;
+    }
+    for (start, end) in device_regions(boot) {
+        root.add_untyped(&mut kernel, start, end, true);
+    }
+    log::info!(
+        "root task '{}': {} MiB of untyped memory",
+        module.name,
+        untyped_bytes >> 20
+    );
+    root.finish(&mut kernel, cpus);
+    *KERNEL.lock() = Some(kernel);
+    hal::entry::enter_idle()
+}
+
+/// Physical ranges below 4 GiB that are neither RAM nor reserved by firmware nor the
+/// kernel's own devices: device memory the root task may map (as device untypeds).
+fn device_regions(boot: &BootInfo) -> alloc::vec::Vec<(u64, u64)> {
+    let mut taken: alloc::vec::Vec<(u64, u64)> =
+        boot.memory_map.iter().map(|r| (r.start, r.end)).collect();
+    taken.push((0, 0x10_0000));
+    taken.push((
+        boot.platform.local_apic_address,
+        boot.platform.local_apic_address + 0x1000,
+    ));
+    for io in &boot.platform.io_apics {
+        taken.push((io.address, io.address + 0x1000));
+    }
+    if let Some(hpet) = boot.platform.hpet {
+        taken.push((hpet, hpet + 0x1000));
+    }
+    taken.sort_unstable();
+    let mut gaps = alloc::vec::Vec::new();
+    let mut cursor = 0u64;
+    for (start, end) in taken {
+        let start = start & !0xfff;
+        if start > cursor {
+            gaps.push((cursor, start));
+        }
+        cursor = cursor.max((end + 0xfff) & !0xfff);
+    }
+    if cursor < 1 << 32 {
+        gaps.push((cursor, 1 << 32));
+    }
+    let _ = MemoryKind::Available;
+    gaps
+}
+
+/// The debug thread-exit call: the root task (or any thread) ended with `value`.
+fn root_task_exited(_tcb: u64, value: u64) {
+    log::info!("root task exited with value {value:#x}");
+    if TESTING.load(Ordering::Relaxed) {
+        let mut tally = *TALLY.lock();
+        let outcome = tests::root_task_outcome(Some(value), ROOT_TASK_TEST_EXIT);
         hal::testing::report("root_task_ran_in_ring3_and_returned_its_value", &outcome);
         tally.record(&outcome);
         hal::println!("{} passed, {} failed", tally.passed, tally.failed);
@@ -57,44 +155,103 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
             exit::TESTS_FAILED
         });
     }
-    if cmdline::flag(&boot.cmdline, "keel.bench") {
+    if BENCH.load(Ordering::Relaxed) {
         hal::qemu::exit(exit::SUCCESS);
     }
     hal::println!("{}", harness::READY_LINE);
-    hal::smp::idle_loop()
 }
 
-/// Loads the first boot module as the root task and runs it to completion.
-fn run_root_task(boot: &BootInfo) -> Option<UserExit> {
-    let Some(module) = boot.modules.first() else {
-        log::error!("no root task: the bootloader passed no modules");
-        return None;
-    };
-    let program = match hal::user::load(module.bytes()) {
-        Ok(p) => p,
-        Err(e) => {
-            log::error!("root task '{}' is not a loadable ELF: {e:?}", module.name);
-            return None;
-        }
-    };
-    log::info!(
-        "starting root task '{}' at {:#x}",
-        module.name,
-        program.entry
-    );
-    let exit = hal::user::enter(&program, hal::smp::online_cpus() as u64);
-    match exit {
-        UserExit::Exited(value) => {
-            log::info!("root task '{}' exited with value {value:#x}", module.name)
-        }
-        UserExit::Faulted { vector, rip, .. } => log::error!(
-            "root task '{}' faulted: {} at {rip:#x}",
-            module.name,
-            hal::trap::exception_name(vector as u64)
-        ),
+/// The debug test-report call: the user suite's counts.
+fn test_report(passed: u64, failed: u64) {
+    let mut tally = TALLY.lock();
+    tally.passed += passed as u32;
+    tally.failed += failed as u32;
+}
+
+fn syscall() -> u64 {
+    let mut guard = KERNEL.lock();
+    let Some(k) = guard.as_mut() else { return 0 };
+    let t = k.current();
+    if t != 0 {
+        let number = k.tcb(t).context.rdx;
+        k.handle_syscall(number);
     }
-    hal::user::unload(program);
-    Some(exit)
+    prepare(k)
+}
+
+fn handle_interrupt(k: &mut Kernel<Machine>, vector: u64) {
+    let irq_base = hal::trap::IRQ_VECTOR_BASE as u64;
+    match vector {
+        v if v == hal::trap::TIMER_VECTOR as u64 => k.handle_timer_tick(),
+        v if v == hal::trap::WAKE_VECTOR as u64 => k.handle_reschedule(),
+        v if (irq_base..irq_base + keel_kern::object::irq::MAX_IRQS as u64).contains(&v) => {
+            k.handle_irq((v - irq_base) as u16)
+        }
+        _ => {}
+    }
+}
+
+fn user_trap(vector: u64, error_code: u64, address: u64) -> u64 {
+    let mut guard = KERNEL.lock();
+    let Some(k) = guard.as_mut() else { return 0 };
+    if vector < 32 {
+        k.handle_user_exception(vector, error_code, address);
+    } else {
+        handle_interrupt(k, vector);
+    }
+    prepare(k)
+}
+
+fn kernel_interrupt(vector: u64) {
+    let mut guard = KERNEL.lock();
+    if let Some(k) = guard.as_mut() {
+        handle_interrupt(k, vector);
+    }
+}
+
+fn idle_poll() -> u64 {
+    let mut guard = KERNEL.lock();
+    match guard.as_mut() {
+        Some(k) => prepare(k),
+        None => 0,
+    }
+}
+
+/// Runs the scheduler and readies the chosen thread: its address space, bases and
+/// entry stack. A thread that cannot run (no address space, RIP outside user space)
+/// faults instead, and the scheduler chooses again.
+fn prepare(k: &mut Kernel<Machine>) -> u64 {
+    loop {
+        k.schedule();
+        let t = k.current();
+        if t == 0 {
+            return 0;
+        }
+        let context = k.tcb(t).context;
+        if context.rip >= hal::layout::USER_END {
+            k.handle_user_exception(13, 0, 0);
+            continue;
+        }
+        match cspace::cap(&k.hw, tcb::slot(t, tcb::SLOT_VSPACE)) {
+            Cap::Pml4 {
+                base,
+                asid: Some(_),
+            } => {
+                return hal::entry::prepare_thread(
+                    tcb::record(t),
+                    base,
+                    context.fs_base,
+                    context.gs_base,
+                );
+            }
+            _ => {
+                k.handle_user_exception(14, 0, context.rip);
+                if k.current() == t {
+                    k.suspend(t);
+                }
+            }
+        }
+    }
 }
 
 #[panic_handler]

@@ -21,6 +21,49 @@ enum Mode {
 }
 
 static MODE: Once<Mode> = Once::new();
+/// The I/O APICs and interrupt source overrides, for routing device IRQs.
+static ROUTING: Once<Routing> = Once::new();
+
+struct Routing {
+    io_apics: alloc::vec::Vec<(u64, u32, u32)>, // (registers, first GSI, pins)
+    overrides: alloc::vec::Vec<crate::acpi::InterruptOverride>,
+    bootstrap_apic_id: u32,
+}
+
+fn io_apic_write(base: u64, reg: u32, value: u32) {
+    // SAFETY: IOREGSEL/IOWIN of an I/O APIC from the MADT, mapped by the direct map.
+    unsafe {
+        core::ptr::write_volatile(base as *mut u32, reg);
+        core::ptr::write_volatile((base + 0x10) as *mut u32, value);
+    }
+}
+
+/// Routes IRQ `irq` (a global system interrupt; ISA IRQs through their overrides) to
+/// vector `IRQ_VECTOR_BASE + irq` on the bootstrap CPU, masked unless `enabled`. IRQs
+/// past the I/O APICs' pins (MSIs) need no routing here.
+pub fn route_irq(irq: u16, enabled: bool) {
+    let Some(routing) = ROUTING.get() else { return };
+    let vector = crate::trap::IRQ_VECTOR_BASE as u32 + irq as u32;
+    let isa = routing.overrides.iter().find(|o| o.irq as u16 == irq);
+    let gsi = isa.map_or(irq as u32, |o| o.gsi);
+    // ISA interrupts are edge-triggered, active high unless an override says otherwise;
+    // PCI interrupts (GSI 16 and up without an override) are level-triggered, active low.
+    let (level, active_low) = match isa {
+        Some(o) => (o.flags & 0b1100 == 0b1100, o.flags & 0b11 == 0b11),
+        None => (gsi >= 16, gsi >= 16),
+    };
+    for &(base, first, pins) in &routing.io_apics {
+        if gsi >= first && gsi < first + pins {
+            let pin = gsi - first;
+            let low = vector
+                | ((active_low as u32) << 13)
+                | ((level as u32) << 15)
+                | ((!enabled as u32) << 16);
+            io_apic_write(base, 0x11 + 2 * pin, routing.bootstrap_apic_id << 24);
+            io_apic_write(base, 0x10 + 2 * pin, low);
+        }
+    }
+}
 /// TSC ticks between two timer interrupts (TSC-deadline mode), else 0.
 static DEADLINE_PERIOD: AtomicU64 = AtomicU64::new(0);
 /// Initial count of the periodic timer (divide-by-16), else 0.
@@ -133,6 +176,23 @@ pub fn init_bootstrap(platform: &Platform) {
         }
     }
     enable_on_this_cpu();
+    ROUTING.call_once(|| Routing {
+        io_apics: platform
+            .io_apics
+            .iter()
+            .map(|a| {
+                let base = layout::phys_to_virt(a.address);
+                // SAFETY: reading the version register of an I/O APIC from the MADT.
+                let version = unsafe {
+                    core::ptr::write_volatile(base as *mut u32, 1);
+                    core::ptr::read_volatile((base + 0x10) as *const u32)
+                };
+                (base, a.gsi_base, ((version >> 16) & 0xff) + 1)
+            })
+            .collect(),
+        overrides: platform.overrides.clone(),
+        bootstrap_apic_id: id(),
+    });
     log::info!(
         "{} mode, bootstrap APIC ID {}",
         if matches!(mode(), Mode::X2Apic) {

@@ -75,6 +75,13 @@ impl CpuTables {
     }
 }
 
+impl CpuTables {
+    /// Sets TSS.RSP0: where the CPU saves a user thread's state on an interrupt.
+    pub fn set_kernel_entry_stack(&mut self, top: u64) {
+        self.tss.rsp[0] = top;
+    }
+}
+
 impl Default for CpuTables {
     fn default() -> Self {
         Self::new()

@@ -26,19 +26,22 @@ pub mod apic;
 pub mod boot;
 pub mod console;
 pub mod cpu;
+pub mod entry;
 pub mod gdt;
 pub mod layout;
+pub mod machine;
 pub mod memory;
 pub mod paging;
 pub mod percpu;
 pub mod qemu;
 pub mod serial;
 pub mod smp;
+pub mod sync;
 pub mod syscall;
 pub mod testing;
 pub mod time;
+pub mod tlb;
 pub mod trap;
-pub mod user;
 
 /// Declares the kernel's main function, called by the boot code on the bootstrap CPU
 /// once the machine is set up: `hal::entry_point!(kernel_main);` with

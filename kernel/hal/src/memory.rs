@@ -122,6 +122,35 @@ pub fn init(
     }
 }
 
+/// Allocates 2^`bits` bytes (bits ≥ 12) of zeroed memory aligned to its size, for the
+/// root task's boot objects; panics when memory is exhausted.
+pub fn allocate_object(bits: u32) -> u64 {
+    let bits = bits.max(12);
+    let pages = 1u64 << (bits - 12);
+    let found = FRAMES
+        .lock()
+        .as_mut()
+        .and_then(|a| a.allocate_contiguous(pages, 1 << bits, u64::MAX));
+    let Some(base) = found else {
+        panic!("out of physical memory for a 2^{bits}-byte boot object")
+    };
+    // SAFETY: the range was just allocated (ours alone) and is in the direct map.
+    unsafe { core::ptr::write_bytes(layout::phys_to_virt(base) as *mut u8, 0, 1usize << bits) };
+    base
+}
+
+/// Hands over every free frame (as maximal ranges) and retires the allocator: after
+/// boot the kernel allocates nothing; the ranges become the root task's untyped memory.
+pub fn take_free_ranges() -> alloc::vec::Vec<(u64, u64)> {
+    let mut frames = FRAMES.lock();
+    let ranges = frames
+        .as_ref()
+        .map(|a| a.free_ranges().collect())
+        .unwrap_or_default();
+    *frames = None;
+    ranges
+}
+
 /// Allocates one zeroed frame; panics when physical memory is exhausted at boot.
 pub fn allocate_zeroed_frame() -> u64 {
     let Some(frame) = allocate_frame() else {

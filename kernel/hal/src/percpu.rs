@@ -19,8 +19,8 @@ pub const OFFSET_SELF: usize = 0;
 pub const OFFSET_KERNEL_STACK_TOP: usize = 8;
 /// Offset of `PerCpu::user_rsp_scratch` (the SYSCALL entry's user RSP save slot).
 pub const OFFSET_USER_RSP: usize = 16;
-/// Offset of `PerCpu::resume_rsp` (kernel context to return to when user code exits).
-pub const OFFSET_RESUME_RSP: usize = 24;
+/// Offset of `PerCpu::context_top` (where SYSCALL saves the current thread's registers).
+pub const OFFSET_CONTEXT_TOP: usize = 24;
 
 /// One CPU's private data.
 #[repr(C, align(64))]
@@ -31,8 +31,12 @@ pub struct PerCpu {
     pub kernel_stack_top: u64,
     /// User RSP saved by the SYSCALL entry before it switches stacks.
     pub user_rsp_scratch: u64,
-    /// Kernel RSP saved by `user::enter`; `user::exit_to_kernel` resumes it.
-    pub resume_rsp: u64,
+    /// Just past the current thread's saved-register area in its TCB (also TSS.RSP0).
+    pub context_top: u64,
+    /// FS base loaded for user mode on this CPU.
+    pub loaded_fs_base: u64,
+    /// GS base loaded for user mode on this CPU (in IA32_KERNEL_GS_BASE while in the kernel).
+    pub loaded_gs_base: u64,
     /// Dense CPU index (0 = bootstrap CPU).
     pub cpu_index: u32,
     /// Local APIC ID.
@@ -49,7 +53,7 @@ const _: () = {
     assert!(core::mem::offset_of!(PerCpu, self_ptr) == OFFSET_SELF);
     assert!(core::mem::offset_of!(PerCpu, kernel_stack_top) == OFFSET_KERNEL_STACK_TOP);
     assert!(core::mem::offset_of!(PerCpu, user_rsp_scratch) == OFFSET_USER_RSP);
-    assert!(core::mem::offset_of!(PerCpu, resume_rsp) == OFFSET_RESUME_RSP);
+    assert!(core::mem::offset_of!(PerCpu, context_top) == OFFSET_CONTEXT_TOP);
 };
 
 impl PerCpu {
@@ -59,7 +63,9 @@ impl PerCpu {
             self_ptr: 0,
             kernel_stack_top: 0,
             user_rsp_scratch: 0,
-            resume_rsp: 0,
+            context_top: 0,
+            loaded_fs_base: 0,
+            loaded_gs_base: 0,
             cpu_index,
             apic_id,
             ticks: AtomicU64::new(0),

@@ -235,12 +235,5 @@ extern "C" fn ap_entry(area: *mut PerCpu) -> ! {
     crate::apic::start_timer(crate::time::tsc_hz());
     log::debug!("CPU {cpu} (APIC ID {}) online", crate::apic::id());
     ONLINE.fetch_add(1, Ordering::AcqRel);
-    idle_loop()
-}
-
-/// Waits for interrupts forever.
-pub fn idle_loop() -> ! {
-    loop {
-        crate::cpu::wait_for_interrupt();
-    }
+    crate::entry::enter_idle()
 }

@@ -1,17 +1,13 @@
-//! The SYSCALL entry and the SYSRET exit.
+//! The SYSCALL entry.
 //!
-//! Entry: SWAPGS, save the user RSP in the per-CPU area, switch to the CPU's kernel
-//! stack, build a [`TrapFrame`] exactly like the trap stubs do (vector
-//! [`trap::SYSCALL_MARKER`]) and call the kernel's handler (`keel_syscall`, defined by
-//! the kernel with [`crate::syscall_handler!`]). Exit: restore the registers and
-//! return with SYSRET. SYSRET is only reached with a canonical user RIP: the dispatcher
-//! turns any other RIP into a user fault before returning, because SYSRET to a
-//! non-canonical RIP raises #GP in ring 0 on Intel CPUs. (Register clearing and the
-//! remaining SYSRET hazards are the entry-core work.)
+//! SWAPGS, park the user RSP in the per-CPU area, point RSP at the current thread's
+//! register area in its TCB (`context_top`), push the registers there in
+//! `UserContext` order (vector = the SYSCALL marker), switch to the CPU's kernel stack
+//! and call the kernel. The exit is [`crate::entry`]'s return path. (Register clearing
+//! and the remaining SYSRET hazards are the entry-core work.)
 
 use crate::gdt;
-use crate::percpu::{OFFSET_KERNEL_STACK_TOP, OFFSET_USER_RSP};
-use crate::trap::{self, TrapFrame};
+use crate::percpu::{OFFSET_CONTEXT_TOP, OFFSET_KERNEL_STACK_TOP, OFFSET_USER_RSP};
 
 core::arch::global_asm!(
     r#"
@@ -21,7 +17,7 @@ core::arch::global_asm!(
 syscall_entry:
     swapgs
     mov gs:[{user_rsp}], rsp
-    mov rsp, gs:[{kernel_stack}]
+    mov rsp, gs:[{context_top}]
     push {user_ss}
     push qword ptr gs:[{user_rsp}]
     push r11
@@ -44,62 +40,22 @@ syscall_entry:
     push r13
     push r14
     push r15
+    mov rsp, gs:[{kernel_stack}]
     cld
-    mov rdi, rsp
     call {dispatch}
-    pop r15
-    pop r14
-    pop r13
-    pop r12
-    pop r11
-    pop r10
-    pop r9
-    pop r8
-    pop rbp
-    pop rdi
-    pop rsi
-    pop rdx
-    pop rcx
-    pop rbx
-    pop rax
-    add rsp, 16
-    mov rcx, [rsp]
-    mov r11, [rsp + 16]
-    mov rsp, [rsp + 24]
-    swapgs
-    sysretq
+    jmp keel_return_to_user
 "#,
     user_rsp = const OFFSET_USER_RSP,
+    context_top = const OFFSET_CONTEXT_TOP,
     kernel_stack = const OFFSET_KERNEL_STACK_TOP,
     user_ss = const gdt::USER_DATA as u64,
     user_cs = const gdt::USER_CODE as u64,
-    marker = const trap::SYSCALL_MARKER,
-    dispatch = sym syscall_dispatch,
+    marker = const keel_kern::object::tcb::SYSCALL_VECTOR,
+    dispatch = sym crate::entry::syscall_from_user,
 );
 
 unsafe extern "C" {
     fn syscall_entry();
-}
-
-unsafe extern "Rust" {
-    /// The kernel's system-call handler, defined with [`crate::syscall_handler!`].
-    safe fn keel_syscall(frame: &mut TrapFrame);
-}
-
-/// Declares the kernel's system-call handler:
-/// `hal::syscall_handler!(handle)` with `fn handle(frame: &mut hal::trap::TrapFrame)`.
-#[macro_export]
-macro_rules! syscall_handler {
-    ($handler:path) => {
-        #[allow(unsafe_code)]
-        // SAFETY: the symbol name is unique in the kernel; hal::syscall calls it with
-        // the frame of the current system call.
-        #[unsafe(export_name = "keel_syscall")]
-        extern "Rust" fn __keel_syscall(frame: &mut $crate::trap::TrapFrame) {
-            let handler: fn(&mut $crate::trap::TrapFrame) = $handler;
-            handler(frame)
-        }
-    };
 }
 
 /// RFLAGS bits cleared on SYSCALL entry: TF, IF, DF, IOPL, NT, AC.
@@ -117,15 +73,5 @@ pub fn init_cpu() {
         wrmsr(IA32_STAR, star);
         wrmsr(IA32_LSTAR, syscall_entry as *const () as u64);
         wrmsr(IA32_FMASK, FLAGS_MASK);
-    }
-}
-
-extern "C" fn syscall_dispatch(frame: &mut TrapFrame) {
-    keel_syscall(frame);
-    if frame.rip >= crate::layout::USER_END {
-        // Returning there with SYSRET would fault in ring 0; report a #GP to the user.
-        frame.vector = 13;
-        frame.error_code = 0;
-        crate::user::user_exception(frame);
     }
 }

@@ -92,8 +92,29 @@ trap_common:
     /* stack: vector, error code, RIP, CS, RFLAGS, RSP, SS */
     test byte ptr [rsp + 24], 3
     jz 3f
+    /* From user mode: the CPU pushed into the current thread's TCB (TSS.RSP0). */
     swapgs
+    push rax
+    push rbx
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push rbp
+    push r8
+    push r9
+    push r10
+    push r11
+    push r12
+    push r13
+    push r14
+    push r15
+    mov rsp, gs:[{kernel_stack}]
+    cld
+    call {from_user}
+    jmp keel_return_to_user
 3:
+    /* From kernel mode: the idle loop, a probe, or a kernel bug. */
     push rax
     push rbx
     push rcx
@@ -112,8 +133,6 @@ trap_common:
     cld
     mov rdi, rsp
     call {dispatch}
-    .global trap_return
-trap_return:
     pop r15
     pop r14
     pop r13
@@ -129,14 +148,12 @@ trap_return:
     pop rcx
     pop rbx
     pop rax
-    test byte ptr [rsp + 24], 3
-    jz 2f
-    swapgs
-2:
     add rsp, 16
     iretq
 "#,
     dispatch = sym trap_dispatch,
+    from_user = sym crate::entry::trap_from_user,
+    kernel_stack = const crate::percpu::OFFSET_KERNEL_STACK_TOP,
 );
 
 unsafe extern "C" {
@@ -514,24 +531,36 @@ pub fn backtrace(mut rbp: u64) {
     crate::println!();
 }
 
-/// Rust side of every trap (called by `trap_common` with the frame on the stack).
-extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
-    let vector = frame.vector;
+/// Acknowledges an interrupt: end of interrupt at the local APIC, the timer's re-arm
+/// and tick count, a TLB-shootdown request. Exceptions need nothing.
+pub(crate) fn acknowledge(vector: u64) {
     match vector {
-        0..=31 if frame.from_user() => crate::user::user_exception(frame),
-        0..=31 => kernel_exception(frame),
+        0..=31 => {}
         v if v == TIMER_VECTOR as u64 => {
             crate::percpu::count_tick();
             crate::apic::timer_tick();
             crate::apic::end_of_interrupt();
         }
-        v if v == WAKE_VECTOR as u64 => crate::apic::end_of_interrupt(),
-        v if v == STOP_VECTOR as u64 => crate::cpu::halt_forever(),
-        v if v == SPURIOUS_VECTOR as u64 => {}
-        _ => {
-            log::warn!("unexpected interrupt vector {vector}");
+        v if v == crate::tlb::TLB_VECTOR as u64 => {
+            crate::tlb::service_request();
             crate::apic::end_of_interrupt();
         }
+        v if v == STOP_VECTOR as u64 => crate::cpu::halt_forever(),
+        v if v == SPURIOUS_VECTOR as u64 => {}
+        _ => crate::apic::end_of_interrupt(),
+    }
+}
+
+/// First vector of device interrupts (IRQ n arrives on vector `IRQ_VECTOR_BASE + n`).
+pub const IRQ_VECTOR_BASE: u8 = 0x30;
+
+/// Rust side of a trap from kernel mode (called by `trap_common`).
+extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
+    let vector = frame.vector;
+    if vector < 32 {
+        kernel_exception(frame);
+    } else {
+        crate::entry::interrupt_in_kernel(vector);
     }
 }
 

@@ -35,13 +35,20 @@ fn lookup_words(l: LookupFault, out: &mut [u64]) -> usize {
             out[1] = bits_left as u64;
             2
         }
-        LookupFault::DepthMismatch { bits_left, bits_found } => {
+        LookupFault::DepthMismatch {
+            bits_left,
+            bits_found,
+        } => {
             out[0] = 3;
             out[1] = bits_left as u64;
             out[2] = bits_found as u64;
             3
         }
-        LookupFault::GuardMismatch { bits_left, guard_found, guard_size } => {
+        LookupFault::GuardMismatch {
+            bits_left,
+            guard_found,
+            guard_size,
+        } => {
             out[0] = 4;
             out[1] = bits_left as u64;
             out[2] = guard_found;
@@ -59,19 +66,29 @@ pub fn lookup_failure_words(l: LookupFault, out: &mut [u64]) -> usize {
 /// The registers of the UnknownSyscall message and reply, in order.
 fn syscall_registers(c: &UserContext) -> [u64; 18] {
     [
-        c.rax, c.rbx, c.rcx, c.rdx, c.rsi, c.rdi, c.rbp, c.r8, c.r9, c.r10, c.r11, c.r12, c.r13, c.r14, c.r15, c.rip,
-        c.rsp, c.rflags,
+        c.rax, c.rbx, c.rcx, c.rdx, c.rsi, c.rdi, c.rbp, c.r8, c.r9, c.r10, c.r11, c.r12, c.r13,
+        c.r14, c.r15, c.rip, c.rsp, c.rflags,
     ]
 }
 
 /// (label, words, length) of the fault message for `fault` raised by thread `t`.
-pub fn message<H: Hardware>(k: &Kernel<H>, t: u64, fault: Fault) -> (u64, [u64; MAX_FAULT_WORDS], usize) {
+pub fn message<H: Hardware>(
+    k: &Kernel<H>,
+    t: u64,
+    fault: Fault,
+) -> (u64, [u64; MAX_FAULT_WORDS], usize) {
     let c = k.tcb(t).context;
     let mut w = [0u64; MAX_FAULT_WORDS];
     match fault {
         Fault::None => (0, w, 0),
-        Fault::Capability { address, in_receive, lookup } => {
-            w[0] = c.rip;
+        Fault::Capability {
+            address,
+            in_receive,
+            lookup,
+        } => {
+            // Capability faults come from system calls: seL4 reports the address of the
+            // SYSCALL instruction (its restart PC), not the one after it.
+            w[0] = c.rip.wrapping_sub(2);
             w[1] = address;
             w[2] = in_receive as u64;
             let n = lookup_words(lookup, &mut w[3..]);
@@ -92,7 +109,11 @@ pub fn message<H: Hardware>(k: &Kernel<H>, t: u64, fault: Fault) -> (u64, [u64; 
             w[4] = code;
             (label::USER_EXCEPTION, w, 5)
         }
-        Fault::VmFault { address, fsr, instruction } => {
+        Fault::VmFault {
+            address,
+            fsr,
+            instruction,
+        } => {
             w[0] = c.rip;
             w[1] = address;
             w[2] = instruction as u64;
@@ -115,7 +136,10 @@ impl<H: Hardware> Kernel<H> {
         let info = MessageInfo::from_word(self.tcb(sender).context.rsi);
         // Capability, VM and debug faults always resume (re-executing the instruction
         // or system call); the others only with label 0.
-        if !matches!(fault, Fault::UnknownSyscall { .. } | Fault::UserException { .. }) {
+        if !matches!(
+            fault,
+            Fault::UnknownSyscall { .. } | Fault::UserException { .. }
+        ) {
             return true;
         }
         if info.label() != 0 {
@@ -129,13 +153,20 @@ impl<H: Hardware> Kernel<H> {
             _ => 0,
         }
         .min(length);
-        let words: [u64; 18] = core::array::from_fn(|i| if i < count { self.message_register(sender, buffer, i) } else { 0 });
+        let words: [u64; 18] = core::array::from_fn(|i| {
+            if i < count {
+                self.message_register(sender, buffer, i)
+            } else {
+                0
+            }
+        });
         let c = &mut self.tcb_mut(t).context;
         match fault {
             Fault::UnknownSyscall { .. } => {
                 let regs = [
-                    &mut c.rax, &mut c.rbx, &mut c.rcx, &mut c.rdx, &mut c.rsi, &mut c.rdi, &mut c.rbp, &mut c.r8,
-                    &mut c.r9, &mut c.r10, &mut c.r11, &mut c.r12, &mut c.r13, &mut c.r14, &mut c.r15,
+                    &mut c.rax, &mut c.rbx, &mut c.rcx, &mut c.rdx, &mut c.rsi, &mut c.rdi,
+                    &mut c.rbp, &mut c.r8, &mut c.r9, &mut c.r10, &mut c.r11, &mut c.r12,
+                    &mut c.r13, &mut c.r14, &mut c.r15,
                 ];
                 for (i, r) in regs.into_iter().enumerate().take(count) {
                     *r = words[i];
@@ -179,6 +210,9 @@ pub fn report_unhandled<H: Hardware>(k: &mut Kernel<H>, t: u64, fault: Fault) {
         fault,
         c.rip
     ));
-    let text = core::mem::replace(&mut line, crate::testing::alloc_free::Message::new(format_args!("")));
+    let text = core::mem::replace(
+        &mut line,
+        crate::testing::alloc_free::Message::new(format_args!("")),
+    );
     k.hw.console_write(text.as_str().as_bytes());
 }

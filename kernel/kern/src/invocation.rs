@@ -60,30 +60,54 @@ pub struct InvocationError {
 impl InvocationError {
     /// An error without details.
     pub fn simple(error: Error) -> Self {
-        Self { error, words: [0; 6], length: 0 }
+        Self {
+            error,
+            words: [0; 6],
+            length: 0,
+        }
     }
     /// InvalidArgument for argument `index`.
     pub fn argument(index: u64) -> Self {
-        Self { error: Error::InvalidArgument, words: [index, 0, 0, 0, 0, 0], length: 1 }
+        Self {
+            error: Error::InvalidArgument,
+            words: [index, 0, 0, 0, 0, 0],
+            length: 1,
+        }
     }
     /// InvalidCapability for capability `index` (0 = the invoked one).
     pub fn capability(index: u64) -> Self {
-        Self { error: Error::InvalidCapability, words: [index, 0, 0, 0, 0, 0], length: 1 }
+        Self {
+            error: Error::InvalidCapability,
+            words: [index, 0, 0, 0, 0, 0],
+            length: 1,
+        }
     }
     /// RangeError with the allowed range.
     pub fn range(min: u64, max: u64) -> Self {
-        Self { error: Error::RangeError, words: [min, max, 0, 0, 0, 0], length: 2 }
+        Self {
+            error: Error::RangeError,
+            words: [min, max, 0, 0, 0, 0],
+            length: 2,
+        }
     }
     /// NotEnoughMemory with the bytes available.
     pub fn memory(available: u64) -> Self {
-        Self { error: Error::NotEnoughMemory, words: [available, 0, 0, 0, 0, 0], length: 1 }
+        Self {
+            error: Error::NotEnoughMemory,
+            words: [available, 0, 0, 0, 0, 0],
+            length: 1,
+        }
     }
     /// FailedLookup (`source`: it was the source of a two-slot operation).
     pub fn failed_lookup(source: bool, fault: LookupFault) -> Self {
         let mut words = [0; 6];
         words[0] = source as u64;
         let n = crate::fault::lookup_failure_words(fault, &mut words[1..]);
-        Self { error: Error::FailedLookup, words, length: 1 + n }
+        Self {
+            error: Error::FailedLookup,
+            words,
+            length: 1 + n,
+        }
     }
 }
 
@@ -115,7 +139,9 @@ impl<H: Hardware> Kernel<H> {
                 self.enqueue(t, false);
                 self.reschedule_required();
             }
-            n if (syscall::KEEL_DEBUG_BASE - 16..=syscall::DEBUG_PUT_CHAR).contains(&n) => self.handle_debug(t, n),
+            n if (syscall::KEEL_DEBUG_BASE - 16..=syscall::DEBUG_PUT_CHAR).contains(&n) => {
+                self.handle_debug(t, n)
+            }
             _ => self.handle_fault(t, Fault::UnknownSyscall { number }),
         }
     }
@@ -128,9 +154,19 @@ impl<H: Hardware> Kernel<H> {
         }
         self.tcb_mut(t).context.vector = vector;
         let fault = match vector {
-            14 => Fault::VmFault { address, fsr: code, instruction: code & 16 != 0 },
-            1 | 3 => Fault::Debug { reason: vector, address },
-            _ => Fault::UserException { number: vector, code },
+            14 => Fault::VmFault {
+                address,
+                fsr: code,
+                instruction: code & 16 != 0,
+            },
+            1 | 3 => Fault::Debug {
+                reason: vector,
+                address,
+            },
+            _ => Fault::UserException {
+                number: vector,
+                code,
+            },
         };
         self.handle_fault(t, fault);
     }
@@ -140,7 +176,14 @@ impl<H: Hardware> Kernel<H> {
         let cap = match self.lookup_cap(t, cptr) {
             Ok((_, cap)) => cap,
             Err(lookup) => {
-                self.handle_fault(t, Fault::Capability { address: cptr, in_receive: true, lookup });
+                self.handle_fault(
+                    t,
+                    Fault::Capability {
+                        address: cptr,
+                        in_receive: true,
+                        lookup,
+                    },
+                );
                 return;
             }
         };
@@ -150,24 +193,46 @@ impl<H: Hardware> Kernel<H> {
                 self.receive_ipc(t, ptr, rights.contains(Rights::GRANT), blocking);
             }
             Cap::Notification { ptr, rights, .. } if rights.contains(Rights::READ) => {
-                let bound = self.hw.get::<crate::object::endpoint::Notification>(ptr).bound();
+                let bound = self
+                    .hw
+                    .get::<crate::object::endpoint::Notification>(ptr)
+                    .bound();
                 if bound != 0 && bound != t {
                     let lookup = LookupFault::MissingCapability { bits_left: 0 };
-                    self.handle_fault(t, Fault::Capability { address: cptr, in_receive: true, lookup });
+                    self.handle_fault(
+                        t,
+                        Fault::Capability {
+                            address: cptr,
+                            in_receive: true,
+                            lookup,
+                        },
+                    );
                     return;
                 }
                 self.receive_signal(t, ptr, blocking);
             }
             _ => {
                 let lookup = LookupFault::MissingCapability { bits_left: 0 };
-                self.handle_fault(t, Fault::Capability { address: cptr, in_receive: true, lookup });
+                self.handle_fault(
+                    t,
+                    Fault::Capability {
+                        address: cptr,
+                        in_receive: true,
+                        lookup,
+                    },
+                );
             }
         }
     }
 
     fn handle_reply(&mut self, t: u64) {
         let caller = tcb::slot(t, tcb::SLOT_CALLER);
-        if let Cap::Reply { tcb: receiver, master: false, can_grant } = cspace::cap(&self.hw, caller) {
+        if let Cap::Reply {
+            tcb: receiver,
+            master: false,
+            can_grant,
+        } = cspace::cap(&self.hw, caller)
+        {
             self.do_reply(t, receiver, caller, can_grant);
         }
     }
@@ -181,7 +246,14 @@ impl<H: Hardware> Kernel<H> {
             Ok(found) => found,
             Err(lookup) => {
                 if blocking {
-                    self.handle_fault(t, Fault::Capability { address: cptr, in_receive: false, lookup });
+                    self.handle_fault(
+                        t,
+                        Fault::Capability {
+                            address: cptr,
+                            in_receive: false,
+                            lookup,
+                        },
+                    );
                 }
                 return;
             }
@@ -195,13 +267,24 @@ impl<H: Hardware> Kernel<H> {
         }
         let mut extra = [None; 3];
         if let Some(b) = buffer {
-            for (i, e) in extra.iter_mut().enumerate().take(info.extra_caps() as usize) {
+            for (i, e) in extra
+                .iter_mut()
+                .enumerate()
+                .take(info.extra_caps() as usize)
+            {
                 let c = self.hw.read(b + crate::ipc::buffer::caps_or_badges(i));
                 match self.lookup_cap(t, c) {
                     Ok(found) => *e = Some(found),
                     Err(lookup) => {
                         if blocking {
-                            self.handle_fault(t, Fault::Capability { address: c, in_receive: false, lookup });
+                            self.handle_fault(
+                                t,
+                                Fault::Capability {
+                                    address: c,
+                                    in_receive: false,
+                                    lookup,
+                                },
+                            );
                         }
                         return;
                     }
@@ -213,7 +296,14 @@ impl<H: Hardware> Kernel<H> {
                 if !rights.contains(Rights::WRITE) {
                     if blocking {
                         let lookup = LookupFault::MissingCapability { bits_left: 0 };
-                        self.handle_fault(t, Fault::Capability { address: cptr, in_receive: false, lookup });
+                        self.handle_fault(
+                            t,
+                            Fault::Capability {
+                                address: cptr,
+                                in_receive: false,
+                                lookup,
+                            },
+                        );
                     }
                     return;
                 }
@@ -226,27 +316,52 @@ impl<H: Hardware> Kernel<H> {
                 if !rights.contains(Rights::WRITE) {
                     if blocking {
                         let lookup = LookupFault::MissingCapability { bits_left: 0 };
-                        self.handle_fault(t, Fault::Capability { address: cptr, in_receive: false, lookup });
+                        self.handle_fault(
+                            t,
+                            Fault::Capability {
+                                address: cptr,
+                                in_receive: false,
+                                lookup,
+                            },
+                        );
                     }
                     return;
                 }
                 self.signal(ptr, badge);
                 return;
             }
-            Cap::Reply { tcb: receiver, master: false, can_grant } => {
+            Cap::Reply {
+                tcb: receiver,
+                master: false,
+                can_grant,
+            } => {
                 self.do_reply(t, receiver, slot, can_grant);
                 return;
             }
             Cap::Null => {
                 if blocking {
                     let lookup = LookupFault::MissingCapability { bits_left: 0 };
-                    self.handle_fault(t, Fault::Capability { address: cptr, in_receive: false, lookup });
+                    self.handle_fault(
+                        t,
+                        Fault::Capability {
+                            address: cptr,
+                            in_receive: false,
+                            lookup,
+                        },
+                    );
                 }
                 return;
             }
             _ => {}
         }
-        let args = Args { thread: t, buffer, length, mrs, extra, slot };
+        let args = Args {
+            thread: t,
+            buffer,
+            length,
+            mrs,
+            extra,
+            slot,
+        };
         let result = match InvocationLabel::from_u64(info.label()) {
             Some(label) => self.invoke_object(cap, label, &args),
             None => Err(InvocationError::simple(Error::IllegalOperation)),
@@ -256,7 +371,9 @@ impl<H: Hardware> Kernel<H> {
             return;
         }
         if !is_call {
-            if self.tcb(t).state == ThreadState::Running || self.tcb(t).state == ThreadState::Restart {
+            if self.tcb(t).state == ThreadState::Running
+                || self.tcb(t).state == ThreadState::Restart
+            {
                 self.tcb_mut(t).state = ThreadState::Running;
             }
             return;
@@ -321,15 +438,27 @@ impl<H: Hardware> Kernel<H> {
             }
             syscall::DEBUG_NAME_THREAD => {
                 // RDI: the TCB capability; the name is in the IPC buffer's message words.
-                if let (Ok((_, Cap::Tcb { ptr })), Some(b)) = (self.lookup_cap(t, c.rdi), self.ipc_buffer(t)) {
+                if let (Ok((_, Cap::Tcb { ptr })), Some(b)) =
+                    (self.lookup_cap(t, c.rdi), self.ipc_buffer(t))
+                {
                     let mut name = [0u8; 16];
                     for (i, chunk) in name.chunks_mut(8).enumerate() {
-                        chunk.copy_from_slice(&self.hw.read(b + crate::ipc::buffer::message(i)).to_le_bytes());
+                        chunk.copy_from_slice(
+                            &self
+                                .hw
+                                .read(b + crate::ipc::buffer::message(i))
+                                .to_le_bytes(),
+                        );
                     }
                     self.tcb_mut(ptr).name = name;
                 }
             }
-            _ => self.handle_fault(t, Fault::UnknownSyscall { number: number as u64 }),
+            _ => self.handle_fault(
+                t,
+                Fault::UnknownSyscall {
+                    number: number as u64,
+                },
+            ),
         }
     }
 
@@ -343,7 +472,9 @@ impl<H: Hardware> Kernel<H> {
         };
         let mut bytes = [0u8; syscall::DEBUG_PUT_STRING_MAX as usize];
         for i in 0..length {
-            let Some(va) = address.checked_add(i) else { return syscall::ERROR_BAD_ADDRESS };
+            let Some(va) = address.checked_add(i) else {
+                return syscall::ERROR_BAD_ADDRESS;
+            };
             let Some(pa) = crate::object::vspace::translate_user(&self.hw, base, va) else {
                 return syscall::ERROR_BAD_ADDRESS;
             };

@@ -38,7 +38,12 @@ impl<H: Hardware> Kernel<H> {
     pub fn ipc_buffer(&self, t: u64) -> Option<u64> {
         let vaddr = self.tcb(t).ipc_buffer;
         match cspace::cap(&self.hw, tcb::slot(t, tcb::SLOT_IPC_BUFFER)) {
-            Cap::Frame { base, size, device: false, .. } => Some(base + (vaddr & ((1 << size.bits()) - 1))),
+            Cap::Frame {
+                base,
+                size,
+                device: false,
+                ..
+            } => Some(base + (vaddr & ((1 << size.bits()) - 1))),
             _ => None,
         }
     }
@@ -53,7 +58,13 @@ impl<H: Hardware> Kernel<H> {
     }
 
     /// Sets message register `i` of thread `t`; returns false if it has no room.
-    pub fn set_message_register(&mut self, t: u64, buffer: Option<u64>, i: usize, value: u64) -> bool {
+    pub fn set_message_register(
+        &mut self,
+        t: u64,
+        buffer: Option<u64>,
+        i: usize,
+        value: u64,
+    ) -> bool {
         if i < MSG_REGISTERS_IN_CPU {
             self.tcb_mut(t).context.set_message_register(i, value);
             true
@@ -90,12 +101,19 @@ impl<H: Hardware> Kernel<H> {
         can_grant_reply: bool,
     ) {
         let head = endpoint::head(&self.hw, Queue::Endpoint(endpoint));
-        let receiving = head != 0 && matches!(self.tcb(head).state, ThreadState::BlockedOnReceive { .. });
+        let receiving =
+            head != 0 && matches!(self.tcb(head).state, ThreadState::BlockedOnReceive { .. });
         if !receiving {
             if blocking {
                 self.set_state(
                     sender,
-                    ThreadState::BlockedOnSend { endpoint, badge, can_grant, can_grant_reply, is_call },
+                    ThreadState::BlockedOnSend {
+                        endpoint,
+                        badge,
+                        can_grant,
+                        can_grant_reply,
+                        is_call,
+                    },
                 );
                 endpoint::append(&mut self.hw, Queue::Endpoint(endpoint), sender);
             }
@@ -103,12 +121,22 @@ impl<H: Hardware> Kernel<H> {
         }
         let receiver = head;
         endpoint::remove(&mut self.hw, Queue::Endpoint(endpoint), receiver);
-        let receiver_can_grant = matches!(self.tcb(receiver).state, ThreadState::BlockedOnReceive { can_grant: true, .. });
+        let receiver_can_grant = matches!(
+            self.tcb(receiver).state,
+            ThreadState::BlockedOnReceive {
+                can_grant: true,
+                ..
+            }
+        );
         self.transfer(sender, receiver, endpoint, badge, can_grant);
         let has_fault = self.tcb(sender).fault != Fault::None;
         if is_call || has_fault {
-            if (can_grant || can_grant_reply) && receiver_can_grant_reply(receiver_can_grant, can_grant, can_grant_reply) {
-                self.setup_caller_cap(sender, receiver, can_grant);
+            if (can_grant || can_grant_reply)
+                && receiver_can_grant_reply(receiver_can_grant, can_grant, can_grant_reply)
+            {
+                // seL4: the reply capability may grant iff the receiver's endpoint
+                // capability has the grant right.
+                self.setup_caller_cap(sender, receiver, receiver_can_grant);
             } else {
                 self.set_state(sender, ThreadState::Inactive);
             }
@@ -126,10 +154,17 @@ impl<H: Hardware> Kernel<H> {
             return;
         }
         let head = endpoint::head(&self.hw, Queue::Endpoint(endpoint));
-        let sending = head != 0 && matches!(self.tcb(head).state, ThreadState::BlockedOnSend { .. });
+        let sending =
+            head != 0 && matches!(self.tcb(head).state, ThreadState::BlockedOnSend { .. });
         if !sending {
             if blocking {
-                self.set_state(receiver, ThreadState::BlockedOnReceive { endpoint, can_grant });
+                self.set_state(
+                    receiver,
+                    ThreadState::BlockedOnReceive {
+                        endpoint,
+                        can_grant,
+                    },
+                );
                 endpoint::append(&mut self.hw, Queue::Endpoint(endpoint), receiver);
             } else {
                 self.tcb_mut(receiver).context.rdi = 0; // NBRecv with nothing: badge 0
@@ -138,8 +173,13 @@ impl<H: Hardware> Kernel<H> {
             return;
         }
         let sender = head;
-        let ThreadState::BlockedOnSend { badge, can_grant: sender_grant, can_grant_reply, is_call, .. } =
-            self.tcb(sender).state
+        let ThreadState::BlockedOnSend {
+            badge,
+            can_grant: sender_grant,
+            can_grant_reply,
+            is_call,
+            ..
+        } = self.tcb(sender).state
         else {
             return;
         };
@@ -148,7 +188,8 @@ impl<H: Hardware> Kernel<H> {
         let has_fault = self.tcb(sender).fault != Fault::None;
         if is_call || has_fault {
             if sender_grant || can_grant_reply {
-                self.setup_caller_cap(sender, receiver, sender_grant);
+                // The reply grants with the receiver's right, as in seL4.
+                self.setup_caller_cap(sender, receiver, can_grant);
             } else {
                 self.set_state(sender, ThreadState::Inactive);
             }
@@ -167,7 +208,16 @@ impl<H: Hardware> Kernel<H> {
         if !cspace::cap(&self.hw, caller).is_null() {
             self.delete_one(caller);
         }
-        cspace::insert_child(&mut self.hw, master, caller, Cap::Reply { tcb: sender, master: false, can_grant });
+        cspace::insert_child(
+            &mut self.hw,
+            master,
+            caller,
+            Cap::Reply {
+                tcb: sender,
+                master: false,
+                can_grant,
+            },
+        );
     }
 
     /// Deletes thread `t`'s caller capability (before it receives again).
@@ -195,7 +245,10 @@ impl<H: Hardware> Kernel<H> {
         let resume = self.apply_fault_reply(sender, receiver, fault);
         self.tcb_mut(receiver).fault = Fault::None;
         if resume {
-            let state = if matches!(fault, Fault::UnknownSyscall { .. } | Fault::UserException { .. }) {
+            let state = if matches!(
+                fault,
+                Fault::UnknownSyscall { .. } | Fault::UserException { .. }
+            ) {
                 ThreadState::Running
             } else {
                 ThreadState::Restart
@@ -225,14 +278,29 @@ impl<H: Hardware> Kernel<H> {
         }
         let sender_buffer = self.ipc_buffer(sender);
         let info = MessageInfo::from_word(self.tcb(sender).context.rsi);
-        let room = |b: Option<u64>| if b.is_some() { MSG_MAX_LENGTH } else { MSG_REGISTERS_IN_CPU };
-        let length = (info.length() as usize).min(room(sender_buffer)).min(room(receiver_buffer));
+        let room = |b: Option<u64>| {
+            if b.is_some() {
+                MSG_MAX_LENGTH
+            } else {
+                MSG_REGISTERS_IN_CPU
+            }
+        };
+        let length = (info.length() as usize)
+            .min(room(sender_buffer))
+            .min(room(receiver_buffer));
         for i in 0..length {
             let v = self.message_register(sender, sender_buffer, i);
             self.set_message_register(receiver, receiver_buffer, i, v);
         }
         let (extra, unwrapped) = if can_grant && info.extra_caps() > 0 {
-            self.transfer_caps(sender, sender_buffer, receiver, receiver_buffer, endpoint, info.extra_caps() as usize)
+            self.transfer_caps(
+                sender,
+                sender_buffer,
+                receiver,
+                receiver_buffer,
+                endpoint,
+                info.extra_caps() as usize,
+            )
         } else {
             (0, 0)
         };
@@ -251,13 +319,17 @@ impl<H: Hardware> Kernel<H> {
         endpoint: u64,
         count: usize,
     ) -> (u64, u64) {
-        let (Some(sb), Some(rb)) = (sender_buffer, receiver_buffer) else { return (0, 0) };
+        let (Some(sb), Some(rb)) = (sender_buffer, receiver_buffer) else {
+            return (0, 0);
+        };
         let mut dest = self.receive_slot(receiver, rb);
         let mut delivered = 0;
         let mut unwrapped = 0;
         for i in 0..count.min(3) {
             let cptr = self.hw.read(sb + buffer::caps_or_badges(i));
-            let Ok((slot, cap)) = self.lookup_cap(sender, cptr) else { break };
+            let Ok((slot, cap)) = self.lookup_cap(sender, cptr) else {
+                break;
+            };
             if cap.is_null() {
                 break;
             }
@@ -271,7 +343,9 @@ impl<H: Hardware> Kernel<H> {
                 continue;
             }
             let Some(d) = dest else { break };
-            let Some(derived) = crate::object::cnode::derive(self, slot, cap) else { break };
+            let Some(derived) = crate::object::cnode::derive(self, slot, cap) else {
+                break;
+            };
             cspace::insert_child(&mut self.hw, slot, d, derived);
             dest = None;
             delivered += 1;
@@ -296,7 +370,12 @@ impl<H: Hardware> Kernel<H> {
     pub fn signal(&mut self, notification: u64, badge: u64) {
         let n = *self.hw.get::<Notification>(notification);
         let bound = n.bound();
-        if n.head == 0 && bound != 0 && matches!(self.tcb(bound).state, ThreadState::BlockedOnReceive { .. }) {
+        // (An active notification just accumulates badges, as in seL4.)
+        if n.head == 0
+            && !n.active()
+            && bound != 0
+            && matches!(self.tcb(bound).state, ThreadState::BlockedOnReceive { .. })
+        {
             // The bound thread waits on an endpoint: wake it with the signal.
             if let ThreadState::BlockedOnReceive { endpoint, .. } = self.tcb(bound).state {
                 endpoint::remove(&mut self.hw, Queue::Endpoint(endpoint), bound);
@@ -351,7 +430,8 @@ impl<H: Hardware> Kernel<H> {
     /// system call when resumed (seL4 cancelIPC).
     pub fn cancel_ipc(&mut self, t: u64) {
         match self.tcb(t).state {
-            ThreadState::BlockedOnSend { endpoint, .. } | ThreadState::BlockedOnReceive { endpoint, .. } => {
+            ThreadState::BlockedOnSend { endpoint, .. }
+            | ThreadState::BlockedOnReceive { endpoint, .. } => {
                 endpoint::remove(&mut self.hw, Queue::Endpoint(endpoint), t);
                 self.set_state(t, ThreadState::Inactive);
             }
@@ -365,7 +445,9 @@ impl<H: Hardware> Kernel<H> {
                 // the child of t's master reply capability.
                 let master = tcb::slot(t, tcb::SLOT_REPLY);
                 let child = cspace::next(&self.hw, master);
-                if child != 0 && matches!(cspace::cap(&self.hw, child), Cap::Reply { tcb: x, master: false, .. } if x == t) {
+                if child != 0
+                    && matches!(cspace::cap(&self.hw, child), Cap::Reply { tcb: x, master: false, .. } if x == t)
+                {
                     self.delete_one(child);
                 }
                 self.set_state(t, ThreadState::Inactive);
@@ -453,6 +535,10 @@ impl<H: Hardware> Kernel<H> {
     }
 }
 
-fn receiver_can_grant_reply(_receiver_can_grant: bool, can_grant: bool, can_grant_reply: bool) -> bool {
+fn receiver_can_grant_reply(
+    _receiver_can_grant: bool,
+    can_grant: bool,
+    can_grant_reply: bool,
+) -> bool {
     can_grant || can_grant_reply
 }

@@ -202,7 +202,13 @@ impl<H: Hardware> Kernel<H> {
     pub fn dequeue(&mut self, t: u64) {
         let (prio, cpu, queued, prev, next) = {
             let r = self.tcb(t);
-            (r.priority as usize, r.affinity as usize, r.queued, r.ready_prev, r.ready_next)
+            (
+                r.priority as usize,
+                r.affinity as usize,
+                r.queued,
+                r.ready_prev,
+                r.ready_next,
+            )
         };
         if !queued {
             return;
@@ -258,7 +264,8 @@ impl<H: Hardware> Kernel<H> {
         let action = self.cpus[here].action;
         self.cpus[here].action = Action::Resume;
         let current = self.cpus[here].current;
-        let current_runnable = current != 0 && self.tcb(current).state.is_runnable()
+        let current_runnable = current != 0
+            && self.tcb(current).state.is_runnable()
             && self.tcb(current).affinity as usize == here;
         match action {
             Action::Resume => {

@@ -15,6 +15,7 @@ extern crate std;
 
 extern crate alloc;
 
+pub mod boot;
 pub mod cmdline;
 pub mod elf;
 pub mod fault;

@@ -53,7 +53,10 @@ impl Memory for TestMemory {
         );
     }
     fn exists<T: Record>(&self, phys: u64) -> bool {
-        self.records.get(&phys).and_then(|r| r.downcast_ref::<T>()).is_some_and(|r| r.live())
+        self.records
+            .get(&phys)
+            .and_then(|r| r.downcast_ref::<T>())
+            .is_some_and(|r| r.live())
     }
     fn get<T: Record>(&self, phys: u64) -> &T {
         self.records

@@ -7,7 +7,7 @@ use keel_rt::println;
 
 keel_sys::entry_point!(main);
 
-fn main(cpus: u64) -> u64 {
-    println!("init: hello from ring 3 ({cpus} CPUs online)");
+fn main(bootinfo: u64) -> u64 {
+    println!("init: hello from ring 3 (boot info at {bootinfo:#x})");
     0
 }

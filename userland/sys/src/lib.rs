@@ -145,7 +145,7 @@ pub fn syscall_with_marked_registers() -> [u64; 8] {
             "mov r9, [{p} + 48]",
             "mov r10, [{p} + 56]",
             "push {p}",
-            "mov rdx, -1000",
+            "mov rdx, -7",
             "syscall",
             "pop {p}",
             "mov [{p}], rbx",

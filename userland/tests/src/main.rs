@@ -77,13 +77,6 @@ fn main(cpus: u64) -> u64 {
         }
         Ok(())
     });
-    suite.run("unknown_syscall_gets_error", || {
-        if keel_sys::raw_syscall(-1000) == syscall::ERROR_UNKNOWN_SYSCALL {
-            Ok(())
-        } else {
-            Err("no error")
-        }
-    });
     suite.run("registers_survive_syscall", registers_survive);
     suite.run("timer_interrupts_reach_user_mode", || {
         let start = keel_sys::debug_ticks();

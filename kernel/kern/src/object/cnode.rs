@@ -19,9 +19,22 @@ use crate::object::tcb::{self, Tcb, ThreadState};
 /// The copy of `cap` (in `slot`) a derivation makes, or `None` if it may not be copied.
 pub fn derive<H: Hardware>(k: &Kernel<H>, slot: u64, cap: Cap) -> Option<Cap> {
     match cap {
-        Cap::Null | Cap::Zombie { .. } | Cap::Reply { .. } => None,
+        // seL4 deriveCap: these are never copied.
+        Cap::Null | Cap::Zombie { .. } | Cap::Reply { .. } | Cap::IrqControl | Cap::IoPortControl => None,
         Cap::Untyped { .. } if cspace::has_children(&k.hw, slot) => None,
-        Cap::Frame { base, size, rights, device, .. } => Some(Cap::Frame { base, size, rights, device, mapping: None }),
+        Cap::Frame {
+            base,
+            size,
+            rights,
+            device,
+            ..
+        } => Some(Cap::Frame {
+            base,
+            size,
+            rights,
+            device,
+            mapping: None,
+        }),
         other => Some(other),
     }
 }
@@ -29,37 +42,77 @@ pub fn derive<H: Hardware>(k: &Kernel<H>, slot: u64, cap: Cap) -> Option<Cap> {
 /// `cap` with its rights reduced to `mask`.
 pub fn mask_rights(cap: Cap, mask: Rights) -> Cap {
     match cap {
-        Cap::Endpoint { ptr, badge, rights } => Cap::Endpoint { ptr, badge, rights: rights.intersect(mask) },
-        Cap::Notification { ptr, badge, rights } => {
-            Cap::Notification { ptr, badge, rights: rights.intersect(mask.intersect(Rights(3))) }
-        }
-        Cap::Reply { tcb, master, can_grant } => Cap::Reply { tcb, master, can_grant: can_grant && mask.contains(Rights::GRANT) },
-        Cap::Frame { base, size, rights, device, mapping } => {
-            let rights = if mask.contains(Rights::WRITE) && rights == VmRights::ReadWrite && mask.contains(Rights::READ) {
+        Cap::Endpoint { ptr, badge, rights } => Cap::Endpoint {
+            ptr,
+            badge,
+            rights: rights.intersect(mask),
+        },
+        Cap::Notification { ptr, badge, rights } => Cap::Notification {
+            ptr,
+            badge,
+            rights: rights.intersect(mask.intersect(Rights(3))),
+        },
+        Cap::Reply {
+            tcb,
+            master,
+            can_grant,
+        } => Cap::Reply {
+            tcb,
+            master,
+            can_grant: can_grant && mask.contains(Rights::GRANT),
+        },
+        Cap::Frame {
+            base,
+            size,
+            rights,
+            device,
+            mapping,
+        } => {
+            let rights = if mask.contains(Rights::WRITE)
+                && rights == VmRights::ReadWrite
+                && mask.contains(Rights::READ)
+            {
                 VmRights::ReadWrite
             } else {
                 VmRights::ReadOnly
             };
-            Cap::Frame { base, size, rights, device, mapping }
+            Cap::Frame {
+                base,
+                size,
+                rights,
+                device,
+                mapping,
+            }
         }
         other => other,
     }
 }
 
-/// `cap` with new badge / guard data (Mint, Mutate); `None` if not allowed.
-pub fn update_data(cap: Cap, data: u64, preserve: bool) -> Option<Cap> {
+/// `cap` with new badge / guard data; `None` if not allowed (seL4 updateCapData).
+/// `mint`: for Mint, which may badge an unbadged endpoint or notification capability;
+/// Mutate and Rotate (`mint` false) can never change badge data, so they refuse
+/// endpoint and notification capabilities altogether.
+pub fn update_data(cap: Cap, data: u64, mint: bool) -> Option<Cap> {
     match cap {
         Cap::Endpoint { ptr, badge, rights } => {
-            if preserve && badge != 0 {
+            if !mint || badge != 0 {
                 return None;
             }
-            Some(Cap::Endpoint { ptr, badge: if badge == 0 { data } else { badge }, rights })
+            Some(Cap::Endpoint {
+                ptr,
+                badge: data,
+                rights,
+            })
         }
         Cap::Notification { ptr, badge, rights } => {
-            if preserve && badge != 0 {
+            if !mint || badge != 0 {
                 return None;
             }
-            Some(Cap::Notification { ptr, badge: if badge == 0 { data } else { badge }, rights })
+            Some(Cap::Notification {
+                ptr,
+                badge: data,
+                rights,
+            })
         }
         Cap::CNode { ptr, radix, .. } => {
             let guard_size = (data & 63) as u8;
@@ -67,8 +120,17 @@ pub fn update_data(cap: Cap, data: u64, preserve: bool) -> Option<Cap> {
             if guard_size as u32 + radix as u32 > 64 {
                 return None;
             }
-            let guard = if guard_size >= 58 { guard } else { guard & ((1u64 << guard_size) - 1) };
-            Some(Cap::CNode { ptr, radix, guard_size, guard })
+            let guard = if guard_size >= 58 {
+                guard
+            } else {
+                guard & ((1u64 << guard_size) - 1)
+            };
+            Some(Cap::CNode {
+                ptr,
+                radix,
+                guard_size,
+                guard,
+            })
         }
         other => Some(other),
     }
@@ -100,7 +162,10 @@ impl<H: Hardware> Kernel<H> {
     /// Deletes a capability that never needs emptying (used for reply and caller caps).
     pub fn delete_one(&mut self, slot: u64) {
         let cap = cspace::cap(&self.hw, slot);
-        if matches!(cap, Cap::CNode { .. } | Cap::Tcb { .. } | Cap::Zombie { .. }) {
+        if matches!(
+            cap,
+            Cap::CNode { .. } | Cap::Tcb { .. } | Cap::Zombie { .. }
+        ) {
             self.delete(slot);
             return;
         }
@@ -119,15 +184,20 @@ impl<H: Hardware> Kernel<H> {
         stack[0] = (root, 0);
         loop {
             let (zslot, start) = stack[depth];
-            let Cap::Zombie { ptr, is_tcb, radix } = cspace::cap(&self.hw, zslot) else { return };
-            let count = if is_tcb { tcb::TCB_SLOTS } else { 1u64 << radix };
-            let mut found = None;
-            for i in start..count {
-                if !cspace::cap(&self.hw, ptr + i * cspace::SLOT_BYTES).is_null() {
-                    found = Some(i);
-                    break;
-                }
-            }
+            let Cap::Zombie { ptr, is_tcb, radix } = cspace::cap(&self.hw, zslot) else {
+                return;
+            };
+            let count = if is_tcb {
+                tcb::TCB_SLOTS
+            } else {
+                1u64 << radix
+            };
+            // The first full slot, skipping the zombie's own slot if the object holds
+            // its own zombie (that one goes last, with the object).
+            let found = (start..count).find(|&i| {
+                let s = ptr + i * cspace::SLOT_BYTES;
+                s != zslot && !cspace::cap(&self.hw, s).is_null()
+            });
             let Some(i) = found else {
                 // Empty: the object dies.
                 if is_tcb {
@@ -144,32 +214,38 @@ impl<H: Hardware> Kernel<H> {
             let inner = ptr + i * cspace::SLOT_BYTES;
             let cap = cspace::cap(&self.hw, inner);
             let needs_emptying = matches!(cap, Cap::Zombie { .. })
-                || (matches!(cap, Cap::CNode { .. } | Cap::Tcb { .. }) && cspace::is_final(&self.hw, inner));
-            if needs_emptying && inner != zslot {
-                if !matches!(cap, Cap::Zombie { .. }) {
-                    self.make_zombie(inner);
-                }
-                if depth + 1 < DELETE_STACK {
-                    depth += 1;
-                    stack[depth] = (inner, 0);
-                } else {
-                    // Too deep to remember: restart this level's scan from 0 later.
-                    stack[depth].1 = 0;
-                    let mut d = depth;
-                    while d > 0 {
-                        stack[d] = stack[d - 1];
-                        d -= 1;
-                    }
-                    stack[depth] = (inner, 0);
-                }
-                continue;
-            }
+                || (matches!(cap, Cap::CNode { .. } | Cap::Tcb { .. })
+                    && cspace::is_final(&self.hw, inner));
             if !needs_emptying {
                 self.finalise_if_final(inner);
                 cspace::remove(&mut self.hw, inner);
+                continue;
+            }
+            if let Some(j) = stack[..depth].iter().position(|&(s, _)| s == inner) {
+                // A cycle: this object holds the zombie of an object being emptied
+                // further out, which (transitively) holds this one. Swap the two
+                // zombies so that each object holds its own (skipped above).
+                let zcap = cspace::cap(&self.hw, zslot);
+                cspace::swap(&mut self.hw, zslot, cap, inner, zcap);
+                stack[j].0 = zslot;
+                stack[depth].0 = inner;
+                continue;
+            }
+            if !matches!(cap, Cap::Zombie { .. }) {
+                self.make_zombie(inner);
+            }
+            if depth + 1 < DELETE_STACK {
+                depth += 1;
+                stack[depth] = (inner, 0);
             } else {
-                // A zombie containing itself: just drop the slot.
-                cspace::remove(&mut self.hw, inner);
+                // Too deep to remember: restart this level's scan from 0 later.
+                stack[depth].1 = 0;
+                let mut d = depth;
+                while d > 0 {
+                    stack[d] = stack[d - 1];
+                    d -= 1;
+                }
+                stack[depth] = (inner, 0);
             }
         }
     }
@@ -183,9 +259,15 @@ impl<H: Hardware> Kernel<H> {
 
     fn make_zombie(&mut self, slot: u64) {
         match cspace::cap(&self.hw, slot) {
-            Cap::CNode { ptr, radix, .. } => {
-                cspace::set_cap(&mut self.hw, slot, Cap::Zombie { ptr, is_tcb: false, radix })
-            }
+            Cap::CNode { ptr, radix, .. } => cspace::set_cap(
+                &mut self.hw,
+                slot,
+                Cap::Zombie {
+                    ptr,
+                    is_tcb: false,
+                    radix,
+                },
+            ),
             Cap::Tcb { ptr } => {
                 self.suspend(ptr);
                 self.unbind_notification(ptr);
@@ -197,7 +279,15 @@ impl<H: Hardware> Kernel<H> {
                         self.hw.reschedule_cpu(cpu);
                     }
                 }
-                cspace::set_cap(&mut self.hw, slot, Cap::Zombie { ptr, is_tcb: true, radix: 0 })
+                cspace::set_cap(
+                    &mut self.hw,
+                    slot,
+                    Cap::Zombie {
+                        ptr,
+                        is_tcb: true,
+                        radix: 0,
+                    },
+                )
             }
             _ => {}
         }
@@ -215,9 +305,12 @@ impl<H: Hardware> Kernel<H> {
                 self.hw.destroy::<Notification>(ptr);
             }
             Cap::IrqHandler { irq } => self.clear_irq(irq),
-            Cap::Frame { .. } | Cap::PageTable { .. } | Cap::PageDirectory { .. } | Cap::Pdpt { .. } | Cap::Pml4 { .. } | Cap::AsidPool { .. } => {
-                self.finalise_vspace_object(cap)
-            }
+            Cap::Frame { .. }
+            | Cap::PageTable { .. }
+            | Cap::PageDirectory { .. }
+            | Cap::Pdpt { .. }
+            | Cap::Pml4 { .. }
+            | Cap::AsidPool { .. } => self.finalise_vspace_object(cap),
             _ => {}
         }
     }
@@ -257,19 +350,34 @@ impl<H: Hardware> Kernel<H> {
     }
 
     /// Decodes and performs a CNode invocation on `cnode` (the invoked capability).
-    pub fn invoke_cnode(&mut self, cnode: Cap, label: keel_abi::invocation::InvocationLabel, args: &Args) -> Result<usize, InvocationError> {
+    pub fn invoke_cnode(
+        &mut self,
+        cnode: Cap,
+        label: keel_abi::invocation::InvocationLabel,
+        args: &Args,
+    ) -> Result<usize, InvocationError> {
+        use crate::object::cspace::LookupFault;
         use keel_abi::invocation::InvocationLabel as L;
-        let need = match label {
-            L::CNodeRevoke | L::CNodeDelete | L::CNodeCancelBadgedSends | L::CNodeSaveCaller => 2,
-            L::CNodeCopy => 5,
-            L::CNodeMint => 6,
-            L::CNodeMove => 4,
-            L::CNodeMutate => 5,
-            L::CNodeRotate => 8,
-            _ => return Err(InvocationError::simple(Error::IllegalOperation)),
-        };
-        if args.length < need {
-            return Err(InvocationError::simple(Error::TruncatedMessage));
+        let truncated = || InvocationError::simple(Error::TruncatedMessage);
+        let illegal = || InvocationError::simple(Error::IllegalOperation);
+        // Checks in seL4's order (decodeCNodeInvocation), so that the first error
+        // reported is the one seL4 reports.
+        if !matches!(
+            label,
+            L::CNodeRevoke
+                | L::CNodeDelete
+                | L::CNodeCancelBadgedSends
+                | L::CNodeCopy
+                | L::CNodeMint
+                | L::CNodeMove
+                | L::CNodeMutate
+                | L::CNodeRotate
+                | L::CNodeSaveCaller
+        ) {
+            return Err(illegal());
+        }
+        if args.length < 2 {
+            return Err(truncated());
         }
         let dest = self.target_slot(cnode, args.mr(0), args.mr(1), false)?;
         match label {
@@ -281,17 +389,16 @@ impl<H: Hardware> Kernel<H> {
                 self.delete(dest);
                 Ok(0)
             }
-            L::CNodeCancelBadgedSends => {
-                match cspace::cap(&self.hw, dest) {
-                    Cap::Endpoint { ptr, badge, .. } => {
-                        if badge != 0 {
-                            self.cancel_endpoint(ptr, Some(badge));
-                        }
-                        Ok(0)
+            L::CNodeCancelBadgedSends => match cspace::cap(&self.hw, dest) {
+                // seL4 hasCancelSendRights: an endpoint capability with every right.
+                Cap::Endpoint { ptr, badge, rights } if rights.contains(Rights::ALL) => {
+                    if badge != 0 {
+                        self.cancel_endpoint(ptr, Some(badge));
                     }
-                    _ => Err(InvocationError::simple(Error::IllegalOperation)),
+                    Ok(0)
                 }
-            }
+                _ => Err(illegal()),
+            },
             L::CNodeSaveCaller => {
                 if !cspace::cap(&self.hw, dest).is_null() {
                     return Err(InvocationError::simple(Error::DeleteFirst));
@@ -304,27 +411,44 @@ impl<H: Hardware> Kernel<H> {
                 Ok(0)
             }
             L::CNodeCopy | L::CNodeMint | L::CNodeMove | L::CNodeMutate => {
-                let src_root = args.extra_cap(0).ok_or(InvocationError::simple(Error::TruncatedMessage))?;
+                let src_root = args.extra_cap(0).ok_or_else(truncated)?;
+                if args.length < 4 {
+                    return Err(truncated());
+                }
                 if !cspace::cap(&self.hw, dest).is_null() {
                     return Err(InvocationError::simple(Error::DeleteFirst));
                 }
-                let src = self.source_slot(src_root, args.mr(2), args.mr(3))?;
+                let (src_index, src_depth) = (args.mr(2), args.mr(3));
+                let src = self.source_slot(src_root, src_index, src_depth)?;
                 let src_cap = cspace::cap(&self.hw, src);
                 if src_cap.is_null() {
-                    return Err(InvocationError::failed_lookup(true, crate::object::cspace::LookupFault::MissingCapability { bits_left: 0 }));
+                    return Err(InvocationError::failed_lookup(
+                        true,
+                        LookupFault::MissingCapability {
+                            bits_left: src_depth as u32,
+                        },
+                    ));
+                }
+                let need = match label {
+                    L::CNodeMint => 6,
+                    L::CNodeMove => 4,
+                    _ => 5,
+                };
+                if args.length < need {
+                    return Err(truncated());
                 }
                 match label {
                     L::CNodeCopy | L::CNodeMint => {
                         let rights = Rights::from_word(args.mr(4));
                         let mut new = mask_rights(src_cap, rights);
                         if label == L::CNodeMint {
-                            new = update_data(new, args.mr(5), true).ok_or(InvocationError::simple(Error::IllegalOperation))?;
+                            new = update_data(new, args.mr(5), true).ok_or_else(illegal)?;
                         }
                         let new = derive(self, src, new).ok_or_else(|| {
                             if matches!(src_cap, Cap::Untyped { .. }) {
                                 InvocationError::simple(Error::RevokeFirst)
                             } else {
-                                InvocationError::simple(Error::IllegalOperation)
+                                illegal()
                             }
                         })?;
                         cspace::insert_child(&mut self.hw, src, dest, new);
@@ -332,7 +456,7 @@ impl<H: Hardware> Kernel<H> {
                     }
                     _ => {
                         let new = if label == L::CNodeMutate {
-                            update_data(src_cap, args.mr(4), false).ok_or(InvocationError::simple(Error::IllegalOperation))?
+                            update_data(src_cap, args.mr(4), false).ok_or_else(illegal)?
                         } else {
                             src_cap
                         };
@@ -342,22 +466,46 @@ impl<H: Hardware> Kernel<H> {
                 }
             }
             L::CNodeRotate => {
-                let pivot_root = args.extra_cap(0).ok_or(InvocationError::simple(Error::TruncatedMessage))?;
-                let src_root = args.extra_cap(1).ok_or(InvocationError::simple(Error::TruncatedMessage))?;
-                let pivot = self.source_slot(pivot_root, args.mr(2), args.mr(3))?;
-                let src = self.source_slot(src_root, args.mr(5), args.mr(6))?;
+                // seL4_CNode_Rotate: MR0/1 destination, MR2 the data for the cap that
+                // moves to the destination (the pivot's), MR3/4 pivot, MR5 the data for
+                // the cap that moves to the pivot (the source's), MR6/7 source.
+                let (Some(pivot_root), Some(src_root)) = (args.extra_cap(0), args.extra_cap(1))
+                else {
+                    return Err(truncated());
+                };
+                if args.length < 8 {
+                    return Err(truncated());
+                }
+                let (pivot_data, pivot_index, pivot_depth) = (args.mr(2), args.mr(3), args.mr(4));
+                let (src_data, src_index, src_depth) = (args.mr(5), args.mr(6), args.mr(7));
+                let src = self.source_slot(src_root, src_index, src_depth)?;
+                let pivot = self.target_slot(pivot_root, pivot_index, pivot_depth, false)?;
                 if pivot == src || pivot == dest {
-                    return Err(InvocationError::simple(Error::IllegalOperation));
+                    return Err(illegal());
                 }
                 if src != dest && !cspace::cap(&self.hw, dest).is_null() {
                     return Err(InvocationError::simple(Error::DeleteFirst));
                 }
-                let (src_cap, pivot_cap) = (cspace::cap(&self.hw, src), cspace::cap(&self.hw, pivot));
-                if src_cap.is_null() || pivot_cap.is_null() {
-                    return Err(InvocationError::failed_lookup(true, crate::object::cspace::LookupFault::MissingCapability { bits_left: 0 }));
+                let (src_cap, pivot_cap) =
+                    (cspace::cap(&self.hw, src), cspace::cap(&self.hw, pivot));
+                if src_cap.is_null() {
+                    return Err(InvocationError::failed_lookup(
+                        true,
+                        LookupFault::MissingCapability {
+                            bits_left: src_depth as u32,
+                        },
+                    ));
                 }
-                let new_src = update_data(src_cap, args.mr(7), false).ok_or(InvocationError::simple(Error::IllegalOperation))?;
-                let new_pivot = update_data(pivot_cap, args.mr(4), false).ok_or(InvocationError::simple(Error::IllegalOperation))?;
+                if pivot_cap.is_null() {
+                    return Err(InvocationError::failed_lookup(
+                        false,
+                        LookupFault::MissingCapability {
+                            bits_left: pivot_depth as u32,
+                        },
+                    ));
+                }
+                let new_src = update_data(src_cap, src_data, false).ok_or_else(illegal)?;
+                let new_pivot = update_data(pivot_cap, pivot_data, false).ok_or_else(illegal)?;
                 if src == dest {
                     cspace::swap(&mut self.hw, src, new_pivot, pivot, new_src);
                 } else {
@@ -366,14 +514,23 @@ impl<H: Hardware> Kernel<H> {
                 }
                 Ok(0)
             }
-            _ => Err(InvocationError::simple(Error::IllegalOperation)),
+            _ => Err(illegal()),
         }
     }
 
     /// Resolves (index, depth) in `root` exactly to a slot (seL4 lookupTargetSlot).
-    pub fn target_slot(&self, root: Cap, index: u64, depth: u64, is_source: bool) -> Result<u64, InvocationError> {
+    pub fn target_slot(
+        &self,
+        root: Cap,
+        index: u64,
+        depth: u64,
+        is_source: bool,
+    ) -> Result<u64, InvocationError> {
         if !matches!(root, Cap::CNode { .. }) {
-            return Err(InvocationError::failed_lookup(is_source, crate::object::cspace::LookupFault::InvalidRoot));
+            return Err(InvocationError::failed_lookup(
+                is_source,
+                crate::object::cspace::LookupFault::InvalidRoot,
+            ));
         }
         if depth == 0 || depth > 64 {
             return Err(InvocationError::range(1, 64));
@@ -382,7 +539,10 @@ impl<H: Hardware> Kernel<H> {
             Ok((slot, 0)) => Ok(slot),
             Ok((_, left)) => Err(InvocationError::failed_lookup(
                 is_source,
-                crate::object::cspace::LookupFault::DepthMismatch { bits_left: left, bits_found: 0 },
+                crate::object::cspace::LookupFault::DepthMismatch {
+                    bits_left: left,
+                    bits_found: 0,
+                },
             )),
             Err(f) => Err(InvocationError::failed_lookup(is_source, f)),
         }

@@ -163,7 +163,28 @@ fn derived_is_revocable(parent: &Cap, cap: &Cap) -> bool {
 /// Inserts `cap` into the empty slot `dest` as a child of the capability in `parent`
 /// (directly after it in derivation order).
 pub fn insert_child<M: Memory>(m: &mut M, parent: u64, dest: u64, cap: Cap) {
-    let parent_cap = self::cap(m, parent);
+    let mut parent_cap = self::cap(m, parent);
+    // seL4 setUntypedCapAsFull: a copy of an untyped covers the same memory, so the
+    // original must not retype from it again (until both are revoked away).
+    if let (
+        Cap::Untyped {
+            base,
+            size_bits,
+            free_index,
+            ..
+        },
+        Cap::Untyped {
+            base: b,
+            size_bits: s,
+            ..
+        },
+    ) = (&mut parent_cap, &cap)
+        && *base == *b
+        && *size_bits == *s
+    {
+        *free_index = 1 << *size_bits;
+        set_cap(m, parent, parent_cap);
+    }
     let revocable = derived_is_revocable(&parent_cap, &cap);
     let first_badged = revocable && matches!(cap, Cap::Endpoint { .. } | Cap::Notification { .. });
     set_cap(m, dest, cap);
@@ -348,18 +369,18 @@ pub fn resolve<M: Memory>(
                 bits_found: 0,
             });
         }
-        if level > bits_left {
-            return Err(LookupFault::DepthMismatch {
-                bits_left,
-                bits_found: level,
-            });
-        }
-        let found_guard = bits(cptr, bits_left, guard_size);
-        if found_guard != guard & mask(guard_size) {
+        // As seL4's resolveAddressBits: the guard is checked before the depth.
+        if guard_size > bits_left || bits(cptr, bits_left, guard_size) != guard & mask(guard_size) {
             return Err(LookupFault::GuardMismatch {
                 bits_left,
                 guard_found: guard,
                 guard_size,
+            });
+        }
+        if level > bits_left {
+            return Err(LookupFault::DepthMismatch {
+                bits_left,
+                bits_found: level,
             });
         }
         let index = bits(cptr, bits_left - guard_size, radix);
@@ -472,9 +493,10 @@ mod tests {
                 guard_size: 56
             })
         );
+        // 32 bits cannot hold the 56-bit guard: a guard mismatch, as in seL4.
         assert!(matches!(
             resolve(&m, root, 5, 32),
-            Err(LookupFault::DepthMismatch { .. })
+            Err(LookupFault::GuardMismatch { .. })
         ));
         assert_eq!(resolve(&m, Cap::Null, 5, 64), Err(LookupFault::InvalidRoot));
         // Two levels: root 4-bit radix (no guard) → slot 3 holds a 4-bit CNode.

@@ -29,14 +29,21 @@ impl<H: Hardware> Kernel<H> {
     /// Decodes and performs an IRQControl or IRQHandler invocation.
     pub fn invoke_irq(&mut self, cap: Cap, label: L, args: &Args) -> Invoked {
         match (cap, label) {
-            (Cap::IrqControl, L::IrqIssueIrqHandler | L::X86IrqIssueIrqHandlerIoApic | L::X86IrqIssueIrqHandlerMsi) => {
+            (
+                Cap::IrqControl,
+                L::IrqIssueIrqHandler
+                | L::X86IrqIssueIrqHandlerIoApic
+                | L::X86IrqIssueIrqHandlerMsi,
+            ) => {
                 // IRQIssueIRQHandler: irq, index, depth; the GetIOAPIC and GetMSI forms
                 // carry their routing words after index/depth: the IRQ is chosen as
                 // the pin (I/O APIC) or 24 + the vector index (MSI).
                 if args.length < 3 {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
                 }
-                let root = args.extra_cap(0).ok_or(InvocationError::simple(Error::TruncatedMessage))?;
+                let root = args
+                    .extra_cap(0)
+                    .ok_or(InvocationError::simple(Error::TruncatedMessage))?;
                 let (irq, index, depth) = match label {
                     L::IrqIssueIrqHandler => (args.mr(0), args.mr(1), args.mr(2)),
                     L::X86IrqIssueIrqHandlerIoApic => (args.mr(4), args.mr(0), args.mr(1)),
@@ -52,8 +59,16 @@ impl<H: Hardware> Kernel<H> {
                 if !cspace::cap(&self.hw, dest).is_null() {
                     return Err(InvocationError::simple(Error::DeleteFirst));
                 }
-                self.irqs[irq as usize] = IrqState::Signal { notification: 0, badge: 0 };
-                cspace::insert_child(&mut self.hw, args.slot, dest, Cap::IrqHandler { irq: irq as u16 });
+                self.irqs[irq as usize] = IrqState::Signal {
+                    notification: 0,
+                    badge: 0,
+                };
+                cspace::insert_child(
+                    &mut self.hw,
+                    args.slot,
+                    dest,
+                    Cap::IrqHandler { irq: irq as u16 },
+                );
                 Ok(0)
             }
             (Cap::IrqHandler { irq }, L::IrqAckIrq) => {
@@ -67,12 +82,18 @@ impl<H: Hardware> Kernel<H> {
                 if !rights.contains(Rights::WRITE) {
                     return Err(InvocationError::capability(1));
                 }
-                self.irqs[irq as usize] = IrqState::Signal { notification: ptr, badge };
+                self.irqs[irq as usize] = IrqState::Signal {
+                    notification: ptr,
+                    badge,
+                };
                 self.hw.irq_enable(irq, true);
                 Ok(0)
             }
             (Cap::IrqHandler { irq }, L::IrqClearIrqHandler) => {
-                self.irqs[irq as usize] = IrqState::Signal { notification: 0, badge: 0 };
+                self.irqs[irq as usize] = IrqState::Signal {
+                    notification: 0,
+                    badge: 0,
+                };
                 self.hw.irq_enable(irq, false);
                 Ok(0)
             }
@@ -91,7 +112,10 @@ impl<H: Hardware> Kernel<H> {
     /// A device interrupt arrived: mask it and signal its notification.
     pub fn handle_irq(&mut self, irq: u16) {
         self.hw.irq_enable(irq, false);
-        if let Some(IrqState::Signal { notification, badge }) = self.irqs.get(irq as usize).copied()
+        if let Some(IrqState::Signal {
+            notification,
+            badge,
+        }) = self.irqs.get(irq as usize).copied()
             && notification != 0
         {
             self.signal(notification, badge);
@@ -109,12 +133,22 @@ impl<H: Hardware> Kernel<H> {
                 if first > last || last > 0xffff {
                     return Err(InvocationError::range(0, 0xffff));
                 }
-                let root = args.extra_cap(0).ok_or(InvocationError::simple(Error::TruncatedMessage))?;
+                let root = args
+                    .extra_cap(0)
+                    .ok_or(InvocationError::simple(Error::TruncatedMessage))?;
                 let dest = self.target_slot(root, index, depth, false)?;
                 if !cspace::cap(&self.hw, dest).is_null() {
                     return Err(InvocationError::simple(Error::DeleteFirst));
                 }
-                cspace::insert_child(&mut self.hw, args.slot, dest, Cap::IoPort { first: first as u16, last: last as u16 });
+                cspace::insert_child(
+                    &mut self.hw,
+                    args.slot,
+                    dest,
+                    Cap::IoPort {
+                        first: first as u16,
+                        last: last as u16,
+                    },
+                );
                 Ok(0)
             }
             (Cap::IoPort { first, last }, _) => {
@@ -155,7 +189,9 @@ impl<H: Hardware> Kernel<H> {
         if args.length < 1 {
             return Err(InvocationError::simple(Error::TruncatedMessage));
         }
-        let Some(Cap::Tcb { ptr }) = args.extra_cap(0) else { return Err(InvocationError::capability(1)) };
+        let Some(Cap::Tcb { ptr }) = args.extra_cap(0) else {
+            return Err(InvocationError::capability(1));
+        };
         if !self.fsgsbase_supported {
             return Err(InvocationError::simple(Error::IllegalOperation));
         }

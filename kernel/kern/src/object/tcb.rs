@@ -116,7 +116,13 @@ pub enum ThreadState {
     /// Waiting to receive on an endpoint.
     BlockedOnReceive { endpoint: u64, can_grant: bool },
     /// Waiting to send on an endpoint (a Call if `is_call`).
-    BlockedOnSend { endpoint: u64, badge: u64, can_grant: bool, can_grant_reply: bool, is_call: bool },
+    BlockedOnSend {
+        endpoint: u64,
+        badge: u64,
+        can_grant: bool,
+        can_grant_reply: bool,
+        is_call: bool,
+    },
     /// Waiting for a reply.
     BlockedOnReply,
     /// Waiting on a notification.
@@ -137,13 +143,21 @@ pub enum Fault {
     #[default]
     None,
     /// A capability fault: `address` failed to look up (`in_receive` during a receive).
-    Capability { address: u64, in_receive: bool, lookup: crate::object::cspace::LookupFault },
+    Capability {
+        address: u64,
+        in_receive: bool,
+        lookup: crate::object::cspace::LookupFault,
+    },
     /// A system call number the kernel does not know.
     UnknownSyscall { number: u64 },
     /// A processor exception in user mode.
     UserException { number: u64, code: u64 },
     /// A page fault.
-    VmFault { address: u64, fsr: u64, instruction: bool },
+    VmFault {
+        address: u64,
+        fsr: u64,
+        instruction: bool,
+    },
     /// A debug exception (breakpoint, single step, watchpoint).
     Debug { reason: u64, address: u64 },
 }
@@ -199,7 +213,8 @@ impl Record for Tcb {
 /// Value of [`Tcb::live`] in a live TCB.
 pub const TCB_LIVE: u64 = 0x6b65_656c_5443_4221;
 
-const _: () = assert!(TCB_RECORD_OFFSET as usize + core::mem::size_of::<Tcb>() <= 1 << super::TCB_BITS);
+const _: () =
+    assert!(TCB_RECORD_OFFSET as usize + core::mem::size_of::<Tcb>() <= 1 << super::TCB_BITS);
 
 /// Default time slice in timer ticks.
 pub const TIME_SLICE_TICKS: u32 = 5;

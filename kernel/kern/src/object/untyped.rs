@@ -24,47 +24,60 @@ pub const RETYPE_FAN_OUT_LIMIT: u64 = 256;
 
 /// log2 of the size of an object of `kind` with user size `size_bits`, or the error.
 pub fn object_size_bits(kind: ObjectType, size_bits: u64) -> Result<u32, InvocationError> {
-    if let Some(fixed) = kind.fixed_size_bits() {
-        return Ok(fixed);
+    // seL4 decodeUntypedInvocation: first the size range (for every type), then the
+    // minimum sizes of CNodes and untypeds.
+    let max = abi_object::MAX_UNTYPED_BITS as u64;
+    let bits = match kind.fixed_size_bits() {
+        Some(fixed) => fixed as u64,
+        None if kind == ObjectType::CapTable => size_bits.saturating_add(cspace::SLOT_BITS as u64),
+        None => size_bits,
+    };
+    if size_bits >= 64 || bits > max {
+        return Err(InvocationError::range(0, max));
     }
     match kind {
-        ObjectType::Untyped => {
-            if !(abi_object::MIN_UNTYPED_BITS as u64..=abi_object::MAX_UNTYPED_BITS as u64).contains(&size_bits) {
-                return Err(InvocationError::range(abi_object::MIN_UNTYPED_BITS as u64, abi_object::MAX_UNTYPED_BITS as u64));
-            }
-            Ok(size_bits as u32)
+        ObjectType::CapTable if size_bits == 0 => Err(InvocationError::argument(1)),
+        ObjectType::Untyped if size_bits < abi_object::MIN_UNTYPED_BITS as u64 => {
+            Err(InvocationError::argument(1))
         }
-        ObjectType::CapTable => {
-            if !(1..=(abi_object::MAX_UNTYPED_BITS - cspace::SLOT_BITS) as u64).contains(&size_bits) {
-                return Err(InvocationError::range(1, (abi_object::MAX_UNTYPED_BITS - cspace::SLOT_BITS) as u64));
-            }
-            Ok(size_bits as u32 + cspace::SLOT_BITS)
-        }
-        _ => Err(InvocationError::argument(0)),
+        _ => Ok(bits as u32),
     }
 }
 
 impl<H: Hardware> Kernel<H> {
     /// Decodes and performs an Untyped invocation (Retype).
     pub fn invoke_untyped(&mut self, cap: Cap, label: InvocationLabel, args: &Args) -> Invoked {
-        let Cap::Untyped { base, size_bits, free_index, device } = cap else { return Err(InvocationError::capability(0)) };
+        let Cap::Untyped {
+            base,
+            size_bits,
+            free_index,
+            device,
+        } = cap
+        else {
+            return Err(InvocationError::capability(0));
+        };
         if label != InvocationLabel::UntypedRetype {
             return Err(InvocationError::simple(Error::IllegalOperation));
         }
         if args.length < 6 {
             return Err(InvocationError::simple(Error::TruncatedMessage));
         }
-        let root = args.extra_cap(0).ok_or(InvocationError::simple(Error::TruncatedMessage))?;
-        let (type_word, user_size, node_index, node_depth, node_offset, count) =
-            (args.mr(0), args.mr(1), args.mr(2), args.mr(3), args.mr(4), args.mr(5));
+        let root = args
+            .extra_cap(0)
+            .ok_or(InvocationError::simple(Error::TruncatedMessage))?;
+        let (type_word, user_size, node_index, node_depth, node_offset, count) = (
+            args.mr(0),
+            args.mr(1),
+            args.mr(2),
+            args.mr(3),
+            args.mr(4),
+            args.mr(5),
+        );
         let kind = ObjectType::from_u64(type_word).ok_or(InvocationError::argument(0))?;
         if matches!(kind, ObjectType::KeelX86Ldt) {
             return Err(InvocationError::argument(0));
         }
         let object_bits = object_size_bits(kind, user_size)?;
-        if !(1..=RETYPE_FAN_OUT_LIMIT).contains(&count) {
-            return Err(InvocationError::range(1, RETYPE_FAN_OUT_LIMIT));
-        }
         // The destination CNode: the root itself (depth 0) or a CNode found in it.
         let node = if node_depth == 0 {
             root
@@ -72,12 +85,25 @@ impl<H: Hardware> Kernel<H> {
             let slot = self.target_slot(root, node_index, node_depth, false)?;
             cspace::cap(&self.hw, slot)
         };
-        let Cap::CNode { ptr: node_ptr, radix, .. } = node else {
-            return Err(InvocationError::failed_lookup(false, cspace::LookupFault::MissingCapability { bits_left: 0 }));
+        let Cap::CNode {
+            ptr: node_ptr,
+            radix,
+            ..
+        } = node
+        else {
+            return Err(InvocationError::failed_lookup(
+                false,
+                cspace::LookupFault::MissingCapability {
+                    bits_left: node_depth as u32,
+                },
+            ));
         };
         let slots = 1u64 << radix;
         if node_offset >= slots {
             return Err(InvocationError::range(0, slots - 1));
+        }
+        if !(1..=RETYPE_FAN_OUT_LIMIT).contains(&count) {
+            return Err(InvocationError::range(1, RETYPE_FAN_OUT_LIMIT));
         }
         if count > slots - node_offset {
             return Err(InvocationError::range(1, slots - node_offset));
@@ -87,25 +113,38 @@ impl<H: Hardware> Kernel<H> {
                 return Err(InvocationError::simple(Error::DeleteFirst));
             }
         }
-        if device && !(kind == ObjectType::Untyped || kind.is_frame()) {
-            return Err(InvocationError::argument(0));
-        }
-        if object_bits > size_bits as u32 {
-            return Err(InvocationError::range(0, size_bits as u64));
-        }
         // Reuse from the start if nothing derived from this untyped is left.
-        let free = if cspace::has_children(&self.hw, args.slot) { free_index } else { 0 };
+        let free = if cspace::has_children(&self.hw, args.slot) {
+            free_index
+        } else {
+            0
+        };
+        let total = 1u64 << size_bits;
+        // As seL4: the objects fit if the free bytes hold `count` of them (then they
+        // also fit once the start is aligned up, the untyped being size-aligned).
+        let free_bytes = total.saturating_sub(free);
+        if object_bits >= 64 || (free_bytes >> object_bits) < count {
+            return Err(InvocationError::memory(free_bytes));
+        }
+        if device && !(kind == ObjectType::Untyped || kind.is_frame()) {
+            return Err(InvocationError::argument(1));
+        }
         let object_size = 1u64 << object_bits;
         let start = free.next_multiple_of(object_size);
-        let total = 1u64 << size_bits;
-        let needed = count.checked_mul(object_size).ok_or(InvocationError::memory(total.saturating_sub(free)))?;
-        if start > total || needed > total - start {
-            return Err(InvocationError::memory(total.saturating_sub(free)));
-        }
+        let needed = count * object_size;
         // Decoding done: nothing below fails.
         let untyped_slot = args.slot;
         let new_free = start + needed;
-        cspace::set_cap(&mut self.hw, untyped_slot, Cap::Untyped { base, size_bits, free_index: new_free, device });
+        cspace::set_cap(
+            &mut self.hw,
+            untyped_slot,
+            Cap::Untyped {
+                base,
+                size_bits,
+                free_index: new_free,
+                device,
+            },
+        );
         // Insert the children in reverse so they end up in slot order after the parent.
         for i in (0..count).rev() {
             let object = base + start + i * object_size;
@@ -117,14 +156,26 @@ impl<H: Hardware> Kernel<H> {
     }
 
     /// Zeroes and initialises a new object; returns the capability to it.
-    pub fn create_object(&mut self, kind: ObjectType, object: u64, object_bits: u32, user_size: u64, device: bool) -> Cap {
+    pub fn create_object(
+        &mut self,
+        kind: ObjectType,
+        object: u64,
+        object_bits: u32,
+        user_size: u64,
+        device: bool,
+    ) -> Cap {
         let size = 1u64 << object_bits;
         match kind {
             ObjectType::Untyped => {
                 if !device {
                     // Untyped memory is zeroed lazily, when it becomes objects.
                 }
-                Cap::Untyped { base: object, size_bits: object_bits as u8, free_index: 0, device }
+                Cap::Untyped {
+                    base: object,
+                    size_bits: object_bits as u8,
+                    free_index: 0,
+                    device,
+                }
             }
             ObjectType::Tcb => {
                 self.hw.zero(object, tcb::TCB_RECORD_OFFSET);
@@ -140,20 +191,43 @@ impl<H: Hardware> Kernel<H> {
                     r.live = tcb::TCB_LIVE;
                 }
                 let master = tcb::slot(object, tcb::SLOT_REPLY);
-                cspace::insert_root(&mut self.hw, 0, master, Cap::Reply { tcb: object, master: true, can_grant: true }, true);
+                cspace::insert_root(
+                    &mut self.hw,
+                    0,
+                    master,
+                    Cap::Reply {
+                        tcb: object,
+                        master: true,
+                        can_grant: true,
+                    },
+                    true,
+                );
                 Cap::Tcb { ptr: object }
             }
             ObjectType::Endpoint => {
                 self.hw.create::<Endpoint>(object);
-                Cap::Endpoint { ptr: object, badge: 0, rights: Rights::ALL }
+                Cap::Endpoint {
+                    ptr: object,
+                    badge: 0,
+                    rights: Rights::ALL,
+                }
             }
             ObjectType::Notification => {
                 self.hw.create::<Notification>(object);
-                Cap::Notification { ptr: object, badge: 0, rights: Rights::ALL }
+                Cap::Notification {
+                    ptr: object,
+                    badge: 0,
+                    rights: Rights::ALL,
+                }
             }
             ObjectType::CapTable => {
                 self.hw.zero(object, size);
-                Cap::CNode { ptr: object, radix: user_size as u8, guard_size: 0, guard: 0 }
+                Cap::CNode {
+                    ptr: object,
+                    radix: user_size as u8,
+                    guard_size: 0,
+                    guard: 0,
+                }
             }
             ObjectType::X86Page4K | ObjectType::X86LargePage | ObjectType::X64HugePage => {
                 if !device {
@@ -164,24 +238,42 @@ impl<H: Hardware> Kernel<H> {
                     ObjectType::X86LargePage => FrameSize::Large,
                     _ => FrameSize::Huge,
                 };
-                Cap::Frame { base: object, size, rights: VmRights::ReadWrite, device, mapping: None }
+                Cap::Frame {
+                    base: object,
+                    size,
+                    rights: VmRights::ReadWrite,
+                    device,
+                    mapping: None,
+                }
             }
             ObjectType::X86PageTable => {
                 self.hw.zero(object, size);
-                Cap::PageTable { base: object, mapping: None }
+                Cap::PageTable {
+                    base: object,
+                    mapping: None,
+                }
             }
             ObjectType::X86PageDirectory => {
                 self.hw.zero(object, size);
-                Cap::PageDirectory { base: object, mapping: None }
+                Cap::PageDirectory {
+                    base: object,
+                    mapping: None,
+                }
             }
             ObjectType::X86Pdpt => {
                 self.hw.zero(object, size);
-                Cap::Pdpt { base: object, mapping: None }
+                Cap::Pdpt {
+                    base: object,
+                    mapping: None,
+                }
             }
             ObjectType::X64Pml4 => {
                 self.hw.zero(object, size);
                 crate::object::vspace::copy_kernel_mappings(&mut self.hw, object);
-                Cap::Pml4 { base: object, asid: None }
+                Cap::Pml4 {
+                    base: object,
+                    asid: None,
+                }
             }
             ObjectType::KeelX86Ldt => Cap::Null,
         }

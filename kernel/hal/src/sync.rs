@@ -1,0 +1,67 @@
+//! The big kernel lock.
+//!
+//! One lock serialises the object layer across CPUs. Waiting for it also services
+//! TLB-shootdown requests ([`crate::tlb`]), because a CPU spinning here has interrupts
+//! disabled and would otherwise deadlock a lock holder that waits for its flush.
+
+use core::cell::UnsafeCell;
+use core::ops::{Deref, DerefMut};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+/// A spin lock that polls for TLB-flush requests while it waits.
+pub struct BigKernelLock<T> {
+    locked: AtomicBool,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: access to `value` is serialised by `locked` (acquire/release).
+unsafe impl<T: Send> Sync for BigKernelLock<T> {}
+
+impl<T> BigKernelLock<T> {
+    /// A new, unlocked lock.
+    pub const fn new(value: T) -> Self {
+        Self {
+            locked: AtomicBool::new(false),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    /// Takes the lock (interrupts must be disabled).
+    pub fn lock(&self) -> Guard<'_, T> {
+        while self
+            .locked
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            crate::tlb::service_request();
+            core::hint::spin_loop();
+        }
+        Guard { lock: self }
+    }
+}
+
+/// Holds the big kernel lock.
+pub struct Guard<'a, T> {
+    lock: &'a BigKernelLock<T>,
+}
+
+impl<T> Deref for Guard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard proves exclusive access.
+        unsafe { &*self.lock.value.get() }
+    }
+}
+
+impl<T> DerefMut for Guard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the guard proves exclusive access.
+        unsafe { &mut *self.lock.value.get() }
+    }
+}
+
+impl<T> Drop for Guard<'_, T> {
+    fn drop(&mut self) {
+        self.lock.locked.store(false, Ordering::Release);
+    }
+}
