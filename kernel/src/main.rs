@@ -75,6 +75,7 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
     let cpus = hal::smp::online_cpus();
     let mut kernel = Kernel::new(Machine::new(root_task_exited, test_report), cpus);
     kernel.fsgsbase_supported = hal::cpu::features().fsgsbase;
+    kernel.io_apics = boot.platform.io_apics.len();
     let Some(module) = boot.modules.first() else {
         panic!("no root task: the bootloader passed no modules")
     };
@@ -174,7 +175,14 @@ fn syscall() -> u64 {
     let t = k.current();
     if t != 0 {
         let number = k.tcb(t).context.rdx;
-        k.handle_syscall(number);
+        let fast = match number as i64 {
+            keel_abi::syscall::CALL => k.fastpath_call(t),
+            keel_abi::syscall::REPLY_RECV => k.fastpath_reply_recv(t),
+            _ => false,
+        };
+        if !fast {
+            k.handle_syscall(number);
+        }
     }
     prepare(k)
 }

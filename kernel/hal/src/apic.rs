@@ -38,32 +38,40 @@ fn io_apic_write(base: u64, reg: u32, value: u32) {
     }
 }
 
-/// Routes IRQ `irq` (a global system interrupt; ISA IRQs through their overrides) to
-/// vector `IRQ_VECTOR_BASE + irq` on the bootstrap CPU, masked unless `enabled`. IRQs
-/// past the I/O APICs' pins (MSIs) need no routing here.
-pub fn route_irq(irq: u16, enabled: bool) {
+/// Routes IRQ `irq` to vector `IRQ_VECTOR_BASE + irq` on the bootstrap CPU, masked
+/// unless `enabled`: from an I/O APIC pin as given, or for a legacy (ISA) IRQ through
+/// the firmware's interrupt source overrides (edge/high unless overridden; GSIs 16 and
+/// up level/low). MSIs need no routing here (the driver programs the device).
+pub fn route_irq(irq: u16, route: keel_kern::object::irq::IrqRoute, enabled: bool) {
+    use keel_kern::object::irq::IrqRoute;
     let Some(routing) = ROUTING.get() else { return };
     let vector = crate::trap::IRQ_VECTOR_BASE as u32 + irq as u32;
-    let isa = routing.overrides.iter().find(|o| o.irq as u16 == irq);
-    let gsi = isa.map_or(irq as u32, |o| o.gsi);
-    // ISA interrupts are edge-triggered, active high unless an override says otherwise;
-    // PCI interrupts (GSI 16 and up without an override) are level-triggered, active low.
-    let (level, active_low) = match isa {
-        Some(o) => (o.flags & 0b1100 == 0b1100, o.flags & 0b11 == 0b11),
-        None => (gsi >= 16, gsi >= 16),
-    };
-    for &(base, first, pins) in &routing.io_apics {
-        if gsi >= first && gsi < first + pins {
-            let pin = gsi - first;
-            let low = vector
-                | ((active_low as u32) << 13)
-                | ((level as u32) << 15)
-                | ((!enabled as u32) << 16);
-            io_apic_write(base, 0x11 + 2 * pin, routing.bootstrap_apic_id << 24);
-            io_apic_write(base, 0x10 + 2 * pin, low);
+    let (apic, pin, level, active_low) = match route {
+        IrqRoute::Msi => return,
+        IrqRoute::IoApic { ioapic, pin, level, active_low } => (ioapic as usize, pin as u32, level, active_low),
+        IrqRoute::Legacy => {
+            let isa = routing.overrides.iter().find(|o| o.irq as u16 == irq);
+            let gsi = isa.map_or(irq as u32, |o| o.gsi);
+            let (level, active_low) = match isa {
+                Some(o) => (o.flags & 0b1100 == 0b1100, o.flags & 0b11 == 0b11),
+                None => (gsi >= 16, gsi >= 16),
+            };
+            let Some(index) = routing.io_apics.iter().position(|&(_, first, pins)| gsi >= first && gsi < first + pins)
+            else {
+                return;
+            };
+            (index, gsi - routing.io_apics[index].1, level, active_low)
         }
+    };
+    let Some(&(base, _, pins)) = routing.io_apics.get(apic) else { return };
+    if pin >= pins {
+        return;
     }
+    let low = vector | ((active_low as u32) << 13) | ((level as u32) << 15) | ((!enabled as u32) << 16);
+    io_apic_write(base, 0x11 + 2 * pin, routing.bootstrap_apic_id << 24);
+    io_apic_write(base, 0x10 + 2 * pin, low);
 }
+
 /// TSC ticks between two timer interrupts (TSC-deadline mode), else 0.
 static DEADLINE_PERIOD: AtomicU64 = AtomicU64::new(0);
 /// Initial count of the periodic timer (divide-by-16), else 0.

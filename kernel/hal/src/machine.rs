@@ -115,8 +115,8 @@ impl Hardware for Machine {
             }
         }
     }
-    fn irq_enable(&mut self, irq: u16, enabled: bool) {
-        crate::apic::route_irq(irq, enabled);
+    fn irq_route(&mut self, irq: u16, route: keel_kern::object::irq::IrqRoute, enabled: bool) {
+        crate::apic::route_irq(irq, route, enabled);
     }
     fn ticks(&self) -> u64 {
         crate::percpu::current()

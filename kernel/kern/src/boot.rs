@@ -193,8 +193,7 @@ pub fn create_root_task<H: Hardware>(
     )?;
     let bootinfo_vaddr = ipc_vaddr + 0x1000;
     root.bootinfo_frame = allocate(12);
-    let (bootinfo_frame, bootinfo_slot) = (root.bootinfo_frame, root.next_slot - 0);
-    let _ = bootinfo_slot;
+    let bootinfo_frame = root.bootinfo_frame;
     root.map_quiet(
         k,
         bootinfo_vaddr,

@@ -142,9 +142,8 @@ impl<H: Hardware> Kernel<H> {
         ) {
             return true;
         }
-        if info.label() != 0 {
-            return false;
-        }
+        // As seL4's handleFaultReply, the registers are written back whatever the
+        // label; the label only decides whether the thread resumes.
         let buffer = self.ipc_buffer(sender);
         let length = info.length() as usize;
         let count = match fault {
@@ -163,6 +162,9 @@ impl<H: Hardware> Kernel<H> {
         let c = &mut self.tcb_mut(t).context;
         match fault {
             Fault::UnknownSyscall { .. } => {
+                // The thread resumes at FaultIP (the SYSCALL instruction, re-executing it)
+                // unless the reply gives another RIP.
+                c.rip = c.rip.wrapping_sub(2);
                 let regs = [
                     &mut c.rax, &mut c.rbx, &mut c.rcx, &mut c.rdx, &mut c.rsi, &mut c.rdi,
                     &mut c.rbp, &mut c.r8, &mut c.r9, &mut c.r10, &mut c.r11, &mut c.r12,
@@ -195,7 +197,7 @@ impl<H: Hardware> Kernel<H> {
             _ => {}
         }
         c.sanitise_flags();
-        true
+        info.label() == 0
     }
 }
 

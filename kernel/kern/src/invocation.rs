@@ -292,41 +292,16 @@ impl<H: Hardware> Kernel<H> {
             }
         }
         match cap {
-            Cap::Endpoint { ptr, badge, rights } => {
-                if !rights.contains(Rights::WRITE) {
-                    if blocking {
-                        let lookup = LookupFault::MissingCapability { bits_left: 0 };
-                        self.handle_fault(
-                            t,
-                            Fault::Capability {
-                                address: cptr,
-                                in_receive: false,
-                                lookup,
-                            },
-                        );
-                    }
-                    return;
-                }
+            // An endpoint or notification without the write right, like an empty slot,
+            // is an invalid capability: an error reply to a Call, nothing for a Send
+            // (seL4 decodeInvocation), not a fault.
+            Cap::Endpoint { ptr, badge, rights } if rights.contains(Rights::WRITE) => {
                 let grant = rights.contains(Rights::GRANT);
                 let grant_reply = rights.contains(Rights::GRANT_REPLY);
                 self.send_ipc(t, ptr, badge, blocking, is_call, grant, grant_reply);
                 return;
             }
-            Cap::Notification { ptr, badge, rights } => {
-                if !rights.contains(Rights::WRITE) {
-                    if blocking {
-                        let lookup = LookupFault::MissingCapability { bits_left: 0 };
-                        self.handle_fault(
-                            t,
-                            Fault::Capability {
-                                address: cptr,
-                                in_receive: false,
-                                lookup,
-                            },
-                        );
-                    }
-                    return;
-                }
+            Cap::Notification { ptr, badge, rights } if rights.contains(Rights::WRITE) => {
                 self.signal(ptr, badge);
                 return;
             }
@@ -336,20 +311,6 @@ impl<H: Hardware> Kernel<H> {
                 can_grant,
             } => {
                 self.do_reply(t, receiver, slot, can_grant);
-                return;
-            }
-            Cap::Null => {
-                if blocking {
-                    let lookup = LookupFault::MissingCapability { bits_left: 0 };
-                    self.handle_fault(
-                        t,
-                        Fault::Capability {
-                            address: cptr,
-                            in_receive: false,
-                            lookup,
-                        },
-                    );
-                }
                 return;
             }
             _ => {}
@@ -432,6 +393,10 @@ impl<H: Hardware> Kernel<H> {
                 self.hw.thread_exited(t, c.rdi);
             }
             syscall::DEBUG_TEST_REPORT => self.hw.test_report(c.rdi, c.rsi),
+            syscall::DEBUG_CAP_IDENTIFY => {
+                let tag = self.lookup_cap(t, c.rdi).map_or(0, |(_, cap)| cap.tag());
+                self.tcb_mut(t).context.rdi = tag;
+            }
             syscall::DEBUG_TICKS => {
                 let ticks = self.hw.ticks();
                 self.tcb_mut(t).context.rax = ticks;

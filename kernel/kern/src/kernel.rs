@@ -41,9 +41,9 @@ pub trait Hardware: Memory {
     fn port_read(&mut self, port: u16, size: u8) -> u32;
     /// Writes an I/O port.
     fn port_write(&mut self, port: u16, size: u8, value: u32);
-    /// Routes IRQ `irq` (an I/O APIC pin or MSI vector index) to the kernel and unmasks
-    /// it (`true`) or masks it (`false`).
-    fn irq_enable(&mut self, irq: u16, enabled: bool);
+    /// Routes IRQ `irq` (it arrives on the user vector `irq`) from `route`, unmasked
+    /// (`true`) or masked (`false`).
+    fn irq_route(&mut self, irq: u16, route: crate::object::irq::IrqRoute, enabled: bool);
     /// Timer interrupts seen by this CPU.
     fn ticks(&self) -> u64;
     /// The debug exit system call: a thread ended with `value`.
@@ -109,6 +109,10 @@ pub struct Kernel<H: Hardware> {
     pub asid_pools: [u64; crate::object::vspace::ASID_POOLS],
     /// Whether CPUs allow user RD/WR FS/GS BASE (CR4.FSGSBASE can be set).
     pub fsgsbase_supported: bool,
+    /// Number of I/O APICs (GetIOAPIC's `ioapic` argument ranges below it).
+    pub io_apics: usize,
+    /// I/O ports handed out by IOPortControl Issue (one bit per port).
+    pub io_ports_issued: [u64; 1024],
 }
 
 impl<H: Hardware> Kernel<H> {
@@ -124,6 +128,8 @@ impl<H: Hardware> Kernel<H> {
             irqs: [crate::object::irq::IrqState::Inactive; crate::object::irq::MAX_IRQS],
             asid_pools: [0; crate::object::vspace::ASID_POOLS],
             fsgsbase_supported: false,
+            io_apics: 0,
+            io_ports_issued: [0; 1024],
         }
     }
 
@@ -149,11 +155,11 @@ impl<H: Hardware> Kernel<H> {
         if !state.is_runnable() {
             self.dequeue(t);
             let cpu = self.tcb(t).affinity as usize;
-            if cpu < self.cpus.len() && self.cpus[cpu].current == t {
+            // This CPU's scheduler notices a current thread that cannot run; another
+            // CPU must be told (and must not keep running it).
+            if cpu < self.cpus.len() && self.cpus[cpu].current == t && cpu != self.hw.current_cpu() {
                 self.cpus[cpu].action = Action::ChooseNew;
-                if cpu != self.hw.current_cpu() {
-                    self.hw.reschedule_cpu(cpu);
-                }
+                self.hw.reschedule_cpu(cpu);
             }
         }
     }
@@ -245,6 +251,17 @@ impl<H: Hardware> Kernel<H> {
             self.cpus[here].action = Action::ChooseNew;
         } else {
             self.cpus[here].action = Action::SwitchTo(t);
+        }
+    }
+
+    /// `cpu` stopped running its current thread (deleted, moved): it must choose again.
+    pub fn current_gone(&mut self, cpu: usize) {
+        self.cpus[cpu].current = 0;
+        if cpu == self.hw.current_cpu() {
+            self.reschedule_required();
+        } else {
+            self.cpus[cpu].action = Action::ChooseNew;
+            self.hw.reschedule_cpu(cpu);
         }
     }
 

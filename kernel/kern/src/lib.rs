@@ -18,6 +18,7 @@ extern crate alloc;
 pub mod boot;
 pub mod cmdline;
 pub mod elf;
+pub mod fastpath;
 pub mod fault;
 pub mod frames;
 pub mod invocation;
@@ -28,3 +29,5 @@ pub mod object;
 pub mod testing;
 #[cfg(test)]
 pub mod testing_memory;
+#[cfg(test)]
+mod tests;

@@ -1,66 +1,40 @@
-//! The Keel user runtime: formatted console output and the panic handler.
+//! The Keel user runtime: console output, the panic handler, and the root task's
+//! resource helpers — a slot allocator over the boot info's empty region, an untyped
+//! allocator that retypes objects into free slots, page-table creation for mappings,
+//! and threads in the root task's own address space.
 //!
 //! A program links this crate, declares its main with `keel_sys::entry_point!` and
 //! prints with [`println!`]. A panic prints its message and ends the program with
-//! [`PANIC_EXIT`].
+//! [`PANIC_EXIT`]. The root task calls [`init`] with its boot argument and builds an
+//! [`Allocator`] from the boot info.
 #![no_std]
 #![forbid(unsafe_code)]
 
-use core::fmt::{self, Write};
+mod alloc;
+mod console;
+mod thread;
+mod vspace;
+
+pub use alloc::{Allocator, Error, Result, SlotAllocator, UntypedAllocator};
+pub use console::print;
+pub use thread::{Thread, ThreadConfig};
+pub use vspace::{IPC_BUFFER_REGION, SCRATCH_REGION};
+
+use keel_sys::bootinfo::BootInfo;
 
 /// Exit value of a program that panicked.
 pub const PANIC_EXIT: u64 = 0xdead;
 
-/// Collects formatted output and prints it in one system call per 256 bytes, so lines
-/// from different programs do not interleave mid-line.
-struct LineWriter {
-    buffer: [u8; 256],
-    len: usize,
-}
-
-impl LineWriter {
-    fn flush(&mut self) {
-        if self.len > 0 {
-            keel_sys::debug_put_string(&self.buffer[..self.len]);
-            self.len = 0;
-        }
-    }
-}
-
-impl Write for LineWriter {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        for &b in s.as_bytes() {
-            if self.len == self.buffer.len() {
-                self.flush();
-            }
-            self.buffer[self.len] = b;
-            self.len += 1;
-        }
-        Ok(())
-    }
-}
-
-/// Prints formatted text on the kernel console.
-pub fn print(args: fmt::Arguments<'_>) {
-    let mut w = LineWriter {
-        buffer: [0; 256],
-        len: 0,
-    };
-    let _ = w.write_fmt(args);
-    w.flush();
-}
-
-/// Prints to the console.
-#[macro_export]
-macro_rules! print {
-    ($($arg:tt)*) => { $crate::print(format_args!($($arg)*)) };
-}
-
-/// Prints a line to the console.
-#[macro_export]
-macro_rules! println {
-    () => { $crate::print!("\n") };
-    ($($arg:tt)*) => { $crate::print(format_args!("{}\n", format_args!($($arg)*))) };
+/// Sets up the root task's runtime from the value the kernel passed in RDI: the boot
+/// info, whose IPC buffer becomes this thread's. `None` if the kernel passed no boot
+/// info (a kernel from before the object model).
+pub fn init(boot_argument: u64) -> Option<BootInfo> {
+    let info = BootInfo::at(boot_argument)?;
+    keel_sys::ipc::set_buffer_address(info.ipc_buffer());
+    let mut block = keel_sys::thread::current();
+    block.tcb = keel_sys::cap::init::TCB.cptr();
+    keel_sys::thread::set_current(block);
+    Some(info)
 }
 
 #[panic_handler]

@@ -1,18 +1,54 @@
-//! Keel's raw system calls and program entry: the only userland code with `unsafe`.
+//! Keel's user API: system calls, the IPC buffer, typed capabilities and boot info — the
+//! only userland crate with `unsafe`.
 //!
-//! Register convention (seL4 x86-64): number in RDX, arguments in RDI, RSI, R10, R8,
-//! R9, R15; results in RAX (Keel's debug calls) or the same registers. SYSCALL
-//! clobbers RCX and R11.
+//! Layers, bottom up:
+//! - [`syscall`]: the raw `syscall` instruction with seL4's x86-64 register convention
+//!   (RDX number, RDI capability pointer in / badge out, RSI message info, message
+//!   registers 0–3 in R10, R8, R9, R15; RCX and R11 clobbered), one function per call.
+//! - [`ipc`]: the calling thread's IPC buffer (message registers 4 and up, extra
+//!   capabilities or unwrapped badges, the receive slot), [`Message`] for building
+//!   messages and [`Received`] for reading them.
+//! - [`cap`]: [`Cap<T>`], a capability pointer typed by the object it names, with
+//!   marker types for every object ([`cap::Endpoint`], [`cap::Tcb`], …).
+//! - [`invocations`]: every kernel-object method as a method of the right `Cap<T>`,
+//!   defined once in a table whose labels come from `keel_abi::invocation`; a
+//!   wrong-type invocation does not compile. Failures are [`Error`]s with seL4's detail
+//!   words.
+//! - [`bootinfo`]: a safe reader of the boot-info frame the kernel hands the root task.
+//! - [`thread`]: per-thread data (the IPC buffer pointer) and the stacks and start
+//!   registers of threads created by the runtime.
+//! - [`probe`]: instructions that fault on purpose and raw access to mappings, for
+//!   tests of fault delivery and of the address-space invocations.
+//!
+//! Keel's own debug calls (console, exit, test report, ticks) stay here as free
+//! functions. Every `unsafe` block says why it is sound in a `// SAFETY:` comment.
 #![no_std]
 
-use keel_abi::syscall;
+pub mod bootinfo;
+pub mod cap;
+pub mod error;
+pub mod invocations;
+pub mod ipc;
+pub mod probe;
+pub mod syscall;
+pub mod thread;
 
+pub use cap::{Cap, CapType};
+pub use error::Error;
+pub use invocations::VmAttributes;
+pub use ipc::{Message, Received};
+pub use keel_abi::message::{CapRights, MessageInfo};
+
+use keel_abi::syscall as number;
+
+#[cfg(target_os = "none")]
 core::arch::global_asm!(
     r#"
     .section .text._start, "ax"
     .global _start
 _start:
-    and rsp, -16
+    mov [rip + {boot_arg}], rdi
+    lea rsp, [rip + {root_stack} + {stack_size}]
     xor ebp, ebp
     call keel_user_main
     mov rdi, rax
@@ -20,11 +56,18 @@ _start:
     syscall
     ud2
 "#,
-    exit = const syscall::DEBUG_THREAD_EXIT,
+    boot_arg = sym thread::BOOT_ARGUMENT,
+    root_stack = sym thread::ROOT_STACK,
+    stack_size = const thread::STACK_SIZE,
+    exit = const number::DEBUG_THREAD_EXIT,
 );
 
 /// Declares the program's main function: `keel_sys::entry_point!(main)` with
 /// `fn main(argument: u64) -> u64`; its return value is the program's exit value.
+///
+/// `_start` moves the thread onto the runtime's root stack (so that per-thread data is
+/// found as for every other thread, see [`thread`]) and passes the kernel's RDI — the
+/// address of the boot-info frame — as `argument`.
 #[macro_export]
 macro_rules! entry_point {
     ($main:path) => {
@@ -38,13 +81,13 @@ macro_rules! entry_point {
     };
 }
 
-/// A system call with two arguments; returns RAX.
+/// A system call with two arguments in RDI and RSI; returns RAX (Keel's debug calls).
 #[inline(always)]
 pub fn syscall2(number: i64, a0: u64, a1: u64) -> u64 {
     let result: u64;
     // SAFETY: SYSCALL enters the kernel, which preserves every register except RAX (the
-    // result), RCX and R11 (clobbered by the instruction); it touches no user memory
-    // except through the buffers the arguments describe.
+    // result), RCX and R11 (clobbered by the instruction); debug calls touch no user
+    // memory except through the buffers the arguments describe.
     unsafe {
         core::arch::asm!(
             "syscall",
@@ -62,13 +105,13 @@ pub fn syscall2(number: i64, a0: u64, a1: u64) -> u64 {
 
 /// Prints one byte on the kernel console (seL4_DebugPutChar).
 pub fn debug_put_char(byte: u8) {
-    syscall2(syscall::DEBUG_PUT_CHAR, byte as u64, 0);
+    syscall2(number::DEBUG_PUT_CHAR, byte as u64, 0);
 }
 
 /// Prints bytes on the kernel console; returns the count or an error value.
 pub fn debug_put_string(bytes: &[u8]) -> u64 {
     syscall2(
-        syscall::DEBUG_PUT_STRING,
+        number::DEBUG_PUT_STRING,
         bytes.as_ptr() as u64,
         bytes.len() as u64,
     )
@@ -76,26 +119,48 @@ pub fn debug_put_string(bytes: &[u8]) -> u64 {
 
 /// Prints bytes from an arbitrary address (for tests of the kernel's checks).
 pub fn debug_put_raw(address: u64, length: u64) -> u64 {
-    syscall2(syscall::DEBUG_PUT_STRING, address, length)
+    syscall2(number::DEBUG_PUT_STRING, address, length)
 }
 
-/// Ends the program with `value`.
+/// Ends the program with `value` (the root task's exit; other threads should
+/// suspend themselves instead).
 pub fn debug_thread_exit(value: u64) -> ! {
-    syscall2(syscall::DEBUG_THREAD_EXIT, value, 0);
+    syscall2(number::DEBUG_THREAD_EXIT, value, 0);
     unreachable!("the kernel returned from thread exit")
 }
 
 /// Reports a test suite's counts to the kernel.
 pub fn debug_test_report(passed: u32, failed: u32) {
-    syscall2(syscall::DEBUG_TEST_REPORT, passed as u64, failed as u64);
+    syscall2(number::DEBUG_TEST_REPORT, passed as u64, failed as u64);
 }
 
 /// Timer interrupts seen by this CPU.
 pub fn debug_ticks() -> u64 {
-    syscall2(syscall::DEBUG_TICKS, 0, 0)
+    syscall2(number::DEBUG_TICKS, 0, 0)
 }
 
-/// An arbitrary system-call number (for tests of unknown numbers).
+/// seL4_DebugCapIdentify: the kernel's type tag of the capability at `cptr`
+/// (`keel_abi::object::cap_tag`), 0 for an empty slot.
+pub fn debug_cap_identify(cptr: u64) -> u64 {
+    let tag: u64;
+    // SAFETY: DebugCapIdentify reads RDI and writes its result to RDI; RCX and R11 are
+    // clobbered by SYSCALL; RAX may be written by Keel's debug dispatcher.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            in("rdx") number::DEBUG_CAP_IDENTIFY,
+            inlateout("rdi") cptr => tag,
+            lateout("rax") _,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    tag
+}
+
+/// A system call with an arbitrary number and nothing else (for tests of unknown
+/// numbers: under the object model this is an UnknownSyscall fault).
 pub fn raw_syscall(number: i64) -> u64 {
     syscall2(number, 0, 0)
 }
@@ -125,40 +190,42 @@ pub const MARKS: [u64; 8] = [
     0x1010_1010_1010_1010,
 ];
 
-/// Makes an unknown system call with [`MARKS`] in RBX, R12–R15, R8, R9 and R10 and
+/// Makes a Yield system call with [`MARKS`] in RBX, R12–R15, R8, R9 and R10 and
 /// returns what those registers hold afterwards (a test of the kernel's register
-/// preservation).
+/// preservation; Yield carries no message, so the kernel must leave them all).
 pub fn syscall_with_marked_registers() -> [u64; 8] {
     let mut out = MARKS;
-    // SAFETY: saves and restores RBX (reserved by LLVM) itself; every other register
-    // it changes is declared; the system call number is unknown, so the kernel only
-    // returns an error in RAX.
+    // SAFETY: saves and restores RBX itself; the buffer pointer lives in RDI (saved on
+    // the stack across the call), so it cannot be allocated to a marked register; every
+    // other register it changes is declared; Yield only gives up the time slice.
     unsafe {
         core::arch::asm!(
             "push rbx",
-            "mov rbx, [{p}]",
-            "mov r12, [{p} + 8]",
-            "mov r13, [{p} + 16]",
-            "mov r14, [{p} + 24]",
-            "mov r15, [{p} + 32]",
-            "mov r8, [{p} + 40]",
-            "mov r9, [{p} + 48]",
-            "mov r10, [{p} + 56]",
-            "push {p}",
-            "mov rdx, -7",
+            "mov rbx, [rdi]",
+            "mov r12, [rdi + 8]",
+            "mov r13, [rdi + 16]",
+            "mov r14, [rdi + 24]",
+            "mov r15, [rdi + 32]",
+            "mov r8, [rdi + 40]",
+            "mov r9, [rdi + 48]",
+            "mov r10, [rdi + 56]",
+            "push rdi",
+            "mov rdx, {yield_}",
             "syscall",
-            "pop {p}",
-            "mov [{p}], rbx",
-            "mov [{p} + 8], r12",
-            "mov [{p} + 16], r13",
-            "mov [{p} + 24], r14",
-            "mov [{p} + 32], r15",
-            "mov [{p} + 40], r8",
-            "mov [{p} + 48], r9",
-            "mov [{p} + 56], r10",
+            "pop rdi",
+            "mov [rdi], rbx",
+            "mov [rdi + 8], r12",
+            "mov [rdi + 16], r13",
+            "mov [rdi + 24], r14",
+            "mov [rdi + 32], r15",
+            "mov [rdi + 40], r8",
+            "mov [rdi + 48], r9",
+            "mov [rdi + 56], r10",
             "pop rbx",
-            p = in(reg) out.as_mut_ptr(),
-            out("rax") _, out("rcx") _, out("rdx") _, out("r8") _, out("r9") _, out("r10") _,
+            yield_ = const number::YIELD,
+            inout("rdi") out.as_mut_ptr() => _,
+            out("rax") _, out("rcx") _, out("rdx") _, out("rsi") _,
+            out("r8") _, out("r9") _, out("r10") _,
             out("r11") _, out("r12") _, out("r13") _, out("r14") _, out("r15") _,
         );
     }

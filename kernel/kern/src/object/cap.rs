@@ -394,6 +394,35 @@ impl Cap {
         }
     }
 
+    /// The seL4 capability type tag (`keel_abi::object::cap_tag`), as DebugCapIdentify
+    /// reports it.
+    pub fn tag(&self) -> u64 {
+        use keel_abi::object::cap_tag as t;
+        match self {
+            Cap::Null => t::NULL,
+            Cap::Untyped { .. } => t::UNTYPED,
+            Cap::Endpoint { .. } => t::ENDPOINT,
+            Cap::Notification { .. } => t::NOTIFICATION,
+            Cap::Reply { .. } => t::REPLY,
+            Cap::CNode { .. } => t::CNODE,
+            Cap::Tcb { .. } => t::THREAD,
+            Cap::IrqControl => t::IRQ_CONTROL,
+            Cap::IrqHandler { .. } => t::IRQ_HANDLER,
+            Cap::Frame { .. } => t::FRAME,
+            Cap::PageTable { .. } => t::PAGE_TABLE,
+            Cap::PageDirectory { .. } => t::PAGE_DIRECTORY,
+            Cap::Pdpt { .. } => t::PDPT,
+            Cap::Pml4 { .. } => t::PML4,
+            Cap::AsidControl => t::ASID_CONTROL,
+            Cap::AsidPool { .. } => t::ASID_POOL,
+            Cap::IoPortControl => t::IO_PORT_CONTROL,
+            Cap::IoPort { .. } => t::IO_PORT,
+            Cap::Domain => t::DOMAIN,
+            Cap::FsGsBaseControl => t::KEEL_FS_GS_BASE_CONTROL,
+            Cap::Zombie { .. } => t::ZOMBIE,
+        }
+    }
+
     /// Whether the slot is empty.
     pub fn is_null(&self) -> bool {
         matches!(self, Cap::Null)

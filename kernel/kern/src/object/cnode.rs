@@ -20,7 +20,11 @@ use crate::object::tcb::{self, Tcb, ThreadState};
 pub fn derive<H: Hardware>(k: &Kernel<H>, slot: u64, cap: Cap) -> Option<Cap> {
     match cap {
         // seL4 deriveCap: these are never copied.
-        Cap::Null | Cap::Zombie { .. } | Cap::Reply { .. } | Cap::IrqControl | Cap::IoPortControl => None,
+        Cap::Null
+        | Cap::Zombie { .. }
+        | Cap::Reply { .. }
+        | Cap::IrqControl
+        | Cap::IoPortControl => None,
         Cap::Untyped { .. } if cspace::has_children(&k.hw, slot) => None,
         Cap::Frame {
             base,
@@ -147,6 +151,7 @@ impl<H: Hardware> Kernel<H> {
             return;
         }
         if !cspace::is_final(&self.hw, slot) {
+            self.unmap_if_frame(cap);
             cspace::remove(&mut self.hw, slot);
             return;
         }
@@ -171,8 +176,21 @@ impl<H: Hardware> Kernel<H> {
         }
         if cspace::is_final(&self.hw, slot) {
             self.finalise(cap);
+        } else {
+            self.unmap_if_frame(cap);
         }
         cspace::remove(&mut self.hw, slot);
+    }
+
+    /// Every frame capability stands for its own mapping: deleting one unmaps it even
+    /// when other capabilities keep the frame alive (seL4 Arch_finaliseCap).
+    fn unmap_if_frame(&mut self, cap: Cap) {
+        if let Cap::Frame {
+            mapping: Some(_), ..
+        } = cap
+        {
+            self.finalise_vspace_object(cap);
+        }
     }
 
     /// Turns the final CNode/TCB capability in `root` into a Zombie and empties it and
@@ -254,6 +272,8 @@ impl<H: Hardware> Kernel<H> {
         let cap = cspace::cap(&self.hw, slot);
         if cspace::is_final(&self.hw, slot) {
             self.finalise(cap);
+        } else {
+            self.unmap_if_frame(cap);
         }
     }
 
@@ -273,11 +293,7 @@ impl<H: Hardware> Kernel<H> {
                 self.unbind_notification(ptr);
                 let cpu = self.tcb(ptr).affinity as usize;
                 if cpu < self.cpus.len() && self.cpus[cpu].current == ptr {
-                    self.cpus[cpu].current = 0;
-                    self.cpus[cpu].action = crate::kernel::Action::ChooseNew;
-                    if cpu != self.hw.current_cpu() {
-                        self.hw.reschedule_cpu(cpu);
-                    }
+                    self.current_gone(cpu);
                 }
                 cspace::set_cap(
                     &mut self.hw,
@@ -302,9 +318,23 @@ impl<H: Hardware> Kernel<H> {
             }
             Cap::Notification { ptr, .. } => {
                 self.cancel_notification(ptr);
+                // IRQ handlers keep only the address: stop them signalling freed memory.
+                for state in self.irqs.iter_mut() {
+                    if let crate::object::irq::IrqState::Signal {
+                        notification,
+                        badge,
+                        ..
+                    } = state
+                        && *notification == ptr
+                    {
+                        *notification = 0;
+                        *badge = 0;
+                    }
+                }
                 self.hw.destroy::<Notification>(ptr);
             }
             Cap::IrqHandler { irq } => self.clear_irq(irq),
+            Cap::IoPort { first, last } => self.mark_io_ports(first, last, false),
             Cap::Frame { .. }
             | Cap::PageTable { .. }
             | Cap::PageDirectory { .. }

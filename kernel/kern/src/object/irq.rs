@@ -11,8 +11,21 @@ use crate::kernel::{Hardware, Kernel};
 use crate::object::cap::{Cap, Rights};
 use crate::object::cspace;
 
-/// IRQ numbers the kernel manages (I/O APIC pins 0..=23 on PCs, then MSIs).
-pub const MAX_IRQS: usize = 64;
+/// IRQ numbers the kernel manages: seL4 x86 numbers an IRQ by the interrupt vector it
+/// arrives on, offset by the first user vector; 0..=107 are available.
+pub const MAX_IRQS: usize = 108;
+
+/// Where an IRQ comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IrqRoute {
+    /// An ISA/legacy IRQ (the generic IRQControl Get): routed through the I/O APIC using
+    /// the firmware's interrupt source overrides.
+    Legacy,
+    /// I/O APIC `ioapic`, pin `pin`, with its trigger mode and polarity.
+    IoApic { ioapic: u8, pin: u8, level: bool, active_low: bool },
+    /// A message-signalled interrupt (the device is programmed by its driver).
+    Msi,
+}
 
 /// What the kernel does with an IRQ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,7 +33,7 @@ pub enum IrqState {
     /// No handler capability was issued.
     Inactive,
     /// A handler exists; signal this notification (0 = none) with this badge.
-    Signal { notification: u64, badge: u64 },
+    Signal { notification: u64, badge: u64, route: IrqRoute },
     /// Reserved by the kernel (timer, IPIs).
     Reserved,
 }
@@ -29,25 +42,34 @@ impl<H: Hardware> Kernel<H> {
     /// Decodes and performs an IRQControl or IRQHandler invocation.
     pub fn invoke_irq(&mut self, cap: Cap, label: L, args: &Args) -> Invoked {
         match (cap, label) {
-            (
-                Cap::IrqControl,
-                L::IrqIssueIrqHandler
-                | L::X86IrqIssueIrqHandlerIoApic
-                | L::X86IrqIssueIrqHandlerMsi,
-            ) => {
-                // IRQIssueIRQHandler: irq, index, depth; the GetIOAPIC and GetMSI forms
-                // carry their routing words after index/depth: the IRQ is chosen as
-                // the pin (I/O APIC) or 24 + the vector index (MSI).
-                if args.length < 3 {
+            (Cap::IrqControl, L::IrqIssueIrqHandler | L::X86IrqIssueIrqHandlerIoApic | L::X86IrqIssueIrqHandlerMsi) => {
+                // Get: MR0 irq, MR1 index, MR2 depth. GetIOAPIC: MR0 index, MR1 depth,
+                // MR2 ioapic, MR3 pin, MR4 level, MR5 polarity, MR6 vector. GetMSI: MR0
+                // index, MR1 depth, MR2..MR5 PCI bus/dev/func/handle, MR6 vector.
+                let need = if label == L::IrqIssueIrqHandler { 3 } else { 7 };
+                if args.length < need {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
                 }
-                let root = args
-                    .extra_cap(0)
-                    .ok_or(InvocationError::simple(Error::TruncatedMessage))?;
-                let (irq, index, depth) = match label {
-                    L::IrqIssueIrqHandler => (args.mr(0), args.mr(1), args.mr(2)),
-                    L::X86IrqIssueIrqHandlerIoApic => (args.mr(4), args.mr(0), args.mr(1)),
-                    _ => (24 + args.mr(6), args.mr(0), args.mr(1)),
+                let root = args.extra_cap(0).ok_or(InvocationError::simple(Error::TruncatedMessage))?;
+                let (irq, index, depth, route) = match label {
+                    L::IrqIssueIrqHandler => (args.mr(0), args.mr(1), args.mr(2), IrqRoute::Legacy),
+                    L::X86IrqIssueIrqHandlerIoApic => {
+                        let (ioapic, pin) = (args.mr(2), args.mr(3));
+                        if ioapic >= self.io_apics as u64 {
+                            return Err(InvocationError::range(0, (self.io_apics as u64).saturating_sub(1)));
+                        }
+                        if pin >= 24 {
+                            return Err(InvocationError::range(0, 23));
+                        }
+                        let route = IrqRoute::IoApic {
+                            ioapic: ioapic as u8,
+                            pin: pin as u8,
+                            level: args.mr(4) != 0,
+                            active_low: args.mr(5) != 0,
+                        };
+                        (args.mr(6), args.mr(0), args.mr(1), route)
+                    }
+                    _ => (args.mr(6), args.mr(0), args.mr(1), IrqRoute::Msi),
                 };
                 if irq >= MAX_IRQS as u64 {
                     return Err(InvocationError::range(0, MAX_IRQS as u64 - 1));
@@ -59,20 +81,15 @@ impl<H: Hardware> Kernel<H> {
                 if !cspace::cap(&self.hw, dest).is_null() {
                     return Err(InvocationError::simple(Error::DeleteFirst));
                 }
-                self.irqs[irq as usize] = IrqState::Signal {
-                    notification: 0,
-                    badge: 0,
-                };
-                cspace::insert_child(
-                    &mut self.hw,
-                    args.slot,
-                    dest,
-                    Cap::IrqHandler { irq: irq as u16 },
-                );
+                self.irqs[irq as usize] = IrqState::Signal { notification: 0, badge: 0, route };
+                self.hw.irq_route(irq as u16, route, false);
+                cspace::insert_child(&mut self.hw, args.slot, dest, Cap::IrqHandler { irq: irq as u16 });
                 Ok(0)
             }
             (Cap::IrqHandler { irq }, L::IrqAckIrq) => {
-                self.hw.irq_enable(irq, true);
+                if let IrqState::Signal { route, .. } = self.irqs[irq as usize] {
+                    self.hw.irq_route(irq, route, true);
+                }
                 Ok(0)
             }
             (Cap::IrqHandler { irq }, L::IrqSetIrqHandler) => {
@@ -82,43 +99,52 @@ impl<H: Hardware> Kernel<H> {
                 if !rights.contains(Rights::WRITE) {
                     return Err(InvocationError::capability(1));
                 }
-                self.irqs[irq as usize] = IrqState::Signal {
-                    notification: ptr,
-                    badge,
-                };
-                self.hw.irq_enable(irq, true);
+                if let IrqState::Signal { route, .. } = self.irqs[irq as usize] {
+                    self.irqs[irq as usize] = IrqState::Signal { notification: ptr, badge, route };
+                    self.hw.irq_route(irq, route, true);
+                }
                 Ok(0)
             }
             (Cap::IrqHandler { irq }, L::IrqClearIrqHandler) => {
-                self.irqs[irq as usize] = IrqState::Signal {
-                    notification: 0,
-                    badge: 0,
-                };
-                self.hw.irq_enable(irq, false);
+                if let IrqState::Signal { route, .. } = self.irqs[irq as usize] {
+                    self.irqs[irq as usize] = IrqState::Signal { notification: 0, badge: 0, route };
+                    self.hw.irq_route(irq, route, false);
+                }
                 Ok(0)
             }
             _ => Err(InvocationError::simple(Error::IllegalOperation)),
         }
     }
 
-    /// The IRQ handler capability of `irq` is gone: stop delivering it.
-    pub fn clear_irq(&mut self, irq: u16) {
-        if let Some(state) = self.irqs.get_mut(irq as usize) {
-            *state = IrqState::Inactive;
-            self.hw.irq_enable(irq, false);
+    /// Records I/O ports `first ..= last` as issued (or free again).
+    pub fn mark_io_ports(&mut self, first: u16, last: u16, issued: bool) {
+        for p in first as usize..=last as usize {
+            if issued {
+                self.io_ports_issued[p / 64] |= 1 << (p % 64);
+            } else {
+                self.io_ports_issued[p / 64] &= !(1 << (p % 64));
+            }
         }
     }
 
-    /// A device interrupt arrived: mask it and signal its notification.
+    /// The IRQ handler capability of `irq` is gone: stop delivering it.
+    pub fn clear_irq(&mut self, irq: u16) {
+        if let Some(state) = self.irqs.get_mut(irq as usize) {
+            if let IrqState::Signal { route, .. } = *state {
+                self.hw.irq_route(irq, route, false);
+            }
+            *state = IrqState::Inactive;
+        }
+    }
+
+    /// A device interrupt arrived: mask it until the handler acknowledges it, and
+    /// signal its notification.
     pub fn handle_irq(&mut self, irq: u16) {
-        self.hw.irq_enable(irq, false);
-        if let Some(IrqState::Signal {
-            notification,
-            badge,
-        }) = self.irqs.get(irq as usize).copied()
-            && notification != 0
-        {
-            self.signal(notification, badge);
+        if let Some(IrqState::Signal { notification, badge, route }) = self.irqs.get(irq as usize).copied() {
+            self.hw.irq_route(irq, route, false);
+            if notification != 0 {
+                self.signal(notification, badge);
+            }
         }
     }
 
@@ -130,8 +156,16 @@ impl<H: Hardware> Kernel<H> {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
                 }
                 let (first, last, index, depth) = (args.mr(0), args.mr(1), args.mr(2), args.mr(3));
-                if first > last || last > 0xffff {
+                if first > last {
+                    return Err(InvocationError::argument(1));
+                }
+                if last > 0xffff {
                     return Err(InvocationError::range(0, 0xffff));
+                }
+                // seL4 hands each port out once: an overlap with an issued range must
+                // be revoked first.
+                if (first..=last).any(|p| self.io_ports_issued[(p / 64) as usize] & (1 << (p % 64)) != 0) {
+                    return Err(InvocationError::simple(Error::RevokeFirst));
                 }
                 let root = args
                     .extra_cap(0)
@@ -140,6 +174,7 @@ impl<H: Hardware> Kernel<H> {
                 if !cspace::cap(&self.hw, dest).is_null() {
                     return Err(InvocationError::simple(Error::DeleteFirst));
                 }
+                self.mark_io_ports(first as u16, last as u16, true);
                 cspace::insert_child(
                     &mut self.hw,
                     args.slot,
@@ -166,7 +201,7 @@ impl<H: Hardware> Kernel<H> {
                 }
                 let port = args.mr(0);
                 if port < first as u64 || port + size as u64 - 1 > last as u64 {
-                    return Err(InvocationError::range(first as u64, last as u64));
+                    return Err(InvocationError::simple(Error::IllegalOperation));
                 }
                 if write {
                     self.hw.port_write(port as u16, size, args.mr(1) as u32);

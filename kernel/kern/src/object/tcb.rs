@@ -72,9 +72,10 @@ pub struct UserContext {
 pub const CONTEXT_PUSHED_WORDS: usize = 22;
 const _: () = assert!(core::mem::offset_of!(UserContext, fs_base) == CONTEXT_PUSHED_WORDS * 8);
 
-/// RFLAGS bits user code may set: CF, PF, AF, ZF, SF, TF, DF, OF, AC, ID (IF is forced
-/// on; IOPL, NT, RF, VM and VIF/VIP stay clear).
-pub const USER_RFLAGS_MASK: u64 = 0x0000_0000_0024_0dd5;
+/// RFLAGS bits user code may set (seL4, `keel_abi::fault::sanitise_rflags`): CF, PF,
+/// AF, ZF, SF, DF, OF (IF is forced on; TF, IOPL, NT, RF, AC, VM, ID and VIF/VIP stay
+/// clear).
+pub const USER_RFLAGS_MASK: u64 = 0x0000_0000_0000_0cd5;
 /// RFLAGS bits always set in user mode: IF and the reserved bit 1.
 pub const USER_RFLAGS_SET: u64 = 0x202;
 
@@ -99,7 +100,8 @@ impl UserContext {
     }
     /// Makes RFLAGS safe for user mode whatever a debugger wrote.
     pub fn sanitise_flags(&mut self) {
-        self.rflags = (self.rflags & USER_RFLAGS_MASK) | USER_RFLAGS_SET;
+        self.rflags = keel_abi::fault::sanitise_rflags(self.rflags);
+        debug_assert_eq!(self.rflags & !(USER_RFLAGS_MASK | USER_RFLAGS_SET), 0);
     }
 }
 

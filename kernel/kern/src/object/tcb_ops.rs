@@ -249,7 +249,7 @@ impl<H: Hardware> Kernel<H> {
                 }
                 let cpu = args.mr(0);
                 if cpu >= self.cpus.len() as u64 {
-                    return Err(InvocationError::argument(0));
+                    return Err(InvocationError::simple(Error::IllegalOperation));
                 }
                 self.set_affinity(t, cpu as usize);
                 Ok(0)
@@ -308,11 +308,7 @@ impl<H: Hardware> Kernel<H> {
         self.dequeue(t);
         self.tcb_mut(t).affinity = cpu as u16;
         if self.cpus[old].current == t {
-            self.cpus[old].current = 0;
-            self.cpus[old].action = crate::kernel::Action::ChooseNew;
-            if old != self.hw.current_cpu() {
-                self.hw.reschedule_cpu(old);
-            }
+            self.current_gone(old);
             if self.tcb(t).state.is_runnable() {
                 self.enqueue(t, false);
                 self.hw.reschedule_cpu(cpu);

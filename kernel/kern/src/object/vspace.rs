@@ -227,7 +227,8 @@ impl<H: Hardware> Kernel<H> {
         if let Some(m) = mapping
             && (m.asid != asid || m.vaddr != vaddr)
         {
-            return Err(InvocationError::simple(Error::InvalidArgument));
+            // seL4: remapping elsewhere is InvalidArgument 0.
+            return Err(InvocationError::argument(0));
         }
         let level = match size {
             FrameSize::Small => 1,

@@ -1,0 +1,184 @@
+//! Fault delivery to a fault endpoint and the handler's replies.
+
+use keel_abi::fault::{unknown_syscall as us, user_exception as ue, vm_fault as vm};
+use keel_abi::invocation::InvocationLabel as L;
+use keel_abi::syscall::REPLY;
+
+use crate::fault::label;
+
+use super::*;
+
+/// A handler endpoint (badged 0xfa), a thread whose fault endpoint it is, and the root
+/// waiting on it. The thread is current.
+fn setup() -> (World, Thread, u64) {
+    let mut w = World::new();
+    let e = w.endpoint();
+    let h = w.mint(e, Rights::ALL, 0xfa);
+    let th = w.thread_with(100, true, h);
+    w.root_ok(th.slot, L::TcbResume, &[], &[]);
+    w.recv(ROOT_TCB, e);
+    w.make_current(th.tcb);
+    (w, th, e)
+}
+
+fn reply(w: &mut World, label: u64, mrs: &[u64]) {
+    w.load(ROOT_TCB, 0, label, mrs, &[]);
+    w.syscall(ROOT_TCB, REPLY);
+}
+
+#[test]
+fn unknown_syscall_message_and_replies() {
+    let (mut w, th, e) = setup();
+    {
+        let c = &mut w.k.tcb_mut(th.tcb).context;
+        (c.rax, c.rbx, c.rsi, c.rdi, c.rbp) = (1, 2, 5, 6, 7);
+        (c.r8, c.r9, c.r10, c.r12, c.r13, c.r14, c.r15) = (8, 9, 10, 12, 13, 14, 15);
+        c.rsp = 0x7ff0_0000;
+    }
+    w.syscall(th.tcb, 42);
+    assert_eq!(w.state(th.tcb), ThreadState::BlockedOnReply);
+    let m = w.received(ROOT_TCB);
+    assert_eq!(
+        (m.label, m.badge, m.mrs.len()),
+        (label::UNKNOWN_SYSCALL, 0xfa, us::LENGTH)
+    );
+    let c = w.tcb(th.tcb).context;
+    assert_eq!(m.mrs[us::RAX], 1);
+    assert_eq!(m.mrs[us::RBX], 2);
+    assert_eq!(
+        m.mrs[us::RCX],
+        SYSCALL_IP + 2,
+        "RCX holds the return address"
+    );
+    assert_eq!(m.mrs[us::RDX], 42);
+    assert_eq!(m.mrs[us::R10], 10);
+    assert_eq!(m.mrs[us::R15], 15);
+    assert_eq!(m.mrs[us::FAULT_IP], SYSCALL_IP);
+    assert_eq!(m.mrs[us::SP], 0x7ff0_0000);
+    assert_eq!(m.mrs[us::FLAGS], c.rflags);
+    assert_eq!(m.mrs[us::SYSCALL], 42);
+    // A full reply with label 0 sets the registers; FaultIP + 2 continues after it.
+    let mut regs = m.mrs[..18].to_vec();
+    regs[us::RAX] = 77;
+    regs[us::FAULT_IP] = SYSCALL_IP + 2;
+    regs[us::FLAGS] = u64::MAX;
+    reply(&mut w, 0, &regs);
+    assert_eq!(w.state(th.tcb), ThreadState::Running);
+    let c = w.tcb(th.tcb).context;
+    assert_eq!((c.rax, c.rip), (77, SYSCALL_IP + 2));
+    assert_eq!(c.rflags, keel_abi::fault::sanitise_rflags(u64::MAX));
+    // A short reply keeps FaultIP: the system call runs again (seL4 restarts at FaultIP).
+    w.recv(ROOT_TCB, e);
+    w.syscall(th.tcb, keel_abi::syscall::DEBUG_PUT_CHAR - 8); // -17: DebugRun, absent
+    let m = w.received(ROOT_TCB);
+    assert_eq!(
+        (m.label, m.mrs[us::SYSCALL]),
+        (label::UNKNOWN_SYSCALL, (-17i64) as u64)
+    );
+    reply(&mut w, 0, &[5]);
+    let c = w.tcb(th.tcb).context;
+    assert_eq!((c.rax, c.rip), (5, SYSCALL_IP));
+    // A reply with a non-zero label leaves the thread inactive.
+    w.recv(ROOT_TCB, e);
+    w.syscall(th.tcb, 1000);
+    reply(&mut w, 1, &[]);
+    assert_eq!(w.state(th.tcb), ThreadState::Inactive);
+    assert_eq!(w.tcb(th.tcb).fault, crate::object::tcb::Fault::None);
+}
+
+#[test]
+fn user_exception_message_and_reply() {
+    let (mut w, th, _) = setup();
+    w.k.tcb_mut(th.tcb).context.rip = 0x50_1234;
+    w.k.handle_user_exception(13, 0x18, 0);
+    w.k.schedule();
+    let m = w.received(ROOT_TCB);
+    assert_eq!((m.label, m.mrs.len()), (label::USER_EXCEPTION, ue::LENGTH));
+    let c = w.tcb(th.tcb).context;
+    assert_eq!(m.mrs, vec![0x50_1234, c.rsp, c.rflags, 13, 0x18]);
+    assert_eq!(w.k.current(), ROOT_TCB);
+    // Resume at another address with another stack.
+    reply(&mut w, 0, &[0x50_2000, 0x7000_0000, 0x1]);
+    let c = w.tcb(th.tcb).context;
+    assert_eq!((c.rip, c.rsp, c.rflags), (0x50_2000, 0x7000_0000, 0x203));
+    assert_eq!(w.state(th.tcb), ThreadState::Running);
+    w.check_invariants();
+}
+
+#[test]
+fn vm_fault_message_and_restart() {
+    let (mut w, th, _) = setup();
+    w.k.tcb_mut(th.tcb).context.rip = 0x50_4000;
+    // An instruction fetch from an unmapped page (error code: user | instruction).
+    w.k.handle_user_exception(14, 0x14, 0xdead_b000);
+    w.k.schedule();
+    let m = w.received(ROOT_TCB);
+    assert_eq!(m.label, label::VM_FAULT);
+    assert_eq!(m.mrs.len(), vm::LENGTH);
+    assert_eq!(
+        m.mrs,
+        vec![0x50_4000, 0xdead_b000, vm::INSTRUCTION_FAULT, 0x14]
+    );
+    // Any reply resumes; the faulting instruction runs again (no syscall adjustment).
+    reply(&mut w, 3, &[]);
+    assert_eq!(w.state(th.tcb), ThreadState::Running);
+    assert_eq!(w.tcb(th.tcb).context.rip, 0x50_4000);
+}
+
+#[test]
+fn fault_queues_until_the_handler_receives() {
+    let mut w = World::new();
+    let e = w.endpoint();
+    let th = w.thread_with(100, true, e);
+    w.root_ok(th.slot, L::TcbResume, &[], &[]);
+    w.make_current(th.tcb);
+    w.k.handle_user_exception(14, 0x6, 0x1000);
+    w.k.schedule();
+    assert!(matches!(w.state(th.tcb), ThreadState::BlockedOnSend { .. }));
+    w.recv(ROOT_TCB, e);
+    let m = w.received(ROOT_TCB);
+    assert_eq!(
+        (m.label, m.mrs[1], m.mrs[2]),
+        (label::VM_FAULT, 0x1000, vm::DATA_FAULT)
+    );
+    assert_eq!(w.state(th.tcb), ThreadState::BlockedOnReply);
+    // The handler's ordinary Recv deleted nothing; it can save the reply cap and reply later.
+    let s = w.alloc_slot();
+    w.root_ok(S_CNODE, L::CNodeSaveCaller, &[s, 64], &[]);
+    w.send(ROOT_TCB, s, 0, &[], &[]);
+    assert!(w.state(th.tcb).is_runnable());
+}
+
+#[test]
+fn no_handler_stops_the_thread() {
+    let mut w = World::new();
+    let e = w.endpoint();
+    // No handler at all.
+    let a = w.running_thread(100);
+    w.make_current(a.tcb);
+    w.k.handle_user_exception(6, 0, 0);
+    w.k.schedule();
+    assert_eq!(w.state(a.tcb), ThreadState::Inactive);
+    let out = String::from_utf8(w.k.hw.console.clone()).unwrap();
+    assert!(out.contains("unhandled UserException"), "{out}");
+    // A handler cap without grant or grant-reply does not count.
+    let weak = w.alloc_slot();
+    w.root_ok(
+        S_CNODE,
+        L::CNodeCopy,
+        &[weak, 64, e, 64, Rights::WRITE.0 as u64],
+        &[S_CNODE],
+    );
+    let b = w.thread_with(100, true, weak);
+    w.root_ok(b.slot, L::TcbResume, &[], &[]);
+    w.syscall(b.tcb, 99);
+    assert_eq!(w.state(b.tcb), ThreadState::Inactive);
+    assert!(w.queue(Queue::Endpoint(w.addr(e))).is_empty());
+    // Suspended while waiting for the handler's reply: the fault is dropped.
+    let c = w.thread_with(100, true, e);
+    w.root_ok(c.slot, L::TcbResume, &[], &[]);
+    w.syscall(c.tcb, 99);
+    w.root_ok(c.slot, L::TcbSuspend, &[], &[]);
+    assert_eq!(w.state(c.tcb), ThreadState::Inactive);
+    assert!(w.queue(Queue::Endpoint(w.addr(e))).is_empty());
+}

@@ -1,0 +1,231 @@
+//! The scheduler: priorities, round robin, direct switch, yield, affinity, suspend/resume.
+
+use keel_abi::error::Error as E;
+use keel_abi::invocation::InvocationLabel as L;
+use keel_abi::syscall::{RECV, SEND, YIELD};
+
+use crate::object::tcb::TIME_SLICE_TICKS;
+
+use super::*;
+
+#[test]
+fn higher_priority_preempts_lower_waits() {
+    let mut w = World::new();
+    let low = w.running_thread(50);
+    assert_eq!(w.k.current(), ROOT_TCB);
+    assert_eq!(w.ready(0, 50), vec![low.tcb]);
+    let high = w.running_thread(150);
+    assert_eq!(w.k.current(), high.tcb);
+    assert_eq!(w.ready(0, 100), vec![ROOT_TCB]);
+    // The high thread blocks: the root (next best) runs, not the low one.
+    let e = w.endpoint_for_test();
+    w.recv(high.tcb, e);
+    assert_eq!(w.k.current(), ROOT_TCB);
+    // Priority changes take effect at once; above the authority's MCP they fail.
+    w.root_ok(low.slot, L::TcbSetPriority, &[120], &[S_TCB]);
+    assert_eq!(w.k.current(), low.tcb);
+    w.make_current(ROOT_TCB);
+    w.root_ok(S_TCB, L::TcbSetMcPriority, &[110], &[S_TCB]);
+    let r = w.root(low.slot, L::TcbSetPriority, &[111], &[S_TCB]);
+    assert_eq!((r.label, r.mrs), (err(E::RangeError), vec![0, 110]));
+    let r = w.root(low.slot, L::TcbSetPriority, &[1], &[e]);
+    assert_eq!((r.label, r.mrs), (err(E::InvalidCapability), vec![1]));
+    w.root_ok(low.slot, L::TcbSetSchedParams, &[90, 90], &[S_TCB]);
+    assert_eq!((w.tcb(low.tcb).mcp, w.tcb(low.tcb).priority), (90, 90));
+}
+
+impl World {
+    fn endpoint_for_test(&mut self) -> u64 {
+        let cur = self.k.current();
+        if cur != ROOT_TCB {
+            // Make the root run just for this (it is the only one with the untyped).
+            self.make_current(ROOT_TCB);
+            let e = self.endpoint();
+            self.make_current(cur);
+            e
+        } else {
+            self.endpoint()
+        }
+    }
+}
+
+#[test]
+fn round_robin_on_timer_ticks() {
+    let mut w = World::new();
+    let a = w.running_thread(200);
+    let b = w.running_thread(200);
+    w.make_current(a.tcb);
+    assert_eq!(w.ready(0, 200), vec![b.tcb]);
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        for _ in 0..TIME_SLICE_TICKS {
+            order.push(w.k.current());
+            w.k.handle_timer_tick();
+            w.k.schedule();
+        }
+    }
+    let slice = TIME_SLICE_TICKS as usize;
+    let expect: Vec<u64> = [a.tcb, b.tcb, a.tcb, b.tcb]
+        .iter()
+        .flat_map(|t| std::iter::repeat_n(*t, slice))
+        .collect();
+    assert_eq!(order, expect);
+    // A lower-priority thread never runs while they are runnable.
+    assert!(!order.contains(&ROOT_TCB));
+    w.check_invariants();
+}
+
+#[test]
+fn direct_switch_on_ipc() {
+    let mut w = World::new();
+    let e = w.endpoint();
+    let server = w.running_thread(150);
+    w.recv(server.tcb, e);
+    assert_eq!(w.k.current(), ROOT_TCB);
+    // The root sends: the higher-priority server runs right away.
+    w.send(ROOT_TCB, e, 1, &[], &[]);
+    assert_eq!(w.k.current(), server.tcb);
+    assert_eq!(
+        w.ready(0, 100),
+        vec![ROOT_TCB],
+        "the sender goes to the head of its queue"
+    );
+    // A lower-priority receiver does not preempt the sender.
+    w.make_current(ROOT_TCB);
+    w.root_ok(server.slot, L::TcbSuspend, &[], &[]);
+    let low = w.running_thread(50);
+    w.recv(low.tcb, e);
+    w.make_current(ROOT_TCB);
+    w.send(ROOT_TCB, e, 2, &[], &[]);
+    assert_eq!(w.k.current(), ROOT_TCB);
+    assert_eq!(w.state(low.tcb), ThreadState::Running);
+    assert_eq!(w.ready(0, 50), vec![low.tcb]);
+}
+
+#[test]
+fn yield_rotates_equal_priorities() {
+    let mut w = World::new();
+    let a = w.running_thread(200);
+    let b = w.running_thread(200);
+    w.make_current(a.tcb);
+    w.raw_syscall(YIELD);
+    assert_eq!(w.k.current(), b.tcb);
+    w.raw_syscall(YIELD);
+    assert_eq!(w.k.current(), a.tcb);
+    // Alone at its priority, a yielding thread keeps running.
+    w.root_ok_as(a.tcb, b.slot, L::TcbSuspend);
+    w.raw_syscall(YIELD);
+    assert_eq!(w.k.current(), a.tcb);
+}
+
+impl World {
+    fn root_ok_as(&mut self, t: u64, cptr: u64, label: L) {
+        let r = self.invoke(t, cptr, label, &[], &[]);
+        assert_eq!(r.label, 0);
+    }
+}
+
+#[test]
+fn idle_when_nothing_runs_and_tick_wakes() {
+    let mut w = World::new();
+    let e = w.endpoint();
+    w.recv(ROOT_TCB, e);
+    assert_eq!(w.k.current(), 0);
+    w.k.handle_timer_tick();
+    w.k.schedule();
+    assert_eq!(w.k.current(), 0);
+    // An interrupt-driven signal would make it runnable; here: cancel its receive.
+    w.k.cancel_endpoint(w.addr(e), None);
+    w.k.handle_timer_tick();
+    w.k.schedule();
+    assert_eq!(w.k.current(), ROOT_TCB);
+    assert_eq!(w.tcb(ROOT_TCB).context.rip, SYSCALL_IP);
+}
+
+#[test]
+fn affinity_moves_a_thread_to_another_cpu() {
+    let mut w = World::with_cpus(2);
+    let t = w.running_thread(50);
+    let r = w.root(t.slot, L::TcbSetAffinity, &[2], &[]);
+    assert_eq!(r.label, err(E::IllegalOperation));
+    w.root_ok(t.slot, L::TcbSetAffinity, &[1], &[]);
+    assert_eq!(w.tcb(t.tcb).affinity, 1);
+    assert!(w.k.hw.ipis.contains(&1), "reschedule IPI to CPU 1");
+    assert!(w.ready(0, 50).is_empty());
+    assert_eq!(w.ready(1, 50), vec![t.tcb]);
+    // CPU 1 takes the IPI and runs it.
+    w.k.hw.cpu = 1;
+    w.k.handle_reschedule();
+    w.k.schedule();
+    assert_eq!(w.k.current(), t.tcb);
+    // A thread woken from CPU 0 that belongs to CPU 1 gets an IPI, not a direct switch.
+    let e = w.endpoint_on_cpu0();
+    w.k.hw.cpu = 1;
+    w.recv(t.tcb, e);
+    assert_eq!(w.k.current(), 0, "CPU 1 idles");
+    w.k.hw.ipis.clear();
+    w.make_current(ROOT_TCB);
+    w.send(ROOT_TCB, e, 0, &[], &[]);
+    assert_eq!(w.k.current(), ROOT_TCB);
+    assert_eq!(w.k.hw.ipis, vec![1]);
+    w.k.hw.cpu = 1;
+    w.k.handle_reschedule();
+    w.k.schedule();
+    assert_eq!(w.k.current(), t.tcb);
+    // Moving the running thread back: CPU 1 must choose again.
+    w.k.hw.cpu = 0;
+    w.root_ok(t.slot, L::TcbSetAffinity, &[0], &[]);
+    assert_eq!(w.k.cpus[1].current, 0);
+    assert_eq!(w.ready(0, 50), vec![t.tcb]);
+    let _ = (RECV, SEND);
+}
+
+impl World {
+    fn endpoint_on_cpu0(&mut self) -> u64 {
+        self.k.hw.cpu = 0;
+        self.make_current(ROOT_TCB);
+        self.endpoint()
+    }
+}
+
+#[test]
+fn suspend_and_resume() {
+    let mut w = World::new();
+    let e = w.endpoint();
+    let t = w.running_thread(50);
+    w.root_ok(t.slot, L::TcbSuspend, &[], &[]);
+    assert_eq!(w.state(t.tcb), ThreadState::Inactive);
+    assert!(!w.tcb(t.tcb).queued);
+    w.root_ok(t.slot, L::TcbResume, &[], &[]);
+    assert_eq!(w.state(t.tcb), ThreadState::Restart);
+    assert!(w.tcb(t.tcb).queued);
+    // Resuming a runnable thread changes nothing.
+    w.root_ok(t.slot, L::TcbResume, &[], &[]);
+    // A blocked sender leaves the endpoint queue when suspended.
+    w.send(t.tcb, e, 0, &[], &[]);
+    w.root_ok(t.slot, L::TcbSuspend, &[], &[]);
+    assert!(w.queue(Queue::Endpoint(w.addr(e))).is_empty());
+    // Suspending oneself: the thread stops and the CPU chooses again.
+    let s = w.running_thread(150);
+    assert_eq!(w.k.current(), s.tcb);
+    let r = w.call(s.tcb, s.slot, L::TcbSuspend as u64, &[], &[]);
+    let _ = r;
+    assert_eq!(w.state(s.tcb), ThreadState::Inactive);
+    assert_eq!(w.k.current(), ROOT_TCB);
+}
+
+#[test]
+fn deleting_a_running_thread() {
+    let mut w = World::new();
+    let t = w.running_thread(50);
+    let tcb_addr = t.tcb;
+    w.root_ok(S_CNODE, L::CNodeDelete, &[t.slot, 64], &[]);
+    assert!(!w.k.hw.exists::<Tcb>(tcb::record(tcb_addr)));
+    assert!(w.ready(0, 50).is_empty());
+    // A thread deleting its own TCB.
+    let s = w.running_thread(150);
+    w.load(s.tcb, S_CNODE, L::CNodeDelete as u64, &[s.slot, 64], &[]);
+    w.syscall(s.tcb, keel_abi::syscall::CALL);
+    assert!(!w.k.hw.exists::<Tcb>(tcb::record(s.tcb)));
+    assert_eq!(w.k.current(), ROOT_TCB);
+}

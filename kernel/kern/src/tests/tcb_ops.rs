@@ -1,0 +1,139 @@
+//! TCB invocations: registers, configuration errors, IPC buffer, TLS base.
+
+use keel_abi::error::Error as E;
+use keel_abi::fault::{USER_CONTEXT_WORDS, sanitise_rflags};
+use keel_abi::invocation::InvocationLabel as L;
+
+use super::*;
+
+#[test]
+fn read_and_write_registers() {
+    let mut w = World::new();
+    let t = w.thread(50);
+    let words: Vec<u64> = (0..USER_CONTEXT_WORDS as u64).map(|i| 0x1000 + i).collect();
+    // WriteRegisters: flags 0, count 20, then the words.
+    let mut mrs = vec![0, USER_CONTEXT_WORDS as u64];
+    mrs.extend(&words);
+    mrs[2 + 2] = u64::MAX; // rflags
+    w.root_ok(t.slot, L::TcbWriteRegisters, &mrs, &[]);
+    let c = w.tcb(t.tcb).context;
+    assert_eq!(
+        (c.rip, c.rsp, c.rax, c.r15, c.fs_base, c.gs_base),
+        (0x1000, 0x1001, 0x1003, 0x1011, 0x1012, 0x1013)
+    );
+    assert_eq!(c.rflags, sanitise_rflags(u64::MAX));
+    assert_eq!(
+        w.state(t.tcb),
+        ThreadState::Inactive,
+        "not resumed without the flag"
+    );
+    // ReadRegisters returns them in seL4_UserContext order.
+    let r = w.root_ok(t.slot, L::TcbReadRegisters, &[0, 20], &[]);
+    let mut expect = words.clone();
+    expect[2] = sanitise_rflags(u64::MAX);
+    assert_eq!(r.mrs, expect);
+    let r = w.root_ok(t.slot, L::TcbReadRegisters, &[0, 3], &[]);
+    assert_eq!(r.mrs.len(), 3);
+    for count in [0, 21] {
+        let r = w.root(t.slot, L::TcbReadRegisters, &[0, count], &[]);
+        assert_eq!((r.label, r.mrs), (err(E::RangeError), vec![1, 20]));
+    }
+    // Not on oneself.
+    let r = w.root(S_TCB, L::TcbReadRegisters, &[0, 1], &[]);
+    assert_eq!(r.label, err(E::IllegalOperation));
+    let r = w.root(S_TCB, L::TcbWriteRegisters, &[0, 1, 0x1000], &[]);
+    assert_eq!(r.label, err(E::IllegalOperation));
+    // WriteRegisters with the resume flag starts it at the new RIP.
+    w.root_ok(t.slot, L::TcbWriteRegisters, &[1, 1, 0x40_0000], &[]);
+    assert!(w.state(t.tcb).is_runnable());
+    w.make_current(t.tcb);
+    assert_eq!(
+        w.tcb(t.tcb).context.rip,
+        0x40_0000,
+        "not adjusted as a system call"
+    );
+    w.make_current(ROOT_TCB);
+    // ReadRegisters with suspend_source stops it.
+    w.root_ok(t.slot, L::TcbReadRegisters, &[1, 1], &[]);
+    assert_eq!(w.state(t.tcb), ThreadState::Inactive);
+    let r = w.root(t.slot, L::TcbReadRegisters, &[0], &[]);
+    assert_eq!(r.label, err(E::TruncatedMessage));
+}
+
+#[test]
+fn copy_registers_and_tls_base() {
+    let mut w = World::new();
+    let a = w.thread(50);
+    let b = w.thread(50);
+    w.root_ok(
+        a.slot,
+        L::TcbWriteRegisters,
+        &[0, 4, 0x41_0000, 0x7fff_1000, 0x246, 99],
+        &[],
+    );
+    // Copy frame registers (rip…r15) from a to b.
+    w.root_ok(b.slot, L::TcbCopyRegisters, &[0b100], &[a.slot]);
+    let (ca, cb) = (w.tcb(a.tcb).context, w.tcb(b.tcb).context);
+    assert_eq!((cb.rip, cb.rsp, cb.rflags), (ca.rip, ca.rsp, ca.rflags));
+    let r = w.root(b.slot, L::TcbCopyRegisters, &[0b100], &[S_CNODE]);
+    assert_eq!((r.label, r.mrs), (err(E::InvalidCapability), vec![1]));
+    w.root_ok(a.slot, L::TcbSetTlsBase, &[0x1234_5000], &[]);
+    assert_eq!(w.tcb(a.tcb).context.fs_base, 0x1234_5000);
+    let r = w.root_ok(a.slot, L::TcbReadRegisters, &[0, 19], &[]);
+    assert_eq!(r.mrs[18], 0x1234_5000);
+}
+
+#[test]
+fn configure_errors_and_ipc_buffer() {
+    let mut w = World::new();
+    let t = w.thread(50);
+    let e = w.endpoint();
+    let f = w.make(keel_abi::object::ObjectType::X86Page4K, 0);
+    // The CSpace root must be a CNode, the VSpace root a PML4.
+    let r = w.root(
+        t.slot,
+        L::TcbConfigure,
+        &[0, 0, 0, 0x3000_0000],
+        &[e, S_VSPACE, f],
+    );
+    assert_eq!((r.label, r.mrs), (err(E::InvalidCapability), vec![1]));
+    let r = w.root(
+        t.slot,
+        L::TcbConfigure,
+        &[0, 0, 0, 0x3000_0000],
+        &[S_CNODE, e, f],
+    );
+    assert_eq!((r.label, r.mrs), (err(E::InvalidCapability), vec![2]));
+    // The buffer must be 1 KiB aligned and a frame.
+    let r = w.root(t.slot, L::TcbSetIpcBuffer, &[0x3000_0010], &[f]);
+    assert_eq!(r.label, err(E::AlignmentError));
+    let r = w.root(t.slot, L::TcbSetIpcBuffer, &[0x3000_0400], &[e]);
+    assert_eq!((r.label, r.mrs), (err(E::InvalidCapability), vec![1]));
+    let r = w.root(t.slot, L::TcbConfigure, &[0, 0], &[S_CNODE, S_VSPACE, f]);
+    assert_eq!(r.label, err(E::TruncatedMessage));
+    // A buffer at offset 0x400 of its frame.
+    w.root_ok(t.slot, L::TcbSetIpcBuffer, &[0x3000_0400], &[f]);
+    assert_eq!(w.k.ipc_buffer(t.tcb), Some(w.addr(f) + 0x400));
+    assert!(cspace::is_parent_of(
+        &w.k.hw,
+        slot(f),
+        tcb::slot(t.tcb, tcb::SLOT_IPC_BUFFER)
+    ));
+    // Buffer 0 removes it; deleting the frame removes it too.
+    w.root_ok(t.slot, L::TcbSetIpcBuffer, &[0], &[]);
+    assert_eq!(w.k.ipc_buffer(t.tcb), None);
+    w.root_ok(t.slot, L::TcbSetIpcBuffer, &[0x3000_0000], &[f]);
+    w.root_ok(S_CNODE, L::CNodeRevoke, &[f, 64], &[]);
+    assert_eq!(w.k.ipc_buffer(t.tcb), None);
+    // SetSpace replaces the roots (children of the given caps).
+    w.root_ok(t.slot, L::TcbSetSpace, &[e, 0, 0], &[S_CNODE, S_VSPACE]);
+    assert_eq!(w.tcb(t.tcb).fault_handler, e);
+    assert!(cspace::is_parent_of(
+        &w.k.hw,
+        slot(S_CNODE),
+        tcb::slot(t.tcb, tcb::SLOT_CSPACE)
+    ));
+    // Unknown TCB label.
+    let r = w.root(t.slot, L::CNodeCopy, &[], &[]);
+    assert_eq!(r.label, err(E::IllegalOperation));
+}

@@ -1,0 +1,366 @@
+//! Paging structures and frames, ASID pools, I/O ports and IRQ handlers.
+
+use keel_abi::error::Error as E;
+use keel_abi::invocation::InvocationLabel as L;
+use keel_abi::object::ObjectType as T;
+
+use crate::object::irq::IrqState;
+use crate::object::vspace::translate_user;
+
+use super::*;
+
+const VA: u64 = 0x1000_0000;
+const RW: u64 = 3;
+
+/// PDPT, PD and PT for `VA` in the root's address space; returns their slots.
+fn tables(w: &mut World) -> (u64, u64, u64) {
+    let pdpt = w.make(T::X86Pdpt, 0);
+    let pd = w.make(T::X86PageDirectory, 0);
+    let pt = w.make(T::X86PageTable, 0);
+    w.root_ok(pdpt, L::X86PdptMap, &[VA, 0], &[S_VSPACE]);
+    w.root_ok(pd, L::X86PageDirectoryMap, &[VA, 0], &[S_VSPACE]);
+    w.root_ok(pt, L::X86PageTableMap, &[VA, 0], &[S_VSPACE]);
+    (pdpt, pd, pt)
+}
+
+#[test]
+fn map_tables_and_frames() {
+    let mut w = World::new();
+    let f = w.make(T::X86Page4K, 0);
+    let base = w.addr(f);
+    // Without tables: FailedLookup, with the bits the missing level would resolve.
+    let r = w.root(f, L::X86PageMap, &[VA, RW, 0], &[S_VSPACE]);
+    assert_eq!((r.label, r.mrs), (err(E::FailedLookup), vec![0, 2, 39]));
+    let pdpt = w.make(T::X86Pdpt, 0);
+    w.root_ok(pdpt, L::X86PdptMap, &[VA, 0], &[S_VSPACE]);
+    assert!(
+        matches!(w.cap(pdpt), Cap::Pdpt { mapping: Some(m), .. } if m.asid == ROOT_ASID && m.vaddr == 0)
+    );
+    let r = w.root(f, L::X86PageMap, &[VA, RW, 0], &[S_VSPACE]);
+    assert_eq!(r.mrs, vec![0, 2, 30]);
+    // A mapped table cap cannot be mapped again; another table there is DeleteFirst.
+    let r = w.root(pdpt, L::X86PdptMap, &[VA, 0], &[S_VSPACE]);
+    assert_eq!((r.label, r.mrs), (err(E::InvalidCapability), vec![0]));
+    let pdpt2 = w.make(T::X86Pdpt, 0);
+    let r = w.root(pdpt2, L::X86PdptMap, &[VA, 0], &[S_VSPACE]);
+    assert_eq!(r.label, err(E::DeleteFirst));
+    let pd = w.make(T::X86PageDirectory, 0);
+    w.root_ok(pd, L::X86PageDirectoryMap, &[VA, 0], &[S_VSPACE]);
+    let pt = w.make(T::X86PageTable, 0);
+    w.root_ok(pt, L::X86PageTableMap, &[VA, 0], &[S_VSPACE]);
+    // Map read-write, translate, unmap.
+    w.root_ok(f, L::X86PageMap, &[VA, RW, 0], &[S_VSPACE]);
+    assert_eq!(
+        translate_user(&w.k.hw, ROOT_PML4, VA + 0x123),
+        Some(base + 0x123)
+    );
+    assert!(w.k.hw.page_flushes.contains(&(ROOT_ASID, VA)));
+    let pt_base = w.addr(pt);
+    assert_eq!(
+        w.k.hw.read(pt_base + 8 * ((VA >> 12) & 511)) & 7,
+        7,
+        "present, writable, user"
+    );
+    // Mapping it again at the same place is a remap (allowed); elsewhere is not.
+    w.root_ok(
+        f,
+        L::X86PageMap,
+        &[VA, Rights::READ.0 as u64, 0],
+        &[S_VSPACE],
+    );
+    assert_eq!(
+        w.k.hw.read(pt_base + 8 * ((VA >> 12) & 511)) & 7,
+        5,
+        "read-only now"
+    );
+    let r = w.root(f, L::X86PageMap, &[VA + 0x1000, RW, 0], &[S_VSPACE]);
+    assert_eq!((r.label, r.mrs), (err(E::InvalidArgument), vec![0]));
+    // Another frame over a present entry.
+    let g = w.make(T::X86Page4K, 0);
+    let r = w.root(g, L::X86PageMap, &[VA, RW, 0], &[S_VSPACE]);
+    assert_eq!(r.label, err(E::DeleteFirst));
+    // Alignment, user range, rights.
+    let r = w.root(g, L::X86PageMap, &[VA + 0x10, RW, 0], &[S_VSPACE]);
+    assert_eq!(r.label, err(E::AlignmentError));
+    let r = w.root(
+        g,
+        L::X86PageMap,
+        &[keel_abi::object::USER_TOP, RW, 0],
+        &[S_VSPACE],
+    );
+    assert_eq!((r.label, r.mrs), (err(E::InvalidArgument), vec![0]));
+    let r = w.root(g, L::X86PageMap, &[VA + 0x1000, 0, 0], &[S_VSPACE]);
+    assert_eq!(r.label, err(E::InvalidArgument));
+    // A read-only copy maps read-only even when asked for write.
+    let ro = w.alloc_slot();
+    w.root_ok(
+        S_CNODE,
+        L::CNodeCopy,
+        &[ro, 64, g, 64, Rights::READ.0 as u64],
+        &[S_CNODE],
+    );
+    w.root_ok(ro, L::X86PageMap, &[VA + 0x1000, RW, 0], &[S_VSPACE]);
+    assert_eq!(
+        w.k.hw.read(pt_base + 8 * (((VA + 0x1000) >> 12) & 511)) & 2,
+        0
+    );
+    // GetAddress.
+    let r = w.root_ok(g, L::X86PageGetAddress, &[], &[]);
+    assert_eq!(r.mrs, vec![w.addr(g)]);
+    // Unmap and delete clear exactly their entries.
+    w.root_ok(f, L::X86PageUnmap, &[], &[]);
+    assert_eq!(translate_user(&w.k.hw, ROOT_PML4, VA), None);
+    assert!(matches!(w.cap(f), Cap::Frame { mapping: None, .. }));
+    w.root_ok(S_CNODE, L::CNodeDelete, &[ro, 64], &[]);
+    assert_eq!(translate_user(&w.k.hw, ROOT_PML4, VA + 0x1000), None);
+    // Remap elsewhere after the unmap.
+    w.root_ok(f, L::X86PageMap, &[VA + 0x5000, RW, 0], &[S_VSPACE]);
+    assert_eq!(translate_user(&w.k.hw, ROOT_PML4, VA + 0x5000), Some(base));
+    // A page table with copies cannot be unmapped; deleting it unmaps everything below.
+    let ptc = w.alloc_slot();
+    w.root_ok(S_CNODE, L::CNodeCopy, &[ptc, 64, pt, 64, 15], &[S_CNODE]);
+    let r = w.root(pt, L::X86PageTableUnmap, &[], &[]);
+    assert_eq!(r.label, err(E::RevokeFirst));
+    w.root_ok(S_CNODE, L::CNodeDelete, &[ptc, 64], &[]);
+    w.k.hw.space_flushes.clear();
+    w.root_ok(S_CNODE, L::CNodeDelete, &[pt, 64], &[]);
+    assert_eq!(translate_user(&w.k.hw, ROOT_PML4, VA + 0x5000), None);
+    assert_eq!(w.k.hw.space_flushes, vec![ROOT_ASID]);
+    let _ = (pd, pdpt);
+}
+
+#[test]
+fn large_and_huge_pages() {
+    let mut w = World::new();
+    let (_, pd, pt) = tables(&mut w);
+    let large = w.make(T::X86LargePage, 0);
+    let lb = w.addr(large);
+    // Over the PD entry holding the page table: DeleteFirst.
+    let r = w.root(large, L::X86PageMap, &[VA, RW, 0], &[S_VSPACE]);
+    assert_eq!(r.label, err(E::DeleteFirst));
+    w.root_ok(large, L::X86PageMap, &[VA + (2 << 20), RW, 0], &[S_VSPACE]);
+    assert_eq!(
+        translate_user(&w.k.hw, ROOT_PML4, VA + (2 << 20) + 0x12345),
+        Some(lb + 0x12345)
+    );
+    // A page table cannot go where the large page is.
+    let pt2 = w.make(T::X86PageTable, 0);
+    let r = w.root(pt2, L::X86PageTableMap, &[VA + (2 << 20), 0], &[S_VSPACE]);
+    assert_eq!(r.label, err(E::DeleteFirst));
+    // A 1 GiB page in the PDPT at 1 GiB.
+    let s = w.alloc_slot();
+    assert_eq!(w.retype(S_HUGE_UNTYPED, T::X64HugePage, 0, s, 1).label, 0);
+    w.root_ok(s, L::X86PageMap, &[1 << 30, RW, 0], &[S_VSPACE]);
+    assert_eq!(
+        translate_user(&w.k.hw, ROOT_PML4, (1 << 30) + 0x1234_5678),
+        Some(HUGE_UNTYPED_BASE + 0x1234_5678)
+    );
+    let _ = (pd, pt);
+}
+
+#[test]
+fn asid_pools() {
+    let mut w = World::new();
+    // A fresh PML4 has no ASID: it cannot be mapped into.
+    let pml4 = w.make(T::X64Pml4, 0);
+    let f = w.make(T::X86Page4K, 0);
+    let r = w.root(f, L::X86PageMap, &[VA, RW, 0], &[pml4]);
+    assert_eq!((r.label, r.mrs), (err(E::InvalidCapability), vec![1]));
+    // Assign from the root's pool: the next free ASID (1 is the root's).
+    w.root_ok(S_ASID_POOL, L::X86AsidPoolAssign, &[], &[pml4]);
+    assert!(matches!(w.cap(pml4), Cap::Pml4 { asid: Some(2), .. }));
+    let r = w.root(S_ASID_POOL, L::X86AsidPoolAssign, &[], &[pml4]);
+    assert_eq!((r.label, r.mrs), (err(E::InvalidCapability), vec![1]));
+    // MakePool needs an untyped of exactly 4 KiB without children.
+    let big = w.make(T::Untyped, 13);
+    let d = w.alloc_slot();
+    let r = w.root(
+        S_ASID_CONTROL,
+        L::X86AsidControlMakePool,
+        &[d, 64],
+        &[big, S_CNODE],
+    );
+    assert_eq!((r.label, r.mrs), (err(E::InvalidCapability), vec![1]));
+    let mut pools = Vec::new();
+    for i in 1..8u64 {
+        let u = w.make(T::Untyped, 12);
+        let p = w.alloc_slot();
+        w.root_ok(
+            S_ASID_CONTROL,
+            L::X86AsidControlMakePool,
+            &[p, 64],
+            &[u, S_CNODE],
+        );
+        assert!(matches!(w.cap(p), Cap::AsidPool { asid_base, .. } if asid_base as u64 == 512 * i));
+        pools.push((u, p));
+    }
+    // All eight pools exist.
+    let u = w.make(T::Untyped, 12);
+    let r = w.root(
+        S_ASID_CONTROL,
+        L::X86AsidControlMakePool,
+        &[d, 64],
+        &[u, S_CNODE],
+    );
+    assert_eq!(r.label, err(E::DeleteFirst));
+    // An address space from pool 1.
+    let p2 = w.make(T::X64Pml4, 0);
+    w.root_ok(pools[0].1, L::X86AsidPoolAssign, &[], &[p2]);
+    assert!(matches!(
+        w.cap(p2),
+        Cap::Pml4 {
+            asid: Some(512),
+            ..
+        }
+    ));
+    assert_eq!(w.k.vspace_of_asid(512), Some(w.addr(p2)));
+    // Deleting the pool (revoking its untyped) invalidates its address spaces.
+    w.root_ok(S_CNODE, L::CNodeRevoke, &[pools[0].0, 64], &[]);
+    assert_eq!(w.k.vspace_of_asid(512), None);
+    assert!(w.k.hw.space_flushes.contains(&512));
+    // The freed pool slot can be made again.
+    w.root_ok(
+        S_ASID_CONTROL,
+        L::X86AsidControlMakePool,
+        &[d, 64],
+        &[u, S_CNODE],
+    );
+    // Deleting a PML4 frees its ASID.
+    w.root_ok(S_CNODE, L::CNodeDelete, &[pml4, 64], &[]);
+    assert_eq!(w.k.vspace_of_asid(2), None);
+}
+
+#[test]
+fn io_ports() {
+    let mut w = World::new();
+    let p = w.alloc_slot();
+    let r = w.root(
+        S_IO_PORT_CONTROL,
+        L::X86IoPortControlIssue,
+        &[0x64, 0x60, p, 64],
+        &[S_CNODE],
+    );
+    assert_ne!(r.label, 0);
+    w.root_ok(
+        S_IO_PORT_CONTROL,
+        L::X86IoPortControlIssue,
+        &[0x60, 0x64, p, 64],
+        &[S_CNODE],
+    );
+    assert_eq!(
+        w.cap(p),
+        Cap::IoPort {
+            first: 0x60,
+            last: 0x64
+        }
+    );
+    w.k.hw.port_value = 0xab;
+    let r = w.root_ok(p, L::X86IoPortIn8, &[0x60], &[]);
+    assert_eq!(r.mrs, vec![0xab]);
+    w.root_ok(p, L::X86IoPortOut16, &[0x63, 0xbeef], &[]);
+    assert_eq!(
+        w.k.hw.ports,
+        vec![
+            PortOp::In {
+                port: 0x60,
+                size: 1
+            },
+            PortOp::Out {
+                port: 0x63,
+                size: 2,
+                value: 0xbeef
+            }
+        ]
+    );
+    // Outside the range (also by width): refused, and no port is touched.
+    for (label, port) in [
+        (L::X86IoPortIn8, 0x5f),
+        (L::X86IoPortIn16, 0x64),
+        (L::X86IoPortIn32, 0x62),
+        (L::X86IoPortOut8, 0x65),
+    ] {
+        let r = w.root(p, label, &[port, 0], &[]);
+        assert_ne!(r.label, 0, "{label:?} {port:#x}");
+    }
+    assert_eq!(w.k.hw.ports.len(), 2);
+    // Copies of IOPortControl are not allowed (seL4).
+    let r = w.root(
+        S_CNODE,
+        L::CNodeCopy,
+        &[w.next_free(), 64, S_IO_PORT_CONTROL, 64, 15],
+        &[S_CNODE],
+    );
+    assert_eq!(r.label, err(E::IllegalOperation));
+    let r = w.root(p, L::X86IoPortIn8, &[], &[]);
+    assert_eq!(r.label, err(E::TruncatedMessage));
+}
+
+#[test]
+fn irq_handlers_deliver_to_notifications() {
+    let mut w = World::new();
+    let h = w.alloc_slot();
+    let r = w.root(
+        S_IRQ_CONTROL,
+        L::IrqIssueIrqHandler,
+        &[108, h, 64],
+        &[S_CNODE],
+    );
+    assert_eq!((r.label, r.mrs), (err(E::RangeError), vec![0, 107]));
+    w.root_ok(
+        S_IRQ_CONTROL,
+        L::IrqIssueIrqHandler,
+        &[8, h, 64],
+        &[S_CNODE],
+    );
+    assert_eq!(w.cap(h), Cap::IrqHandler { irq: 8 });
+    let h2 = w.alloc_slot();
+    let r = w.root(
+        S_IRQ_CONTROL,
+        L::IrqIssueIrqHandler,
+        &[8, h2, 64],
+        &[S_CNODE],
+    );
+    assert_eq!(r.label, err(E::RevokeFirst));
+    // Bind a badged notification; the IRQ is unmasked.
+    let n = w.notification();
+    let nb = w.mint(n, Rights::ALL, 0x100);
+    let r = w.root(h, L::IrqSetIrqHandler, &[], &[S_TCB]);
+    assert_eq!((r.label, r.mrs), (err(E::InvalidCapability), vec![1]));
+    w.root_ok(h, L::IrqSetIrqHandler, &[], &[nb]);
+    assert_eq!(w.k.hw.irqs.last(), Some(&(8, true)));
+    // A thread waits; the interrupt masks the line and signals.
+    let t = w.running_thread(150);
+    w.recv(t.tcb, n);
+    assert_eq!(w.k.current(), ROOT_TCB);
+    w.k.handle_irq(8);
+    w.k.schedule();
+    assert_eq!(w.k.hw.irqs.last(), Some(&(8, false)));
+    assert_eq!(w.k.current(), t.tcb, "the woken handler thread preempts");
+    assert_eq!(w.tcb(t.tcb).context.rdi, 0x100);
+    // Ack unmasks.
+    w.make_current(ROOT_TCB);
+    w.root_ok(h, L::IrqAckIrq, &[], &[]);
+    assert_eq!(w.k.hw.irqs.last(), Some(&(8, true)));
+    // Clear: interrupts are no longer delivered.
+    w.root_ok(h, L::IrqClearIrqHandler, &[], &[]);
+    w.k.handle_irq(8);
+    assert!(
+        !w.k.hw
+            .get::<crate::object::endpoint::Notification>(w.addr(n))
+            .active()
+    );
+    // Deleting the handler frees the IRQ for a new handler.
+    w.root_ok(S_CNODE, L::CNodeDelete, &[h, 64], &[]);
+    assert_eq!(w.k.irqs[8], IrqState::Inactive);
+    w.root_ok(
+        S_IRQ_CONTROL,
+        L::IrqIssueIrqHandler,
+        &[8, h2, 64],
+        &[S_CNODE],
+    );
+    // Deleting the notification stops delivery without touching freed memory.
+    w.root_ok(h2, L::IrqSetIrqHandler, &[], &[n]);
+    w.root_ok(S_CNODE, L::CNodeRevoke, &[n, 64], &[]);
+    w.root_ok(S_CNODE, L::CNodeDelete, &[n, 64], &[]);
+    w.k.handle_irq(8);
+}

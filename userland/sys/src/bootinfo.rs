@@ -1,0 +1,184 @@
+//! A safe reader of the boot-info frame (seL4_BootInfo) and of the extra boot-info
+//! records after it.
+//!
+//! The kernel maps the frame read-only into the root task and passes its address in
+//! RDI; `_start` keeps that value ([`crate::thread::boot_argument`]). [`BootInfo::get`]
+//! checks it looks like a frame address (a kernel from before the object model passed
+//! the CPU count instead) and gives a `'static` view of the frame.
+
+use keel_abi::bootinfo::{self as abi, BootInfoHeader, SlotRegion, UntypedDesc};
+use keel_abi::object::PAGE_BITS;
+
+/// The boot-info frame.
+#[derive(Clone, Copy)]
+pub struct BootInfo {
+    info: &'static abi::BootInfo,
+}
+
+impl core::fmt::Debug for BootInfo {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("BootInfo")
+            .field("address", &self.address())
+            .field("empty", &self.info.empty)
+            .field("untyped", &self.info.untyped)
+            .finish()
+    }
+}
+
+/// One untyped capability and its description.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UntypedRegion {
+    /// The capability's slot in the root CNode.
+    pub slot: u64,
+    /// Its description.
+    pub desc: UntypedDesc,
+}
+
+impl UntypedRegion {
+    /// log2 of its size.
+    pub fn size_bits(&self) -> u32 {
+        self.desc.size_bits as u32
+    }
+
+    /// Whether it is device memory.
+    pub fn is_device(&self) -> bool {
+        self.desc.is_device != 0
+    }
+}
+
+impl BootInfo {
+    /// The frame whose address the kernel passed to `_start`, if it passed one.
+    pub fn get() -> Option<Self> {
+        Self::at(crate::thread::boot_argument())
+    }
+
+    /// The frame at `address`, if `address` is page-aligned and not in the first page.
+    /// It must be the address the kernel passed: the frame stays mapped read-only for
+    /// the root task's lifetime.
+    pub fn at(address: u64) -> Option<Self> {
+        if address < 1 << PAGE_BITS || !address.is_multiple_of(1 << PAGE_BITS) {
+            return None;
+        }
+        if address >= keel_abi::object::USER_TOP {
+            return None;
+        }
+        // SAFETY: the kernel maps the boot-info frame (4 KiB, page-aligned, large enough
+        // for `abi::BootInfo`, checked in keel-abi) read-only at this address for the
+        // whole life of the root task and never changes it; every bit pattern is a valid
+        // `abi::BootInfo` (integers only).
+        let info = unsafe { &*(address as *const abi::BootInfo) };
+        Some(Self { info })
+    }
+
+    /// The frame's address.
+    pub fn address(&self) -> u64 {
+        self.info as *const abi::BootInfo as u64
+    }
+
+    /// The raw structure.
+    pub fn raw(&self) -> &'static abi::BootInfo {
+        self.info
+    }
+
+    /// User address of the root task's IPC buffer.
+    pub fn ipc_buffer(&self) -> u64 {
+        self.info.ipc_buffer
+    }
+
+    /// The root CNode's free slots.
+    pub fn empty(&self) -> SlotRegion {
+        self.info.empty
+    }
+
+    /// Number of CPUs.
+    pub fn num_nodes(&self) -> u64 {
+        self.info.num_nodes
+    }
+
+    /// log2 of the root CNode's slot count.
+    pub fn cnode_size_bits(&self) -> u64 {
+        self.info.init_thread_cnode_size_bits
+    }
+
+    /// Frame capabilities of the root task's image.
+    pub fn user_image_frames(&self) -> SlotRegion {
+        self.info.user_image_frames
+    }
+
+    /// Paging-structure capabilities of the root task's image.
+    pub fn user_image_paging(&self) -> SlotRegion {
+        self.info.user_image_paging
+    }
+
+    /// The untyped capabilities' slots.
+    pub fn untyped(&self) -> SlotRegion {
+        self.info.untyped
+    }
+
+    /// The untyped capabilities with their descriptions.
+    pub fn untypeds(&self) -> impl Iterator<Item = UntypedRegion> + 'static {
+        let region = self.info.untyped;
+        let list = &self.info.untyped_list;
+        let count = (region.len() as usize).min(list.len());
+        list[..count]
+            .iter()
+            .enumerate()
+            .map(move |(i, desc)| UntypedRegion {
+                slot: region.start + i as u64,
+                desc: *desc,
+            })
+    }
+
+    /// Bytes of extra boot-info records.
+    pub fn extra_len(&self) -> u64 {
+        self.info.extra_len
+    }
+
+    /// The extra records as (header, body bytes), in order.
+    pub fn extra_records(&self) -> ExtraRecords {
+        let start = self.address() + (1 << PAGE_BITS);
+        let len = self.info.extra_len.min(64 << PAGE_BITS);
+        let bytes: &'static [u8] = if len == 0 {
+            &[]
+        } else {
+            // SAFETY: the kernel maps `extra_len` bytes of records read-only right after
+            // the boot-info frame (keel_abi::bootinfo), for the root task's lifetime.
+            unsafe { core::slice::from_raw_parts(start as *const u8, len as usize) }
+        };
+        ExtraRecords { bytes }
+    }
+}
+
+/// Iterator over the extra boot-info records.
+#[derive(Clone, Debug)]
+pub struct ExtraRecords {
+    bytes: &'static [u8],
+}
+
+impl Iterator for ExtraRecords {
+    type Item = (BootInfoHeader, &'static [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let header_len = core::mem::size_of::<BootInfoHeader>();
+        if self.bytes.len() < header_len {
+            return None;
+        }
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&self.bytes[i..i + 8]);
+            u64::from_le_bytes(w)
+        };
+        let header = BootInfoHeader {
+            id: word(0),
+            len: word(8),
+        };
+        let len = header.len as usize;
+        if len < header_len || len > self.bytes.len() {
+            self.bytes = &[];
+            return None;
+        }
+        let body = &self.bytes[header_len..len];
+        self.bytes = &self.bytes[len..];
+        Some((header, body))
+    }
+}

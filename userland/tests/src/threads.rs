@@ -1,0 +1,417 @@
+//! TCB invocations and scheduling: create/configure/resume/suspend, priorities and
+//! preemption, round-robin between equal priorities, registers, MCP checks, affinity,
+//! TLS/GS base, notification binding.
+
+use keel_abi::error::Error as Code;
+use keel_abi::fault::{USER_CONTEXT_WORDS, UserContext};
+use keel_sys::cap::{Cap, Notification, Tcb, init};
+use keel_sys::{CapRights, Error};
+
+use crate::harness::{
+    Env, OrFail, Suite, TestResult, Why, add_shared, expect_code, expect_err, set_shared, shared,
+    wait_until,
+};
+use crate::{CHILD_PRIORITY, ROOT_PRIORITY, ensure};
+
+/// Runs the thread tests.
+pub fn run(suite: &mut Suite, env: &mut Env) {
+    suite.run("tcb_thread_runs_and_suspends_itself", || runs(env));
+    suite.run("tcb_higher_priority_thread_preempts_on_resume", || {
+        preempts(env)
+    });
+    suite.run("tcb_lower_priority_thread_waits", || lower_waits(env));
+    suite.run("tcb_round_robin_between_equal_priorities", || {
+        round_robin(env)
+    });
+    suite.run("tcb_suspend_and_resume", || suspend_resume(env));
+    suite.run("tcb_write_then_read_registers", || registers(env));
+    suite.run("tcb_read_registers_checks", || register_checks(env));
+    suite.run("tcb_copy_registers", || copy_registers(env));
+    suite.run("tcb_priority_bounded_by_mcp", || mcp(env));
+    suite.run("tcb_configure_wrong_caps", || configure_wrong(env));
+    suite.run("tcb_set_tls_and_gs_base", || bases(env));
+    suite.run("tcb_set_affinity", || affinity(env));
+    suite.run("tcb_bind_notification_wakes_recv", || bind(env));
+}
+
+fn set_flag(v: u64) {
+    set_shared(0, v);
+}
+
+fn runs(env: &mut Env) -> TestResult {
+    let t = env.spawn(set_flag, 0x1234, CHILD_PRIORITY)?;
+    ensure!(wait_until(|| shared(0) == 0x1234), "thread did not run");
+    env.destroy(t)
+}
+
+fn preempts(env: &mut Env) -> TestResult {
+    let t = env.create(set_flag, 7, CHILD_PRIORITY)?;
+    ensure!(shared(0) == 0, "thread ran before resume");
+    t.start().or_fail("resume")?;
+    // A higher-priority thread runs before the resume returns to us.
+    let seen = shared(0);
+    env.destroy(t)?;
+    ensure!(
+        seen == 7,
+        "resume of a higher-priority thread returned before it ran"
+    );
+    Ok(())
+}
+
+fn lower_waits(env: &mut Env) -> TestResult {
+    let t = env.spawn(set_flag, 9, (ROOT_PRIORITY - 10) as u8)?;
+    let before = shared(0);
+    // Spinning without blocking: the lower-priority thread must not run on our CPU.
+    let start = keel_sys::rdtsc();
+    while keel_sys::rdtsc() - start < 50_000_000 {
+        core::hint::spin_loop();
+    }
+    let during = shared(0);
+    // Now lower our own priority below it: it runs.
+    init::TCB
+        .set_priority(init::TCB, ROOT_PRIORITY - 20)
+        .or_fail("lower own priority")?;
+    let ran = wait_until(|| shared(0) == 9);
+    init::TCB
+        .set_priority(init::TCB, ROOT_PRIORITY)
+        .or_fail("restore own priority")?;
+    env.destroy(t)?;
+    ensure!(
+        before == 0 && during == 0,
+        "lower-priority thread ran while we were runnable"
+    );
+    ensure!(
+        ran,
+        "lower-priority thread never ran after we dropped below it"
+    );
+    Ok(())
+}
+
+/// Counts in word `index` for ~0.5 s of TSC, then records the other counter.
+fn counter(index: u64) {
+    let i = index as usize;
+    let start = keel_sys::rdtsc();
+    while keel_sys::rdtsc() - start < 1_500_000_000 {
+        add_shared(i, 1);
+    }
+    set_shared(i + 2, shared(1 - i).max(1));
+    add_shared(4, 1);
+}
+
+fn round_robin(env: &mut Env) -> TestResult {
+    let a = env.create(counter, 0, CHILD_PRIORITY)?;
+    let b = env.create(counter, 1, CHILD_PRIORITY)?;
+    // Make both runnable before either runs: raise them only after both are queued.
+    a.tcb
+        .set_priority(init::TCB, ROOT_PRIORITY - 1)
+        .or_fail("prio a")?;
+    b.tcb
+        .set_priority(init::TCB, ROOT_PRIORITY - 1)
+        .or_fail("prio b")?;
+    a.start().or_fail("start a")?;
+    b.start().or_fail("start b")?;
+    init::TCB
+        .set_priority(init::TCB, ROOT_PRIORITY - 2)
+        .or_fail("lower own priority")?;
+    let done = wait_until(|| shared(4) == 2);
+    init::TCB
+        .set_priority(init::TCB, ROOT_PRIORITY)
+        .or_fail("restore own priority")?;
+    let (seen_by_a, seen_by_b) = (shared(2), shared(3));
+    env.destroy(a)?;
+    env.destroy(b)?;
+    ensure!(done, "the counting threads did not finish");
+    // When A stopped, B had counted while A was still counting (and vice versa), unless
+    // one finished before the other started.
+    ensure!(
+        seen_by_a > 1 && seen_by_b > 1,
+        "no interleaving: A saw B at {seen_by_a}, B saw A at {seen_by_b}"
+    );
+    Ok(())
+}
+
+/// Waits on the notification in word 10 forever, counting wake-ups in word 0.
+fn waiter(_: u64) {
+    let n = Cap::<Notification>::from_cptr(shared(10));
+    loop {
+        n.wait();
+        add_shared(0, 1);
+    }
+}
+
+fn suspend_resume(env: &mut Env) -> TestResult {
+    let n = env.notification()?;
+    set_shared(10, n.cptr());
+    let t = env.spawn(waiter, 0, CHILD_PRIORITY)?;
+    n.signal();
+    ensure!(wait_until(|| shared(0) == 1), "no first wake-up");
+    t.tcb.suspend().or_fail("suspend")?;
+    n.signal();
+    let start = keel_sys::rdtsc();
+    while keel_sys::rdtsc() - start < 50_000_000 {
+        keel_sys::ipc::yield_now();
+    }
+    let while_suspended = shared(0);
+    t.tcb.resume().or_fail("resume")?;
+    let resumed = wait_until(|| shared(0) == 2);
+    env.destroy(t)?;
+    ensure!(while_suspended == 1, "a suspended thread woke up");
+    ensure!(
+        resumed,
+        "the resumed thread did not take the pending signal"
+    );
+    Ok(())
+}
+
+fn registers(env: &mut Env) -> TestResult {
+    let t = env.create(set_flag, 0, CHILD_PRIORITY)?;
+    let words: [u64; USER_CONTEXT_WORDS] = core::array::from_fn(|i| 0x1000 + i as u64 * 0x11);
+    let mut ctx = UserContext {
+        rflags: 0x202,
+        ..UserContext::from_words(&words)
+    };
+    ctx.rip = t.stack_base() + 0x40; // some user address; the thread never runs
+    ctx.fs_base = 0x5000;
+    ctx.gs_base = 0x6000;
+    t.tcb
+        .write_registers(false, 0, USER_CONTEXT_WORDS, &ctx)
+        .or_fail("write")?;
+    let back = t
+        .tcb
+        .read_registers(false, 0, USER_CONTEXT_WORDS)
+        .or_fail("read")?;
+    env.destroy(t)?;
+    let (w, b) = (ctx.to_words(), back.to_words());
+    for i in 0..USER_CONTEXT_WORDS {
+        if i == 2 {
+            ensure!(
+                b[2] & 0x200 != 0,
+                "IF clear in read-back rflags {:#x}",
+                b[2]
+            );
+            continue;
+        }
+        ensure!(
+            w[i] == b[i],
+            "{}: wrote {:#x}, read {:#x}",
+            keel_abi::fault::USER_CONTEXT_ORDER[i],
+            w[i],
+            b[i]
+        );
+    }
+    Ok(())
+}
+
+fn register_checks(env: &mut Env) -> TestResult {
+    let t = env.create(set_flag, 0, CHILD_PRIORITY)?;
+    let r0 = t.tcb.read_registers(false, 0, 0);
+    let r21 = t.tcb.read_registers(false, 0, 21);
+    let own = init::TCB.read_registers(false, 0, 2);
+    // A partial read gives the first words.
+    let two = t.tcb.read_registers(false, 0, 2).or_fail("read 2");
+    env.destroy(t)?;
+    expect_err(r0, Error::RangeError { min: 1, max: 20 }, "count 0")?;
+    expect_err(r21, Error::RangeError { min: 1, max: 20 }, "count 21")?;
+    expect_err(own, Error::IllegalOperation, "reading our own registers")?;
+    let two = two?;
+    ensure!(
+        two.rip != 0 && two.rsp != 0 && two.rax == 0,
+        "partial read wrong: {two:x?}"
+    );
+    Ok(())
+}
+
+fn copy_registers(env: &mut Env) -> TestResult {
+    let a = env.create(set_flag, 0x51, CHILD_PRIORITY)?;
+    let b = env.create(set_flag, 0x52, CHILD_PRIORITY)?;
+    // A's start registers, but with B's stack and TCB, so that B can run them.
+    let mut ctx = a
+        .tcb
+        .read_registers(false, 0, USER_CONTEXT_WORDS)
+        .or_fail("read a")?;
+    ctx.rsp = b.stack_top() - 8;
+    ctx.rdx = b.tcb.cptr();
+    ctx.r12 = 0x1212;
+    a.tcb
+        .write_registers(false, 0, USER_CONTEXT_WORDS, &ctx)
+        .or_fail("write a")?;
+    b.tcb
+        .copy_registers(a.tcb, false, false, true, true, 0)
+        .or_fail("copy registers")?;
+    let dst = b
+        .tcb
+        .read_registers(false, 0, USER_CONTEXT_WORDS)
+        .or_fail("read b")?;
+    // B now runs with A's argument (RSI).
+    b.start().or_fail("start b")?;
+    let ran = wait_until(|| shared(0) == 0x51);
+    env.destroy(a)?;
+    env.destroy(b)?;
+    ensure!(
+        dst.rip == ctx.rip && dst.rsp == ctx.rsp,
+        "frame registers not copied"
+    );
+    ensure!(
+        dst.rsi == 0x51 && dst.r12 == 0x1212,
+        "integer registers not copied: {dst:x?}"
+    );
+    ensure!(
+        ran,
+        "B did not run with A's argument (flag {:#x})",
+        shared(0)
+    );
+    Ok(())
+}
+
+fn mcp(env: &mut Env) -> TestResult {
+    let t = env.create(set_flag, 0, CHILD_PRIORITY)?;
+    let r1 = t.tcb.set_mc_priority(init::TCB, 10);
+    // The thread's own MCP (10) now bounds what it can give.
+    let r2 = t.tcb.set_priority(t.tcb, 11);
+    let r3 = t.tcb.set_priority(t.tcb, 10);
+    let r4 = t.tcb.set_sched_params(t.tcb, 10, 5);
+    let ep = env.endpoint()?;
+    let r5 = t.tcb.set_priority(ep.cast::<Tcb>(), 1);
+    env.destroy(t)?;
+    r1.or_fail("set MCP 10 with the root's authority")?;
+    expect_err(
+        r2,
+        Error::RangeError { min: 0, max: 10 },
+        "priority 11 under MCP 10",
+    )?;
+    r3.or_fail("priority 10 under MCP 10")?;
+    r4.or_fail("sched params within MCP")?;
+    expect_err(
+        r5,
+        Error::InvalidCapability { index: 1 },
+        "authority is an endpoint",
+    )
+}
+
+fn configure_wrong(env: &mut Env) -> TestResult {
+    let t = env.create(set_flag, 0, CHILD_PRIORITY)?;
+    let ep = env.endpoint()?;
+    let r1 = t
+        .tcb
+        .configure(0, ep.cast(), 0, init::VSPACE, 0, t.ipc_buffer, t.ipc_frame);
+    let r2 = t.tcb.configure(
+        0,
+        init::CNODE,
+        0,
+        init::CNODE.cast(),
+        0,
+        t.ipc_buffer,
+        t.ipc_frame,
+    );
+    let r3 = t.tcb.configure(
+        0,
+        init::CNODE,
+        0,
+        init::VSPACE,
+        0,
+        t.ipc_buffer + 8,
+        t.ipc_frame,
+    );
+    let r4 = t.tcb.set_ipc_buffer(t.ipc_buffer, ep.cast());
+    let r5 = t.tcb.set_space(0, init::CNODE, 0, init::VSPACE, 0);
+    env.destroy(t)?;
+    expect_err(
+        r1,
+        Error::InvalidCapability { index: 1 },
+        "cspace root is an endpoint",
+    )?;
+    expect_err(
+        r2,
+        Error::InvalidCapability { index: 2 },
+        "vspace root is a cnode",
+    )?;
+    expect_err(r3, Error::AlignmentError, "unaligned IPC buffer")?;
+    expect_err(
+        r4,
+        Error::InvalidCapability { index: 1 },
+        "IPC buffer frame is an endpoint",
+    )?;
+    r5.or_fail("set_space with good caps")
+}
+
+fn bases(env: &mut Env) -> TestResult {
+    let t = env.create(set_flag, 0, CHILD_PRIORITY)?;
+    let r1 = t.tcb.set_tls_base(0x7000_1000);
+    let r2 = t.tcb.set_gs_base(0x7000_2000);
+    let ctx = t.tcb.read_registers(false, 0, USER_CONTEXT_WORDS);
+    env.destroy(t)?;
+    r1.or_fail("set TLS base")?;
+    r2.or_fail("set GS base")?;
+    let ctx = ctx.or_fail("read")?;
+    ensure!(ctx.fs_base == 0x7000_1000, "fs_base {:#x}", ctx.fs_base);
+    ensure!(ctx.gs_base == 0x7000_2000, "gs_base {:#x}", ctx.gs_base);
+    Ok(())
+}
+
+fn affinity(env: &mut Env) -> TestResult {
+    let cpus = env.info.num_nodes();
+    let t = env.create(set_flag, 0xaf, CHILD_PRIORITY)?;
+    let bad = t.tcb.set_affinity(cpus);
+    let moved = if cpus > 1 {
+        t.tcb.set_affinity(cpus - 1)
+    } else {
+        Ok(())
+    };
+    let started = t.start();
+    let ran = wait_until(|| shared(0) == 0xaf);
+    env.destroy(t)?;
+    expect_code(
+        bad,
+        Code::IllegalOperation,
+        "affinity to a CPU that does not exist",
+    )?;
+    moved.or_fail("move to the last CPU")?;
+    started.or_fail("start")?;
+    ensure!(ran, "thread on CPU {} did not run", cpus - 1);
+    if cpus < 2 {
+        return Err(Why::Skipped("one CPU: only the error path checked"));
+    }
+    Ok(())
+}
+
+/// Receives on the endpoint in word 10 with a bound notification; stores the badge
+/// and label in words 0 and 1.
+fn bound_receiver(_: u64) {
+    let ep = Cap::<keel_sys::cap::Endpoint>::from_cptr(shared(10));
+    let r = ep.recv();
+    set_shared(1, r.label() + 1);
+    set_shared(0, r.badge);
+}
+
+fn bind(env: &mut Env) -> TestResult {
+    let ep = env.endpoint()?;
+    let n = env.notification()?;
+    let badged = env.mint(n, CapRights::ALL, 0x30)?;
+    set_shared(10, ep.cptr());
+    let t = env.create(bound_receiver, 0, CHILD_PRIORITY)?;
+    let r_unbind = t.tcb.unbind_notification();
+    t.tcb.bind_notification(n).or_fail("bind")?;
+    let r_twice = t.tcb.bind_notification(n);
+    t.start().or_fail("start")?;
+    badged.signal();
+    let woke = wait_until(|| shared(0) != 0);
+    let badge = shared(0);
+    let r_unbind2 = t.tcb.unbind_notification();
+    env.destroy(t)?;
+    expect_err(
+        r_unbind,
+        Error::IllegalOperation,
+        "unbind with nothing bound",
+    )?;
+    expect_err(r_twice, Error::IllegalOperation, "binding twice")?;
+    ensure!(
+        woke,
+        "a signal to the bound notification did not end the Recv"
+    );
+    ensure!(
+        badge == 0x30,
+        "Recv returned badge {badge:#x}, expected the notification word 0x30"
+    );
+    r_unbind2.or_fail("unbind")?;
+    Ok(())
+}

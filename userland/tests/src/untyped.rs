@@ -1,0 +1,320 @@
+//! Untyped Retype: every object type and size, argument checks, full slots,
+//! exhaustion, memory returned by revoke (a thousand times), RevokeFirst.
+
+use keel_abi::error::Error as Code;
+use keel_abi::invocation::InvocationLabel;
+use keel_abi::object::{ObjectType, cap_tag};
+use keel_sys::Error;
+use keel_sys::cap::{Cap, Untyped, init};
+use keel_sys::invocations::{Args, invoke};
+
+use crate::harness::{DEPTH, Env, OrFail, Suite, TestResult, Why, expect_code, expect_err};
+use crate::{ensure, fail};
+
+/// Runs the untyped tests.
+pub fn run(suite: &mut Suite, env: &mut Env) {
+    suite.run("untyped_retype_every_object_type", || every_type(env));
+    suite.run("untyped_retype_sizes", || sizes(env));
+    suite.run("untyped_retype_large_and_huge_frames", || big_frames(env));
+    suite.run("untyped_retype_bad_arguments", || bad_arguments(env));
+    suite.run("untyped_retype_into_full_slot_is_delete_first", || {
+        full_slot(env)
+    });
+    suite.run("untyped_exhaustion_is_not_enough_memory", || {
+        exhaustion(env)
+    });
+    suite.run("untyped_revoke_returns_memory_1000_times", || {
+        revoke_returns(env)
+    });
+    suite.run("untyped_copy_with_children_is_revoke_first", || {
+        revoke_first(env)
+    });
+    suite.run("untyped_device_memory_only_becomes_frames", || device(env));
+}
+
+/// A fresh untyped of 2^bits bytes and the first of `slots` consecutive free slots.
+fn fresh(env: &mut Env, bits: u64, slots: u64) -> Result<(Cap<Untyped>, u64), Why> {
+    let ut = env.alloc.untyped(bits).or_fail("retype untyped")?;
+    let first = env.alloc.slots.alloc_range(slots).or_fail("slots")?;
+    Ok((ut, first))
+}
+
+fn tag_of(t: ObjectType) -> u64 {
+    match t {
+        ObjectType::Untyped => cap_tag::UNTYPED,
+        ObjectType::Tcb => cap_tag::THREAD,
+        ObjectType::Endpoint => cap_tag::ENDPOINT,
+        ObjectType::Notification => cap_tag::NOTIFICATION,
+        ObjectType::CapTable => cap_tag::CNODE,
+        ObjectType::X86Pdpt => cap_tag::PDPT,
+        ObjectType::X64Pml4 => cap_tag::PML4,
+        ObjectType::X64HugePage | ObjectType::X86Page4K | ObjectType::X86LargePage => {
+            cap_tag::FRAME
+        }
+        ObjectType::X86PageTable => cap_tag::PAGE_TABLE,
+        ObjectType::X86PageDirectory => cap_tag::PAGE_DIRECTORY,
+        ObjectType::KeelX86Ldt => cap_tag::KEEL_LDT,
+    }
+}
+
+fn every_type(env: &mut Env) -> TestResult {
+    let (ut, first) = fresh(env, 20, 16)?;
+    let types = [
+        (ObjectType::Tcb, 0),
+        (ObjectType::Endpoint, 0),
+        (ObjectType::Notification, 0),
+        (ObjectType::CapTable, 4),
+        (ObjectType::X86Pdpt, 0),
+        (ObjectType::X64Pml4, 0),
+        (ObjectType::X86Page4K, 0),
+        (ObjectType::X86PageTable, 0),
+        (ObjectType::X86PageDirectory, 0),
+        (ObjectType::Untyped, 12),
+    ];
+    for (i, (t, size)) in types.iter().enumerate() {
+        let slot = first + i as u64;
+        ut.retype(*t, *size, init::CNODE, 0, 0, slot, 1)
+            .or_fail(t.name())?;
+        ensure!(
+            env.has_tag(slot, tag_of(*t)),
+            "{}: slot {slot} does not hold tag {}",
+            t.name(),
+            tag_of(*t)
+        );
+    }
+    Ok(())
+}
+
+fn sizes(env: &mut Env) -> TestResult {
+    let (ut, first) = fresh(env, 16, 24)?;
+    let mut slot = first;
+    for bits in [4u64, 5, 8, 11, 12] {
+        ut.retype(ObjectType::Untyped, bits, init::CNODE, 0, 0, slot, 1)
+            .or_fail("untyped size")?;
+        slot += 1;
+    }
+    for radix in [1u64, 2, 6] {
+        ut.retype(ObjectType::CapTable, radix, init::CNODE, 0, 0, slot, 1)
+            .or_fail("cnode radix")?;
+        slot += 1;
+    }
+    // Several objects at once, into consecutive slots.
+    ut.retype(ObjectType::Endpoint, 0, init::CNODE, 0, 0, slot, 8)
+        .or_fail("8 endpoints")?;
+    for s in slot..slot + 8 {
+        ensure!(
+            env.has_tag(s, cap_tag::ENDPOINT),
+            "slot {s} of 8 not an endpoint"
+        );
+    }
+    Ok(())
+}
+
+fn big_frames(env: &mut Env) -> TestResult {
+    let largest = env.alloc.untyped.largest_bits();
+    if largest < 22 {
+        return Err(Why::Skipped("no untyped of 4 MiB"));
+    }
+    let f = env
+        .alloc
+        .frame(ObjectType::X86LargePage)
+        .or_fail("2 MiB frame")?;
+    ensure!(
+        env.has_tag(f.cptr(), cap_tag::FRAME),
+        "2 MiB frame is not a frame"
+    );
+    let a = f.get_address().or_fail("address")?;
+    ensure!(a % (2 << 20) == 0, "2 MiB frame at {a:#x}");
+    if largest >= 31 {
+        let h = env
+            .alloc
+            .frame(ObjectType::X64HugePage)
+            .or_fail("1 GiB frame")?;
+        let a = h.get_address().or_fail("address")?;
+        ensure!(a % (1 << 30) == 0, "1 GiB frame at {a:#x}");
+    }
+    Ok(())
+}
+
+fn bad_arguments(env: &mut Env) -> TestResult {
+    let (ut, first) = fresh(env, 16, 4)?;
+    expect_err(
+        ut.retype(ObjectType::Untyped, 3, init::CNODE, 0, 0, first, 1),
+        Error::InvalidArgument { index: 1 },
+        "untyped of 2^3 bytes",
+    )?;
+    expect_err(
+        ut.retype(ObjectType::Untyped, 48, init::CNODE, 0, 0, first, 1),
+        Error::RangeError { min: 0, max: 47 },
+        "untyped of 2^48 bytes",
+    )?;
+    expect_err(
+        ut.retype(ObjectType::CapTable, 0, init::CNODE, 0, 0, first, 1),
+        Error::InvalidArgument { index: 1 },
+        "cnode of radix 0",
+    )?;
+    expect_err(
+        ut.retype(ObjectType::Endpoint, 0, init::CNODE, 0, 0, first, 0),
+        Error::RangeError { min: 1, max: 256 },
+        "zero objects",
+    )?;
+    expect_code(
+        ut.retype(ObjectType::Untyped, 17, init::CNODE, 0, 0, first, 1),
+        Code::NotEnoughMemory,
+        "child bigger than the untyped",
+    )?;
+    let slots = 1u64 << env.info.cnode_size_bits();
+    expect_code(
+        ut.retype(ObjectType::Endpoint, 0, init::CNODE, 0, 0, slots, 1),
+        Code::RangeError,
+        "offset past the cnode",
+    )?;
+    // An object type number that does not exist.
+    let mut args = Args::new();
+    for w in [99, 0, 0, 0, first, 1] {
+        args.word(w);
+    }
+    args.cap(init::CNODE.cptr());
+    expect_err(
+        invoke(ut.cptr(), InvocationLabel::UntypedRetype, &args),
+        Error::InvalidArgument { index: 0 },
+        "object type 99",
+    )?;
+    // A destination that is not a CNode.
+    let ep = env.endpoint()?;
+    expect_code(
+        ut.retype(ObjectType::Endpoint, 0, ep.cast(), 0, 0, first, 1),
+        Code::FailedLookup,
+        "root is an endpoint",
+    )?;
+    // Too short a message.
+    let mut short = Args::new();
+    short.word(ObjectType::Endpoint as u64);
+    short.cap(init::CNODE.cptr());
+    expect_err(
+        invoke(ut.cptr(), InvocationLabel::UntypedRetype, &short),
+        Error::TruncatedMessage,
+        "one-word retype",
+    )?;
+    ensure!(env.is_empty(first), "a failed retype filled a slot");
+    Ok(())
+}
+
+fn full_slot(env: &mut Env) -> TestResult {
+    let (ut, first) = fresh(env, 12, 2)?;
+    let ep = env.endpoint()?;
+    init::CNODE
+        .copy(
+            first + 1,
+            DEPTH,
+            init::CNODE,
+            ep.cptr(),
+            DEPTH,
+            keel_sys::CapRights::ALL,
+        )
+        .or_fail("fill slot")?;
+    expect_err(
+        ut.retype(ObjectType::Endpoint, 0, init::CNODE, 0, 0, first, 2),
+        Error::DeleteFirst,
+        "retype over a full slot",
+    )?;
+    ensure!(env.is_empty(first), "partial retype");
+    Ok(())
+}
+
+fn exhaustion(env: &mut Env) -> TestResult {
+    let (ut, first) = fresh(env, 16, 17)?;
+    ut.retype(ObjectType::X86Page4K, 0, init::CNODE, 0, 0, first, 16)
+        .or_fail("16 frames")?;
+    expect_err(
+        ut.retype(ObjectType::X86Page4K, 0, init::CNODE, 0, 0, first + 16, 1),
+        Error::NotEnoughMemory { available: 0 },
+        "17th frame",
+    )?;
+    // A smaller object does not fit either.
+    expect_code(
+        ut.retype(ObjectType::Endpoint, 0, init::CNODE, 0, 0, first + 16, 1),
+        Code::NotEnoughMemory,
+        "endpoint in a full untyped",
+    )
+}
+
+fn revoke_returns(env: &mut Env) -> TestResult {
+    let (ut, first) = fresh(env, 16, 16)?;
+    for round in 0..1000 {
+        if let Err(e) = ut.retype(ObjectType::X86Page4K, 0, init::CNODE, 0, 0, first, 16) {
+            fail!("round {round}: retype of 16 frames: {e}");
+        }
+        if round % 100 == 0 {
+            expect_code(
+                ut.retype(ObjectType::Endpoint, 0, init::CNODE, 0, 0, first, 1),
+                Code::DeleteFirst,
+                "slots full",
+            )?;
+        }
+        if let Err(e) = init::CNODE.revoke(ut.cptr(), DEPTH) {
+            fail!("round {round}: revoke: {e}");
+        }
+        if !env.is_empty(first) || !env.is_empty(first + 15) {
+            fail!("round {round}: revoke left children");
+        }
+    }
+    // Deleting the children one by one returns the memory too.
+    ut.retype(ObjectType::X86Page4K, 0, init::CNODE, 0, 0, first, 16)
+        .or_fail("after loop")?;
+    for s in first..first + 16 {
+        init::CNODE.delete(s, DEPTH).or_fail("delete child")?;
+    }
+    ut.retype(ObjectType::X86Page4K, 0, init::CNODE, 0, 0, first, 16)
+        .or_fail("retype after deleting every child")
+}
+
+fn revoke_first(env: &mut Env) -> TestResult {
+    let (ut, first) = fresh(env, 12, 2)?;
+    ut.retype(ObjectType::Endpoint, 0, init::CNODE, 0, 0, first, 1)
+        .or_fail("child")?;
+    expect_err(
+        init::CNODE.copy(
+            first + 1,
+            DEPTH,
+            init::CNODE,
+            ut.cptr(),
+            DEPTH,
+            keel_sys::CapRights::ALL,
+        ),
+        Error::RevokeFirst,
+        "copy of an untyped with children",
+    )?;
+    init::CNODE.revoke(ut.cptr(), DEPTH).or_fail("revoke")?;
+    init::CNODE
+        .copy(
+            first + 1,
+            DEPTH,
+            init::CNODE,
+            ut.cptr(),
+            DEPTH,
+            keel_sys::CapRights::ALL,
+        )
+        .or_fail("copy after revoke")
+}
+
+fn device(env: &mut Env) -> TestResult {
+    let Some(dev) = env
+        .info
+        .untypeds()
+        .find(|u| u.is_device() && u.size_bits() >= 12)
+    else {
+        return Err(Why::Skipped("no device untyped"));
+    };
+    let ut = Cap::<Untyped>::from_cptr(dev.slot);
+    let s = env.slot()?;
+    expect_code(
+        ut.retype(ObjectType::Tcb, 0, init::CNODE, 0, 0, s, 1),
+        Code::InvalidArgument,
+        "TCB from device memory",
+    )?;
+    ut.retype(ObjectType::X86Page4K, 0, init::CNODE, 0, 0, s, 1)
+        .or_fail("frame from device memory")?;
+    init::CNODE.delete(s, DEPTH).or_fail("delete")?;
+    init::CNODE.revoke(ut.cptr(), DEPTH).or_fail("revoke")
+}

@@ -1,0 +1,551 @@
+//! Address spaces and devices: page tables and frames mapped into the root VSpace,
+//! written and read, unmapped (access faults), read-only and no-execute mappings,
+//! mapping errors, ASID pools; I/O ports; IRQ handlers.
+
+use keel_abi::error::Error as Code;
+use keel_abi::fault::{FaultType, vm_fault};
+use keel_abi::message::CapRights;
+use keel_abi::object::{ObjectType, USER_TOP, cap_tag};
+use keel_sys::cap::{AsidPool, Cap, Frame, IoPort, IrqHandler, Pml4, init};
+use keel_sys::{Error, Message, VmAttributes, probe};
+
+use crate::harness::{
+    DEPTH, Env, OrFail, Suite, TestResult, Why, expect_code, expect_err, recv_timeout, set_shared,
+    shared, wait_signal, wait_until,
+};
+use crate::{CHILD_PRIORITY, ensure, fail};
+
+/// Runs the address-space tests.
+pub fn run(suite: &mut Suite, env: &mut Env) {
+    suite.run("vspace_map_frame_write_read_get_address", || {
+        map_write_read(env)
+    });
+    suite.run("vspace_map_errors", || map_errors(env));
+    suite.run("vspace_unmap_then_access_faults_and_remap", || {
+        unmap_faults(env)
+    });
+    suite.run("vspace_read_only_mapping_faults_on_write", || {
+        read_only(env)
+    });
+    suite.run("vspace_no_execute_mapping_faults_on_fetch", || {
+        no_execute(env)
+    });
+    suite.run("vspace_paging_structure_map_twice_is_delete_first", || {
+        tables_twice(env)
+    });
+    suite.run("vspace_asid_pool_make_and_assign", || asid(env));
+}
+
+/// Runs the device tests (last: the ASID and IRQ tests use up global resources).
+pub fn run_devices(suite: &mut Suite, env: &mut Env) {
+    suite.run("ioport_issue_and_access", || ioport(env));
+    suite.run("irq_get_ioapic_handlers", || irq_handlers(env));
+    suite.run("irq_rtc_interrupt_signals_notification", || rtc_irq(env));
+    suite.run("asid_pool_exhaustion_is_delete_first", || {
+        asid_exhaustion(env)
+    });
+}
+
+fn new_mapping(
+    env: &mut Env,
+    rights: CapRights,
+    attr: VmAttributes,
+) -> Result<(Cap<Frame>, u64), Why> {
+    let frame = env.alloc.frame(ObjectType::X86Page4K).or_fail("frame")?;
+    let vaddr = env.alloc.scratch_range(0x1000, 0x1000);
+    env.alloc
+        .map_frame(init::VSPACE, frame, vaddr, rights, attr, 1)
+        .or_fail("map")?;
+    Ok((frame, vaddr))
+}
+
+fn map_write_read(env: &mut Env) -> TestResult {
+    let (frame, vaddr) = new_mapping(env, CapRights::READ_WRITE, VmAttributes::DEFAULT)?;
+    ensure!(probe::read_u64(vaddr + 8) == 0, "new frame not zeroed");
+    for i in 0..512 {
+        probe::write_u64(vaddr + 8 * i, i * 0x0101_0101);
+    }
+    for i in 0..512 {
+        let v = probe::read_u64(vaddr + 8 * i);
+        ensure!(v == i * 0x0101_0101, "word {i} reads {v:#x}");
+    }
+    let pa = frame.get_address().or_fail("get address")?;
+    ensure!(pa != 0 && pa % 0x1000 == 0, "physical address {pa:#x}");
+    // A second frame in the same page table, and the first one's data is untouched.
+    let (_, second) = new_mapping(env, CapRights::READ_WRITE, VmAttributes::DEFAULT)?;
+    probe::write_u64(second, 1);
+    ensure!(probe::read_u64(vaddr) == 0, "frames alias");
+    Ok(())
+}
+
+fn map_errors(env: &mut Env) -> TestResult {
+    let (frame, vaddr) = new_mapping(env, CapRights::READ_WRITE, VmAttributes::DEFAULT)?;
+    let other = env.alloc.frame(ObjectType::X86Page4K).or_fail("frame")?;
+    expect_err(
+        other.map(
+            init::VSPACE,
+            vaddr,
+            CapRights::READ_WRITE,
+            VmAttributes::DEFAULT,
+        ),
+        Error::DeleteFirst,
+        "map over a mapped page",
+    )?;
+    expect_err(
+        other.map(
+            init::VSPACE,
+            vaddr + 0x800,
+            CapRights::READ_WRITE,
+            VmAttributes::DEFAULT,
+        ),
+        Error::AlignmentError,
+        "unaligned vaddr",
+    )?;
+    expect_err(
+        other.map(
+            init::VSPACE,
+            USER_TOP,
+            CapRights::READ_WRITE,
+            VmAttributes::DEFAULT,
+        ),
+        Error::InvalidArgument { index: 0 },
+        "vaddr at the top of user space",
+    )?;
+    let elsewhere = env.alloc.scratch_range(0x1000, 0x1000);
+    expect_code(
+        other
+            .map(
+                init::VSPACE,
+                elsewhere,
+                CapRights::READ_WRITE,
+                VmAttributes::DEFAULT,
+            )
+            .and_then(|_| {
+                frame.map(
+                    init::VSPACE,
+                    vaddr + 0x2000,
+                    CapRights::READ_WRITE,
+                    VmAttributes::DEFAULT,
+                )
+            }),
+        Code::InvalidArgument,
+        "remapping a mapped frame elsewhere",
+    )?;
+    // A VSpace without an ASID.
+    let pml4 = env.alloc.create::<Pml4>().or_fail("pml4")?;
+    let third = env.alloc.frame(ObjectType::X86Page4K).or_fail("frame")?;
+    expect_err(
+        third.map(
+            pml4,
+            0x10_0000,
+            CapRights::READ_WRITE,
+            VmAttributes::DEFAULT,
+        ),
+        Error::InvalidCapability { index: 1 },
+        "map into a PML4 without an ASID",
+    )?;
+    // An endpoint as the VSpace.
+    let ep = env.endpoint()?;
+    expect_err(
+        third.map(
+            ep.cast(),
+            0x10_0000,
+            CapRights::READ_WRITE,
+            VmAttributes::DEFAULT,
+        ),
+        Error::InvalidCapability { index: 1 },
+        "map into an endpoint",
+    )
+}
+
+/// Reads (word 1 == 0) or writes (word 1 == 1) the address in word 10, then sets word 0.
+fn accessor(_: u64) {
+    if shared(1) == 1 {
+        probe::write_u64(shared(10), 0xabcd);
+        set_shared(0, 1);
+    } else {
+        let v = probe::read_u64(shared(10));
+        set_shared(0, v | 1 << 63);
+    }
+}
+
+fn unmap_faults(env: &mut Env) -> TestResult {
+    let (frame, vaddr) = new_mapping(env, CapRights::READ_WRITE, VmAttributes::DEFAULT)?;
+    probe::write_u64(vaddr, 0x77);
+    frame.unmap().or_fail("unmap")?;
+    set_shared(10, vaddr);
+    let t = env.spawn(accessor, 0, CHILD_PRIORITY)?;
+    let result = (|| {
+        let Some(r) = recv_timeout(env.fault_ep) else {
+            fail!("no fault after unmap")
+        };
+        ensure!(
+            r.label() == FaultType::VmFault as u64,
+            "label {}",
+            r.label()
+        );
+        ensure!(
+            r.mr(vm_fault::ADDR) == vaddr,
+            "address {:#x}",
+            r.mr(vm_fault::ADDR)
+        );
+        // Remap the same frame: the data is still there.
+        frame
+            .map(
+                init::VSPACE,
+                vaddr,
+                CapRights::READ_WRITE,
+                VmAttributes::DEFAULT,
+            )
+            .or_fail("remap")?;
+        keel_sys::ipc::reply(&Message::new(0));
+        ensure!(wait_until(|| shared(0) != 0), "not resumed");
+        ensure!(
+            shared(0) == 0x77 | 1 << 63,
+            "read {:#x} after remap",
+            shared(0)
+        );
+        Ok(())
+    })();
+    env.destroy(t)?;
+    result
+}
+
+fn read_only(env: &mut Env) -> TestResult {
+    // A read-only copy of a frame cap, mapped asking for read-write: still read-only.
+    let frame = env.alloc.frame(ObjectType::X86Page4K).or_fail("frame")?;
+    let ro = Cap::<Frame>::from_cptr(env.slot()?);
+    init::CNODE
+        .copy(
+            ro.cptr(),
+            DEPTH,
+            init::CNODE,
+            frame.cptr(),
+            DEPTH,
+            CapRights::READ,
+        )
+        .or_fail("copy")?;
+    let vaddr = env.alloc.scratch_range(0x1000, 0x1000);
+    env.alloc
+        .map_frame(
+            init::VSPACE,
+            ro,
+            vaddr,
+            CapRights::READ_WRITE,
+            VmAttributes::DEFAULT,
+            1,
+        )
+        .or_fail("map")?;
+    ensure!(
+        probe::read_u64(vaddr) == 0,
+        "read through the read-only mapping"
+    );
+    set_shared(10, vaddr);
+    set_shared(1, 1);
+    let t = env.spawn(accessor, 0, CHILD_PRIORITY)?;
+    let result = (|| {
+        let Some(r) = recv_timeout(env.fault_ep) else {
+            fail!("write to a read-only page did not fault")
+        };
+        ensure!(
+            r.label() == FaultType::VmFault as u64,
+            "label {}",
+            r.label()
+        );
+        let fsr = r.mr(vm_fault::FSR);
+        ensure!(
+            fsr & 0b111 == 0b111,
+            "error code {fsr:#x}: expected a user write to a present page"
+        );
+        ensure!(
+            r.mr(vm_fault::ADDR) == vaddr,
+            "address {:#x}",
+            r.mr(vm_fault::ADDR)
+        );
+        ensure!(shared(0) == 0, "the write went through");
+        Ok(())
+    })();
+    env.destroy(t)?;
+    result
+}
+
+/// Calls the address in word 10; sets word 0 when back.
+fn jumper(_: u64) {
+    probe::call(shared(10));
+    set_shared(0, 1);
+}
+
+fn no_execute(env: &mut Env) -> TestResult {
+    let (frame, rw) = new_mapping(env, CapRights::READ_WRITE, VmAttributes::DEFAULT)?;
+    probe::write_u64(rw, 0xc3); // RET
+    let copy = Cap::<Frame>::from_cptr(env.slot()?);
+    init::CNODE
+        .copy(
+            copy.cptr(),
+            DEPTH,
+            init::CNODE,
+            frame.cptr(),
+            DEPTH,
+            CapRights::ALL,
+        )
+        .or_fail("copy")?;
+    let xn = env.alloc.scratch_range(0x1000, 0x1000);
+    env.alloc
+        .map_frame(
+            init::VSPACE,
+            copy,
+            xn,
+            CapRights::READ,
+            VmAttributes::EXECUTE_NEVER,
+            1,
+        )
+        .or_fail("map no-execute")?;
+    ensure!(probe::read_u64(xn) == 0xc3, "the two mappings differ");
+    // The executable mapping runs.
+    set_shared(10, rw);
+    let t = env.spawn(jumper, 0, CHILD_PRIORITY)?;
+    let ran = wait_until(|| shared(0) == 1);
+    let stray = env.fault_ep.nb_recv();
+    env.destroy(t)?;
+    ensure!(
+        ran && stray.is_none(),
+        "a RET in an executable mapping did not run"
+    );
+    set_shared(0, 0);
+    set_shared(10, xn);
+    let t = env.spawn(jumper, 0, CHILD_PRIORITY)?;
+    let result = (|| {
+        let Some(r) = recv_timeout(env.fault_ep) else {
+            fail!("executing a no-execute page did not fault")
+        };
+        ensure!(
+            r.label() == FaultType::VmFault as u64,
+            "label {}",
+            r.label()
+        );
+        ensure!(
+            r.mr(vm_fault::PREFETCH_FAULT) == vm_fault::INSTRUCTION_FAULT,
+            "not an instruction fault"
+        );
+        ensure!(
+            r.mr(vm_fault::ADDR) == xn,
+            "address {:#x}",
+            r.mr(vm_fault::ADDR)
+        );
+        Ok(())
+    })();
+    env.destroy(t)?;
+    result
+}
+
+fn tables_twice(env: &mut Env) -> TestResult {
+    let (_, vaddr) = new_mapping(env, CapRights::READ_WRITE, VmAttributes::DEFAULT)?;
+    let pt = env
+        .alloc
+        .create::<keel_sys::cap::PageTable>()
+        .or_fail("pt")?;
+    let pd = env
+        .alloc
+        .create::<keel_sys::cap::PageDirectory>()
+        .or_fail("pd")?;
+    let pdpt = env.alloc.create::<keel_sys::cap::Pdpt>().or_fail("pdpt")?;
+    expect_err(
+        pt.map(init::VSPACE, vaddr, VmAttributes::DEFAULT),
+        Error::DeleteFirst,
+        "page table over a present one",
+    )?;
+    expect_err(
+        pd.map(init::VSPACE, vaddr, VmAttributes::DEFAULT),
+        Error::DeleteFirst,
+        "page directory over a present one",
+    )?;
+    expect_err(
+        pdpt.map(init::VSPACE, vaddr, VmAttributes::DEFAULT),
+        Error::DeleteFirst,
+        "PDPT over a present one",
+    )?;
+    // A fresh 2 MiB region: the page table maps, a second one does not, unmap works.
+    let region = env.alloc.scratch_range(0x20_0000, 0x20_0000);
+    env.alloc
+        .ensure_tables(init::VSPACE, region, 2)
+        .or_fail("tables above")?;
+    pt.map(init::VSPACE, region, VmAttributes::DEFAULT)
+        .or_fail("page table map")?;
+    let pt2 = env
+        .alloc
+        .create::<keel_sys::cap::PageTable>()
+        .or_fail("pt2")?;
+    expect_err(
+        pt2.map(init::VSPACE, region, VmAttributes::DEFAULT),
+        Error::DeleteFirst,
+        "second page table",
+    )?;
+    pt.unmap().or_fail("page table unmap")?;
+    pt2.map(init::VSPACE, region, VmAttributes::DEFAULT)
+        .or_fail("map after unmap")
+}
+
+fn asid(env: &mut Env) -> TestResult {
+    let ut = env.alloc.untyped(12).or_fail("4 KiB untyped")?;
+    let big = env.alloc.untyped(13).or_fail("8 KiB untyped")?;
+    let slot = env.slot()?;
+    expect_err(
+        init::ASID_CONTROL.make_pool(big, init::CNODE, slot, DEPTH),
+        Error::InvalidCapability { index: 1 },
+        "pool from an 8 KiB untyped",
+    )?;
+    init::ASID_CONTROL
+        .make_pool(ut, init::CNODE, slot, DEPTH)
+        .or_fail("make pool")?;
+    ensure!(env.has_tag(slot, cap_tag::ASID_POOL), "not an ASID pool");
+    let pool = Cap::<AsidPool>::from_cptr(slot);
+    let pml4 = env.alloc.create::<Pml4>().or_fail("pml4")?;
+    pool.assign(pml4).or_fail("assign")?;
+    expect_err(
+        pool.assign(pml4),
+        Error::InvalidCapability { index: 1 },
+        "assign twice",
+    )?;
+    // The new address space takes mappings now.
+    let pdpt = env.alloc.create::<keel_sys::cap::Pdpt>().or_fail("pdpt")?;
+    pdpt.map(pml4, 0x40_0000, VmAttributes::DEFAULT)
+        .or_fail("map into the new vspace")?;
+    let slot2 = env.slot()?;
+    expect_err(
+        init::ASID_CONTROL.make_pool(ut, init::CNODE, slot2, DEPTH),
+        Error::RevokeFirst,
+        "second pool from the same untyped",
+    )
+}
+
+fn asid_exhaustion(env: &mut Env) -> TestResult {
+    for made in 0..9 {
+        let ut = env.alloc.untyped(12).or_fail("4 KiB untyped")?;
+        let slot = env.slot()?;
+        match init::ASID_CONTROL.make_pool(ut, init::CNODE, slot, DEPTH) {
+            Ok(()) => {}
+            Err(Error::DeleteFirst) if made > 0 => return Ok(()),
+            Err(e) => fail!("pool {made}: {e}"),
+        }
+    }
+    fail!("nine more ASID pools made: there are only eight")
+}
+
+fn ioport(env: &mut Env) -> TestResult {
+    let slot = env.slot()?;
+    init::IO_PORT_CONTROL
+        .issue(0x70, 0x71, init::CNODE, slot, DEPTH)
+        .or_fail("issue 0x70-0x71")?;
+    ensure!(env.has_tag(slot, cap_tag::IO_PORT), "not an I/O port cap");
+    let port = Cap::<IoPort>::from_cptr(slot);
+    // CMOS register 0x0a (status A): bit 7 toggles, the rate bits are set by firmware.
+    port.out8(0x70, 0x0a).or_fail("out8 0x70")?;
+    let a = port.in8(0x71).or_fail("in8 0x71")?;
+    ensure!(a & 0x70 != 0, "RTC status A {a:#x}: divider bits clear");
+    expect_code(
+        port.in8(0x72),
+        Code::IllegalOperation,
+        "in8 outside the range",
+    )?;
+    expect_code(
+        port.in16(0x71),
+        Code::IllegalOperation,
+        "in16 crossing the end of the range",
+    )?;
+    let slot2 = env.slot()?;
+    let overlap = init::IO_PORT_CONTROL.issue(0x71, 0x72, init::CNODE, slot2, DEPTH);
+    let _ = init::CNODE.delete(slot2, DEPTH);
+    init::CNODE
+        .delete(slot, DEPTH)
+        .or_fail("delete the port cap")?;
+    expect_code(overlap, Code::RevokeFirst, "issuing an overlapping range")
+}
+
+fn irq_handlers(env: &mut Env) -> TestResult {
+    let a = env.slot()?;
+    let b = env.slot()?;
+    let c = env.slot()?;
+    let result = irq_handlers_in(env, a, b, c);
+    for s in [a, b, c] {
+        let _ = init::CNODE.delete(s, DEPTH);
+    }
+    result
+}
+
+fn irq_handlers_in(env: &mut Env, a: u64, b: u64, c: u64) -> TestResult {
+    // I/O APIC 0, pins 9 and 10, edge/high, vectors 9 and 10.
+    init::IRQ_CONTROL
+        .get_ioapic(init::CNODE, a, DEPTH, 0, 9, 0, 0, 9)
+        .or_fail("pin 9")?;
+    init::IRQ_CONTROL
+        .get_ioapic(init::CNODE, b, DEPTH, 0, 10, 0, 0, 10)
+        .or_fail("pin 10")?;
+    ensure!(env.has_tag(a, cap_tag::IRQ_HANDLER), "not an IRQ handler");
+    expect_code(
+        init::IRQ_CONTROL.get_ioapic(init::CNODE, c, DEPTH, 0, 11, 0, 0, 9),
+        Code::RevokeFirst,
+        "second handler for vector 9",
+    )?;
+    expect_code(
+        init::IRQ_CONTROL.get_ioapic(init::CNODE, c, DEPTH, 0, 11, 0, 0, 200),
+        Code::RangeError,
+        "vector 200",
+    )?;
+    let n = env.notification()?;
+    let h = Cap::<IrqHandler>::from_cptr(a);
+    h.set_notification(n).or_fail("set notification")?;
+    h.clear().or_fail("clear")?;
+    expect_code(
+        h.set_notification(env.endpoint()?.cast()),
+        Code::InvalidCapability,
+        "endpoint as notification",
+    )?;
+    init::CNODE.delete(a, DEPTH).or_fail("delete handler")?;
+    init::CNODE.delete(b, DEPTH).or_fail("delete handler")?;
+    init::IRQ_CONTROL
+        .get_ioapic(init::CNODE, a, DEPTH, 0, 9, 0, 0, 9)
+        .or_fail("pin 9 again after deleting its handler")?;
+    init::CNODE.delete(a, DEPTH).or_fail("delete")
+}
+
+fn rtc_irq(env: &mut Env) -> TestResult {
+    let port_slot = env.slot()?;
+    init::IO_PORT_CONTROL
+        .issue(0x70, 0x71, init::CNODE, port_slot, DEPTH)
+        .ok();
+    let port = Cap::<IoPort>::from_cptr(port_slot);
+    if port.in8(0x71).is_err() {
+        // The range is held by the earlier test's capability.
+        return Err(Why::Skipped("CMOS ports unavailable"));
+    }
+    let slot = env.slot()?;
+    init::IRQ_CONTROL
+        .get_ioapic(init::CNODE, slot, DEPTH, 0, 8, 0, 0, 8)
+        .or_fail("handler for pin 8 (RTC)")?;
+    let h = Cap::<IrqHandler>::from_cptr(slot);
+    let n = env.notification()?;
+    let badged = env.mint(n, CapRights::ALL, 0x8)?;
+    h.set_notification(badged).or_fail("set notification")?;
+    h.ack().or_fail("ack")?;
+    // Periodic interrupt at 2 Hz..: status A rate 15, status B PIE on; read C to arm.
+    let set = |reg: u64, v: u64| port.out8(0x70, reg).and_then(|_| port.out8(0x71, v));
+    port.out8(0x70, 0x8a).or_fail("select A")?;
+    let a = port.in8(0x71).or_fail("read A")? as u64;
+    set(0x8a, (a & 0xf0) | 0x0f).or_fail("write A")?;
+    port.out8(0x70, 0x8b).or_fail("select B")?;
+    let b = port.in8(0x71).or_fail("read B")? as u64;
+    set(0x8b, b | 0x40).or_fail("write B")?;
+    port.out8(0x70, 0x0c).or_fail("select C")?;
+    port.in8(0x71).or_fail("read C")?;
+    let bits = wait_signal(n);
+    // Turn it off again.
+    let _ = set(0x8b, b & !0x40);
+    let _ = port.out8(0x70, 0x0c).and_then(|_| port.in8(0x71));
+    let _ = h.clear();
+    let _ = init::CNODE.delete(slot, DEPTH);
+    ensure!(
+        bits == 0x8,
+        "no RTC interrupt reached the notification (bits {bits:#x})"
+    );
+    Ok(())
+}
