@@ -94,7 +94,16 @@ fn run(cli: &Cli, interrupted: &AtomicBool) -> Result<Verdict, String> {
         }
     }
 
-    let iso = crate::grub::build_iso(&paths, cli.image, cli.smp, &cli.cmdline)?;
+    // Tell the kernel how it is measured: benchmarks report instructions under
+    // `-icount` and mark hardware-KVM runs.
+    let mut cmdline = cli.cmdline.clone();
+    if cli.icount {
+        cmdline.push_str(" keel.icount");
+    }
+    if accel == Accel::Kvm {
+        cmdline.push_str(" keel.accel=kvm");
+    }
+    let iso = crate::grub::build_iso(&paths, cli.image, cli.smp, &cmdline)?;
 
     let mut scratch = Scratch(None);
     let boot = if !cli.uefi {

@@ -76,6 +76,10 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
     let mut kernel = Kernel::new(Machine::new(root_task_exited, test_report), cpus);
     kernel.fsgsbase_supported = hal::cpu::features().fsgsbase;
     kernel.io_apics = boot.platform.io_apics.len();
+    kernel.fastpath = cmdline::value(&boot.cmdline, "keel.fastpath") != Some("off");
+    let icount = cmdline::flag(&boot.cmdline, "keel.icount");
+    let kvm = cmdline::value(&boot.cmdline, "keel.accel") == Some("kvm");
+    kernel.platform_flags = (icount as u64 * keel_abi::syscall::PLATFORM_ICOUNT) | (kvm as u64 * keel_abi::syscall::PLATFORM_KVM);
     let Some(module) = boot.modules.first() else {
         panic!("no root task: the bootloader passed no modules")
     };
@@ -173,17 +177,27 @@ fn syscall() -> u64 {
     let mut guard = KERNEL.lock();
     let Some(k) = guard.as_mut() else { return 0 };
     let t = k.current();
-    if t != 0 {
-        let number = k.tcb(t).context.rdx;
+    if t == 0 {
+        return prepare(k);
+    }
+    let number = k.tcb(t).context.rdx;
+    if k.fastpath {
         let fast = match number as i64 {
             keel_abi::syscall::CALL => k.fastpath_call(t),
             keel_abi::syscall::REPLY_RECV => k.fastpath_reply_recv(t),
-            _ => false,
+            _ => None,
         };
-        if !fast {
-            k.handle_syscall(number);
+        if let Some(pml4) = fast {
+            // The fastpath switched directly to a thread that can run: no scheduling.
+            let next = k.current();
+            let c = &k.tcb(next).context;
+            if c.rip < hal::layout::USER_END {
+                return hal::entry::prepare_thread(tcb::record(next), pml4, c.fs_base, c.gs_base);
+            }
+            return prepare(k);
         }
     }
+    k.handle_syscall(number);
     prepare(k)
 }
 
@@ -228,6 +242,7 @@ fn idle_poll() -> u64 {
 /// Runs the scheduler and readies the chosen thread: its address space, bases and
 /// entry stack. A thread that cannot run (no address space, RIP outside user space)
 /// faults instead, and the scheduler chooses again.
+#[inline(never)]
 fn prepare(k: &mut Kernel<Machine>) -> u64 {
     loop {
         k.schedule();

@@ -245,12 +245,25 @@ pub const DEBUG_TEST_REPORT: SyscallNumber = KEEL_DEBUG_BASE - 2;
 /// Keel: read the kernel's tick counter (timer interrupts seen on this CPU) into RAX.
 pub const DEBUG_TICKS: SyscallNumber = KEEL_DEBUG_BASE - 3;
 
+/// Keel: switch the IPC fastpath on (RDI = 1) or off (RDI = 0), for benchmarks that
+/// measure the general path.
+pub const DEBUG_SET_FASTPATH: SyscallNumber = KEEL_DEBUG_BASE - 4;
+/// Keel: platform facts for benchmark reports, in RAX: bit 0 = QEMU counts
+/// instructions (`-icount`: the TSC counts instructions), bit 1 = hardware KVM.
+pub const DEBUG_PLATFORM_FLAGS: SyscallNumber = KEEL_DEBUG_BASE - 5;
+/// [`DEBUG_PLATFORM_FLAGS`]: the TSC counts instructions.
+pub const PLATFORM_ICOUNT: u64 = 1;
+/// [`DEBUG_PLATFORM_FLAGS`]: running under hardware KVM.
+pub const PLATFORM_KVM: u64 = 2;
+
 /// Keel's own debug calls, with their names (for the kernel's dispatcher and the docs).
 pub const KEEL_DEBUG_SYSCALLS: &[(SyscallNumber, &str)] = &[
     (DEBUG_PUT_STRING, "KeelDebugPutString"),
     (DEBUG_THREAD_EXIT, "KeelDebugThreadExit"),
     (DEBUG_TEST_REPORT, "KeelDebugTestReport"),
     (DEBUG_TICKS, "KeelDebugTicks"),
+    (DEBUG_SET_FASTPATH, "KeelDebugSetFastpath"),
+    (DEBUG_PLATFORM_FLAGS, "KeelDebugPlatformFlags"),
 ];
 
 /// Largest string [`DEBUG_PUT_STRING`] accepts in one call.

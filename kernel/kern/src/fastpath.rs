@@ -4,157 +4,213 @@
 //! general path (`Kernel::handle_syscall`) when it fails, followed by a short
 //! straight-line transfer: message registers 0–3 only (no IPC buffer, no capability
 //! transfer), the reply capability set up or consumed in place, the woken thread made
-//! current without touching the ready queues. Every case the fastpath accepts ends in
-//! exactly the state the general path would produce.
+//! current without touching the ready queues. Every case it accepts ends in exactly the
+//! state the general path would produce; it reads capabilities through
+//! [`crate::object::cap::raw`] instead of decoding them, and resolves a capability
+//! pointer in one step when the CSpace root resolves all 64 bits at once.
+//!
+//! On success it returns the PML4 of the thread to run (the new current thread), so the
+//! caller can leave the kernel without running the scheduler.
 
 use keel_abi::message::MessageInfo;
 
-use crate::kernel::{Hardware, Kernel};
-use crate::object::cap::{Cap, Rights};
+use crate::kernel::{Action, Hardware, Kernel};
+use crate::object::cap::{Rights, raw};
 use crate::object::cspace;
-use crate::object::endpoint::{self, Endpoint, Notification, Queue};
-use crate::object::tcb::{self, Fault, ThreadState};
+use crate::object::endpoint::{Endpoint, Notification};
+use crate::object::tcb::{self, Fault, Tcb, ThreadState};
 
-/// Message info bits the fastpath cannot handle: any extra capability, more than four
-/// message registers.
-fn fast_message(info: u64) -> bool {
-    let info = MessageInfo::from_word(info);
-    info.extra_caps() == 0 && info.length() <= 4
-}
+const WRITE: u8 = Rights::WRITE.0;
+const READ: u8 = Rights::READ.0;
+const GRANT: u8 = Rights::GRANT.0;
+const GRANT_REPLY: u8 = Rights::GRANT_REPLY.0;
 
 impl<H: Hardware> Kernel<H> {
-    /// Whether `t` may run on this CPU at once: same CPU, an assigned address space, and
-    /// no ready thread of higher priority than `at_least` (its priority).
-    fn can_switch_to(&self, t: u64, here: usize) -> bool {
+    /// The slot `cptr` names in `t`'s CSpace, when the root CNode resolves all 64 bits in
+    /// one level (guard + radix = 64) and the guard matches; `None` otherwise (the
+    /// general path then decides).
+    #[inline(always)]
+    fn fast_lookup(&self, t: u64, cptr: u64) -> Option<u64> {
+        let root = tcb::slot(t, tcb::SLOT_CSPACE);
+        let w0 = self.hw.read(root);
+        if raw::tag(w0) != raw::CNODE {
+            return None;
+        }
+        let (slots, radix, guard_size, guard) = raw::cnode(w0, self.hw.read(root + 8));
+        if radix + guard_size != 64 || radix == 0 || radix >= 64 || cptr >> radix != guard {
+            return None;
+        }
+        Some(slots + (cptr & ((1 << radix) - 1)) * cspace::SLOT_BYTES)
+    }
+
+    /// The PML4 `t` runs in, if `t` may be switched to at once on CPU `here`: same CPU,
+    /// an assigned address space, and no ready thread of higher priority.
+    #[inline(always)]
+    fn fast_switch_target(&self, t: u64, here: usize) -> Option<u64> {
         let r = self.tcb(t);
-        if r.affinity as usize != here {
-            return false;
+        if r.affinity as usize != here || self.cpus[here].action != Action::Resume {
+            return None;
         }
-        if let Some(best) = self.cpus[here].highest_ready()
-            && best > r.priority
-        {
-            return false;
+        if self.cpus[here].ready_above(r.priority) {
+            return None;
         }
-        matches!(
-            cspace::cap(&self.hw, tcb::slot(t, tcb::SLOT_VSPACE)),
-            Cap::Pml4 { asid: Some(_), .. }
-        )
+        raw::assigned_pml4(self.hw.read(tcb::slot(t, tcb::SLOT_VSPACE)))
     }
 
-    /// Copies message registers 0–3 and sets badge and message info of `to`.
+    /// Copies message registers 0–3 and sets the badge and message info of `to`.
+    #[inline(always)]
     fn fast_transfer(&mut self, from: u64, to: u64, badge: u64, info: u64) {
-        let c = self.tcb(from).context;
-        let info = MessageInfo::from_word(info);
+        let c = &self.tcb(from).context;
+        let (r10, r8, r9, r15) = (c.r10, c.r8, c.r9, c.r15);
         let d = &mut self.tcb_mut(to).context;
-        d.r10 = c.r10;
-        d.r8 = c.r8;
-        d.r9 = c.r9;
-        d.r15 = c.r15;
+        d.r10 = r10;
+        d.r8 = r8;
+        d.r9 = r9;
+        d.r15 = r15;
         d.rdi = badge;
-        d.rsi = MessageInfo::new(info.label(), 0, 0, info.length()).to_word();
+        // Label and length pass unchanged; no capabilities travel on the fastpath.
+        d.rsi = info;
     }
 
-    /// Call on the fastpath; false means "take the general path" (nothing changed).
-    pub fn fastpath_call(&mut self, t: u64) -> bool {
+    /// Call on the fastpath; `None` means "take the general path" (nothing changed).
+    pub fn fastpath_call(&mut self, t: u64) -> Option<u64> {
         let (cptr, info) = {
             let c = &self.tcb(t).context;
             (c.rdi, c.rsi)
         };
-        if !fast_message(info) {
-            return false;
+        let message = MessageInfo::from_word(info);
+        if message.extra_caps() != 0 || message.length() > 4 || message.caps_unwrapped() != 0 {
+            return None;
         }
-        let Ok((_, Cap::Endpoint { ptr, badge, rights })) = self.lookup_cap(t, cptr) else {
-            return false;
-        };
-        if !rights.contains(Rights::WRITE) || !(rights.contains(Rights::GRANT) || rights.contains(Rights::GRANT_REPLY)) {
-            return false;
+        let slot = self.fast_lookup(t, cptr)?;
+        let w0 = self.hw.read(slot);
+        let rights = raw::rights(w0);
+        if raw::tag(w0) != raw::ENDPOINT
+            || rights & WRITE == 0
+            || rights & (GRANT | GRANT_REPLY) == 0
+        {
+            return None;
         }
-        let dest = self.hw.get::<Endpoint>(ptr).head;
+        let ep = raw::address(w0);
+        let dest = self.hw.get::<Endpoint>(ep).head;
         if dest == 0 {
-            return false;
+            return None;
         }
+        let d: &Tcb = self.tcb(dest);
         // The reply capability's grant right is the receiver's (seL4 setupCallerCap).
-        let ThreadState::BlockedOnReceive { can_grant: reply_can_grant, .. } = self.tcb(dest).state else {
-            return false;
+        let ThreadState::BlockedOnReceive {
+            can_grant: reply_grant,
+            ..
+        } = d.state
+        else {
+            return None;
         };
+        let (dest_priority, next) = (d.priority, d.wait_next);
+        if dest_priority < self.tcb(t).priority {
+            return None;
+        }
         let here = self.hw.current_cpu();
-        if self.tcb(dest).priority < self.tcb(t).priority || !self.can_switch_to(dest, here) {
-            return false;
-        }
+        let pml4 = self.fast_switch_target(dest, here)?;
         let caller_slot = tcb::slot(dest, tcb::SLOT_CALLER);
-        if !cspace::cap(&self.hw, caller_slot).is_null() {
-            return false;
+        if self.hw.read(caller_slot) != 0 {
+            return None;
         }
-        // Checks done: perform.
-        endpoint::remove(&mut self.hw, Queue::Endpoint(ptr), dest);
+        // Checks done: perform. Dequeue the receiver (the head).
+        {
+            let e = self.hw.get_mut::<Endpoint>(ep);
+            e.head = next;
+            if next == 0 {
+                e.tail = 0;
+            }
+        }
+        if next != 0 {
+            self.tcb_mut(next).wait_prev = 0;
+        }
+        let badge = self.hw.read(slot + 8);
         self.fast_transfer(t, dest, badge, info);
-        cspace::insert_child(
+        {
+            let d = self.tcb_mut(dest);
+            d.wait_next = 0;
+            d.state = ThreadState::Running;
+        }
+        cspace::insert_leaf(
             &mut self.hw,
             tcb::slot(t, tcb::SLOT_REPLY),
             caller_slot,
-            Cap::Reply {
-                tcb: t,
-                master: false,
-                can_grant: reply_can_grant,
-            },
+            raw::reply(t, reply_grant),
+            0,
         );
         self.tcb_mut(t).state = ThreadState::BlockedOnReply;
-        self.tcb_mut(dest).state = ThreadState::Running;
         self.cpus[here].current = dest;
-        true
+        Some(pml4)
     }
 
-    /// ReplyRecv on the fastpath; false means "take the general path" (nothing changed).
-    pub fn fastpath_reply_recv(&mut self, t: u64) -> bool {
-        let (cptr, info) = {
-            let c = &self.tcb(t).context;
-            (c.rdi, c.rsi)
+    /// ReplyRecv on the fastpath; `None` means "take the general path" (nothing changed).
+    pub fn fastpath_reply_recv(&mut self, t: u64) -> Option<u64> {
+        let (cptr, info, bound) = {
+            let r = self.tcb(t);
+            (r.context.rdi, r.context.rsi, r.bound_notification)
         };
-        if !fast_message(info) {
-            return false;
+        let message = MessageInfo::from_word(info);
+        if message.extra_caps() != 0 || message.length() > 4 || message.caps_unwrapped() != 0 {
+            return None;
         }
-        let Ok((_, Cap::Endpoint { ptr, rights, .. })) = self.lookup_cap(t, cptr) else {
-            return false;
+        let slot = self.fast_lookup(t, cptr)?;
+        let w0 = self.hw.read(slot);
+        let rights = raw::rights(w0);
+        if raw::tag(w0) != raw::ENDPOINT || rights & READ == 0 {
+            return None;
+        }
+        let ep = raw::address(w0);
+        let (head, tail) = {
+            let e = self.hw.get::<Endpoint>(ep);
+            (e.head, e.tail)
         };
-        if !rights.contains(Rights::READ) {
-            return false;
-        }
-        let head = self.hw.get::<Endpoint>(ptr).head;
         if head != 0 && matches!(self.tcb(head).state, ThreadState::BlockedOnSend { .. }) {
-            return false;
+            return None;
         }
-        let bound = self.tcb(t).bound_notification;
         if bound != 0 && self.hw.get::<Notification>(bound).active() {
-            return false;
+            return None;
         }
         let caller_slot = tcb::slot(t, tcb::SLOT_CALLER);
-        let Cap::Reply {
-            tcb: caller,
-            master: false,
-            ..
-        } = cspace::cap(&self.hw, caller_slot)
-        else {
-            return false;
-        };
-        if self.tcb(caller).state != ThreadState::BlockedOnReply
-            || self.tcb(caller).fault != Fault::None
+        let reply = self.hw.read(caller_slot);
+        if raw::tag(reply) != raw::REPLY || raw::reply_is_master(reply) {
+            return None;
+        }
+        let caller = raw::address(reply);
         {
-            return false;
+            let c = self.tcb(caller);
+            if c.state != ThreadState::BlockedOnReply || c.fault != Fault::None {
+                return None;
+            }
         }
         let here = self.hw.current_cpu();
-        if !self.can_switch_to(caller, here) {
-            return false;
-        }
-        // Checks done: perform.
-        cspace::remove(&mut self.hw, caller_slot);
+        let pml4 = self.fast_switch_target(caller, here)?;
+        // Checks done: perform. The reply capability goes; the caller gets the message.
+        cspace::remove_leaf(&mut self.hw, caller_slot);
         self.fast_transfer(t, caller, 0, info);
-        self.tcb_mut(t).state = ThreadState::BlockedOnReceive {
-            endpoint: ptr,
-            can_grant: rights.contains(Rights::GRANT),
-        };
-        endpoint::append(&mut self.hw, Queue::Endpoint(ptr), t);
         self.tcb_mut(caller).state = ThreadState::Running;
+        // This thread waits on the endpoint (appended to its receive queue).
+        {
+            let r = self.tcb_mut(t);
+            r.state = ThreadState::BlockedOnReceive {
+                endpoint: ep,
+                can_grant: rights & GRANT != 0,
+            };
+            r.wait_prev = tail;
+            r.wait_next = 0;
+        }
+        if tail != 0 {
+            self.tcb_mut(tail).wait_next = t;
+        }
+        {
+            let e = self.hw.get_mut::<Endpoint>(ep);
+            if head == 0 {
+                e.head = t;
+            }
+            e.tail = t;
+        }
         self.cpus[here].current = caller;
-        true
+        Some(pml4)
     }
 }

@@ -115,7 +115,9 @@ impl InvocationError {
 pub type Invoked = Result<usize, InvocationError>;
 
 impl<H: Hardware> Kernel<H> {
-    /// A system call by the current thread; `number` is the value of RDX.
+    /// A system call by the current thread; `number` is the value of RDX. (Kept out of
+    /// line: the fastpath's caller must stay small.)
+    #[inline(never)]
     pub fn handle_syscall(&mut self, number: u64) {
         let t = self.current();
         if t == 0 {
@@ -396,6 +398,11 @@ impl<H: Hardware> Kernel<H> {
             syscall::DEBUG_CAP_IDENTIFY => {
                 let tag = self.lookup_cap(t, c.rdi).map_or(0, |(_, cap)| cap.tag());
                 self.tcb_mut(t).context.rdi = tag;
+            }
+            syscall::DEBUG_SET_FASTPATH => self.fastpath = c.rdi != 0,
+            syscall::DEBUG_PLATFORM_FLAGS => {
+                let flags = self.platform_flags;
+                self.tcb_mut(t).context.rax = flags;
             }
             syscall::DEBUG_TICKS => {
                 let ticks = self.hw.ticks();

@@ -88,6 +88,19 @@ impl CpuState {
         }
     }
 
+    /// Whether a thread of priority higher than `priority` is ready.
+    #[inline(always)]
+    pub fn ready_above(&self, priority: u8) -> bool {
+        let word = priority as usize / 64;
+        let bit = priority as usize % 64;
+        let above_in_word = if bit == 63 {
+            0
+        } else {
+            self.bitmap[word] >> (bit + 1)
+        };
+        above_in_word != 0 || self.bitmap[word + 1..].iter().any(|w| *w != 0)
+    }
+
     /// The highest priority with a ready thread.
     pub fn highest_ready(&self) -> Option<u8> {
         (0..self.bitmap.len())
@@ -113,6 +126,10 @@ pub struct Kernel<H: Hardware> {
     pub io_apics: usize,
     /// I/O ports handed out by IOPortControl Issue (one bit per port).
     pub io_ports_issued: [u64; 1024],
+    /// Whether Call and ReplyRecv try the fastpath (`keel.fastpath=off`, a debug call).
+    pub fastpath: bool,
+    /// What DebugPlatformFlags reports.
+    pub platform_flags: u64,
 }
 
 impl<H: Hardware> Kernel<H> {
@@ -130,6 +147,8 @@ impl<H: Hardware> Kernel<H> {
             fsgsbase_supported: false,
             io_apics: 0,
             io_ports_issued: [0; 1024],
+            fastpath: true,
+            platform_flags: 0,
         }
     }
 
@@ -157,7 +176,8 @@ impl<H: Hardware> Kernel<H> {
             let cpu = self.tcb(t).affinity as usize;
             // This CPU's scheduler notices a current thread that cannot run; another
             // CPU must be told (and must not keep running it).
-            if cpu < self.cpus.len() && self.cpus[cpu].current == t && cpu != self.hw.current_cpu() {
+            if cpu < self.cpus.len() && self.cpus[cpu].current == t && cpu != self.hw.current_cpu()
+            {
                 self.cpus[cpu].action = Action::ChooseNew;
                 self.hw.reschedule_cpu(cpu);
             }

@@ -1,37 +1,323 @@
-//! The root task of the bench image: measures system-call paths and prints one JSON
-//! object per result. Under `--icount` the unit is instructions (RDTSC counts executed
-//! instructions exactly); otherwise TSC cycles.
+//! The root task of the bench image: the operations of DESIGN §8, measured with RDTSC.
+//!
+//! Under `cargo run -- --image bench --icount` the TSC counts executed instructions, so
+//! every figure is an exact instruction count per operation (unit `instructions`);
+//! otherwise it is TSC cycles. Each result is one JSON line: name, median, min, max,
+//! iterations, unit, cpu, accelerator. Figures include the user-side system-call stubs
+//! and one TSC read, like sel4bench's.
+//!
+//! Threads that must be in another address space run in a clone of the root task's
+//! image (`Allocator::clone_image_vspace`), so they share its statics: timestamps pass
+//! through them.
 #![no_std]
 #![no_main]
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use keel_abi::message::MessageInfo;
+use keel_rt::Allocator;
+use keel_rt::ThreadConfig;
 use keel_rt::println;
+use keel_sys::cap::{Cap, Endpoint, Frame, Notification, init};
+use keel_sys::syscall as raw;
 
 keel_sys::entry_point!(main);
 
-const ROUNDS: usize = 101;
-const ITERATIONS: u64 = 1000;
+/// Measurements per benchmark (the median is reported).
+const SAMPLES: usize = 101;
+/// Warm-up rounds before measuring.
+const WARMUP: usize = 10;
 
-fn main(_cpus: u64) -> u64 {
-    let mut samples = [0u64; ROUNDS];
-    // An unknown system-call number: entry, dispatch, exit, nothing else.
-    for s in samples.iter_mut() {
-        let start = keel_sys::rdtsc();
-        for _ in 0..ITERATIONS {
-            keel_sys::raw_syscall(-1000);
+static T0: AtomicU64 = AtomicU64::new(0);
+static T1: AtomicU64 = AtomicU64::new(0);
+static ENDPOINT: AtomicU64 = AtomicU64::new(0);
+static NOTIFICATION: AtomicU64 = AtomicU64::new(0);
+static WORDS: AtomicU64 = AtomicU64::new(0);
+
+fn rdtsc() -> u64 {
+    keel_sys::rdtsc()
+}
+
+struct Report {
+    unit: &'static str,
+    accelerator: &'static str,
+    cpu: [u8; 48],
+}
+
+impl Report {
+    fn new() -> Self {
+        let flags = keel_sys::debug_platform_flags();
+        let unit = if flags & keel_abi::syscall::PLATFORM_ICOUNT != 0 {
+            "instructions"
+        } else {
+            "cycles"
+        };
+        let accelerator = if flags & keel_abi::syscall::PLATFORM_KVM != 0 {
+            "kvm"
+        } else {
+            "tcg"
+        };
+        Self {
+            unit,
+            accelerator,
+            cpu: keel_sys::cpu_brand(),
         }
-        *s = (keel_sys::rdtsc() - start) / ITERATIONS;
     }
-    report("null_syscall", &mut samples);
+
+    fn print(&self, name: &str, samples: &mut [u64]) {
+        samples.sort_unstable();
+        let cpu = core::str::from_utf8(&self.cpu)
+            .unwrap_or("?")
+            .trim_matches(|c: char| c == '\0' || c == ' ');
+        println!(
+            "{{\"name\":\"{name}\",\"median\":{},\"min\":{},\"max\":{},\"iterations\":{},\"unit\":\"{}\",\"cpu\":\"{cpu}\",\"accelerator\":\"{}\"}}",
+            samples[samples.len() / 2],
+            samples[0],
+            samples[samples.len() - 1],
+            samples.len(),
+            self.unit,
+            self.accelerator
+        );
+    }
+}
+
+fn info(words: u64) -> MessageInfo {
+    MessageInfo::new(0, 0, 0, words)
+}
+
+/// Server: answers every call with ReplyRecv, stamping T1 on receipt and T0 just
+/// before replying.
+fn server(_: u64) {
+    let ep = ENDPOINT.load(Ordering::Relaxed);
+    let words = WORDS.load(Ordering::Relaxed);
+    let mut r = raw::recv(ep);
+    loop {
+        T1.store(rdtsc(), Ordering::Relaxed);
+        let _ = r;
+        T0.store(rdtsc(), Ordering::Relaxed);
+        r = raw::reply_recv(ep, info(words), [0; 4]);
+    }
+}
+
+/// Waits on the notification forever, stamping T1 after each wake-up.
+fn waiter(_: u64) {
+    let n = NOTIFICATION.load(Ordering::Relaxed);
+    loop {
+        raw::recv(n);
+        T1.store(rdtsc(), Ordering::Relaxed);
+    }
+}
+
+/// Receives forever (for Send to a higher-priority thread), stamping T1.
+fn receiver(_: u64) {
+    let ep = ENDPOINT.load(Ordering::Relaxed);
+    loop {
+        raw::recv(ep);
+        T1.store(rdtsc(), Ordering::Relaxed);
+    }
+}
+
+/// Faults forever; the handler skips the faulting instruction.
+fn faulter(_: u64) {
+    loop {
+        T0.store(rdtsc(), Ordering::Relaxed);
+        keel_sys::probe::ud2();
+        T1.store(rdtsc(), Ordering::Relaxed);
+    }
+}
+
+fn main(boot: u64) -> u64 {
+    let Some(bootinfo) = keel_rt::init(boot) else {
+        println!("bench: no boot info");
+        return 1;
+    };
+    let report = Report::new();
+    let mut alloc = Allocator::new(&bootinfo);
+    let mut samples = [0u64; SAMPLES];
+
+    // A system call that does nothing but enter and leave the kernel.
+    for s in samples.iter_mut() {
+        let start = rdtsc();
+        raw::yield_now();
+        *s = rdtsc() - start;
+    }
+    report.print("null_syscall_yield", &mut samples);
+
+    // IPC between two address spaces: a client here, a server in a clone.
+    let ep = alloc.create::<Endpoint>().expect("endpoint");
+    ENDPOINT.store(ep.cptr(), Ordering::Relaxed);
+    let other = alloc
+        .clone_image_vspace(&bootinfo)
+        .expect("second address space");
+    let priority = 200;
+    for (words, fastpath, suffix) in [
+        (0u64, true, ""),
+        (0, false, "_slowpath"),
+        (10, true, "_10_words"),
+    ] {
+        keel_sys::debug_set_fastpath(fastpath);
+        WORDS.store(words, Ordering::Relaxed);
+        let config = ThreadConfig {
+            priority,
+            ..ThreadConfig::default()
+        };
+        let server_thread = alloc
+            .create_thread_in(other, server, 0, config)
+            .expect("server");
+        init::TCB
+            .set_priority(init::TCB, priority as u64)
+            .expect("priority");
+        server_thread.start().expect("start server");
+        // Let the server block in Recv.
+        raw::yield_now();
+        let mut calls = [0u64; SAMPLES];
+        let mut replies = [0u64; SAMPLES];
+        let mut round_trips = [0u64; SAMPLES];
+        for i in 0..WARMUP + SAMPLES {
+            let start = rdtsc();
+            T0.store(start, Ordering::Relaxed);
+            raw::call(ep.cptr(), info(words), [0; 4]);
+            let end = rdtsc();
+            if i >= WARMUP {
+                let j = i - WARMUP;
+                calls[j] = T1.load(Ordering::Relaxed) - start;
+                replies[j] = end - T0.load(Ordering::Relaxed);
+                round_trips[j] = end - start;
+            }
+        }
+        let _ = server_thread.tcb.suspend();
+        report.print(&alloc_name("ipc_call", suffix), &mut calls);
+        report.print(&alloc_name("ipc_reply_recv", suffix), &mut replies);
+        report.print(&alloc_name("ipc_round_trip", suffix), &mut round_trips);
+        server_thread.destroy(&mut alloc).expect("destroy server");
+    }
+    keel_sys::debug_set_fastpath(true);
+    init::TCB.set_priority(init::TCB, 100).expect("priority");
+
+    // Send to a higher-priority thread waiting in Recv (same address space).
+    let config = ThreadConfig {
+        priority: 150,
+        ..ThreadConfig::default()
+    };
+    let t = alloc.create_thread(receiver, 0, config).expect("receiver");
+    t.start().expect("start");
+    for i in 0..WARMUP + SAMPLES {
+        let start = rdtsc();
+        raw::send(ep.cptr(), info(0), [0; 4]);
+        if i >= WARMUP {
+            samples[i - WARMUP] = T1.load(Ordering::Relaxed) - start;
+        }
+    }
+    report.print("ipc_send_to_higher_priority", &mut samples);
+    let _ = t.tcb.suspend();
+    t.destroy(&mut alloc).expect("destroy");
+
+    // Signal a notification whose waiter has higher priority.
+    let n = alloc.create::<Notification>().expect("notification");
+    NOTIFICATION.store(n.cptr(), Ordering::Relaxed);
+    let t = alloc.create_thread(waiter, 0, config).expect("waiter");
+    t.start().expect("start");
+    for i in 0..WARMUP + SAMPLES {
+        let start = rdtsc();
+        n.signal();
+        if i >= WARMUP {
+            samples[i - WARMUP] = T1.load(Ordering::Relaxed) - start;
+        }
+    }
+    report.print("notification_signal_to_higher_priority", &mut samples);
+    let _ = t.tcb.suspend();
+    t.destroy(&mut alloc).expect("destroy");
+
+    // Fault round trip: a thread's #UD goes to this thread, which resumes it after the
+    // instruction.
+    let fault_ep = alloc.create::<Endpoint>().expect("fault endpoint");
+    let config = ThreadConfig {
+        priority: 150,
+        fault_ep: fault_ep.cptr(),
+        ..ThreadConfig::default()
+    };
+    let t = alloc.create_thread(faulter, 0, config).expect("faulter");
+    init::TCB.set_priority(init::TCB, 150).expect("priority");
+    t.start().expect("start");
+    // One round: the faulter stamps T0 and executes UD2; the fault message reaches this
+    // thread, whose reply resumes the faulter after the instruction, which stamps T1 and
+    // faults again (so this thread's ReplyRecv returns with the next fault).
+    let mut r = raw::recv(fault_ep.cptr());
+    for i in 0..WARMUP + SAMPLES {
+        let (ip, sp, flags) = (r.mrs[0], r.mrs[1], r.mrs[2]);
+        let t0 = T0.load(Ordering::Relaxed);
+        r = raw::reply_recv(
+            fault_ep.cptr(),
+            info(3),
+            [ip + keel_sys::probe::UD2_LENGTH, sp, flags, 0],
+        );
+        if i >= WARMUP {
+            samples[i - WARMUP] = T1.load(Ordering::Relaxed) - t0;
+        }
+    }
+    report.print("fault_round_trip", &mut samples);
+    let _ = t.tcb.suspend();
+    t.destroy(&mut alloc).expect("destroy");
+    init::TCB.set_priority(init::TCB, 100).expect("priority");
+
+    // Map one 4 KiB page (its page table exists already).
+    let frame: Cap<Frame> = alloc
+        .frame(keel_abi::object::ObjectType::X86Page4K)
+        .expect("frame");
+    let vaddr = alloc.scratch_range(4096, 4096);
+    alloc
+        .map_frame(
+            init::VSPACE,
+            frame,
+            vaddr,
+            keel_abi::message::CapRights::READ_WRITE,
+            keel_sys::VmAttributes::DEFAULT,
+            1,
+        )
+        .expect("first map");
+    frame.unmap().expect("unmap");
+    for i in 0..WARMUP + SAMPLES {
+        let start = rdtsc();
+        let result = frame.map(
+            init::VSPACE,
+            vaddr,
+            keel_abi::message::CapRights::READ_WRITE,
+            keel_sys::VmAttributes::DEFAULT,
+        );
+        let end = rdtsc();
+        result.expect("map");
+        frame.unmap().expect("unmap");
+        if i >= WARMUP {
+            samples[i - WARMUP] = end - start;
+        }
+    }
+    report.print("page_map_4k", &mut samples);
     0
 }
 
-fn report(name: &str, samples: &mut [u64]) {
-    samples.sort_unstable();
-    println!(
-        "{{\"name\":\"{name}\",\"median\":{},\"min\":{},\"max\":{},\"iterations\":{},\"unit\":\"tsc\"}}",
-        samples[samples.len() / 2],
-        samples[0],
-        samples[samples.len() - 1],
-        samples.len() as u64 * ITERATIONS
-    );
+/// `prefix` + `suffix` in a fixed buffer (no heap).
+fn alloc_name(prefix: &str, suffix: &str) -> Name {
+    let mut n = Name {
+        bytes: [0; 48],
+        len: 0,
+    };
+    for b in prefix.bytes().chain(suffix.bytes()) {
+        if n.len < n.bytes.len() {
+            n.bytes[n.len] = b;
+            n.len += 1;
+        }
+    }
+    n
+}
+
+struct Name {
+    bytes: [u8; 48],
+    len: usize,
+}
+
+impl core::ops::Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        core::str::from_utf8(&self.bytes[..self.len]).unwrap_or("?")
+    }
 }

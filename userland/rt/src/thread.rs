@@ -84,8 +84,21 @@ impl Allocator {
         argument: u64,
         config: ThreadConfig,
     ) -> Result<Thread> {
+        self.create_thread_in(init::VSPACE, entry, argument, config)
+    }
+
+    /// Like [`Allocator::create_thread`], but the thread runs in `vspace`, which must map
+    /// the root task's image (see [`Allocator::clone_image_vspace`]): its stack lies in
+    /// the image's shared data, its IPC buffer is mapped in `vspace`.
+    pub fn create_thread_in(
+        &mut self,
+        vspace: Cap<keel_sys::cap::Pml4>,
+        entry: fn(u64),
+        argument: u64,
+        config: ThreadConfig,
+    ) -> Result<Thread> {
         let stack = ThreadStack::allocate().ok_or(Error::OutOfStacks)?;
-        match self.build_thread(&stack, entry, argument, config) {
+        match self.build_thread(vspace, &stack, entry, argument, config) {
             Ok((tcb, ipc_frame, ipc_buffer)) => Ok(Thread {
                 tcb,
                 ipc_frame,
@@ -101,6 +114,7 @@ impl Allocator {
 
     fn build_thread(
         &mut self,
+        vspace: Cap<keel_sys::cap::Pml4>,
         stack: &ThreadStack,
         entry: fn(u64),
         argument: u64,
@@ -112,7 +126,7 @@ impl Allocator {
         self.next_ipc_buffer += 1 << PAGE_BITS;
         assert!(self.next_ipc_buffer <= crate::IPC_BUFFER_REGION.end);
         self.map_frame(
-            init::VSPACE,
+            vspace,
             frame,
             ipc_buffer,
             CapRights::READ_WRITE,
@@ -123,7 +137,7 @@ impl Allocator {
             config.fault_ep,
             init::CNODE,
             0,
-            init::VSPACE,
+            vspace,
             0,
             ipc_buffer,
             frame,

@@ -73,3 +73,38 @@ impl Allocator {
         }
     }
 }
+
+impl Allocator {
+    /// A new address space (PML4 with an ASID from the root task's pool) that maps the
+    /// root task's ELF image at the same addresses, sharing its frames: threads created
+    /// in it with [`Allocator::create_thread_in`] run the same code on the same data.
+    pub fn clone_image_vspace(&mut self, info: &keel_sys::bootinfo::BootInfo) -> Result<Cap<Pml4>> {
+        let vspace = self.create::<Pml4>()?;
+        keel_sys::cap::init::ASID_POOL.assign(vspace)?;
+        let frames = info.user_image_frames();
+        for (i, page) in keel_sys::image::pages().enumerate() {
+            let source = frames.start + i as u64;
+            if source >= frames.end {
+                break;
+            }
+            let copy = self.slot()?;
+            keel_sys::cap::init::CNODE.copy(
+                copy,
+                crate::alloc::ROOT_DEPTH,
+                keel_sys::cap::init::CNODE,
+                source,
+                crate::alloc::ROOT_DEPTH,
+                CapRights::ALL,
+            )?;
+            self.map_frame(
+                vspace,
+                Cap::from_cptr(copy),
+                page,
+                CapRights::READ_WRITE,
+                VmAttributes::DEFAULT,
+                1,
+            )?;
+        }
+        Ok(vspace)
+    }
+}

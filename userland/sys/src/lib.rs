@@ -27,6 +27,7 @@
 pub mod bootinfo;
 pub mod cap;
 pub mod error;
+pub mod image;
 pub mod invocations;
 pub mod ipc;
 pub mod probe;
@@ -139,6 +140,16 @@ pub fn debug_ticks() -> u64 {
     syscall2(number::DEBUG_TICKS, 0, 0)
 }
 
+/// Keel: switches the kernel's IPC fastpath on or off (benchmarks of the general path).
+pub fn debug_set_fastpath(enabled: bool) {
+    syscall2(number::DEBUG_SET_FASTPATH, enabled as u64, 0);
+}
+
+/// Keel: platform facts for benchmark reports (`keel_abi::syscall::PLATFORM_*` bits).
+pub fn debug_platform_flags() -> u64 {
+    syscall2(number::DEBUG_PLATFORM_FLAGS, 0, 0)
+}
+
 /// seL4_DebugCapIdentify: the kernel's type tag of the capability at `cptr`
 /// (`keel_abi::object::cap_tag`), 0 for an empty slot.
 pub fn debug_cap_identify(cptr: u64) -> u64 {
@@ -230,4 +241,20 @@ pub fn syscall_with_marked_registers() -> [u64; 8] {
         );
     }
     out
+}
+
+/// The CPU's brand string (CPUID leaves 0x8000_0002..=0x8000_0004), NUL-padded.
+pub fn cpu_brand() -> [u8; 48] {
+    let mut brand = [0u8; 48];
+    let max = core::arch::x86_64::__cpuid(0x8000_0000).eax;
+    if max < 0x8000_0004 {
+        return brand;
+    }
+    for (i, leaf) in (0x8000_0002u32..=0x8000_0004).enumerate() {
+        let r = core::arch::x86_64::__cpuid(leaf);
+        for (j, word) in [r.eax, r.ebx, r.ecx, r.edx].iter().enumerate() {
+            brand[i * 16 + j * 4..i * 16 + j * 4 + 4].copy_from_slice(&word.to_le_bytes());
+        }
+    }
+    brand
 }

@@ -568,5 +568,116 @@ mod tests {
         for cap in caps {
             assert_eq!(Cap::decode(cap.encode()), cap, "{cap:?}");
         }
+        // The fastpath's raw accessors agree with the encoding.
+        let [w0, w1] = Cap::Endpoint {
+            ptr: 0x9_0000_0010,
+            badge: 7,
+            rights: Rights(0b1011),
+        }
+        .encode();
+        assert_eq!(
+            (raw::tag(w0), raw::address(w0), raw::rights(w0), w1),
+            (raw::ENDPOINT, 0x9_0000_0010, 0b1011, 7)
+        );
+        let [w0, w1] = Cap::CNode {
+            ptr: 0x4000,
+            radix: 12,
+            guard_size: 52,
+            guard: 0x3ff,
+        }
+        .encode();
+        assert_eq!(
+            (raw::tag(w0), raw::cnode(w0, w1)),
+            (raw::CNODE, (0x4000, 12, 52, 0x3ff))
+        );
+        let reply = Cap::Reply {
+            tcb: 0x80_0000,
+            master: false,
+            can_grant: true,
+        };
+        assert_eq!(raw::reply(0x80_0000, true), reply.encode()[0]);
+        assert!(!raw::reply_is_master(reply.encode()[0]));
+        assert_eq!(
+            raw::assigned_pml4(
+                Cap::Pml4 {
+                    base: 0x8000,
+                    asid: Some(3)
+                }
+                .encode()[0]
+            ),
+            Some(0x8000)
+        );
+        assert_eq!(
+            raw::assigned_pml4(
+                Cap::Pml4 {
+                    base: 0x8000,
+                    asid: None
+                }
+                .encode()[0]
+            ),
+            None
+        );
+    }
+}
+
+/// Direct access to the two-word encoding, for the IPC fastpath: each function reads
+/// one field of a capability of a known type without decoding the whole capability.
+/// Callers check [`raw::tag`] first. (Kept next to [`Cap::encode`], which defines the
+/// layout; the round-trip tests cover both.)
+pub mod raw {
+    use super::{ADDR_MASK, TYPE_SHIFT, Tag};
+
+    /// Type tag of an endpoint capability.
+    pub const ENDPOINT: u64 = Tag::Endpoint as u64;
+    /// Type tag of a reply capability.
+    pub const REPLY: u64 = Tag::Reply as u64;
+    /// Type tag of a CNode capability.
+    pub const CNODE: u64 = Tag::CNode as u64;
+    /// Type tag of a PML4 capability.
+    pub const PML4: u64 = Tag::Pml4 as u64;
+
+    /// The type tag of a capability's first word.
+    #[inline(always)]
+    pub const fn tag(w0: u64) -> u64 {
+        w0 >> TYPE_SHIFT
+    }
+    /// Object address of an endpoint, notification, reply (its TCB) or TCB capability.
+    #[inline(always)]
+    pub const fn address(w0: u64) -> u64 {
+        w0 & ADDR_MASK
+    }
+    /// Rights bits of an endpoint or notification capability.
+    #[inline(always)]
+    pub const fn rights(w0: u64) -> u8 {
+        ((w0 >> 52) & 15) as u8
+    }
+    /// Whether a reply capability is the master one.
+    #[inline(always)]
+    pub const fn reply_is_master(w0: u64) -> bool {
+        w0 & (1 << 52) != 0
+    }
+    /// First word of a (non-master) reply capability to `tcb`.
+    #[inline(always)]
+    pub const fn reply(tcb: u64, can_grant: bool) -> u64 {
+        (REPLY << TYPE_SHIFT) | tcb | ((can_grant as u64) << 53)
+    }
+    /// (slots address, radix, guard size, guard) of a CNode capability.
+    #[inline(always)]
+    pub const fn cnode(w0: u64, w1: u64) -> (u64, u32, u32, u64) {
+        (
+            (w0 & ((1 << 48) - 1)) << 4,
+            ((w0 >> 48) & 63) as u32,
+            (w1 >> 58) as u32,
+            w1 & ((1 << 58) - 1),
+        )
+    }
+    /// The PML4 address of a PML4 capability that has an ASID, else `None`.
+    #[inline(always)]
+    pub const fn assigned_pml4(w0: u64) -> Option<u64> {
+        if tag(w0) == PML4 && w0 & (1 << 58) != 0 {
+            Some((w0 & ((1 << 40) - 1)) << 12)
+        } else {
+            None
+        }
     }
 }

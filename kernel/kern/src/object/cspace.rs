@@ -217,6 +217,38 @@ pub fn insert_root<M: Memory>(m: &mut M, parent: u64, dest: u64, cap: Cap, revoc
     }
 }
 
+/// Fastpath form of [`insert_child`] for a capability that is neither revocable nor
+/// first-badged (a reply capability): writes its words `w0, w1` into the empty slot
+/// `dest` and links it directly after `parent`.
+#[inline(always)]
+pub fn insert_leaf<M: Memory>(m: &mut M, parent: u64, dest: u64, w0: u64, w1: u64) {
+    let after = next(m, parent);
+    m.write(dest, w0);
+    m.write(dest + 8, w1);
+    m.write(dest + 16, parent);
+    m.write(dest + 24, after);
+    m.write(parent + 24, dest);
+    if after != 0 {
+        set_prev(m, after, dest);
+    }
+}
+
+/// Fastpath form of [`remove`] for a slot holding a capability that is not
+/// first-badged (a reply capability): unlinks and empties it.
+#[inline(always)]
+pub fn remove_leaf<M: Memory>(m: &mut M, slot: u64) {
+    let (p, n) = (prev(m, slot), next(m, slot));
+    if p != 0 {
+        m.write(p + 24, n);
+    }
+    if n != 0 {
+        set_prev(m, n, p);
+    }
+    for w in 0..4 {
+        m.write(slot + 8 * w, 0);
+    }
+}
+
 /// Unlinks `slot` from the derivation tree and empties it.
 pub fn remove<M: Memory>(m: &mut M, slot: u64) {
     let (p, n) = (prev(m, slot), next(m, slot));

@@ -22,7 +22,12 @@ pub enum IrqRoute {
     /// the firmware's interrupt source overrides.
     Legacy,
     /// I/O APIC `ioapic`, pin `pin`, with its trigger mode and polarity.
-    IoApic { ioapic: u8, pin: u8, level: bool, active_low: bool },
+    IoApic {
+        ioapic: u8,
+        pin: u8,
+        level: bool,
+        active_low: bool,
+    },
     /// A message-signalled interrupt (the device is programmed by its driver).
     Msi,
 }
@@ -33,7 +38,11 @@ pub enum IrqState {
     /// No handler capability was issued.
     Inactive,
     /// A handler exists; signal this notification (0 = none) with this badge.
-    Signal { notification: u64, badge: u64, route: IrqRoute },
+    Signal {
+        notification: u64,
+        badge: u64,
+        route: IrqRoute,
+    },
     /// Reserved by the kernel (timer, IPIs).
     Reserved,
 }
@@ -42,7 +51,12 @@ impl<H: Hardware> Kernel<H> {
     /// Decodes and performs an IRQControl or IRQHandler invocation.
     pub fn invoke_irq(&mut self, cap: Cap, label: L, args: &Args) -> Invoked {
         match (cap, label) {
-            (Cap::IrqControl, L::IrqIssueIrqHandler | L::X86IrqIssueIrqHandlerIoApic | L::X86IrqIssueIrqHandlerMsi) => {
+            (
+                Cap::IrqControl,
+                L::IrqIssueIrqHandler
+                | L::X86IrqIssueIrqHandlerIoApic
+                | L::X86IrqIssueIrqHandlerMsi,
+            ) => {
                 // Get: MR0 irq, MR1 index, MR2 depth. GetIOAPIC: MR0 index, MR1 depth,
                 // MR2 ioapic, MR3 pin, MR4 level, MR5 polarity, MR6 vector. GetMSI: MR0
                 // index, MR1 depth, MR2..MR5 PCI bus/dev/func/handle, MR6 vector.
@@ -50,13 +64,18 @@ impl<H: Hardware> Kernel<H> {
                 if args.length < need {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
                 }
-                let root = args.extra_cap(0).ok_or(InvocationError::simple(Error::TruncatedMessage))?;
+                let root = args
+                    .extra_cap(0)
+                    .ok_or(InvocationError::simple(Error::TruncatedMessage))?;
                 let (irq, index, depth, route) = match label {
                     L::IrqIssueIrqHandler => (args.mr(0), args.mr(1), args.mr(2), IrqRoute::Legacy),
                     L::X86IrqIssueIrqHandlerIoApic => {
                         let (ioapic, pin) = (args.mr(2), args.mr(3));
                         if ioapic >= self.io_apics as u64 {
-                            return Err(InvocationError::range(0, (self.io_apics as u64).saturating_sub(1)));
+                            return Err(InvocationError::range(
+                                0,
+                                (self.io_apics as u64).saturating_sub(1),
+                            ));
                         }
                         if pin >= 24 {
                             return Err(InvocationError::range(0, 23));
@@ -81,9 +100,18 @@ impl<H: Hardware> Kernel<H> {
                 if !cspace::cap(&self.hw, dest).is_null() {
                     return Err(InvocationError::simple(Error::DeleteFirst));
                 }
-                self.irqs[irq as usize] = IrqState::Signal { notification: 0, badge: 0, route };
+                self.irqs[irq as usize] = IrqState::Signal {
+                    notification: 0,
+                    badge: 0,
+                    route,
+                };
                 self.hw.irq_route(irq as u16, route, false);
-                cspace::insert_child(&mut self.hw, args.slot, dest, Cap::IrqHandler { irq: irq as u16 });
+                cspace::insert_child(
+                    &mut self.hw,
+                    args.slot,
+                    dest,
+                    Cap::IrqHandler { irq: irq as u16 },
+                );
                 Ok(0)
             }
             (Cap::IrqHandler { irq }, L::IrqAckIrq) => {
@@ -100,14 +128,22 @@ impl<H: Hardware> Kernel<H> {
                     return Err(InvocationError::capability(1));
                 }
                 if let IrqState::Signal { route, .. } = self.irqs[irq as usize] {
-                    self.irqs[irq as usize] = IrqState::Signal { notification: ptr, badge, route };
+                    self.irqs[irq as usize] = IrqState::Signal {
+                        notification: ptr,
+                        badge,
+                        route,
+                    };
                     self.hw.irq_route(irq, route, true);
                 }
                 Ok(0)
             }
             (Cap::IrqHandler { irq }, L::IrqClearIrqHandler) => {
                 if let IrqState::Signal { route, .. } = self.irqs[irq as usize] {
-                    self.irqs[irq as usize] = IrqState::Signal { notification: 0, badge: 0, route };
+                    self.irqs[irq as usize] = IrqState::Signal {
+                        notification: 0,
+                        badge: 0,
+                        route,
+                    };
                     self.hw.irq_route(irq, route, false);
                 }
                 Ok(0)
@@ -140,7 +176,12 @@ impl<H: Hardware> Kernel<H> {
     /// A device interrupt arrived: mask it until the handler acknowledges it, and
     /// signal its notification.
     pub fn handle_irq(&mut self, irq: u16) {
-        if let Some(IrqState::Signal { notification, badge, route }) = self.irqs.get(irq as usize).copied() {
+        if let Some(IrqState::Signal {
+            notification,
+            badge,
+            route,
+        }) = self.irqs.get(irq as usize).copied()
+        {
             self.hw.irq_route(irq, route, false);
             if notification != 0 {
                 self.signal(notification, badge);
@@ -164,7 +205,9 @@ impl<H: Hardware> Kernel<H> {
                 }
                 // seL4 hands each port out once: an overlap with an issued range must
                 // be revoked first.
-                if (first..=last).any(|p| self.io_ports_issued[(p / 64) as usize] & (1 << (p % 64)) != 0) {
+                if (first..=last)
+                    .any(|p| self.io_ports_issued[(p / 64) as usize] & (1 << (p % 64)) != 0)
+                {
                     return Err(InvocationError::simple(Error::RevokeFirst));
                 }
                 let root = args

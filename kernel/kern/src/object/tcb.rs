@@ -164,6 +164,28 @@ pub enum Fault {
     Debug { reason: u64, address: u64 },
 }
 
+/// A thread's hardware debug state: what the trusted core loads into DR0–DR3 and DR7
+/// while the thread runs (and clears for threads without breakpoints).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DebugState {
+    /// DR0–DR3: breakpoint addresses (user addresses only).
+    pub address: [u64; 4],
+    /// DR7 as loaded: only the local enables L0–L3 and the R/W and LEN fields.
+    pub dr7: u64,
+    /// Single stepping is on (TF in the thread's RFLAGS).
+    pub single_step: bool,
+    /// Single-step traps still to swallow before the next fault message.
+    pub skip: u64,
+}
+
+impl DebugState {
+    /// Whether any breakpoint is enabled.
+    pub fn any_breakpoint(&self) -> bool {
+        self.dr7 & 0xff != 0
+    }
+}
+
 /// The thread record of a TCB object.
 #[repr(C)]
 #[derive(Clone, Debug, Default)]
@@ -202,6 +224,8 @@ pub struct Tcb {
     pub fsgsbase_allowed: bool,
     /// The thread's name (for debugging output), NUL-padded.
     pub name: [u8; 16],
+    /// Hardware breakpoints and single stepping (TCB SetBreakpoint & co.).
+    pub debug: DebugState,
     /// [`TCB_LIVE`] while the TCB exists (deletion zeroes the record).
     pub live: u64,
 }

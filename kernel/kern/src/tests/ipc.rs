@@ -484,7 +484,10 @@ fn missing_rights_are_invalid_capability_or_cap_faults() {
     w.syscall(t.tcb, CALL);
     assert_eq!(w.state(t.tcb), ThreadState::Running);
     let info = keel_abi::message::MessageInfo::from_word(w.tcb(t.tcb).context.rsi);
-    assert_eq!(info.label(), keel_abi::error::Error::InvalidCapability as u64);
+    assert_eq!(
+        info.label(),
+        keel_abi::error::Error::InvalidCapability as u64
+    );
     w.load(t.tcb, ro, 0, &[], &[]);
     w.syscall(t.tcb, SEND);
     assert_eq!(w.state(t.tcb), ThreadState::Running);
