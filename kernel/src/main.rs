@@ -176,20 +176,20 @@ fn test_report(passed: u64, failed: u64) {
 fn syscall() -> u64 {
     let mut guard = KERNEL.lock();
     let Some(k) = guard.as_mut() else { return 0 };
-    let t = k.current();
+    let here = hal::percpu::cpu_index();
+    let t = k.cpus[here].current;
     if t == 0 {
         return prepare(k);
     }
     let number = k.tcb(t).context.rdx;
     if k.fastpath {
         let fast = match number as i64 {
-            keel_abi::syscall::CALL => k.fastpath_call(t),
-            keel_abi::syscall::REPLY_RECV => k.fastpath_reply_recv(t),
+            keel_abi::syscall::CALL => k.fastpath_call(t, here),
+            keel_abi::syscall::REPLY_RECV => k.fastpath_reply_recv(t, here),
             _ => None,
         };
-        if let Some(pml4) = fast {
+        if let Some((next, pml4)) = fast {
             // The fastpath switched directly to a thread that can run: no scheduling.
-            let next = k.current();
             let c = &k.tcb(next).context;
             if c.rip < hal::layout::USER_END {
                 return hal::entry::prepare_thread(tcb::record(next), pml4, c.fs_base, c.gs_base);

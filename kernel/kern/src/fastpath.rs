@@ -9,8 +9,8 @@
 //! [`crate::object::cap::raw`] instead of decoding them, and resolves a capability
 //! pointer in one step when the CSpace root resolves all 64 bits at once.
 //!
-//! On success it returns the PML4 of the thread to run (the new current thread), so the
-//! caller can leave the kernel without running the scheduler.
+//! On success it returns the thread to run (the new current thread of CPU `here`) and
+//! its PML4, so the caller can leave the kernel without running the scheduler.
 
 use keel_abi::message::MessageInfo;
 
@@ -72,8 +72,9 @@ impl<H: Hardware> Kernel<H> {
         d.rsi = info;
     }
 
-    /// Call on the fastpath; `None` means "take the general path" (nothing changed).
-    pub fn fastpath_call(&mut self, t: u64) -> Option<u64> {
+    /// Call by `t`, the current thread of CPU `here`, on the fastpath; `None` means
+    /// "take the general path" (nothing changed).
+    pub fn fastpath_call(&mut self, t: u64, here: usize) -> Option<(u64, u64)> {
         let (cptr, info) = {
             let c = &self.tcb(t).context;
             (c.rdi, c.rsi)
@@ -109,7 +110,6 @@ impl<H: Hardware> Kernel<H> {
         if dest_priority < self.tcb(t).priority {
             return None;
         }
-        let here = self.hw.current_cpu();
         let pml4 = self.fast_switch_target(dest, here)?;
         let caller_slot = tcb::slot(dest, tcb::SLOT_CALLER);
         if self.hw.read(caller_slot) != 0 {
@@ -142,11 +142,12 @@ impl<H: Hardware> Kernel<H> {
         );
         self.tcb_mut(t).state = ThreadState::BlockedOnReply;
         self.cpus[here].current = dest;
-        Some(pml4)
+        Some((dest, pml4))
     }
 
-    /// ReplyRecv on the fastpath; `None` means "take the general path" (nothing changed).
-    pub fn fastpath_reply_recv(&mut self, t: u64) -> Option<u64> {
+    /// ReplyRecv by `t`, the current thread of CPU `here`, on the fastpath; `None`
+    /// means "take the general path" (nothing changed).
+    pub fn fastpath_reply_recv(&mut self, t: u64, here: usize) -> Option<(u64, u64)> {
         let (cptr, info, bound) = {
             let r = self.tcb(t);
             (r.context.rdi, r.context.rsi, r.bound_notification)
@@ -184,7 +185,6 @@ impl<H: Hardware> Kernel<H> {
                 return None;
             }
         }
-        let here = self.hw.current_cpu();
         let pml4 = self.fast_switch_target(caller, here)?;
         // Checks done: perform. The reply capability goes; the caller gets the message.
         cspace::remove_leaf(&mut self.hw, caller_slot);
@@ -211,6 +211,6 @@ impl<H: Hardware> Kernel<H> {
             e.tail = t;
         }
         self.cpus[here].current = caller;
-        Some(pml4)
+        Some((caller, pml4))
     }
 }

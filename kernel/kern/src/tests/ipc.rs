@@ -509,3 +509,86 @@ fn missing_rights_are_invalid_capability_or_cap_faults() {
     w.syscall(t.tcb, NB_SEND);
     assert_eq!(w.state(t.tcb), ThreadState::Running);
 }
+
+/// What a Call/ReplyRecv exchange leaves behind, for comparing the fastpath with the
+/// general path.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    states: Vec<ThreadState>,
+    registers: Vec<[u64; 6]>,
+    caller_caps: Vec<Cap>,
+    queue: Vec<u64>,
+    current: u64,
+}
+
+fn snapshot(w: &World, e: u64, threads: &[u64]) -> Snapshot {
+    Snapshot {
+        states: threads.iter().map(|t| w.state(*t)).collect(),
+        registers: threads
+            .iter()
+            .map(|t| {
+                let c = &w.tcb(*t).context;
+                [c.rdi, c.rsi, c.r10, c.r8, c.r9, c.r15]
+            })
+            .collect(),
+        caller_caps: threads.iter().map(|t| w.cap_at(tcb::slot(*t, tcb::SLOT_CALLER))).collect(),
+        queue: w.queue(crate::object::endpoint::Queue::Endpoint(w.addr(e))),
+        current: w.k.current(),
+    }
+}
+
+/// Runs a client/server exchange with the fastpath on or off; returns the snapshots
+/// after each step and how many steps the fastpath took.
+fn exchange(fast: bool) -> (Vec<Snapshot>, usize) {
+    let mut w = World::new();
+    w.root_ok(S_TCB, L::TcbSetPriority, &[50], &[S_TCB]);
+    let e = w.endpoint();
+    let badged = w.mint(e, Rights::ALL, 0x5eed);
+    let server = w.running_thread(100);
+    let client = w.running_thread(100);
+    let threads = [server.tcb, client.tcb];
+    w.recv(server.tcb, e);
+    let mut shots = Vec::new();
+    let mut taken = 0;
+    let mut step = |w: &mut World, t: u64, number: i64| {
+        let took = if fast { w.fast_syscall(t, number) } else { w.syscall(t, number); false };
+        taken += took as usize;
+        shots.push(snapshot(w, e, &threads));
+    };
+    for round in 0..3u64 {
+        w.load(client.tcb, badged, 7 + round, &[round, 2, 3], &[]);
+        step(&mut w, client.tcb, CALL);
+        w.load(server.tcb, e, 40 + round, &[9, round], &[]);
+        step(&mut w, server.tcb, REPLY_RECV);
+    }
+    (shots, taken)
+}
+
+#[test]
+fn fastpath_matches_the_general_path() {
+    let (fast, taken) = exchange(true);
+    let (slow, _) = exchange(false);
+    assert_eq!(taken, 6, "every Call and ReplyRecv of this exchange qualifies for the fastpath");
+    assert_eq!(fast, slow);
+}
+
+#[test]
+fn fastpath_declines_what_it_cannot_do() {
+    let mut w = World::new();
+    w.root_ok(S_TCB, L::TcbSetPriority, &[50], &[S_TCB]);
+    let e = w.endpoint();
+    let server = w.running_thread(100);
+    let client = w.running_thread(100);
+    // Nobody receiving: the general path queues the caller.
+    w.load(client.tcb, e, 1, &[], &[]);
+    assert!(!w.fast_syscall(client.tcb, CALL));
+    assert!(matches!(w.state(client.tcb), ThreadState::BlockedOnSend { .. }));
+    w.recv(server.tcb, e);
+    // Long messages, extra caps and lower-priority receivers go the general path.
+    let low = w.running_thread(90);
+    let c2 = w.running_thread(100);
+    w.recv(low.tcb, e);
+    w.load(c2.tcb, e, 1, &[1, 2, 3, 4, 5], &[]);
+    assert!(!w.fast_syscall(c2.tcb, CALL), "five words");
+    assert_eq!(w.state(low.tcb), ThreadState::Running, "the general path delivered it");
+}

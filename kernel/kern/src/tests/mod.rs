@@ -463,6 +463,35 @@ impl World {
         self.raw_syscall(number);
     }
 
+    /// Like [`World::syscall`], but Call and ReplyRecv try the fastpath first, as the
+    /// kernel's entry glue does. Returns whether the fastpath took the call.
+    pub fn fast_syscall(&mut self, t: u64, number: i64) -> bool {
+        self.make_current(t);
+        {
+            let c = &mut self.k.tcb_mut(t).context;
+            c.rip = SYSCALL_IP + 2;
+            c.rdx = number as u64;
+            c.rcx = c.rip;
+            c.r11 = c.rflags;
+        }
+        let here = self.k.hw.cpu;
+        let fast = match number {
+            syscall::CALL => self.k.fastpath_call(t, here),
+            syscall::REPLY_RECV => self.k.fastpath_reply_recv(t, here),
+            _ => None,
+        };
+        if let Some((next, _)) = fast {
+            assert_eq!(self.k.current(), next);
+        } else {
+            self.k.handle_syscall(number as u64);
+        }
+        self.k.schedule();
+        if self.check {
+            self.check_invariants();
+        }
+        fast.is_some()
+    }
+
     /// The current thread of the current CPU executes `syscall`.
     pub fn raw_syscall(&mut self, number: i64) {
         let t = self.k.current();
