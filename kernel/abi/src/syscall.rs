@@ -309,7 +309,8 @@ mod tests {
             assert!(*number < SEL4_LOWEST);
             assert!(SEL4_SYSCALLS.iter().all(|s| s.0 != *number));
         }
-        let mut numbers: [i64; 4] = [0; 4];
+        let mut numbers = [0i64; 16];
+        let numbers = &mut numbers[..KEEL_DEBUG_SYSCALLS.len()];
         for (i, (n, _)) in KEEL_DEBUG_SYSCALLS.iter().enumerate() {
             numbers[i] = *n;
         }
