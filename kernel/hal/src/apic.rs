@@ -48,7 +48,12 @@ pub fn route_irq(irq: u16, route: keel_kern::object::irq::IrqRoute, enabled: boo
     let vector = crate::trap::IRQ_VECTOR_BASE as u32 + irq as u32;
     let (apic, pin, level, active_low) = match route {
         IrqRoute::Msi => return,
-        IrqRoute::IoApic { ioapic, pin, level, active_low } => (ioapic as usize, pin as u32, level, active_low),
+        IrqRoute::IoApic {
+            ioapic,
+            pin,
+            level,
+            active_low,
+        } => (ioapic as usize, pin as u32, level, active_low),
         IrqRoute::Legacy => {
             let isa = routing.overrides.iter().find(|o| o.irq as u16 == irq);
             let gsi = isa.map_or(irq as u32, |o| o.gsi);
@@ -56,18 +61,24 @@ pub fn route_irq(irq: u16, route: keel_kern::object::irq::IrqRoute, enabled: boo
                 Some(o) => (o.flags & 0b1100 == 0b1100, o.flags & 0b11 == 0b11),
                 None => (gsi >= 16, gsi >= 16),
             };
-            let Some(index) = routing.io_apics.iter().position(|&(_, first, pins)| gsi >= first && gsi < first + pins)
+            let Some(index) = routing
+                .io_apics
+                .iter()
+                .position(|&(_, first, pins)| gsi >= first && gsi < first + pins)
             else {
                 return;
             };
             (index, gsi - routing.io_apics[index].1, level, active_low)
         }
     };
-    let Some(&(base, _, pins)) = routing.io_apics.get(apic) else { return };
+    let Some(&(base, _, pins)) = routing.io_apics.get(apic) else {
+        return;
+    };
     if pin >= pins {
         return;
     }
-    let low = vector | ((active_low as u32) << 13) | ((level as u32) << 15) | ((!enabled as u32) << 16);
+    let low =
+        vector | ((active_low as u32) << 13) | ((level as u32) << 15) | ((!enabled as u32) << 16);
     io_apic_write(base, 0x11 + 2 * pin, routing.bootstrap_apic_id << 24);
     io_apic_write(base, 0x10 + 2 * pin, low);
 }
@@ -305,4 +316,10 @@ pub fn send_init(apic_id: u32) {
 /// Start-up IPI with the page number of the real-mode entry.
 pub fn send_startup(apic_id: u32, page: u8) {
     send_icr(apic_id, page as u32 | (0b110 << 8) | (1 << 14));
+}
+
+/// Sends an NMI to the CPU with `apic_id` (this CPU's own included). Touches no
+/// per-CPU data, so it may run with any GS base.
+pub fn send_nmi(apic_id: u32) {
+    send_icr(apic_id, (0b100 << 8) | (1 << 14));
 }

@@ -531,7 +531,10 @@ fn snapshot(w: &World, e: u64, threads: &[u64]) -> Snapshot {
                 [c.rdi, c.rsi, c.r10, c.r8, c.r9, c.r15]
             })
             .collect(),
-        caller_caps: threads.iter().map(|t| w.cap_at(tcb::slot(*t, tcb::SLOT_CALLER))).collect(),
+        caller_caps: threads
+            .iter()
+            .map(|t| w.cap_at(tcb::slot(*t, tcb::SLOT_CALLER)))
+            .collect(),
         queue: w.queue(crate::object::endpoint::Queue::Endpoint(w.addr(e))),
         current: w.k.current(),
     }
@@ -551,7 +554,12 @@ fn exchange(fast: bool) -> (Vec<Snapshot>, usize) {
     let mut shots = Vec::new();
     let mut taken = 0;
     let mut step = |w: &mut World, t: u64, number: i64| {
-        let took = if fast { w.fast_syscall(t, number) } else { w.syscall(t, number); false };
+        let took = if fast {
+            w.fast_syscall(t, number)
+        } else {
+            w.syscall(t, number);
+            false
+        };
         taken += took as usize;
         shots.push(snapshot(w, e, &threads));
     };
@@ -568,7 +576,10 @@ fn exchange(fast: bool) -> (Vec<Snapshot>, usize) {
 fn fastpath_matches_the_general_path() {
     let (fast, taken) = exchange(true);
     let (slow, _) = exchange(false);
-    assert_eq!(taken, 6, "every Call and ReplyRecv of this exchange qualifies for the fastpath");
+    assert_eq!(
+        taken, 6,
+        "every Call and ReplyRecv of this exchange qualifies for the fastpath"
+    );
     assert_eq!(fast, slow);
 }
 
@@ -582,7 +593,10 @@ fn fastpath_declines_what_it_cannot_do() {
     // Nobody receiving: the general path queues the caller.
     w.load(client.tcb, e, 1, &[], &[]);
     assert!(!w.fast_syscall(client.tcb, CALL));
-    assert!(matches!(w.state(client.tcb), ThreadState::BlockedOnSend { .. }));
+    assert!(matches!(
+        w.state(client.tcb),
+        ThreadState::BlockedOnSend { .. }
+    ));
     w.recv(server.tcb, e);
     // Long messages, extra caps and lower-priority receivers go the general path.
     let low = w.running_thread(90);
@@ -590,5 +604,9 @@ fn fastpath_declines_what_it_cannot_do() {
     w.recv(low.tcb, e);
     w.load(c2.tcb, e, 1, &[1, 2, 3, 4, 5], &[]);
     assert!(!w.fast_syscall(c2.tcb, CALL), "five words");
-    assert_eq!(w.state(low.tcb), ThreadState::Running, "the general path delivered it");
+    assert_eq!(
+        w.state(low.tcb),
+        ThreadState::Running,
+        "the general path delivered it"
+    );
 }
