@@ -79,7 +79,8 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
     kernel.fastpath = cmdline::value(&boot.cmdline, "keel.fastpath") != Some("off");
     let icount = cmdline::flag(&boot.cmdline, "keel.icount");
     let kvm = cmdline::value(&boot.cmdline, "keel.accel") == Some("kvm");
-    kernel.platform_flags = (icount as u64 * keel_abi::syscall::PLATFORM_ICOUNT) | (kvm as u64 * keel_abi::syscall::PLATFORM_KVM);
+    kernel.platform_flags = (icount as u64 * keel_abi::syscall::PLATFORM_ICOUNT)
+        | (kvm as u64 * keel_abi::syscall::PLATFORM_KVM);
     let Some(module) = boot.modules.first() else {
         panic!("no root task: the bootloader passed no modules")
     };

@@ -14,7 +14,15 @@ use keel_kern::check;
 use keel_kern::testing::Outcome;
 use spin::Once;
 
+#[path = "entry_tests.rs"]
+mod entry_tests;
+
 static BOOT: Once<&'static BootInfo> = Once::new();
+
+/// The kernel command line (for tests that need a flag).
+pub fn cmdline() -> &'static str {
+    boot().cmdline.as_str()
+}
 
 /// Name of the test that fails on purpose (only with `keel.test_fail`).
 pub const FAILING_TEST: &str = "harness_fails_on_request";

@@ -345,7 +345,12 @@ extern "C" fn hal_boot_main(mbi_phys: u64) -> ! {
     );
     let uefi = mbi.efi_sdt64_tag().is_some();
 
+    crate::switches::configure(&cmdline);
+    crate::rseq::init();
     let (platform, tsc_hz) = bring_up(rsdp);
+    if keel_kern::cmdline::flag(&cmdline, "keel.bench") {
+        crate::rseq::bench();
+    }
     let info = alloc::boxed::Box::leak(alloc::boxed::Box::new(BootInfo {
         cmdline,
         bootloader,

@@ -101,7 +101,8 @@ pub fn relax() {
 pub fn enable_protections() {
     use x86::controlregs::{Cr0, Cr4, cr0, cr0_write, cr4, cr4_write};
     let f = features();
-    // SAFETY: each bit is set only when CPUID reports the feature; the kernel never
+    // SAFETY: each bit is set only when CPUID reports the feature (FSGSBASE only lets
+    // code change its own FS/GS base, see trap.rs for the kernel's side); the kernel never
     // executes user pages (SMEP), never dereferences user pointers (SMAP: it reads user
     // memory through the direct map) and user code has no reason to run SGDT & co (UMIP).
     unsafe {
@@ -118,6 +119,11 @@ pub fn enable_protections() {
         }
         if f.umip {
             bits |= Cr4::CR4_ENABLE_UMIP;
+        }
+        if f.fsgsbase {
+            // The paranoid entry uses RDGSBASE/WRGSBASE while this is on; the return
+            // path turns it off for threads not allowed the instructions.
+            bits |= Cr4::CR4_ENABLE_FSGSBASE;
         }
         cr4_write(bits);
     }
@@ -138,4 +144,28 @@ pub fn control_registers() -> (u64, u64) {
 pub fn efer() -> u64 {
     // SAFETY: IA32_EFER exists on every x86-64 CPU; reading it has no side effects.
     unsafe { x86::msr::rdmsr(x86::msr::IA32_EFER) }
+}
+
+/// CR4.FSGSBASE (bit 16).
+const CR4_FSGSBASE: u64 = 1 << 16;
+
+/// Turns CR4.FSGSBASE on or off on this CPU (no-op without the feature or if already
+/// so). With it off, user RD/WR FS/GS BASE raise #UD.
+pub fn set_user_fsgsbase(on: bool) {
+    if !features().fsgsbase {
+        return;
+    }
+    let cr4: u64;
+    // SAFETY: reading CR4 has no side effects.
+    unsafe { core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack)) };
+    let new = if on {
+        cr4 | CR4_FSGSBASE
+    } else {
+        cr4 & !CR4_FSGSBASE
+    };
+    if new != cr4 {
+        // SAFETY: only the FSGSBASE bit changes; the paranoid entry reads CR4 to pick
+        // its method, and with the bit off no thread can hold a negative GS base.
+        unsafe { core::arch::asm!("mov cr4, {}", in(reg) new, options(nomem, nostack)) };
+    }
 }

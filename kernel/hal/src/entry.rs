@@ -6,8 +6,11 @@
 //! words, so SYSCALL and every trap from user mode save the registers straight into
 //! the TCB; the handlers then run on the CPU's kernel stack. To run a thread the kernel
 //! returns the address of its context, and [`keel_return_to_user`] pops it: with SYSRET
-//! if the thread last entered through SYSCALL, else with IRETQ (which restores RCX and
-//! R11 exactly). The kernel checks that RIP is a user address before either.
+//! if the thread last entered through SYSCALL and its saved RFLAGS have none of TF, NT
+//! and RF, else with IRETQ (which restores RCX, R11 and every flag exactly). RIP must be
+//! a user address (the glue guarantees it; this path checks it again, fatally). Every
+//! register is reloaded from the context, so no kernel value reaches user mode; RCX and
+//! R11 after SYSRET are the thread's own RIP and RFLAGS. See doc/entry.md.
 //!
 //! The kernel's handlers are `extern "Rust"` functions the kernel image defines with
 //! [`crate::kernel_entries!`]; they take the big kernel lock.
@@ -18,6 +21,17 @@ use crate::percpu::OFFSET_KERNEL_STACK_TOP;
 pub const PUSHED_WORDS: u64 = keel_kern::object::tcb::CONTEXT_PUSHED_WORDS as u64;
 const VECTOR_OFFSET: u64 = 15 * 8;
 
+/// Offset of RIP in a context.
+const RIP_OFFSET: u64 = 17 * 8;
+/// Offset of RFLAGS in a context.
+const RFLAGS_OFFSET: u64 = 19 * 8;
+/// Saved RFLAGS bits that send a SYSCALL return through IRETQ: TF (SYSRET would raise
+/// the single-step trap before the first user instruction instead of after it), NT
+/// (never set by the kernel's own paths; a thread that set it with POPF gets it back
+/// exactly through IRETQ, and SYSRET stays on the plain flags), RF (SYSRET cannot
+/// restore it: an instruction breakpoint at the return address would fire again).
+pub const IRET_ONLY_FLAGS: u64 = (1 << 8) | (1 << 14) | (1 << 16);
+
 core::arch::global_asm!(
     r#"
     .section .text.entry, "ax"
@@ -27,7 +41,19 @@ keel_return_to_user:
     test rax, rax
     jz 5f
     mov rsp, rax
+    .global keel_exit_checks
+keel_exit_checks:
+    mov rcx, [rsp + {rip}]
+    shr rcx, 47
+    jnz 6f
+    test dword ptr [rsp + {rflags}], {iret_flags}
+    jnz 2f
+1:
+    .pushsection .keel_patch, "a"
+    .quad {sysret_switch}, keel_exit_checks, 1b
+    .popsection
     cmp qword ptr [rsp + {vector}], {syscall_marker}
+    jne 2f
     pop r15
     pop r14
     pop r13
@@ -43,27 +69,64 @@ keel_return_to_user:
     pop rcx
     pop rbx
     pop rax
-    je 4f
-    add rsp, 16
-    swapgs
-    iretq
-4:
     add rsp, 16
     mov rcx, [rsp]
     mov r11, [rsp + 16]
     mov rsp, [rsp + 24]
     swapgs
+    .global keel_sysret
+keel_sysret:
     sysretq
+2:
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rbp
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rbx
+    pop rax
+    add rsp, 16
+    swapgs
+    .global keel_iret_to_user
+keel_iret_to_user:
+    iretq
 5:
     mov rsp, gs:[{kernel_stack}]
     call {idle}
     ud2
+6:
+    mov rsp, gs:[{kernel_stack}]
+    mov rdi, rax
+    call {bad_rip}
+    ud2
 "#,
     vector = const VECTOR_OFFSET,
+    rip = const RIP_OFFSET,
+    rflags = const RFLAGS_OFFSET,
+    iret_flags = const IRET_ONLY_FLAGS,
+    sysret_switch = const crate::switches::Switch::Sysret as u64,
     syscall_marker = const keel_kern::object::tcb::SYSCALL_VECTOR,
     kernel_stack = const OFFSET_KERNEL_STACK_TOP,
     idle = sym idle,
+    bad_rip = sym bad_return_rip,
 );
+
+/// The return path found a RIP outside user space in the context it was given: the
+/// glue broke its guarantee. SYSRET with a non-canonical RCX faults in ring 0 on Intel
+/// CPUs (with the user's RSP), and so does IRETQ, so this is checked and fatal.
+extern "C" fn bad_return_rip(context: u64) -> ! {
+    // SAFETY: `context` is the context the glue handed to `resume` (a TCB's registers).
+    let rip = unsafe { ((context + RIP_OFFSET) as *const u64).read() };
+    panic!("return to user with RIP {rip:#x} outside user space (context {context:#x})")
+}
 
 unsafe extern "C" {
     /// Runs the thread whose context starts at RAX (a direct-map address), or the idle
@@ -130,11 +193,13 @@ macro_rules! kernel_entries {
 
 /// SYSCALL lands here (on the kernel stack, registers saved in the TCB).
 pub(crate) extern "C" fn syscall_from_user() -> u64 {
+    save_user_bases();
     keel_entry_syscall()
 }
 
 /// A trap from user mode lands here (registers saved in the TCB).
 pub(crate) extern "C" fn trap_from_user() -> u64 {
+    save_user_bases();
     let context = crate::percpu::current().context_top - PUSHED_WORDS * 8;
     // SAFETY: `context` is the current thread's context, just written by the entry code.
     let (vector, error_code) = unsafe {
@@ -144,6 +209,24 @@ pub(crate) extern "C" fn trap_from_user() -> u64 {
     let address = if vector == 14 { crate::trap::cr2() } else { 0 };
     crate::trap::acknowledge(vector);
     keel_entry_user_trap(vector, error_code, address)
+}
+
+/// A thread allowed the FSGSBASE instructions may have changed its bases: read them
+/// back into its context (right after the pushed words) on every entry.
+fn save_user_bases() {
+    let area = crate::percpu::current();
+    if !area.user_fsgsbase {
+        return;
+    }
+    let top = area.context_top;
+    // SAFETY: the MSRs hold the thread's FS base and (until SWAPGS on exit) its GS base;
+    // `top` is the address of the context's fs_base/gs_base words in the current TCB.
+    unsafe {
+        let fs = x86::msr::rdmsr(x86::msr::IA32_FS_BASE);
+        let gs = x86::msr::rdmsr(x86::msr::IA32_KERNEL_GSBASE);
+        (top as *mut u64).write(fs);
+        ((top + 8) as *mut u64).write(gs);
+    }
 }
 
 /// An interrupt in kernel mode (only the idle loop runs with interrupts enabled).
@@ -169,28 +252,45 @@ pub fn enter_idle() -> ! {
 }
 
 /// Prepares this CPU to run the thread whose context is at physical address
-/// `context_phys`: its address space (`pml4`), FS/GS bases, and the entry stack
+/// `context_phys` (the start of its TCB record): its address space (`pml4`), FS/GS
+/// bases, CR4.FSGSBASE and debug registers as the record says, and the entry stack
 /// pointers. Returns the context's direct-map address for [`resume`].
 pub fn prepare_thread(context_phys: u64, pml4: u64, fs_base: u64, gs_base: u64) -> u64 {
     let context = crate::layout::phys_to_virt(context_phys);
+    // SAFETY: the glue passes the record address of a live TCB (the context is its
+    // first field), read through the direct map; the object layer does not run
+    // concurrently on this TCB (the big kernel lock is held).
+    let tcb = unsafe { &*(context as *const keel_kern::object::tcb::Tcb) };
     if crate::paging::current_pml4() != pml4 {
         // SAFETY: the object layer gives the PML4 of the thread's VSpace, which has the
         // kernel half (copied at creation).
         unsafe { crate::paging::switch_to(pml4) };
     }
+    let user_fsgsbase = tcb.fsgsbase_allowed && crate::cpu::features().fsgsbase;
+    crate::cpu::set_user_fsgsbase(user_fsgsbase);
+    // Without CR4.FSGSBASE the paranoid entry tells kernel from user GS by the sign of
+    // IA32_GS_BASE, so a thread must never run with a negative GS base then.
+    let gs_base = if !user_fsgsbase && (gs_base as i64) < 0 {
+        0
+    } else {
+        gs_base
+    };
+    crate::debug::load(tcb);
     let area =
         crate::percpu::current() as *const crate::percpu::PerCpu as *mut crate::percpu::PerCpu;
     // SAFETY: this CPU's own per-CPU area, interrupts disabled; the MSRs hold the user
     // FS base and (until SWAPGS on exit) the user GS base.
     unsafe {
-        if (*area).loaded_fs_base != fs_base {
+        let stale = user_fsgsbase || (*area).user_fsgsbase;
+        if stale || (*area).loaded_fs_base != fs_base {
             x86::msr::wrmsr(x86::msr::IA32_FS_BASE, fs_base);
             (*area).loaded_fs_base = fs_base;
         }
-        if (*area).loaded_gs_base != gs_base {
+        if stale || (*area).loaded_gs_base != gs_base {
             x86::msr::wrmsr(x86::msr::IA32_KERNEL_GSBASE, gs_base);
             (*area).loaded_gs_base = gs_base;
         }
+        (*area).user_fsgsbase = user_fsgsbase;
         let top = context + PUSHED_WORDS * 8;
         (*area).context_top = top;
         (*area).tables.set_kernel_entry_stack(top);

@@ -47,7 +47,106 @@ pub struct PerCpu {
     pub probe: crate::trap::ProbeRecord,
     /// This CPU's GDT, TSS and their pointers.
     pub tables: CpuTables,
+    /// Event counters (index: [`Event`]), updated by restartable sequences
+    /// ([`crate::rseq::count_event`]) from the kernel and from NMI/IRQ handlers.
+    pub events: [u64; EVENTS],
+    /// Entries ever appended to [`PerCpu::trace`] (the next slot is this modulo the size).
+    pub trace_head: u64,
+    /// The trace ring ([`crate::rseq::trace`]).
+    pub trace: [TraceEntry; TRACE_ENTRIES as usize],
+    /// State of a restartable-sequence injection test ([`crate::rseq::inject_at`]).
+    pub injection: Injection,
+    /// The running thread may use RD/WR FS/GS BASE (CR4.FSGSBASE is on): its bases
+    /// are read back on every entry.
+    pub user_fsgsbase: bool,
+    /// The debug registers hold a thread's breakpoints (DR7 non-zero).
+    pub debug_loaded: bool,
+    /// Paranoid entries that found a user GS base in kernel mode (entry/exit windows).
+    pub paranoid_user_gs: AtomicU64,
 }
+
+/// Number of [`Event`] kinds.
+pub const EVENTS: usize = 8;
+/// Entries in a CPU's trace ring (a power of two).
+pub const TRACE_ENTRIES: u64 = 64;
+
+/// Per-CPU events counted with restartable sequences.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Event {
+    /// NMIs taken.
+    Nmi = 0,
+    /// Timer interrupts.
+    Timer = 1,
+    /// Other interrupts (IPIs, device IRQs).
+    Irq = 2,
+    /// Debug exceptions (#DB) taken.
+    Debug = 3,
+    /// Interrupted sequences restarted.
+    RseqRestart = 4,
+    /// Machine checks and double faults.
+    Fatal = 5,
+    /// The benchmark's counter.
+    Bench = 6,
+    /// Tests' counter.
+    Test = 7,
+}
+
+impl Event {
+    /// The event with this index (unknown indexes count as [`Event::Test`]).
+    pub fn from_u64(v: u64) -> Self {
+        match v {
+            0 => Self::Nmi,
+            1 => Self::Timer,
+            2 => Self::Irq,
+            3 => Self::Debug,
+            4 => Self::RseqRestart,
+            5 => Self::Fatal,
+            6 => Self::Bench,
+            _ => Self::Test,
+        }
+    }
+}
+
+/// One trace record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TraceEntry {
+    /// The [`Event`].
+    pub event: u64,
+    /// Its argument (vector, RIP, ...).
+    pub argument: u64,
+    /// TSC when it was recorded.
+    pub tsc: u64,
+    /// Padding to 32 bytes.
+    pub reserved: u64,
+}
+
+/// Record of an injection test: the #DB handler counts single steps while `armed`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Injection {
+    /// Single-step traps are the test's.
+    pub armed: bool,
+    /// The step at which to interrupt.
+    pub target: u64,
+    /// The event the interruption counts.
+    pub event: u64,
+    /// Steps seen.
+    pub steps: u64,
+    /// RIP at the interruption.
+    pub injected_rip: u64,
+    /// Whether the interruption restarted a sequence.
+    pub restarted: bool,
+}
+
+/// Offset of `PerCpu::events`.
+pub const OFFSET_EVENTS: usize = core::mem::offset_of!(PerCpu, events);
+/// Offset of `PerCpu::trace_head`.
+pub const OFFSET_TRACE_HEAD: usize = core::mem::offset_of!(PerCpu, trace_head);
+/// Offset of `PerCpu::trace`.
+pub const OFFSET_TRACE: usize = core::mem::offset_of!(PerCpu, trace);
+const _: () = assert!(core::mem::size_of::<TraceEntry>() == 32);
 
 const _: () = {
     assert!(core::mem::offset_of!(PerCpu, self_ptr) == OFFSET_SELF);
@@ -71,6 +170,25 @@ impl PerCpu {
             ticks: AtomicU64::new(0),
             probe: crate::trap::ProbeRecord::new(),
             tables: CpuTables::new(),
+            events: [0; EVENTS],
+            trace_head: 0,
+            trace: [TraceEntry {
+                event: 0,
+                argument: 0,
+                tsc: 0,
+                reserved: 0,
+            }; TRACE_ENTRIES as usize],
+            injection: Injection {
+                armed: false,
+                target: 0,
+                event: 0,
+                steps: 0,
+                injected_rip: 0,
+                restarted: false,
+            },
+            user_fsgsbase: false,
+            debug_loaded: false,
+            paranoid_user_gs: AtomicU64::new(0),
         }
     }
 }
@@ -110,6 +228,37 @@ pub fn cpu_index() -> usize {
 /// Counts a timer interrupt on this CPU.
 pub fn count_tick() {
     current().ticks.fetch_add(1, Ordering::Relaxed);
+    crate::rseq::count_event(Event::Timer);
+}
+
+/// This CPU's count of `event` (a plain read: only this CPU writes it).
+pub fn event_count(event: Event) -> u64 {
+    // SAFETY: the counter belongs to this CPU's area and is written only by this CPU;
+    // a volatile read sees the latest committed value.
+    unsafe { (&raw const current().events[event as usize]).read_volatile() }
+}
+
+/// CPU `cpu`'s count of `event` (may lag by updates in flight on that CPU).
+pub fn event_count_of(cpu: usize, event: Event) -> u64 {
+    // SAFETY: registered areas live forever; an aligned u64 read is not torn.
+    area(cpu).map_or(0, |a| unsafe {
+        (&raw const a.events[event as usize]).read_volatile()
+    })
+}
+
+/// The last `n` (at most the ring size) trace entries of this CPU, oldest first.
+pub fn trace_tail(out: &mut [TraceEntry]) -> usize {
+    let area = current();
+    // SAFETY: this CPU's own ring, read with interrupts disabled (an NMI may append;
+    // the copy may then include its entry or not, never a torn head).
+    let head = unsafe { (&raw const area.trace_head).read_volatile() };
+    let n = (out.len() as u64).min(head).min(TRACE_ENTRIES);
+    for i in 0..n {
+        let index = (head - n + i) % TRACE_ENTRIES;
+        // SAFETY: index is within the ring.
+        out[i as usize] = unsafe { (&raw const area.trace[index as usize]).read_volatile() };
+    }
+    n as usize
 }
 
 static mut BOOTSTRAP_AREA: PerCpu = PerCpu::new(0, 0);

@@ -204,12 +204,16 @@ pub fn start_application_processors(platform: &Platform, tsc_hz: u64) {
         if online_cpus() == before {
             crate::apic::send_startup(apic_id, (page >> 12) as u8);
         }
+        // Generous under emulation on a loaded host: a late AP must not find the
+        // trampoline patched for the next one.
         let start = crate::cpu::rdtsc();
-        while online_cpus() == before && crate::cpu::rdtsc() - start < tsc_hz {
+        while online_cpus() == before && crate::cpu::rdtsc() - start < 5 * tsc_hz {
             crate::cpu::relax();
         }
         if online_cpus() == before {
-            log::error!("CPU {cpu} (APIC ID {apic_id}) did not start");
+            log::error!("CPU {cpu} (APIC ID {apic_id}) did not start; not starting the others");
+            // It may still be running the trampoline: keep it and its identity mapping.
+            return;
         }
     }
     crate::paging::identity_map_low_memory(false);

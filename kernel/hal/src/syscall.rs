@@ -2,9 +2,14 @@
 //!
 //! SWAPGS, park the user RSP in the per-CPU area, point RSP at the current thread's
 //! register area in its TCB (`context_top`), push the registers there in
-//! `UserContext` order (vector = the SYSCALL marker), switch to the CPU's kernel stack
-//! and call the kernel. The exit is [`crate::entry`]'s return path. (Register clearing
-//! and the remaining SYSRET hazards are the entry-core work.)
+//! `UserContext` order (vector = the SYSCALL marker), switch to the CPU's kernel stack,
+//! zero every general register (so no user-chosen value reaches the kernel's Rust code
+//! in a register, where it could steer speculation; `entry.clear_regs=off` patches the
+//! block out) and call the kernel. The exit is [`crate::entry`]'s return path, which
+//! reloads every register from the context (doc/entry.md).
+//!
+//! The flag mask clears TF, IF, DF, IOPL, NT and AC on entry, so user TF never single
+//! steps the kernel and user NT never reaches a kernel IRETQ.
 
 use crate::gdt;
 use crate::percpu::{OFFSET_CONTEXT_TOP, OFFSET_KERNEL_STACK_TOP, OFFSET_USER_RSP};
@@ -41,6 +46,27 @@ syscall_entry:
     push r14
     push r15
     mov rsp, gs:[{kernel_stack}]
+    .global keel_syscall_clear
+keel_syscall_clear:
+    xor eax, eax
+    xor ebx, ebx
+    xor ecx, ecx
+    xor edx, edx
+    xor esi, esi
+    xor edi, edi
+    xor ebp, ebp
+    xor r8d, r8d
+    xor r9d, r9d
+    xor r10d, r10d
+    xor r11d, r11d
+    xor r12d, r12d
+    xor r13d, r13d
+    xor r14d, r14d
+    xor r15d, r15d
+1:
+    .pushsection .keel_patch, "a"
+    .quad {clear_switch}, keel_syscall_clear, 1b
+    .popsection
     cld
     call {dispatch}
     jmp keel_return_to_user
@@ -51,6 +77,7 @@ syscall_entry:
     user_ss = const gdt::USER_DATA as u64,
     user_cs = const gdt::USER_CODE as u64,
     marker = const keel_kern::object::tcb::SYSCALL_VECTOR,
+    clear_switch = const crate::switches::Switch::ClearRegs as u64,
     dispatch = sym crate::entry::syscall_from_user,
 );
 
@@ -72,6 +99,11 @@ pub fn init_cpu() {
         wrmsr(IA32_EFER, rdmsr(IA32_EFER) | 1);
         wrmsr(IA32_STAR, star);
         wrmsr(IA32_LSTAR, syscall_entry as *const () as u64);
-        wrmsr(IA32_FMASK, FLAGS_MASK);
+        let mask = if crate::switches::is_off(crate::switches::Switch::Fmask) {
+            FLAGS_MASK & !((1 << 8) | (1 << 14))
+        } else {
+            FLAGS_MASK
+        };
+        wrmsr(IA32_FMASK, mask);
     }
 }

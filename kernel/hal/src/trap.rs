@@ -4,9 +4,18 @@
 //! Every vector has a 16-byte stub that pushes a zero error code where the CPU pushes
 //! none, then the vector number, and jumps to `trap_common`, which swaps GS when the
 //! trap came from user mode, saves the general registers into a [`TrapFrame`] and calls
-//! [`trap_dispatch`]. NMI, #DF, #MC and #DB run on their IST stacks. (The paranoid GS
-//! handling for the IST vectors arrives with the entry-core work; until then the IST
-//! vectors use the same CS test as the others.)
+//! [`trap_dispatch`]. NMI, #DF, #MC and #DB have their own stubs and run on their IST
+//! stacks through the paranoid entry (`paranoid_common`), which never trusts CS to
+//! tell which GS base is live: with CR4.FSGSBASE on it saves the interrupted GS base
+//! (RDGSBASE), loads the kernel's from the lowest word of the IST stack (RSP masked
+//! with the stack size) and writes the saved value back on exit; with CR4.FSGSBASE off
+//! it reads IA32_GS_BASE and swaps only if the value is not negative, which is correct
+//! because no thread can then hold a negative GS base (see `entry::prepare_thread`).
+//! A #DB from user mode is then moved into the thread's context and leaves like any
+//! user trap (a debug fault for its handler); NMIs return where they hit.
+//!
+//! Every interrupt, exception and NMI that interrupts kernel mode first applies the
+//! kernel restartable-sequence rule ([`crate::rseq::fix_interrupted`]).
 //!
 //! Kernel-mode exceptions are fatal (register dump, then panic) unless the faulting
 //! instruction is listed in the `.keel_extable` section: then the fault is recorded in
@@ -156,8 +165,139 @@ trap_common:
     kernel_stack = const crate::percpu::OFFSET_KERNEL_STACK_TOP,
 );
 
+core::arch::global_asm!(
+    r#"
+    .section .text.entry, "ax"
+    .balign 16
+    .global keel_paranoid_debug
+keel_paranoid_debug:
+    push 0
+    push 1
+    jmp paranoid_common
+    .balign 16
+    .global keel_paranoid_nmi
+keel_paranoid_nmi:
+    push 0
+    push 2
+    jmp paranoid_common
+    .balign 16
+    .global keel_paranoid_double_fault
+keel_paranoid_double_fault:
+    push 8
+    jmp paranoid_common
+    .balign 16
+    .global keel_paranoid_machine_check
+keel_paranoid_machine_check:
+    push 0
+    push 18
+    jmp paranoid_common
+
+    .balign 16
+paranoid_common:
+    /* On the IST stack: vector, error code, RIP, CS, RFLAGS, RSP, SS. GS unknown. */
+    push rax
+    push rbx
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push rbp
+    push r8
+    push r9
+    push r10
+    push r11
+    push r12
+    push r13
+    push r14
+    push r15
+    cld
+    xor r13d, r13d
+    mov rax, cr4
+    bt rax, 16
+    jnc 9f
+    .global keel_paranoid_fsgsbase
+keel_paranoid_fsgsbase:
+    /* r12 = 2: restore the saved base (r13) on exit. */
+    rdgsbase r13
+    mov rax, rsp
+    and rax, -{stack_size}
+    mov rax, [rax]
+    wrgsbase rax
+    mov r12d, 2
+    jmp 8f
+9:
+    .pushsection .keel_patch, "a"
+    .quad {paranoid_switch}, keel_paranoid_fsgsbase, 9b
+    .popsection
+    /* No FSGSBASE: a negative IA32_GS_BASE is the kernel's (r12 = 0), else swap
+       (r12 = 1, swap back on exit). */
+    mov ecx, 0xc0000101
+    rdmsr
+    xor r12d, r12d
+    test edx, edx
+    js 8f
+    swapgs
+    mov r12d, 1
+8:
+    mov rdi, rsp
+    mov rsi, r12
+    mov rdx, r13
+    call {dispatch}
+    test eax, eax
+    jnz 10f
+    cmp r12d, 2
+    jne 11f
+    wrgsbase r13
+    jmp 12f
+11:
+    test r12d, r12d
+    jz 12f
+    swapgs
+12:
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rbp
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rbx
+    pop rax
+    add rsp, 16
+    iretq
+10:
+    /* A #DB from user mode, copied into the thread's context: make the GS bases the
+       usual kernel-mode pair (IA32_KERNEL_GS_BASE = the user's) and leave through the
+       user-trap path on the kernel stack. */
+    cmp r12d, 2
+    jne 13f
+    swapgs
+    wrgsbase r13
+    swapgs
+13:
+    mov rsp, gs:[{kernel_stack}]
+    call {from_user}
+    jmp keel_return_to_user
+"#,
+    stack_size = const crate::layout::STACK_SIZE,
+    paranoid_switch = const crate::switches::Switch::Paranoid as u64,
+    dispatch = sym paranoid_dispatch,
+    from_user = sym crate::entry::trap_from_user,
+    kernel_stack = const crate::percpu::OFFSET_KERNEL_STACK_TOP,
+);
+
 unsafe extern "C" {
     static trap_stubs: u8;
+    static keel_paranoid_debug: u8;
+    static keel_paranoid_nmi: u8;
+    static keel_paranoid_double_fault: u8;
+    static keel_paranoid_machine_check: u8;
     static __keel_extable_start: ExtableEntry;
     static __keel_extable_end: ExtableEntry;
 }
@@ -176,14 +316,20 @@ pub fn init_idt() {
     // The stubs are 16 bytes apart.
     let stubs = &raw const trap_stubs as u64;
     for vector in 0..256u64 {
-        let handler = stubs + vector * 16;
-        let ist: u64 = match vector {
-            2 => gdt::IST_NMI,
-            8 => gdt::IST_DOUBLE_FAULT,
-            18 => gdt::IST_MACHINE_CHECK,
-            1 => gdt::IST_DEBUG,
-            _ => 0,
-        } as u64;
+        let (handler, ist) = match vector {
+            2 => (&raw const keel_paranoid_nmi as u64, gdt::IST_NMI),
+            8 => (
+                &raw const keel_paranoid_double_fault as u64,
+                gdt::IST_DOUBLE_FAULT,
+            ),
+            18 => (
+                &raw const keel_paranoid_machine_check as u64,
+                gdt::IST_MACHINE_CHECK,
+            ),
+            1 => (&raw const keel_paranoid_debug as u64, gdt::IST_DEBUG),
+            _ => (stubs + vector * 16, 0),
+        };
+        let ist = ist as u64;
         // #BP may be raised from user mode with INT3; every other gate is ring 0 only.
         let dpl: u64 = if vector == 3 { 3 } else { 0 };
         let low = (handler & 0xffff)
@@ -534,6 +680,12 @@ pub fn backtrace(mut rbp: u64) {
 /// Acknowledges an interrupt: end of interrupt at the local APIC, the timer's re-arm
 /// and tick count, a TLB-shootdown request. Exceptions need nothing.
 pub(crate) fn acknowledge(vector: u64) {
+    if vector >= 32 {
+        if vector != TIMER_VECTOR as u64 {
+            crate::rseq::count_event(crate::percpu::Event::Irq);
+        }
+        crate::rseq::trace(crate::percpu::Event::Irq, vector);
+    }
     match vector {
         0..=31 => {}
         v if v == TIMER_VECTOR as u64 => {
@@ -560,8 +712,182 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     if vector < 32 {
         kernel_exception(frame);
     } else {
+        crate::rseq::fix_interrupted(&mut frame.rip);
         crate::entry::interrupt_in_kernel(vector);
     }
+}
+
+/// How the paranoid entry found GS (its register r12): 0 = the kernel's (sign test),
+/// 1 = swapped (sign test), 2 = saved with RDGSBASE and replaced.
+const GS_SWAPPED: u64 = 1;
+const GS_SAVED: u64 = 2;
+
+/// DR6 bits: breakpoint conditions B0–B3, and BS (single step).
+const DR6_B0_B3: u64 = 0xf;
+const DR6_BS: u64 = 1 << 14;
+/// DR6 value with no condition recorded.
+const DR6_CLEAR: u64 = 0xffff_0ff0;
+
+/// Reads and clears DR6.
+pub(crate) fn take_dr6() -> u64 {
+    let dr6: u64;
+    // SAFETY: reading and writing DR6 only changes the recorded debug conditions.
+    unsafe {
+        core::arch::asm!("mov {}, dr6", out(reg) dr6, options(nomem, nostack));
+        core::arch::asm!("mov dr6, {}", in(reg) DR6_CLEAR, options(nomem, nostack));
+    }
+    dr6
+}
+
+/// Rust side of the paranoid entry (NMI, #DF, #MC, #DB) with a valid kernel GS base.
+/// `gs_mode` and `saved_gs` say how GS was found. Returns 1 if the trap must leave
+/// through the user-trap path (a #DB from user mode, already copied into the thread's
+/// context), 0 to return where it hit.
+extern "C" fn paranoid_dispatch(frame: &mut TrapFrame, gs_mode: u64, saved_gs: u64) -> u64 {
+    let area = crate::percpu::current();
+    if !frame.from_user() {
+        let user_gs = match gs_mode {
+            GS_SWAPPED => true,
+            GS_SAVED => saved_gs != area.self_ptr,
+            _ => false,
+        };
+        if user_gs {
+            area.paranoid_user_gs.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    match frame.vector {
+        2 => {
+            crate::rseq::count_event(crate::percpu::Event::Nmi);
+            crate::rseq::trace(crate::percpu::Event::Nmi, frame.rip);
+            if !frame.from_user() {
+                crate::rseq::fix_interrupted(&mut frame.rip);
+            }
+            nmi_hook();
+            0
+        }
+        1 => {
+            let dr6 = take_dr6();
+            crate::rseq::count_event(crate::percpu::Event::Debug);
+            if frame.from_user() {
+                // A breakpoint, watchpoint or single step of the thread (or ICEBP):
+                // its fault handler hears about it.
+                let context = area.context_top - crate::entry::PUSHED_WORDS * 8;
+                frame.error_code = dr6;
+                // SAFETY: `context` is the current thread's register area in its TCB
+                // (context_top is set whenever a thread runs), 22 words, not aliased
+                // by the IST frame.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(
+                        frame as *const TrapFrame as *const u64,
+                        context as *mut u64,
+                        crate::entry::PUSHED_WORDS as usize,
+                    );
+                }
+                return 1;
+            }
+            if dr6 & DR6_BS != 0 && crate::rseq::injection_step(&mut frame.rip) {
+                return 0;
+            }
+            crate::rseq::fix_interrupted(&mut frame.rip);
+            // A #DB in kernel mode is never the kernel's own: a user single step or
+            // data breakpoint whose trap was held by MOV SS/POP SS until the first
+            // kernel instruction, or a stray TF. Drop it; TF off, so the kernel runs on.
+            frame.rflags &= !(1 << 8);
+            log::debug!(
+                "#DB in kernel mode at {:#x} (DR6 {dr6:#x}) ignored",
+                frame.rip
+            );
+            KERNEL_DEBUG_TRAPS.fetch_add(1, Ordering::Relaxed);
+            if dr6 & DR6_B0_B3 != 0 {
+                KERNEL_DEBUG_BREAKPOINTS.fetch_add(1, Ordering::Relaxed);
+            }
+            0
+        }
+        8 => double_fault(frame),
+        _ => {
+            crate::rseq::count_event(crate::percpu::Event::Fatal);
+            crate::console::force_unlock();
+            crate::println!("\nmachine check:");
+            dump(frame);
+            panic!("machine check at {:#x}", frame.rip);
+        }
+    }
+}
+
+/// #DB traps taken in kernel mode and dropped (all CPUs).
+pub static KERNEL_DEBUG_TRAPS: AtomicU64 = AtomicU64::new(0);
+/// Of those, how many reported a hardware breakpoint condition (B0–B3).
+pub static KERNEL_DEBUG_BREAKPOINTS: AtomicU64 = AtomicU64::new(0);
+
+/// Test hook run by every NMI (0 = none): a function the tests install.
+static NMI_HOOK: AtomicU64 = AtomicU64::new(0);
+
+/// Installs `hook` to run in every NMI on every CPU (tests), or removes it.
+pub fn set_nmi_hook(hook: Option<fn()>) {
+    NMI_HOOK.store(hook.map_or(0, |f| f as usize as u64), Ordering::SeqCst);
+}
+
+fn nmi_hook() {
+    let hook = NMI_HOOK.load(Ordering::SeqCst);
+    if hook != 0 {
+        // SAFETY: only `set_nmi_hook` stores non-zero values, and they are `fn()`s.
+        let f: fn() = unsafe { core::mem::transmute(hook as usize) };
+        f();
+    }
+}
+
+/// A double fault: always fatal; says whether a kernel stack overflowed into its
+/// guard page (the usual cause: a push into the guard faulted, and the page fault
+/// could not be delivered on the same stack).
+fn double_fault(frame: &mut TrapFrame) -> ! {
+    crate::rseq::count_event(crate::percpu::Event::Fatal);
+    crate::console::force_unlock();
+    crate::println!("\nkernel exception:");
+    dump(frame);
+    let fault_address = cr2();
+    match overflowed_stack(frame.rsp, fault_address) {
+        Some(which) => crate::println!(
+            "diagnosis: kernel stack overflow into the guard page of {which} (RSP {:#x}, CR2 {fault_address:#x}); caught on the #DF stack",
+            frame.rsp
+        ),
+        None => crate::println!(
+            "diagnosis: double fault, not a stack overflow (RSP {:#x}, CR2 {fault_address:#x})",
+            frame.rsp
+        ),
+    }
+    panic!("#DF double fault in kernel mode at {:#x}", frame.rip);
+}
+
+/// Which kernel stack `rsp`/`cr2` say overflowed, if any.
+fn overflowed_stack(rsp: u64, cr2: u64) -> Option<&'static str> {
+    const NAMES: [&str; crate::layout::STACKS_PER_CPU as usize] = [
+        "a kernel stack",
+        "an NMI stack",
+        "a #DF stack",
+        "a #MC stack",
+        "a #DB stack",
+        "an idle stack",
+    ];
+    let near_guard = |guard: u64, a: u64| a >= guard && a < guard + crate::layout::STACK_SIZE + 256;
+    let boot_guard = crate::boot::boot_stack_guard();
+    if near_guard(boot_guard, cr2) || (rsp >= boot_guard && rsp < boot_guard + 4096 + 256) {
+        return Some("the boot stack");
+    }
+    let region = crate::layout::KERNEL_STACKS;
+    let end = region
+        + crate::layout::MAX_CPUS as u64
+            * crate::layout::STACKS_PER_CPU
+            * crate::layout::STACK_SLOT;
+    for a in [cr2, rsp] {
+        if a >= region && a < end {
+            let slot = (a - region) / crate::layout::STACK_SLOT;
+            let guard = region + slot * crate::layout::STACK_SLOT;
+            if near_guard(guard, a) {
+                return Some(NAMES[(slot % crate::layout::STACKS_PER_CPU) as usize]);
+            }
+        }
+    }
+    None
 }
 
 fn kernel_exception(frame: &mut TrapFrame) {
@@ -587,9 +913,6 @@ fn kernel_exception(frame: &mut TrapFrame) {
     crate::console::force_unlock();
     crate::println!("\nkernel exception:");
     dump(frame);
-    if vector == 8 && stack_guard_hit(frame.rsp) {
-        crate::println!("diagnosis: kernel stack overflow into a guard page");
-    }
     if vector == 14 {
         crate::println!(
             "diagnosis: page fault at {:#x} ({})",
@@ -602,17 +925,6 @@ fn kernel_exception(frame: &mut TrapFrame) {
         exception_name(vector),
         frame.rip
     );
-}
-
-fn stack_guard_hit(rsp: u64) -> bool {
-    let region = crate::layout::KERNEL_STACKS;
-    rsp >= region
-        && rsp
-            < region
-                + crate::layout::MAX_CPUS as u64
-                    * crate::layout::STACKS_PER_CPU
-                    * crate::layout::STACK_SLOT
-        && (rsp - region) % crate::layout::STACK_SLOT < crate::layout::STACK_SIZE
 }
 
 /// A page-fault error code in words.
@@ -628,4 +940,54 @@ pub fn page_fault_cause(error_code: u64) -> &'static str {
         (true, false, _) => "read protection violation",
         (true, true, _) => "write protection violation",
     }
+}
+
+/// Test support for the paranoid entry: runs a window in kernel mode with IA32_GS_BASE
+/// = `foreign` (as right after SYSCALL, before SWAPGS, with a user's base), sends this
+/// CPU an NMI and waits for it inside the window. Returns (NMIs taken in the window,
+/// paranoid entries that saw a foreign GS base). The kernel GS base is back afterwards.
+pub fn nmi_in_foreign_gs_window(foreign: u64) -> (u64, u64) {
+    let area = crate::percpu::current();
+    let me = area.apic_id;
+    let nmis = crate::percpu::event_count(crate::percpu::Event::Nmi);
+    let seen = area.paranoid_user_gs.load(Ordering::SeqCst);
+    // SAFETY: interrupts are disabled; between the two SWAPGS only code that does not
+    // use GS runs (the APIC write and a counted loop); the kernel GS base is saved in
+    // IA32_KERNEL_GS_BASE by the first SWAPGS and restored by the second, and the
+    // original IA32_KERNEL_GS_BASE is written back at the end. An NMI in the window
+    // exercises the paranoid entry; a broken one would crash the kernel here.
+    unsafe {
+        let saved = x86::msr::rdmsr(x86::msr::IA32_KERNEL_GSBASE);
+        x86::msr::wrmsr(x86::msr::IA32_KERNEL_GSBASE, foreign);
+        core::arch::asm!("swapgs", options(nostack, preserves_flags));
+        crate::apic::send_nmi(me);
+        for _ in 0..20_000 {
+            core::hint::spin_loop();
+        }
+        core::arch::asm!("swapgs", options(nostack, preserves_flags));
+        x86::msr::wrmsr(x86::msr::IA32_KERNEL_GSBASE, saved);
+    }
+    (
+        crate::percpu::event_count(crate::percpu::Event::Nmi) - nmis,
+        area.paranoid_user_gs.load(Ordering::SeqCst) - seen,
+    )
+}
+
+/// Test support: single-steps a few kernel instructions with no injection armed (a
+/// stray TF in kernel mode). Returns the kernel #DB traps dropped meanwhile.
+pub fn kernel_single_step() -> u64 {
+    let before = KERNEL_DEBUG_TRAPS.load(Ordering::SeqCst);
+    // SAFETY: sets TF; the IST #DB handler drops the first kernel-mode single-step trap
+    // and clears TF in the interrupted flags, so execution continues normally.
+    unsafe {
+        core::arch::asm!(
+            "pushfq",
+            "or qword ptr [rsp], 0x100",
+            "popfq",
+            "nop",
+            "nop",
+            "nop",
+        )
+    };
+    KERNEL_DEBUG_TRAPS.load(Ordering::SeqCst) - before
 }

@@ -120,11 +120,20 @@ pub fn message<H: Hardware>(
             w[3] = fsr;
             (label::VM_FAULT, w, 4)
         }
-        Fault::Debug { reason, address } => {
+        Fault::Debug {
+            reason,
+            address,
+            breakpoint,
+        } => {
             w[0] = c.rip;
             w[1] = reason;
-            w[2] = address;
-            (label::DEBUG_EXCEPTION, w, 4)
+            if reason <= keel_abi::fault::BreakpointType::Instruction as u64 {
+                w[2] = address;
+                w[3] = breakpoint;
+                (label::DEBUG_EXCEPTION, w, 4)
+            } else {
+                (label::DEBUG_EXCEPTION, w, 2)
+            }
         }
     }
 }
@@ -140,6 +149,15 @@ impl<H: Hardware> Kernel<H> {
             fault,
             Fault::UnknownSyscall { .. } | Fault::UserException { .. }
         ) {
+            if let Fault::Debug { reason, .. } = fault
+                && reason == keel_abi::fault::BreakpointType::SingleStep as u64
+                && info.length() >= 1
+            {
+                // MR0: instructions to run before the next single-step fault.
+                let buffer = self.ipc_buffer(sender);
+                let n = self.message_register(sender, buffer, 0);
+                self.tcb_mut(t).debug.skip = n.saturating_sub(1);
+            }
             return true;
         }
         // As seL4's handleFaultReply, the registers are written back whatever the
@@ -197,6 +215,9 @@ impl<H: Hardware> Kernel<H> {
             _ => {}
         }
         c.sanitise_flags();
+        if self.tcb(t).debug.single_step {
+            self.tcb_mut(t).context.rflags |= crate::object::tcb_debug::RFLAGS_TF;
+        }
         info.label() == 0
     }
 }

@@ -161,9 +161,15 @@ impl<H: Hardware> Kernel<H> {
                 fsr: code,
                 instruction: code & 16 != 0,
             },
-            1 | 3 => Fault::Debug {
-                reason: vector,
-                address,
+            // #DB: `code` is DR6.
+            1 => match self.debug_exception(t, code) {
+                Some(f) => f,
+                None => return,
+            },
+            3 => Fault::Debug {
+                reason: keel_abi::fault::BreakpointType::SoftwareBreakRequest as u64,
+                address: 0,
+                breakpoint: 0,
             },
             _ => Fault::UserException {
                 number: vector,

@@ -27,6 +27,7 @@
 pub mod bootinfo;
 pub mod cap;
 pub mod error;
+pub mod hazards;
 pub mod image;
 pub mod invocations;
 pub mod ipc;

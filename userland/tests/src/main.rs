@@ -14,6 +14,7 @@
 #![allow(clippy::result_large_err)]
 
 mod cspace;
+mod entry_hazards;
 mod faults;
 mod harness;
 mod ipc;
@@ -52,6 +53,7 @@ fn main(argument: u64) -> u64 {
                     threads::run(&mut suite, &mut env);
                     ipc::run(&mut suite, &mut env);
                     faults::run(&mut suite, &mut env);
+                    entry_hazards::run(&mut suite, &mut env);
                     vspace::run(&mut suite, &mut env);
                     vspace::run_devices(&mut suite, &mut env);
                 }

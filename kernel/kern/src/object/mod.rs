@@ -9,6 +9,7 @@ pub mod cspace;
 pub mod endpoint;
 pub mod irq;
 pub mod tcb;
+pub mod tcb_debug;
 pub mod tcb_ops;
 pub mod untyped;
 pub mod vspace;

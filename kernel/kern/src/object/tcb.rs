@@ -160,8 +160,13 @@ pub enum Fault {
         fsr: u64,
         instruction: bool,
     },
-    /// A debug exception (breakpoint, single step, watchpoint).
-    Debug { reason: u64, address: u64 },
+    /// A debug exception: `reason` is a `keel_abi::fault::BreakpointType`; for a
+    /// breakpoint or watchpoint also its address and number (DR0–DR3).
+    Debug {
+        reason: u64,
+        address: u64,
+        breakpoint: u64,
+    },
 }
 
 /// A thread's hardware debug state: what the trusted core loads into DR0–DR3 and DR7

@@ -115,9 +115,14 @@ impl<H: Hardware> Kernel<H> {
                     return Err(InvocationError::argument(2));
                 }
                 {
-                    let c = &mut self.tcb_mut(t).context;
+                    let tcb = self.tcb_mut(t);
+                    let stepping = tcb.debug.single_step;
+                    let c = &mut tcb.context;
                     from_abi(c, &new, count);
                     c.sanitise_flags();
+                    if stepping {
+                        c.rflags |= crate::object::tcb_debug::RFLAGS_TF;
+                    }
                     // The thread continues at the written RIP, not in a system call.
                     c.vector = 0;
                 }
@@ -268,6 +273,10 @@ impl<H: Hardware> Kernel<H> {
                 self.tcb_mut(t).context.gs_base = args.mr(0);
                 Ok(0)
             }
+            L::TcbSetBreakpoint
+            | L::TcbGetBreakpoint
+            | L::TcbUnsetBreakpoint
+            | L::TcbConfigureSingleStepping => self.invoke_tcb_debug(t, label, args),
             L::TcbSetFlags => {
                 // No flag is supported yet (FPU-disabled arrives with per-thread FPU state):
                 // report the empty flag set.

@@ -1,0 +1,121 @@
+//! Boot switches of the entry core: `entry.clear_regs=off`, and the test-only
+//! `keel.unsafe.<name>` switches that each turn one defence off so that a hostile test
+//! can show it failing (negative controls; never use them otherwise).
+//!
+//! Switches that guard entry-path instructions are applied by patching: the assembly
+//! marks each guarded block in the `.keel_patch` section as `(switch, start, end)`,
+//! and [`configure`] (on the bootstrap CPU, before any other CPU starts and before any
+//! user code runs) overwrites the first bytes of every block whose switch is off with a
+//! jump to its end. A switch left on costs nothing; one turned off costs one jump.
+//! The other switches are read at run time with [`is_off`].
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+/// One defence that can be switched off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Switch {
+    /// Register clearing on entry (`entry.clear_regs=off`; a supported setting).
+    ClearRegs = 0,
+    /// SYSRET safety checks: RIP canonical, and TF/NT/RF in the saved RFLAGS send the
+    /// return through IRETQ (`keel.unsafe.sysret`).
+    Sysret = 1,
+    /// Paranoid IST entry with RDGSBASE/WRGSBASE; off = always the GS_BASE sign test
+    /// (`keel.unsafe.paranoid`).
+    Paranoid = 2,
+    /// Kernel restartable-sequence lookup on interrupts (`keel.unsafe.rseq`).
+    Rseq = 3,
+    /// espfix64 for returns to a 16-bit stack segment (`keel.unsafe.espfix`).
+    Espfix = 4,
+    /// TF and NT in the SYSCALL flag mask (`keel.unsafe.fmask`).
+    Fmask = 5,
+    /// Debug registers cleared when switching to a thread without breakpoints
+    /// (`keel.unsafe.debug_regs`).
+    DebugRegs = 6,
+}
+
+const NAMES: [(Switch, &str); 6] = [
+    (Switch::Sysret, "keel.unsafe.sysret"),
+    (Switch::Paranoid, "keel.unsafe.paranoid"),
+    (Switch::Rseq, "keel.unsafe.rseq"),
+    (Switch::Espfix, "keel.unsafe.espfix"),
+    (Switch::Fmask, "keel.unsafe.fmask"),
+    (Switch::DebugRegs, "keel.unsafe.debug_regs"),
+];
+
+static OFF: AtomicU32 = AtomicU32::new(0);
+
+/// Whether the defence `s` was switched off on the command line.
+#[inline]
+pub fn is_off(s: Switch) -> bool {
+    OFF.load(Ordering::Relaxed) & (1 << s as u32) != 0
+}
+
+/// A patch site, emitted by the entry assembly into `.keel_patch`.
+#[repr(C)]
+struct Site {
+    switch: u64,
+    start: u64,
+    end: u64,
+}
+
+unsafe extern "C" {
+    static __keel_patch_start: Site;
+    static __keel_patch_end: Site;
+}
+
+fn sites() -> &'static [Site] {
+    // SAFETY: the linker places only `Site` records (three quads each, emitted by the
+    // entry assembly) between these two symbols.
+    unsafe {
+        let start = &raw const __keel_patch_start;
+        let end = &raw const __keel_patch_end;
+        core::slice::from_raw_parts(start, end.offset_from(start) as usize)
+    }
+}
+
+/// Reads the switches from the kernel command line and patches the entry code.
+/// Runs once, on the bootstrap CPU, after the kernel page tables (the direct map) are
+/// up and before any other CPU starts or any user code runs.
+pub fn configure(cmdline: &str) {
+    let mut off = 0u32;
+    if keel_kern::cmdline::value(cmdline, "entry.clear_regs") == Some("off") {
+        off |= 1 << Switch::ClearRegs as u32;
+        log::info!("entry: register clearing off (entry.clear_regs=off)");
+    }
+    for (s, name) in NAMES {
+        if keel_kern::cmdline::flag(cmdline, name) {
+            off |= 1 << s as u32;
+            log::warn!("entry: defence switched off for a negative test: {name}");
+        }
+    }
+    OFF.store(off, Ordering::Relaxed);
+    for site in sites() {
+        if off & (1 << site.switch) == 0 {
+            continue;
+        }
+        let distance = site.end - site.start;
+        let phys = crate::layout::image_virt_to_phys(site.start);
+        let bytes = crate::layout::phys_to_virt(phys) as *mut u8;
+        // SAFETY: `start..end` is a block of kernel text (emitted by our assembly, at
+        // least 5 bytes long, asserted there) that no CPU executes yet: only the
+        // bootstrap CPU runs, and it is not inside the entry code. The text is written
+        // through its direct-map alias (writable); the jump keeps the instruction
+        // stream valid because execution resumes at `end`, an instruction boundary.
+        unsafe {
+            if distance - 2 <= 127 {
+                bytes.write_volatile(0xeb);
+                bytes.add(1).write_volatile((distance - 2) as u8);
+            } else {
+                bytes.write_volatile(0xe9);
+                let rel = ((distance - 5) as u32).to_le_bytes();
+                for (i, b) in rel.iter().enumerate() {
+                    bytes.add(1 + i).write_volatile(*b);
+                }
+            }
+        }
+    }
+    // CPUID serialises instruction fetch after the code writes (cross-modifying code
+    // is not a concern: no other CPU runs).
+    core::arch::x86_64::__cpuid(0);
+}

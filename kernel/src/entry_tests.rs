@@ -1,0 +1,196 @@
+//! In-kernel tests of the trusted entry core (issue 4): the paranoid IST entry with a
+//! foreign GS base, kernel restartable sequences (table, injection at every
+//! instruction boundary, NMI stress), a stray kernel single step, the patched entry
+//! switches, and the stack-overflow diagnosis (only with `keel.test_stack_overflow`,
+//! which ends the boot on purpose; see tests/on_target.rs).
+
+use keel_hal as hal;
+use keel_hal::percpu::Event;
+use keel_kern::check;
+use keel_kern::testing::Outcome;
+
+fn paranoid_nmi_user_gs() -> Outcome {
+    // Values a user may hold in its GS base: 0, small, above 4 GiB (positive), and a
+    // kernel-looking negative one, which only the RDGSBASE method can tell apart.
+    let fsgsbase = hal::cpu::features().fsgsbase;
+    for foreign in [0u64, 1, 1 << 33, 0xffff_8000_0000_0000] {
+        if (foreign as i64) < 0 && !fsgsbase {
+            // Without FSGSBASE no thread can hold a negative base (prepare_thread).
+            continue;
+        }
+        let (nmis, seen) = hal::trap::nmi_in_foreign_gs_window(foreign);
+        check!(
+            nmis == 1,
+            "GS base {foreign:#x}: {nmis} NMIs counted in the window"
+        );
+        check!(
+            seen == 1,
+            "GS base {foreign:#x}: paranoid entry saw a foreign base {seen} times"
+        );
+    }
+    Outcome::Passed
+}
+hal::kernel_test!(
+    paranoid_nmi_with_user_gs_base_in_kernel_mode,
+    paranoid_nmi_user_gs
+);
+
+fn rseq_table() -> Outcome {
+    let table = hal::rseq::table();
+    let (sorted, len) = hal::rseq::section_sorted();
+    check!(
+        len >= 3 && table.len() == len,
+        "{len} sequences in the section"
+    );
+    check!(
+        table.windows(2).all(|w| w[0].end <= w[1].start),
+        "table not sorted and disjoint"
+    );
+    if !sorted {
+        log::info!("rseq: linker section was not in address order (sorted at boot)");
+    }
+    for d in table {
+        check!(
+            hal::rseq::restart_address(d.start) == Some(d.restart)
+                && hal::rseq::restart_address(d.end - 1) == Some(d.restart)
+                && hal::rseq::restart_address(d.end)
+                    .is_none_or(|_| table.iter().any(|e| e.start == d.end)),
+            "lookup of {d:x?}"
+        );
+    }
+    Outcome::Passed
+}
+hal::kernel_test!(rseq_table_sorted_and_looked_up, rseq_table);
+
+fn rseq_injection() -> Outcome {
+    // Steps: after the NOP (RIP = start), after the load, after the add, after the
+    // committing store (RIP = end), then the three instructions that clear TF.
+    let mut inside = 0;
+    let mut k = 1;
+    loop {
+        let before = hal::percpu::event_count(Event::Test);
+        let inj = hal::rseq::inject_at(k, Event::Test);
+        let after = hal::percpu::event_count(Event::Test);
+        if inj.steps < k {
+            break;
+        }
+        check!(
+            after == before + 2,
+            "interruption at step {k} (RIP {:#x}): counter moved by {}, expected 2",
+            inj.injected_rip,
+            after - before
+        );
+        let within = hal::rseq::restart_address(inj.injected_rip).is_some();
+        let start = within
+            && hal::rseq::table()
+                .iter()
+                .any(|d| d.start == inj.injected_rip);
+        if within && !start {
+            inside += 1;
+            check!(
+                inj.restarted,
+                "step {k}: inside the sequence but not restarted"
+            );
+        }
+        k += 1;
+        check!(k < 32, "single stepping did not end");
+    }
+    check!(
+        inside == 2,
+        "{inside} interruptions strictly inside the 3-instruction sequence, expected 2"
+    );
+    Outcome::Passed
+}
+hal::kernel_test!(
+    rseq_interrupt_at_every_instruction_boundary_is_exact,
+    rseq_injection
+);
+
+fn bump_test_counter() {
+    hal::rseq::count_event(Event::Test);
+}
+
+fn rseq_nmi_stress() -> Outcome {
+    let me = hal::percpu::current().apic_id;
+    hal::trap::set_nmi_hook(Some(bump_test_counter));
+    let test0 = hal::percpu::event_count(Event::Test);
+    let nmi0 = hal::percpu::event_count(Event::Nmi);
+    const N: u64 = 20_000;
+    for i in 0..N {
+        hal::rseq::count_event(Event::Test);
+        hal::rseq::trace(Event::Test, i);
+        if i % 64 == 0 {
+            hal::apic::send_nmi(me);
+        }
+    }
+    for _ in 0..10_000 {
+        core::hint::spin_loop();
+    }
+    hal::trap::set_nmi_hook(None);
+    let nmis = hal::percpu::event_count(Event::Nmi) - nmi0;
+    let tests = hal::percpu::event_count(Event::Test) - test0;
+    check!(nmis > 0, "no NMI arrived");
+    check!(
+        tests == N + nmis,
+        "counter moved by {tests}, expected {N} + {nmis} NMIs"
+    );
+    let mut tail = [hal::percpu::TraceEntry::default(); 8];
+    let n = hal::percpu::trace_tail(&mut tail);
+    check!(n == 8, "trace ring holds {n}");
+    check!(
+        tail.iter()
+            .any(|e| e.event == Event::Test as u64 && e.argument == N - 1),
+        "last trace entry missing: {tail:x?}"
+    );
+    Outcome::Passed
+}
+hal::kernel_test!(
+    rseq_counters_and_trace_exact_under_nmi_load,
+    rseq_nmi_stress
+);
+
+fn stray_kernel_single_step() -> Outcome {
+    let dropped = hal::trap::kernel_single_step();
+    check!(
+        dropped == 1,
+        "{dropped} kernel #DB traps dropped, expected 1"
+    );
+    Outcome::Passed
+}
+hal::kernel_test!(
+    debug_trap_in_kernel_mode_is_dropped,
+    stray_kernel_single_step
+);
+
+fn idle_debug_registers() -> Outcome {
+    check!(
+        hal::debug::dr7() & 0xff == 0,
+        "DR7 {:#x} has breakpoints enabled while no thread runs",
+        hal::debug::dr7()
+    );
+    Outcome::Passed
+}
+hal::kernel_test!(debug_registers_clear_at_boot, idle_debug_registers);
+
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    let frame = core::hint::black_box([depth; 32]);
+    if depth == 0 {
+        return frame[0];
+    }
+    recurse(core::hint::black_box(depth - 1)) + frame[1]
+}
+
+fn stack_overflow() -> Outcome {
+    if !keel_kern::cmdline::flag(super::cmdline(), "keel.test_stack_overflow") {
+        return Outcome::Skipped("needs keel.test_stack_overflow (ends the boot)");
+    }
+    log::info!("overflowing the kernel stack on purpose");
+    let r = recurse(u64::MAX / 2);
+    check!(false, "recursion returned {r}");
+    Outcome::Passed
+}
+hal::kernel_test!(
+    stack_overflow_is_diagnosed_on_the_double_fault_stack,
+    stack_overflow
+);

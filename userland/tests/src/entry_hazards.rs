@@ -1,0 +1,284 @@
+//! Hostile tests of the trusted entry core (DESIGN §5.3, issue 4), after Linux's
+//! `tools/testing/selftests/x86` scenarios, written for Keel's ABI: single stepping
+//! across SYSCALL, NT across SYSCALL, MOV SS + kernel entry with a data breakpoint on
+//! the MOV SS operand, and returns to non-canonical RIPs. On CPUs with FSGSBASE the
+//! threads run with a kernel-looking GS base (0xffff_8000_0000_0000), so every #DB
+//! they cause also tests the paranoid entry; their base must come back intact.
+
+use core::sync::atomic::{AtomicU16, Ordering};
+
+use keel_abi::fault::{BreakpointType, FaultType, UserContext, debug_exception, user_exception};
+use keel_abi::invocation::InvocationLabel as L;
+use keel_sys::cap::init;
+use keel_sys::hazards::{self, AfterMovSs, NT, TF};
+use keel_sys::invocations::{Args, invoke};
+use keel_sys::{Message, Received};
+
+use crate::harness::{Env, OrFail, Suite, TestResult, add_shared, set_shared, shared, wait_until};
+use crate::{CHILD_PRIORITY, ensure, fail};
+
+/// The GS base the hostile threads run with where the CPU allows it.
+const KERNEL_LOOKING_GS: u64 = 0xffff_8000_0000_0000;
+
+/// Runs the entry-hazard tests.
+pub fn run(suite: &mut Suite, env: &mut Env) {
+    suite.run("entry_single_step_across_syscall", || single_step(env));
+    suite.run("entry_syscall_with_nt_and_nt_tf", || nt(env));
+    suite.run("entry_mov_ss_data_breakpoint_then_kernel_entry", || {
+        mov_ss(env)
+    });
+    suite.run("entry_sysret_to_non_canonical_rip_refused", || {
+        sysret_rip(env)
+    });
+}
+
+/// Gives the thread FSGSBASE and the kernel-looking GS base; false if the CPU lacks
+/// FSGSBASE (then the thread keeps base 0).
+fn hostile_gs(t: &keel_rt::Thread) -> bool {
+    if init::FS_GS_BASE_CONTROL.set_access(t.tcb, true).is_err() {
+        return false;
+    }
+    t.tcb.set_gs_base(KERNEL_LOOKING_GS).is_ok()
+}
+
+fn check_gs(t: &keel_rt::Thread, hostile: bool) -> TestResult {
+    if hostile {
+        let ctx = t
+            .tcb
+            .read_registers(false, 0, keel_abi::fault::USER_CONTEXT_WORDS)
+            .or_fail("read registers")?;
+        ensure!(
+            ctx.gs_base == KERNEL_LOOKING_GS,
+            "GS base came back as {:#x}",
+            ctx.gs_base
+        );
+    }
+    Ok(())
+}
+
+/// Serves the fault endpoint until shared word 0 reaches `done`: resumes debug
+/// faults (counting them by reason in shared words 8..12) and skips the 2-byte
+/// instruction of a #GP. Returns false on a time-out.
+fn serve(env: &mut Env, done: u64) -> Result<bool, crate::harness::Why> {
+    let mut bad: Option<(u64, u64)> = None;
+    let finished = wait_until(|| {
+        if let Some(r) = env.fault_ep.nb_recv() {
+            handle(&r, &mut bad);
+        }
+        shared(0) >= done
+    });
+    if let Some((label, w)) = bad {
+        fail!("unexpected fault: label<<8|MR3 {label:#x}, MR0 {w:#x}");
+    }
+    Ok(finished)
+}
+
+fn handle(r: &Received, bad: &mut Option<(u64, u64)>) {
+    match FaultType::from_u64(r.label()) {
+        Some(FaultType::DebugException) => {
+            let reason = r.mr(debug_exception::EXCEPTION_REASON);
+            add_shared(8 + (reason as usize).min(3), 1);
+            if reason == BreakpointType::Data as u64 {
+                set_shared(12, r.mr(debug_exception::TRIGGER_ADDRESS));
+            }
+            keel_sys::ipc::reply(&Message::new(0));
+        }
+        Some(FaultType::UserException) if r.mr(user_exception::NUMBER) == 13 => {
+            add_shared(13, 1);
+            let w = r.words::<3>();
+            keel_sys::ipc::reply(&Message::new(0).words(&[w[0] + 2, w[1], w[2]]));
+        }
+        // QEMU TCG raises #UD for ICEBP (0xf1, 1 byte): skip it.
+        Some(FaultType::UserException) if r.mr(user_exception::NUMBER) == 6 => {
+            add_shared(14, 1);
+            let w = r.words::<3>();
+            keel_sys::ipc::reply(&Message::new(0).words(&[w[0] + 1, w[1], w[2]]));
+        }
+        _ => *bad = Some((r.label() << 8 | r.mr(3), r.mr(0))),
+    }
+}
+
+fn single_step_thread(_: u64) {
+    let after = hazards::flags_across_syscall(TF);
+    set_shared(1, after);
+    let steps = shared(10);
+    // TF is clear again: the next system call and what follows must not trap.
+    keel_sys::ipc::yield_now();
+    keel_sys::ipc::yield_now();
+    set_shared(2, shared(10) - steps);
+    set_shared(0, 1);
+}
+
+fn single_step(env: &mut Env) -> TestResult {
+    let t = env.create(single_step_thread, 0, CHILD_PRIORITY)?;
+    let hostile = hostile_gs(&t);
+    t.start().or_fail("start")?;
+    let finished = serve(env, 1)?;
+    let result = (|| {
+        ensure!(
+            finished,
+            "thread did not finish ({} single steps)",
+            shared(10)
+        );
+        ensure!(
+            shared(1) & TF != 0,
+            "TF lost across SYSCALL: RFLAGS {:#x}",
+            shared(1)
+        );
+        ensure!(
+            shared(10) >= 3,
+            "{} single-step faults, expected at least 3",
+            shared(10)
+        );
+        ensure!(
+            shared(2) == 0,
+            "{} single steps after TF was cleared",
+            shared(2)
+        );
+        check_gs(&t, hostile)
+    })();
+    env.destroy(t)?;
+    result
+}
+
+fn nt_thread(_: u64) {
+    set_shared(1, hazards::flags_across_syscall(NT));
+    set_shared(2, hazards::flags_across_syscall(NT | TF));
+    set_shared(0, 1);
+}
+
+fn nt(env: &mut Env) -> TestResult {
+    let t = env.create(nt_thread, 0, CHILD_PRIORITY)?;
+    let hostile = hostile_gs(&t);
+    t.start().or_fail("start")?;
+    let finished = serve(env, 1)?;
+    let result = (|| {
+        ensure!(finished, "thread did not finish");
+        ensure!(
+            shared(1) & NT != 0,
+            "NT lost across SYSCALL: {:#x}",
+            shared(1)
+        );
+        ensure!(
+            shared(2) & (NT | TF) == NT | TF,
+            "NT+TF lost across SYSCALL: {:#x}",
+            shared(2)
+        );
+        check_gs(&t, hostile)
+    })();
+    env.destroy(t)?;
+    result
+}
+
+static SELECTOR: AtomicU16 = AtomicU16::new(0);
+
+const VARIANTS: [AfterMovSs; 6] = [
+    AfterMovSs::Syscall,
+    AfterMovSs::Int3,
+    AfterMovSs::IntN3,
+    AfterMovSs::IntN4,
+    AfterMovSs::Icebp,
+    AfterMovSs::SyscallBadRsp,
+];
+
+fn mov_ss_thread(_: u64) {
+    SELECTOR.store(hazards::current_ss(), Ordering::SeqCst);
+    for v in VARIANTS {
+        hazards::mov_ss_then(&SELECTOR, v);
+        add_shared(0, 1);
+    }
+}
+
+fn set_breakpoint(t: &keel_rt::Thread, address: u64) -> TestResult {
+    let mut args = Args::new();
+    for w in [0, address, BreakpointType::Data as u64, 2, 2] {
+        args.word(w);
+    }
+    invoke(t.tcb.cptr(), L::TcbSetBreakpoint, &args).or_fail("SetBreakpoint")?;
+    let mut args = Args::new();
+    args.word(0);
+    let r = invoke(t.tcb.cptr(), L::TcbGetBreakpoint, &args).or_fail("GetBreakpoint")?;
+    ensure!(
+        r.mr(0) == address && r.mr(1) == 0 && r.mr(2) == 2 && r.mr(3) == 2 && r.mr(4) == 1,
+        "GetBreakpoint gave {:x?}",
+        [r.mr(0), r.mr(1), r.mr(2), r.mr(3), r.mr(4)]
+    );
+    let mut args = Args::new();
+    for w in [0, 0xffff_8000_0000_0000, BreakpointType::Data as u64, 8, 2] {
+        args.word(w);
+    }
+    ensure!(
+        invoke(t.tcb.cptr(), L::TcbSetBreakpoint, &args).is_err(),
+        "a breakpoint on a kernel address was accepted"
+    );
+    Ok(())
+}
+
+fn mov_ss(env: &mut Env) -> TestResult {
+    let t = env.create(mov_ss_thread, 0, CHILD_PRIORITY)?;
+    let hostile = hostile_gs(&t);
+    set_breakpoint(&t, SELECTOR.as_ptr() as u64)?;
+    t.start().or_fail("start")?;
+    let finished = serve(env, VARIANTS.len() as u64)?;
+    let result = (|| {
+        ensure!(
+            finished,
+            "thread stopped after {} of {} variants",
+            shared(0),
+            VARIANTS.len()
+        );
+        ensure!(
+            shared(13) == 1,
+            "{} #GP faults for INT 4, expected 1",
+            shared(13)
+        );
+        ensure!(
+            shared(11) + shared(14) >= 3,
+            "{} software break faults and {} #UD (INT3, INT 3, ICEBP), expected 3",
+            shared(11),
+            shared(14)
+        );
+        if shared(8) != 0 {
+            ensure!(
+                shared(12) == SELECTOR.as_ptr() as u64,
+                "watchpoint fault reported address {:#x}",
+                shared(12)
+            );
+        }
+        keel_rt::println!(
+            "  (mov ss: {} watchpoint faults in user mode, {} software breaks, {} ICEBP #UD, GS base {:#x})",
+            shared(8),
+            shared(11),
+            shared(14),
+            if hostile { KERNEL_LOOKING_GS } else { 0 }
+        );
+        check_gs(&t, hostile)
+    })();
+    env.destroy(t)?;
+    result
+}
+
+fn spin_thread(_: u64) {
+    loop {
+        keel_sys::ipc::yield_now();
+    }
+}
+
+fn sysret_rip(env: &mut Env) -> TestResult {
+    let t = env.create(spin_thread, 0, CHILD_PRIORITY)?;
+    let result = (|| {
+        for rip in [1u64 << 47, (1 << 47) + 0x1000, 1 << 63, u64::MAX - 0xfff] {
+            let ctx = UserContext {
+                rip,
+                ..Default::default()
+            };
+            ensure!(
+                t.tcb.write_registers(false, 0, 1, &ctx).is_err(),
+                "WriteRegisters accepted RIP {rip:#x}"
+            );
+        }
+        Ok(())
+    })();
+    env.destroy(t)?;
+    result
+}
