@@ -36,6 +36,14 @@ static FEATURES: Once<Features> = Once::new();
 /// Reads the CPU features (first call) and returns them.
 pub fn features() -> &'static Features {
     FEATURES.call_once(|| {
+        let f = read_features();
+        HAS_FSGSBASE.store(f.fsgsbase, core::sync::atomic::Ordering::Relaxed);
+        f
+    })
+}
+
+fn read_features() -> Features {
+    {
         let cpuid = CpuId::new();
         let info = cpuid.get_feature_info();
         let ext = cpuid.get_extended_feature_info();
@@ -54,7 +62,7 @@ pub fn features() -> &'static Features {
             nx: ext_fn.as_ref().is_some_and(|f| f.has_execute_disable()),
             invariant_tsc: power.as_ref().is_some_and(|f| f.has_invariant_tsc()),
         }
-    })
+    }
 }
 
 /// Reads the time-stamp counter.
@@ -148,6 +156,13 @@ pub fn efer() -> u64 {
 
 /// CR4.FSGSBASE (bit 16).
 const CR4_FSGSBASE: u64 = 1 << 16;
+
+/// Whether the CPU has RD/WR FS/GS BASE (cached, for the thread-switch path).
+pub fn has_fsgsbase() -> bool {
+    HAS_FSGSBASE.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+static HAS_FSGSBASE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// Turns CR4.FSGSBASE on or off on this CPU (no-op without the feature or if already
 /// so). With it off, user RD/WR FS/GS BASE raise #UD.

@@ -261,26 +261,27 @@ pub fn prepare_thread(context_phys: u64, pml4: u64, fs_base: u64, gs_base: u64) 
     // first field), read through the direct map; the object layer does not run
     // concurrently on this TCB (the big kernel lock is held).
     let tcb = unsafe { &*(context as *const keel_kern::object::tcb::Tcb) };
-    if crate::paging::current_pml4() != pml4 {
-        // SAFETY: the object layer gives the PML4 of the thread's VSpace, which has the
-        // kernel half (copied at creation).
-        unsafe { crate::paging::switch_to(pml4) };
-    }
-    let user_fsgsbase = tcb.fsgsbase_allowed && crate::cpu::features().fsgsbase;
-    crate::cpu::set_user_fsgsbase(user_fsgsbase);
-    // Without CR4.FSGSBASE the paranoid entry tells kernel from user GS by the sign of
-    // IA32_GS_BASE, so a thread must never run with a negative GS base then.
-    let gs_base = if !user_fsgsbase && (gs_base as i64) < 0 {
-        0
-    } else {
-        gs_base
-    };
-    crate::debug::load(tcb);
     let area =
         crate::percpu::current() as *const crate::percpu::PerCpu as *mut crate::percpu::PerCpu;
-    // SAFETY: this CPU's own per-CPU area, interrupts disabled; the MSRs hold the user
-    // FS base and (until SWAPGS on exit) the user GS base.
+    // SAFETY: this CPU's own per-CPU area, interrupts disabled. CR3 is only loaded here
+    // once threads run, so `loaded_pml4` tracks it without reading CR3; the MSRs hold
+    // the user FS base and (until SWAPGS on exit) the user GS base. Each slow register
+    // (CR3, CR4, debug registers, MSRs) is written only when its value changes.
     unsafe {
+        if (*area).loaded_pml4 != pml4 {
+            crate::paging::switch_to(pml4);
+            (*area).loaded_pml4 = pml4;
+        }
+        let user_fsgsbase = tcb.fsgsbase_allowed && crate::cpu::has_fsgsbase();
+        if user_fsgsbase != (*area).user_fsgsbase {
+            crate::cpu::set_user_fsgsbase(user_fsgsbase);
+        }
+        // Without CR4.FSGSBASE the paranoid entry tells kernel from user GS by the sign
+        // of IA32_GS_BASE, so a thread must never run with a negative GS base then.
+        let gs_base = if !user_fsgsbase && (gs_base as i64) < 0 { 0 } else { gs_base };
+        if (*area).debug_loaded || tcb.debug.any_breakpoint() {
+            crate::debug::load(tcb);
+        }
         let stale = user_fsgsbase || (*area).user_fsgsbase;
         if stale || (*area).loaded_fs_base != fs_base {
             x86::msr::wrmsr(x86::msr::IA32_FS_BASE, fs_base);

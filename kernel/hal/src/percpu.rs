@@ -59,6 +59,8 @@ pub struct PerCpu {
     /// The running thread may use RD/WR FS/GS BASE (CR4.FSGSBASE is on): its bases
     /// are read back on every entry.
     pub user_fsgsbase: bool,
+    /// The PML4 this CPU last loaded for a thread (CR3 without reading it).
+    pub loaded_pml4: u64,
     /// The debug registers hold a thread's breakpoints (DR7 non-zero).
     pub debug_loaded: bool,
     /// Paranoid entries that found a user GS base in kernel mode (entry/exit windows).
@@ -187,6 +189,7 @@ impl PerCpu {
                 restarted: false,
             },
             user_fsgsbase: false,
+            loaded_pml4: 0,
             debug_loaded: false,
             paranoid_user_gs: AtomicU64::new(0),
         }
