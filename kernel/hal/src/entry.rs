@@ -255,6 +255,7 @@ pub fn enter_idle() -> ! {
 /// `context_phys` (the start of its TCB record): its address space (`pml4`), FS/GS
 /// bases, CR4.FSGSBASE and debug registers as the record says, and the entry stack
 /// pointers. Returns the context's direct-map address for [`resume`].
+#[inline(always)]
 pub fn prepare_thread(context_phys: u64, pml4: u64, fs_base: u64, gs_base: u64) -> u64 {
     let context = crate::layout::phys_to_virt(context_phys);
     // SAFETY: the glue passes the record address of a live TCB (the context is its
@@ -264,21 +265,56 @@ pub fn prepare_thread(context_phys: u64, pml4: u64, fs_base: u64, gs_base: u64) 
     let area =
         crate::percpu::current() as *const crate::percpu::PerCpu as *mut crate::percpu::PerCpu;
     // SAFETY: this CPU's own per-CPU area, interrupts disabled. CR3 is only loaded here
-    // once threads run, so `loaded_pml4` tracks it without reading CR3; the MSRs hold
-    // the user FS base and (until SWAPGS on exit) the user GS base. Each slow register
-    // (CR3, CR4, debug registers, MSRs) is written only when its value changes.
+    // once threads run, so `loaded_pml4` tracks it without reading CR3. Each slow
+    // register (CR3, CR4, debug registers, MSRs) is written only when its value changes,
+    // out of line.
     unsafe {
         if (*area).loaded_pml4 != pml4 {
             crate::paging::switch_to(pml4);
             (*area).loaded_pml4 = pml4;
         }
         let user_fsgsbase = tcb.fsgsbase_allowed && crate::cpu::has_fsgsbase();
+        if user_fsgsbase
+            || (*area).user_fsgsbase
+            || (*area).debug_loaded
+            || tcb.debug.any_breakpoint()
+            || (*area).loaded_fs_base != fs_base
+            || (*area).loaded_gs_base != gs_base
+        {
+            load_thread_registers(tcb, user_fsgsbase, fs_base, gs_base);
+        }
+        let top = context + PUSHED_WORDS * 8;
+        (*area).context_top = top;
+        (*area).tables.set_kernel_entry_stack(top);
+    }
+    context
+}
+
+/// The rarely needed part of [`prepare_thread`]: CR4.FSGSBASE, debug registers, and
+/// the FS/GS base MSRs, each written only if it changes.
+#[cold]
+#[inline(never)]
+fn load_thread_registers(
+    tcb: &keel_kern::object::tcb::Tcb,
+    user_fsgsbase: bool,
+    fs_base: u64,
+    gs_base: u64,
+) {
+    let area =
+        crate::percpu::current() as *const crate::percpu::PerCpu as *mut crate::percpu::PerCpu;
+    // SAFETY: as in `prepare_thread`; the MSRs hold the user FS base and (until SWAPGS
+    // on exit) the user GS base.
+    unsafe {
         if user_fsgsbase != (*area).user_fsgsbase {
             crate::cpu::set_user_fsgsbase(user_fsgsbase);
         }
         // Without CR4.FSGSBASE the paranoid entry tells kernel from user GS by the sign
         // of IA32_GS_BASE, so a thread must never run with a negative GS base then.
-        let gs_base = if !user_fsgsbase && (gs_base as i64) < 0 { 0 } else { gs_base };
+        let gs_base = if !user_fsgsbase && (gs_base as i64) < 0 {
+            0
+        } else {
+            gs_base
+        };
         if (*area).debug_loaded || tcb.debug.any_breakpoint() {
             crate::debug::load(tcb);
         }
@@ -292,9 +328,5 @@ pub fn prepare_thread(context_phys: u64, pml4: u64, fs_base: u64, gs_base: u64) 
             (*area).loaded_gs_base = gs_base;
         }
         (*area).user_fsgsbase = user_fsgsbase;
-        let top = context + PUSHED_WORDS * 8;
-        (*area).context_top = top;
-        (*area).tables.set_kernel_entry_stack(top);
     }
-    context
 }
