@@ -20,8 +20,7 @@ use keel_hal::machine::Machine;
 use keel_hal::sync::BigKernelLock;
 use keel_kern::cmdline;
 use keel_kern::kernel::Kernel;
-use keel_kern::object::cap::Cap;
-use keel_kern::object::cspace;
+use keel_kern::memory::Memory;
 use keel_kern::object::tcb;
 use keel_kern::testing::Tally;
 
@@ -256,11 +255,9 @@ fn prepare(k: &mut Kernel<Machine>) -> u64 {
             k.handle_user_exception(13, 0, 0);
             continue;
         }
-        match cspace::cap(&k.hw, tcb::slot(t, tcb::SLOT_VSPACE)) {
-            Cap::Pml4 {
-                base,
-                asid: Some(_),
-            } => {
+        match keel_kern::object::cap::raw::assigned_pml4(k.hw.read(tcb::slot(t, tcb::SLOT_VSPACE)))
+        {
+            Some(base) => {
                 return hal::entry::prepare_thread(
                     tcb::record(t),
                     base,
@@ -268,7 +265,7 @@ fn prepare(k: &mut Kernel<Machine>) -> u64 {
                     context.gs_base,
                 );
             }
-            _ => {
+            None => {
                 k.handle_user_exception(14, 0, context.rip);
                 if k.current() == t {
                     k.suspend(t);

@@ -30,7 +30,7 @@ impl<H: Hardware> Kernel<H> {
     /// one level (guard + radix = 64) and the guard matches; `None` otherwise (the
     /// general path then decides).
     #[inline(always)]
-    fn fast_lookup(&self, t: u64, cptr: u64) -> Option<u64> {
+    pub(crate) fn fast_lookup(&self, t: u64, cptr: u64) -> Option<u64> {
         let root = tcb::slot(t, tcb::SLOT_CSPACE);
         let w0 = self.hw.read(root);
         if raw::tag(w0) != raw::CNODE {

@@ -37,15 +37,9 @@ impl<H: Hardware> Kernel<H> {
     /// Physical address of thread `t`'s IPC buffer, if it has a usable one.
     pub fn ipc_buffer(&self, t: u64) -> Option<u64> {
         let vaddr = self.tcb(t).ipc_buffer;
-        match cspace::cap(&self.hw, tcb::slot(t, tcb::SLOT_IPC_BUFFER)) {
-            Cap::Frame {
-                base,
-                size,
-                device: false,
-                ..
-            } => Some(base + (vaddr & ((1 << size.bits()) - 1))),
-            _ => None,
-        }
+        let w0 = self.hw.read(tcb::slot(t, tcb::SLOT_IPC_BUFFER));
+        crate::object::cap::raw::ram_frame(w0)
+            .map(|(base, bits)| base + (vaddr & ((1 << bits) - 1)))
     }
 
     /// Message register `i` of thread `t` (`buffer` = its IPC buffer).
@@ -78,6 +72,9 @@ impl<H: Hardware> Kernel<H> {
 
     /// Looks up `cptr` (all 64 bits) in thread `t`'s CSpace.
     pub fn lookup_slot(&self, t: u64, cptr: u64) -> Result<u64, LookupFault> {
+        if let Some(slot) = self.fast_lookup(t, cptr) {
+            return Ok(slot);
+        }
         let root = cspace::cap(&self.hw, tcb::slot(t, tcb::SLOT_CSPACE));
         cspace::resolve(&self.hw, root, cptr, 64).map(|(slot, _)| slot)
     }
@@ -205,18 +202,16 @@ impl<H: Hardware> Kernel<H> {
         self.set_state(sender, ThreadState::BlockedOnReply);
         let master = tcb::slot(sender, tcb::SLOT_REPLY);
         let caller = tcb::slot(receiver, tcb::SLOT_CALLER);
-        if !cspace::cap(&self.hw, caller).is_null() {
+        if self.hw.read(caller) != 0 {
             self.delete_one(caller);
         }
-        cspace::insert_child(
+        // A reply capability is neither revocable nor badged: a leaf after the master.
+        cspace::insert_leaf(
             &mut self.hw,
             master,
             caller,
-            Cap::Reply {
-                tcb: sender,
-                master: false,
-                can_grant,
-            },
+            crate::object::cap::raw::reply(sender, can_grant),
+            0,
         );
     }
 

@@ -671,6 +671,23 @@ pub mod raw {
             w1 & ((1 << 58) - 1),
         )
     }
+    /// Type tag of a frame capability.
+    pub const FRAME: u64 = Tag::Frame as u64;
+
+    /// (base, log2 size) of a RAM (non-device) frame capability, else `None`.
+    #[inline(always)]
+    pub const fn ram_frame(w0: u64) -> Option<(u64, u32)> {
+        if tag(w0) != FRAME || w0 & (1 << 56) != 0 {
+            return None;
+        }
+        let bits = match (w0 >> 52) & 3 {
+            0 => 12,
+            1 => 21,
+            _ => 30,
+        };
+        Some(((w0 & ((1 << 40) - 1)) << 12, bits))
+    }
+
     /// The PML4 address of a PML4 capability that has an ASID, else `None`.
     #[inline(always)]
     pub const fn assigned_pml4(w0: u64) -> Option<u64> {
