@@ -278,7 +278,11 @@ impl<H: Hardware> Kernel<H> {
                 mapping: Some(Mapping { asid, vaddr }),
             },
         );
-        self.hw.flush_page(asid, vaddr);
+        // A TLB never holds a not-present entry: only a remap (rights change) needs a
+        // flush.
+        if old & PRESENT != 0 {
+            self.hw.flush_page(asid, vaddr);
+        }
         Ok(0)
     }
 
