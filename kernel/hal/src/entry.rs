@@ -23,8 +23,14 @@ const VECTOR_OFFSET: u64 = 15 * 8;
 
 /// Offset of RIP in a context.
 const RIP_OFFSET: u64 = 17 * 8;
+/// Offset of CS in a context.
+const CS_OFFSET: u64 = 18 * 8;
 /// Offset of RFLAGS in a context.
 const RFLAGS_OFFSET: u64 = 19 * 8;
+/// Offset of RSP in a context.
+const RSP_OFFSET: u64 = 20 * 8;
+/// Offset of SS in a context.
+const SS_OFFSET: u64 = 21 * 8;
 /// Saved RFLAGS bits that send a SYSCALL return through IRETQ: TF (SYSRET would raise
 /// the single-step trap before the first user instruction instead of after it), NT
 /// (never set by the kernel's own paths; a thread that set it with POPF gets it back
@@ -78,6 +84,12 @@ keel_exit_checks:
 keel_sysret:
     sysretq
 2:
+    /* CS or SS from the LDT: the espfix64 path (a 16-bit SS would keep the stack's
+       ESP[31:16]; a selector made bad meanwhile faults on the IRETQ). */
+    test byte ptr [rsp + {cs}], 4
+    jnz 20f
+    test byte ptr [rsp + {ss}], 4
+    jnz 20f
     pop r15
     pop r14
     pop r13
@@ -98,6 +110,58 @@ keel_sysret:
     .global keel_iret_to_user
 keel_iret_to_user:
     iretq
+20:
+    /* espfix64: IRETQ from this CPU's ministack, in the alias whose address bits
+       31:16 are the user's ESP[31:16] (RAX = frame in the alias with bits 31:16 zero,
+       OR the user's bits in). */
+    .global keel_espfix_alias
+keel_espfix_alias:
+    mov rax, gs:[{espfix_frame}]
+    mov ecx, dword ptr [rsp + {rsp_off}]
+    and ecx, 0xffff0000
+    or rax, rcx
+    jmp 22f
+21:
+    .pushsection .keel_patch, "a"
+    .quad {espfix_switch}, keel_espfix_alias, 21b
+    .popsection
+    /* keel.unsafe.espfix: IRETQ from the kernel stack (leaks its ESP[31:16]). */
+    mov rax, gs:[{kernel_stack}]
+    sub rax, 64
+22:
+    mov rcx, [rsp + {rip}]
+    mov [rax], rcx
+    mov rcx, [rsp + {cs}]
+    mov [rax + 8], rcx
+    mov rcx, [rsp + {rflags}]
+    mov [rax + 16], rcx
+    mov rcx, [rsp + {rsp_off}]
+    mov [rax + 24], rcx
+    mov rcx, [rsp + {ss}]
+    mov [rax + 32], rcx
+    mov gs:[{scratch}], rax
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rbp
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rbx
+    pop rax
+    mov rsp, gs:[{scratch}]
+    swapgs
+    /* A fault here (#GP/#NP/#SS: a bad or not-present SS/CS) is turned into a fault
+       of the thread by `trap_common` (see trap.rs). */
+    .global keel_espfix_iret
+keel_espfix_iret:
+    iretq
 5:
     mov rsp, gs:[{kernel_stack}]
     call {idle}
@@ -111,6 +175,12 @@ keel_iret_to_user:
     vector = const VECTOR_OFFSET,
     rip = const RIP_OFFSET,
     rflags = const RFLAGS_OFFSET,
+    cs = const CS_OFFSET,
+    ss = const SS_OFFSET,
+    rsp_off = const RSP_OFFSET,
+    espfix_frame = const crate::percpu::OFFSET_ESPFIX_FRAME,
+    espfix_switch = const crate::switches::Switch::Espfix as u64,
+    scratch = const crate::percpu::OFFSET_USER_RSP,
     iret_flags = const IRET_ONLY_FLAGS,
     sysret_switch = const crate::switches::Switch::Sysret as u64,
     syscall_marker = const keel_kern::object::tcb::SYSCALL_VECTOR,
@@ -242,6 +312,9 @@ extern "C" fn idle() -> ! {
         if context != 0 {
             resume(context);
         }
+        // Idle on the kernel's own address space: the last thread's may be deleted
+        // (and its memory reused) while this CPU sleeps.
+        crate::tlb::use_kernel_address_space();
         crate::cpu::wait_for_interrupt();
     }
 }
@@ -272,6 +345,12 @@ pub fn prepare_thread(context_phys: u64, pml4: u64, fs_base: u64, gs_base: u64) 
         if (*area).loaded_pml4 != pml4 {
             crate::paging::switch_to(pml4);
             (*area).loaded_pml4 = pml4;
+            // The LDT goes with the address space (looked up only when CR3 changes;
+            // `ldt::set` refreshes every CPU when an address space's LDT changes).
+            // While no address space has one, no CPU has one loaded: one test.
+            if crate::ldt::any() {
+                crate::ldt::switch_to(pml4);
+            }
         }
         let user_fsgsbase = tcb.fsgsbase_allowed && crate::cpu::has_fsgsbase();
         if user_fsgsbase
@@ -315,6 +394,11 @@ fn load_thread_registers(
         } else {
             gs_base
         };
+        // WRMSR of a non-canonical base faults in ring 0; the object layer sanitises
+        // every base it stores, and this keeps a slip from becoming a kernel #GP.
+        let canonical = |b: u64| matches!((b as i64) >> 47, 0 | -1);
+        let fs_base = if canonical(fs_base) { fs_base } else { 0 };
+        let gs_base = if canonical(gs_base) { gs_base } else { 0 };
         if (*area).debug_loaded || tcb.debug.any_breakpoint() {
             crate::debug::load(tcb);
         }

@@ -2,7 +2,8 @@
 //!
 //! Selectors (fixed; SYSCALL/SYSRET depend on the order):
 //! `0x08` kernel code, `0x10` kernel data, `0x1b` user data, `0x23` user code (64-bit),
-//! `0x28` TSS (two slots).
+//! `0x28` TSS (two slots), `0x38` the LDT of the running thread's address space (two
+//! slots; rewritten by [`crate::ldt`] when it changes).
 //!
 //! Each CPU has six stacks in the kernel stack region, each [`layout::STACK_SIZE`]
 //! bytes, aligned to that size and preceded by an unmapped guard of the same size:
@@ -24,6 +25,8 @@ pub const USER_DATA: u16 = 0x18 | 3;
 pub const USER_CODE: u16 = 0x20 | 3;
 /// TSS selector.
 pub const TSS: u16 = 0x28;
+/// LDT descriptor selector (loaded into LDTR only when an address space has an LDT).
+pub const LDT: u16 = 0x38;
 
 /// IST index (1-based, as in the IDT) of the NMI stack.
 pub const IST_NMI: u8 = 1;
@@ -53,7 +56,7 @@ pub struct TaskStateSegment {
 /// A CPU's descriptor tables.
 #[repr(C, align(16))]
 pub struct CpuTables {
-    gdt: [u64; 7],
+    gdt: [u64; 9],
     tss: TaskStateSegment,
 }
 
@@ -61,7 +64,7 @@ impl CpuTables {
     /// Empty tables (filled by [`load`]).
     pub const fn new() -> Self {
         Self {
-            gdt: [0; 7],
+            gdt: [0; 9],
             tss: TaskStateSegment {
                 reserved0: 0,
                 rsp: [0; 3],
@@ -79,6 +82,14 @@ impl CpuTables {
     /// Sets TSS.RSP0: where the CPU saves a user thread's state on an interrupt.
     pub fn set_kernel_entry_stack(&mut self, top: u64) {
         self.tss.rsp[0] = top;
+    }
+
+    /// Points the LDT descriptor ([`LDT`]) at 512 descriptors at virtual address `base`.
+    pub fn set_ldt(&mut self, base: u64) {
+        let limit = (keel_abi::object::LDT_ENTRIES * 8 - 1) as u64;
+        self.gdt[7] =
+            limit | ((base & 0xff_ffff) << 16) | (0x82 << 40) | (((base >> 24) & 0xff) << 56);
+        self.gdt[8] = base >> 32;
     }
 }
 
@@ -111,6 +122,7 @@ pub fn prepare_stacks(cpu: usize, percpu: u64) -> u64 {
             unsafe { (bottom as *mut u64).write(percpu) };
         }
     }
+    paging::map_espfix(cpu, crate::memory::allocate_zeroed_frame());
     layout::stack_bottom(cpu, 0) + STACK_SIZE
 }
 
@@ -141,9 +153,14 @@ pub fn load(cpu: usize) {
         0x00af_fa00_0000_ffff, // user code, 64-bit
         limit | ((tss & 0xff_ffff) << 16) | (0x89 << 40) | (((tss >> 24) & 0xff) << 56),
         tss >> 32,
+        0,
+        0,
     ];
     // SAFETY: the stack top and the kernel stack region are mapped (prepare_stacks).
-    unsafe { (*percpu).kernel_stack_top = stack_top(cpu, 0) };
+    unsafe {
+        (*percpu).kernel_stack_top = stack_top(cpu, 0);
+        (*percpu).espfix_frame = layout::espfix_frame(cpu);
+    }
     let pointer = x86::dtables::DescriptorTablePointer::new(&tables.gdt);
     // SAFETY: the GDT is valid and lives forever in the per-CPU area; reloading the
     // segment registers with selectors of that GDT keeps execution going, and the TSS

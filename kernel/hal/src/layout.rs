@@ -4,6 +4,7 @@
 //! 0x0000_0000_0000_0000 .. 0x0000_7fff_ffff_ffff   user space (lower half)
 //! 0xffff_8000_0000_0000 .. (+ top of RAM)           direct map of physical memory
 //! 0xffff_fe00_0000_0000 .. 0xffff_fe7f_ffff_ffff    kernel stacks with guard pages
+//! 0xffff_fe80_0000_0000 .. 0xffff_feff_ffff_ffff    espfix64 ministack aliases (slot 509)
 //! 0xffff_ffff_8000_0000 .. (+ image size)           kernel image (KERNEL_BASE + phys)
 //! ```
 
@@ -11,6 +12,15 @@
 pub const DIRECT_MAP: u64 = 0xffff_8000_0000_0000;
 /// Base of the region holding every kernel stack and IST stack (PML4 slot 508).
 pub const KERNEL_STACKS: u64 = 0xffff_fe00_0000_0000;
+/// Base of the espfix64 region (PML4 slot 509; bits 31:0 zero): CPU `c`'s ministack
+/// page is mapped at `ESPFIX_BASE + c * 4 GiB + e * 64 KiB` for every `e` < 65536, so
+/// an alias with any bits 31:16 exists (see [`espfix_frame`]).
+pub const ESPFIX_BASE: u64 = 0xffff_fe80_0000_0000;
+/// Virtual space of one CPU's espfix aliases.
+pub const ESPFIX_CPU_SPAN: u64 = 1 << 32;
+/// Offset in the ministack page of the 5-word IRET frame (the rest of the page, below
+/// it, takes a fault on that IRETQ).
+pub const ESPFIX_FRAME_OFFSET: u64 = PAGE_SIZE - 5 * 8;
 /// Virtual address of physical address 0 in the kernel image mapping (PML4 slot 511).
 pub const KERNEL_BASE: u64 = 0xffff_ffff_8000_0000;
 /// First address above user space.
@@ -32,6 +42,12 @@ pub const STACKS_PER_CPU: u64 = 6;
 pub const IDLE_STACK: u64 = 5;
 /// Upper bound on CPUs the kernel starts.
 pub const MAX_CPUS: usize = 64;
+
+/// CPU `cpu`'s espfix IRET frame in the alias with bits 31:16 zero; the return path
+/// ORs in the user's ESP[31:16].
+pub const fn espfix_frame(cpu: usize) -> u64 {
+    ESPFIX_BASE + cpu as u64 * ESPFIX_CPU_SPAN + ESPFIX_FRAME_OFFSET
+}
 
 /// Direct-map virtual address of a physical address.
 pub const fn phys_to_virt(phys: u64) -> u64 {

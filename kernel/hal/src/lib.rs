@@ -30,6 +30,7 @@ pub mod debug;
 pub mod entry;
 pub mod gdt;
 pub mod layout;
+pub mod ldt;
 pub mod machine;
 pub mod memory;
 pub mod paging;

@@ -94,6 +94,12 @@ impl Hardware for Machine {
         crate::tlb::flush_local_all();
         crate::tlb::flush_others();
     }
+    fn address_space_deleted(&mut self, _asid: u16, pml4: u64) {
+        crate::tlb::drop_address_space(pml4);
+    }
+    fn set_vspace_ldt(&mut self, pml4: u64, ldt: u64) {
+        crate::ldt::set(pml4, ldt);
+    }
     fn port_read(&mut self, port: u16, size: u8) -> u32 {
         // SAFETY: the object layer checked that the caller holds an I/O port capability
         // covering this port; port I/O has no effect on kernel memory.

@@ -306,6 +306,41 @@ pub fn init_kernel_space(direct_map_top: u64) {
     unsafe { switch_to(pml4) };
 }
 
+/// Maps CPU `cpu`'s espfix64 ministack page (`page`, physical) at all 65536 aliases
+/// `ESPFIX_BASE + cpu * 4 GiB + e * 64 KiB` in the kernel half (shared by every address
+/// space): one page table with the page at every 16th entry (32 aliases per 2 MiB), one
+/// page directory whose 512 entries all point at that table, and 4 entries of the
+/// slot's shared PDPT pointing at that directory. Runs on the bootstrap CPU before
+/// `cpu` starts.
+pub fn map_espfix(cpu: usize, page: u64) {
+    let base = layout::ESPFIX_BASE + cpu as u64 * layout::ESPFIX_CPU_SPAN;
+    let global = if crate::cpu::features().pge {
+        GLOBAL
+    } else {
+        0
+    };
+    let nx = NX_MASK.load(Ordering::Relaxed);
+    let pt = memory::allocate_zeroed_frame();
+    let pd = memory::allocate_zeroed_frame();
+    // SAFETY: `pt` and `pd` are fresh frames only this function references until they
+    // are linked below; the PDPT of the espfix slot was allocated by
+    // `init_kernel_space` and its entries for `cpu` are written only here, once.
+    unsafe {
+        for i in (0..512).step_by(16) {
+            (*table(pt))[i] = page | PRESENT | WRITABLE | global | (NO_EXECUTE & nx);
+        }
+        for i in 0..512 {
+            (*table(pd))[i] = pt | PRESENT | WRITABLE;
+        }
+        let pml4e = (*table(kernel_pml4()))[index(base, 4)];
+        assert!(pml4e & PRESENT != 0, "espfix slot has no PDPT");
+        let pdpt = pml4e & ADDRESS_MASK;
+        for i in 0..4 {
+            (*table(pdpt))[index(base, 3) + i] = pd | PRESENT | WRITABLE;
+        }
+    }
+}
+
 /// Maps (or unmaps) the first 2 MiB of physical memory at virtual address 0 in the
 /// kernel's address space: the AP trampoline runs there while it turns on paging.
 pub fn identity_map_low_memory(present: bool) {

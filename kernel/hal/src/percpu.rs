@@ -65,6 +65,10 @@ pub struct PerCpu {
     pub debug_loaded: bool,
     /// Paranoid entries that found a user GS base in kernel mode (entry/exit windows).
     pub paranoid_user_gs: AtomicU64,
+    /// The LDT object in LDTR (physical address; 0 = the null LDT).
+    pub loaded_ldt: u64,
+    /// This CPU's espfix64 IRET frame address in the alias with bits 31:16 zero.
+    pub espfix_frame: u64,
 }
 
 /// Number of [`Event`] kinds.
@@ -142,6 +146,8 @@ pub struct Injection {
     pub restarted: bool,
 }
 
+/// Offset of `PerCpu::espfix_frame`.
+pub const OFFSET_ESPFIX_FRAME: usize = core::mem::offset_of!(PerCpu, espfix_frame);
 /// Offset of `PerCpu::events`.
 pub const OFFSET_EVENTS: usize = core::mem::offset_of!(PerCpu, events);
 /// Offset of `PerCpu::trace_head`.
@@ -192,6 +198,8 @@ impl PerCpu {
             loaded_pml4: 0,
             debug_loaded: false,
             paranoid_user_gs: AtomicU64::new(0),
+            loaded_ldt: 0,
+            espfix_frame: 0,
         }
     }
 }

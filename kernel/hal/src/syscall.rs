@@ -70,6 +70,44 @@ keel_syscall_clear:
     cld
     call {dispatch}
     jmp keel_return_to_user
+
+    /* SYSCALL from compatibility mode (a 16/32-bit code segment from an LDT) lands
+       here through IA32_CSTAR. It is not part of Keel's ABI: the thread gets an
+       invalid-opcode fault at the SYSCALL instruction. The CPU does not keep the
+       user's CS and SS; the context records the flat user selectors. */
+    .balign 16
+    .global keel_compat_syscall_entry
+keel_compat_syscall_entry:
+    swapgs
+    mov gs:[{user_rsp}], rsp
+    mov rsp, gs:[{context_top}]
+    push {user_ss}
+    push qword ptr gs:[{user_rsp}]
+    push r11
+    push {user_cs}
+    sub rcx, 2
+    push rcx
+    push 0
+    push 6
+    push rax
+    push rbx
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push rbp
+    push r8
+    push r9
+    push r10
+    push r11
+    push r12
+    push r13
+    push r14
+    push r15
+    mov rsp, gs:[{kernel_stack}]
+    cld
+    call {trap}
+    jmp keel_return_to_user
 "#,
     user_rsp = const OFFSET_USER_RSP,
     context_top = const OFFSET_CONTEXT_TOP,
@@ -79,10 +117,12 @@ keel_syscall_clear:
     marker = const keel_kern::object::tcb::SYSCALL_VECTOR,
     clear_switch = const crate::switches::Switch::ClearRegs as u64,
     dispatch = sym crate::entry::syscall_from_user,
+    trap = sym crate::entry::trap_from_user,
 );
 
 unsafe extern "C" {
     fn syscall_entry();
+    fn keel_compat_syscall_entry();
 }
 
 /// RFLAGS bits cleared on SYSCALL entry: TF, IF, DF, IOPL, NT, AC.
@@ -90,7 +130,7 @@ const FLAGS_MASK: u64 = (1 << 8) | (1 << 9) | (1 << 10) | (3 << 12) | (1 << 14) 
 
 /// Programs this CPU's SYSCALL MSRs.
 pub fn init_cpu() {
-    use x86::msr::{IA32_EFER, IA32_FMASK, IA32_LSTAR, IA32_STAR, rdmsr, wrmsr};
+    use x86::msr::{IA32_CSTAR, IA32_EFER, IA32_FMASK, IA32_LSTAR, IA32_STAR, rdmsr, wrmsr};
     // SYSRET loads CS = base + 16 and SS = base + 8 (with RPL 3): base 0x10 gives the
     // user code 0x23 and user data 0x1b selectors of the GDT.
     let star = ((gdt::KERNEL_DATA as u64 | 3) << 48) | ((gdt::KERNEL_CODE as u64) << 32);
@@ -99,6 +139,7 @@ pub fn init_cpu() {
         wrmsr(IA32_EFER, rdmsr(IA32_EFER) | 1);
         wrmsr(IA32_STAR, star);
         wrmsr(IA32_LSTAR, syscall_entry as *const () as u64);
+        wrmsr(IA32_CSTAR, keel_compat_syscall_entry as *const () as u64);
         let mask = if crate::switches::is_off(crate::switches::Switch::Fmask) {
             FLAGS_MASK & !((1 << 8) | (1 << 14))
         } else {

@@ -123,6 +123,13 @@ trap_common:
     call {from_user}
     jmp keel_return_to_user
 3:
+    /* A fault on the espfix64 IRETQ (a bad or not-present SS or CS from the LDT):
+       GS is the user's; the thread's registers are intact in its TCB. */
+    push rax
+    lea rax, [rip + keel_espfix_iret]
+    cmp [rsp + 24], rax
+    pop rax
+    je 30f
     /* From kernel mode: the idle loop, a probe, or a kernel bug. */
     push rax
     push rbx
@@ -159,10 +166,26 @@ trap_common:
     pop rax
     add rsp, 16
     iretq
+30:
+    /* Report it as the thread's exception (vector and error code into its context),
+       on the kernel stack, as if it had come from user mode. */
+    swapgs
+    mov rax, gs:[{context_top}]
+    mov rcx, [rsp]
+    mov [rax - {vector_from_top}], rcx
+    mov rcx, [rsp + 8]
+    mov [rax - {error_from_top}], rcx
+    mov rsp, gs:[{kernel_stack}]
+    cld
+    call {from_user}
+    jmp keel_return_to_user
 "#,
     dispatch = sym trap_dispatch,
     from_user = sym crate::entry::trap_from_user,
     kernel_stack = const crate::percpu::OFFSET_KERNEL_STACK_TOP,
+    context_top = const crate::percpu::OFFSET_CONTEXT_TOP,
+    vector_from_top = const (22 - 15) * 8,
+    error_from_top = const (22 - 16) * 8,
 );
 
 core::arch::global_asm!(
@@ -282,9 +305,19 @@ keel_paranoid_fsgsbase:
     swapgs
 13:
     mov rsp, gs:[{kernel_stack}]
+    cmp eax, 2
+    je 14f
     call {from_user}
     jmp keel_return_to_user
+14:
+    /* An NMI from user mode with an LDT CS or SS, copied into the thread's context:
+       return through the espfix path instead of an IRETQ from this IST stack. */
+    mov rax, gs:[{context_top}]
+    sub rax, {context_bytes}
+    jmp keel_return_to_user
 "#,
+    context_top = const crate::percpu::OFFSET_CONTEXT_TOP,
+    context_bytes = const crate::entry::PUSHED_WORDS * 8,
     stack_size = const crate::layout::STACK_SIZE,
     paranoid_switch = const crate::switches::Switch::Paranoid as u64,
     dispatch = sym paranoid_dispatch,
@@ -742,7 +775,8 @@ pub(crate) fn take_dr6() -> u64 {
 /// Rust side of the paranoid entry (NMI, #DF, #MC, #DB) with a valid kernel GS base.
 /// `gs_mode` and `saved_gs` say how GS was found. Returns 1 if the trap must leave
 /// through the user-trap path (a #DB from user mode, already copied into the thread's
-/// context), 0 to return where it hit.
+/// context), 2 if it must return to the thread through the return path (an NMI from
+/// user mode with an LDT selector, copied likewise), 0 to return where it hit.
 extern "C" fn paranoid_dispatch(frame: &mut TrapFrame, gs_mode: u64, saved_gs: u64) -> u64 {
     let area = crate::percpu::current();
     if !frame.from_user() {
@@ -763,6 +797,13 @@ extern "C" fn paranoid_dispatch(frame: &mut TrapFrame, gs_mode: u64, saved_gs: u
                 crate::rseq::fix_interrupted(&mut frame.rip);
             }
             nmi_hook();
+            if frame.from_user() && (frame.cs | frame.ss) & 4 != 0 {
+                // An LDT CS or SS: an IRETQ from here would leak this stack's ESP[31:16]
+                // to a 16-bit SS and could fault with the user's GS base. Leave through
+                // the return path (espfix64) with the frame in the thread's context.
+                copy_frame_to_context(frame, area);
+                return 2;
+            }
             0
         }
         1 => {
@@ -771,18 +812,8 @@ extern "C" fn paranoid_dispatch(frame: &mut TrapFrame, gs_mode: u64, saved_gs: u
             if frame.from_user() {
                 // A breakpoint, watchpoint or single step of the thread (or ICEBP):
                 // its fault handler hears about it.
-                let context = area.context_top - crate::entry::PUSHED_WORDS * 8;
                 frame.error_code = dr6;
-                // SAFETY: `context` is the current thread's register area in its TCB
-                // (context_top is set whenever a thread runs), 22 words, not aliased
-                // by the IST frame.
-                unsafe {
-                    core::ptr::copy_nonoverlapping(
-                        frame as *const TrapFrame as *const u64,
-                        context as *mut u64,
-                        crate::entry::PUSHED_WORDS as usize,
-                    );
-                }
+                copy_frame_to_context(frame, area);
                 return 1;
             }
             if dr6 & DR6_BS != 0 && crate::rseq::injection_step(&mut frame.rip) {
@@ -811,6 +842,20 @@ extern "C" fn paranoid_dispatch(frame: &mut TrapFrame, gs_mode: u64, saved_gs: u
             dump(frame);
             panic!("machine check at {:#x}", frame.rip);
         }
+    }
+}
+
+/// Copies an IST frame of a trap from user mode into the current thread's context.
+fn copy_frame_to_context(frame: &TrapFrame, area: &crate::percpu::PerCpu) {
+    let context = area.context_top - crate::entry::PUSHED_WORDS * 8;
+    // SAFETY: `context` is the current thread's register area in its TCB (context_top
+    // is set whenever a thread runs), 22 words, not aliased by the IST frame.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            frame as *const TrapFrame as *const u64,
+            context as *mut u64,
+            crate::entry::PUSHED_WORDS as usize,
+        );
     }
 }
 

@@ -215,6 +215,7 @@ impl<H: Hardware> Kernel<H> {
             _ => {}
         }
         c.sanitise_flags();
+        c.sanitise_bases();
         if self.tcb(t).debug.single_step {
             self.tcb_mut(t).context.rflags |= crate::object::tcb_debug::RFLAGS_TF;
         }

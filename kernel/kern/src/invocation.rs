@@ -382,6 +382,7 @@ impl<H: Hardware> Kernel<H> {
             | Cap::AsidControl
             | Cap::AsidPool { .. } => self.invoke_vspace(cap, label, args),
             Cap::FsGsBaseControl => self.invoke_fsgsbase_control(label, args),
+            Cap::Ldt { .. } => self.invoke_ldt(cap, label, args),
             Cap::Domain => Err(InvocationError::simple(Error::IllegalOperation)),
             _ => Err(InvocationError::capability(0)),
         }

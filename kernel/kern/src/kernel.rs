@@ -37,6 +37,12 @@ pub trait Hardware: Memory {
     fn flush_page(&mut self, asid: u16, vaddr: u64);
     /// Flushes every TLB entry of address space `asid` on every CPU.
     fn flush_address_space(&mut self, asid: u16);
+    /// The address space rooted at `pml4` (ASID `asid`) is going away: no CPU may keep
+    /// using it (a CPU still on it switches to the kernel's own address space).
+    fn address_space_deleted(&mut self, asid: u16, pml4: u64);
+    /// Address space `pml4` now carries the LDT object at `ldt` (0 = none). Returns
+    /// once no CPU uses an LDT the address space no longer carries.
+    fn set_vspace_ldt(&mut self, pml4: u64, ldt: u64);
     /// Reads an I/O port (`size` 1, 2 or 4 bytes).
     fn port_read(&mut self, port: u16, size: u8) -> u32;
     /// Writes an I/O port.
@@ -130,6 +136,8 @@ pub struct Kernel<H: Hardware> {
     pub fastpath: bool,
     /// What DebugPlatformFlags reports.
     pub platform_flags: u64,
+    /// Address spaces that carry an LDT (see `object::ldt`).
+    pub ldts: [crate::object::ldt::LdtAttachment; crate::object::ldt::MAX_LDT_ATTACHMENTS],
 }
 
 impl<H: Hardware> Kernel<H> {
@@ -149,6 +157,11 @@ impl<H: Hardware> Kernel<H> {
             io_ports_issued: [0; 1024],
             fastpath: true,
             platform_flags: 0,
+            ldts: [crate::object::ldt::LdtAttachment {
+                asid: 0,
+                pml4: 0,
+                ldt: 0,
+            }; crate::object::ldt::MAX_LDT_ATTACHMENTS],
         }
     }
 

@@ -88,6 +88,8 @@ cap_types! {
     Domain;
     /// Keel's FsGsBaseControl capability.
     FsGsBaseControl;
+    /// Keel's LDT object (512 segment descriptors an address space may carry).
+    Ldt = KeelX86Ldt;
     /// A capability of unknown kind (cast it with [`Cap::cast`]).
     Unknown;
 }

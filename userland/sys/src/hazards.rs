@@ -123,3 +123,179 @@ pub fn current_ss() -> u16 {
     unsafe { core::arch::asm!("mov {:x}, ss", out(reg) ss, options(nomem, nostack)) };
     ss
 }
+
+/// Shared state of [`compat16_probe`]; must lie below 4 GiB (32-bit code addresses it).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct Compat16Block {
+    /// ESP the probe runs with (its SP part addresses nothing: no stack is used).
+    pub esp: u32,
+    /// The 16-bit stack segment selector (an LDT selector).
+    pub ss: u32,
+    /// ESP right after the INT3 came back.
+    pub esp_after_trap: u32,
+    /// OR of (ESP xor `esp`) over the spin loop (interrupts return there).
+    pub esp_changed: u32,
+    /// Far pointer back to 64-bit code (offset, selector), filled in by the probe.
+    pub back: [u32; 2],
+    /// Spin-loop iterations.
+    pub spins: u32,
+    /// Padding.
+    pub reserved: u32,
+    /// The 64-bit RSP, saved across the probe.
+    pub saved_rsp: u64,
+    /// Far pointer into the 32-bit code (offset, selector), filled in by the probe.
+    pub enter: [u32; 2],
+}
+
+core::arch::global_asm!(
+    r#"
+    .section .text.keel_compat16_probe, "ax"
+    .code64
+    .global keel_compat16_probe
+keel_compat16_probe:
+    push rbx
+    push rbp
+    push r12
+    push r13
+    push r14
+    push r15
+    mov [rdi + 32], rsp
+    mov rbx, rdi
+    lea rax, [rip + 2f]
+    mov [rbx + 16], eax
+    mov dword ptr [rbx + 20], {user_code}
+    lea rax, [rip + 1f]
+    mov [rbx + 40], eax
+    mov [rbx + 44], esi
+    /* jmp far [rbx + 40] (m16:32; a far jump, not a far return: some emulators
+       read the stack of a far return with supervisor rights, which SMAP refuses) */
+    .byte 0xff, 0x6b, 0x28
+    .code32
+1:
+    mov eax, {user_data}
+    mov ds, eax
+    mov es, eax
+    mov eax, [ebx + 4]
+    mov ss, eax
+    mov esp, [ebx]
+    int3
+    mov [ebx + 8], esp
+    xor edx, edx
+    mov ecx, [ebx + 24]
+3:
+    mov eax, esp
+    xor eax, [ebx]
+    or edx, eax
+    dec ecx
+    jnz 3b
+    mov [ebx + 12], edx
+    mov eax, {user_data}
+    mov ss, eax
+    .byte 0xff, 0x6b, 0x10
+    .code64
+2:
+    mov ebx, ebx
+    mov rsp, [rbx + 32]
+    xor eax, eax
+    mov ds, eax
+    mov es, eax
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbp
+    pop rbx
+    ret
+    .text
+"#,
+    user_code = const 0x23,
+    user_data = const 0x1b,
+);
+
+unsafe extern "C" {
+    fn keel_compat16_probe(block: *mut Compat16Block, code_selector: u64);
+}
+
+/// What [`compat16_probe`] saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compat16Result {
+    /// ESP right after the INT3 came back.
+    pub esp_after_trap: u32,
+    /// OR of (ESP xor the ESP set) over the spin loop.
+    pub esp_changed: u32,
+}
+
+struct BlockCell(core::cell::UnsafeCell<Compat16Block>);
+// SAFETY: used by one probe at a time (`PROBE_BUSY`).
+unsafe impl Sync for BlockCell {}
+static BLOCK: BlockCell = BlockCell(core::cell::UnsafeCell::new(Compat16Block {
+    esp: 0,
+    ss: 0,
+    esp_after_trap: 0,
+    esp_changed: 0,
+    back: [0; 2],
+    spins: 0,
+    reserved: 0,
+    saved_rsp: 0,
+    enter: [0; 2],
+}));
+static PROBE_BUSY: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Switches to the 32-bit code segment `code_selector` (an LDT selector), loads SS with
+/// `ss` (a 16-bit data segment from the LDT) and ESP with `esp`, executes INT3 (the
+/// fault handler must resume it), records ESP, spins `spins` times recording any change
+/// of ESP (interrupts and preemption return there), and comes back to 64-bit mode with
+/// the flat selectors. With a 16-bit SS the probe never touches the stack, so ESP may
+/// point anywhere. One probe runs at a time (a second one panics).
+pub fn compat16_probe(code_selector: u16, ss: u16, esp: u32, spins: u32) -> Compat16Result {
+    use core::sync::atomic::Ordering;
+    assert!(
+        !PROBE_BUSY.swap(true, Ordering::Acquire),
+        "compat16_probe already running"
+    );
+    let block = BLOCK.0.get();
+    assert!((block as u64) < 1 << 32, "probe block above 4 GiB");
+    // SAFETY: `PROBE_BUSY` makes this the only user of the block. The probe saves and
+    // restores every callee-saved register and RSP (in the block), touches only the
+    // block (through the flat user data segment), and returns to 64-bit mode with SS,
+    // DS and ES as a 64-bit thread has them (0x1b, null, null); the code in between uses
+    // no stack. A bad selector faults, and the thread's fault handler decides.
+    let result = unsafe {
+        (*block).esp = esp;
+        (*block).ss = ss as u32;
+        (*block).spins = spins.max(1);
+        (*block).esp_after_trap = 0;
+        (*block).esp_changed = 0;
+        core::arch::asm!(
+            "call {probe}",
+            probe = sym keel_compat16_probe,
+            in("rdi") block,
+            in("rsi") code_selector as u64,
+            clobber_abi("C"),
+        );
+        Compat16Result {
+            esp_after_trap: (*block).esp_after_trap,
+            esp_changed: (*block).esp_changed,
+        }
+    };
+    PROBE_BUSY.store(false, Ordering::Release);
+    result
+}
+
+/// Whether `selector` names an accessible descriptor (LAR sets ZF).
+pub fn selector_accessible(selector: u16) -> bool {
+    let ok: u8;
+    // SAFETY: LAR only reads the descriptor tables; it never faults in user mode.
+    unsafe {
+        core::arch::asm!(
+            "lar {tmp:e}, {sel:e}",
+            "setz {ok}",
+            sel = in(reg) selector as u32,
+            tmp = out(reg) _,
+            ok = out(reg_byte) ok,
+            options(nomem, nostack),
+        );
+    }
+    ok != 0
+}

@@ -427,6 +427,36 @@ invocations! {
         Tcb::read_registers = TcbReadRegisters;
         Tcb::write_registers = TcbWriteRegisters;
         Tcb::copy_registers = TcbCopyRegisters;
+        Ldt::set_entries = X86LdtSetEntries;
+        Pml4::set_ldt = X86VSpaceSetLdt;
+    }
+}
+
+impl Cap<crate::cap::Ldt> {
+    /// Keel: writes `descriptors` into the LDT from index `first` (every one checked:
+    /// empty, or a DPL-3 code/data segment; a bad one is InvalidArgument `2 + i` and
+    /// nothing is written). MR0 = `first`, MR1 = count, MR2.. = the descriptors.
+    pub fn set_entries(self, first: u64, descriptors: &[u64]) -> Result<()> {
+        let mut args = Args::new();
+        args.word(first);
+        args.word(descriptors.len() as u64);
+        for d in descriptors {
+            args.word(*d);
+        }
+        invoke(self.cptr(), InvocationLabel::X86LdtSetEntries, &args)?;
+        Ok(())
+    }
+}
+
+impl Cap<Pml4> {
+    /// Keel: attaches `ldt` to this address space, or detaches its LDT (`None`).
+    pub fn set_ldt(self, ldt: Option<Cap<crate::cap::Ldt>>) -> Result<()> {
+        let mut args = Args::new();
+        if let Some(l) = ldt {
+            args.cap(l.cptr());
+        }
+        invoke(self.cptr(), InvocationLabel::X86VSpaceSetLdt, &args)?;
+        Ok(())
     }
 }
 
@@ -553,8 +583,6 @@ mod tests {
                     | InvocationLabel::TcbConfigureSingleStepping
                     | InvocationLabel::DomainScheduleConfigure
                     | InvocationLabel::DomainScheduleSetStart
-                    | InvocationLabel::X86LdtSetEntries
-                    | InvocationLabel::X86VSpaceSetLdt
                     | InvocationLabel::TcbSetRseq
             );
             assert!(skip || covered(*label), "{} has no method", label.name());

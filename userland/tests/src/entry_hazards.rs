@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicU16, Ordering};
 
 use keel_abi::fault::{BreakpointType, FaultType, UserContext, debug_exception, user_exception};
 use keel_abi::invocation::InvocationLabel as L;
-use keel_sys::cap::init;
+use keel_sys::cap::{Cap, Ldt, Pml4, init};
 use keel_sys::hazards::{self, AfterMovSs, NT, TF};
 use keel_sys::invocations::{Args, invoke};
 use keel_sys::{Message, Received};
@@ -30,6 +30,12 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
     suite.run("entry_sysret_to_non_canonical_rip_refused", || {
         sysret_rip(env)
     });
+    suite.run("ldt_invalid_descriptors_refused", || ldt_invalid(env));
+    suite.run("espfix_16bit_ss_keeps_user_esp_high_bits", || espfix(env));
+    suite.run("espfix_bad_ss_and_cs_on_iret_fault_to_handler", || {
+        espfix_bad_selectors(env)
+    });
+    suite.run("ldt_detached_on_deletion", || ldt_deletion(env));
 }
 
 /// Gives the thread FSGSBASE and the kernel-looking GS base; false if the CPU lacks
@@ -281,4 +287,209 @@ fn sysret_rip(env: &mut Env) -> TestResult {
     })();
     env.destroy(t)?;
     result
+}
+
+// ---- LDT and espfix64 (DESIGN §5.4) ----
+
+/// 32-bit flat code segment, DPL 3.
+const LDT_CODE32: u64 = 0x00cf_fa00_0000_ffff;
+/// 16-bit (B = 0) writable data segment, DPL 3, base 0, limit 0xffff.
+const LDT_DATA16: u64 = 0x0000_f200_0000_ffff;
+/// Descriptor present bit.
+const PRESENT: u64 = 1 << 47;
+const CODE_INDEX: u64 = 1;
+const SS_INDEX: u64 = 2;
+const CODE_SEL: u16 = ((CODE_INDEX as u16) << 3) | 4 | 3;
+const SS_SEL: u16 = ((SS_INDEX as u16) << 3) | 4 | 3;
+/// The probe's ESP: bits 31:16 = 0x1234, which no kernel stack address has.
+const PROBE_ESP: u32 = 0x1234_5678;
+
+/// A new LDT with the probe's code and stack segments, attached to our address space.
+fn attach_ldt(env: &mut Env) -> Result<Cap<Ldt>, crate::harness::Why> {
+    let ldt = env.alloc.create::<Ldt>().or_fail("retype LDT")?;
+    ldt.set_entries(CODE_INDEX, &[LDT_CODE32, LDT_DATA16])
+        .or_fail("SetEntries")?;
+    init::VSPACE.set_ldt(Some(ldt)).or_fail("SetLDT")?;
+    Ok(ldt)
+}
+
+fn detach_ldt() -> TestResult {
+    init::VSPACE.set_ldt(None).or_fail("SetLDT detach")
+}
+
+fn ldt_invalid(env: &mut Env) -> TestResult {
+    let ldt = env.alloc.create::<Ldt>().or_fail("retype LDT")?;
+    let bad = [
+        (LDT_CODE32 & !(3 << 45), "DPL 0 code"),
+        (0x00cf_fe00_0000_ffff, "conforming code"),
+        (0x00ef_fa00_0000_ffff, "L = D = 1 code"),
+        (0x0000_e900_0000_0067, "64-bit TSS"),
+        (0x0000_e200_0000_0fff, "LDT descriptor"),
+        (0x0000_ec00_0008_1000, "call gate"),
+        (0x0000_ee00_0008_1000, "interrupt gate"),
+    ];
+    for (d, what) in bad {
+        // The bad descriptor is the second: InvalidArgument 3 (= 2 + 1).
+        match ldt.set_entries(10, &[LDT_DATA16, d]) {
+            Err(e) => ensure!(
+                e == keel_sys::Error::InvalidArgument { index: 3 },
+                "{what}: error {e:?}, expected InvalidArgument 3"
+            ),
+            Ok(()) => fail!("{what} ({d:#x}) accepted"),
+        }
+    }
+    ensure!(
+        ldt.set_entries(512, &[0]).is_err() && ldt.set_entries(511, &[0, 0]).is_err(),
+        "out-of-range SetEntries accepted"
+    );
+    ldt.set_entries(
+        0,
+        &[
+            0,
+            LDT_CODE32,
+            LDT_DATA16,
+            0x00af_fa00_0000_ffff,
+            LDT_DATA16 & !PRESENT,
+        ],
+    )
+    .or_fail("valid descriptors")?;
+    ensure!(
+        init::FS_GS_BASE_CONTROL
+            .cast::<Pml4>()
+            .set_ldt(Some(ldt))
+            .is_err(),
+        "SetLDT on a non-PML4 capability accepted"
+    );
+    env.alloc.delete(ldt).or_fail("delete LDT")?;
+    Ok(())
+}
+
+fn espfix_thread(spins: u64) {
+    let r = hazards::compat16_probe(CODE_SEL, SS_SEL, PROBE_ESP, spins as u32);
+    set_shared(1, r.esp_after_trap as u64);
+    set_shared(2, r.esp_changed as u64);
+    set_shared(0, 1);
+}
+
+/// Serves debug faults (resume) until shared word 0 is set.
+fn espfix(env: &mut Env) -> TestResult {
+    let ldt = attach_ldt(env)?;
+    let t = env.create(espfix_thread, 2_000_000, CHILD_PRIORITY)?;
+    let hostile = hostile_gs(&t);
+    t.start().or_fail("start")?;
+    let finished = serve(env, 1)?;
+    let result = (|| {
+        ensure!(finished, "the 16-bit-stack thread did not finish");
+        ensure!(
+            shared(1) as u32 == PROBE_ESP,
+            "after INT3 and IRET to a 16-bit SS, ESP is {:#x}, not {PROBE_ESP:#x}: ESP[31:16] leaked",
+            shared(1)
+        );
+        ensure!(
+            shared(2) == 0,
+            "ESP bits changed across interrupts: {:#x} (xor with {PROBE_ESP:#x})",
+            shared(2)
+        );
+        ensure!(shared(11) >= 1, "no software break fault for the INT3");
+        check_gs(&t, hostile)
+    })();
+    env.destroy(t)?;
+    detach_ldt()?;
+    env.alloc.delete(ldt).or_fail("delete LDT")?;
+    result
+}
+
+fn espfix_bad_selectors(env: &mut Env) -> TestResult {
+    let ldt = attach_ldt(env)?;
+    let t = env.create(espfix_thread, 1000, CHILD_PRIORITY)?;
+    t.start().or_fail("start")?;
+    // Step 1: the INT3. Make SS not present, resume: the IRET must fault (#SS).
+    // Step 2: #SS for SS: make SS present, CS not present, resume: #NP for CS.
+    // Step 3: #NP: make CS present again, resume: the thread finishes.
+    let mut seen: [(u64, u64); 3] = [(0, 0); 3];
+    let mut step = 0;
+    let mut bad = None;
+    let finished = wait_until(|| {
+        if let Some(r) = env.fault_ep.nb_recv() {
+            let kind = FaultType::from_u64(r.label());
+            let number = r.mr(user_exception::NUMBER);
+            let code = r.mr(user_exception::CODE);
+            let ok = match (step, kind) {
+                (0, Some(FaultType::DebugException)) => {
+                    ldt.set_entries(SS_INDEX, &[LDT_DATA16 & !PRESENT]).is_ok()
+                }
+                (1, Some(FaultType::UserException)) => ldt
+                    .set_entries(CODE_INDEX, &[LDT_CODE32 & !PRESENT, LDT_DATA16])
+                    .is_ok(),
+                (2, Some(FaultType::UserException)) => {
+                    ldt.set_entries(CODE_INDEX, &[LDT_CODE32]).is_ok()
+                }
+                _ => false,
+            };
+            if step < 3 {
+                seen[step] = (number, code);
+            }
+            if !ok {
+                bad = Some((step, r.label(), number));
+            }
+            step += 1;
+            match kind {
+                Some(FaultType::UserException) => {
+                    let w = r.words::<3>();
+                    keel_sys::ipc::reply(&Message::new(0).words(&w));
+                }
+                _ => keel_sys::ipc::reply(&Message::new(0)),
+            }
+        }
+        shared(0) >= 1 || bad.is_some()
+    });
+    let result = (|| {
+        if let Some((s, label, number)) = bad {
+            fail!("step {s}: unexpected fault label {label} number {number}");
+        }
+        ensure!(
+            finished,
+            "thread did not finish (step {step}, faults {seen:?})"
+        );
+        // The SDM says #SS for a not-present SS on IRET; QEMU raises #NP.
+        ensure!(
+            (seen[1].0 == 12 || seen[1].0 == 11) && seen[1].1 & !3 == SS_SEL as u64 & !3,
+            "IRET to a not-present SS gave {:?}, expected #SS (12) or #NP (11) with the selector",
+            seen[1]
+        );
+        ensure!(
+            seen[2].0 == 11 && seen[2].1 & !3 == CODE_SEL as u64 & !3,
+            "IRET to a not-present CS gave {:?}, expected #NP (11) with the selector",
+            seen[2]
+        );
+        ensure!(
+            shared(1) as u32 == PROBE_ESP,
+            "ESP after the faulted IRETs is {:#x}",
+            shared(1)
+        );
+        Ok(())
+    })();
+    env.destroy(t)?;
+    detach_ldt()?;
+    env.alloc.delete(ldt).or_fail("delete LDT")?;
+    result
+}
+
+fn ldt_deletion(env: &mut Env) -> TestResult {
+    ensure!(
+        !hazards::selector_accessible(SS_SEL),
+        "LDT selector accessible before any LDT"
+    );
+    let ldt = attach_ldt(env)?;
+    ensure!(
+        hazards::selector_accessible(SS_SEL) && hazards::selector_accessible(CODE_SEL),
+        "LDT selectors not accessible after SetLDT"
+    );
+    env.alloc.delete(ldt).or_fail("delete LDT")?;
+    ensure!(
+        !hazards::selector_accessible(SS_SEL),
+        "LDT selector still accessible after the LDT was deleted"
+    );
+    // Detaching with no LDT attached is fine.
+    detach_ldt()
 }

@@ -159,6 +159,8 @@ pub enum Cap {
     FsGsBaseControl,
     /// A capability in the middle of deletion (a CNode or TCB being emptied).
     Zombie { ptr: u64, is_tcb: bool, radix: u8 },
+    /// Keel: an LDT object (4 KiB, 512 descriptors) at `base`.
+    Ldt { base: u64 },
 }
 
 const TYPE_SHIFT: u32 = 59;
@@ -186,6 +188,7 @@ enum Tag {
     Domain,
     FsGsBaseControl,
     Zombie,
+    Ldt,
 }
 
 fn tagged(tag: Tag, rest: u64) -> u64 {
@@ -307,6 +310,7 @@ impl Cap {
                 ),
                 0,
             ],
+            Cap::Ldt { base } => [tagged(Tag::Ldt, base >> 12), 0],
         }
     }
 
@@ -390,6 +394,7 @@ impl Cap {
                 is_tcb: rest & (1 << 52) != 0,
                 radix: ((rest >> 53) & 63) as u8,
             },
+            21 => Cap::Ldt { base: page },
             _ => Cap::Null,
         }
     }
@@ -420,6 +425,7 @@ impl Cap {
             Cap::Domain => t::DOMAIN,
             Cap::FsGsBaseControl => t::KEEL_FS_GS_BASE_CONTROL,
             Cap::Zombie { .. } => t::ZOMBIE,
+            Cap::Ldt { .. } => t::KEEL_LDT,
         }
     }
 
@@ -443,7 +449,9 @@ impl Cap {
             Cap::PageTable { base, .. }
             | Cap::PageDirectory { base, .. }
             | Cap::Pdpt { base, .. } => Some((base, 4096)),
-            Cap::Pml4 { base, .. } | Cap::AsidPool { base, .. } => Some((base, 4096)),
+            Cap::Pml4 { base, .. } | Cap::AsidPool { base, .. } | Cap::Ldt { base } => {
+                Some((base, 4096))
+            }
             Cap::Zombie { ptr, is_tcb, radix } => Some((
                 ptr,
                 if is_tcb {
@@ -563,6 +571,9 @@ mod tests {
                 ptr: 0x10000,
                 is_tcb: false,
                 radix: 8,
+            },
+            Cap::Ldt {
+                base: 0xf_ffff_f000,
             },
         ];
         for cap in caps {

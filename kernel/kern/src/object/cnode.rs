@@ -341,6 +341,7 @@ impl<H: Hardware> Kernel<H> {
             | Cap::Pdpt { .. }
             | Cap::Pml4 { .. }
             | Cap::AsidPool { .. } => self.finalise_vspace_object(cap),
+            Cap::Ldt { base } => self.detach_ldts(|a| a.ldt == base),
             _ => {}
         }
     }

@@ -8,6 +8,7 @@ pub mod cnode;
 pub mod cspace;
 pub mod endpoint;
 pub mod irq;
+pub mod ldt;
 pub mod tcb;
 pub mod tcb_debug;
 pub mod tcb_ops;

@@ -98,6 +98,17 @@ impl UserContext {
             _ => self.r15 = value,
         }
     }
+    /// Replaces a non-canonical FS or GS base with 0 (seL4 sanitises them the same way):
+    /// the kernel loads them with WRMSR, which faults in ring 0 on a non-canonical value.
+    pub fn sanitise_bases(&mut self) {
+        for base in [&mut self.fs_base, &mut self.gs_base] {
+            let top = (*base as i64) >> 47;
+            if top != 0 && top != -1 {
+                *base = 0;
+            }
+        }
+    }
+
     /// Makes RFLAGS safe for user mode whatever a debugger wrote.
     pub fn sanitise_flags(&mut self) {
         self.rflags = keel_abi::fault::sanitise_rflags(self.rflags);

@@ -120,6 +120,7 @@ impl<H: Hardware> Kernel<H> {
                     let c = &mut tcb.context;
                     from_abi(c, &new, count);
                     c.sanitise_flags();
+                    c.sanitise_bases();
                     if stepping {
                         c.rflags |= crate::object::tcb_debug::RFLAGS_TF;
                     }
@@ -159,6 +160,7 @@ impl<H: Hardware> Kernel<H> {
                         };
                     }
                     c.sanitise_flags();
+                    c.sanitise_bases();
                 }
                 if flags & 2 != 0 {
                     self.restart(t);
@@ -263,14 +265,18 @@ impl<H: Hardware> Kernel<H> {
                 if args.length < 1 {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
                 }
-                self.tcb_mut(t).context.fs_base = args.mr(0);
+                let c = &mut self.tcb_mut(t).context;
+                c.fs_base = args.mr(0);
+                c.sanitise_bases();
                 Ok(0)
             }
             L::TcbSetGsBase => {
                 if args.length < 1 {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
                 }
-                self.tcb_mut(t).context.gs_base = args.mr(0);
+                let c = &mut self.tcb_mut(t).context;
+                c.gs_base = args.mr(0);
+                c.sanitise_bases();
                 Ok(0)
             }
             L::TcbSetBreakpoint

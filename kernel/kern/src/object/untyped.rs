@@ -74,9 +74,6 @@ impl<H: Hardware> Kernel<H> {
             args.mr(5),
         );
         let kind = ObjectType::from_u64(type_word).ok_or(InvocationError::argument(0))?;
-        if matches!(kind, ObjectType::KeelX86Ldt) {
-            return Err(InvocationError::argument(0));
-        }
         let object_bits = object_size_bits(kind, user_size)?;
         // The destination CNode: the root itself (depth 0) or a CNode found in it.
         let node = if node_depth == 0 {
@@ -275,7 +272,10 @@ impl<H: Hardware> Kernel<H> {
                     asid: None,
                 }
             }
-            ObjectType::KeelX86Ldt => Cap::Null,
+            ObjectType::KeelX86Ldt => {
+                self.hw.zero(object, size);
+                Cap::Ldt { base: object }
+            }
         }
     }
 }

@@ -143,6 +143,7 @@ impl<H: Hardware> Kernel<H> {
                     Err(InvocationError::simple(Error::RevokeFirst))
                 }
             }
+            (Cap::Pml4 { base, asid }, L::X86VSpaceSetLdt) => self.set_vspace_ldt(base, asid, args),
             (Cap::AsidControl, L::X86AsidControlMakePool) => self.make_asid_pool(args),
             (Cap::AsidPool { base, asid_base }, L::X86AsidPoolAssign) => {
                 self.assign_asid(base, asid_base, args)
@@ -376,6 +377,14 @@ impl<H: Hardware> Kernel<H> {
         let Some(Mapping { asid, vaddr }) = mapping else {
             return;
         };
+        if is_table {
+            // An unmapped table keeps no mappings (seL4 clears it): otherwise a frame
+            // mapped through it stays reachable if the table is mapped again, even
+            // after the frame is deleted and its memory reused.
+            self.unmap_table_entry(base, asid, vaddr, level);
+            self.hw.zero(base, 4096);
+            return;
+        }
         let Some(pml4) = self.vspace_of_asid(asid) else {
             return;
         };
@@ -394,6 +403,24 @@ impl<H: Hardware> Kernel<H> {
                 self.hw.flush_page(asid, vaddr);
             }
         }
+    }
+
+    /// Clears the entry that maps the table at `base` (level `level`) in address space
+    /// `asid`, if it still does, and flushes the address space.
+    fn unmap_table_entry(&mut self, base: u64, asid: u16, vaddr: u64, level: u32) {
+        let Some(pml4) = self.vspace_of_asid(asid) else {
+            return;
+        };
+        let Some(table) = table_at(&self.hw, pml4, vaddr, level) else {
+            return;
+        };
+        let slot = entry_address(table, vaddr, level);
+        let e = self.hw.read(slot);
+        if e & PRESENT != 0 && e & HUGE == 0 && e & ADDRESS == base {
+            self.hw.write(slot, 0);
+        }
+        // Whether or not it was still linked, nothing may stay cached from it.
+        self.hw.flush_address_space(asid);
     }
 
     fn make_asid_pool(&mut self, args: &Args) -> Invoked {
@@ -490,17 +517,23 @@ impl<H: Hardware> Kernel<H> {
                 base,
                 asid: Some(asid),
             } if self.vspace_of_asid(asid) == Some(base) => {
+                self.detach_ldts(|a| a.asid == asid);
                 let pool = self.asid_pools[(asid as u64 >> ASID_POOL_INDEX_BITS) as usize];
                 self.hw
                     .write(pool + 8 * (asid as u64 & (ASIDS_PER_POOL - 1)), 0);
-                self.hw.flush_address_space(asid);
+                self.hw.address_space_deleted(asid, base);
             }
             Cap::AsidPool { base, asid_base } => {
                 let index = (asid_base as u64 >> ASID_POOL_INDEX_BITS) as usize;
                 if self.asid_pools[index] == base {
+                    let first = asid_base as u64;
+                    self.detach_ldts(|a| {
+                        (first..first + ASIDS_PER_POOL).contains(&(a.asid as u64))
+                    });
                     for i in 0..ASIDS_PER_POOL {
-                        if self.hw.read(base + 8 * i) != 0 {
-                            self.hw.flush_address_space(asid_base + i as u16);
+                        let pml4 = self.hw.read(base + 8 * i);
+                        if pml4 != 0 {
+                            self.hw.address_space_deleted(asid_base + i as u16, pml4);
                         }
                     }
                     self.asid_pools[index] = 0;

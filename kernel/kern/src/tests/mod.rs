@@ -28,6 +28,7 @@ use crate::testing_memory::TestMemory;
 mod cspace_ops;
 mod faults;
 mod ipc;
+mod ldt;
 mod sched;
 mod tcb_ops;
 mod untyped;
@@ -56,6 +57,7 @@ pub struct FakeHardware {
     pub exits: Vec<(u64, u64)>,
     pub reports: Vec<(u64, u64)>,
     pub ticks: u64,
+    pub ldt_changes: Vec<(u64, u64)>,
 }
 
 impl Memory for FakeHardware {
@@ -105,6 +107,12 @@ impl Hardware for FakeHardware {
     }
     fn flush_address_space(&mut self, asid: u16) {
         self.space_flushes.push(asid);
+    }
+    fn address_space_deleted(&mut self, asid: u16, _pml4: u64) {
+        self.space_flushes.push(asid);
+    }
+    fn set_vspace_ldt(&mut self, pml4: u64, ldt: u64) {
+        self.ldt_changes.push((pml4, ldt));
     }
     fn port_read(&mut self, port: u16, size: u8) -> u32 {
         self.ports.push(PortOp::In { port, size });

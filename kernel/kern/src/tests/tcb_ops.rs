@@ -137,3 +137,19 @@ fn configure_errors_and_ipc_buffer() {
     let r = w.root(t.slot, L::CNodeCopy, &[], &[]);
     assert_eq!(r.label, err(E::IllegalOperation));
 }
+
+#[test]
+fn non_canonical_bases_are_sanitised() {
+    let mut w = World::new();
+    let t = w.thread(100);
+    w.root_ok(t.slot, L::TcbSetTlsBase, &[0x8000_0000_0000_0000], &[]);
+    assert_eq!(w.tcb(t.tcb).context.fs_base, 0);
+    w.root_ok(t.slot, L::TcbSetGsBase, &[0x0000_8000_0000_0000], &[]);
+    assert_eq!(w.tcb(t.tcb).context.gs_base, 0);
+    w.root_ok(t.slot, L::TcbSetTlsBase, &[0xffff_8000_0000_1000], &[]);
+    assert_eq!(
+        w.tcb(t.tcb).context.fs_base,
+        0xffff_8000_0000_1000,
+        "canonical values are kept"
+    );
+}

@@ -154,13 +154,6 @@ fn retype_argument_errors() {
     };
     let t = |kind: u64, size: u64| [kind, size, 0, 0, d, 1];
     check(&mut w, &t(13, 0), &[S_CNODE], E::InvalidArgument, &[0]);
-    check(
-        &mut w,
-        &t(T::KeelX86Ldt as u64, 0),
-        &[S_CNODE],
-        E::InvalidArgument,
-        &[0],
-    );
     check(&mut w, &t(0, 3), &[S_CNODE], E::InvalidArgument, &[1]);
     check(&mut w, &t(0, 48), &[S_CNODE], E::RangeError, &[0, 47]);
     check(&mut w, &t(4, 0), &[S_CNODE], E::InvalidArgument, &[1]);

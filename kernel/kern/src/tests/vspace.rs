@@ -367,3 +367,28 @@ fn irq_handlers_deliver_to_notifications() {
     w.root_ok(S_CNODE, L::CNodeDelete, &[n, 64], &[]);
     w.k.handle_irq(8);
 }
+
+#[test]
+fn unmapping_a_page_table_clears_it() {
+    let mut w = World::new();
+    let pdpt = w.make(T::X86Pdpt, 0);
+    w.root_ok(pdpt, L::X86PdptMap, &[VA, 0], &[S_VSPACE]);
+    let pd = w.make(T::X86PageDirectory, 0);
+    w.root_ok(pd, L::X86PageDirectoryMap, &[VA, 0], &[S_VSPACE]);
+    let pt = w.make(T::X86PageTable, 0);
+    w.root_ok(pt, L::X86PageTableMap, &[VA, 0], &[S_VSPACE]);
+    let f = w.make(T::X86Page4K, 0);
+    w.root_ok(f, L::X86PageMap, &[VA, RW, 0], &[S_VSPACE]);
+    let pt_base = w.addr(pt);
+    assert_ne!(w.k.hw.read(pt_base + 8 * ((VA >> 12) & 511)), 0);
+    // Unmap the table: its entries go, so mapping it elsewhere maps nothing old.
+    w.root_ok(pt, L::X86PageTableUnmap, &[], &[]);
+    for i in 0..512 {
+        assert_eq!(
+            w.k.hw.read(pt_base + 8 * i),
+            0,
+            "entry {i} survived the unmap"
+        );
+    }
+    assert_eq!(translate_user(&w.k.hw, ROOT_PML4, VA), None);
+}
