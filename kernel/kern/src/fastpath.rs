@@ -20,6 +20,14 @@ use crate::object::cspace;
 use crate::object::endpoint::{Endpoint, Notification};
 use crate::object::tcb::{self, Fault, Tcb, ThreadState};
 
+/// Whether a message fits the fastpath: at most four words, no capabilities (the
+/// extra-caps and caps-unwrapped fields lie just above the 7-bit length).
+#[inline(always)]
+fn fast_message(info: u64) -> bool {
+    const LENGTH_AND_CAPS: u64 = (1 << (MessageInfo::LABEL_SHIFT)) - 1;
+    info & LENGTH_AND_CAPS <= 4
+}
+
 const WRITE: u8 = Rights::WRITE.0;
 const READ: u8 = Rights::READ.0;
 const GRANT: u8 = Rights::GRANT.0;
@@ -37,7 +45,8 @@ impl<H: Hardware> Kernel<H> {
             return None;
         }
         let (slots, radix, guard_size, guard) = raw::cnode(w0, self.hw.read(root + 8));
-        if radix + guard_size != 64 || radix == 0 || radix >= 64 || cptr >> radix != guard {
+        // Both sizes are 6-bit fields, so a sum of 64 means 1 <= radix <= 63.
+        if radix + guard_size != 64 || cptr >> radix != guard {
             return None;
         }
         Some(slots + (cptr & ((1 << radix) - 1)) * cspace::SLOT_BYTES)
@@ -79,8 +88,7 @@ impl<H: Hardware> Kernel<H> {
             let c = &self.tcb(t).context;
             (c.rdi, c.rsi)
         };
-        let message = MessageInfo::from_word(info);
-        if message.extra_caps() != 0 || message.length() > 4 || message.caps_unwrapped() != 0 {
+        if !fast_message(info) {
             return None;
         }
         let slot = self.fast_lookup(t, cptr)?;
@@ -152,8 +160,7 @@ impl<H: Hardware> Kernel<H> {
             let r = self.tcb(t);
             (r.context.rdi, r.context.rsi, r.bound_notification)
         };
-        let message = MessageInfo::from_word(info);
-        if message.extra_caps() != 0 || message.length() > 4 || message.caps_unwrapped() != 0 {
+        if !fast_message(info) {
             return None;
         }
         let slot = self.fast_lookup(t, cptr)?;
