@@ -4,9 +4,11 @@
 //! (`cargo test -p keel-kern`) and used unchanged in the kernel. The trusted core
 //! (`keel-hal`) calls into it; it never calls the trusted core.
 //!
-//! Today it holds the boot-time pieces: the physical frame allocator, the kernel
-//! command-line parser, the ELF loader's plan and test bookkeeping. The capability
-//! system, IPC and the scheduler arrive with the object-model work.
+//! It holds the boot-time pieces (the physical frame allocator, the kernel command-line
+//! parser, the ELF loader's plan, the root task's construction) and the object model:
+//! capabilities and the derivation tree, untyped memory, TCBs and the scheduler, IPC
+//! with its fastpath, faults, address spaces, IRQs and I/O ports, LDTs. Kernel objects
+//! are reached through the [`memory::Memory`] trait, implemented by the trusted core.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
