@@ -216,7 +216,9 @@ fn handle_interrupt(k: &mut Kernel<Machine>, vector: u64) {
 fn user_trap(vector: u64, error_code: u64, address: u64) -> u64 {
     let mut guard = KERNEL.lock();
     let Some(k) = guard.as_mut() else { return 0 };
-    if vector < 32 {
+    if vector == 7 && k.current() != 0 && hal::fpu::device_not_available(tcb::record(k.current())) {
+        // #NM: the thread's FPU state is loaded (lazy switching); it carries on.
+    } else if vector < 32 {
         k.handle_user_exception(vector, error_code, address);
     } else {
         handle_interrupt(k, vector);
@@ -248,6 +250,7 @@ fn prepare(k: &mut Kernel<Machine>) -> u64 {
         k.schedule();
         let t = k.current();
         if t == 0 {
+            hal::fpu::idle();
             return 0;
         }
         let context = k.tcb(t).context;

@@ -141,9 +141,10 @@ impl ObjectType {
 
 /// seL4_SlotBits: a capability slot is 32 bytes.
 pub const SLOT_BITS: u32 = 5;
-/// seL4_TCBBits with the default FPU state (XSAVE of FPU+SSE, 576 bytes): 2 KiB.
-/// seL4 uses 12 when the XSAVE area is 832 bytes or more (AVX enabled).
-pub const TCB_BITS: u32 = 11;
+/// seL4_TCBBits: 4 KiB. seL4 uses 11 with an XSAVE area of FPU+SSE only (576 bytes) and
+/// 12 when it is 832 bytes or more (AVX); Keel saves every user state component the CPU
+/// has (x87, SSE, AVX, AVX-512: up to 2688 bytes), so a TCB is 2^12 bytes.
+pub const TCB_BITS: u32 = 12;
 /// seL4_EndpointBits.
 pub const ENDPOINT_BITS: u32 = 4;
 /// seL4_NotificationBits (non-MCS; 6 with MCS).

@@ -346,6 +346,7 @@ extern "C" fn hal_boot_main(mbi_phys: u64) -> ! {
     let uefi = mbi.efi_sdt64_tag().is_some();
 
     crate::switches::configure(&cmdline);
+    crate::fpu::configure(&cmdline);
     crate::rseq::init();
     let (platform, tsc_hz) = bring_up(rsdp);
     if keel_kern::cmdline::flag(&cmdline, "keel.bench") {
@@ -370,6 +371,7 @@ extern "C" fn hal_boot_main(mbi_phys: u64) -> ! {
 /// other CPUs, system calls. Returns the platform description and the TSC frequency.
 fn bring_up(rsdp: Option<crate::acpi::RootPointer>) -> (crate::acpi::Platform, u64) {
     crate::cpu::enable_protections();
+    crate::fpu::init_cpu();
     crate::gdt::prepare_stacks(0, crate::percpu::current() as *const _ as u64);
     crate::gdt::load(0);
     crate::trap::init_idt();

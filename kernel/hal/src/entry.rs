@@ -281,21 +281,158 @@ pub(crate) extern "C" fn trap_from_user() -> u64 {
     keel_entry_user_trap(vector, error_code, address)
 }
 
-/// A thread allowed the FSGSBASE instructions may have changed its bases: read them
-/// back into its context (right after the pushed words) on every entry.
+/// Records the thread's FS/GS state as the CPU holds it (doc/fsgsbase.md), on every
+/// entry from user mode: the selectors always (two register moves); the bases when the
+/// thread may have changed them without the kernel knowing (RD/WR FS/GS BASE allowed,
+/// or a selector load: non-zero, or null over a non-zero base).
+#[inline(always)]
 fn save_user_bases() {
+    // This CPU no longer runs a thread in user mode: its registers are in its TCB (and,
+    // when another CPU stalls this one, its FPU state too).
     let area = crate::percpu::current();
-    if !area.user_fsgsbase {
-        return;
+    if area
+        .fpu_save_request
+        .load(core::sync::atomic::Ordering::Relaxed)
+    {
+        area.fpu_save_request
+            .store(false, core::sync::atomic::Ordering::Relaxed);
+        crate::fpu::park_current();
     }
-    let top = area.context_top;
+    area.running.store(0, core::sync::atomic::Ordering::Release);
+    let selectors = user_selectors();
+    if selectors != 0 || crate::percpu::current().save_bases {
+        save_user_bases_slow(selectors);
+    }
+}
+
+/// FS selector (bits 15:0) and GS selector (bits 31:16) as the CPU holds them.
+#[inline(always)]
+fn user_selectors() -> u64 {
+    let (fs, gs): (u64, u64);
+    // SAFETY: reads two segment registers; no memory access, no side effects.
+    unsafe {
+        core::arch::asm!(
+            "mov {fs:r}, fs",
+            "mov {gs:r}, gs",
+            fs = out(reg) fs,
+            gs = out(reg) gs,
+            options(nomem, nostack, preserves_flags)
+        )
+    };
+    (fs & 0xffff) | (gs & 0xffff) << 16
+}
+
+#[cold]
+#[inline(never)]
+fn save_user_bases_slow(selectors: u64) {
+    let area =
+        crate::percpu::current() as *const crate::percpu::PerCpu as *mut crate::percpu::PerCpu;
     // SAFETY: the MSRs hold the thread's FS base and (until SWAPGS on exit) its GS base;
-    // `top` is the address of the context's fs_base/gs_base words in the current TCB.
+    // `context_top` is the address of the context's fs_base, gs_base and selectors
+    // words in the current TCB; this CPU's own per-CPU area, interrupts disabled.
     unsafe {
         let fs = x86::msr::rdmsr(x86::msr::IA32_FS_BASE);
         let gs = x86::msr::rdmsr(x86::msr::IA32_KERNEL_GSBASE);
+        let top = (*area).context_top;
         (top as *mut u64).write(fs);
         ((top + 8) as *mut u64).write(gs);
+        ((top + 16) as *mut u64).write(selectors);
+        (*area).loaded_fs_base = fs;
+        (*area).loaded_gs_base = gs;
+        (*area).loaded_selectors = selectors;
+        update_save_bases(area);
+    }
+}
+
+/// Recomputes `PerCpu::save_bases` from what is loaded.
+///
+/// # Safety
+/// `area` is this CPU's per-CPU area, interrupts disabled.
+unsafe fn update_save_bases(area: *mut crate::percpu::PerCpu) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        (*area).save_bases = (*area).user_fsgsbase
+            || (*area).loaded_selectors != 0
+            || (*area).loaded_fs_base != 0
+            || (*area).loaded_gs_base != 0;
+    }
+}
+
+/// Loads the thread's FS and GS selectors and bases (doc/fsgsbase.md): a non-zero
+/// selector whose descriptor can be loaded gives the base from the descriptor; a null
+/// selector (0–3) is loaded as it was and the base written exactly; a selector that
+/// can no longer be loaded (its LDT entry changed or went away) is replaced by 0.
+///
+/// # Safety
+/// `area` is this CPU's per-CPU area, interrupts disabled, kernel GS base live.
+#[cold]
+#[inline(never)]
+unsafe fn load_user_segments(
+    area: *mut crate::percpu::PerCpu,
+    selectors: u64,
+    fs_base: u64,
+    gs_base: u64,
+) {
+    let fs_sel = loadable_or_null((selectors & 0xffff) as u16);
+    let gs_sel = loadable_or_null((selectors >> 16 & 0xffff) as u16);
+    // SAFETY: the selectors are null or descriptors LAR found present, readable and of
+    // DPL 3, so the loads cannot fault. GS is loaded between two SWAPGS so that the
+    // user's base (IA32_KERNEL_GS_BASE) takes the descriptor's value, not the kernel's;
+    // an NMI in between is handled by the paranoid entry, which never trusts the GS
+    // base in ring 0. Bases written are canonical (sanitised by the caller).
+    unsafe {
+        core::arch::asm!("mov fs, {0:e}", in(reg) fs_sel as u32, options(nomem, nostack, preserves_flags));
+        core::arch::asm!(
+            "swapgs",
+            "mov gs, {0:e}",
+            "swapgs",
+            in(reg) gs_sel as u32,
+            options(nomem, nostack, preserves_flags)
+        );
+        let fs = if fs_sel & !3 == 0 {
+            x86::msr::wrmsr(x86::msr::IA32_FS_BASE, fs_base);
+            fs_base
+        } else {
+            x86::msr::rdmsr(x86::msr::IA32_FS_BASE)
+        };
+        let gs = if gs_sel & !3 == 0 {
+            x86::msr::wrmsr(x86::msr::IA32_KERNEL_GSBASE, gs_base);
+            gs_base
+        } else {
+            x86::msr::rdmsr(x86::msr::IA32_KERNEL_GSBASE)
+        };
+        (*area).loaded_fs_base = fs;
+        (*area).loaded_gs_base = gs;
+        (*area).loaded_selectors = fs_sel as u64 | (gs_sel as u64) << 16;
+    }
+}
+
+/// `selector` if it is null (0–3) or names a present data or readable code segment of
+/// DPL 3 (LAR), else 0.
+fn loadable_or_null(selector: u16) -> u16 {
+    if selector & !3 == 0 {
+        return selector;
+    }
+    let (rights, valid): (u32, u8);
+    // SAFETY: LAR only reads the descriptor tables; no other effect than ZF.
+    unsafe {
+        core::arch::asm!(
+            "lar {r:e}, {s:e}",
+            "setz {v}",
+            r = out(reg) rights,
+            s = in(reg) selector as u32,
+            v = out(reg_byte) valid,
+            options(nomem, nostack)
+        )
+    };
+    let present = rights & (1 << 15) != 0;
+    let dpl3 = rights >> 13 & 3 == 3;
+    let segment = rights & (1 << 12) != 0;
+    let readable = rights & (1 << 11) == 0 || rights & (1 << 9) != 0;
+    if valid != 0 && present && dpl3 && segment && readable {
+        selector
+    } else {
+        0
     }
 }
 
@@ -308,6 +445,9 @@ pub(crate) fn interrupt_in_kernel(vector: u64) {
 /// The idle loop: wait for an interrupt, then ask the kernel for a thread.
 extern "C" fn idle() -> ! {
     loop {
+        crate::percpu::current()
+            .running
+            .store(0, core::sync::atomic::Ordering::Release);
         let context = keel_entry_idle_poll();
         if context != 0 {
             resume(context);
@@ -359,12 +499,26 @@ pub fn prepare_thread(context_phys: u64, pml4: u64, fs_base: u64, gs_base: u64) 
             || tcb.debug.any_breakpoint()
             || (*area).loaded_fs_base != fs_base
             || (*area).loaded_gs_base != gs_base
+            || ((*area).loaded_selectors | tcb.context.selectors) != 0
         {
             load_thread_registers(tcb, user_fsgsbase, fs_base, gs_base);
         }
+        // --- FPU (issue 7, fpu.rs): nothing to do while the registers hold this
+        // thread's state, or hold nobody's and this thread's is not loaded eagerly.
+        let fpu_owner = (*area)
+            .fpu_owner
+            .load(core::sync::atomic::Ordering::Relaxed);
+        if fpu_owner != context && (fpu_owner != 0 || (!tcb.fpu_disabled() && crate::fpu::eager()))
+        {
+            crate::fpu::switch_to(context, tcb);
+        }
+        // --- end FPU
         let top = context + PUSHED_WORDS * 8;
         (*area).context_top = top;
         (*area).tables.set_kernel_entry_stack(top);
+        (*area)
+            .running
+            .store(context, core::sync::atomic::Ordering::Release);
     }
     context
 }
@@ -402,15 +556,23 @@ fn load_thread_registers(
         if (*area).debug_loaded || tcb.debug.any_breakpoint() {
             crate::debug::load(tcb);
         }
-        let stale = user_fsgsbase || (*area).user_fsgsbase;
-        if stale || (*area).loaded_fs_base != fs_base {
-            x86::msr::wrmsr(x86::msr::IA32_FS_BASE, fs_base);
-            (*area).loaded_fs_base = fs_base;
-        }
-        if stale || (*area).loaded_gs_base != gs_base {
-            x86::msr::wrmsr(x86::msr::IA32_KERNEL_GSBASE, gs_base);
-            (*area).loaded_gs_base = gs_base;
+        // Issue 5 (doc/fsgsbase.md): selectors, then bases. Every entry records what the
+        // CPU holds (`save_user_bases`), so the loaded_* values are exact here.
+        let selectors = tcb.context.selectors;
+        if selectors != 0 || (*area).loaded_selectors != 0 {
+            load_user_segments(area, selectors, fs_base, gs_base);
+        } else {
+            if (*area).loaded_fs_base != fs_base {
+                x86::msr::wrmsr(x86::msr::IA32_FS_BASE, fs_base);
+                (*area).loaded_fs_base = fs_base;
+            }
+            if (*area).loaded_gs_base != gs_base {
+                x86::msr::wrmsr(x86::msr::IA32_KERNEL_GSBASE, gs_base);
+                (*area).loaded_gs_base = gs_base;
+            }
         }
         (*area).user_fsgsbase = user_fsgsbase;
+        update_save_bases(area);
+        // End of issue 5's part.
     }
 }

@@ -28,6 +28,7 @@ pub mod console;
 pub mod cpu;
 pub mod debug;
 pub mod entry;
+pub mod fpu;
 pub mod gdt;
 pub mod layout;
 pub mod ldt;

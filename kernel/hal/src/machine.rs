@@ -79,6 +79,28 @@ impl Hardware for Machine {
     fn console_write(&mut self, bytes: &[u8]) {
         crate::console::print_bytes(bytes);
     }
+    fn tcb_deleted(&mut self, tcb: u64) {
+        crate::fpu::release(tcb, false);
+    }
+    fn fpu_release(&mut self, tcb: u64) {
+        crate::fpu::release(tcb, true);
+    }
+    fn stall_cpu(&mut self, cpu: usize, tcb_record: u64) {
+        let context = crate::layout::phys_to_virt(tcb_record);
+        let Some(area) = crate::percpu::area(cpu) else {
+            return;
+        };
+        if area.running.load(core::sync::atomic::Ordering::Acquire) != context {
+            return;
+        }
+        area.fpu_save_request
+            .store(true, core::sync::atomic::Ordering::Release);
+        crate::apic::send_ipi(area.apic_id, crate::trap::WAKE_VECTOR);
+        while area.running.load(core::sync::atomic::Ordering::Acquire) == context {
+            crate::tlb::service_request();
+            core::hint::spin_loop();
+        }
+    }
     fn reschedule_cpu(&mut self, cpu: usize) {
         if cpu != crate::percpu::cpu_index()
             && let Some(area) = crate::percpu::area(cpu)

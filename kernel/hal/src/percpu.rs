@@ -43,6 +43,14 @@ pub struct PerCpu {
     pub apic_id: u32,
     /// Timer interrupts taken on this CPU.
     pub ticks: AtomicU64,
+    /// Direct-map address of the context of the thread this CPU runs in user mode (set
+    /// just before it returns to user mode, cleared first thing on every entry from user
+    /// mode and when idle): another CPU that must change that thread waits for it to be
+    /// 0 or another thread ("remote stall").
+    pub running: AtomicU64,
+    /// Set by a CPU that stalls this one: save the FPU registers' owner's state into its
+    /// TCB before reporting the stall (its thread may run elsewhere next).
+    pub fpu_save_request: core::sync::atomic::AtomicBool,
     /// Kernel-mode exception expected by a probe (see `trap::probe`): its record.
     pub probe: crate::trap::ProbeRecord,
     /// This CPU's GDT, TSS and their pointers.
@@ -69,6 +77,18 @@ pub struct PerCpu {
     pub loaded_ldt: u64,
     /// This CPU's espfix64 IRET frame address in the alias with bits 31:16 zero.
     pub espfix_frame: u64,
+    /// FPU (issue 7, `fpu.rs`): the context (TCB record, direct map) whose FPU state
+    /// the registers hold unsaved, CR0.TS clear; 0: the registers hold the initial
+    /// state and CR0.TS is set; `fpu::DIRTY`: unsaved state of a thread that is gone.
+    /// Written by other CPUs (under the big kernel lock) when a TCB is deleted.
+    pub fpu_owner: AtomicU64,
+    /// FS selector (bits 15:0) and GS selector (bits 31:16) loaded for user mode
+    /// (the kernel never loads FS or GS itself; doc/fsgsbase.md).
+    pub loaded_selectors: u64,
+    /// The running thread may have changed its FS/GS state without a kernel entry
+    /// telling: RD/WR FS/GS BASE allowed, a non-zero selector or a non-zero base loaded
+    /// (a null selector load clears the base on Intel). Entries then read the bases.
+    pub save_bases: bool,
 }
 
 /// Number of [`Event`] kinds.
@@ -176,6 +196,8 @@ impl PerCpu {
             cpu_index,
             apic_id,
             ticks: AtomicU64::new(0),
+            running: AtomicU64::new(0),
+            fpu_save_request: core::sync::atomic::AtomicBool::new(false),
             probe: crate::trap::ProbeRecord::new(),
             tables: CpuTables::new(),
             events: [0; EVENTS],
@@ -200,6 +222,9 @@ impl PerCpu {
             paranoid_user_gs: AtomicU64::new(0),
             loaded_ldt: 0,
             espfix_frame: 0,
+            fpu_owner: AtomicU64::new(crate::fpu::DIRTY),
+            loaded_selectors: 0,
+            save_bases: false,
         }
     }
 }

@@ -232,6 +232,7 @@ extern "C" fn ap_entry(area: *mut PerCpu) -> ! {
     unsafe { crate::percpu::install(area) };
     let cpu = crate::percpu::cpu_index();
     crate::cpu::enable_protections();
+    crate::fpu::init_cpu();
     crate::gdt::load(cpu);
     crate::trap::load_idt();
     crate::syscall::init_cpu();

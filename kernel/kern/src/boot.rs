@@ -254,7 +254,13 @@ pub fn create_root_task<H: Hardware>(
     );
 
     // The thread.
-    let cap = k.create_object(keel_abi::object::ObjectType::Tcb, tcb_object, 11, 0, false);
+    let cap = k.create_object(
+        keel_abi::object::ObjectType::Tcb,
+        tcb_object,
+        crate::object::TCB_BITS,
+        0,
+        false,
+    );
     put(k, &root, bootinfo::cap::INIT_THREAD_TCB, cap);
     for (index, source) in [
         (tcb::SLOT_CSPACE, bootinfo::cap::INIT_THREAD_CNODE),

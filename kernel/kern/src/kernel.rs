@@ -33,6 +33,10 @@ pub trait Hardware: Memory {
     fn console_write(&mut self, bytes: &[u8]);
     /// Asks `cpu` to run its scheduler soon (an IPI; nothing if it is this CPU).
     fn reschedule_cpu(&mut self, cpu: usize);
+    /// If `cpu` runs the thread whose record is at `tcb_record` in user mode, makes it
+    /// enter the kernel (saving the thread's registers into its TCB) and waits until it
+    /// has ("remote stall"; the other CPU then waits for the big kernel lock).
+    fn stall_cpu(&mut self, cpu: usize, tcb_record: u64);
     /// Flushes the TLB entries of address space `asid` for `vaddr` on every CPU.
     fn flush_page(&mut self, asid: u16, vaddr: u64);
     /// Flushes every TLB entry of address space `asid` on every CPU.
@@ -58,6 +62,15 @@ pub trait Hardware: Memory {
     fn test_report(&mut self, passed: u64, failed: u64);
     /// The debug halt system call.
     fn halt(&mut self) -> !;
+    /// The TCB at `tcb` is being deleted: no CPU may save FPU state into it any more.
+    fn tcb_deleted(&mut self, tcb: u64) {
+        let _ = tcb;
+    }
+    /// The FPU flag of the TCB at `tcb` changes: the CPU holding its FPU state in
+    /// registers gives it up (saving it if that CPU is this one).
+    fn fpu_release(&mut self, tcb: u64) {
+        let _ = tcb;
+    }
 }
 
 /// What the scheduler does at the next exit to user mode.
@@ -191,6 +204,7 @@ impl<H: Hardware> Kernel<H> {
             // CPU must be told (and must not keep running it).
             if cpu < self.cpus.len() && self.cpus[cpu].current == t && cpu != self.hw.current_cpu()
             {
+                self.hw.stall_cpu(cpu, tcb::record(t));
                 self.cpus[cpu].action = Action::ChooseNew;
                 self.hw.reschedule_cpu(cpu);
             }
@@ -284,6 +298,15 @@ impl<H: Hardware> Kernel<H> {
             self.cpus[here].action = Action::ChooseNew;
         } else {
             self.cpus[here].action = Action::SwitchTo(t);
+        }
+    }
+
+    /// If thread `t` is running on another CPU, stops it there until this CPU is done
+    /// with it: its registers are then in its TCB and no other CPU touches them.
+    pub fn stall_if_running_elsewhere(&mut self, t: u64) {
+        let cpu = self.tcb(t).affinity as usize;
+        if cpu != self.hw.current_cpu() && cpu < self.cpus.len() && self.cpus[cpu].current == t {
+            self.hw.stall_cpu(cpu, tcb::record(t));
         }
     }
 

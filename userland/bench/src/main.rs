@@ -81,6 +81,12 @@ impl Report {
     }
 }
 
+/// FPU use of the IPC round-trip pair: default threads that do not touch the FPU,
+/// both touching it every round trip ([`FPU_TOUCH`]), or both FPU-disabled.
+static FPU_MODE: AtomicU64 = AtomicU64::new(0);
+const FPU_TOUCH: u64 = 1;
+const FPU_DISABLED: u64 = 2;
+
 fn info(words: u64) -> MessageInfo {
     MessageInfo::new(0, 0, 0, words)
 }
@@ -90,10 +96,14 @@ fn info(words: u64) -> MessageInfo {
 fn server(_: u64) {
     let ep = ENDPOINT.load(Ordering::Relaxed);
     let words = WORDS.load(Ordering::Relaxed);
+    let touch = FPU_MODE.load(Ordering::Relaxed) == FPU_TOUCH;
     let mut r = raw::recv(ep);
     loop {
         T1.store(rdtsc(), Ordering::Relaxed);
         let _ = r;
+        if touch {
+            keel_sys::fpu::touch();
+        }
         T0.store(rdtsc(), Ordering::Relaxed);
         r = raw::reply_recv(ep, info(words), [0; 4]);
     }
@@ -150,13 +160,20 @@ fn main(boot: u64) -> u64 {
         .clone_image_vspace(&bootinfo)
         .expect("second address space");
     let priority = 200;
-    for (words, fastpath, suffix) in [
-        (0u64, true, ""),
-        (0, false, "_slowpath"),
-        (10, true, "_10_words"),
+    for (words, fastpath, suffix, fpu) in [
+        (0u64, true, "", 0),
+        (0, false, "_slowpath", 0),
+        (10, true, "_10_words", 0),
+        (0, true, "_fpu", FPU_TOUCH),
+        (0, true, "_fpu_free", FPU_DISABLED),
     ] {
         keel_sys::debug_set_fastpath(fastpath);
         WORDS.store(words, Ordering::Relaxed);
+        FPU_MODE.store(fpu, Ordering::Relaxed);
+        let disable = keel_abi::object::tcb_flags::FPU_DISABLED * (fpu == FPU_DISABLED) as u64;
+        init::TCB
+            .set_flags(keel_abi::object::tcb_flags::FPU_DISABLED, disable)
+            .expect("flags");
         let config = ThreadConfig {
             priority,
             ..ThreadConfig::default()
@@ -167,6 +184,10 @@ fn main(boot: u64) -> u64 {
         init::TCB
             .set_priority(init::TCB, priority as u64)
             .expect("priority");
+        server_thread
+            .tcb
+            .set_flags(0, disable)
+            .expect("server flags");
         server_thread.start().expect("start server");
         // Let the server block in Recv.
         raw::yield_now();
@@ -174,6 +195,9 @@ fn main(boot: u64) -> u64 {
         let mut replies = [0u64; SAMPLES];
         let mut round_trips = [0u64; SAMPLES];
         for i in 0..WARMUP + SAMPLES {
+            if fpu == FPU_TOUCH {
+                keel_sys::fpu::touch();
+            }
             let start = rdtsc();
             T0.store(start, Ordering::Relaxed);
             raw::call(ep.cptr(), info(words), [0; 4]);
@@ -192,6 +216,9 @@ fn main(boot: u64) -> u64 {
         server_thread.destroy(&mut alloc).expect("destroy server");
     }
     keel_sys::debug_set_fastpath(true);
+    init::TCB
+        .set_flags(keel_abi::object::tcb_flags::FPU_DISABLED, 0)
+        .expect("flags");
     init::TCB.set_priority(init::TCB, 100).expect("priority");
 
     // Send to a higher-priority thread waiting in Recv (same address space).

@@ -12,6 +12,7 @@
 
 mod alloc;
 mod console;
+pub mod fiber;
 mod thread;
 mod vspace;
 

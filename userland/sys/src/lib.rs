@@ -27,6 +27,8 @@
 pub mod bootinfo;
 pub mod cap;
 pub mod error;
+pub mod fiber;
+pub mod fpu;
 pub mod hazards;
 pub mod image;
 pub mod invocations;

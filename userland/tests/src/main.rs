@@ -16,6 +16,8 @@
 mod cspace;
 mod entry_hazards;
 mod faults;
+mod fpu;
+mod gsbase;
 mod harness;
 mod ipc;
 mod threads;
@@ -53,9 +55,11 @@ fn main(argument: u64) -> u64 {
                     threads::run(&mut suite, &mut env);
                     ipc::run(&mut suite, &mut env);
                     faults::run(&mut suite, &mut env);
+                    fpu::run(&mut suite, &mut env);
                     entry_hazards::run(&mut suite, &mut env);
                     vspace::run(&mut suite, &mut env);
                     vspace::run_devices(&mut suite, &mut env);
+                    gsbase::run(&mut suite, &mut env);
                 }
                 Err(e) => {
                     suite.fail_setup(e);

@@ -219,6 +219,7 @@ impl<H: Hardware> Kernel<H> {
             let Some(i) = found else {
                 // Empty: the object dies.
                 if is_tcb {
+                    self.hw.tcb_deleted(ptr);
                     self.hw.destroy::<Tcb>(tcb::record(ptr));
                 }
                 cspace::remove(&mut self.hw, zslot);
@@ -289,6 +290,8 @@ impl<H: Hardware> Kernel<H> {
                 },
             ),
             Cap::Tcb { ptr } => {
+                // Stop it on any other CPU before its TCB goes away.
+                self.stall_if_running_elsewhere(ptr);
                 self.suspend(ptr);
                 self.unbind_notification(ptr);
                 let cpu = self.tcb(ptr).affinity as usize;

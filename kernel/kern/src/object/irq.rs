@@ -270,10 +270,15 @@ impl<H: Hardware> Kernel<H> {
         let Some(Cap::Tcb { ptr }) = args.extra_cap(0) else {
             return Err(InvocationError::capability(1));
         };
+        let allow = match args.mr(0) {
+            0 => false,
+            1 => true,
+            _ => return Err(InvocationError::argument(0)),
+        };
         if !self.fsgsbase_supported {
             return Err(InvocationError::simple(Error::IllegalOperation));
         }
-        self.tcb_mut(ptr).fsgsbase_allowed = args.mr(0) != 0;
+        self.tcb_mut(ptr).fsgsbase_allowed = allow;
         Ok(0)
     }
 }

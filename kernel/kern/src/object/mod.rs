@@ -1,6 +1,6 @@
 //! Kernel objects: capabilities and the objects they name.
 //!
-//! Layout constants follow seL4 x86-64 (non-MCS): a TCB is 2^11 bytes, an endpoint
+//! Layout constants follow seL4 x86-64 (non-MCS): a TCB is 2^12 bytes (with the XSAVE area), an endpoint
 //! 2^4, a notification 2^5, a slot 2^5.
 
 pub mod cap;

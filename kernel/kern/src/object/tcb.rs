@@ -1,9 +1,11 @@
 //! Thread control blocks: a thread's registers, scheduling and IPC state.
 //!
-//! A TCB object is 2^11 bytes. Its first [`TCB_SLOTS`] 32-byte slots hold the
+//! A TCB object is 2^12 bytes. Its first [`TCB_SLOTS`] 32-byte slots hold the
 //! capabilities the thread runs with (CSpace root, VSpace root, its master reply
 //! capability, the caller slot and its IPC buffer frame), exactly like seL4's TCB
-//! CNode; the [`Tcb`] record starts at [`TCB_RECORD_OFFSET`]. The record begins with
+//! CNode; the thread's x87/SSE/AVX state (the XSAVE or FXSAVE area the trusted core
+//! saves and restores) is at [`FPU_OFFSET`], [`FPU_BYTES`] at most; the [`Tcb`] record
+//! starts at [`TCB_RECORD_OFFSET`]. The record begins with
 //! the [`UserContext`], which the trusted core's entry code fills directly on every
 //! trap from user mode, so its layout is fixed (`repr(C)`, checked below).
 
@@ -22,7 +24,23 @@ pub const SLOT_IPC_BUFFER: u64 = 4;
 /// Slots at the start of a TCB object.
 pub const TCB_SLOTS: u64 = 5;
 /// Offset of the [`Tcb`] record inside the TCB object.
-pub const TCB_RECORD_OFFSET: u64 = 1024;
+pub const TCB_RECORD_OFFSET: u64 = 3072;
+/// Offset of the FPU state area (XSAVE/FXSAVE format, 64-byte aligned) in the object.
+pub const FPU_OFFSET: u64 = 256;
+/// Largest FPU state area: the standard-format XSAVE area of x87, SSE, AVX and the
+/// three AVX-512 components (opmask, ZMM_Hi256, Hi16_ZMM).
+pub const FPU_BYTES: u64 = 2688;
+const _: () = assert!(FPU_OFFSET >= TCB_SLOTS * 32 && FPU_OFFSET.is_multiple_of(64));
+const _: () = assert!(FPU_OFFSET + FPU_BYTES <= TCB_RECORD_OFFSET);
+/// Initial x87 control word (FNINIT's: every exception masked, 64-bit precision).
+pub const FPU_INITIAL_FCW: u64 = 0x37f;
+/// Initial MXCSR (every SSE exception masked, round to nearest).
+pub const FPU_INITIAL_MXCSR: u64 = 0x1f80;
+
+/// Address of the FPU state area of the TCB at `tcb`.
+pub const fn fpu_area(tcb: u64) -> u64 {
+    tcb + FPU_OFFSET
+}
 
 /// Address of slot `index` of the TCB at `tcb`.
 pub const fn slot(tcb: u64, index: u64) -> u64 {
@@ -35,7 +53,7 @@ pub const fn record(tcb: u64) -> u64 {
 }
 
 /// A thread's user-mode registers, in the order the entry code pushes them (lowest
-/// address first), followed by the FS and GS bases.
+/// address first), followed by the FS and GS bases and selectors (doc/fsgsbase.md).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[allow(missing_docs)]
@@ -66,11 +84,21 @@ pub struct UserContext {
     pub ss: u64,
     pub fs_base: u64,
     pub gs_base: u64,
+    /// FS selector (bits 15:0) and GS selector (bits 31:16) as the CPU held them at the
+    /// thread's last kernel entry (0 for a new thread). With a non-zero selector the
+    /// base on restore comes from its descriptor; with 0 it is `fs_base`/`gs_base`.
+    pub selectors: u64,
 }
 
 /// Words of [`UserContext`] the entry code pushes (everything before `fs_base`).
 pub const CONTEXT_PUSHED_WORDS: usize = 22;
 const _: () = assert!(core::mem::offset_of!(UserContext, fs_base) == CONTEXT_PUSHED_WORDS * 8);
+const _: () =
+    assert!(core::mem::offset_of!(UserContext, selectors) == (CONTEXT_PUSHED_WORDS + 2) * 8);
+/// Bits of [`UserContext::selectors`] holding the FS selector.
+pub const FS_SELECTOR_MASK: u64 = 0xffff;
+/// Bits of [`UserContext::selectors`] holding the GS selector.
+pub const GS_SELECTOR_MASK: u64 = 0xffff << 16;
 
 /// RFLAGS bits user code may set (seL4, `keel_abi::fault::sanitise_rflags`): CF, PF,
 /// AF, ZF, SF, DF, OF (IF is forced on; TF, IOPL, NT, RF, AC, VM, ID and VIF/VIP stay
@@ -242,8 +270,20 @@ pub struct Tcb {
     pub name: [u8; 16],
     /// Hardware breakpoints and single stepping (TCB SetBreakpoint & co.).
     pub debug: DebugState,
+    /// TCB flags (`keel_abi::object::tcb_flags`, set with TCBSetFlags):
+    /// `FPU_DISABLED` makes every x87/SSE/AVX instruction fault (#NM) and spares the
+    /// thread's switches the FPU state.
+    pub flags: u64,
     /// [`TCB_LIVE`] while the TCB exists (deletion zeroes the record).
     pub live: u64,
+}
+
+impl Tcb {
+    /// Whether the thread may use the FPU (TCBSetFlags without `FPU_DISABLED`).
+    #[inline(always)]
+    pub fn fpu_disabled(&self) -> bool {
+        self.flags & keel_abi::object::tcb_flags::FPU_DISABLED != 0
+    }
 }
 
 impl Record for Tcb {

@@ -77,6 +77,7 @@ impl<H: Hardware> Kernel<H> {
     pub fn invoke_tcb(&mut self, t: u64, label: L, args: &Args) -> Invoked {
         match label {
             L::TcbReadRegisters => {
+                self.stall_if_running_elsewhere(t);
                 if args.length < 2 {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
                 }
@@ -97,6 +98,7 @@ impl<H: Hardware> Kernel<H> {
                 Ok(count)
             }
             L::TcbWriteRegisters => {
+                self.stall_if_running_elsewhere(t);
                 if args.length < 2 {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
                 }
@@ -118,9 +120,19 @@ impl<H: Hardware> Kernel<H> {
                     let tcb = self.tcb_mut(t);
                     let stepping = tcb.debug.single_step;
                     let c = &mut tcb.context;
+                    let (fs_before, gs_before) = (c.fs_base, c.gs_base);
                     from_abi(c, &new, count);
                     c.sanitise_flags();
                     c.sanitise_bases();
+                    // A base written with a different value takes effect: its selector
+                    // becomes 0 (doc/fsgsbase.md); written back unchanged, the state
+                    // (selector and base) stays exactly as it was.
+                    if c.fs_base != fs_before {
+                        c.selectors &= !tcb::FS_SELECTOR_MASK;
+                    }
+                    if c.gs_base != gs_before {
+                        c.selectors &= !tcb::GS_SELECTOR_MASK;
+                    }
                     if stepping {
                         c.rflags |= crate::object::tcb_debug::RFLAGS_TF;
                     }
@@ -133,6 +145,7 @@ impl<H: Hardware> Kernel<H> {
                 Ok(0)
             }
             L::TcbCopyRegisters => {
+                self.stall_if_running_elsewhere(t);
                 let Some(Cap::Tcb { ptr: source }) = args.extra_cap(0) else {
                     return Err(InvocationError::capability(1));
                 };
@@ -140,6 +153,7 @@ impl<H: Hardware> Kernel<H> {
                 if flags & 1 != 0 {
                     self.suspend(source);
                 }
+                self.stall_if_running_elsewhere(source);
                 let src = self.tcb(source).context;
                 {
                     let c = &mut self.tcb_mut(t).context;
@@ -267,6 +281,7 @@ impl<H: Hardware> Kernel<H> {
                 }
                 let c = &mut self.tcb_mut(t).context;
                 c.fs_base = args.mr(0);
+                c.selectors &= !tcb::FS_SELECTOR_MASK;
                 c.sanitise_bases();
                 Ok(0)
             }
@@ -276,6 +291,7 @@ impl<H: Hardware> Kernel<H> {
                 }
                 let c = &mut self.tcb_mut(t).context;
                 c.gs_base = args.mr(0);
+                c.selectors &= !tcb::GS_SELECTOR_MASK;
                 c.sanitise_bases();
                 Ok(0)
             }
@@ -284,9 +300,21 @@ impl<H: Hardware> Kernel<H> {
             | L::TcbUnsetBreakpoint
             | L::TcbConfigureSingleStepping => self.invoke_tcb_debug(t, label, args),
             L::TcbSetFlags => {
-                // No flag is supported yet (FPU-disabled arrives with per-thread FPU state):
-                // report the empty flag set.
-                self.set_message_register(args.thread, args.buffer, 0, 0);
+                // seL4: flags = (flags & ~clear) | set, within the supported mask; the new
+                // flags are returned in MR0.
+                use keel_abi::object::tcb_flags;
+                if args.length < 2 {
+                    return Err(InvocationError::simple(Error::TruncatedMessage));
+                }
+                let (clear, set) = (args.mr(0), args.mr(1));
+                let flags = (self.tcb(t).flags & !clear | set) & tcb_flags::MASK;
+                if flags != self.tcb(t).flags {
+                    // The trusted core saves the thread's FPU state where it can and
+                    // loads the FPU for it afresh at its next switch.
+                    self.hw.fpu_release(t);
+                }
+                self.tcb_mut(t).flags = flags;
+                self.set_message_register(args.thread, args.buffer, 0, flags);
                 Ok(1)
             }
             _ => Err(InvocationError::simple(Error::IllegalOperation)),
@@ -318,6 +346,8 @@ impl<H: Hardware> Kernel<H> {
 
     /// Moves a thread to another CPU.
     pub fn set_affinity(&mut self, t: u64, cpu: usize) {
+        // A thread running elsewhere first leaves that CPU (its registers into its TCB).
+        self.stall_if_running_elsewhere(t);
         let old = self.tcb(t).affinity as usize;
         let queued = self.tcb(t).queued;
         self.dequeue(t);

@@ -176,6 +176,12 @@ impl<H: Hardware> Kernel<H> {
             }
             ObjectType::Tcb => {
                 self.hw.zero(object, tcb::TCB_RECORD_OFFSET);
+                // The FPU area starts in the architectural initial state: with the
+                // XSAVE header zeroed (XSTATE_BV = 0) every register loads as zero,
+                // and FXRSTOR/XRSTOR take FCW and MXCSR from the legacy region.
+                let fpu = tcb::fpu_area(object);
+                self.hw.write(fpu, tcb::FPU_INITIAL_FCW);
+                self.hw.write(fpu + 24, tcb::FPU_INITIAL_MXCSR);
                 self.hw.create::<Tcb>(tcb::record(object));
                 let cpu = self.hw.current_cpu() as u16;
                 {

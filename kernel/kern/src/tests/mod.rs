@@ -108,6 +108,7 @@ impl Hardware for FakeHardware {
     fn flush_address_space(&mut self, asid: u16) {
         self.space_flushes.push(asid);
     }
+    fn stall_cpu(&mut self, _cpu: usize, _tcb_record: u64) {}
     fn address_space_deleted(&mut self, asid: u16, _pml4: u64) {
         self.space_flushes.push(asid);
     }
@@ -238,7 +239,13 @@ impl World {
         // The root CNode (its memory is zero) and the capability to it.
         cspace::insert_root(&mut m.hw, 0, slot(S_CNODE), ROOT_CNODE_CAP, true);
         // The root TCB.
-        let tcb_cap = m.create_object(ObjectType::Tcb, ROOT_TCB, 11, 0, false);
+        let tcb_cap = m.create_object(
+            ObjectType::Tcb,
+            ROOT_TCB,
+            keel_abi::object::TCB_BITS,
+            0,
+            false,
+        );
         cspace::insert_root(&mut m.hw, 0, slot(S_TCB), tcb_cap, true);
         cspace::insert_child(
             &mut m.hw,

@@ -29,7 +29,7 @@ fn retype_every_type_with_alignment() {
     let mut free = 0u64;
     let kinds: [(T, u64, u32); 11] = [
         (T::Endpoint, 0, 4),
-        (T::Tcb, 0, 11),
+        (T::Tcb, 0, keel_abi::object::TCB_BITS),
         (T::Notification, 0, 5),
         (T::CapTable, 3, 8),
         (T::Untyped, 9, 9),
@@ -396,7 +396,7 @@ fn retype_revoke_a_thousand_times() {
         // Alternate object kinds; each round uses the whole 64 KiB exactly.
         let (kind, size, count) = match round % 4 {
             0 => (T::X86Page4K, 0, 16),
-            1 => (T::Tcb, 0, 32),
+            1 => (T::Tcb, 0, 1 << (16 - keel_abi::object::TCB_BITS)),
             2 => (T::CapTable, 6, 32),
             _ => (T::Endpoint, 0, 32),
         };
@@ -436,7 +436,10 @@ fn retype_revoke_a_thousand_times() {
         w.root_ok(S_CNODE, L::CNodeRevoke, &[u, 64], &[]);
         assert!(!cspace::has_children(&w.k.hw, slot(u)));
         if kind == T::Tcb {
-            assert!((0..count).all(|i| !w.k.hw.exists::<Tcb>(tcb::record(base + i * 2048))));
+            assert!((0..count).all(|i| {
+                !w.k.hw
+                    .exists::<Tcb>(tcb::record(base + (i << keel_abi::object::TCB_BITS)))
+            }));
         }
     }
     w.check_invariants();
