@@ -39,6 +39,7 @@ const SS_OFFSET: u64 = 21 * 8;
 pub const IRET_ONLY_FLAGS: u64 = (1 << 8) | (1 << 14) | (1 << 16);
 
 core::arch::global_asm!(
+    concat!(
     r#"
     .section .text.entry, "ax"
     .balign 16
@@ -60,21 +61,9 @@ keel_exit_checks:
     .popsection
     cmp qword ptr [rsp + {vector}], {syscall_marker}
     jne 2f
-    pop r15
-    pop r14
-    pop r13
-    pop r12
-    pop r11
-    pop r10
-    pop r9
-    pop r8
-    pop rbp
-    pop rdi
-    pop rsi
-    pop rdx
-    pop rcx
-    pop rbx
-    pop rax
+"#,
+    crate::pop_gprs!(),
+    r#"
     add rsp, 16
     mov rcx, [rsp]
     mov r11, [rsp + 16]
@@ -90,21 +79,9 @@ keel_sysret:
     jnz 20f
     test byte ptr [rsp + {ss}], 4
     jnz 20f
-    pop r15
-    pop r14
-    pop r13
-    pop r12
-    pop r11
-    pop r10
-    pop r9
-    pop r8
-    pop rbp
-    pop rdi
-    pop rsi
-    pop rdx
-    pop rcx
-    pop rbx
-    pop rax
+"#,
+    crate::pop_gprs!(),
+    r#"
     add rsp, 16
     swapgs
     .global keel_iret_to_user
@@ -140,21 +117,9 @@ keel_espfix_alias:
     mov rcx, [rsp + {ss}]
     mov [rax + 32], rcx
     mov gs:[{scratch}], rax
-    pop r15
-    pop r14
-    pop r13
-    pop r12
-    pop r11
-    pop r10
-    pop r9
-    pop r8
-    pop rbp
-    pop rdi
-    pop rsi
-    pop rdx
-    pop rcx
-    pop rbx
-    pop rax
+"#,
+    crate::pop_gprs!(),
+    r#"
     mov rsp, gs:[{scratch}]
     swapgs
     /* A fault here (#GP/#NP/#SS: a bad or not-present SS/CS) is turned into a fault
@@ -171,7 +136,7 @@ keel_espfix_iret:
     mov rdi, rax
     call {bad_rip}
     ud2
-"#,
+"#),
     vector = const VECTOR_OFFSET,
     rip = const RIP_OFFSET,
     rflags = const RFLAGS_OFFSET,

@@ -48,6 +48,58 @@ pub mod time;
 pub mod tlb;
 pub mod trap;
 
+/// Assembly text that pushes the 15 general registers in `UserContext` order (RAX
+/// first, so R15 ends at the lowest address). The entry paths splice it into their
+/// templates with `concat!`, so the order is written once.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! push_gprs {
+    () => {
+        "
+    push rax
+    push rbx
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push rbp
+    push r8
+    push r9
+    push r10
+    push r11
+    push r12
+    push r13
+    push r14
+    push r15
+"
+    };
+}
+
+/// Assembly text that pops what [`push_gprs!`] pushed.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! pop_gprs {
+    () => {
+        "
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rbp
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rbx
+    pop rax
+"
+    };
+}
+
 /// Declares the kernel's main function, called by the boot code on the bootstrap CPU
 /// once the machine is set up: `hal::entry_point!(kernel_main);` with
 /// `fn kernel_main(boot: &'static hal::boot::BootInfo) -> !`.

@@ -15,6 +15,7 @@ use crate::gdt;
 use crate::percpu::{OFFSET_CONTEXT_TOP, OFFSET_KERNEL_STACK_TOP, OFFSET_USER_RSP};
 
 core::arch::global_asm!(
+    concat!(
     r#"
     .section .text.entry, "ax"
     .balign 16
@@ -30,21 +31,9 @@ syscall_entry:
     push rcx
     push 0
     push {marker}
-    push rax
-    push rbx
-    push rcx
-    push rdx
-    push rsi
-    push rdi
-    push rbp
-    push r8
-    push r9
-    push r10
-    push r11
-    push r12
-    push r13
-    push r14
-    push r15
+"#,
+    crate::push_gprs!(),
+    r#"
     mov rsp, gs:[{kernel_stack}]
     .global keel_syscall_clear
 keel_syscall_clear:
@@ -89,26 +78,14 @@ keel_compat_syscall_entry:
     push rcx
     push 0
     push 6
-    push rax
-    push rbx
-    push rcx
-    push rdx
-    push rsi
-    push rdi
-    push rbp
-    push r8
-    push r9
-    push r10
-    push r11
-    push r12
-    push r13
-    push r14
-    push r15
+"#,
+    crate::push_gprs!(),
+    r#"
     mov rsp, gs:[{kernel_stack}]
     cld
     call {trap}
     jmp keel_return_to_user
-"#,
+"#),
     user_rsp = const OFFSET_USER_RSP,
     context_top = const OFFSET_CONTEXT_TOP,
     kernel_stack = const OFFSET_KERNEL_STACK_TOP,

@@ -79,6 +79,7 @@ impl TrapFrame {
 const _: () = assert!(core::mem::size_of::<TrapFrame>() == 22 * 8);
 
 core::arch::global_asm!(
+    concat!(
     r#"
     .section .text.entry, "ax"
     .balign 16
@@ -103,21 +104,9 @@ trap_common:
     jz 3f
     /* From user mode: the CPU pushed into the current thread's TCB (TSS.RSP0). */
     swapgs
-    push rax
-    push rbx
-    push rcx
-    push rdx
-    push rsi
-    push rdi
-    push rbp
-    push r8
-    push r9
-    push r10
-    push r11
-    push r12
-    push r13
-    push r14
-    push r15
+"#,
+    crate::push_gprs!(),
+    r#"
     mov rsp, gs:[{kernel_stack}]
     cld
     call {from_user}
@@ -131,39 +120,15 @@ trap_common:
     pop rax
     je 30f
     /* From kernel mode: the idle loop, a probe, or a kernel bug. */
-    push rax
-    push rbx
-    push rcx
-    push rdx
-    push rsi
-    push rdi
-    push rbp
-    push r8
-    push r9
-    push r10
-    push r11
-    push r12
-    push r13
-    push r14
-    push r15
+"#,
+    crate::push_gprs!(),
+    r#"
     cld
     mov rdi, rsp
     call {dispatch}
-    pop r15
-    pop r14
-    pop r13
-    pop r12
-    pop r11
-    pop r10
-    pop r9
-    pop r8
-    pop rbp
-    pop rdi
-    pop rsi
-    pop rdx
-    pop rcx
-    pop rbx
-    pop rax
+"#,
+    crate::pop_gprs!(),
+    r#"
     add rsp, 16
     iretq
 30:
@@ -179,7 +144,7 @@ trap_common:
     cld
     call {from_user}
     jmp keel_return_to_user
-"#,
+"#),
     dispatch = sym trap_dispatch,
     from_user = sym crate::entry::trap_from_user,
     kernel_stack = const crate::percpu::OFFSET_KERNEL_STACK_TOP,
@@ -189,6 +154,7 @@ trap_common:
 );
 
 core::arch::global_asm!(
+    concat!(
     r#"
     .section .text.entry, "ax"
     .balign 16
@@ -218,21 +184,9 @@ keel_paranoid_machine_check:
     .balign 16
 paranoid_common:
     /* On the IST stack: vector, error code, RIP, CS, RFLAGS, RSP, SS. GS unknown. */
-    push rax
-    push rbx
-    push rcx
-    push rdx
-    push rsi
-    push rdi
-    push rbp
-    push r8
-    push r9
-    push r10
-    push r11
-    push r12
-    push r13
-    push r14
-    push r15
+"#,
+    crate::push_gprs!(),
+    r#"
     cld
     xor r13d, r13d
     mov rax, cr4
@@ -277,21 +231,9 @@ keel_paranoid_fsgsbase:
     jz 12f
     swapgs
 12:
-    pop r15
-    pop r14
-    pop r13
-    pop r12
-    pop r11
-    pop r10
-    pop r9
-    pop r8
-    pop rbp
-    pop rdi
-    pop rsi
-    pop rdx
-    pop rcx
-    pop rbx
-    pop rax
+"#,
+    crate::pop_gprs!(),
+    r#"
     add rsp, 16
     iretq
 10:
@@ -315,7 +257,7 @@ keel_paranoid_fsgsbase:
     mov rax, gs:[{context_top}]
     sub rax, {context_bytes}
     jmp keel_return_to_user
-"#,
+"#),
     context_top = const crate::percpu::OFFSET_CONTEXT_TOP,
     context_bytes = const crate::entry::PUSHED_WORDS * 8,
     stack_size = const crate::layout::STACK_SIZE,
