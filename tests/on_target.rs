@@ -253,3 +253,81 @@ fn default_image_ready() {
     assert!(run.serial.contains(READY_LINE), "{}", run.report());
     assert!(!run.serial.contains(PANIC_MARKER), "{}", run.report());
 }
+
+/// Runs the test image with one defence switched off (`keel.unsafe.<name>`, see
+/// kernel/hal/src/switches.rs) and returns the run, which must not be judged a success.
+fn defence_off(switch: &str) -> Run {
+    let args = ["--image", "test", "--cmdline", switch, "--timeout", "60"];
+    let run = runner(&args);
+    assert!(
+        !problems(&run).is_empty(),
+        "the run passed with {switch}\n{}",
+        run.report()
+    );
+    assert_ne!(
+        run.code,
+        Some(0),
+        "runner reported success with {switch}\n{}",
+        run.report()
+    );
+    run
+}
+
+/// espfix64 off: the 16-bit-stack test sees the kernel's ESP[31:16].
+#[test]
+fn defence_off_espfix_is_caught() {
+    let run = defence_off("keel.unsafe.espfix");
+    let p = protocol(&run.serial);
+    assert!(
+        p.failed
+            .iter()
+            .any(|t| t == "espfix_16bit_ss_keeps_user_esp_high_bits"),
+        "the espfix test did not fail\n{}",
+        run.report()
+    );
+}
+
+/// Kernel restartable sequences off: an interrupt inside a sequence is not restarted.
+#[test]
+fn defence_off_rseq_is_caught() {
+    let run = defence_off("keel.unsafe.rseq");
+    let p = protocol(&run.serial);
+    assert!(
+        p.failed.iter().any(|t| t.starts_with("rseq_")),
+        "no rseq test failed\n{}",
+        run.report()
+    );
+}
+
+/// TF and NT left in the SYSCALL flag mask: the NT+TF system call takes the kernel down
+/// (the run must end without success, whatever the exact symptom).
+#[test]
+fn defence_off_fmask_is_caught() {
+    defence_off("keel.unsafe.fmask");
+}
+
+/// A kernel stack overflow lands on the #DF stack and is diagnosed, not a reset.
+#[test]
+fn stack_overflow_is_diagnosed() {
+    let args = [
+        "--image",
+        "test",
+        "--cmdline",
+        "keel.test_stack_overflow",
+        "--timeout",
+        "60",
+    ];
+    let run = runner(&args);
+    assert!(
+        run.serial
+            .lines()
+            .any(|l| l.contains("diagnosis: kernel stack overflow into the guard page")),
+        "no stack-overflow diagnosis\n{}",
+        run.report()
+    );
+    assert!(
+        protocol(&run.serial).panic,
+        "the overflow must end in a kernel panic report\n{}",
+        run.report()
+    );
+}
