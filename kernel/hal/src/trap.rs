@@ -38,7 +38,12 @@ pub const SPURIOUS_VECTOR: u8 = 0xff;
 /// Vector number the SYSCALL entry stores in its frame.
 pub const SYSCALL_MARKER: u64 = 0x100;
 
-/// Registers saved on entry, in stack order (lowest address first).
+/// Registers saved on entry from kernel mode, in stack order (lowest address first).
+///
+/// The same 22 words, in the same order, as the start of a thread's
+/// `keel_kern::object::tcb::UserContext` (where entries from user mode save them); the
+/// assertions below keep the two layouts in step. It is a type of its own because a
+/// kernel-mode frame on a stack has nothing after `ss`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 #[allow(missing_docs)]
@@ -68,6 +73,18 @@ pub struct TrapFrame {
     pub rsp: u64,
     pub ss: u64,
 }
+
+const _: () = {
+    use core::mem::offset_of;
+    use keel_kern::object::tcb::{CONTEXT_PUSHED_WORDS, UserContext as U};
+    assert!(core::mem::size_of::<TrapFrame>() == CONTEXT_PUSHED_WORDS * 8);
+    assert!(offset_of!(TrapFrame, r15) == offset_of!(U, r15));
+    assert!(offset_of!(TrapFrame, rax) == offset_of!(U, rax));
+    assert!(offset_of!(TrapFrame, vector) == offset_of!(U, vector));
+    assert!(offset_of!(TrapFrame, error_code) == offset_of!(U, error_code));
+    assert!(offset_of!(TrapFrame, rip) == offset_of!(U, rip));
+    assert!(offset_of!(TrapFrame, ss) == offset_of!(U, ss));
+};
 
 impl TrapFrame {
     /// Whether the trap interrupted user mode.
