@@ -170,7 +170,7 @@ fn run(cli: &Cli, interrupted: &AtomicBool) -> Result<Verdict, String> {
         Command::new(qemu::QEMU)
     };
     command.args(&args);
-    command.stdin(if mode == Mode::Run {
+    command.stdin(if matches!(mode, Mode::Run | Mode::Until(_)) {
         Stdio::inherit()
     } else {
         Stdio::null()

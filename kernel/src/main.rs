@@ -133,8 +133,8 @@ fn device_regions(boot: &BootInfo) -> alloc::vec::Vec<(u64, u64)> {
     let mut cursor = 0u64;
     for (start, end) in taken {
         let start = start & !0xfff;
-        if start > cursor {
-            gaps.push((cursor, start));
+        if start > cursor && cursor < 1 << 32 {
+            gaps.push((cursor, start.min(1 << 32)));
         }
         cursor = cursor.max((end + 0xfff) & !0xfff);
     }

@@ -1,13 +1,193 @@
-//! The root task of the default image. For now it proves ring 3 works: it prints a
-//! greeting through the debug system call and exits with 0.
+//! The root task of the default image. It reads boot info, starts the servers of its
+//! [`manifest`] — each a thread in its own address space (a copy of init's image
+//! mapping, see `keel_rt::Allocator::clone_image_vspace`), told about only the
+//! capabilities its entry lists — waits until the boot-stage servers have registered,
+//! prints `keel: ready`, starts the shell and then reports servers that fault.
+//!
+//! Limits of this first slice: all servers share init's image (code and data) and its
+//! root CNode; a server's "own" capabilities are the slots its `StartInfo` names.
 #![no_std]
 #![no_main]
 
-use keel_rt::println;
+mod manifest;
+mod shell;
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use keel_rt::{Allocator, ThreadConfig, println};
+use keel_servers::{DEPTH, StartInfo, names};
+use keel_sys::CapRights;
+use keel_sys::bootinfo::BootInfo;
+use keel_sys::cap::{Cap, Endpoint, init};
+
+use manifest::{SERVERS, Server, Stage};
 
 keel_sys::entry_point!(main);
 
-fn main(bootinfo: u64) -> u64 {
-    println!("init: hello from ring 3 (boot info at {bootinfo:#x})");
-    0
+/// init's priority once the servers are started (below all of them).
+pub const INIT_PRIORITY: u64 = 10;
+
+/// Boot-info totals for the shell's `mem` (statics are shared: servers run init's
+/// image).
+pub static MEM_RAM: AtomicU64 = AtomicU64::new(0);
+/// Number of RAM untyped capabilities.
+pub static MEM_RAM_CAPS: AtomicU64 = AtomicU64::new(0);
+/// Device untyped bytes.
+pub static MEM_DEVICE: AtomicU64 = AtomicU64::new(0);
+/// RAM untyped bytes init has not used once the servers are up.
+pub static MEM_FREE: AtomicU64 = AtomicU64::new(0);
+
+/// Badge of init's own capability to the name service.
+const INIT_BADGE: u64 = 0x1417;
+
+fn main(argument: u64) -> u64 {
+    let Some(info) = keel_rt::init(argument) else {
+        println!("init: no boot info from the kernel");
+        return 1;
+    };
+    record_memory(&info);
+    let mut alloc = Allocator::new(&info);
+    match start_all(&mut alloc, &info) {
+        Ok(fault_ep) => report_faults(fault_ep),
+        Err(e) => {
+            println!("init: cannot start the system: {e}");
+            2
+        }
+    }
+}
+
+fn record_memory(info: &BootInfo) {
+    for u in info.untypeds() {
+        let bytes = 1u64 << u.size_bits();
+        if u.is_device() {
+            MEM_DEVICE.fetch_add(bytes, Ordering::Relaxed);
+        } else {
+            MEM_RAM.fetch_add(bytes, Ordering::Relaxed);
+            MEM_RAM_CAPS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Starts every server; returns the fault endpoint.
+fn start_all(alloc: &mut Allocator, info: &BootInfo) -> keel_rt::Result<Cap<Endpoint>> {
+    let fault_ep = alloc.create::<Endpoint>()?;
+    let names_ep = alloc.create::<Endpoint>()?;
+    let mint = |alloc: &mut Allocator, ep: Cap<Endpoint>, badge: u64| {
+        let slot = alloc.slot()?;
+        init::CNODE.mint(
+            slot,
+            DEPTH,
+            init::CNODE,
+            ep.cptr(),
+            DEPTH,
+            CapRights::ALL,
+            badge,
+        )?;
+        keel_rt::Result::Ok(Cap::<Endpoint>::from_cptr(slot))
+    };
+    let start = |alloc: &mut Allocator, index: usize, server: &Server| -> keel_rt::Result<()> {
+        let badge = index as u64 + 1;
+        let serve = match server.serves {
+            Some(manifest::NAMES) => names_ep,
+            Some(_) => alloc.create::<Endpoint>()?,
+            None => Cap::from_cptr(0),
+        };
+        let names = if server.serves == Some(manifest::NAMES) {
+            0
+        } else {
+            mint(alloc, names_ep, badge)?.cptr()
+        };
+        let slots = if server.slots > 0 {
+            alloc.slots.alloc_range(server.slots)?
+        } else {
+            0
+        };
+        let io_port = match server.io_ports {
+            Some((first, last)) => {
+                let slot = alloc.slot()?;
+                init::IO_PORT_CONTROL.issue(first as u64, last as u64, init::CNODE, slot, DEPTH)?;
+                slot
+            }
+            None => 0,
+        };
+        let fault = mint(alloc, fault_ep, badge)?;
+        let vspace = alloc.clone_image_vspace(info)?;
+        let argument = StartInfo {
+            serve: serve.cptr(),
+            names,
+            slots,
+            slot_count: server.slots,
+            io_port,
+        }
+        .pack();
+        let config = ThreadConfig {
+            priority: server.priority,
+            fault_ep: fault.cptr(),
+            affinity: None,
+        };
+        let thread = alloc.create_thread_in(vspace, server.entry, argument, config)?;
+        println!(
+            "init: starting {} (priority {}, serves {}, uses {:?}, ports {:x?}, irqs {:?})",
+            server.name,
+            server.priority,
+            server.serves.unwrap_or("-"),
+            server.uses,
+            server.io_ports,
+            server.irqs,
+        );
+        thread.start()?;
+        Ok(())
+    };
+    for (i, s) in SERVERS.iter().enumerate() {
+        if s.stage == Stage::Boot {
+            start(alloc, i, s)?;
+        }
+    }
+    // Let the servers run (init goes below them) and wait for their names.
+    init::TCB.set_priority(init::TCB, INIT_PRIORITY)?;
+    let mine = mint(alloc, names_ep, INIT_BADGE)?;
+    let slot = alloc.slot()?;
+    for s in SERVERS.iter().filter(|s| s.stage == Stage::Boot) {
+        let Some(name) = s.serves.filter(|n| *n != manifest::NAMES) else {
+            continue;
+        };
+        loop {
+            match names::lookup(mine, name, slot) {
+                Ok(ep) => {
+                    alloc.delete(ep)?;
+                    break;
+                }
+                Err(names::Error::Refused(names::Status::NotFound)) => {
+                    keel_sys::ipc::yield_now();
+                }
+                Err(e) => {
+                    println!("init: {} did not register: {e:?}", s.name);
+                    break;
+                }
+            }
+        }
+    }
+    MEM_FREE.store(alloc.untyped.free_bytes(), Ordering::Relaxed);
+    println!("{}", keel_abi::harness::READY_LINE);
+    for (i, s) in SERVERS.iter().enumerate() {
+        if s.stage == Stage::Ready {
+            start(alloc, i, s)?;
+        }
+    }
+    Ok(fault_ep)
+}
+
+/// Reports faulting servers forever (they are not restarted yet).
+fn report_faults(fault_ep: Cap<Endpoint>) -> u64 {
+    loop {
+        let r = fault_ep.recv();
+        let name = (r.badge as usize)
+            .checked_sub(1)
+            .and_then(|i| SERVERS.get(i))
+            .map_or("?", |s| s.name);
+        println!(
+            "init: server {name} faulted (fault label {}); it stays stopped",
+            r.label()
+        );
+    }
 }

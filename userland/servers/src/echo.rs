@@ -1,0 +1,47 @@
+//! The echo server: the smallest complete server, and the template for new ones.
+//!
+//! Protocol: a Call with any label and up to [`MAX_WORDS`] words is answered with the
+//! same label and words (longer messages are cut to [`MAX_WORDS`]). It registers its
+//! endpoint with the name service as [`NAME`].
+
+use keel_rt::println;
+use keel_sys::cap::{Cap, Endpoint};
+use keel_sys::{Message, Received};
+
+use crate::{StartInfo, names};
+
+/// The name the echo server registers.
+pub const NAME: &str = "echo";
+/// Longest message echoed, in words.
+pub const MAX_WORDS: usize = 32;
+
+/// The server's thread: registers with the name service (when given one), then
+/// answers requests forever.
+pub fn main(argument: u64) {
+    let start = StartInfo::unpack(argument);
+    let ep = Cap::<Endpoint>::from_cptr(start.serve);
+    if start.names != 0
+        && let Err(e) = names::register(Cap::from_cptr(start.names), NAME, ep)
+    {
+        println!("echo: cannot register: {e:?}");
+        return;
+    }
+    let mut request = ep.recv();
+    loop {
+        request = ep.reply_recv(&answer(&request));
+    }
+}
+
+/// The reply to one request.
+fn answer(request: &Received) -> Message {
+    let mut reply = Message::new(request.label());
+    for i in 0..request.length().min(MAX_WORDS) {
+        reply.push_word(request.mr(i));
+    }
+    reply
+}
+
+/// Client side: sends `words` with `label` and returns the reply.
+pub fn call(server: Cap<Endpoint>, label: u64, words: &[u64]) -> Received {
+    server.call(&Message::new(label).words(words))
+}

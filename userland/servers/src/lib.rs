@@ -1,0 +1,95 @@
+//! Keel's user-level servers and their client sides: the name service ([`names`]) and
+//! the echo server ([`echo`], the template for new servers; see
+//! doc/writing-a-server.md).
+//!
+//! A server is a function `fn(u64)` that init (or a test) runs as a thread; its
+//! argument is a packed [`StartInfo`] naming the capabilities it was given. For now
+//! every server shares the root task's CNode, so "given" means "told about": a server
+//! only uses the slots its [`StartInfo`] lists.
+#![no_std]
+#![forbid(unsafe_code)]
+
+pub mod echo;
+pub mod names;
+
+/// Depth that resolves a capability pointer in the root CNode.
+pub const DEPTH: u8 = 64;
+
+/// What a server starts with, packed into its thread's one argument word: capability
+/// pointers in the root CNode (12 bits each, the CNode has 4096 slots; 0 = none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StartInfo {
+    /// The endpoint the server receives requests on.
+    pub serve: u64,
+    /// A badged endpoint capability to the name service.
+    pub names: u64,
+    /// First of the free slots the server may fill (received or minted capabilities).
+    pub slots: u64,
+    /// How many free slots from [`StartInfo::slots`].
+    pub slot_count: u64,
+    /// An I/O port capability (the shell: COM1).
+    pub io_port: u64,
+}
+
+const FIELD_BITS: u32 = 12;
+const FIELD_MASK: u64 = (1 << FIELD_BITS) - 1;
+
+impl StartInfo {
+    /// The argument word (panics if a field does not fit in 12 bits).
+    pub fn pack(&self) -> u64 {
+        let fields = [
+            self.serve,
+            self.names,
+            self.slots,
+            self.slot_count,
+            self.io_port,
+        ];
+        let mut word = 0;
+        for (i, f) in fields.iter().enumerate() {
+            assert!(*f <= FIELD_MASK, "start info field {i} too large: {f}");
+            word |= f << (i as u32 * FIELD_BITS);
+        }
+        word
+    }
+
+    /// Unpacks an argument word made by [`StartInfo::pack`].
+    pub fn unpack(word: u64) -> Self {
+        let f = |i: u32| (word >> (i * FIELD_BITS)) & FIELD_MASK;
+        Self {
+            serve: f(0),
+            names: f(1),
+            slots: f(2),
+            slot_count: f(3),
+            io_port: f(4),
+        }
+    }
+}
+
+/// A server's window of free root-CNode slots.
+#[derive(Clone, Copy, Debug)]
+pub struct Slots {
+    next: u64,
+    end: u64,
+}
+
+impl Slots {
+    /// The slots `start..start + count`.
+    pub const fn new(start: u64, count: u64) -> Self {
+        Self {
+            next: start,
+            end: start + count,
+        }
+    }
+
+    /// The next free slot without taking it.
+    pub fn peek(&self) -> Option<u64> {
+        (self.next < self.end).then_some(self.next)
+    }
+
+    /// Takes one free slot.
+    pub fn take(&mut self) -> Option<u64> {
+        let s = self.peek()?;
+        self.next += 1;
+        Some(s)
+    }
+}
