@@ -14,8 +14,9 @@ mod shell;
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use keel_rt::ROOT_DEPTH;
 use keel_rt::{Allocator, ThreadConfig, println};
-use keel_servers::{DEPTH, StartInfo, names};
+use keel_servers::{StartInfo, names};
 use keel_sys::CapRights;
 use keel_sys::bootinfo::BootInfo;
 use keel_sys::cap::{Cap, Endpoint, init};
@@ -76,10 +77,10 @@ fn start_all(alloc: &mut Allocator, info: &BootInfo) -> keel_rt::Result<Cap<Endp
         let slot = alloc.slot()?;
         init::CNODE.mint(
             slot,
-            DEPTH,
+            ROOT_DEPTH,
             init::CNODE,
             ep.cptr(),
-            DEPTH,
+            ROOT_DEPTH,
             CapRights::ALL,
             badge,
         )?;
@@ -105,7 +106,13 @@ fn start_all(alloc: &mut Allocator, info: &BootInfo) -> keel_rt::Result<Cap<Endp
         let io_port = match server.io_ports {
             Some((first, last)) => {
                 let slot = alloc.slot()?;
-                init::IO_PORT_CONTROL.issue(first as u64, last as u64, init::CNODE, slot, DEPTH)?;
+                init::IO_PORT_CONTROL.issue(
+                    first as u64,
+                    last as u64,
+                    init::CNODE,
+                    slot,
+                    ROOT_DEPTH,
+                )?;
                 slot
             }
             None => 0,

@@ -4,7 +4,7 @@
 use core::sync::atomic::Ordering;
 
 use keel_rt::{print, println};
-use keel_servers::{Slots, StartInfo, names};
+use keel_servers::{StartInfo, names};
 use keel_sys::cap::{Cap, Endpoint, IoPort};
 
 /// COM1's data register.
@@ -24,10 +24,10 @@ struct Shell {
 /// The shell's thread.
 pub fn main(argument: u64) {
     let start = StartInfo::unpack(argument);
-    let mut slots = Slots::new(start.slots, start.slot_count);
-    let echo = match (start.names, slots.take()) {
-        (0, _) | (_, None) => None,
-        (ns, Some(slot)) => names::lookup(Cap::from_cptr(ns), keel_servers::echo::NAME, slot).ok(),
+    let mut slots = start.slot_allocator();
+    let echo = match (start.names, slots.alloc()) {
+        (0, _) | (_, Err(_)) => None,
+        (ns, Ok(slot)) => names::lookup(Cap::from_cptr(ns), keel_servers::echo::NAME, slot).ok(),
     };
     let shell = Shell {
         port: Cap::from_cptr(start.io_port),

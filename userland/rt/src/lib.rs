@@ -16,7 +16,7 @@ pub mod fiber;
 mod thread;
 mod vspace;
 
-pub use alloc::{Allocator, Error, Result, SlotAllocator, UntypedAllocator};
+pub use alloc::{Allocator, Error, ROOT_DEPTH, Result, SlotAllocator, UntypedAllocator};
 pub use console::print;
 pub use thread::{Thread, ThreadConfig};
 pub use vspace::{IPC_BUFFER_REGION, SCRATCH_REGION};

@@ -12,8 +12,7 @@
 pub mod echo;
 pub mod names;
 
-/// Depth that resolves a capability pointer in the root CNode.
-pub const DEPTH: u8 = 64;
+use keel_rt::SlotAllocator;
 
 /// What a server starts with, packed into its thread's one argument word: capability
 /// pointers in the root CNode (12 bits each, the CNode has 4096 slots; 0 = none).
@@ -65,31 +64,9 @@ impl StartInfo {
     }
 }
 
-/// A server's window of free root-CNode slots.
-#[derive(Clone, Copy, Debug)]
-pub struct Slots {
-    next: u64,
-    end: u64,
-}
-
-impl Slots {
-    /// The slots `start..start + count`.
-    pub const fn new(start: u64, count: u64) -> Self {
-        Self {
-            next: start,
-            end: start + count,
-        }
-    }
-
-    /// The next free slot without taking it.
-    pub fn peek(&self) -> Option<u64> {
-        (self.next < self.end).then_some(self.next)
-    }
-
-    /// Takes one free slot.
-    pub fn take(&mut self) -> Option<u64> {
-        let s = self.peek()?;
-        self.next += 1;
-        Some(s)
+impl StartInfo {
+    /// The server's window of free slots, as the runtime's slot allocator.
+    pub fn slot_allocator(&self) -> SlotAllocator {
+        SlotAllocator::new(self.slots, self.slots + self.slot_count)
     }
 }

@@ -15,7 +15,9 @@ use keel_sys::cap::{Cap, Endpoint, init};
 use keel_sys::ipc::set_receive_slot;
 use keel_sys::{CapRights, Message, Received};
 
-use crate::{DEPTH, Slots, StartInfo};
+use keel_rt::{ROOT_DEPTH, SlotAllocator};
+
+use crate::StartInfo;
 
 /// Request label: register an endpoint.
 pub const REGISTER: u64 = 1;
@@ -91,7 +93,7 @@ pub fn register(names: Cap<Endpoint>, name: &str, endpoint: Cap<Endpoint>) -> Re
 /// `slot`, which must be empty.
 pub fn lookup(names: Cap<Endpoint>, name: &str, slot: u64) -> Result<Cap<Endpoint>, Error> {
     let words = encode(name)?;
-    set_receive_slot(init::CNODE, slot, DEPTH);
+    set_receive_slot(init::CNODE, slot, ROOT_DEPTH);
     let reply = names.call(&Message::new(LOOKUP).words(&words));
     match Status::from_label(reply.label()) {
         Status::Ok if reply.extra_caps() == 1 && reply.caps_unwrapped() == 0 => {
@@ -111,7 +113,9 @@ struct Entry {
 struct Service {
     entries: [Entry; CAPACITY],
     count: usize,
-    slots: Slots,
+    slots: SlotAllocator,
+    /// The empty slot the next received capability lands in (`None`: out of slots).
+    receive_slot: Option<u64>,
     /// Where lookups mint the client's copy (empty between requests).
     mint_slot: u64,
     /// A minted capability sent in the last reply, deleted once the reply is out.
@@ -150,18 +154,18 @@ impl Service {
             return Status::BadRequest;
         }
         // The capability arrived in the receive slot; take it only if we keep it.
-        let Some(slot) = self.slots.peek() else {
+        let Some(slot) = self.receive_slot else {
             return Status::Full;
         };
         if self.find(&name).is_some() {
-            let _ = init::CNODE.delete(slot, DEPTH);
+            let _ = init::CNODE.delete(slot, ROOT_DEPTH);
             return Status::Exists;
         }
         if self.count == CAPACITY {
-            let _ = init::CNODE.delete(slot, DEPTH);
+            let _ = init::CNODE.delete(slot, ROOT_DEPTH);
             return Status::Full;
         }
-        self.slots.take();
+        self.receive_slot = self.slots.alloc().ok();
         self.entries[self.count] = Entry { name, slot };
         self.count += 1;
         Status::Ok
@@ -175,10 +179,10 @@ impl Service {
         init::CNODE
             .mint(
                 slot,
-                DEPTH,
+                ROOT_DEPTH,
                 init::CNODE,
                 source,
-                DEPTH,
+                ROOT_DEPTH,
                 CapRights::ALL,
                 badge,
             )
@@ -193,8 +197,8 @@ impl Service {
 pub fn main(argument: u64) {
     let start = StartInfo::unpack(argument);
     let ep = Cap::<Endpoint>::from_cptr(start.serve);
-    let mut slots = Slots::new(start.slots, start.slot_count);
-    let (Some(mint_slot), Some(first)) = (slots.take(), slots.peek()) else {
+    let mut slots = start.slot_allocator();
+    let (Ok(mint_slot), Ok(first)) = (slots.alloc(), slots.alloc()) else {
         println!("names: needs at least two slots");
         return;
     };
@@ -202,20 +206,21 @@ pub fn main(argument: u64) {
         entries: [Entry::default(); CAPACITY],
         count: 0,
         slots,
+        receive_slot: Some(first),
         mint_slot,
         sent: None,
     };
-    set_receive_slot(init::CNODE, first, DEPTH);
+    set_receive_slot(init::CNODE, first, ROOT_DEPTH);
     let mut request = ep.recv();
     loop {
         let reply = service.handle(&request);
-        if let Some(free) = service.slots.peek() {
-            set_receive_slot(init::CNODE, free, DEPTH);
+        if let Some(free) = service.receive_slot {
+            set_receive_slot(init::CNODE, free, ROOT_DEPTH);
         }
         request = ep.reply_recv(&reply);
         // The reply (and its copy of the minted capability) is out: drop ours.
         if let Some(slot) = service.sent.take() {
-            let _ = init::CNODE.delete(slot, DEPTH);
+            let _ = init::CNODE.delete(slot, ROOT_DEPTH);
         }
     }
 }
