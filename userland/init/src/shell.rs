@@ -95,26 +95,9 @@ impl Shell {
             println!("{text} (echo server not found: printed locally)");
             return;
         };
-        let bytes = text.as_bytes();
-        let mut words = [0u64; keel_servers::echo::MAX_WORDS];
-        let used = bytes.len().min((words.len() - 1) * 8);
-        words[0] = used as u64;
-        for (i, chunk) in bytes[..used].chunks(8).enumerate() {
-            let mut raw = [0u8; 8];
-            raw[..chunk.len()].copy_from_slice(chunk);
-            words[1 + i] = u64::from_le_bytes(raw);
-        }
-        let count = 1 + used.div_ceil(8);
-        let reply = keel_servers::echo::call(server, ECHO_LABEL, &words[..count]);
-        let got = (reply.mr(0) as usize).min(used);
         let mut out = [0u8; (keel_servers::echo::MAX_WORDS - 1) * 8];
-        for i in 0..got.div_ceil(8) {
-            out[i * 8..i * 8 + 8].copy_from_slice(&reply.mr(1 + i).to_le_bytes());
-        }
-        println!(
-            "{}",
-            core::str::from_utf8(&out[..got]).unwrap_or("(bad utf-8)")
-        );
+        let answer = keel_servers::echo::call_text(server, ECHO_LABEL, text.as_bytes(), &mut out);
+        println!("{}", core::str::from_utf8(answer).unwrap_or("(bad utf-8)"));
     }
 }
 

@@ -45,3 +45,17 @@ fn answer(request: &Received) -> Message {
 pub fn call(server: Cap<Endpoint>, label: u64, words: &[u64]) -> Received {
     server.call(&Message::new(label).words(words))
 }
+
+/// Client side for text: sends `text` (cut to what fits in [`MAX_WORDS`] words) and
+/// reads the echoed text into `out`; returns the echoed bytes.
+pub fn call_text<'a>(
+    server: Cap<Endpoint>,
+    label: u64,
+    text: &[u8],
+    out: &'a mut [u8],
+) -> &'a [u8] {
+    let mut words = [0u64; MAX_WORDS];
+    let count = crate::text_to_words(text, &mut words);
+    let reply = call(server, label, &words[..count]);
+    crate::text_from_words(|i| reply.mr(i), out)
+}

@@ -70,3 +70,30 @@ impl StartInfo {
         SlotAllocator::new(self.slots, self.slots + self.slot_count)
     }
 }
+
+/// Writes `text` into message words as the servers' text encoding: word 0 is the length
+/// in bytes, then the bytes, eight per word, little-endian. Text that does not fit is
+/// cut. Returns how many words were written.
+pub fn text_to_words(text: &[u8], words: &mut [u64]) -> usize {
+    let Some((length, body)) = words.split_first_mut() else {
+        return 0;
+    };
+    let used = text.len().min(body.len() * 8);
+    *length = used as u64;
+    for (word, chunk) in body.iter_mut().zip(text[..used].chunks(8)) {
+        let mut raw = [0u8; 8];
+        raw[..chunk.len()].copy_from_slice(chunk);
+        *word = u64::from_le_bytes(raw);
+    }
+    1 + used.div_ceil(8)
+}
+
+/// Reads text written by [`text_to_words`] from `word(0)`, `word(1)`, ... into `out`;
+/// returns the bytes read (at most `out.len()`).
+pub fn text_from_words(word: impl Fn(usize) -> u64, out: &mut [u8]) -> &[u8] {
+    let length = (word(0) as usize).min(out.len());
+    for (i, chunk) in out[..length].chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(&word(1 + i).to_le_bytes()[..chunk.len()]);
+    }
+    &out[..length]
+}

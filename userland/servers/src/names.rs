@@ -10,12 +10,10 @@
 //!
 //! Names are 1 to [`MAX_NAME`] bytes.
 
-use keel_rt::println;
+use keel_rt::{ROOT_DEPTH, SlotAllocator, println};
 use keel_sys::cap::{Cap, Endpoint, init};
 use keel_sys::ipc::set_receive_slot;
 use keel_sys::{CapRights, Message, Received};
-
-use keel_rt::{ROOT_DEPTH, SlotAllocator};
 
 use crate::StartInfo;
 
@@ -72,11 +70,9 @@ fn encode(name: &str) -> Result<[u64; 3], Error> {
     if bytes.is_empty() || bytes.len() > MAX_NAME {
         return Err(Error::BadName);
     }
-    let mut raw = [0u8; MAX_NAME];
-    raw[..bytes.len()].copy_from_slice(bytes);
-    let lo = u64::from_le_bytes(raw[..8].try_into().unwrap_or_default());
-    let hi = u64::from_le_bytes(raw[8..].try_into().unwrap_or_default());
-    Ok([bytes.len() as u64, lo, hi])
+    let mut words = [0; 3];
+    crate::text_to_words(bytes, &mut words);
+    Ok(words)
 }
 
 /// Registers `endpoint` under `name` at the name service `names`.
