@@ -467,12 +467,7 @@ impl<H: Hardware> Kernel<H> {
                 endpoint::remove(&mut self.hw, Queue::Endpoint(endpoint), t);
                 self.set_state(t, ThreadState::Restart);
                 self.enqueue(t, false);
-                let cpu = self.tcb(t).affinity as usize;
-                if cpu == self.hw.current_cpu() {
-                    self.reschedule_required();
-                } else {
-                    self.hw.reschedule_cpu(cpu);
-                }
+                self.reschedule_cpu_of(t);
             }
             t = next;
         }

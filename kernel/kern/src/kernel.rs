@@ -321,6 +321,17 @@ impl<H: Hardware> Kernel<H> {
         }
     }
 
+    /// Asks the CPU thread `t` belongs to to choose again: this CPU at its next exit,
+    /// another one through a reschedule IPI.
+    pub fn reschedule_cpu_of(&mut self, t: u64) {
+        let cpu = self.tcb(t).affinity as usize;
+        if cpu == self.hw.current_cpu() {
+            self.reschedule_required();
+        } else {
+            self.hw.reschedule_cpu(cpu);
+        }
+    }
+
     /// Asks this CPU to choose again at the next exit.
     pub fn reschedule_required(&mut self) {
         let here = self.hw.current_cpu();

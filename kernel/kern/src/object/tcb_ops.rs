@@ -336,12 +336,7 @@ impl<H: Hardware> Kernel<H> {
         if queued {
             self.enqueue(t, false);
         }
-        let cpu = self.tcb(t).affinity as usize;
-        if cpu == self.hw.current_cpu() {
-            self.reschedule_required();
-        } else {
-            self.hw.reschedule_cpu(cpu);
-        }
+        self.reschedule_cpu_of(t);
     }
 
     /// Moves a thread to another CPU.
