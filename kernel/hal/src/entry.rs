@@ -475,7 +475,7 @@ pub fn prepare_thread(context_phys: u64, pml4: u64, fs_base: u64, gs_base: u64) 
             .load(core::sync::atomic::Ordering::Relaxed);
         if fpu_owner != context && (fpu_owner != 0 || (!tcb.fpu_disabled() && crate::fpu::eager()))
         {
-            crate::fpu::switch_to(context, tcb);
+            crate::fpu::switch_to(context, tcb, fpu_owner);
         }
         // --- end FPU
         let top = context + PUSHED_WORDS * 8;

@@ -62,6 +62,8 @@ static METHOD: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(
 /// XCR0, copied out of [`CONFIG`] for the thread-switch path.
 static XCR0: AtomicU64 = AtomicU64::new(0);
 static LAZY: AtomicBool = AtomicBool::new(false);
+/// Eager switching with XSAVEOPT: [`switch_to`]'s inline case applies.
+static EAGER_XSAVEOPT: AtomicBool = AtomicBool::new(false);
 
 /// The initial state area: FCW 0x37F, MXCSR 0x1F80, XSAVE header zero (every component
 /// in its initial configuration).
@@ -186,6 +188,7 @@ pub fn init_cpu() {
         Ordering::Relaxed,
     );
     XCR0.store(config.xcr0, Ordering::Relaxed);
+    EAGER_XSAVEOPT.store(config.xsaveopt && !config.lazy, Ordering::Relaxed);
     if config.xsave {
         xsetbv(config.xcr0);
     }
@@ -299,7 +302,37 @@ fn park(owner: &AtomicU64) {
 /// this thread's state is to be loaded eagerly. Big kernel lock held. (Hot with eager
 /// switching: no configuration lookups here.)
 #[inline(never)]
-pub fn switch_to(context: u64, tcb: &Tcb) {
+#[inline(always)]
+pub fn switch_to(context: u64, tcb: &Tcb, owner: u64) {
+    // The common eager case, inline: another thread's state is loaded, XSAVEOPT exists.
+    // EDX:EAX all ones requests every component XCR0 enables.
+    if owner > DIRTY && EAGER_XSAVEOPT.load(Ordering::Relaxed) && !tcb.fpu_disabled() {
+        // SAFETY: `owner` is a live TCB's record (deletion turns it into DIRTY) whose
+        // state the registers hold, CR0.TS clear while they have an owner; `context` is
+        // a live TCB's record whose area holds a valid image. The instructions touch
+        // only the two areas.
+        unsafe {
+            core::arch::asm!(
+                "xsaveopt64 [{old}]",
+                "xrstor64 [{new}]",
+                old = in(reg) area_of(owner),
+                new = in(reg) area_of(context),
+                in("eax") u32::MAX,
+                in("edx") u32::MAX,
+                options(nostack, preserves_flags)
+            )
+        };
+        owner_slot().store(context, Ordering::Relaxed);
+    } else {
+        switch_to_general(context, tcb);
+    }
+}
+
+/// [`switch_to`] in every other case (FXSAVE/XSAVE machines, lazy switching, an
+/// FPU-disabled thread, registers holding nobody's or a deleted thread's state).
+#[cold]
+#[inline(never)]
+fn switch_to_general(context: u64, tcb: &Tcb) {
     let owner = owner_slot();
     if !tcb.fpu_disabled() && eager() {
         let o = owner.load(Ordering::Relaxed);

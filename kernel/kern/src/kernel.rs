@@ -94,6 +94,11 @@ pub struct CpuState {
     heads: [u64; NUM_PRIORITIES],
     tails: [u64; NUM_PRIORITIES],
     bitmap: [u64; NUM_PRIORITIES / 64],
+    /// 1 + the highest priority with a ready thread, 0 when none is ready (the
+    /// bitmap's summary, kept by `enqueue`/`dequeue` for the fastpath's one compare).
+    top: u16,
+    /// Bit `w` set when `bitmap[w]` is non-zero.
+    words_used: u64,
 }
 
 impl CpuState {
@@ -104,24 +109,50 @@ impl CpuState {
             heads: [0; NUM_PRIORITIES],
             tails: [0; NUM_PRIORITIES],
             bitmap: [0; NUM_PRIORITIES / 64],
+            top: 0,
+            words_used: 0,
         }
     }
 
     /// Whether a thread of priority higher than `priority` is ready.
     #[inline(always)]
     pub fn ready_above(&self, priority: u8) -> bool {
-        let word = priority as usize / 64;
-        let bit = priority as usize % 64;
-        let above_in_word = if bit == 63 {
+        self.top > priority as u16 + 1
+    }
+
+    /// Marks priority `prio` as having a ready thread.
+    fn mark_ready(&mut self, prio: usize) {
+        self.bitmap[prio / 64] |= 1 << (prio % 64);
+        self.words_used |= 1 << (prio / 64);
+        self.top = self.top.max(prio as u16 + 1);
+    }
+
+    /// Marks priority `prio` as having no ready thread.
+    fn mark_empty(&mut self, prio: usize) {
+        let word = prio / 64;
+        self.bitmap[word] &= !(1 << (prio % 64));
+        if self.bitmap[word] == 0 {
+            self.words_used &= !(1 << word);
+        }
+        if self.top != prio as u16 + 1 {
+            return;
+        }
+        // Nothing is ready above `prio`: the new top is the highest set bit.
+        self.top = if self.words_used == 0 {
             0
         } else {
-            self.bitmap[word] >> (bit + 1)
+            let w = 63 - self.words_used.leading_zeros() as usize;
+            (w * 64 + 64 - self.bitmap[w].leading_zeros() as usize) as u16
         };
-        above_in_word != 0 || self.bitmap[word + 1..].iter().any(|w| *w != 0)
     }
 
     /// The highest priority with a ready thread.
     pub fn highest_ready(&self) -> Option<u8> {
+        self.top.checked_sub(1).map(|p| p as u8)
+    }
+
+    /// The highest priority whose bitmap bit is set (what `top` summarises).
+    pub fn scan_highest(&self) -> Option<u8> {
         (0..self.bitmap.len())
             .rev()
             .find(|&i| self.bitmap[i] != 0)
@@ -221,34 +252,33 @@ impl<H: Hardware> Kernel<H> {
             return;
         }
         let (head, tail) = (self.cpus[cpu].heads[prio], self.cpus[cpu].tails[prio]);
-        if front {
-            {
-                let r = self.tcb_mut(t);
+        {
+            let r = self.tcb_mut(t);
+            r.queued = true;
+            if front {
                 r.ready_prev = 0;
                 r.ready_next = head;
-                r.queued = true;
+            } else {
+                r.ready_prev = tail;
+                r.ready_next = 0;
             }
-            if head != 0 {
+        }
+        let neighbour = if front { head } else { tail };
+        if neighbour != 0 {
+            if front {
                 self.tcb_mut(head).ready_prev = t;
             } else {
-                self.cpus[cpu].tails[prio] = t;
-            }
-            self.cpus[cpu].heads[prio] = t;
-        } else {
-            {
-                let r = self.tcb_mut(t);
-                r.ready_next = 0;
-                r.ready_prev = tail;
-                r.queued = true;
-            }
-            if tail != 0 {
                 self.tcb_mut(tail).ready_next = t;
-            } else {
-                self.cpus[cpu].heads[prio] = t;
             }
-            self.cpus[cpu].tails[prio] = t;
         }
-        self.cpus[cpu].bitmap[prio / 64] |= 1 << (prio % 64);
+        let queues = &mut self.cpus[cpu];
+        if front || head == 0 {
+            queues.heads[prio] = t;
+        }
+        if !front || tail == 0 {
+            queues.tails[prio] = t;
+        }
+        queues.mark_ready(prio);
     }
 
     /// Takes `t` out of its ready queue (if it is in one).
@@ -268,21 +298,26 @@ impl<H: Hardware> Kernel<H> {
         }
         if prev != 0 {
             self.tcb_mut(prev).ready_next = next;
-        } else {
-            self.cpus[cpu].heads[prio] = next;
         }
         if next != 0 {
             self.tcb_mut(next).ready_prev = prev;
-        } else {
-            self.cpus[cpu].tails[prio] = prev;
         }
-        if self.cpus[cpu].heads[prio] == 0 {
-            self.cpus[cpu].bitmap[prio / 64] &= !(1 << (prio % 64));
+        {
+            let r = self.tcb_mut(t);
+            r.queued = false;
+            r.ready_next = 0;
+            r.ready_prev = 0;
         }
-        let r = self.tcb_mut(t);
-        r.queued = false;
-        r.ready_next = 0;
-        r.ready_prev = 0;
+        let queues = &mut self.cpus[cpu];
+        if prev == 0 {
+            queues.heads[prio] = next;
+        }
+        if next == 0 {
+            queues.tails[prio] = prev;
+        }
+        if queues.heads[prio] == 0 {
+            queues.mark_empty(prio);
+        }
     }
 
     /// Makes a newly runnable thread run: directly if it belongs to this CPU and the

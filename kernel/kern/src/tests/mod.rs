@@ -843,6 +843,16 @@ impl World {
         }
         // Ready queues and wait queues, from the threads' side.
         let threads = self.all_threads();
+        for (cpu, state) in self.k.cpus.iter().enumerate() {
+            let highest = threads
+                .iter()
+                .map(|&t| self.k.tcb(t))
+                .filter(|r| r.queued && r.affinity as usize == cpu)
+                .map(|r| r.priority)
+                .max();
+            assert_eq!(state.highest_ready(), highest, "CPU {cpu}'s top priority");
+            assert_eq!(state.scan_highest(), highest, "CPU {cpu}'s bitmap");
+        }
         for &t in &threads {
             let r = self.k.tcb(t);
             if r.queued {
