@@ -457,15 +457,16 @@ pub fn prepare_thread(context_phys: u64, pml4: u64, fs_base: u64, gs_base: u64) 
                 crate::ldt::switch_to(pml4);
             }
         }
-        let user_fsgsbase = tcb.fsgsbase_allowed && crate::cpu::has_fsgsbase();
-        if user_fsgsbase
-            || (*area).user_fsgsbase
+        // Nothing to load when the CPU holds the plain state (no FSGSBASE right, null
+        // selectors, zero bases, no debug registers: `save_bases` and `debug_loaded`
+        // false) and the thread wants it too.
+        if (*area).save_bases
             || (*area).debug_loaded
+            || tcb.fsgsbase_allowed
             || tcb.debug.any_breakpoint()
-            || (*area).loaded_fs_base != fs_base
-            || (*area).loaded_gs_base != gs_base
-            || ((*area).loaded_selectors | tcb.context.selectors) != 0
+            || (fs_base | gs_base | tcb.context.selectors) != 0
         {
+            let user_fsgsbase = tcb.fsgsbase_allowed && crate::cpu::has_fsgsbase();
             load_thread_registers(tcb, user_fsgsbase, fs_base, gs_base);
         }
         // --- FPU (issue 7, fpu.rs): nothing to do while the registers hold this
