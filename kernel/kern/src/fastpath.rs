@@ -40,16 +40,13 @@ impl<H: Hardware> Kernel<H> {
     #[inline(always)]
     pub(crate) fn fast_lookup(&self, t: u64, cptr: u64) -> Option<u64> {
         let root = tcb::slot(t, tcb::SLOT_CSPACE);
-        let w0 = self.hw.read(root);
-        if raw::tag(w0) != raw::CNODE {
+        let (slots, radix, guard) =
+            raw::one_level_cnode(self.hw.read(root), self.hw.read(root + 8))?;
+        // 1 <= radix <= 63 (guard size + radix = 64, both 6-bit fields).
+        if cptr >> radix != guard {
             return None;
         }
-        let (slots, radix, guard_size, guard) = raw::cnode(w0, self.hw.read(root + 8));
-        // Both sizes are 6-bit fields, so a sum of 64 means 1 <= radix <= 63.
-        if radix + guard_size != 64 || cptr >> radix != guard {
-            return None;
-        }
-        Some(slots + (cptr & ((1 << radix) - 1)) * cspace::SLOT_BYTES)
+        Some(slots + (cptr - (guard << radix)) * cspace::SLOT_BYTES)
     }
 
     /// The PML4 `t` runs in, if `t` may be switched to at once on CPU `here`: same CPU,

@@ -251,7 +251,12 @@ impl Cap {
                 guard_size,
                 guard,
             } => [
-                tagged(Tag::CNode, (ptr >> 4) | ((radix as u64 & 63) << 48)),
+                tagged(
+                    Tag::CNode,
+                    (ptr >> 4)
+                        | ((radix as u64 & 63) << 48)
+                        | (((radix as u64 & 63) + (guard_size as u64 & 63) == 64) as u64) << 54,
+                ),
                 (guard & ((1 << 58) - 1)) | ((guard_size as u64 & 63) << 58),
             ],
             Cap::Tcb { ptr } => [tagged(Tag::Tcb, ptr), 0],
@@ -597,10 +602,17 @@ mod tests {
             guard: 0x3ff,
         }
         .encode();
-        assert_eq!(
-            (raw::tag(w0), raw::cnode(w0, w1)),
-            (raw::CNODE, (0x4000, 12, 52, 0x3ff))
-        );
+        assert_eq!(raw::tag(w0), raw::CNODE);
+        assert_eq!(raw::one_level_cnode(w0, w1), Some((0x4000, 12, 0x3ff)));
+        assert_eq!(Cap::decode([w0, w1]).encode(), [w0, w1]);
+        let two_level = Cap::CNode {
+            ptr: 0x4000,
+            radix: 12,
+            guard_size: 0,
+            guard: 0,
+        }
+        .encode();
+        assert_eq!(raw::one_level_cnode(two_level[0], two_level[1]), None);
         let reply = Cap::Reply {
             tcb: 0x80_0000,
             master: false,
@@ -672,15 +684,19 @@ pub mod raw {
     pub const fn reply(tcb: u64, can_grant: bool) -> u64 {
         (REPLY << TYPE_SHIFT) | tcb | ((can_grant as u64) << 53)
     }
-    /// (slots address, radix, guard size, guard) of a CNode capability.
+    /// (slots address, radix, guard) of a CNode capability whose guard and radix
+    /// resolve all 64 bits of a capability pointer in one level (the encoding's bit 54,
+    /// derived from the fields when the capability is written), else `None`.
     #[inline(always)]
-    pub const fn cnode(w0: u64, w1: u64) -> (u64, u32, u32, u64) {
-        (
+    pub const fn one_level_cnode(w0: u64, w1: u64) -> Option<(u64, u32, u64)> {
+        if w0 >> 54 != (CNODE << (TYPE_SHIFT - 54)) | 1 {
+            return None;
+        }
+        Some((
             (w0 & ((1 << 48) - 1)) << 4,
             ((w0 >> 48) & 63) as u32,
-            (w1 >> 58) as u32,
             w1 & ((1 << 58) - 1),
-        )
+        ))
     }
     /// Type tag of a frame capability.
     pub const FRAME: u64 = Tag::Frame as u64;
