@@ -15,7 +15,8 @@
 //! Invariants: a thread is in at most one ready queue, that of its affinity CPU, and
 //! only when runnable and not current; `cpus[c].current` is runnable or 0 (idle).
 
-use alloc::vec::Vec;
+use alloc::boxed::Box;
+use alloc::vec;
 
 use crate::memory::Memory;
 use crate::object::tcb::{self, Tcb, ThreadState};
@@ -160,12 +161,65 @@ impl CpuState {
     }
 }
 
+/// Most CPUs the kernel schedules (a power of two).
+pub const MAX_CPUS: usize = 64;
+
+/// The CPUs' scheduling states: `len()` online CPUs, indexed 0..len(). The array always
+/// has [`MAX_CPUS`] entries and an index is reduced modulo [`MAX_CPUS`], so indexing
+/// needs no bounds check on the hot paths (the hardware layer never reports a CPU
+/// index ≥ [`MAX_CPUS`]; user-supplied CPU numbers are checked against `len()`).
+pub struct Cpus {
+    states: Box<[CpuState; MAX_CPUS]>,
+    count: usize,
+}
+
+impl Cpus {
+    fn new(count: usize) -> Self {
+        assert!((1..=MAX_CPUS).contains(&count), "{count} CPUs");
+        let states: Box<[CpuState]> = vec![CpuState::new(); MAX_CPUS].into_boxed_slice();
+        let Ok(states) = states.try_into() else {
+            unreachable!("MAX_CPUS entries")
+        };
+        Self { states, count }
+    }
+
+    /// Number of online CPUs.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether there are no CPUs (never, after boot).
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The online CPUs' states.
+    pub fn iter(&self) -> impl Iterator<Item = &CpuState> {
+        self.states[..self.count].iter()
+    }
+}
+
+impl core::ops::Index<usize> for Cpus {
+    type Output = CpuState;
+    #[inline(always)]
+    fn index(&self, cpu: usize) -> &CpuState {
+        &self.states[cpu % MAX_CPUS]
+    }
+}
+
+impl core::ops::IndexMut<usize> for Cpus {
+    #[inline(always)]
+    fn index_mut(&mut self, cpu: usize) -> &mut CpuState {
+        &mut self.states[cpu % MAX_CPUS]
+    }
+}
+
 /// The kernel.
 pub struct Kernel<H: Hardware> {
     /// Memory and machine operations.
     pub hw: H,
     /// Per-CPU scheduling state, indexed by CPU.
-    pub cpus: Vec<CpuState>,
+    pub cpus: Cpus,
     /// IRQ states, indexed by IRQ number (see `object::irq`).
     pub irqs: [crate::object::irq::IrqState; crate::object::irq::MAX_IRQS],
     /// ASID pools by the ASID's high bits (physical address, 0 = none).
@@ -187,10 +241,7 @@ pub struct Kernel<H: Hardware> {
 impl<H: Hardware> Kernel<H> {
     /// A kernel for `cpu_count` CPUs.
     pub fn new(hw: H, cpu_count: usize) -> Self {
-        let mut cpus = Vec::with_capacity(cpu_count);
-        for _ in 0..cpu_count {
-            cpus.push(CpuState::new());
-        }
+        let cpus = Cpus::new(cpu_count);
         Self {
             hw,
             cpus,
