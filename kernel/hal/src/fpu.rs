@@ -299,9 +299,9 @@ fn park(owner: &AtomicU64) {
 
 /// The FPU part of a thread switch to the thread whose context is at `context`, when
 /// `prepare_thread` found something to do: the registers belong to another thread, or
-/// this thread's state is to be loaded eagerly. Big kernel lock held. (Hot with eager
-/// switching: no configuration lookups here.)
-#[inline(never)]
+/// this thread's state is to be loaded eagerly. Big kernel lock held. Hot with eager
+/// switching: the common case (XSAVEOPT, both threads may use the FPU) is inline and
+/// reads one flag; every other case is [`switch_to_general`].
 #[inline(always)]
 pub fn switch_to(context: u64, tcb: &Tcb, owner: u64) {
     // The common eager case, inline: another thread's state is loaded, XSAVEOPT exists.
