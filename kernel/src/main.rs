@@ -76,6 +76,7 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
     kernel.fsgsbase_supported = hal::cpu::features().fsgsbase;
     kernel.io_apics = boot.platform.io_apics.len();
     kernel.fastpath = cmdline::value(&boot.cmdline, "keel.fastpath") != Some("off");
+    kernel.user_rseq = !hal::switches::is_off(hal::switches::Switch::UserRseq);
     let icount = cmdline::flag(&boot.cmdline, "keel.icount");
     let kvm = cmdline::value(&boot.cmdline, "keel.accel") == Some("kvm");
     kernel.platform_flags = (icount as u64 * keel_abi::syscall::PLATFORM_ICOUNT)
@@ -253,6 +254,7 @@ fn prepare(k: &mut Kernel<Machine>) -> u64 {
             hal::fpu::idle();
             return 0;
         }
+        k.rseq_resume(t);
         let context = k.tcb(t).context;
         if context.rip >= hal::layout::USER_END {
             k.handle_user_exception(13, 0, 0);

@@ -353,15 +353,13 @@ pub mod keel {
     }
 
     /// TCBSetRseq, invoked on a TCB: MR0 = user address of the thread's
-    /// [`crate::rseq::RseqArea`] (aligned to 32 bytes, in the thread's address space),
-    /// or 0 to unregister; MR1 = the signature word the kernel checks in the 4 bytes
-    /// before every abort address. Errors: AlignmentError, InvalidArgument 0 (not a
-    /// canonical user address).
+    /// [`crate::rseq::RseqArea`] (aligned to 32 bytes, inside the frame that holds the
+    /// thread's IPC buffer), or 0 to unregister. Errors: TruncatedMessage,
+    /// AlignmentError, InvalidArgument 0 (not in the IPC buffer's frame, or the thread
+    /// has no IPC buffer).
     pub mod tcb_set_rseq {
         /// MR holding the area's address.
         pub const AREA: usize = 0;
-        /// MR holding the abort signature.
-        pub const SIGNATURE: usize = 1;
     }
 }
 

@@ -3,17 +3,25 @@
 //!
 //! This module owns the two layouts the kernel and user code share (there is no seL4
 //! counterpart; the shapes follow Linux's rseq so existing algorithms carry over).
-//! Whenever the kernel returns to a thread that was preempted, interrupted, migrated to
-//! another CPU or delivered a fault reply, and the thread has a registered area, it:
-//! 1. writes the current CPU index into `cpu_id_start` and `cpu_id`;
+//! The area and every descriptor must be 32-byte-aligned blocks inside the frame that
+//! holds the thread's IPC buffer (at the addresses that frame is mapped for the
+//! buffer): the kernel reads and writes them through its own mapping of that frame,
+//! never through a user pointer. A block outside it is ignored.
+//!
+//! The kernel writes the thread's CPU index into `cpu_id_start` and `cpu_id` at
+//! registration and when the thread moves to another CPU. When a thread that left user
+//! mode through an interrupt or exception stopped running on its CPU (preempted,
+//! faulted, stalled for migration), its next return to user mode:
+//! 1. rewrites the CPU index;
 //! 2. if `critical_section` is non-zero and the thread's RIP lies in
-//!    `start_ip .. start_ip + post_commit_offset` of that descriptor, checks that the
-//!    4 bytes before `abort_ip` equal the signature given at registration and sets RIP
-//!    to `abort_ip` (a wrong signature is a user exception with vector 6, #UD);
+//!    `start_ip .. start_ip + post_commit_offset` of that descriptor, sets RIP to
+//!    `abort_ip`;
 //! 3. clears `critical_section`.
 //!
-//! A thread that is not registered sees none of this; unregistered `cpu_id` reads
-//! [`CPU_ID_UNREGISTERED`].
+//! There is no abort signature (Linux checks one because its descriptors may live in
+//! any memory; Keel's live in the thread's own IPC-buffer frame). A critical section
+//! must not make system calls. A thread that is not registered sees none of this;
+//! unregistered `cpu_id` reads [`CPU_ID_UNREGISTERED`] (user code initialises it).
 
 /// Value of `cpu_id` before registration (Linux's RSEQ_CPU_ID_UNINITIALIZED).
 pub const CPU_ID_UNREGISTERED: u32 = u32::MAX;
@@ -37,6 +45,12 @@ pub struct RseqArea {
     /// Reserved, zero.
     pub reserved: u32,
 }
+
+/// Offset in the IPC-buffer page where the Keel runtime keeps a thread's area (after
+/// the 1024-byte IPC buffer).
+pub const RUNTIME_AREA_OFFSET: u64 = 0x800;
+/// Offset in the IPC-buffer page of the runtime's first critical-section descriptor.
+pub const RUNTIME_DESCRIPTORS_OFFSET: u64 = 0x820;
 
 /// Describes one restartable sequence.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

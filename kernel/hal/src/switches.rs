@@ -32,15 +32,19 @@ pub enum Switch {
     /// Debug registers cleared when switching to a thread without breakpoints
     /// (`keel.unsafe.debug_regs`).
     DebugRegs = 6,
+    /// The user restartable-sequence fix-up on returns to user mode
+    /// (`keel.unsafe.user_rseq`; read by the glue into `Kernel::user_rseq`).
+    UserRseq = 7,
 }
 
-const NAMES: [(Switch, &str); 6] = [
+const NAMES: [(Switch, &str); 7] = [
     (Switch::Sysret, "keel.unsafe.sysret"),
     (Switch::Paranoid, "keel.unsafe.paranoid"),
     (Switch::Rseq, "keel.unsafe.rseq"),
     (Switch::Espfix, "keel.unsafe.espfix"),
     (Switch::Fmask, "keel.unsafe.fmask"),
     (Switch::DebugRegs, "keel.unsafe.debug_regs"),
+    (Switch::UserRseq, "keel.unsafe.user_rseq"),
 ];
 
 static OFF: AtomicU32 = AtomicU32::new(0);

@@ -232,6 +232,9 @@ pub struct Kernel<H: Hardware> {
     pub io_ports_issued: [u64; 1024],
     /// Whether Call and ReplyRecv try the fastpath (`keel.fastpath=off`, a debug call).
     pub fastpath: bool,
+    /// Whether returns to user mode run the user rseq fix-up (`keel.unsafe.user_rseq`
+    /// turns it off: the negative control of the rseq tests).
+    pub user_rseq: bool,
     /// What DebugPlatformFlags reports.
     pub platform_flags: u64,
     /// Address spaces that carry an LDT (see `object::ldt`).
@@ -251,6 +254,7 @@ impl<H: Hardware> Kernel<H> {
             io_apics: 0,
             io_ports_issued: [0; 1024],
             fastpath: true,
+            user_rseq: true,
             platform_flags: 0,
             ldts: [crate::object::ldt::LdtAttachment {
                 asid: 0,
@@ -469,6 +473,9 @@ impl<H: Hardware> Kernel<H> {
             }
         }
         let chosen = self.cpus[here].current;
+        if chosen != current && current != 0 {
+            self.rseq_switched_out(current);
+        }
         if chosen != 0 && self.tcb(chosen).state == ThreadState::Restart {
             let r = self.tcb_mut(chosen);
             if r.context.vector == crate::object::tcb::SYSCALL_VECTOR {

@@ -28,6 +28,7 @@ pub mod ipc;
 pub mod kernel;
 pub mod memory;
 pub mod object;
+pub mod rseq;
 pub mod testing;
 #[cfg(test)]
 pub mod testing_memory;

@@ -276,6 +276,10 @@ pub struct Tcb {
     pub flags: u64,
     /// [`TCB_LIVE`] while the TCB exists (deletion zeroes the record).
     pub live: u64,
+    /// User address of the registered rseq area, 0 = none (`crate::rseq`).
+    pub rseq_area: u64,
+    /// The next return to user mode runs the rseq fix-up (`crate::rseq`).
+    pub rseq_pending: bool,
 }
 
 impl Tcb {

@@ -299,6 +299,13 @@ impl<H: Hardware> Kernel<H> {
             | L::TcbGetBreakpoint
             | L::TcbUnsetBreakpoint
             | L::TcbConfigureSingleStepping => self.invoke_tcb_debug(t, label, args),
+            L::TcbSetRseq => {
+                if args.length < 1 {
+                    return Err(InvocationError::simple(Error::TruncatedMessage));
+                }
+                self.set_rseq(t, args.mr(0))?;
+                Ok(0)
+            }
             L::TcbSetFlags => {
                 // seL4: flags = (flags & ~clear) | set, within the supported mask; the new
                 // flags are returned in MR0.
@@ -347,6 +354,9 @@ impl<H: Hardware> Kernel<H> {
         let queued = self.tcb(t).queued;
         self.dequeue(t);
         self.tcb_mut(t).affinity = cpu as u16;
+        if cpu != old {
+            self.rseq_migrated(t, cpu as u16);
+        }
         if self.cpus[old].current == t {
             self.current_gone(old);
             if self.tcb(t).state.is_runnable() {

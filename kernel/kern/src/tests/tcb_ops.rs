@@ -153,3 +153,78 @@ fn non_canonical_bases_are_sanitised() {
         "canonical values are kept"
     );
 }
+
+#[test]
+fn rseq_registration_fix_up_and_migration() {
+    const AREA: u64 = 0x800;
+    const DESCRIPTOR: u64 = 0x820;
+    let mut w = World::with_cpus(2);
+    let t = w.thread(50);
+    let buffer = w.tcb(t.tcb).ipc_buffer;
+    // Registration errors: misaligned; outside the IPC buffer's frame; no buffer.
+    let r = w.root(t.slot, L::TcbSetRseq, &[buffer + AREA + 8], &[]);
+    assert_eq!(r.label, err(E::AlignmentError));
+    let r = w.root(t.slot, L::TcbSetRseq, &[buffer + 0x1000], &[]);
+    assert_eq!((r.label, r.mrs), (err(E::InvalidArgument), vec![0]));
+    let bare = w.thread_with(50, false, 0);
+    let r = w.root(bare.slot, L::TcbSetRseq, &[0x1000], &[]);
+    assert_eq!(r.label, err(E::InvalidArgument));
+    let r = w.root(t.slot, L::TcbSetRseq, &[], &[]);
+    assert_eq!(r.label, err(E::TruncatedMessage));
+    // Registered: the CPU number (both halves) is written at once.
+    w.set_buffer_word(t.tcb, AREA / 8, u64::MAX);
+    w.root_ok(t.slot, L::TcbSetRseq, &[buffer + AREA], &[]);
+    assert_eq!(w.buffer_word(t.tcb, AREA / 8), 0);
+    // A descriptor in the same frame: [version/flags, start, post-commit offset, abort].
+    let rip = w.tcb(t.tcb).context.rip;
+    let (start, abort) = (rip - 4, rip + 0x40);
+    for (i, v) in [0, start, 8, abort].into_iter().enumerate() {
+        w.set_buffer_word(t.tcb, DESCRIPTOR / 8 + i as u64, v);
+    }
+    let arm = |w: &mut World| w.set_buffer_word(t.tcb, AREA / 8 + 1, buffer + DESCRIPTOR);
+    // Stopped in a system call: nothing is pending, nothing moves.
+    arm(&mut w);
+    w.k.tcb_mut(t.tcb).context.vector = tcb::SYSCALL_VECTOR;
+    w.k.rseq_switched_out(t.tcb);
+    w.k.rseq_resume(t.tcb);
+    assert_eq!(w.tcb(t.tcb).context.rip, rip);
+    assert_eq!(w.buffer_word(t.tcb, AREA / 8 + 1), buffer + DESCRIPTOR);
+    // Stopped by a trap inside the section: it restarts at the abort address and the
+    // section is disarmed.
+    w.k.tcb_mut(t.tcb).context.vector = 32;
+    w.k.rseq_switched_out(t.tcb);
+    assert!(w.tcb(t.tcb).rseq_pending);
+    w.k.rseq_resume(t.tcb);
+    assert_eq!(w.tcb(t.tcb).context.rip, abort);
+    assert_eq!(w.buffer_word(t.tcb, AREA / 8 + 1), 0);
+    assert!(!w.tcb(t.tcb).rseq_pending);
+    // Outside the section (RIP = start + post-commit offset): disarmed, RIP kept.
+    w.k.tcb_mut(t.tcb).context.rip = start + 8;
+    arm(&mut w);
+    w.k.rseq_switched_out(t.tcb);
+    w.k.rseq_resume(t.tcb);
+    assert_eq!(w.tcb(t.tcb).context.rip, start + 8);
+    assert_eq!(w.buffer_word(t.tcb, AREA / 8 + 1), 0);
+    // A descriptor outside the frame is ignored.
+    w.k.tcb_mut(t.tcb).context.rip = rip;
+    w.set_buffer_word(t.tcb, AREA / 8 + 1, buffer + 0x2000);
+    w.k.rseq_switched_out(t.tcb);
+    w.k.rseq_resume(t.tcb);
+    assert_eq!(w.tcb(t.tcb).context.rip, rip);
+    // Migration writes the new CPU at once and makes a trap-stopped thread pending.
+    w.root_ok(t.slot, L::TcbSetAffinity, &[1], &[]);
+    assert_eq!(w.buffer_word(t.tcb, AREA / 8), 1 | 1 << 32);
+    assert!(w.tcb(t.tcb).rseq_pending);
+    // With the fix-up switched off (the negative control) nothing moves.
+    w.k.user_rseq = false;
+    arm(&mut w);
+    w.k.rseq_resume(t.tcb);
+    assert_eq!(w.tcb(t.tcb).context.rip, rip);
+    assert_eq!(w.buffer_word(t.tcb, AREA / 8 + 1), buffer + DESCRIPTOR);
+    // Unregistered: nothing is written any more.
+    w.k.user_rseq = true;
+    w.root_ok(t.slot, L::TcbSetRseq, &[0], &[]);
+    w.root_ok(t.slot, L::TcbSetAffinity, &[0], &[]);
+    assert_eq!(w.buffer_word(t.tcb, AREA / 8), 1 | 1 << 32);
+    w.check_invariants();
+}
