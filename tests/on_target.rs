@@ -364,6 +364,21 @@ fn defence_off_rseq_is_caught() {
     );
 }
 
+/// User rseq fix-up off: a thread stopped inside a section resumes where it stopped,
+/// commits a stale value and is never restarted.
+#[test]
+fn defence_off_user_rseq_is_caught() {
+    let run = defence_off("keel.unsafe.user_rseq");
+    let p = protocol(&run.serial);
+    assert!(
+        p.failed
+            .iter()
+            .any(|t| t == "user_rseq_abort_at_every_instruction_boundary"),
+        "the user rseq injection test did not fail\n{}",
+        run.report()
+    );
+}
+
 /// TF and NT left in the SYSCALL flag mask: the NT+TF system call takes the kernel down
 /// (the run must end without success, whatever the exact symptom).
 #[test]

@@ -13,6 +13,7 @@
 mod alloc;
 mod console;
 pub mod fiber;
+pub mod percpu;
 mod thread;
 mod vspace;
 

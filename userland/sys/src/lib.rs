@@ -34,6 +34,7 @@ pub mod image;
 pub mod invocations;
 pub mod ipc;
 pub mod probe;
+pub mod rseq;
 pub mod syscall;
 pub mod thread;
 

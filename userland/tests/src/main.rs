@@ -20,6 +20,7 @@ mod fpu;
 mod gsbase;
 mod harness;
 mod ipc;
+mod rseq;
 mod servers;
 mod threads;
 mod untyped;
@@ -61,6 +62,7 @@ fn main(argument: u64) -> u64 {
                     vspace::run(&mut suite, &mut env);
                     vspace::run_devices(&mut suite, &mut env);
                     gsbase::run(&mut suite, &mut env);
+                    rseq::run(&mut suite, &mut env);
                     servers::run(&mut suite, &mut env);
                 }
                 Err(e) => {

@@ -1,0 +1,229 @@
+//! User restartable sequences (issue 5, `keel_sys::rseq`, `keel_rt::percpu`).
+//!
+//! The injection test stops a thread with an instruction breakpoint at each boundary
+//! of `percpu_add`'s critical section (and at the first instruction after it), adds
+//! 1000 to the same per-CPU slot while the thread is stopped — what another thread on
+//! that CPU could do — and resumes it. With the kernel's fix-up the sequence restarts
+//! and the total is exact; without it (`keel.unsafe.user_rseq`) the thread commits a
+//! stale value or is never restarted, and the test fails. Under TCG interrupts arrive
+//! only between translated blocks, never inside the five-instruction section, so only
+//! injection exercises every boundary; the stress tests check exactness and CPU
+//! numbers under preemption and migration.
+
+use core::sync::atomic::Ordering;
+
+use keel_abi::error::Error as Code;
+use keel_abi::fault::{BreakpointAccess, BreakpointType, FaultType, debug_exception};
+use keel_abi::invocation::InvocationLabel as L;
+use keel_abi::rseq::RUNTIME_AREA_OFFSET;
+use keel_rt::percpu::{self, Counter};
+use keel_sys::cap::{Cap, Notification, init};
+use keel_sys::invocations::{Args, invoke};
+use keel_sys::{Error, rseq};
+
+use crate::harness::{
+    Env, OrFail, Suite, TestResult, add_shared, expect_code, expect_err, pause, recv_timeout,
+    set_shared, shared, wait_until,
+};
+use crate::{CHILD_PRIORITY, ensure, fail};
+
+/// Runs the tests.
+pub fn run(suite: &mut Suite, env: &mut Env) {
+    suite.run("user_rseq_registration_checks_and_cpu_id", || {
+        registration(env)
+    });
+    suite.run("user_rseq_abort_at_every_instruction_boundary", || {
+        injection(env)
+    });
+    suite.run("user_rseq_percpu_counter_exact_under_migration", || {
+        migration(env)
+    });
+}
+
+fn registration(env: &mut Env) -> TestResult {
+    let t = env.create(|_| {}, 0, CHILD_PRIORITY)?;
+    let result = (|| {
+        let page = t.ipc_buffer & !0xfff;
+        expect_err(
+            t.tcb.set_rseq(page + RUNTIME_AREA_OFFSET + 8),
+            Error::AlignmentError,
+            "misaligned area",
+        )?;
+        expect_code(
+            t.tcb.set_rseq(page + 0x1000),
+            Code::InvalidArgument,
+            "area outside the IPC buffer's frame",
+        )?;
+        t.tcb
+            .set_rseq(page + RUNTIME_AREA_OFFSET)
+            .or_fail("SetRseq")?;
+        t.tcb.set_rseq(0).or_fail("unregister")
+    })();
+    env.destroy(t)?;
+    result?;
+    // The calling thread: registered on first use, its CPU number follows SetAffinity.
+    let start = percpu::current_cpu();
+    ensure!(start == 0, "root task registered on CPU {start}, not 0");
+    if env.info.num_nodes() > 1 {
+        init::TCB.set_affinity(1).or_fail("affinity 1")?;
+        let moved = rseq::cpu_id();
+        init::TCB.set_affinity(0).or_fail("affinity 0")?;
+        ensure!(moved == 1, "after moving to CPU 1 the area says {moved}");
+        ensure!(rseq::cpu_id() == 0, "back on CPU 0: {}", rseq::cpu_id());
+    }
+    Ok(())
+}
+
+static INJECTED: Counter = Counter::new();
+
+/// The injection worker: registers, then one `percpu_add` per signal on `go` (its
+/// argument); shared(3) = its CPU, shared(4) = 1 once registered, shared(2) = the
+/// aborts of the last add, shared(0) counts finished adds.
+fn injection_worker(go: u64) {
+    percpu::ensure_registered();
+    set_shared(3, rseq::cpu_id() as u64);
+    set_shared(4, 1);
+    let go = Cap::<Notification>::from_cptr(go);
+    loop {
+        go.wait();
+        if shared(1) != 0 {
+            return;
+        }
+        set_shared(2, rseq::percpu_add(INJECTED.slots(), 1));
+        add_shared(0, 1);
+    }
+}
+
+fn set_instruction_breakpoint(t: &keel_rt::Thread, address: u64) -> TestResult {
+    let mut args = Args::new();
+    for w in [
+        0,
+        address,
+        BreakpointType::Instruction as u64,
+        0,
+        BreakpointAccess::Read as u64,
+    ] {
+        args.word(w);
+    }
+    invoke(t.tcb.cptr(), L::TcbSetBreakpoint, &args).or_fail("SetBreakpoint")?;
+    Ok(())
+}
+
+fn unset_breakpoint(t: &keel_rt::Thread) -> TestResult {
+    let mut args = Args::new();
+    args.word(0);
+    invoke(t.tcb.cptr(), L::TcbUnsetBreakpoint, &args).or_fail("UnsetBreakpoint")?;
+    Ok(())
+}
+
+fn injection(env: &mut Env) -> TestResult {
+    let go = env.notification()?;
+    let t = env.spawn(injection_worker, go.cptr(), CHILD_PRIORITY)?;
+    let result = (|| {
+        ensure!(wait_until(|| shared(4) != 0), "worker did not register");
+        let cpu = shared(3) as usize;
+        let boundaries = rseq::percpu_add_boundaries();
+        let mut done = 0;
+        // Every boundary is tried; the failures are listed together (bit k: boundary k).
+        let (mut stale, mut wrong_aborts) = (0u32, 0u32);
+        for (k, &at) in boundaries.iter().enumerate() {
+            let inside = k + 1 < boundaries.len();
+            set_instruction_breakpoint(&t, at)?;
+            let before = INJECTED.total();
+            go.signal();
+            let Some(r) = recv_timeout(env.fault_ep) else {
+                fail!("boundary {k}: no breakpoint fault");
+            };
+            ensure!(
+                FaultType::from_u64(r.label()) == Some(FaultType::DebugException)
+                    && r.mr(debug_exception::FAULT_IP) == at,
+                "boundary {k}: fault label {} at {:#x}, expected a breakpoint at {at:#x}",
+                r.label(),
+                r.mr(debug_exception::FAULT_IP)
+            );
+            // Another thread of this CPU updates the slot while the worker is stopped.
+            INJECTED.slot(cpu).fetch_add(1000, Ordering::Relaxed);
+            unset_breakpoint(&t)?;
+            keel_sys::ipc::reply(&keel_sys::Message::new(0));
+            done += 1;
+            ensure!(
+                wait_until(|| shared(0) >= done),
+                "boundary {k}: the add did not finish"
+            );
+            let (aborts, total) = (shared(2), INJECTED.total());
+            if total != before + 1001 {
+                stale |= 1 << k;
+            }
+            if aborts != inside as u64 {
+                wrong_aborts |= 1 << k;
+            }
+        }
+        ensure!(
+            stale == 0 && wrong_aborts == 0,
+            "of boundaries 0..=5 (5 = after the commit): lost the concurrent update at \
+             {stale:#08b}, wrong abort count (1 inside, 0 after) at {wrong_aborts:#08b}"
+        );
+        Ok(())
+    })();
+    set_shared(1, 1);
+    go.signal();
+    pause(1_000_000);
+    env.destroy(t)?;
+    result
+}
+
+static STRESS: Counter = Counter::new();
+const STRESS_ADDS: u64 = 3000;
+
+/// Stress worker: `STRESS_ADDS` adds, checking after each that the CPU number the area
+/// gives is the CPU's own slot it could have used; shared(5) counts mismatches.
+fn stress_worker(_: u64) {
+    let mut aborts = 0;
+    for _ in 0..STRESS_ADDS {
+        aborts += STRESS.add(1);
+        if rseq::cpu_id() as usize >= keel_sys::rseq::MAX_CPUS {
+            add_shared(5, 1);
+        }
+    }
+    add_shared(6, aborts);
+    add_shared(0, 1);
+}
+
+fn migration(env: &mut Env) -> TestResult {
+    let cpus = env.info.num_nodes();
+    let before = STRESS.total();
+    let mut threads = [const { None }; 4];
+    for slot in threads.iter_mut() {
+        *slot = Some(env.spawn(stress_worker, 0, CHILD_PRIORITY)?);
+    }
+    let mut moves = 0u64;
+    let finished = wait_until(|| {
+        if cpus > 1 {
+            for t in threads.iter().flatten() {
+                let _ = t.tcb.set_affinity(moves % cpus);
+                moves += 1;
+            }
+        }
+        pause(200_000);
+        shared(0) >= 4
+    });
+    for t in threads.iter_mut() {
+        if let Some(t) = t.take() {
+            env.destroy(t)?;
+        }
+    }
+    ensure!(finished, "{} of 4 workers finished", shared(0));
+    let total = STRESS.total() - before;
+    ensure!(
+        total == 4 * STRESS_ADDS,
+        "per-CPU total {total}, expected {}",
+        4 * STRESS_ADDS
+    );
+    ensure!(shared(5) == 0, "{} bad CPU numbers", shared(5));
+    keel_rt::println!(
+        "  ({} migrations over {cpus} CPUs, {} aborts)",
+        moves,
+        shared(6)
+    );
+    Ok(())
+}
