@@ -319,7 +319,141 @@ fn main(boot: u64) -> u64 {
         }
     }
     report.print("page_map_4k", &mut samples);
+
+    gs_threading(&mut alloc, &report);
     0
+}
+
+/// Yields forever (the partner of the kernel-switch benchmarks).
+fn yielder(_: u64) {
+    loop {
+        raw::yield_now();
+    }
+}
+
+/// Fiber samples (a fiber fills them, so they live in a static).
+static FIBER_SAMPLES: [AtomicU64; SAMPLES] = [const { AtomicU64::new(0) }; SAMPLES];
+static FIBER_STOP: AtomicU64 = AtomicU64::new(0);
+
+/// Measuring fiber: times `yield_now` (a switch to the partner fiber and back).
+fn fiber_timer(_: u64) {
+    for i in 0..WARMUP + SAMPLES {
+        let start = rdtsc();
+        keel_sys::fiber::yield_now();
+        let end = rdtsc();
+        if i >= WARMUP {
+            FIBER_SAMPLES[i - WARMUP].store(end - start, Ordering::Relaxed);
+        }
+    }
+    FIBER_STOP.store(1, Ordering::Relaxed);
+}
+
+/// Partner fiber: yields until the timer is done.
+fn fiber_partner(_: u64) {
+    while FIBER_STOP.load(Ordering::Relaxed) == 0 {
+        keel_sys::fiber::yield_now();
+    }
+}
+
+/// Issue 5's figures: fiber switch against kernel switch, GS base change by
+/// instruction and by invocation, the CR4.FSGSBASE toggle, per-CPU counters by user
+/// rseq and by LOCK ADD.
+fn gs_threading(alloc: &mut Allocator, report: &Report) {
+    use keel_sys::fiber::{self, GsMode};
+    let mut samples = [0u64; SAMPLES];
+    let control = init::FS_GS_BASE_CONTROL;
+    let has_right = control.set_access(init::TCB, false).is_ok();
+
+    // Fiber switch round trip (two switches), GS base by invocation and, with the
+    // right, by WRGSBASE.
+    let mut modes = [Some(GsMode::Invocation), None];
+    if has_right {
+        modes[1] = Some(GsMode::Instructions);
+    }
+    for mode in modes.into_iter().flatten() {
+        let _ = control.set_access(init::TCB, mode == GsMode::Instructions);
+        fiber::init(mode, init::TCB);
+        FIBER_STOP.store(0, Ordering::Relaxed);
+        fiber::spawn(fiber_timer, 0).expect("fiber");
+        fiber::spawn(fiber_partner, 0).expect("fiber");
+        fiber::run();
+        for (s, f) in samples.iter_mut().zip(&FIBER_SAMPLES) {
+            *s = f.load(Ordering::Relaxed);
+        }
+        let name = match mode {
+            GsMode::Invocation => "fiber_switch_round_trip_gs_by_invocation",
+            GsMode::Instructions => "fiber_switch_round_trip_gs_by_wrgsbase",
+        };
+        report.print(name, &mut samples);
+    }
+
+    // GS base change: TCBSetGSBase on oneself, and WRGSBASE with the right.
+    for s in samples.iter_mut() {
+        let start = rdtsc();
+        let _ = init::TCB.set_gs_base(0);
+        *s = rdtsc() - start;
+    }
+    report.print("gs_base_change_by_invocation", &mut samples);
+    if has_right {
+        let _ = control.set_access(init::TCB, true);
+        for s in samples.iter_mut() {
+            let start = rdtsc();
+            fiber::wrgsbase(0);
+            *s = rdtsc() - start;
+        }
+        report.print("gs_base_change_by_wrgsbase", &mut samples);
+    }
+    let _ = control.set_access(init::TCB, false);
+
+    // Kernel switch round trip by Yield with a thread of the same priority (two
+    // switches); then with the partner holding the FSGSBASE right and this thread not,
+    // so every switch toggles CR4.FSGSBASE.
+    init::TCB.set_priority(init::TCB, 100).expect("priority");
+    let config = ThreadConfig {
+        priority: 100,
+        ..ThreadConfig::default()
+    };
+    let partner = alloc.create_thread(yielder, 0, config).expect("yielder");
+    partner.start().expect("start");
+    let rounds: &[(&str, bool)] = if has_right {
+        &[
+            ("kernel_switch_round_trip_yield", false),
+            ("kernel_switch_round_trip_yield_cr4_toggle", true),
+        ]
+    } else {
+        &[("kernel_switch_round_trip_yield", false)]
+    };
+    for &(name, right) in rounds {
+        let _ = control.set_access(partner.tcb, right);
+        for i in 0..WARMUP + SAMPLES {
+            let start = rdtsc();
+            raw::yield_now();
+            let end = rdtsc();
+            if i >= WARMUP {
+                samples[i - WARMUP] = end - start;
+            }
+        }
+        report.print(name, &mut samples);
+    }
+    let _ = partner.tcb.suspend();
+    partner.destroy(alloc).expect("destroy");
+
+    // Per-CPU counter: user rseq against LOCK ADD on one shared word.
+    static PER_CPU: keel_rt::percpu::Counter = keel_rt::percpu::Counter::new();
+    static SHARED_WORD: AtomicU64 = AtomicU64::new(0);
+    keel_rt::percpu::ensure_registered();
+    for s in samples.iter_mut() {
+        let start = rdtsc();
+        PER_CPU.add(1);
+        *s = rdtsc() - start;
+    }
+    report.print("percpu_counter_user_rseq", &mut samples);
+    for s in samples.iter_mut() {
+        let start = rdtsc();
+        SHARED_WORD.fetch_add(1, Ordering::Relaxed);
+        *s = rdtsc() - start;
+    }
+    report.print("percpu_counter_user_lock_add", &mut samples);
 }
 
 /// `prefix` + `suffix` in a fixed buffer (no heap).

@@ -36,8 +36,13 @@ impl Counter {
     /// was restarted. Panics if the thread cannot be registered (no IPC buffer or no
     /// TCB capability of its own).
     pub fn add(&self, value: u64) -> u64 {
-        ensure_registered();
-        rseq::percpu_add(&self.slots, value)
+        match rseq::try_percpu_add(&self.slots, value) {
+            Some(aborts) => aborts,
+            None => {
+                ensure_registered();
+                rseq::percpu_add(&self.slots, value)
+            }
+        }
     }
 
     /// The sum over all CPUs (exact once the adding threads have stopped).

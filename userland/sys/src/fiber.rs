@@ -73,6 +73,8 @@ struct Scheduler {
     mode: GsMode,
     tcb: u64,
     switches: u64,
+    /// Slots `used..` have never held a fiber since `init` (not scanned).
+    used: usize,
 }
 
 struct Shared(UnsafeCell<Scheduler>);
@@ -87,6 +89,7 @@ static SCHED: Shared = Shared(UnsafeCell::new(Scheduler {
     mode: GsMode::Invocation,
     tcb: 0,
     switches: 0,
+    used: 0,
 }));
 /// IPC buffer address of the owner thread (copied into every fiber's block).
 static OWNER: AtomicU64 = AtomicU64::new(0);
@@ -130,6 +133,7 @@ pub fn init(mode: GsMode, tcb: Cap<Tcb>) {
             initial::TCB.cptr()
         };
         s.switches = 0;
+        s.used = 0;
     });
 }
 
@@ -141,6 +145,7 @@ pub fn spawn(entry: fn(u64), argument: u64) -> Option<FiberId> {
     };
     sched(|s| {
         let i = (0..MAX_FIBERS).find(|&i| s.slots[i].state != State::Ready)?;
+        s.used = s.used.max(i + 1);
         let base = stack_base(i);
         let top = base + STACK_SIZE as u64;
         // Initial frame popped by `keel_fiber_switch`: r15, r14, r13, r12 (= slot index),
@@ -202,10 +207,14 @@ pub fn switches() -> u64 {
     sched(|s| s.switches)
 }
 
+/// The first ready fiber after `from` (`MAX_FIBERS` = the thread's own stack) in
+/// round-robin order, other than the running one.
 fn next_ready(s: &Scheduler, from: usize) -> Option<usize> {
-    (1..=MAX_FIBERS)
-        .map(|k| (from + k) % (MAX_FIBERS + 1))
-        .find(|&i| i < MAX_FIBERS && i != s.current && s.slots[i].state == State::Ready)
+    let used = s.used.min(MAX_FIBERS);
+    let start = if from >= used { 0 } else { from + 1 };
+    (start..used)
+        .chain(0..start)
+        .find(|&i| i != s.current && s.slots[i].state == State::Ready)
 }
 
 /// Saves the current context (fiber or main) and runs `to` (`MAX_FIBERS` = main).

@@ -112,19 +112,33 @@ pub fn register(tcb: Cap<Tcb>) -> Result<()> {
         area.write_volatile((CPU_ID_UNREGISTERED as u64) << 32 | CPU_ID_UNREGISTERED as u64);
         area.add(1).write_volatile(0);
         area.add(2).write_volatile(0);
+        descriptor.add(1).write_volatile(0);
+    }
+    tcb.set_rseq(area as u64)?;
+    // The descriptor's start address is also the "registered" mark (`try_percpu_add`),
+    // so it is written last, once the kernel accepted the area.
+    // SAFETY: as above.
+    unsafe {
         descriptor.write_volatile(0);
-        descriptor.add(1).write_volatile(start);
         descriptor.add(2).write_volatile(end - start);
         descriptor.add(3).write_volatile(abort);
+        descriptor.add(1).write_volatile(start);
     }
-    tcb.set_rseq(area as u64)
+    Ok(())
 }
 
 /// Whether the calling thread registered its area through [`register`].
 pub fn registered() -> bool {
+    registered_at(page())
+}
+
+/// Whether the thread whose IPC-buffer page is `page` registered through [`register`]
+/// (the descriptor's start address is written last).
+#[inline(always)]
+fn registered_at(page: u64) -> bool {
     // SAFETY: a word of the calling thread's IPC-buffer page (see `register`).
-    let start = unsafe { ((descriptor_address() + 8) as *const u64).read_volatile() };
-    start == percpu_add_boundaries()[0] && cpu_id() != CPU_ID_UNREGISTERED
+    let start = unsafe { ((page + RUNTIME_DESCRIPTORS_OFFSET + 8) as *const u64).read_volatile() };
+    start == (&raw const keel_rseq_percpu_add_start) as u64
 }
 
 /// The CPU the calling thread runs on, as the kernel last wrote it
@@ -135,13 +149,30 @@ pub fn cpu_id() -> u32 {
 }
 
 /// Adds `value` to `slots[cpu]`, `cpu` being the CPU the calling thread runs on,
-/// as a restartable sequence; returns how many times it was aborted and retried. The
-/// caller must have [`register`]ed.
-pub fn percpu_add(slots: &[AtomicU64; MAX_CPUS], value: u64) -> u64 {
+/// as a restartable sequence; returns how many times it was aborted and retried, or
+/// `None` (nothing added) if the thread has not [`register`]ed.
+#[inline]
+pub fn try_percpu_add(slots: &[AtomicU64; MAX_CPUS], value: u64) -> Option<u64> {
+    let page = page();
+    if !registered_at(page) {
+        return None;
+    }
     // SAFETY: the area and descriptor are the calling thread's (registered); the
     // sequence writes only `slots[cpu_id & 63]`, an AtomicU64 (a plain aligned store is
     // atomic on x86-64), and clobbers only the registers declared by the C ABI.
-    unsafe { keel_rseq_percpu_add(area_address(), descriptor_address(), slots.as_ptr(), value) }
+    Some(unsafe {
+        keel_rseq_percpu_add(
+            page + RUNTIME_AREA_OFFSET,
+            page + RUNTIME_DESCRIPTORS_OFFSET,
+            slots.as_ptr(),
+            value,
+        )
+    })
+}
+
+/// [`try_percpu_add`] for a thread that has [`register`]ed (panics otherwise).
+pub fn percpu_add(slots: &[AtomicU64; MAX_CPUS], value: u64) -> u64 {
+    try_percpu_add(slots, value).expect("rseq::percpu_add before rseq::register")
 }
 
 /// [`percpu_add`] without arming the section (the kernel never aborts it): a test's

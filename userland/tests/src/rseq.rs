@@ -123,7 +123,6 @@ fn injection(env: &mut Env) -> TestResult {
         ensure!(wait_until(|| shared(4) != 0), "worker did not register");
         let cpu = shared(3) as usize;
         let boundaries = rseq::percpu_add_boundaries();
-        let mut done = 0;
         // Every boundary is tried; the failures are listed together (bit k: boundary k).
         let (mut stale, mut wrong_aborts) = (0u32, 0u32);
         for (k, &at) in boundaries.iter().enumerate() {
@@ -145,7 +144,7 @@ fn injection(env: &mut Env) -> TestResult {
             INJECTED.slot(cpu).fetch_add(1000, Ordering::Relaxed);
             unset_breakpoint(&t)?;
             keel_sys::ipc::reply(&keel_sys::Message::new(0));
-            done += 1;
+            let done = k as u64 + 1;
             ensure!(
                 wait_until(|| shared(0) >= done),
                 "boundary {k}: the add did not finish"
