@@ -146,6 +146,9 @@ impl Hardware for Machine {
     fn irq_route(&mut self, irq: u16, route: keel_kern::object::irq::IrqRoute, enabled: bool) {
         crate::apic::route_irq(irq, route, enabled);
     }
+    fn interrupt_pending(&self) -> bool {
+        crate::apic::interrupt_pending()
+    }
     fn ticks(&self) -> u64 {
         crate::percpu::current()
             .ticks

@@ -337,6 +337,16 @@ impl<H: Hardware> Kernel<H> {
         };
         // The thread may have been deleted or suspended by its own invocation.
         if !self.thread_alive(t) {
+            self.preempted = false;
+            return;
+        }
+        if core::mem::take(&mut self.preempted) {
+            // A long operation stopped at a preemption point: no reply; the thread
+            // redoes the system call (the scheduler moves RIP back onto SYSCALL) after
+            // the pending interrupt, and the operation continues.
+            if self.tcb(t).state == ThreadState::Running {
+                self.tcb_mut(t).state = ThreadState::Restart;
+            }
             return;
         }
         if !is_call {

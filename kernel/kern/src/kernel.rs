@@ -57,6 +57,11 @@ pub trait Hardware: Memory {
     fn irq_route(&mut self, irq: u16, route: crate::object::irq::IrqRoute, enabled: bool);
     /// Timer interrupts seen by this CPU.
     fn ticks(&self) -> u64;
+    /// Whether an interrupt is waiting to be taken on this CPU (a long operation's
+    /// preemption point asks; see `Kernel::preemption_point`).
+    fn interrupt_pending(&self) -> bool {
+        false
+    }
     /// The debug exit system call: a thread ended with `value`.
     fn thread_exited(&mut self, tcb: u64, value: u64);
     /// The debug test-report system call.
@@ -161,6 +166,10 @@ impl CpuState {
     }
 }
 
+/// Units of work (e.g. capabilities deleted by a revoke) between two questions to the
+/// hardware whether an interrupt is pending.
+pub const PREEMPTION_INTERVAL: u32 = 8;
+
 /// Most CPUs the kernel schedules (a power of two).
 pub const MAX_CPUS: usize = 64;
 
@@ -232,6 +241,12 @@ pub struct Kernel<H: Hardware> {
     pub io_ports_issued: [u64; 1024],
     /// Whether Call and ReplyRecv try the fastpath (`keel.fastpath=off`, a debug call).
     pub fastpath: bool,
+    /// Set by a preemption point that stopped a long operation: the invoking thread
+    /// redoes its system call (which continues from where the operation stopped)
+    /// after the pending interrupt.
+    pub preempted: bool,
+    /// Units of work since the last preemption point asked the hardware.
+    work_since_check: u32,
     /// Whether returns to user mode run the user rseq fix-up (`keel.unsafe.user_rseq`
     /// turns it off: the negative control of the rseq tests).
     pub user_rseq: bool,
@@ -254,6 +269,8 @@ impl<H: Hardware> Kernel<H> {
             io_apics: 0,
             io_ports_issued: [0; 1024],
             fastpath: true,
+            preempted: false,
+            work_since_check: 0,
             user_rseq: true,
             platform_flags: 0,
             ldts: [crate::object::ldt::LdtAttachment {
@@ -429,6 +446,24 @@ impl<H: Hardware> Kernel<H> {
             self.enqueue(t, false);
         }
         self.cpus[here].action = Action::ChooseNew;
+    }
+
+    /// A preemption point of a long operation (seL4's preemptionPoint): after every
+    /// [`PREEMPTION_INTERVAL`] units of work it asks whether an interrupt is pending;
+    /// if so it sets [`Kernel::preempted`] and returns true, and the operation stops
+    /// where it is. Long operations stop only in states from which redoing the same
+    /// invocation continues the work, so the invoking thread simply redoes its system
+    /// call after the interrupt (`handle_invocation`).
+    pub fn preemption_point(&mut self) -> bool {
+        self.work_since_check += 1;
+        if self.work_since_check < PREEMPTION_INTERVAL {
+            return false;
+        }
+        self.work_since_check = 0;
+        if self.hw.interrupt_pending() {
+            self.preempted = true;
+        }
+        self.preempted
     }
 
     /// Carries out this CPU's scheduler action; afterwards `current()` is the thread to

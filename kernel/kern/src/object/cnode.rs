@@ -349,17 +349,22 @@ impl<H: Hardware> Kernel<H> {
         }
     }
 
-    /// Deletes every capability derived from the one in `slot`.
-    pub fn revoke(&mut self, slot: u64) {
+    /// Deletes every capability derived from the one in `slot`, one child at a time
+    /// with a preemption point after each: returns false if it stopped for a pending
+    /// interrupt (the children deleted so far stay deleted; revoking again continues).
+    pub fn revoke(&mut self, slot: u64) -> bool {
         loop {
             let next = cspace::next(&self.hw, slot);
             if next == 0 || !cspace::is_parent_of(&self.hw, slot, next) {
-                return;
+                return true;
             }
             self.delete(next);
             if cspace::cap(&self.hw, next) != Cap::Null && cspace::next(&self.hw, slot) == next {
                 // Could not delete (should not happen): stop rather than loop.
-                return;
+                return true;
+            }
+            if self.preemption_point() {
+                return false;
             }
         }
     }
@@ -416,6 +421,7 @@ impl<H: Hardware> Kernel<H> {
         let dest = self.target_slot(cnode, args.mr(0), args.mr(1), false)?;
         match label {
             L::CNodeRevoke => {
+                // Preempted: `handle_invocation` makes the thread redo the call.
                 self.revoke(dest);
                 Ok(0)
             }

@@ -583,3 +583,40 @@ fn save_caller() {
     let m = w.received(client.tcb);
     assert_eq!((m.label, m.mrs), (7, vec![99]));
 }
+
+#[test]
+fn revoke_stops_at_preemption_points_and_the_redone_call_continues() {
+    let mut w = World::new();
+    let ut = w.make(ObjectType::Untyped, 16);
+    let first = w.next_free();
+    for _ in 0..20 {
+        w.alloc_slot();
+    }
+    let r = w.retype(ut, ObjectType::Endpoint, 0, first, 20);
+    assert_eq!(r.label, 0, "{r:?}");
+    let live = |w: &World| (first..first + 20).filter(|&s| !w.cap(s).is_null()).count();
+    // An interrupt is pending: each attempt deletes one interval's worth, sends no
+    // reply and leaves the thread to redo its SYSCALL.
+    w.k.hw.pending_interrupt = true;
+    let interval = crate::kernel::PREEMPTION_INTERVAL as usize;
+    let mut expected = 20;
+    while expected > interval {
+        w.load(ROOT_TCB, S_CNODE, L::CNodeRevoke as u64, &[ut, 64], &[]);
+        let info_before = w.tcb(ROOT_TCB).context.rsi;
+        w.syscall(ROOT_TCB, syscall::CALL);
+        expected -= interval;
+        assert_eq!(live(&w), expected);
+        let c = w.tcb(ROOT_TCB).context;
+        assert_eq!(c.rip, SYSCALL_IP, "RIP back on the SYSCALL instruction");
+        assert_eq!(c.rsi, info_before, "no reply was written");
+        assert_eq!(w.state(ROOT_TCB), ThreadState::Running);
+        assert!(!w.k.preempted);
+    }
+    // No interrupt: the redone call finishes the revoke and replies.
+    w.k.hw.pending_interrupt = false;
+    w.root_ok(S_CNODE, L::CNodeRevoke, &[ut, 64], &[]);
+    assert_eq!(live(&w), 0);
+    // The untyped is whole again.
+    let r = w.retype(ut, ObjectType::Endpoint, 0, first, 20);
+    assert_eq!(r.label, 0, "{r:?}");
+}

@@ -58,6 +58,8 @@ pub struct FakeHardware {
     pub reports: Vec<(u64, u64)>,
     pub ticks: u64,
     pub ldt_changes: Vec<(u64, u64)>,
+    /// What `interrupt_pending` answers (preemption-point tests).
+    pub pending_interrupt: bool,
 }
 
 impl Memory for FakeHardware {
@@ -127,6 +129,9 @@ impl Hardware for FakeHardware {
     }
     fn ticks(&self) -> u64 {
         self.ticks
+    }
+    fn interrupt_pending(&self) -> bool {
+        self.pending_interrupt
     }
     fn thread_exited(&mut self, tcb: u64, value: u64) {
         self.exits.push((tcb, value));
