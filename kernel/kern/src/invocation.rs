@@ -151,7 +151,9 @@ impl<H: Hardware> Kernel<H> {
     /// An exception in user mode by the current thread.
     pub fn handle_user_exception(&mut self, vector: u64, code: u64, address: u64) {
         let t = self.current();
-        if t == 0 {
+        // Stopped by another CPU while this one waited for the lock: resumed, it
+        // re-executes the instruction.
+        if t == 0 || !self.tcb(t).state.is_runnable() {
             return;
         }
         self.tcb_mut(t).context.vector = vector;

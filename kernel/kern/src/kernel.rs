@@ -418,11 +418,21 @@ impl<H: Hardware> Kernel<H> {
     }
 
     /// `cpu` stopped running its current thread (deleted, moved): it must choose again.
+    ///
+    /// On another CPU the thread is inside a kernel entry that CPU has not handled yet
+    /// (it waits for the lock, or comes in through the stall IPI): that CPU drops the
+    /// entry once its current thread is gone, so a running thread is left in Restart
+    /// and redoes it where it runs next (a system call from its SYSCALL instruction, an
+    /// exception by re-executing the instruction).
     pub fn current_gone(&mut self, cpu: usize) {
+        let t = self.cpus[cpu].current;
         self.cpus[cpu].current = 0;
         if cpu == self.hw.current_cpu() {
             self.reschedule_required();
         } else {
+            if t != 0 && self.tcb(t).state == ThreadState::Running {
+                self.tcb_mut(t).state = ThreadState::Restart;
+            }
             self.cpus[cpu].action = Action::ChooseNew;
             self.hw.reschedule_cpu(cpu);
         }

@@ -8,9 +8,12 @@
 //! ([`GsMode::Invocation`]). Each fiber's GS base points at its own thread-local block
 //! of [`TLS_WORDS`] words ([`tls_get`], [`tls_set`] use `gs:[8 * i]`).
 //!
-//! Fiber stacks are [`crate::thread::STACK_SIZE`]-aligned like thread stacks and carry a
-//! copy of the owning thread's [`crate::thread::ThreadBlock`] at their base, so the IPC
-//! buffer (found by masking RSP) works in fibers. Fibers belong to the thread that
+//! Fiber stacks are [`FIBER_STACK_SIZE`] bytes, eight to a chunk of
+//! [`crate::thread::STACK_SIZE`] bytes aligned like a thread stack; each chunk carries a
+//! copy of the owning thread's [`crate::thread::ThreadBlock`] at its base, so the IPC
+//! buffer (found by masking RSP with the thread-stack size) works in fibers. Each
+//! fiber's TLS block sits at its own stack's base (after the block in a chunk's first
+//! stack), its initial frame at the top. Fibers belong to the thread that
 //! called [`init`]; calls from another thread panic.
 
 use core::cell::UnsafeCell;
@@ -19,8 +22,16 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::cap::{Cap, Tcb, init as initial};
 use crate::thread::{self, STACK_SIZE, ThreadBlock};
 
-/// Fibers at most (each has a 128 KiB stack in the image's BSS).
-pub const MAX_FIBERS: usize = 16;
+/// Fibers at most per owner thread (each needs [`FIBER_STACK_SIZE`] bytes of stack from
+/// the pool given to [`init_with_stacks`]; [`init`] uses a built-in pool of
+/// [`DEFAULT_FIBERS`]).
+pub const MAX_FIBERS: usize = 1024;
+/// Fibers the built-in stack pool holds.
+pub const DEFAULT_FIBERS: usize = 16;
+/// Bytes of each fiber's stack.
+pub const FIBER_STACK_SIZE: usize = 8 * 1024;
+/// Fiber stacks per thread-stack-sized chunk.
+const FIBERS_PER_CHUNK: usize = STACK_SIZE / FIBER_STACK_SIZE;
 /// Words of each fiber's GS-based thread-local block.
 pub const TLS_WORDS: usize = 16;
 /// Offset of the TLS block from the stack base (after the thread block).
@@ -94,15 +105,49 @@ static SCHED: Shared = Shared(UnsafeCell::new(Scheduler {
 /// IPC buffer address of the owner thread (copied into every fiber's block).
 static OWNER: AtomicU64 = AtomicU64::new(0);
 
+/// Stack memory for [`FIBERS_PER_CHUNK`] fibers, aligned like a thread stack (its
+/// first bytes hold the owner's thread block). A program that wants more than
+/// [`DEFAULT_FIBERS`] fibers declares `static S: [FiberStackChunk; chunks_for(n)] = [const {
+/// FiberStackChunk::new() }; chunks_for(n)]` and
+/// passes it to [`init_with_stacks`].
 #[repr(C, align(131072))]
-struct FiberStack(UnsafeCell<[u8; STACK_SIZE]>);
-// SAFETY: each stack is used by one fiber of the owner thread at a time.
-unsafe impl Sync for FiberStack {}
-static STACKS: [FiberStack; MAX_FIBERS] =
-    [const { FiberStack(UnsafeCell::new([0; STACK_SIZE])) }; MAX_FIBERS];
+pub struct FiberStackChunk(UnsafeCell<[u8; STACK_SIZE]>);
+// SAFETY: each fiber stack in a chunk is used by one fiber of the owner thread at a
+// time; the chunk's thread block is written only by `spawn` on the owner thread.
+unsafe impl Sync for FiberStackChunk {}
 
+impl FiberStackChunk {
+    /// An unused chunk (array initialisers: `[const { FiberStackChunk::new() }; n]`).
+    pub const fn new() -> Self {
+        Self(UnsafeCell::new([0; STACK_SIZE]))
+    }
+}
+
+impl Default for FiberStackChunk {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Chunks needed for `fibers` fibers.
+pub const fn chunks_for(fibers: usize) -> usize {
+    fibers.div_ceil(FIBERS_PER_CHUNK)
+}
+
+static DEFAULT_CHUNKS: [FiberStackChunk; chunks_for(DEFAULT_FIBERS)] =
+    [const { FiberStackChunk::new() }; chunks_for(DEFAULT_FIBERS)];
+/// The pool in use: address of its first chunk and how many fibers it holds.
+static POOL: AtomicU64 = AtomicU64::new(0);
+static POOL_FIBERS: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Base of the chunk holding fiber `i`'s stack (where its thread block is).
+fn chunk_base(i: usize) -> u64 {
+    POOL.load(Ordering::Relaxed) + ((i / FIBERS_PER_CHUNK) * STACK_SIZE) as u64
+}
+
+/// Base of fiber `i`'s stack.
 fn stack_base(i: usize) -> u64 {
-    STACKS[i].0.get() as u64
+    chunk_base(i) + ((i % FIBERS_PER_CHUNK) * FIBER_STACK_SIZE) as u64
 }
 
 /// Runs `f` on the scheduler. Only the owner thread may call it, and no reference to
@@ -118,9 +163,20 @@ fn sched<R>(f: impl FnOnce(&mut Scheduler) -> R) -> R {
 }
 
 /// Makes the calling thread the owner of the fibers, switching GS bases with `mode`
-/// (its TCB capability `tcb` serves the invocation fallback). Forgets fibers of an
-/// earlier run. The thread's own GS base is restored whenever control returns to it.
+/// (its TCB capability `tcb` serves the invocation fallback), with the built-in pool
+/// of [`DEFAULT_FIBERS`] stacks. Forgets fibers of an earlier run. The thread's own GS
+/// base is restored whenever control returns to it.
 pub fn init(mode: GsMode, tcb: Cap<Tcb>) {
+    init_with_stacks(mode, tcb, &DEFAULT_CHUNKS);
+}
+
+/// [`init`] with the program's own pool of stacks (up to [`MAX_FIBERS`] fibers).
+pub fn init_with_stacks(mode: GsMode, tcb: Cap<Tcb>, stacks: &'static [FiberStackChunk]) {
+    POOL.store(stacks.as_ptr() as u64, Ordering::Relaxed);
+    POOL_FIBERS.store(
+        (stacks.len() * FIBERS_PER_CHUNK).min(MAX_FIBERS),
+        Ordering::Relaxed,
+    );
     let block = thread::current();
     OWNER.store(block.ipc_buffer, Ordering::Relaxed);
     sched(|s| {
@@ -144,17 +200,20 @@ pub fn spawn(entry: fn(u64), argument: u64) -> Option<FiberId> {
         tcb: sched(|s| s.tcb),
     };
     sched(|s| {
-        let i = (0..MAX_FIBERS).find(|&i| s.slots[i].state != State::Ready)?;
+        let capacity = POOL_FIBERS.load(Ordering::Relaxed);
+        let i = (0..capacity).find(|&i| s.slots[i].state != State::Ready)?;
         s.used = s.used.max(i + 1);
         let base = stack_base(i);
-        let top = base + STACK_SIZE as u64;
+        let top = base + FIBER_STACK_SIZE as u64;
         // Initial frame popped by `keel_fiber_switch`: r15, r14, r13, r12 (= slot index),
         // rbx, rbp, return address `keel_fiber_start`; RSP after its RET is 16-aligned.
         let rsp = top - 72;
         // SAFETY: the slot is not running (Free or Done), so its stack is unused; the
-        // writes stay inside it (block at the base, TLS after it, frame at the top).
+        // writes stay inside it (TLS after the first 64 bytes, frame at the top) and the
+        // chunk's thread block, which every fiber of this owner has the same value in
+        // (running fibers only read it).
         unsafe {
-            (base as *mut ThreadBlock).write_volatile(block);
+            (chunk_base(i) as *mut ThreadBlock).write_volatile(block);
             core::ptr::write_bytes((base + TLS_OFFSET) as *mut u64, 0, TLS_WORDS);
             let frame = rsp as *mut u64;
             for w in 0..7 {

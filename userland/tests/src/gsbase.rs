@@ -49,6 +49,7 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
         fault_resume(env)
     });
     suite.run("fiber_spawn_yield_join_tls_exact", fibers);
+    suite.run("fiber_1024_ring_through_channels_exact", fiber_ring);
     suite.run("fiber_server_one_fiber_per_client", || fiber_server(env));
 }
 
@@ -360,6 +361,9 @@ fn fault_resume(env: &mut Env) -> TestResult {
     Ok(())
 }
 
+/// Fibers of the TLS test.
+const FIBERS: usize = 16;
+
 /// 16 fibers, each with its own TLS value, yield 200 times each checking it.
 fn fibers() -> TestResult {
     let mode = keel_rt::fiber::setup(init::TCB, init::FS_GS_BASE_CONTROL);
@@ -374,7 +378,7 @@ fn fibers() -> TestResult {
         }
         crate::harness::add_shared(6, f::tls_get(0));
     }
-    let mut ids = [0; f::MAX_FIBERS];
+    let mut ids = [0; FIBERS];
     for (i, id) in ids.iter_mut().enumerate() {
         *id = f::spawn(body, i as u64).ok_or_else(|| crate::harness::why(format_args!("spawn")))?;
         ensure!(*id == i, "fiber id {id} for the {i}th spawn");
@@ -382,7 +386,7 @@ fn fibers() -> TestResult {
     f::run();
     let switches = f::switches();
     let _ = init::FS_GS_BASE_CONTROL.set_access(init::TCB, false);
-    let n = f::MAX_FIBERS as u64;
+    let n = FIBERS as u64;
     ensure!(shared(5) == 0, "a fiber saw another's TLS ({mode:?})");
     let expected = (0..n).map(|i| i * 1_000_000 + 200).sum::<u64>();
     ensure!(
@@ -391,6 +395,52 @@ fn fibers() -> TestResult {
         shared(6)
     );
     ensure!(switches >= 200 * n, "only {switches} switches");
+    Ok(())
+}
+
+/// Rounds the token makes around the ring of every fiber.
+const RING_ROUNDS: u64 = 3;
+static RING: [keel_rt::fiber::Channel; f::MAX_FIBERS] =
+    [const { keel_rt::fiber::Channel::new() }; f::MAX_FIBERS];
+
+/// Every fiber slot in a ring: fiber i takes the token from channel i and passes it,
+/// plus one, to channel i + 1, `RING_ROUNDS` times, checking its TLS word each time.
+fn fiber_ring() -> TestResult {
+    static STACKS: [keel_rt::fiber::FiberStackChunk; keel_rt::fiber::chunks_for(f::MAX_FIBERS)] =
+        [const { keel_rt::fiber::FiberStackChunk::new() };
+            keel_rt::fiber::chunks_for(f::MAX_FIBERS)];
+    let mode =
+        keel_rt::fiber::setup_with_stacks(init::TCB, init::FS_GS_BASE_CONTROL, Some(&STACKS));
+    fn body(i: u64) {
+        let n = f::MAX_FIBERS as u64;
+        f::tls_set(2, i ^ 0x5a5a_0000);
+        for _ in 0..RING_ROUNDS {
+            let token = RING[i as usize].recv();
+            if f::tls_get(2) != i ^ 0x5a5a_0000 || f::current() != Some(i as usize) {
+                set_shared(5, 1);
+            }
+            RING[((i + 1) % n) as usize].send(token + 1);
+        }
+    }
+    for i in 0..f::MAX_FIBERS {
+        let id = f::spawn(body, i as u64)
+            .ok_or_else(|| crate::harness::why(format_args!("spawn {i}")))?;
+        ensure!(id == i, "fiber id {id} for the {i}th spawn");
+    }
+    ensure!(f::spawn(body, 0).is_none(), "a fiber beyond MAX_FIBERS");
+    RING[0].send(0);
+    f::run();
+    let switches = f::switches();
+    let _ = init::FS_GS_BASE_CONTROL.set_access(init::TCB, false);
+    let n = f::MAX_FIBERS as u64;
+    ensure!(shared(5) == 0, "a fiber saw another's TLS ({mode:?})");
+    let token = RING[0].try_recv();
+    ensure!(
+        token == Some(n * RING_ROUNDS),
+        "token {token:?}, expected {} after {switches} switches",
+        n * RING_ROUNDS
+    );
+    keel_rt::println!("  ({n} fibers, {switches} switches, {mode:?})");
     Ok(())
 }
 

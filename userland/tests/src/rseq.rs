@@ -172,18 +172,22 @@ fn injection(env: &mut Env) -> TestResult {
 }
 
 static STRESS: Counter = Counter::new();
-const STRESS_ADDS: u64 = 3000;
+/// Migration rounds the test makes while the workers add.
+const MIGRATION_ROUNDS: u64 = 200;
 
-/// Stress worker: `STRESS_ADDS` adds, checking after each that the CPU number the area
-/// gives is the CPU's own slot it could have used; shared(5) counts mismatches.
-fn stress_worker(_: u64) {
+/// Stress worker: adds 1 until shared(7) is set, counting its adds into shared(8 + i)
+/// and checking the CPU number each time (shared(5) counts bad ones).
+fn stress_worker(i: u64) {
+    let mut adds = 0;
     let mut aborts = 0;
-    for _ in 0..STRESS_ADDS {
+    while shared(7) == 0 {
         aborts += STRESS.add(1);
+        adds += 1;
         if rseq::cpu_id() as usize >= keel_sys::rseq::MAX_CPUS {
             add_shared(5, 1);
         }
     }
+    set_shared(8 + i as usize, adds);
     add_shared(6, aborts);
     add_shared(0, 1);
 }
@@ -192,11 +196,17 @@ fn migration(env: &mut Env) -> TestResult {
     let cpus = env.info.num_nodes();
     let before = STRESS.total();
     let mut threads = [const { None }; 4];
-    for slot in threads.iter_mut() {
-        *slot = Some(env.spawn(stress_worker, 0, CHILD_PRIORITY)?);
+    for (i, slot) in threads.iter_mut().enumerate() {
+        // With several CPUs, below the test's priority: the moves do not wait for the
+        // adds, and workers moved to the test's CPU wait there until moved away again.
+        // With one, at its priority (round robin).
+        let priority = crate::ROOT_PRIORITY as u8 - (cpus > 1) as u8;
+        *slot = Some(env.spawn(stress_worker, i as u64, priority)?);
     }
     let mut moves = 0u64;
-    let finished = wait_until(|| {
+    // One CPU: no moves; a few rounds of round robin with the workers.
+    let rounds = if cpus > 1 { MIGRATION_ROUNDS } else { 3 };
+    for _ in 0..rounds {
         if cpus > 1 {
             for t in threads.iter().flatten() {
                 let _ = t.tcb.set_affinity(moves % cpus);
@@ -204,24 +214,28 @@ fn migration(env: &mut Env) -> TestResult {
             }
         }
         pause(200_000);
-        shared(0) >= 4
-    });
+    }
+    set_shared(7, 1);
+    for t in threads.iter().flatten() {
+        // Away from this CPU, where they could not run while this thread waits.
+        let _ = t.tcb.set_affinity(cpus - 1);
+    }
+    let finished = wait_until(|| shared(0) >= 4);
     for t in threads.iter_mut() {
         if let Some(t) = t.take() {
             env.destroy(t)?;
         }
     }
     ensure!(finished, "{} of 4 workers finished", shared(0));
+    let adds: u64 = (8..12).map(shared).sum();
     let total = STRESS.total() - before;
     ensure!(
-        total == 4 * STRESS_ADDS,
-        "per-CPU total {total}, expected {}",
-        4 * STRESS_ADDS
+        adds > 0 && total == adds,
+        "per-CPU total {total}, the workers made {adds} adds"
     );
     ensure!(shared(5) == 0, "{} bad CPU numbers", shared(5));
     keel_rt::println!(
-        "  ({} migrations over {cpus} CPUs, {} aborts)",
-        moves,
+        "  ({adds} adds, {moves} migrations over {cpus} CPUs, {} aborts)",
         shared(6)
     );
     Ok(())

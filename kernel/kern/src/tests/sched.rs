@@ -229,3 +229,41 @@ fn deleting_a_running_thread() {
     assert!(!w.k.hw.exists::<Tcb>(tcb::record(s.tcb)));
     assert_eq!(w.k.current(), ROOT_TCB);
 }
+
+/// A thread that another CPU moves or suspends while its own CPU waits for the lock
+/// with its system call: the call is not lost or made by a stopped thread; the thread
+/// redoes it where (or when) it runs next.
+#[test]
+fn a_system_call_waiting_on_another_cpu_is_redone_after_a_move() {
+    let mut w = World::with_cpus(2);
+    let t = w.running_thread(50);
+    w.root_ok(t.slot, L::TcbSetAffinity, &[1], &[]);
+    w.k.hw.cpu = 1;
+    w.k.handle_reschedule();
+    w.k.schedule();
+    assert_eq!(w.k.current(), t.tcb);
+    // CPU 1: the thread has entered SYSCALL (registers saved) and waits for the lock.
+    {
+        let c = &mut w.k.tcb_mut(t.tcb).context;
+        c.rip = SYSCALL_IP + 2;
+        c.vector = tcb::SYSCALL_VECTOR;
+    }
+    // CPU 0 moves it.
+    w.k.hw.cpu = 0;
+    w.make_current(ROOT_TCB);
+    w.root_ok(t.slot, L::TcbSetAffinity, &[0], &[]);
+    assert_eq!(w.k.cpus[1].current, 0, "CPU 1 drops the entry");
+    assert_eq!(w.state(t.tcb), ThreadState::Restart);
+    // Scheduled on CPU 0, it is back on its SYSCALL instruction.
+    w.k.tcb_mut(ROOT_TCB).state = ThreadState::Inactive;
+    w.k.reschedule_required();
+    w.k.schedule();
+    assert_eq!(w.k.current(), t.tcb);
+    assert_eq!(w.tcb(t.tcb).context.rip, SYSCALL_IP);
+    assert_eq!(w.state(t.tcb), ThreadState::Running);
+    // An exception entry of a thread that is no longer runnable is ignored: resumed,
+    // it re-executes the instruction.
+    w.k.tcb_mut(t.tcb).state = ThreadState::Inactive;
+    w.k.handle_user_exception(13, 0, 0);
+    assert_eq!(w.tcb(t.tcb).fault, tcb::Fault::None);
+}
