@@ -143,8 +143,16 @@ fn acpi_power_record(power: &hal::acpi::PowerControls) -> keel_abi::bootinfo::Ke
     }
     log::info!(
         "acpi: power off {}, reset register {}",
-        if record.can_power_off() { "by S5" } else { "unavailable" },
-        if power.reset.is_some() { "present" } else { "absent" },
+        if record.can_power_off() {
+            "by S5"
+        } else {
+            "unavailable"
+        },
+        if power.reset.is_some() {
+            "present"
+        } else {
+            "absent"
+        },
     );
     record
 }

@@ -22,9 +22,7 @@ pub fn s5_sleep_types(dsdt: &[u8]) -> Option<(u8, u8)> {
         let named = match at {
             0 => false,
             1 => dsdt[0] == NAME_OP,
-            _ => {
-                dsdt[at - 1] == NAME_OP || (dsdt[at - 1] == ROOT_CHAR && dsdt[at - 2] == NAME_OP)
-            }
+            _ => dsdt[at - 1] == NAME_OP || (dsdt[at - 1] == ROOT_CHAR && dsdt[at - 2] == NAME_OP),
         };
         if !named {
             continue;
@@ -107,7 +105,9 @@ mod tests {
 
     #[test]
     fn two_byte_package_length_and_one_op() {
-        let aml = [0x08, b'_', b'S', b'5', b'_', 0x12, 0x40, 0x00, 0x02, 0x01, 0x0b, 0x02, 0x00];
+        let aml = [
+            0x08, b'_', b'S', b'5', b'_', 0x12, 0x40, 0x00, 0x02, 0x01, 0x0b, 0x02, 0x00,
+        ];
         assert_eq!(s5_sleep_types(&aml), Some((1, 2)));
     }
 
@@ -115,8 +115,8 @@ mod tests {
     fn a_reference_that_is_not_a_name_is_skipped() {
         // A method body mentions _S5_ (not after NameOp), then the real object follows.
         let aml = [
-            0x70, b'_', b'S', b'5', b'_', 0x60, 0x08, b'_', b'S', b'5', b'_', 0x12, 0x04,
-            0x02, 0x0a, 0x03, 0x00,
+            0x70, b'_', b'S', b'5', b'_', 0x60, 0x08, b'_', b'S', b'5', b'_', 0x12, 0x04, 0x02,
+            0x0a, 0x03, 0x00,
         ];
         assert_eq!(s5_sleep_types(&aml), Some((3, 0)));
     }

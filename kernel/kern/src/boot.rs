@@ -483,7 +483,11 @@ impl RootTask {
         let bi = self.bootinfo_frame;
         let put =
             |k: &mut Kernel<H>, offset: usize, value: u64| k.hw.write(bi + offset as u64, value);
-        put(k, core::mem::offset_of!(BootInfo, extra_len), self.extra_len);
+        put(
+            k,
+            core::mem::offset_of!(BootInfo, extra_len),
+            self.extra_len,
+        );
         put(k, core::mem::offset_of!(BootInfo, node_id), 0);
         put(k, core::mem::offset_of!(BootInfo, num_nodes), cpus as u64);
         put(k, core::mem::offset_of!(BootInfo, num_io_pt_levels), 0);

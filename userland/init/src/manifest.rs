@@ -66,7 +66,7 @@ pub const SERVERS: &[Server] = &[
         priority: 50,
         entry: crate::shell::main,
         serves: None,
-        uses: &[NAMES, keel_servers::echo::NAME],
+        uses: &[NAMES, keel_servers::echo::NAME, crate::power::NAME],
         io_ports: Some((0x3f8, 0x3ff)),
         irqs: &[],
         slots: 4,

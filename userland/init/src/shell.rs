@@ -1,11 +1,17 @@
 //! A tiny shell on the serial console: polls COM1's line-status register through an
-//! I/O port capability, echoes what is typed and runs `help`, `echo`, `mem`.
+//! I/O port capability, echoes what is typed and runs `help`, `echo`, `mem`, `ps`,
+//! `caps`, `reboot` and `poweroff` (the last two through init's power service).
 
 use core::sync::atomic::Ordering;
 
+use keel_abi::object::cap_tag;
 use keel_rt::{print, println};
 use keel_servers::{StartInfo, names};
-use keel_sys::cap::{Cap, Endpoint, IoPort};
+use keel_sys::cap::{Cap, Endpoint, IoPort, Unknown};
+
+use crate::manifest::SERVERS;
+use crate::power;
+use crate::registry::{self, Role, State};
 
 /// COM1's data register.
 const COM1: u16 = 0x3f8;
@@ -19,19 +25,21 @@ const ECHO_LABEL: u64 = 0xec;
 struct Shell {
     port: Cap<IoPort>,
     echo: Option<Cap<Endpoint>>,
+    power: Option<Cap<Endpoint>>,
 }
 
 /// The shell's thread.
 pub fn main(argument: u64) {
     let start = StartInfo::unpack(argument);
     let mut slots = start.slot_allocator();
-    let echo = match (start.names, slots.alloc()) {
+    let mut lookup = |name: &str| match (start.names, slots.alloc()) {
         (0, _) | (_, Err(_)) => None,
-        (ns, Ok(slot)) => names::lookup(Cap::from_cptr(ns), keel_servers::echo::NAME, slot).ok(),
+        (ns, Ok(slot)) => names::lookup(Cap::from_cptr(ns), name, slot).ok(),
     };
     let shell = Shell {
         port: Cap::from_cptr(start.io_port),
-        echo,
+        echo: lookup(keel_servers::echo::NAME),
+        power: lookup(power::NAME),
     };
     let mut line = [0u8; 128];
     let mut len = 0;
@@ -83,9 +91,17 @@ impl Shell {
                 println!("  help        this list");
                 println!("  echo TEXT   send TEXT through the echo server and print its answer");
                 println!("  mem         untyped memory from boot info");
+                println!("  ps          the threads init started: priority, CPU, state");
+                println!("  caps NAME   the capabilities init handed to server NAME");
+                println!("  reboot      restart the machine (through the power service)");
+                println!("  poweroff    turn the machine off (ACPI S5, through the power service)");
             }
             "echo" => self.echo(rest.trim_start()),
             "mem" => mem(),
+            "ps" => ps(),
+            "caps" => caps(rest.trim()),
+            "reboot" => self.power(power::RESTART),
+            "poweroff" => self.power(power::POWER_OFF),
             other => println!("unknown command '{other}' (try help)"),
         }
     }
@@ -98,6 +114,113 @@ impl Shell {
         let mut out = [0u8; (keel_servers::echo::MAX_WORDS - 1) * 8];
         let answer = keel_servers::echo::call_text(server, ECHO_LABEL, text.as_bytes(), &mut out);
         println!("{}", core::str::from_utf8(answer).unwrap_or("(bad utf-8)"));
+    }
+}
+
+impl Shell {
+    fn power(&self, request: u64) {
+        let Some(service) = self.power else {
+            println!("no power service");
+            return;
+        };
+        let status = if request == power::POWER_OFF {
+            power::request_power_off(service)
+        } else {
+            power::request_restart(service)
+        };
+        println!("the machine is still running: {status:?}");
+    }
+}
+
+/// `ps`: init first, then what init started, in start order.
+fn ps() {
+    println!("NAME      PRIO  CPU  TCB   STATE");
+    println!(
+        "{:<8} {:>5} {:>4} {:>4}   running (root task; receives faults)",
+        "init",
+        crate::INIT_PRIORITY,
+        0,
+        keel_sys::cap::init::TCB.cptr()
+    );
+    let order = (0..SERVERS.len())
+        .filter(|&i| SERVERS[i].stage == crate::manifest::Stage::Boot)
+        .chain([registry::POWER])
+        .chain((0..SERVERS.len()).filter(|&i| SERVERS[i].stage == crate::manifest::Stage::Ready));
+    for i in order {
+        let state = registry::state(i);
+        if state == State::NotStarted {
+            continue;
+        }
+        print!(
+            "{:<8} {:>5} {:>4} {:>4}   ",
+            registry::name(i),
+            registry::priority(i),
+            registry::cpu(i).unwrap_or(0),
+            registry::tcb(i).unwrap_or(0),
+        );
+        match state {
+            State::Faulted(label) => println!("faulted (fault label {label}), stopped"),
+            _ => println!("running"),
+        }
+    }
+}
+
+/// `caps NAME`: the capabilities init handed to a thread, with the type the kernel
+/// reports for each slot now.
+fn caps(name: &str) {
+    if name == "init" {
+        println!("init holds the root CNode: every capability in the system");
+        return;
+    }
+    let Some(index) = registry::find(name) else {
+        println!("usage: caps NAME (one of: {})", Names);
+        return;
+    };
+    let badge = index + 1;
+    println!("caps of {name}:");
+    for handed in registry::caps(index) {
+        let tag = Cap::<Unknown>::from_cptr(handed.cptr).identify();
+        if !matches!(handed.role, Role::Slots(_)) {
+            print!("  slot {:>4}  {:<10} ", handed.cptr, cap_tag::name(tag));
+        }
+        match handed.role {
+            Role::Tcb => println!("its own TCB"),
+            Role::Serve => println!(
+                "the endpoint it serves as '{}'",
+                SERVERS
+                    .get(index)
+                    .and_then(|s| s.serves)
+                    .unwrap_or(power::NAME)
+            ),
+            Role::Names => println!("the name service, badge {badge}"),
+            Role::Slots(count) => {
+                let used = (0..count as u64)
+                    .filter(|i| {
+                        Cap::<Unknown>::from_cptr(handed.cptr + i).identify() != cap_tag::NULL
+                    })
+                    .count();
+                println!(
+                    "  slots {}-{}  {count} free slots it may fill ({used} filled now)",
+                    handed.cptr,
+                    handed.cptr + count as u64 - 1
+                )
+            }
+            Role::IoPort(first, last) => println!("I/O ports {first:#x}-{last:#x}"),
+            Role::Fault => println!("its fault endpoint, badge {badge} (init receives)"),
+        }
+    }
+}
+
+/// The names `caps` accepts, for its usage line.
+struct Names;
+
+impl core::fmt::Display for Names {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("init")?;
+        for i in 0..=registry::POWER {
+            write!(f, ", {}", registry::name(i))?;
+        }
+        Ok(())
     }
 }
 
