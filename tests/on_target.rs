@@ -282,6 +282,7 @@ fn default_image_ready() {
 /// and the echo server and its answer comes back on COM1; `mem` reports the boot-info
 /// untypeds; an unknown command is refused; `ps` lists the threads init started, all
 /// running; `caps echo` lists what init handed the echo server, typed by the kernel;
+/// the echo server's log line arrives whole through the serial server;
 /// `poweroff` turns the machine off through init's power service (ACPI S5): QEMU exits
 /// by itself with status 0 right after `keel: powering off`, which the runner (a plain
 /// run, no `--until`) counts as success.
@@ -340,7 +341,7 @@ fn default_image_shell_session() {
         .take_while(|l| !l.starts_with("keel>"))
         .map(|l| l.split_whitespace().collect())
         .collect();
-    for name in ["init", "names", "echo", "power", "shell"] {
+    for name in ["init", "names", "echo", "serial", "power", "shell"] {
         let row = table
             .iter()
             .find(|r| r.first() == Some(&name))
@@ -359,6 +360,15 @@ fn default_image_shell_session() {
         .take_while(|l| l.starts_with("  "))
         .copied()
         .collect();
+    assert!(
+        caps.iter().any(|c| c.starts_with("  slots ")),
+        "no slot window in {caps:?}\n{}",
+        run.report()
+    );
+    let caps: Vec<&str> = caps
+        .into_iter()
+        .filter(|c| c.starts_with("  slot "))
+        .collect();
     assert_eq!(caps.len(), 4, "{caps:?}\n{}", run.report());
     for (cap, (kind, role)) in caps.iter().zip([
         ("tcb", "its own TCB"),
@@ -372,6 +382,12 @@ fn default_image_shell_session() {
             run.report()
         );
     }
+    // The echo server logs through the serial server (`log`), one whole line.
+    assert!(
+        lines.contains(&"INFO  echo: registered as 'echo'; answering calls"),
+        "no log line from the echo server\n{}",
+        run.report()
+    );
     assert!(!run.serial.contains(PANIC_MARKER), "{}", run.report());
     assert!(!run.serial.contains("still running"), "{}", run.report());
 }

@@ -23,7 +23,7 @@ use keel_rt::{Allocator, ThreadConfig, println};
 use keel_servers::{StartInfo, names};
 use keel_sys::CapRights;
 use keel_sys::bootinfo::BootInfo;
-use keel_sys::cap::{Cap, Endpoint, IoPort, init};
+use keel_sys::cap::{Cap, Endpoint, IoPort, IrqHandler, Notification, init};
 
 use manifest::{SERVERS, Server, Stage};
 use registry::{Handed, Role};
@@ -122,11 +122,39 @@ fn start_all(alloc: &mut Allocator, info: &BootInfo) -> keel_rt::Result<Cap<Endp
             }
             None => 0,
         };
+        // IRQ handlers in the first slots of the window, all signalling one
+        // notification that is bound to the server's TCB.
+        assert!(
+            server.irqs.len() as u64 <= server.slots,
+            "{}: IRQs need slots",
+            server.name
+        );
+        let irq_notification = if server.irqs.is_empty() {
+            None
+        } else {
+            let notification = alloc.create::<Notification>()?;
+            let badged = alloc.slot()?;
+            init::CNODE.mint(
+                badged,
+                ROOT_DEPTH,
+                init::CNODE,
+                notification.cptr(),
+                ROOT_DEPTH,
+                CapRights::ALL,
+                keel_servers::serial::IRQ_BADGE,
+            )?;
+            for (k, &irq) in server.irqs.iter().enumerate() {
+                let handler = Cap::<IrqHandler>::from_cptr(slots + k as u64);
+                init::IRQ_CONTROL.get(irq as u64, init::CNODE, handler.cptr(), ROOT_DEPTH)?;
+                handler.set_notification(Cap::from_cptr(badged))?;
+            }
+            Some(notification)
+        };
         let fault = mint(alloc, fault_ep, badge)?;
         let mut handed = [Handed {
             cptr: 0,
             role: Role::Tcb,
-        }; 6];
+        }; registry::MAX_CAPS];
         let mut count = 1;
         let mut hand = |cptr: u64, role: Role| {
             if cptr != 0 {
@@ -139,6 +167,12 @@ fn start_all(alloc: &mut Allocator, info: &BootInfo) -> keel_rt::Result<Cap<Endp
         hand(slots, Role::Slots(server.slots as u16));
         if let Some((first, last)) = server.io_ports {
             hand(io_port, Role::IoPort(first, last));
+        }
+        for (k, &irq) in server.irqs.iter().enumerate() {
+            hand(slots + k as u64, Role::IrqHandler(irq));
+        }
+        if let Some(n) = irq_notification {
+            hand(n.cptr(), Role::BoundNotification);
         }
         hand(fault.cptr(), Role::Fault);
         let vspace = alloc.clone_image_vspace(info)?;
@@ -156,6 +190,9 @@ fn start_all(alloc: &mut Allocator, info: &BootInfo) -> keel_rt::Result<Cap<Endp
             affinity: None,
         };
         let thread = alloc.create_thread_in(vspace, server.entry, argument, config)?;
+        if let Some(n) = irq_notification {
+            thread.tcb.bind_notification(n)?;
+        }
         handed[0].cptr = thread.tcb.cptr();
         registry::started(
             index,

@@ -46,6 +46,10 @@ pub enum Role {
     IoPort(u16, u16),
     /// Its fault endpoint (badged; init receives the faults).
     Fault,
+    /// The handler of this ISA IRQ.
+    IrqHandler(u8),
+    /// The notification its IRQs signal, bound to its TCB (init keeps the capability).
+    BoundNotification,
 }
 
 impl Role {
@@ -57,6 +61,8 @@ impl Role {
             Role::Slots(count) => (4, count as u64, 0),
             Role::IoPort(first, last) => (5, first as u64, last as u64),
             Role::Fault => (6, 0, 0),
+            Role::IrqHandler(irq) => (7, irq as u64, 0),
+            Role::BoundNotification => (8, 0, 0),
         }
     }
 
@@ -68,6 +74,8 @@ impl Role {
             4 => Role::Slots(a),
             5 => Role::IoPort(a, b),
             6 => Role::Fault,
+            7 => Role::IrqHandler(a as u8),
+            8 => Role::BoundNotification,
             _ => return None,
         })
     }

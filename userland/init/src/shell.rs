@@ -1,31 +1,58 @@
-//! A tiny shell on the serial console: polls COM1's line-status register through an
-//! I/O port capability, echoes what is typed and runs `help`, `echo`, `mem`, `ps`,
-//! `caps`, `reboot` and `poweroff` (the last two through init's power service).
+//! A tiny shell on the serial console. It reads and writes through the serial server
+//! (which owns COM1) and runs `help`, `echo`, `mem`, `ps`, `caps`, `reboot` and
+//! `poweroff` (the last two through init's power service).
 
-use core::sync::atomic::Ordering;
+use core::fmt::Write as _;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use keel_abi::object::cap_tag;
-use keel_rt::{print, println};
-use keel_servers::{StartInfo, names};
-use keel_sys::cap::{Cap, Endpoint, IoPort, Unknown};
+use keel_servers::{StartInfo, names, serial};
+use keel_sys::cap::{Cap, Endpoint, Unknown};
 
 use crate::manifest::SERVERS;
 use crate::power;
 use crate::registry::{self, Role, State};
 
-/// COM1's data register.
-const COM1: u16 = 0x3f8;
-/// COM1's line-status register (bit 0: a byte is waiting).
-const LSR: u16 = COM1 + 5;
+/// The serial server endpoint the shell writes to (0 until it has one).
+static OUTPUT: AtomicU64 = AtomicU64::new(0);
+
+/// Writes formatted text through the serial server, one request per call (so a line
+/// printed with one `println!` is never split by other clients' output).
+fn output(args: core::fmt::Arguments<'_>) {
+    match OUTPUT.load(Ordering::Relaxed) {
+        0 => keel_rt::print(args),
+        server => {
+            let mut writer = serial::Writer::new(Cap::from_cptr(server));
+            let _ = writer.write_fmt(args);
+            writer.flush();
+        }
+    }
+}
+
+/// `print!` through the serial server.
+macro_rules! print {
+    ($($arg:tt)*) => { output(format_args!($($arg)*)) };
+}
+
+/// `println!` through the serial server.
+macro_rules! println {
+    () => { print!("\n") };
+    ($($arg:tt)*) => { output(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 /// The prompt.
 pub const PROMPT: &str = "keel> ";
 /// Label of the shell's echo requests.
 const ECHO_LABEL: u64 = 0xec;
 
 struct Shell {
-    port: Cap<IoPort>,
+    serial: Cap<Endpoint>,
     echo: Option<Cap<Endpoint>>,
     power: Option<Cap<Endpoint>>,
+    /// Input read from the serial server and not used yet.
+    input: [u8; serial::MAX_TEXT],
+    input_start: usize,
+    input_end: usize,
 }
 
 /// The shell's thread.
@@ -36,10 +63,18 @@ pub fn main(argument: u64) {
         (0, _) | (_, Err(_)) => None,
         (ns, Ok(slot)) => names::lookup(Cap::from_cptr(ns), name, slot).ok(),
     };
-    let shell = Shell {
-        port: Cap::from_cptr(start.io_port),
+    let Some(serial) = lookup(serial::NAME) else {
+        keel_rt::println!("shell: no serial server; stopping");
+        return;
+    };
+    OUTPUT.store(serial.cptr(), Ordering::Relaxed);
+    let mut shell = Shell {
+        serial,
         echo: lookup(keel_servers::echo::NAME),
         power: lookup(power::NAME),
+        input: [0; serial::MAX_TEXT],
+        input_start: 0,
+        input_end: 0,
     };
     let mut line = [0u8; 128];
     let mut len = 0;
@@ -68,17 +103,26 @@ pub fn main(argument: u64) {
 }
 
 impl Shell {
-    /// Waits for a byte from COM1 (polling; other threads run between polls).
-    fn read_byte(&self) -> u8 {
-        loop {
-            if let Ok(status) = self.port.in8(LSR)
-                && status & 1 != 0
-                && let Ok(b) = self.port.in8(COM1)
-            {
-                return b;
+    /// The next byte typed: from what was read already, else from the serial server
+    /// (which waits for input).
+    fn read_byte(&mut self) -> u8 {
+        while self.input_start == self.input_end {
+            let mut buffer = [0u8; serial::MAX_TEXT];
+            match serial::read(self.serial, &mut buffer) {
+                Ok(bytes) => {
+                    self.input[..bytes.len()].copy_from_slice(bytes);
+                    self.input_start = 0;
+                    self.input_end = bytes.len();
+                }
+                Err(status) => {
+                    keel_rt::println!("shell: serial read failed: {status:?}");
+                    keel_sys::ipc::yield_now();
+                }
             }
-            keel_sys::ipc::yield_now();
         }
+        let byte = self.input[self.input_start];
+        self.input_start += 1;
+        byte
     }
 
     fn run(&self, line: &str) {
@@ -181,7 +225,7 @@ fn caps(name: &str) {
     for handed in registry::caps(index) {
         let tag = Cap::<Unknown>::from_cptr(handed.cptr).identify();
         if !matches!(handed.role, Role::Slots(_)) {
-            print!("  slot {:>4}  {:<10} ", handed.cptr, cap_tag::name(tag));
+            print!("  slot {:>4}  {:<12} ", handed.cptr, cap_tag::name(tag));
         }
         match handed.role {
             Role::Tcb => println!("its own TCB"),
@@ -200,13 +244,17 @@ fn caps(name: &str) {
                     })
                     .count();
                 println!(
-                    "  slots {}-{}  {count} free slots it may fill ({used} filled now)",
+                    "  slots {}-{}  {count} free slot(s) it may fill ({used} filled now)",
                     handed.cptr,
                     handed.cptr + count as u64 - 1
                 )
             }
             Role::IoPort(first, last) => println!("I/O ports {first:#x}-{last:#x}"),
             Role::Fault => println!("its fault endpoint, badge {badge} (init receives)"),
+            Role::IrqHandler(irq) => println!("the handler of IRQ {irq}"),
+            Role::BoundNotification => {
+                println!("the notification its IRQs signal, bound to its TCB")
+            }
         }
     }
 }
