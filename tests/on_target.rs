@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 
 use keel::verdict::{EXIT_OK, EXIT_TESTS_FAILED};
 use keel_abi::harness::{
-    CMDLINE_FAIL_TEST, PANIC_MARKER, POWER_OFF_LINE, READY_LINE, TestLine, parse_line,
+    CMDLINE_FAIL_TEST, PANIC_MARKER, POWER_OFF_LINE, READY_LINE, RESTART_LINE, TestLine, parse_line,
 };
 
 /// Timeout of one TCG boot of the test image, in seconds (the runner kills QEMU then).
@@ -390,6 +390,26 @@ fn default_image_shell_session() {
     );
     assert!(!run.serial.contains(PANIC_MARKER), "{}", run.report());
     assert!(!run.serial.contains("still running"), "{}", run.report());
+}
+
+/// `reboot` restarts the machine through init's power service (the FADT's reset
+/// register, else port 0xcf9): under `-no-reboot` QEMU exits with status 0 right after
+/// `keel: restarting`, which the runner counts as success in a plain run.
+#[test]
+fn default_image_shell_reboot() {
+    let run = runner_with_input(&["--timeout", READY_TIMEOUT], Some("\nreboot\n"));
+    assert_eq!(run.code, Some(i32::from(EXIT_OK)), "{}", run.report());
+    assert!(
+        run.log.contains("PASSED: restarted"),
+        "the runner did not see a restart\n{}",
+        run.report()
+    );
+    let last = run
+        .serial
+        .lines()
+        .map(str::trim_end)
+        .rfind(|l| !l.is_empty());
+    assert_eq!(last, Some(RESTART_LINE), "{}", run.report());
 }
 
 /// Runs the test image with one defence switched off (`keel.unsafe.<name>`, see
