@@ -26,7 +26,7 @@ use keel_sys::bootinfo::BootInfo;
 use keel_sys::cap::{Cap, Endpoint, IoPort, IrqHandler, Notification, init};
 
 use manifest::{SERVERS, Server, Stage};
-use registry::{Handed, Role};
+use registry::{HandedList, Role};
 
 keel_sys::entry_point!(main);
 
@@ -151,30 +151,20 @@ fn start_all(alloc: &mut Allocator, info: &BootInfo) -> keel_rt::Result<Cap<Endp
             Some(notification)
         };
         let fault = mint(alloc, fault_ep, badge)?;
-        let mut handed = [Handed {
-            cptr: 0,
-            role: Role::Tcb,
-        }; registry::MAX_CAPS];
-        let mut count = 1;
-        let mut hand = |cptr: u64, role: Role| {
-            if cptr != 0 {
-                handed[count] = Handed { cptr, role };
-                count += 1;
-            }
-        };
-        hand(serve.cptr(), Role::Serve);
-        hand(names, Role::Names);
-        hand(slots, Role::Slots(server.slots as u16));
+        let mut handed = HandedList::new();
+        handed.push(serve.cptr(), Role::Serve);
+        handed.push(names, Role::Names);
+        handed.push(slots, Role::Slots(server.slots as u16));
         if let Some((first, last)) = server.io_ports {
-            hand(io_port, Role::IoPort(first, last));
+            handed.push(io_port, Role::IoPort(first, last));
         }
         for (k, &irq) in server.irqs.iter().enumerate() {
-            hand(slots + k as u64, Role::IrqHandler(irq));
+            handed.push(slots + k as u64, Role::IrqHandler(irq));
         }
         if let Some(n) = irq_notification {
-            hand(n.cptr(), Role::BoundNotification);
+            handed.push(n.cptr(), Role::BoundNotification);
         }
-        hand(fault.cptr(), Role::Fault);
+        handed.push(fault.cptr(), Role::Fault);
         let vspace = alloc.clone_image_vspace(info)?;
         let argument = StartInfo {
             serve: serve.cptr(),
@@ -193,12 +183,11 @@ fn start_all(alloc: &mut Allocator, info: &BootInfo) -> keel_rt::Result<Cap<Endp
         if let Some(n) = irq_notification {
             thread.tcb.bind_notification(n)?;
         }
-        handed[0].cptr = thread.tcb.cptr();
         registry::started(
             index,
             thread.tcb.cptr(),
             config.affinity.unwrap_or(0),
-            &handed[..count],
+            &handed,
         );
         println!(
             "init: starting {} (priority {}, serves {}, uses {:?}, ports {:x?}, irqs {:?})",
@@ -272,50 +261,33 @@ fn start_power(
         init::IO_PORT_CONTROL.issue(first, last, init::CNODE, slot, ROOT_DEPTH)?;
         Ok(Cap::from_cptr(slot))
     };
-    let mut handed = [Handed {
-        cptr: 0,
-        role: Role::Tcb,
-    }; 7];
-    let mut count = 1;
+    let mut handed = HandedList::new();
     let mut start = power::PowerStart::default();
     if let Some(a) = acpi.filter(|a| a.can_power_off()) {
+        let pm1a = a.pm1a_control as u16;
         start.pm1a = issue(a.pm1a_control, a.pm1a_control + 1)?.cptr();
-        handed[count] = Handed {
-            cptr: start.pm1a,
-            role: Role::IoPort(a.pm1a_control as u16, a.pm1a_control as u16 + 1),
-        };
-        count += 1;
+        handed.push(start.pm1a, Role::IoPort(pm1a, pm1a + 1));
         if a.pm1b_control != 0 {
+            let pm1b = a.pm1b_control as u16;
             start.pm1b = issue(a.pm1b_control, a.pm1b_control + 1)?.cptr();
-            handed[count] = Handed {
-                cptr: start.pm1b,
-                role: Role::IoPort(a.pm1b_control as u16, a.pm1b_control as u16 + 1),
-            };
-            count += 1;
+            handed.push(start.pm1b, Role::IoPort(pm1b, pm1b + 1));
         }
     }
     let (reset_port, _) = power::reset_register(acpi);
     start.reset = issue(reset_port as u64, reset_port as u64)?.cptr();
-    let serve = alloc.create::<Endpoint>()?;
-    start.serve = serve.cptr();
+    handed.push(start.reset, Role::IoPort(reset_port, reset_port));
+    start.serve = alloc.create::<Endpoint>()?.cptr();
+    handed.push(start.serve, Role::Serve);
     start.names = names.cptr();
-    for (cptr, role) in [
-        (start.reset, Role::IoPort(reset_port, reset_port)),
-        (start.serve, Role::Serve),
-        (start.names, Role::Names),
-        (fault.cptr(), Role::Fault),
-    ] {
-        handed[count] = Handed { cptr, role };
-        count += 1;
-    }
+    handed.push(start.names, Role::Names);
+    handed.push(fault.cptr(), Role::Fault);
     let config = ThreadConfig {
         priority: power::PRIORITY,
         fault_ep: fault.cptr(),
         affinity: None,
     };
     let thread = alloc.create_thread(power::main, start.pack(), config)?;
-    handed[0].cptr = thread.tcb.cptr();
-    registry::started(registry::POWER, thread.tcb.cptr(), 0, &handed[..count]);
+    registry::started(registry::POWER, thread.tcb.cptr(), 0, &handed);
     println!(
         "init: starting {} (priority {}, serves {}, ports {}, in init's address space)",
         power::NAME,

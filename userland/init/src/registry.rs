@@ -106,6 +106,35 @@ impl Handed {
     }
 }
 
+/// The capabilities handed to one thread, collected before init records it (empty
+/// capability pointers are left out; more than [`MAX_CAPS`] are not recorded).
+#[derive(Clone, Copy, Debug)]
+pub struct HandedList {
+    items: [Handed; MAX_CAPS],
+    count: usize,
+}
+
+impl HandedList {
+    /// An empty list.
+    pub const fn new() -> Self {
+        Self {
+            items: [Handed {
+                cptr: 0,
+                role: Role::Tcb,
+            }; MAX_CAPS],
+            count: 0,
+        }
+    }
+
+    /// Adds the capability at `cptr` (if not 0) with its role.
+    pub fn push(&mut self, cptr: u64, role: Role) {
+        if cptr != 0 && self.count < MAX_CAPS {
+            self.items[self.count] = Handed { cptr, role };
+            self.count += 1;
+        }
+    }
+}
+
 /// One thread's entry, as atomics (0: nothing recorded).
 struct Entry {
     /// TCB capability pointer + 1.
@@ -143,15 +172,20 @@ pub fn find(name: &str) -> Option<usize> {
     (0..=POWER).find(|&i| self::name(i) == name)
 }
 
-/// Records that thread `index` (TCB `tcb`, on `cpu`) was started with `caps`.
-pub fn started(index: usize, tcb: u64, cpu: u64, caps: &[Handed]) {
+/// Records that thread `index` (TCB `tcb`, on `cpu`) was started with `caps`; its TCB
+/// comes first in its capability list.
+pub fn started(index: usize, tcb: u64, cpu: u64, caps: &HandedList) {
     let entry = &ENTRIES[index];
-    for (slot, cap) in entry
-        .caps
-        .iter()
-        .zip(caps.iter().map(|c| c.pack()).chain(core::iter::repeat(0)))
-    {
-        slot.store(cap, Ordering::Relaxed);
+    let own_tcb = Handed {
+        cptr: tcb,
+        role: Role::Tcb,
+    };
+    let words = core::iter::once(own_tcb)
+        .chain(caps.items[..caps.count].iter().copied())
+        .map(Handed::pack)
+        .chain(core::iter::repeat(0));
+    for (slot, word) in entry.caps.iter().zip(words) {
+        slot.store(word, Ordering::Relaxed);
     }
     entry.tcb.store(tcb + 1, Ordering::Relaxed);
     entry.cpu.store(cpu + 1, Ordering::Relaxed);
