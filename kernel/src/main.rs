@@ -103,6 +103,19 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
         root.add_untyped(&mut kernel, start, end, true);
     }
     let power = acpi_power_record(&boot.platform.power);
+    log::info!(
+        "acpi: power off {}, reset register {}",
+        if power.can_power_off() {
+            "by S5"
+        } else {
+            "unavailable"
+        },
+        if power.flags & keel_abi::bootinfo::acpi_power_flags::RESET_REGISTER != 0 {
+            "present"
+        } else {
+            "absent"
+        },
+    );
     root.add_extra_record(
         &mut kernel,
         keel_abi::bootinfo::extra_id::KEEL_ACPI_POWER,
@@ -141,19 +154,6 @@ fn acpi_power_record(power: &hal::acpi::PowerControls) -> keel_abi::bootinfo::Ke
         record.reset_port = port as u64;
         record.reset_value = value as u64;
     }
-    log::info!(
-        "acpi: power off {}, reset register {}",
-        if record.can_power_off() {
-            "by S5"
-        } else {
-            "unavailable"
-        },
-        if power.reset.is_some() {
-            "present"
-        } else {
-            "absent"
-        },
-    );
     record
 }
 
