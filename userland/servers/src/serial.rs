@@ -221,23 +221,43 @@ impl Server {
         while let Ok(status) = self.port.in8(base + register::LINE_STATUS)
             && status & DATA_READY != 0
         {
-            match self.port.in8(base + register::DATA) {
-                Ok(byte) => self.input.push(byte),
-                Err(_) => break,
+            if !self.receive() {
+                break;
             }
         }
+        self.answer_reader();
+    }
+
+    /// Moves one received byte into the buffer; false if the port refused.
+    fn receive(&mut self) -> bool {
+        match self.port.in8(PORTS.0 + register::DATA) {
+            Ok(byte) => {
+                self.input.push(byte);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Replies to the waiting reader, if there is one and there is input.
+    fn answer_reader(&mut self) {
         if self.reader_waiting && self.input.len > 0 {
             self.reader_waiting = false;
             Cap::<Reply>::from_cptr(self.reader_slot).send(&self.input.take());
         }
     }
 
+    /// Writes `text`, taking in received bytes on the way so that the UART's 16-byte
+    /// receive FIFO does not overflow during a long write.
     fn write(&mut self, text: &[u8]) -> Status {
         let base = PORTS.0;
         for &byte in text {
             // Bounded wait for room, so a dead UART cannot stop the server.
             for _ in 0..10_000 {
                 match self.port.in8(base + register::LINE_STATUS) {
+                    Ok(status) if status & DATA_READY != 0 => {
+                        self.receive();
+                    }
                     Ok(status) if status & TRANSMIT_EMPTY != 0 => break,
                     Ok(_) => {}
                     Err(_) => return Status::PortError,
@@ -251,6 +271,8 @@ impl Server {
                 return Status::PortError;
             }
         }
+        // What arrived during the write (in loopback: the write itself).
+        self.drain();
         Status::Ok
     }
 }
@@ -364,6 +386,12 @@ impl core::fmt::Write for Line {
 }
 
 static LOGGER: SerialLogger = SerialLogger;
+
+/// Stops sending `log` records anywhere (they are dropped until the next
+/// [`install_logger`]).
+pub fn remove_logger() {
+    LOG_SERVER.store(0, Ordering::Relaxed);
+}
 
 /// Sends `log` records to the serial server `server` from now on, at `level` and
 /// above. Every thread of the image shares the logger (the servers share init's image),

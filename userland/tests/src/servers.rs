@@ -8,12 +8,12 @@
 use keel_abi::fault::{FaultType, user_exception};
 use keel_abi::object::cap_tag;
 use keel_rt::ThreadConfig;
-use keel_servers::{StartInfo, echo, names};
-use keel_sys::cap::{Cap, Endpoint, IoPort, init};
+use keel_servers::{StartInfo, echo, names, serial};
+use keel_sys::cap::{Cap, Endpoint, IoPort, IrqHandler, init};
 use keel_sys::{CapRights, Error, Message, probe};
 
 use crate::harness::{
-    DEPTH, Env, OrFail, Suite, TestResult, Why, pause, recv_timeout, set_shared, shared,
+    DEPTH, Env, OrFail, Suite, TestResult, Why, pause, recv_timeout, set_shared, shared, wait_until,
 };
 use crate::{CHILD_PRIORITY, ensure, fail};
 
@@ -29,6 +29,9 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
     );
     suite.run("server_fault_reported_while_others_keep_running", || {
         fault_reported_others_run(env)
+    });
+    suite.run("serial_server_loopback_write_irq_read_and_log_line", || {
+        serial_loopback(env)
     });
 }
 
@@ -318,5 +321,126 @@ fn echo_10000(env: &mut Env) -> TestResult {
     })();
     env.destroy(echo_thread)?;
     env.destroy(names_thread)?;
+    result
+}
+
+/// COM1's modem control register and its loopback bit: in loopback the UART receives
+/// what it transmits, and nothing leaves the machine.
+const MODEM_CONTROL: u16 = 0x3fc;
+const LOOPBACK: u64 = 1 << 4;
+/// What the loopback test writes: a plain write, then one log line.
+const LOOPBACK_TEXT: &[u8] = b"loop-line\nINFO  servers: whole line\n";
+
+/// Reads from the serial server in shared word 10 until `argument` bytes arrived;
+/// stores them in shared words 1..9 (eight bytes each) and the count in word 0.
+fn serial_reader(argument: u64) {
+    let server = Cap::<Endpoint>::from_cptr(shared(10));
+    let mut got = [0u8; 64];
+    let mut count = 0;
+    while count < (argument as usize).min(got.len()) {
+        let mut piece = [0u8; serial::MAX_TEXT];
+        let Ok(bytes) = serial::read(server, &mut piece) else {
+            set_shared(11, 1);
+            return;
+        };
+        let take = bytes.len().min(got.len() - count);
+        got[count..count + take].copy_from_slice(&bytes[..take]);
+        count += take;
+        set_shared(12, count as u64);
+    }
+    for (i, chunk) in got.chunks(8).enumerate() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        set_shared(1 + i, u64::from_le_bytes(word));
+    }
+    set_shared(0, count as u64);
+}
+
+/// The serial server on COM1 in loopback: a write comes back through IRQ 4 to a
+/// waiting reader, and a `log` record arrives as one whole line.
+fn serial_loopback(env: &mut Env) -> TestResult {
+    let (first, last) = serial::PORTS;
+    let port_slot = env.slot()?;
+    if init::IO_PORT_CONTROL
+        .issue(first as u64, last as u64, init::CNODE, port_slot, DEPTH)
+        .is_err()
+    {
+        return Err(Why::Skipped("COM1's ports are already issued"));
+    }
+    let port = Cap::<IoPort>::from_cptr(port_slot);
+    let window = env.alloc.slots.alloc_range(2).or_fail("slots")?;
+    let handler = Cap::<IrqHandler>::from_cptr(window);
+    if init::IRQ_CONTROL
+        .get(serial::IRQ as u64, init::CNODE, window, DEPTH)
+        .is_err()
+    {
+        init::CNODE
+            .delete(port_slot, DEPTH)
+            .or_fail("delete port cap")?;
+        return Err(Why::Skipped("IRQ 4 is taken"));
+    }
+    let notification = env.notification()?;
+    let badged = env.mint(notification, CapRights::ALL, serial::IRQ_BADGE)?;
+    handler
+        .set_notification(badged)
+        .or_fail("set notification")?;
+    let modem = port.in8(MODEM_CONTROL).or_fail("read MCR")? as u64;
+    let ep = env.endpoint()?;
+    let start = StartInfo {
+        serve: ep.cptr(),
+        io_port: port_slot,
+        slots: window,
+        slot_count: 2,
+        ..StartInfo::default()
+    };
+    // From here until MCR is restored, the kernel console's output is swallowed too:
+    // nothing may print.
+    port.out8(MODEM_CONTROL as u64, modem | LOOPBACK)
+        .or_fail("loopback on")?;
+    let server = env.create(serial::main, start.pack(), CHILD_PRIORITY)?;
+    let result = (|| {
+        server
+            .tcb
+            .bind_notification(notification)
+            .or_fail("bind notification")?;
+        server.start().or_fail("start server")?;
+        set_shared(10, ep.cptr());
+        let reader = env.spawn(serial_reader, LOOPBACK_TEXT.len() as u64, CHILD_PRIORITY)?;
+        let write = serial::write(ep, b"loop-line\n");
+        serial::install_logger(ep, log::LevelFilter::Info);
+        log::info!("whole line");
+        serial::remove_logger();
+        let arrived = wait_until(|| shared(0) != 0 || shared(11) != 0);
+        env.destroy(reader)?;
+        ensure!(write == serial::Status::Ok, "write: {write:?}");
+        ensure!(shared(11) == 0, "the reader's READ was refused");
+        ensure!(
+            arrived,
+            "{} of {} bytes came back through IRQ 4",
+            shared(12),
+            LOOPBACK_TEXT.len()
+        );
+        let mut got = [0u8; 64];
+        for (i, chunk) in got.chunks_mut(8).enumerate() {
+            chunk.copy_from_slice(&shared(1 + i).to_le_bytes());
+        }
+        let count = shared(0) as usize;
+        ensure!(
+            &got[..count] == LOOPBACK_TEXT,
+            "read back {:?}",
+            core::str::from_utf8(&got[..count]).unwrap_or("(not UTF-8)")
+        );
+        Ok(())
+    })();
+    let restored = port.out8(MODEM_CONTROL as u64, modem);
+    env.destroy(server)?;
+    let _ = handler.clear();
+    init::CNODE
+        .delete(window, DEPTH)
+        .or_fail("delete handler")?;
+    init::CNODE
+        .delete(port_slot, DEPTH)
+        .or_fail("delete port cap")?;
+    restored.or_fail("loopback off")?;
     result
 }
