@@ -290,7 +290,8 @@ pub fn write(server: Cap<Endpoint>, text: &[u8]) -> Status {
     Status::Ok
 }
 
-/// Client side: waits for input and reads it into `out`; returns the bytes read.
+/// Client side: waits for input and reads it into `out`; returns the bytes read. A reply
+/// carries up to [`MAX_TEXT`] bytes; what does not fit in a shorter `out` is lost.
 pub fn read(server: Cap<Endpoint>, out: &mut [u8]) -> Result<&[u8], Status> {
     let reply = server.call(&Message::new(READ));
     match Status::from_label(reply.label()) {
