@@ -412,6 +412,23 @@ fn default_image_shell_reboot() {
     assert_eq!(last, Some(RESTART_LINE), "{}", run.report());
 }
 
+/// `poweroff` on the `pc` machine (PIIX4 power management): there QEMU acts on the S5
+/// write only after the vCPU has run on for a while, so the power service must not say
+/// "still running" too early. The run must end like the q35 session.
+#[test]
+fn default_image_poweroff_on_pc() {
+    let args = ["--machine", "pc", "--timeout", READY_TIMEOUT];
+    let run = runner_with_input(&args, Some("\npoweroff\n"));
+    assert_eq!(run.code, Some(i32::from(EXIT_OK)), "{}", run.report());
+    assert!(run.log.contains("PASSED: powered off"), "{}", run.report());
+    let last = run
+        .serial
+        .lines()
+        .map(str::trim_end)
+        .rfind(|l| !l.is_empty());
+    assert_eq!(last, Some(POWER_OFF_LINE), "{}", run.report());
+}
+
 /// Runs the test image with one defence switched off (`keel.unsafe.<name>`, see
 /// kernel/hal/src/switches.rs) and returns the run, which must not be judged a success.
 fn defence_off(switch: &str) -> Run {
