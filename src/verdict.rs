@@ -6,7 +6,7 @@
 use std::fmt;
 
 use keel_abi::exit::{Outcome, classify};
-use keel_abi::harness::{PANIC_MARKER, TestLine, parse_line};
+use keel_abi::harness::{PANIC_MARKER, POWER_OFF_LINE, RESTART_LINE, TestLine, parse_line};
 
 /// Runner exit status: success.
 pub const EXIT_OK: u8 = 0;
@@ -51,11 +51,31 @@ pub struct Observed {
     pub summary: Option<(u32, u32)>,
     /// The first line holding the panic marker.
     pub panic: Option<String>,
+    /// The image asked for a power off or a restart on the last non-empty line
+    /// ([`POWER_OFF_LINE`], [`RESTART_LINE`]).
+    pub power: Option<PowerRequest>,
+}
+
+/// A power change the image announced on serial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PowerRequest {
+    /// [`POWER_OFF_LINE`]: ACPI S5.
+    Off,
+    /// [`RESTART_LINE`]: a reset, which ends QEMU under `-no-reboot`.
+    Restart,
 }
 
 impl Observed {
     /// Takes one complete serial line into account.
     pub fn line(&mut self, line: &str) {
+        let trimmed = line.trim_end();
+        if !trimmed.is_empty() {
+            self.power = match trimmed {
+                POWER_OFF_LINE => Some(PowerRequest::Off),
+                RESTART_LINE => Some(PowerRequest::Restart),
+                _ => None,
+            };
+        }
         if line.contains(PANIC_MARKER) && self.panic.is_none() {
             self.panic = Some(line.trim_end().to_string());
         }
@@ -175,6 +195,16 @@ pub fn judge(mode: &Mode, seen: &Observed, ending: Ending) -> Verdict {
             }
         },
         Mode::Run => match ending {
+            Ending::Exited(Some(0)) if seen.power.is_some() => {
+                let (line, what) = match seen.power {
+                    Some(PowerRequest::Restart) => (RESTART_LINE, "restarted"),
+                    _ => (POWER_OFF_LINE, "powered off"),
+                };
+                Verdict::new(
+                    EXIT_OK,
+                    format!("{what}: `{line}`, then QEMU exit status 0"),
+                )
+            }
             Ending::Exited(status) => by_status(status),
             Ending::TimedOut(secs) => timed_out(secs),
             _ => Verdict::new(EXIT_QEMU_FAILED, "QEMU stopped"),
@@ -398,6 +428,32 @@ mod tests {
             .code,
             EXIT_TESTS_FAILED
         );
+    }
+
+    #[test]
+    fn power_off_and_restart_lines_make_status_zero_a_success() {
+        let off = seen("keel> poweroff\r\nkeel: powering off\r\n");
+        assert_eq!(off.power, Some(PowerRequest::Off));
+        let v = judge(&Mode::Run, &off, Ending::Exited(Some(0)));
+        assert_eq!(v.code, EXIT_OK, "{v}");
+        assert!(v.message.contains("powered off"), "{v}");
+        let restart = seen("keel: restarting\n\n");
+        let v = judge(&Mode::Run, &restart, Ending::Exited(Some(0)));
+        assert_eq!(v.code, EXIT_OK, "{v}");
+        assert!(v.message.contains("restarted"), "{v}");
+        // Only right after the line, only in plain runs, only with status 0.
+        let later = seen("keel: powering off\nthe machine is still running\n");
+        assert_eq!(later.power, None);
+        let v = judge(&Mode::Run, &later, Ending::Exited(Some(0)));
+        assert_eq!(v.code, EXIT_QEMU_FAILED, "{v}");
+        let v = judge(&Mode::Run, &off, Ending::Exited(Some(1)));
+        assert_eq!(v.code, EXIT_QEMU_FAILED, "{v}");
+        let v = judge(&Mode::Until("x".into()), &off, Ending::Exited(Some(0)));
+        assert_eq!(v.code, EXIT_QEMU_FAILED, "{v}");
+        let v = judge(&Mode::CheckTests, &off, Ending::Exited(Some(0)));
+        assert_ne!(v.code, EXIT_OK, "{v}");
+        let v = judge(&Mode::Run, &off, Ending::TimedOut(5));
+        assert_eq!(v.code, EXIT_TIMEOUT, "{v}");
     }
 
     #[test]

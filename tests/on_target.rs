@@ -13,7 +13,9 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 use keel::verdict::{EXIT_OK, EXIT_TESTS_FAILED};
-use keel_abi::harness::{CMDLINE_FAIL_TEST, PANIC_MARKER, READY_LINE, TestLine, parse_line};
+use keel_abi::harness::{
+    CMDLINE_FAIL_TEST, PANIC_MARKER, POWER_OFF_LINE, READY_LINE, RESTART_LINE, TestLine, parse_line,
+};
 
 /// Timeout of one TCG boot of the test image, in seconds (the runner kills QEMU then).
 const TCG_TIMEOUT: &str = "150";
@@ -278,18 +280,31 @@ fn default_image_ready() {
 
 /// A scripted shell session on the default image: `echo` goes through the name service
 /// and the echo server and its answer comes back on COM1; `mem` reports the boot-info
-/// untypeds; an unknown command is refused.
+/// untypeds; an unknown command is refused; `ps` lists the threads init started, all
+/// running; `caps echo` lists what init handed the echo server, typed by the kernel;
+/// the echo server's log line arrives whole through the serial server;
+/// `poweroff` turns the machine off through init's power service (ACPI S5): QEMU exits
+/// by itself with status 0 right after `keel: powering off`, which the runner (a plain
+/// run, no `--until`) counts as success.
 #[test]
 fn default_image_shell_session() {
     // The blank first line is a sacrifice: whatever sits in the UART when the kernel
     // programs it (one byte before FIFOs are on) is cleared with the FIFOs.
-    let script = "\necho shell-says-42\nbogus\nmem\n";
-    let run = runner_with_input(
-        &["--until", "MiB device", "--timeout", READY_TIMEOUT],
-        Some(script),
-    );
+    let script = "\necho shell-says-42\nbogus\nmem\nps\ncaps echo\npoweroff\n";
+    let run = runner_with_input(&["--timeout", READY_TIMEOUT], Some(script));
     assert_eq!(run.code, Some(i32::from(EXIT_OK)), "{}", run.report());
+    assert!(
+        run.log.contains("PASSED: powered off"),
+        "the runner did not see a power off\n{}",
+        run.report()
+    );
     let lines: Vec<&str> = run.serial.lines().map(str::trim_end).collect();
+    assert_eq!(
+        lines.iter().rev().find(|l| !l.is_empty()),
+        Some(&POWER_OFF_LINE),
+        "the power-off line is not the last\n{}",
+        run.report()
+    );
     assert!(
         lines.contains(&"shell-says-42"),
         "no echo answer on its own line\n{}",
@@ -316,7 +331,102 @@ fn default_image_shell_session() {
         "{mem:?}\n{}",
         run.report()
     );
+    // ps: a header, then init and every thread it started, each running.
+    let header = lines
+        .iter()
+        .position(|l| l.starts_with("NAME") && l.contains("STATE"))
+        .unwrap_or_else(|| panic!("no ps table\n{}", run.report()));
+    let table: Vec<Vec<&str>> = lines[header + 1..]
+        .iter()
+        .take_while(|l| !l.starts_with("keel>"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    for name in ["init", "names", "echo", "serial", "power", "shell"] {
+        let row = table
+            .iter()
+            .find(|r| r.first() == Some(&name))
+            .unwrap_or_else(|| panic!("ps has no {name}\n{}", run.report()));
+        assert_eq!(row.get(4), Some(&"running"), "{row:?}\n{}", run.report());
+    }
+    let priority = |name: &str| table.iter().find(|r| r[0] == name).map(|r| r[1]);
+    assert_eq!(priority("names"), Some("200"), "{}", run.report());
+    assert_eq!(priority("shell"), Some("50"), "{}", run.report());
+    // caps echo: its TCB, the endpoint it serves, its name-service and fault endpoints,
+    // each slot typed by the kernel.
+    let caps: Vec<&str> = lines
+        .iter()
+        .skip_while(|l| !l.starts_with("caps of echo"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .copied()
+        .collect();
+    assert!(
+        caps.iter().any(|c| c.starts_with("  slots ")),
+        "no slot window in {caps:?}\n{}",
+        run.report()
+    );
+    let caps: Vec<&str> = caps
+        .into_iter()
+        .filter(|c| c.starts_with("  slot "))
+        .collect();
+    assert_eq!(caps.len(), 4, "{caps:?}\n{}", run.report());
+    for (cap, (kind, role)) in caps.iter().zip([
+        ("tcb", "its own TCB"),
+        ("endpoint", "serves as 'echo'"),
+        ("endpoint", "the name service"),
+        ("endpoint", "fault endpoint"),
+    ]) {
+        assert!(
+            cap.split_whitespace().nth(2) == Some(kind) && cap.contains(role),
+            "{cap:?} is not {kind} ({role})\n{}",
+            run.report()
+        );
+    }
+    // The echo server logs through the serial server (`log`), one whole line.
+    assert!(
+        lines.contains(&"INFO  echo: registered as 'echo'; answering calls"),
+        "no log line from the echo server\n{}",
+        run.report()
+    );
     assert!(!run.serial.contains(PANIC_MARKER), "{}", run.report());
+    assert!(!run.serial.contains("still running"), "{}", run.report());
+}
+
+/// `reboot` restarts the machine through init's power service (the FADT's reset
+/// register, else port 0xcf9): under `-no-reboot` QEMU exits with status 0 right after
+/// `keel: restarting`, which the runner counts as success in a plain run.
+#[test]
+fn default_image_shell_reboot() {
+    let run = runner_with_input(&["--timeout", READY_TIMEOUT], Some("\nreboot\n"));
+    assert_eq!(run.code, Some(i32::from(EXIT_OK)), "{}", run.report());
+    assert!(
+        run.log.contains("PASSED: restarted"),
+        "the runner did not see a restart\n{}",
+        run.report()
+    );
+    let last = run
+        .serial
+        .lines()
+        .map(str::trim_end)
+        .rfind(|l| !l.is_empty());
+    assert_eq!(last, Some(RESTART_LINE), "{}", run.report());
+}
+
+/// `poweroff` on the `pc` machine (PIIX4 power management): there QEMU acts on the S5
+/// write only after the vCPU has run on for a while, so the power service must not say
+/// "still running" too early. The run must end like the q35 session.
+#[test]
+fn default_image_poweroff_on_pc() {
+    let args = ["--machine", "pc", "--timeout", READY_TIMEOUT];
+    let run = runner_with_input(&args, Some("\npoweroff\n"));
+    assert_eq!(run.code, Some(i32::from(EXIT_OK)), "{}", run.report());
+    assert!(run.log.contains("PASSED: powered off"), "{}", run.report());
+    let last = run
+        .serial
+        .lines()
+        .map(str::trim_end)
+        .rfind(|l| !l.is_empty());
+    assert_eq!(last, Some(POWER_OFF_LINE), "{}", run.report());
 }
 
 /// Runs the test image with one defence switched off (`keel.unsafe.<name>`, see

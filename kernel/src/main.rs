@@ -103,6 +103,25 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
     for (start, end) in device_regions(boot) {
         root.add_untyped(&mut kernel, start, end, true);
     }
+    let power = acpi_power_record(&boot.platform.power);
+    log::info!(
+        "acpi: power off {}, reset register {}",
+        if power.can_power_off() {
+            "by S5"
+        } else {
+            "unavailable"
+        },
+        if power.flags & keel_abi::bootinfo::acpi_power_flags::RESET_REGISTER != 0 {
+            "present"
+        } else {
+            "absent"
+        },
+    );
+    root.add_extra_record(
+        &mut kernel,
+        keel_abi::bootinfo::extra_id::KEEL_ACPI_POWER,
+        &power.to_words(),
+    );
     log::info!(
         "root task '{}': {} MiB of untyped memory",
         module.name,
@@ -111,6 +130,32 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
     root.finish(&mut kernel, cpus);
     *KERNEL.lock() = Some(kernel);
     hal::entry::enter_idle()
+}
+
+/// The root task's power-control record: the FADT's controls and the DSDT's S5 sleep
+/// types.
+fn acpi_power_record(power: &hal::acpi::PowerControls) -> keel_abi::bootinfo::KeelAcpiPower {
+    use keel_abi::bootinfo::acpi_power_flags as flags;
+    let mut record = keel_abi::bootinfo::KeelAcpiPower::default();
+    if let Some(port) = power.pm1a_control {
+        record.flags |= flags::PM1A_CONTROL;
+        record.pm1a_control = port as u64;
+        record.pm1b_control = power.pm1b_control.unwrap_or(0) as u64;
+    }
+    let sleep_types = power
+        .dsdt
+        .and_then(|dsdt| keel_kern::aml::s5_sleep_types(hal::acpi::dsdt_bytes(dsdt)));
+    if let Some((a, b)) = sleep_types {
+        record.flags |= flags::S5_SLEEP_TYPE;
+        record.s5_sleep_type_a = a as u64;
+        record.s5_sleep_type_b = b as u64;
+    }
+    if let Some((port, value)) = power.reset {
+        record.flags |= flags::RESET_REGISTER;
+        record.reset_port = port as u64;
+        record.reset_value = value as u64;
+    }
+    record
 }
 
 /// Physical ranges below 4 GiB that are neither RAM nor reserved by firmware nor the

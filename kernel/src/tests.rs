@@ -228,6 +228,33 @@ fn acpi_cpus() -> Outcome {
 }
 hal::kernel_test!(acpi_madt_matches_smp, acpi_cpus);
 
+fn acpi_power() -> Outcome {
+    let power = boot().platform.power;
+    if !boot().platform.acpi {
+        return Outcome::Skipped("no ACPI tables");
+    }
+    check!(
+        power.pm1a_control.is_some(),
+        "no PM1a control block in the FADT"
+    );
+    let Some(dsdt) = power.dsdt else {
+        check!(false, "no DSDT");
+        return Outcome::Passed;
+    };
+    check!(
+        keel_kern::aml::s5_sleep_types(hal::acpi::dsdt_bytes(dsdt)).is_some(),
+        "no \\_S5 package in the DSDT's {} bytes of AML",
+        dsdt.1
+    );
+    let record = crate::acpi_power_record(&power);
+    check!(
+        record.can_power_off(),
+        "the root task's record cannot power off"
+    );
+    Outcome::Passed
+}
+hal::kernel_test!(acpi_fadt_and_dsdt_describe_power_off, acpi_power);
+
 fn all_cpus_online() -> Outcome {
     let expected = boot().platform.usable_processors().count();
     check!(

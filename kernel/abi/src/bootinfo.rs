@@ -169,6 +169,9 @@ pub mod extra_id {
     pub const FDT: u64 = 6;
     /// SEL4_BOOTINFO_HEADER_NUM: number of ids.
     pub const NUM: u64 = 7;
+    /// Keel: header + [`super::KeelAcpiPower`], the firmware's power controls (ids from
+    /// `0x4b00` on are Keel's; seL4 has no such record).
+    pub const KEEL_ACPI_POWER: u64 = 0x4b00;
 }
 
 /// Order in which seL4 writes the x86 records (each present only when known; the
@@ -287,9 +290,115 @@ const _: () = assert!(core::mem::size_of::<X86Framebuffer>() == 22);
 /// Length of the TSC-frequency record (header + u32 MHz).
 pub const X86_TSC_FREQ_RECORD_LEN: u64 = 16 + 4;
 
+/// The body of the [`extra_id::KEEL_ACPI_POWER`] record: what the kernel read from the
+/// ACPI FADT and the DSDT's `\_S5` object, so that the root task can power the machine
+/// off (ACPI sleep state S5) or reset it through I/O port capabilities. Seven words.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct KeelAcpiPower {
+    /// [`acpi_power_flags`]: which of the fields below are valid.
+    pub flags: u64,
+    /// I/O port of the PM1a control block (FADT `PM1a_CNT_BLK`).
+    pub pm1a_control: u64,
+    /// I/O port of the PM1b control block (0: none).
+    pub pm1b_control: u64,
+    /// `SLP_TYPa` of S5 (the first element of the DSDT's `\_S5` package).
+    pub s5_sleep_type_a: u64,
+    /// `SLP_TYPb` of S5 (the second element).
+    pub s5_sleep_type_b: u64,
+    /// I/O port of the FADT reset register (valid with `RESET_REGISTER`; only a reset
+    /// register in system I/O space is reported).
+    pub reset_port: u64,
+    /// The value to write there (FADT `RESET_VALUE`).
+    pub reset_value: u64,
+}
+const _: () = assert!(core::mem::size_of::<KeelAcpiPower>() == 7 * 8);
+
+impl KeelAcpiPower {
+    /// Length of the whole record, header included.
+    pub const RECORD_LEN: u64 = 16 + core::mem::size_of::<Self>() as u64;
+
+    /// The record body as words, in field order.
+    pub const fn to_words(&self) -> [u64; 7] {
+        [
+            self.flags,
+            self.pm1a_control,
+            self.pm1b_control,
+            self.s5_sleep_type_a,
+            self.s5_sleep_type_b,
+            self.reset_port,
+            self.reset_value,
+        ]
+    }
+
+    /// Reads a record body (little-endian words); `None` if it is too short.
+    pub fn from_bytes(body: &[u8]) -> Option<Self> {
+        if body.len() < core::mem::size_of::<Self>() {
+            return None;
+        }
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&body[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(w)
+        };
+        Some(Self {
+            flags: word(0),
+            pm1a_control: word(1),
+            pm1b_control: word(2),
+            s5_sleep_type_a: word(3),
+            s5_sleep_type_b: word(4),
+            reset_port: word(5),
+            reset_value: word(6),
+        })
+    }
+
+    /// Whether S5 can be entered: a PM1a control block and the `\_S5` sleep types.
+    pub const fn can_power_off(&self) -> bool {
+        self.flags & acpi_power_flags::PM1A_CONTROL != 0
+            && self.flags & acpi_power_flags::S5_SLEEP_TYPE != 0
+    }
+}
+
+/// Bits of [`KeelAcpiPower::flags`].
+pub mod acpi_power_flags {
+    /// `pm1a_control` (and `pm1b_control`, when not 0) are valid.
+    pub const PM1A_CONTROL: u64 = 1 << 0;
+    /// `s5_sleep_type_a`/`_b` were found in the DSDT.
+    pub const S5_SLEEP_TYPE: u64 = 1 << 1;
+    /// `reset_port`/`reset_value` are valid: the FADT says the reset register is
+    /// supported and it lies in system I/O space.
+    pub const RESET_REGISTER: u64 = 1 << 2;
+}
+
+/// Bit offset of `SLP_TYPx` in a PM1 control register.
+pub const PM1_CONTROL_SLEEP_TYPE_SHIFT: u32 = 10;
+/// `SLP_EN` in a PM1 control register: enter the sleep state written in `SLP_TYPx`.
+pub const PM1_CONTROL_SLEEP_ENABLE: u16 = 1 << 13;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acpi_power_record_round_trip() {
+        let record = KeelAcpiPower {
+            flags: acpi_power_flags::PM1A_CONTROL | acpi_power_flags::S5_SLEEP_TYPE,
+            pm1a_control: 0x604,
+            pm1b_control: 0,
+            s5_sleep_type_a: 5,
+            s5_sleep_type_b: 0,
+            reset_port: 0xcf9,
+            reset_value: 6,
+        };
+        let mut bytes = [0u8; 56];
+        for (chunk, word) in bytes.chunks_mut(8).zip(record.to_words()) {
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        assert_eq!(KeelAcpiPower::from_bytes(&bytes), Some(record));
+        assert_eq!(KeelAcpiPower::from_bytes(&bytes[..55]), None);
+        assert!(record.can_power_off());
+        assert_eq!(KeelAcpiPower::RECORD_LEN, 72);
+    }
 
     #[test]
     fn initial_caps_in_order() {

@@ -4,7 +4,8 @@
 //! or `test NAME ... skipped (REASON)`, and the image ends with one summary line
 //! `N passed, N failed` before it exits QEMU through isa-debug-exit. The kernel prints
 //! [`PANIC_MARKER`] at the start of its panic message. The default image prints
-//! [`READY_LINE`] once the root task has run.
+//! [`READY_LINE`] once the root task has run, and [`POWER_OFF_LINE`] or
+//! [`RESTART_LINE`] when it is asked to turn the machine off or restart it.
 
 /// Start of every test result line.
 pub const TEST_PREFIX: &str = "test ";
@@ -14,6 +15,14 @@ pub const RESULT_SEPARATOR: &str = " ... ";
 pub const PANIC_MARKER: &str = "KERNEL PANIC";
 /// Printed by the default image when the system is up.
 pub const READY_LINE: &str = "keel: ready";
+/// Printed by the default image's power service just before it powers the machine off
+/// (ACPI S5). QEMU then exits with status 0, which the runner counts as success only
+/// right after this line.
+pub const POWER_OFF_LINE: &str = "keel: powering off";
+/// Printed by the default image's power service just before it resets the machine.
+/// Under `-no-reboot` QEMU then exits with status 0, which the runner counts as
+/// success only right after this line.
+pub const RESTART_LINE: &str = "keel: restarting";
 /// Kernel command-line word that makes the kernel run its in-kernel test suite.
 pub const CMDLINE_RUN_TESTS: &str = "keel.test";
 /// Kernel command-line word that adds a deliberately failing in-kernel test, to prove

@@ -298,6 +298,35 @@ pub mod cap_tag {
     pub const KEEL_FS_GS_BASE_CONTROL: u64 = 26;
     /// Keel: LDT object.
     pub const KEEL_LDT: u64 = 28;
+
+    /// A short name of a tag, for people ("?" for a tag no capability has).
+    pub const fn name(tag: u64) -> &'static str {
+        match tag {
+            NULL => "empty",
+            UNTYPED => "untyped",
+            ENDPOINT => "endpoint",
+            NOTIFICATION => "notification",
+            REPLY => "reply",
+            CNODE => "cnode",
+            THREAD => "tcb",
+            IRQ_CONTROL => "irq-control",
+            IRQ_HANDLER => "irq-handler",
+            ZOMBIE => "zombie",
+            DOMAIN => "domain",
+            FRAME => "frame",
+            PAGE_TABLE => "page-table",
+            PAGE_DIRECTORY => "page-directory",
+            PDPT => "pdpt",
+            PML4 => "pml4",
+            ASID_CONTROL => "asid-control",
+            ASID_POOL => "asid-pool",
+            IO_PORT => "io-port",
+            IO_PORT_CONTROL => "io-port-control",
+            KEEL_FS_GS_BASE_CONTROL => "fsgsbase-control",
+            KEEL_LDT => "ldt",
+            _ => "?",
+        }
+    }
 }
 
 /// x86 interrupt numbering seen by IRQControl GetIOAPIC / GetMSI: their `vector`

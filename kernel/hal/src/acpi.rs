@@ -1,9 +1,12 @@
 //! ACPI: the platform description Keel needs at boot (CPUs, I/O APICs, interrupt
-//! source overrides, HPET), read with the `acpi` crate through the direct map.
+//! source overrides, HPET) and the FADT's power controls (PM1 control blocks, reset
+//! register, where the DSDT is), read with the `acpi` crate through the direct map.
 
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 
+use acpi::address::{AddressSpace, GenericAddress};
+use acpi::fadt::Fadt;
 use acpi::madt::{Madt, MadtEntry};
 use acpi::{AcpiHandler, AcpiTables, HpetInfo, PhysicalMapping};
 
@@ -49,6 +52,20 @@ pub struct InterruptOverride {
     pub flags: u16,
 }
 
+/// The FADT's power controls, for the root task (the kernel does not use them).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PowerControls {
+    /// I/O port of the PM1a control block, if it is in system I/O space.
+    pub pm1a_control: Option<u16>,
+    /// I/O port of the PM1b control block, if there is one in system I/O space.
+    pub pm1b_control: Option<u16>,
+    /// The reset register's I/O port and the value to write, when the FADT says reset
+    /// through it is supported and it is in system I/O space.
+    pub reset: Option<(u16, u8)>,
+    /// Physical address and length of the DSDT's AML (the table after its header).
+    pub dsdt: Option<(u64, u32)>,
+}
+
 /// What the kernel knows about the platform.
 #[derive(Clone, Debug, Default)]
 pub struct Platform {
@@ -66,6 +83,8 @@ pub struct Platform {
     pub local_apic_address: u64,
     /// The machine also has dual 8259 PICs.
     pub has_8259: bool,
+    /// The FADT's power controls.
+    pub power: PowerControls,
 }
 
 impl Platform {
@@ -181,6 +200,7 @@ pub fn parse(root: Option<RootPointer>) -> Platform {
         platform.processors = fallback.processors.clone();
     }
     platform.hpet = HpetInfo::new(&tables).ok().map(|h| h.base_address as u64);
+    platform.power = power_controls(&tables);
     log::info!(
         "{} CPUs, {} I/O APICs, {} overrides, HPET {}",
         platform.usable_processors().count(),
@@ -193,4 +213,42 @@ pub fn parse(root: Option<RootPointer>) -> Platform {
         }
     );
     platform
+}
+
+/// The FADT's PM1 control blocks and reset register, and the DSDT's location.
+fn power_controls(tables: &AcpiTables<DirectMap>) -> PowerControls {
+    let io_port = |a: GenericAddress| match a.address_space {
+        AddressSpace::SystemIo if a.address != 0 && a.address <= 0xffff => Some(a.address as u16),
+        _ => None,
+    };
+    let Ok(fadt) = tables.find_table::<Fadt>() else {
+        return PowerControls::default();
+    };
+    let fadt = fadt.get();
+    let flags = fadt.flags;
+    PowerControls {
+        pm1a_control: fadt.pm1a_control_block().ok().and_then(io_port),
+        pm1b_control: fadt.pm1b_control_block().ok().flatten().and_then(io_port),
+        reset: if flags.supports_system_reset_via_fadt() {
+            let value = fadt.reset_value;
+            fadt.reset_register()
+                .ok()
+                .and_then(io_port)
+                .map(|port| (port, value))
+        } else {
+            None
+        },
+        dsdt: tables.dsdt().ok().map(|t| (t.address as u64, t.length)),
+    }
+}
+
+/// The DSDT's AML at `dsdt` (from [`PowerControls::dsdt`]), read through the direct
+/// map.
+pub fn dsdt_bytes(dsdt: (u64, u32)) -> &'static [u8] {
+    let (address, length) = dsdt;
+    let virt = layout::phys_to_virt(address) as *const u8;
+    // SAFETY: the `acpi` crate found a DSDT whose AML is `length` bytes at `address`
+    // (signature and length checked); ACPI tables lie below 4 GiB, which the direct map covers
+    // for the kernel's lifetime, and firmware tables are never written after boot.
+    unsafe { core::slice::from_raw_parts(virt, length as usize) }
 }

@@ -3,7 +3,9 @@
 //! The root task gets: a root CNode of 2^12 slots (guard filling the remaining 52 bits)
 //! with the initial capabilities at seL4's slot numbers (plus Keel's FsGsBaseControl),
 //! an address space (PML4 with ASID 1 from the initial ASID pool) holding its ELF image,
-//! an IPC buffer, the BootInfo frame and a stack, a TCB at priority 255, capabilities to
+//! an IPC buffer, the BootInfo frame, one page of extra boot-info records (read-only,
+//! its capability in the `extra_bi_pages` region; the glue adds records with
+//! [`RootTask::add_extra_record`]) and a stack, a TCB at priority 255, capabilities to
 //! every frame and paging structure of its image, and Untyped capabilities to all the
 //! memory left. The BootInfo frame (address in RDI at entry) describes the slot regions
 //! and the untyped list.
@@ -50,6 +52,9 @@ pub struct RootTask {
     cnode: u64,
     pml4: u64,
     bootinfo_frame: u64,
+    extra_frame: u64,
+    extra_len: u64,
+    extra_pages: SlotRegion,
     next_slot: u64,
     image_frames: SlotRegion,
     image_paging_start: u64,
@@ -85,6 +90,9 @@ pub fn create_root_task<H: Hardware>(
         cnode,
         pml4,
         bootinfo_frame: 0,
+        extra_frame: 0,
+        extra_len: 0,
+        extra_pages: SlotRegion::default(),
         next_slot: bootinfo::cap::KEEL_NUM_INITIAL_CAPS,
         image_frames: SlotRegion::default(),
         image_paging_start: 0,
@@ -203,7 +211,20 @@ pub fn create_root_task<H: Hardware>(
         &mut paging,
         &mut paging_count,
     )?;
-    let stack_bottom = bootinfo_vaddr + 0x2000;
+    // One page of extra boot-info records, read-only, right after the BootInfo frame.
+    let extra_vaddr = bootinfo_vaddr + 0x1000;
+    root.extra_frame = allocate(12);
+    let extra_frame = root.extra_frame;
+    root.map_quiet(
+        k,
+        extra_vaddr,
+        extra_frame,
+        false,
+        allocate,
+        &mut paging,
+        &mut paging_count,
+    )?;
+    let stack_bottom = extra_vaddr + 0x2000;
     for i in 0..STACK_PAGES {
         let frame = allocate(12);
         root.map(
@@ -240,6 +261,9 @@ pub fn create_root_task<H: Hardware>(
         };
         root.push(k, cap)?;
     }
+    root.extra_pages.start = root.next_slot;
+    root.push(k, frame_cap(extra_frame, extra_vaddr))?;
+    root.extra_pages.end = root.next_slot;
     put(
         k,
         &root,
@@ -438,12 +462,32 @@ impl RootTask {
         }
     }
 
+    /// Appends an extra boot-info record `id` with `body` (words) to the extra page;
+    /// a record that does not fit is left out.
+    pub fn add_extra_record<H: Hardware>(&mut self, k: &mut Kernel<H>, id: u64, body: &[u64]) {
+        let len = 16 + 8 * body.len() as u64;
+        if self.extra_len + len > 0x1000 {
+            return;
+        }
+        let at = self.extra_frame + self.extra_len;
+        k.hw.write(at, id);
+        k.hw.write(at + 8, len);
+        for (i, word) in body.iter().enumerate() {
+            k.hw.write(at + 16 + 8 * i as u64, *word);
+        }
+        self.extra_len += len;
+    }
+
     /// Writes the BootInfo frame and makes the root task runnable on CPU 0.
     pub fn finish<H: Hardware>(self, k: &mut Kernel<H>, cpus: usize) {
         let bi = self.bootinfo_frame;
         let put =
             |k: &mut Kernel<H>, offset: usize, value: u64| k.hw.write(bi + offset as u64, value);
-        put(k, core::mem::offset_of!(BootInfo, extra_len), 0);
+        put(
+            k,
+            core::mem::offset_of!(BootInfo, extra_len),
+            self.extra_len,
+        );
         put(k, core::mem::offset_of!(BootInfo, node_id), 0);
         put(k, core::mem::offset_of!(BootInfo, num_nodes), cpus as u64);
         put(k, core::mem::offset_of!(BootInfo, num_io_pt_levels), 0);
@@ -476,7 +520,7 @@ impl RootTask {
             ),
             (
                 core::mem::offset_of!(BootInfo, extra_bi_pages),
-                SlotRegion::default(),
+                self.extra_pages,
             ),
             (
                 core::mem::offset_of!(BootInfo, untyped),

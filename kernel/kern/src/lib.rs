@@ -5,7 +5,8 @@
 //! (`keel-hal`) calls into it; it never calls the trusted core.
 //!
 //! It holds the boot-time pieces (the physical frame allocator, the kernel command-line
-//! parser, the ELF loader's plan, the root task's construction) and the object model:
+//! parser, the ELF loader's plan, the DSDT's S5 sleep types, the root task's
+//! construction) and the object model:
 //! capabilities and the derivation tree, untyped memory, TCBs and the scheduler, IPC
 //! with its fastpath, faults, address spaces, IRQs and I/O ports, LDTs. Kernel objects
 //! are reached through the [`memory::Memory`] trait, implemented by the trusted core.
@@ -17,6 +18,7 @@ extern crate std;
 
 extern crate alloc;
 
+pub mod aml;
 pub mod boot;
 pub mod cmdline;
 pub mod elf;

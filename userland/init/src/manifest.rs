@@ -26,9 +26,11 @@ pub struct Server {
     pub uses: &'static [&'static str],
     /// I/O ports it is given (first, last).
     pub io_ports: Option<(u16, u16)>,
-    /// IRQs it is given (none are handed out yet).
+    /// ISA IRQs it is given: a handler for each in the first slots of its window (in
+    /// this order), signalling one notification bound to its TCB with badge
+    /// `keel_servers::serial::IRQ_BADGE`.
     pub irqs: &'static [u8],
-    /// Free root-CNode slots it may fill.
+    /// Free root-CNode slots it may fill (the first ones hold its IRQ handlers).
     pub slots: u64,
     /// When it starts.
     pub stage: Stage,
@@ -51,14 +53,25 @@ pub const SERVERS: &[Server] = &[
         stage: Stage::Boot,
     },
     Server {
+        name: "serial",
+        priority: 180,
+        entry: keel_servers::serial::main,
+        serves: Some(keel_servers::serial::NAME),
+        uses: &[NAMES],
+        io_ports: Some(keel_servers::serial::PORTS),
+        irqs: &[keel_servers::serial::IRQ],
+        slots: 2,
+        stage: Stage::Boot,
+    },
+    Server {
         name: "echo",
         priority: 150,
         entry: keel_servers::echo::main,
         serves: Some(keel_servers::echo::NAME),
-        uses: &[NAMES],
+        uses: &[NAMES, keel_servers::serial::NAME],
         io_ports: None,
         irqs: &[],
-        slots: 0,
+        slots: 1,
         stage: Stage::Boot,
     },
     Server {
@@ -66,8 +79,13 @@ pub const SERVERS: &[Server] = &[
         priority: 50,
         entry: crate::shell::main,
         serves: None,
-        uses: &[NAMES, keel_servers::echo::NAME],
-        io_ports: Some((0x3f8, 0x3ff)),
+        uses: &[
+            NAMES,
+            keel_servers::serial::NAME,
+            keel_servers::echo::NAME,
+            crate::power::NAME,
+        ],
+        io_ports: None,
         irqs: &[],
         slots: 4,
         stage: Stage::Ready,

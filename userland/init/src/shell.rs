@@ -1,37 +1,80 @@
-//! A tiny shell on the serial console: polls COM1's line-status register through an
-//! I/O port capability, echoes what is typed and runs `help`, `echo`, `mem`.
+//! A tiny shell on the serial console. It reads and writes through the serial server
+//! (which owns COM1) and runs `help`, `echo`, `mem`, `ps`, `caps`, `reboot` and
+//! `poweroff` (the last two through init's power service).
 
-use core::sync::atomic::Ordering;
+use core::fmt::Write as _;
+use core::sync::atomic::{AtomicU64, Ordering};
 
-use keel_rt::{print, println};
-use keel_servers::{StartInfo, names};
-use keel_sys::cap::{Cap, Endpoint, IoPort};
+use keel_abi::object::cap_tag;
+use keel_servers::{StartInfo, names, serial};
+use keel_sys::cap::{Cap, Endpoint, Unknown};
 
-/// COM1's data register.
-const COM1: u16 = 0x3f8;
-/// COM1's line-status register (bit 0: a byte is waiting).
-const LSR: u16 = COM1 + 5;
+use crate::manifest::SERVERS;
+use crate::power;
+use crate::registry::{self, Role, State};
+
+/// The serial server endpoint the shell writes to (0 until it has one).
+static OUTPUT: AtomicU64 = AtomicU64::new(0);
+
+/// Writes formatted text through the serial server, one request per call (so a line
+/// printed with one `println!` is never split by other clients' output).
+fn output(args: core::fmt::Arguments<'_>) {
+    match OUTPUT.load(Ordering::Relaxed) {
+        0 => keel_rt::print(args),
+        server => {
+            let mut writer = serial::Writer::new(Cap::from_cptr(server));
+            let _ = writer.write_fmt(args);
+            writer.flush();
+        }
+    }
+}
+
+/// `print!` through the serial server.
+macro_rules! print {
+    ($($arg:tt)*) => { output(format_args!($($arg)*)) };
+}
+
+/// `println!` through the serial server.
+macro_rules! println {
+    () => { print!("\n") };
+    ($($arg:tt)*) => { output(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 /// The prompt.
 pub const PROMPT: &str = "keel> ";
 /// Label of the shell's echo requests.
 const ECHO_LABEL: u64 = 0xec;
 
 struct Shell {
-    port: Cap<IoPort>,
+    serial: Cap<Endpoint>,
     echo: Option<Cap<Endpoint>>,
+    power: Option<Cap<Endpoint>>,
+    /// Input read from the serial server and not used yet.
+    input: [u8; serial::MAX_TEXT],
+    input_start: usize,
+    input_end: usize,
 }
 
 /// The shell's thread.
 pub fn main(argument: u64) {
     let start = StartInfo::unpack(argument);
     let mut slots = start.slot_allocator();
-    let echo = match (start.names, slots.alloc()) {
+    let mut lookup = |name: &str| match (start.names, slots.alloc()) {
         (0, _) | (_, Err(_)) => None,
-        (ns, Ok(slot)) => names::lookup(Cap::from_cptr(ns), keel_servers::echo::NAME, slot).ok(),
+        (ns, Ok(slot)) => names::lookup(Cap::from_cptr(ns), name, slot).ok(),
     };
-    let shell = Shell {
-        port: Cap::from_cptr(start.io_port),
-        echo,
+    let Some(serial) = lookup(serial::NAME) else {
+        keel_rt::println!("shell: no serial server; stopping");
+        return;
+    };
+    OUTPUT.store(serial.cptr(), Ordering::Relaxed);
+    let mut shell = Shell {
+        serial,
+        echo: lookup(keel_servers::echo::NAME),
+        power: lookup(power::NAME),
+        input: [0; serial::MAX_TEXT],
+        input_start: 0,
+        input_end: 0,
     };
     let mut line = [0u8; 128];
     let mut len = 0;
@@ -60,17 +103,26 @@ pub fn main(argument: u64) {
 }
 
 impl Shell {
-    /// Waits for a byte from COM1 (polling; other threads run between polls).
-    fn read_byte(&self) -> u8 {
-        loop {
-            if let Ok(status) = self.port.in8(LSR)
-                && status & 1 != 0
-                && let Ok(b) = self.port.in8(COM1)
-            {
-                return b;
+    /// The next byte typed: from what was read already, else from the serial server
+    /// (which waits for input).
+    fn read_byte(&mut self) -> u8 {
+        while self.input_start == self.input_end {
+            let mut buffer = [0u8; serial::MAX_TEXT];
+            match serial::read(self.serial, &mut buffer) {
+                Ok(bytes) => {
+                    self.input[..bytes.len()].copy_from_slice(bytes);
+                    self.input_start = 0;
+                    self.input_end = bytes.len();
+                }
+                Err(status) => {
+                    keel_rt::println!("shell: serial read failed: {status:?}");
+                    keel_sys::ipc::yield_now();
+                }
             }
-            keel_sys::ipc::yield_now();
         }
+        let byte = self.input[self.input_start];
+        self.input_start += 1;
+        byte
     }
 
     fn run(&self, line: &str) {
@@ -83,9 +135,17 @@ impl Shell {
                 println!("  help        this list");
                 println!("  echo TEXT   send TEXT through the echo server and print its answer");
                 println!("  mem         untyped memory from boot info");
+                println!("  ps          the threads init started: priority, CPU, state");
+                println!("  caps NAME   the capabilities init handed to server NAME");
+                println!("  reboot      restart the machine (through the power service)");
+                println!("  poweroff    turn the machine off (ACPI S5, through the power service)");
             }
             "echo" => self.echo(rest.trim_start()),
             "mem" => mem(),
+            "ps" => ps(),
+            "caps" => caps(rest.trim()),
+            "reboot" => self.power(power::RESTART),
+            "poweroff" => self.power(power::POWER_OFF),
             other => println!("unknown command '{other}' (try help)"),
         }
     }
@@ -98,6 +158,117 @@ impl Shell {
         let mut out = [0u8; (keel_servers::echo::MAX_WORDS - 1) * 8];
         let answer = keel_servers::echo::call_text(server, ECHO_LABEL, text.as_bytes(), &mut out);
         println!("{}", core::str::from_utf8(answer).unwrap_or("(bad utf-8)"));
+    }
+}
+
+impl Shell {
+    fn power(&self, request: u64) {
+        let Some(service) = self.power else {
+            println!("no power service");
+            return;
+        };
+        let status = if request == power::POWER_OFF {
+            power::request_power_off(service)
+        } else {
+            power::request_restart(service)
+        };
+        println!("the machine is still running: {status:?}");
+    }
+}
+
+/// `ps`: init first, then what init started, in start order.
+fn ps() {
+    println!("NAME      PRIO  CPU  TCB   STATE");
+    println!(
+        "{:<8} {:>5} {:>4} {:>4}   running (root task; receives faults)",
+        "init",
+        crate::INIT_PRIORITY,
+        0,
+        keel_sys::cap::init::TCB.cptr()
+    );
+    let order = (0..SERVERS.len())
+        .filter(|&i| SERVERS[i].stage == crate::manifest::Stage::Boot)
+        .chain([registry::POWER])
+        .chain((0..SERVERS.len()).filter(|&i| SERVERS[i].stage == crate::manifest::Stage::Ready));
+    for i in order {
+        let state = registry::state(i);
+        if state == State::NotStarted {
+            continue;
+        }
+        print!(
+            "{:<8} {:>5} {:>4} {:>4}   ",
+            registry::name(i),
+            registry::priority(i),
+            registry::cpu(i).unwrap_or(0),
+            registry::tcb(i).unwrap_or(0),
+        );
+        match state {
+            State::Faulted(label) => println!("faulted (fault label {label}), stopped"),
+            _ => println!("running"),
+        }
+    }
+}
+
+/// `caps NAME`: the capabilities init handed to a thread, with the type the kernel
+/// reports for each slot now.
+fn caps(name: &str) {
+    if name == "init" {
+        println!("init holds the root CNode: every capability in the system");
+        return;
+    }
+    let Some(index) = registry::find(name) else {
+        println!("usage: caps NAME (one of: {})", Names);
+        return;
+    };
+    let badge = index + 1;
+    println!("caps of {name}:");
+    for handed in registry::caps(index) {
+        let tag = Cap::<Unknown>::from_cptr(handed.cptr).identify();
+        if !matches!(handed.role, Role::Slots(_)) {
+            print!("  slot {:>4}  {:<12} ", handed.cptr, cap_tag::name(tag));
+        }
+        match handed.role {
+            Role::Tcb => println!("its own TCB"),
+            Role::Serve => println!(
+                "the endpoint it serves as '{}'",
+                SERVERS
+                    .get(index)
+                    .and_then(|s| s.serves)
+                    .unwrap_or(power::NAME)
+            ),
+            Role::Names => println!("the name service, badge {badge}"),
+            Role::Slots(count) => {
+                let used = (0..count as u64)
+                    .filter(|i| {
+                        Cap::<Unknown>::from_cptr(handed.cptr + i).identify() != cap_tag::NULL
+                    })
+                    .count();
+                println!(
+                    "  slots {}-{}  {count} free slot(s) it may fill ({used} filled now)",
+                    handed.cptr,
+                    handed.cptr + count as u64 - 1
+                )
+            }
+            Role::IoPort(first, last) => println!("I/O ports {first:#x}-{last:#x}"),
+            Role::Fault => println!("its fault endpoint, badge {badge} (init receives)"),
+            Role::IrqHandler(irq) => println!("the handler of IRQ {irq}"),
+            Role::BoundNotification => {
+                println!("the notification its IRQs signal, bound to its TCB")
+            }
+        }
+    }
+}
+
+/// The names `caps` accepts, for its usage line.
+struct Names;
+
+impl core::fmt::Display for Names {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("init")?;
+        for i in 0..=registry::POWER {
+            write!(f, ", {}", registry::name(i))?;
+        }
+        Ok(())
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Protocol: a Call with any label and up to [`MAX_WORDS`] words is answered with the
 //! same label and words (longer messages are cut to [`MAX_WORDS`]). It registers its
-//! endpoint with the name service as [`NAME`].
+//! endpoint with the name service as [`NAME`], then logs one line through the serial
+//! server (`log`, see [`crate::serial::install_logger`]) if it finds one.
 
 use keel_rt::println;
 use keel_sys::cap::{Cap, Endpoint};
@@ -25,6 +26,15 @@ pub fn main(argument: u64) {
     {
         println!("echo: cannot register: {e:?}");
         return;
+    }
+    // Log through the serial server when there is one (and a slot for its endpoint).
+    let mut slots = start.slot_allocator();
+    if start.names != 0
+        && let Ok(slot) = slots.alloc()
+        && let Ok(serial) = names::lookup(Cap::from_cptr(start.names), crate::serial::NAME, slot)
+    {
+        crate::serial::install_logger(serial, log::LevelFilter::Info);
+        log::info!("registered as '{NAME}'; answering calls");
     }
     let mut request = ep.recv();
     loop {

@@ -1,6 +1,6 @@
-//! Keel's user-level servers and their client sides: the name service ([`names`]) and
-//! the echo server ([`echo`], the template for new servers; see
-//! doc/writing-a-server.md).
+//! Keel's user-level servers and their client sides: the name service ([`names`]), the
+//! echo server ([`echo`], the template for new servers; see doc/writing-a-server.md)
+//! and the serial server ([`serial`]: COM1 by interrupt, and the `log` backend).
 //!
 //! A server is a function `fn(u64)` that init (or a test) runs as a thread; its
 //! argument is a packed [`StartInfo`] naming the capabilities it was given. For now
@@ -11,6 +11,7 @@
 
 pub mod echo;
 pub mod names;
+pub mod serial;
 
 use keel_rt::SlotAllocator;
 
@@ -26,7 +27,7 @@ pub struct StartInfo {
     pub slots: u64,
     /// How many free slots from [`StartInfo::slots`].
     pub slot_count: u64,
-    /// An I/O port capability (the shell: COM1).
+    /// An I/O port capability (the serial server: COM1).
     pub io_port: u64,
 }
 

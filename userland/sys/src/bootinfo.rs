@@ -134,6 +134,14 @@ impl BootInfo {
         self.info.extra_len
     }
 
+    /// Keel's ACPI power-control record ([`abi::KeelAcpiPower`]), if the kernel wrote
+    /// one.
+    pub fn acpi_power(&self) -> Option<abi::KeelAcpiPower> {
+        self.extra_records()
+            .find(|(header, _)| header.id == abi::extra_id::KEEL_ACPI_POWER)
+            .and_then(|(_, body)| abi::KeelAcpiPower::from_bytes(body))
+    }
+
     /// The extra records as (header, body bytes), in order.
     pub fn extra_records(&self) -> ExtraRecords {
         let start = self.address() + (1 << PAGE_BITS);

@@ -1,13 +1,20 @@
 //! The servers of `keel-servers` (name service, echo) as threads of the suite: name
-//! registration and lookup (a badged endpoint arrives; an unknown name is refused) and
-//! 10,000 echoes.
+//! registration and lookup (a badged endpoint arrives; an unknown name is refused),
+//! 10,000 echoes, and servers started with badged fault endpoints as init starts them:
+//! one cannot touch an I/O port beyond its capability (refused through the capability,
+//! a #GP fault reported without it), and one that faults is reported while the name
+//! service and the echo server keep answering.
 
+use keel_abi::fault::{FaultType, user_exception};
 use keel_abi::object::cap_tag;
-use keel_servers::{StartInfo, echo, names};
-use keel_sys::cap::{Cap, Endpoint};
-use keel_sys::{CapRights, Message};
+use keel_rt::ThreadConfig;
+use keel_servers::{StartInfo, echo, names, serial};
+use keel_sys::cap::{Cap, Endpoint, IoPort, IrqHandler, init};
+use keel_sys::{CapRights, Error, Message, probe};
 
-use crate::harness::{Env, OrFail, Suite, TestResult, recv_timeout, set_shared, shared};
+use crate::harness::{
+    DEPTH, Env, OrFail, Suite, TestResult, Why, pause, recv_timeout, set_shared, shared, wait_until,
+};
 use crate::{CHILD_PRIORITY, ensure, fail};
 
 /// Runs the server tests.
@@ -16,6 +23,206 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
         names_register_lookup(env)
     });
     suite.run("echo_server_answers_10000_calls", || echo_10000(env));
+    suite.run(
+        "server_port_beyond_its_capability_refused_or_faults",
+        || port_beyond_capability(env),
+    );
+    suite.run("server_fault_reported_while_others_keep_running", || {
+        fault_reported_others_run(env)
+    });
+    suite.run("serial_server_loopback_write_irq_read_and_log_line", || {
+        serial_loopback(env)
+    });
+}
+
+/// Starts a server thread with its own fault endpoint capability (the suite's, minted
+/// with `badge`), as init does. It runs in the suite's address space: a copy of the
+/// image mapping per server, as init makes, costs more CNode slots than the suite has.
+fn start_server(
+    env: &mut Env,
+    entry: fn(u64),
+    start: StartInfo,
+    badge: u64,
+) -> Result<keel_rt::Thread, Why> {
+    let fault = env.mint(env.fault_ep, CapRights::ALL, badge)?;
+    let config = ThreadConfig {
+        priority: CHILD_PRIORITY,
+        fault_ep: fault.cptr(),
+        affinity: None,
+    };
+    let thread = env
+        .alloc
+        .create_thread(entry, start.pack(), config)
+        .or_fail("create server thread")?;
+    thread.start().or_fail("start server")?;
+    Ok(thread)
+}
+
+/// COM2's ports: a range the suite uses nowhere else (reads of an absent UART are
+/// harmless).
+const GIVEN_PORTS: (u16, u16) = (0x2f8, 0x2ff);
+/// A port outside [`GIVEN_PORTS`] (COM1's line status).
+const OTHER_PORT: u16 = 0x3fd;
+
+/// Records in shared words 1 and 2 how its I/O port capability answers inside and
+/// outside its range (1: read, 2: IllegalOperation, 3: another error), then reads a
+/// port directly, without the kernel, which must fault (shared word 3 stays 0).
+fn port_server(argument: u64) {
+    let port = Cap::<IoPort>::from_cptr(StartInfo::unpack(argument).io_port);
+    let code = |r: Result<u8, Error>| match r {
+        Ok(_) => 1,
+        Err(Error::IllegalOperation) => 2,
+        Err(_) => 3,
+    };
+    set_shared(1, code(port.in8(GIVEN_PORTS.0 + 5)));
+    set_shared(2, code(port.in8(OTHER_PORT)));
+    probe::port_in8(GIVEN_PORTS.0 + 5);
+    set_shared(3, 1);
+}
+
+fn port_beyond_capability(env: &mut Env) -> TestResult {
+    let port_slot = env.slot()?;
+    if init::IO_PORT_CONTROL
+        .issue(
+            GIVEN_PORTS.0 as u64,
+            GIVEN_PORTS.1 as u64,
+            init::CNODE,
+            port_slot,
+            DEPTH,
+        )
+        .is_err()
+    {
+        return Err(Why::Skipped("COM2's ports are already issued"));
+    }
+    let start = StartInfo {
+        io_port: port_slot,
+        ..StartInfo::default()
+    };
+    const BADGE: u64 = 0x5e1;
+    let server = start_server(env, port_server, start, BADGE)?;
+    let result = (|| {
+        let Some(r) = recv_timeout(env.fault_ep) else {
+            fail!("no fault from the server")
+        };
+        ensure!(
+            shared(1) == 1,
+            "a port inside its capability: code {}",
+            shared(1)
+        );
+        ensure!(
+            shared(2) == 2,
+            "a port outside its capability: code {} (2 = IllegalOperation)",
+            shared(2)
+        );
+        ensure!(r.badge == BADGE, "fault badge {:#x}", r.badge);
+        ensure!(
+            r.label() == FaultType::UserException as u64
+                && r.words::<5>()[user_exception::NUMBER] == 13,
+            "fault label {} number {}: not a #GP",
+            r.label(),
+            r.words::<5>()[user_exception::NUMBER]
+        );
+        ensure!(shared(3) == 0, "the direct port read went through");
+        Ok(())
+    })();
+    env.destroy(server)?;
+    init::CNODE
+        .delete(port_slot, DEPTH)
+        .or_fail("delete port cap")?;
+    result
+}
+
+/// Registers as `crasher`, then executes UD2 (shared word 4 stays 0 if it stops there).
+fn crasher(argument: u64) {
+    let start = StartInfo::unpack(argument);
+    let ep = Cap::<Endpoint>::from_cptr(start.serve);
+    if names::register(Cap::from_cptr(start.names), "crasher", ep).is_ok() {
+        set_shared(5, 1);
+    }
+    probe::ud2();
+    set_shared(4, 1);
+}
+
+fn fault_reported_others_run(env: &mut Env) -> TestResult {
+    let (names_thread, ns, echo_ns) = start_names(env, 1)?;
+    let echo_ep = env.endpoint()?;
+    let crasher_ep = env.endpoint()?;
+    const ECHO_BADGE: u64 = 0xec0;
+    const CRASHER_BADGE: u64 = 0xc4a;
+    let echo_server = start_server(
+        env,
+        echo::main,
+        StartInfo {
+            serve: echo_ep.cptr(),
+            names: echo_ns.cptr(),
+            ..StartInfo::default()
+        },
+        ECHO_BADGE,
+    )?;
+    let crashing = match start_server(
+        env,
+        crasher,
+        StartInfo {
+            serve: crasher_ep.cptr(),
+            names: ns.cptr(), // the suite's own (badged) capability: a copy is not needed
+            ..StartInfo::default()
+        },
+        CRASHER_BADGE,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            env.destroy(echo_server)?;
+            env.destroy(names_thread)?;
+            return Err(e);
+        }
+    };
+    let result = (|| {
+        let Some(r) = recv_timeout(env.fault_ep) else {
+            fail!("no fault reported")
+        };
+        ensure!(
+            r.badge == CRASHER_BADGE,
+            "the fault came with badge {:#x}, not the crasher's",
+            r.badge
+        );
+        ensure!(
+            r.label() == FaultType::UserException as u64
+                && r.words::<5>()[user_exception::NUMBER] == 6,
+            "fault label {}: not the crasher's #UD",
+            r.label()
+        );
+        ensure!(shared(5) == 1, "the crasher did not register first");
+        ensure!(shared(4) == 0, "the crasher ran past UD2");
+        // The others keep running: names answer, echo answers, nothing else faults.
+        let slot = env.slot()?;
+        let server = match names::lookup(ns, echo::NAME, slot) {
+            Ok(c) => c,
+            Err(e) => fail!("lookup echo after the fault: {e:?}"),
+        };
+        for i in 0..100u64 {
+            let r = echo::call(server, 0x20, &[i, !i]);
+            ensure!(
+                r.label() == 0x20 && r.words::<2>() == [i, !i],
+                "echo {i} after the fault: {:?}",
+                r.words::<2>()
+            );
+        }
+        let slot = env.slot()?;
+        ensure!(
+            names::lookup(ns, "crasher", slot).is_ok(),
+            "the crasher's name is gone from the name service"
+        );
+        pause(50_000_000);
+        ensure!(
+            env.fault_ep.nb_recv().is_none(),
+            "a second fault was reported"
+        );
+        Ok(())
+    })();
+    env.destroy(crashing)?;
+    env.destroy(echo_server)?;
+    env.destroy(names_thread)?;
+    result
 }
 
 /// A started name service; returns its thread, a capability to it badged `badge` and
@@ -114,5 +321,126 @@ fn echo_10000(env: &mut Env) -> TestResult {
     })();
     env.destroy(echo_thread)?;
     env.destroy(names_thread)?;
+    result
+}
+
+/// COM1's modem control register and its loopback bit: in loopback the UART receives
+/// what it transmits, and nothing leaves the machine.
+const MODEM_CONTROL: u16 = 0x3fc;
+const LOOPBACK: u64 = 1 << 4;
+/// What the loopback test writes: a plain write, then one log line.
+const LOOPBACK_TEXT: &[u8] = b"loop-line\nINFO  servers: whole line\n";
+
+/// Reads from the serial server in shared word 10 until `argument` bytes arrived;
+/// stores them in shared words 1..9 (eight bytes each) and the count in word 0.
+fn serial_reader(argument: u64) {
+    let server = Cap::<Endpoint>::from_cptr(shared(10));
+    let mut got = [0u8; 64];
+    let mut count = 0;
+    while count < (argument as usize).min(got.len()) {
+        let mut piece = [0u8; serial::MAX_TEXT];
+        let Ok(bytes) = serial::read(server, &mut piece) else {
+            set_shared(11, 1);
+            return;
+        };
+        let take = bytes.len().min(got.len() - count);
+        got[count..count + take].copy_from_slice(&bytes[..take]);
+        count += take;
+        set_shared(12, count as u64);
+    }
+    for (i, chunk) in got.chunks(8).enumerate() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        set_shared(1 + i, u64::from_le_bytes(word));
+    }
+    set_shared(0, count as u64);
+}
+
+/// The serial server on COM1 in loopback: a write comes back through IRQ 4 to a
+/// waiting reader, and a `log` record arrives as one whole line.
+fn serial_loopback(env: &mut Env) -> TestResult {
+    let (first, last) = serial::PORTS;
+    let port_slot = env.slot()?;
+    if init::IO_PORT_CONTROL
+        .issue(first as u64, last as u64, init::CNODE, port_slot, DEPTH)
+        .is_err()
+    {
+        return Err(Why::Skipped("COM1's ports are already issued"));
+    }
+    let port = Cap::<IoPort>::from_cptr(port_slot);
+    let window = env.alloc.slots.alloc_range(2).or_fail("slots")?;
+    let handler = Cap::<IrqHandler>::from_cptr(window);
+    if init::IRQ_CONTROL
+        .get(serial::IRQ as u64, init::CNODE, window, DEPTH)
+        .is_err()
+    {
+        init::CNODE
+            .delete(port_slot, DEPTH)
+            .or_fail("delete port cap")?;
+        return Err(Why::Skipped("IRQ 4 is taken"));
+    }
+    let notification = env.notification()?;
+    let badged = env.mint(notification, CapRights::ALL, serial::IRQ_BADGE)?;
+    handler
+        .set_notification(badged)
+        .or_fail("set notification")?;
+    let modem = port.in8(MODEM_CONTROL).or_fail("read MCR")? as u64;
+    let ep = env.endpoint()?;
+    let start = StartInfo {
+        serve: ep.cptr(),
+        io_port: port_slot,
+        slots: window,
+        slot_count: 2,
+        ..StartInfo::default()
+    };
+    // From here until MCR is restored, the kernel console's output is swallowed too:
+    // nothing may print.
+    port.out8(MODEM_CONTROL as u64, modem | LOOPBACK)
+        .or_fail("loopback on")?;
+    let server = env.create(serial::main, start.pack(), CHILD_PRIORITY)?;
+    let result = (|| {
+        server
+            .tcb
+            .bind_notification(notification)
+            .or_fail("bind notification")?;
+        server.start().or_fail("start server")?;
+        set_shared(10, ep.cptr());
+        let reader = env.spawn(serial_reader, LOOPBACK_TEXT.len() as u64, CHILD_PRIORITY)?;
+        let write = serial::write(ep, b"loop-line\n");
+        serial::install_logger(ep, log::LevelFilter::Info);
+        log::info!("whole line");
+        serial::remove_logger();
+        let arrived = wait_until(|| shared(0) != 0 || shared(11) != 0);
+        env.destroy(reader)?;
+        ensure!(write == serial::Status::Ok, "write: {write:?}");
+        ensure!(shared(11) == 0, "the reader's READ was refused");
+        ensure!(
+            arrived,
+            "{} of {} bytes came back through IRQ 4",
+            shared(12),
+            LOOPBACK_TEXT.len()
+        );
+        let mut got = [0u8; 64];
+        for (i, chunk) in got.chunks_mut(8).enumerate() {
+            chunk.copy_from_slice(&shared(1 + i).to_le_bytes());
+        }
+        let count = shared(0) as usize;
+        ensure!(
+            &got[..count] == LOOPBACK_TEXT,
+            "read back {:?}",
+            core::str::from_utf8(&got[..count]).unwrap_or("(not UTF-8)")
+        );
+        Ok(())
+    })();
+    let restored = port.out8(MODEM_CONTROL as u64, modem);
+    env.destroy(server)?;
+    let _ = handler.clear();
+    init::CNODE
+        .delete(window, DEPTH)
+        .or_fail("delete handler")?;
+    init::CNODE
+        .delete(port_slot, DEPTH)
+        .or_fail("delete port cap")?;
+    restored.or_fail("loopback off")?;
     result
 }

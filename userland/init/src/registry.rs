@@ -1,0 +1,239 @@
+//! init's bookkeeping of the threads it started, for the shell's `ps` and `caps`: each
+//! thread's TCB, CPU and state (running, or faulted with the fault's label, as init's
+//! fault loop saw it) and the capabilities init handed it, with what each is for.
+//!
+//! Thread `i` is manifest entry `i`; the last index is init's power service. init
+//! writes an entry before it starts the thread and when it reports a fault; the shell
+//! reads the entries. The servers run init's image, so these statics are shared; only
+//! init writes them.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::manifest::SERVERS;
+use crate::power;
+
+/// Threads the registry can hold: the manifest's servers and the power service.
+pub const MAX_THREADS: usize = 8;
+/// Capabilities recorded per thread.
+pub const MAX_CAPS: usize = 8;
+/// Registry index of the power service.
+pub const POWER: usize = SERVERS.len();
+const _: () = assert!(POWER < MAX_THREADS);
+
+/// What init knows about a thread's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Not started (yet).
+    NotStarted,
+    /// Started, and no fault reported since.
+    Running,
+    /// Its fault reached init, with this fault label; it stays stopped.
+    Faulted(u64),
+}
+
+/// What a capability init handed out is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The thread's own TCB (it suspends itself through it when its entry returns).
+    Tcb,
+    /// The endpoint it serves requests on.
+    Serve,
+    /// Its badged capability to the name service.
+    Names,
+    /// The first of `count` free slots it may fill.
+    Slots(u16),
+    /// I/O ports `first..=last`.
+    IoPort(u16, u16),
+    /// Its fault endpoint (badged; init receives the faults).
+    Fault,
+    /// The handler of this ISA IRQ.
+    IrqHandler(u8),
+    /// The notification its IRQs signal, bound to its TCB (init keeps the capability).
+    BoundNotification,
+}
+
+impl Role {
+    fn encode(self) -> (u64, u64, u64) {
+        match self {
+            Role::Tcb => (1, 0, 0),
+            Role::Serve => (2, 0, 0),
+            Role::Names => (3, 0, 0),
+            Role::Slots(count) => (4, count as u64, 0),
+            Role::IoPort(first, last) => (5, first as u64, last as u64),
+            Role::Fault => (6, 0, 0),
+            Role::IrqHandler(irq) => (7, irq as u64, 0),
+            Role::BoundNotification => (8, 0, 0),
+        }
+    }
+
+    fn decode(code: u64, a: u16, b: u16) -> Option<Self> {
+        Some(match code {
+            1 => Role::Tcb,
+            2 => Role::Serve,
+            3 => Role::Names,
+            4 => Role::Slots(a),
+            5 => Role::IoPort(a, b),
+            6 => Role::Fault,
+            7 => Role::IrqHandler(a as u8),
+            8 => Role::BoundNotification,
+            _ => return None,
+        })
+    }
+}
+
+/// One capability handed out: its slot in the root CNode and its role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handed {
+    /// Capability pointer.
+    pub cptr: u64,
+    /// What it is for.
+    pub role: Role,
+}
+
+impl Handed {
+    /// Packs into one word: role code, cptr (12 bits), two 16-bit role arguments.
+    fn pack(self) -> u64 {
+        let (code, a, b) = self.role.encode();
+        code | (self.cptr & 0xfff) << 8 | a << 20 | b << 36
+    }
+
+    fn unpack(word: u64) -> Option<Self> {
+        let role = Role::decode(word & 0xff, (word >> 20) as u16, (word >> 36) as u16)?;
+        Some(Self {
+            cptr: (word >> 8) & 0xfff,
+            role,
+        })
+    }
+}
+
+/// The capabilities handed to one thread, collected before init records it (empty
+/// capability pointers are left out; more than [`MAX_CAPS`] are not recorded).
+#[derive(Clone, Copy, Debug)]
+pub struct HandedList {
+    items: [Handed; MAX_CAPS],
+    count: usize,
+}
+
+impl HandedList {
+    /// An empty list.
+    pub const fn new() -> Self {
+        Self {
+            items: [Handed {
+                cptr: 0,
+                role: Role::Tcb,
+            }; MAX_CAPS],
+            count: 0,
+        }
+    }
+
+    /// Adds the capability at `cptr` (if not 0) with its role.
+    pub fn push(&mut self, cptr: u64, role: Role) {
+        if cptr != 0 && self.count < MAX_CAPS {
+            self.items[self.count] = Handed { cptr, role };
+            self.count += 1;
+        }
+    }
+}
+
+/// One thread's entry, as atomics (0: nothing recorded).
+struct Entry {
+    /// TCB capability pointer + 1.
+    tcb: AtomicU64,
+    /// CPU + 1.
+    cpu: AtomicU64,
+    /// 0: not started; 1: running; label + 2: faulted.
+    state: AtomicU64,
+    /// Packed [`Handed`] records.
+    caps: [AtomicU64; MAX_CAPS],
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY: Entry = Entry {
+    tcb: AtomicU64::new(0),
+    cpu: AtomicU64::new(0),
+    state: AtomicU64::new(0),
+    caps: [const { AtomicU64::new(0) }; MAX_CAPS],
+};
+
+static ENTRIES: [Entry; MAX_THREADS] = [EMPTY; MAX_THREADS];
+
+/// The name of thread `index`.
+pub fn name(index: usize) -> &'static str {
+    SERVERS.get(index).map_or(power::NAME, |s| s.name)
+}
+
+/// The priority thread `index` was started at.
+pub fn priority(index: usize) -> u8 {
+    SERVERS.get(index).map_or(power::PRIORITY, |s| s.priority)
+}
+
+/// The index of the thread called `name`.
+pub fn find(name: &str) -> Option<usize> {
+    (0..=POWER).find(|&i| self::name(i) == name)
+}
+
+/// Records that thread `index` (TCB `tcb`, on `cpu`) was started with `caps`; its TCB
+/// comes first in its capability list.
+pub fn started(index: usize, tcb: u64, cpu: u64, caps: &HandedList) {
+    let entry = &ENTRIES[index];
+    let own_tcb = Handed {
+        cptr: tcb,
+        role: Role::Tcb,
+    };
+    let words = core::iter::once(own_tcb)
+        .chain(caps.items[..caps.count].iter().copied())
+        .map(Handed::pack)
+        .chain(core::iter::repeat(0));
+    for (slot, word) in entry.caps.iter().zip(words) {
+        slot.store(word, Ordering::Relaxed);
+    }
+    entry.tcb.store(tcb + 1, Ordering::Relaxed);
+    entry.cpu.store(cpu + 1, Ordering::Relaxed);
+    entry.state.store(1, Ordering::Release);
+}
+
+/// Records that thread `index` faulted with fault label `label`.
+pub fn faulted(index: usize, label: u64) {
+    if let Some(entry) = ENTRIES.get(index) {
+        entry.state.store(label + 2, Ordering::Release);
+    }
+}
+
+/// Thread `index`'s state.
+pub fn state(index: usize) -> State {
+    match ENTRIES
+        .get(index)
+        .map_or(0, |e| e.state.load(Ordering::Acquire))
+    {
+        0 => State::NotStarted,
+        1 => State::Running,
+        n => State::Faulted(n - 2),
+    }
+}
+
+/// Thread `index`'s CPU, once started.
+pub fn cpu(index: usize) -> Option<u64> {
+    ENTRIES
+        .get(index)?
+        .cpu
+        .load(Ordering::Relaxed)
+        .checked_sub(1)
+}
+
+/// Thread `index`'s TCB capability pointer, once started.
+pub fn tcb(index: usize) -> Option<u64> {
+    ENTRIES
+        .get(index)?
+        .tcb
+        .load(Ordering::Relaxed)
+        .checked_sub(1)
+}
+
+/// The capabilities handed to thread `index`, in the order init recorded them.
+pub fn caps(index: usize) -> impl Iterator<Item = Handed> {
+    ENTRIES
+        .get(index)
+        .into_iter()
+        .flat_map(|e| e.caps.iter())
+        .filter_map(|c| Handed::unpack(c.load(Ordering::Relaxed)))
+}
