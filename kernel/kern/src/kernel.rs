@@ -562,6 +562,12 @@ impl<H: Hardware> Kernel<H> {
             }
         };
         if expired && self.tcb(current).state.is_runnable() {
+            // Another thread of its priority or higher takes over: it is preempted
+            // (a user restartable sequence it was in restarts).
+            let priority = self.tcb(current).priority;
+            if self.cpus[here].top > priority as u16 {
+                self.rseq_switched_out(current);
+            }
             self.cpus[here].current = 0;
             self.enqueue(current, false);
             self.reschedule_required();

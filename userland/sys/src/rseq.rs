@@ -56,6 +56,59 @@ keel_rseq_percpu_add_end:
 keel_rseq_percpu_add_abort:
     inc rax
     jmp 1b
+
+    /* Per-CPU free lists of indices: heads[cpu] = 1 + first free index (0: empty),
+       next[i] = 1 + the index after i (0: end); r8 = next's length.
+       push: rdi = area, rsi = descriptor, rdx = heads, rcx = next, r8 = length,
+       r9 = index (< length, checked by the caller). The store into next[index] is the
+       pusher's own node; the commit is the store into heads[cpu]. */
+    .balign 16
+    .global keel_rseq_percpu_push
+keel_rseq_percpu_push:
+    lea r11, [r9 + 1]
+2:
+    mov qword ptr [rdi + 8], rsi
+    .global keel_rseq_percpu_push_start
+keel_rseq_percpu_push_start:
+    mov eax, dword ptr [rdi + 4]
+    and eax, 63
+    mov r10, qword ptr [rdx + 8 * rax]
+    mov qword ptr [rcx + 8 * r9], r10
+    mov qword ptr [rdx + 8 * rax], r11
+    .global keel_rseq_percpu_push_end
+keel_rseq_percpu_push_end:
+    ret
+    .global keel_rseq_percpu_push_abort
+keel_rseq_percpu_push_abort:
+    jmp 2b
+
+    /* pop: rdi = area, rsi = descriptor, rdx = heads, rcx = next, r8 = length;
+       returns rax = 1 + the index taken, or 0 (empty, or a head out of range). */
+    .balign 16
+    .global keel_rseq_percpu_pop
+keel_rseq_percpu_pop:
+3:
+    mov qword ptr [rdi + 8], rsi
+    .global keel_rseq_percpu_pop_start
+keel_rseq_percpu_pop_start:
+    mov r9d, dword ptr [rdi + 4]
+    and r9d, 63
+    mov rax, qword ptr [rdx + 8 * r9]
+    test rax, rax
+    jz keel_rseq_percpu_pop_end
+    cmp rax, r8
+    ja 4f
+    mov r10, qword ptr [rcx + 8 * rax - 8]
+    mov qword ptr [rdx + 8 * r9], r10
+    .global keel_rseq_percpu_pop_end
+keel_rseq_percpu_pop_end:
+    ret
+4:
+    xor eax, eax
+    ret
+    .global keel_rseq_percpu_pop_abort
+keel_rseq_percpu_pop_abort:
+    jmp 3b
 "#
 );
 
@@ -69,6 +122,46 @@ unsafe extern "C" {
     static keel_rseq_percpu_add_commit: u8;
     static keel_rseq_percpu_add_end: u8;
     static keel_rseq_percpu_add_abort: u8;
+    fn keel_rseq_percpu_push(
+        area: u64,
+        descriptor: u64,
+        heads: *const AtomicU64,
+        next: *const AtomicU64,
+        length: u64,
+        index: u64,
+    );
+    static keel_rseq_percpu_push_start: u8;
+    static keel_rseq_percpu_push_end: u8;
+    static keel_rseq_percpu_push_abort: u8;
+    fn keel_rseq_percpu_pop(
+        area: u64,
+        descriptor: u64,
+        heads: *const AtomicU64,
+        next: *const AtomicU64,
+        length: u64,
+    ) -> u64;
+    static keel_rseq_percpu_pop_start: u8;
+    static keel_rseq_percpu_pop_end: u8;
+    static keel_rseq_percpu_pop_abort: u8;
+}
+
+/// Descriptor offsets (in the IPC-buffer page) of the three sequences.
+const PUSH_DESCRIPTOR: u64 = RUNTIME_DESCRIPTORS_OFFSET + 32;
+const POP_DESCRIPTOR: u64 = RUNTIME_DESCRIPTORS_OFFSET + 64;
+
+/// Writes a descriptor: version/flags 0, start, post-commit offset, abort.
+///
+/// # Safety
+/// `at` is a 32-byte block of the calling thread's IPC-buffer page past the buffer.
+unsafe fn write_descriptor(at: u64, start: u64, end: u64, abort: u64) {
+    let d = at as *mut u64;
+    // SAFETY: as the caller promises.
+    unsafe {
+        d.write_volatile(0);
+        d.add(1).write_volatile(start);
+        d.add(2).write_volatile(end - start);
+        d.add(3).write_volatile(abort);
+    }
 }
 
 /// Addresses of [`percpu_add`]'s instructions: the five inside the critical section
@@ -115,8 +208,23 @@ pub fn register(tcb: Cap<Tcb>) -> Result<()> {
         descriptor.add(1).write_volatile(0);
     }
     tcb.set_rseq(area as u64)?;
-    // The descriptor's start address is also the "registered" mark (`try_percpu_add`),
-    // so it is written last, once the kernel accepted the area.
+    // SAFETY: two blocks of the page as above.
+    unsafe {
+        write_descriptor(
+            page() + PUSH_DESCRIPTOR,
+            (&raw const keel_rseq_percpu_push_start) as u64,
+            (&raw const keel_rseq_percpu_push_end) as u64,
+            (&raw const keel_rseq_percpu_push_abort) as u64,
+        );
+        write_descriptor(
+            page() + POP_DESCRIPTOR,
+            (&raw const keel_rseq_percpu_pop_start) as u64,
+            (&raw const keel_rseq_percpu_pop_end) as u64,
+            (&raw const keel_rseq_percpu_pop_abort) as u64,
+        );
+    }
+    // The add descriptor's start address is also the "registered" mark
+    // (`try_percpu_add`), so it is written last, once the kernel accepted the area.
     // SAFETY: as above.
     unsafe {
         descriptor.write_volatile(0);
@@ -180,4 +288,52 @@ pub fn percpu_add(slots: &[AtomicU64; MAX_CPUS], value: u64) -> u64 {
 pub fn percpu_add_unarmed(slots: &[AtomicU64; MAX_CPUS], value: u64) -> u64 {
     // SAFETY: as in `percpu_add`; descriptor 0 disarms.
     unsafe { keel_rseq_percpu_add(area_address(), 0, slots.as_ptr(), value) }
+}
+
+/// Pushes `index` onto the calling CPU's free list (`heads` per CPU, `next` the links;
+/// see `keel_rt::percpu::IndexPool`). The caller must have [`register`]ed; panics if
+/// `index` is out of range.
+pub fn percpu_push(heads: &[AtomicU64; MAX_CPUS], next: &[AtomicU64], index: usize) {
+    assert!(index < next.len(), "index {index} out of range");
+    let page = page();
+    assert!(
+        registered_at(page),
+        "rseq::percpu_push before rseq::register"
+    );
+    // SAFETY: registered area and descriptor of the calling thread; the sequence
+    // writes `next[index]` (in range, checked) and `heads[cpu_id & 63]`, both
+    // AtomicU64 words, with plain aligned stores.
+    unsafe {
+        keel_rseq_percpu_push(
+            page + RUNTIME_AREA_OFFSET,
+            page + PUSH_DESCRIPTOR,
+            heads.as_ptr(),
+            next.as_ptr(),
+            next.len() as u64,
+            index as u64,
+        )
+    }
+}
+
+/// Pops an index from the calling CPU's free list; `None` if it is empty. The caller
+/// must have [`register`]ed. A head beyond `next`'s length (only a caller storing into
+/// the lists by hand makes one) reads as empty.
+pub fn percpu_pop(heads: &[AtomicU64; MAX_CPUS], next: &[AtomicU64]) -> Option<usize> {
+    let page = page();
+    assert!(
+        registered_at(page),
+        "rseq::percpu_pop before rseq::register"
+    );
+    // SAFETY: as in `percpu_push`; the sequence reads `next[head - 1]` only after
+    // checking 1 <= head <= next.len().
+    let taken = unsafe {
+        keel_rseq_percpu_pop(
+            page + RUNTIME_AREA_OFFSET,
+            page + POP_DESCRIPTOR,
+            heads.as_ptr(),
+            next.as_ptr(),
+            next.len() as u64,
+        )
+    };
+    taken.checked_sub(1).map(|i| i as usize)
 }

@@ -38,6 +38,7 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
     suite.run("user_rseq_percpu_counter_exact_under_migration", || {
         migration(env)
     });
+    suite.run("user_rseq_index_pool_never_hands_out_twice", || pool(env));
 }
 
 fn registration(env: &mut Env) -> TestResult {
@@ -238,5 +239,83 @@ fn migration(env: &mut Env) -> TestResult {
         "  ({adds} adds, {moves} migrations over {cpus} CPUs, {} aborts)",
         shared(6)
     );
+    Ok(())
+}
+
+const POOL_SIZE: usize = 64;
+static POOL: keel_rt::percpu::IndexPool<POOL_SIZE> = keel_rt::percpu::IndexPool::new();
+/// Who holds each index (worker number + 1, 0 = nobody).
+static OWNERS: [core::sync::atomic::AtomicU64; POOL_SIZE] =
+    [const { core::sync::atomic::AtomicU64::new(0) }; POOL_SIZE];
+
+/// Pool worker `w`: until shared(7), takes up to 6 indices, marks them its own, checks
+/// and frees them; shared(5) counts an index handed out while someone held it or a
+/// mark that changed under its holder, shared(8 + w) its allocations.
+fn pool_worker(w: u64) {
+    let me = w + 1;
+    let mut held = [usize::MAX; 6];
+    let mut allocations = 0;
+    while shared(7) == 0 {
+        for h in held.iter_mut() {
+            if let Some(i) = POOL.alloc() {
+                if OWNERS[i].swap(me, Ordering::Relaxed) != 0 {
+                    add_shared(5, 1);
+                }
+                *h = i;
+                allocations += 1;
+            }
+        }
+        for h in held.iter_mut() {
+            if *h != usize::MAX {
+                if OWNERS[*h].swap(0, Ordering::Relaxed) != me {
+                    add_shared(5, 1);
+                }
+                POOL.free(*h);
+                *h = usize::MAX;
+            }
+        }
+    }
+    set_shared(8 + w as usize, allocations);
+    add_shared(0, 1);
+}
+
+fn pool(env: &mut Env) -> TestResult {
+    let cpus = env.info.num_nodes();
+    let mut threads = [const { None }; 4];
+    for (i, slot) in threads.iter_mut().enumerate() {
+        let priority = crate::ROOT_PRIORITY as u8 - (cpus > 1) as u8;
+        *slot = Some(env.spawn(pool_worker, i as u64, priority)?);
+    }
+    let mut moves = 0u64;
+    let rounds = if cpus > 1 { MIGRATION_ROUNDS } else { 3 };
+    for _ in 0..rounds {
+        if cpus > 1 {
+            for t in threads.iter().flatten() {
+                let _ = t.tcb.set_affinity(moves % cpus);
+                moves += 1;
+            }
+        }
+        pause(200_000);
+    }
+    set_shared(7, 1);
+    for t in threads.iter().flatten() {
+        let _ = t.tcb.set_affinity(cpus - 1);
+    }
+    let finished = wait_until(|| shared(0) >= 4);
+    for t in threads.iter_mut() {
+        if let Some(t) = t.take() {
+            env.destroy(t)?;
+        }
+    }
+    ensure!(finished, "{} of 4 workers finished", shared(0));
+    let allocations: u64 = (8..12).map(shared).sum();
+    ensure!(shared(5) == 0, "{} indices handed out twice", shared(5));
+    ensure!(allocations > 0, "no allocations");
+    ensure!(
+        POOL.free_count() == POOL_SIZE,
+        "{} of {POOL_SIZE} indices free after the workers stopped",
+        POOL.free_count()
+    );
+    keel_rt::println!("  ({allocations} allocations, {moves} migrations over {cpus} CPUs)");
     Ok(())
 }

@@ -267,3 +267,33 @@ fn a_system_call_waiting_on_another_cpu_is_redone_after_a_move() {
     w.k.handle_user_exception(13, 0, 0);
     assert_eq!(w.tcb(t.tcb).fault, tcb::Fault::None);
 }
+
+/// A thread in a user restartable sequence that the timer preempts for another thread
+/// restarts it; one that keeps the CPU (nobody else ready at its priority) does not.
+#[test]
+fn timer_preemption_marks_the_rseq_fix_up() {
+    let mut w = World::new();
+    let a = w.running_thread(200);
+    let buffer = w.tcb(a.tcb).ipc_buffer;
+    w.root_ok(a.slot, L::TcbSetRseq, &[buffer + 0x800], &[]);
+    w.make_current(a.tcb);
+    let expire = |w: &mut World| {
+        w.k.tcb_mut(a.tcb).context.vector = 32;
+        for _ in 0..TIME_SLICE_TICKS {
+            w.k.handle_timer_tick();
+        }
+    };
+    // Alone at its priority: its slice ends but it keeps the CPU.
+    expire(&mut w);
+    w.k.schedule();
+    assert_eq!(w.k.current(), a.tcb);
+    assert!(!w.tcb(a.tcb).rseq_pending);
+    // Another thread of its priority is ready: it is switched out.
+    let b = w.running_thread(200);
+    w.make_current(a.tcb);
+    expire(&mut w);
+    w.k.schedule();
+    assert_eq!(w.k.current(), b.tcb);
+    assert!(w.tcb(a.tcb).rseq_pending);
+    w.check_invariants();
+}
