@@ -371,6 +371,47 @@ fn defence_off_fmask_is_caught() {
     defence_off("keel.unsafe.fmask");
 }
 
+/// The paranoid entry's RDGSBASE method off (always the IA32_GS_BASE sign test, cpu max):
+/// the NMI-window test fails on its decoy GS base (a kernel-looking copy of the CPU's
+/// area). Later tests would run user threads with GS base 0xffff_8000_0000_0000 whose
+/// #DB the broken entry handles on that base and hangs, so the run stops at the FAILED
+/// line (`--until`) instead of waiting for a timeout.
+#[test]
+fn defence_off_paranoid_is_caught() {
+    let failed = "test paranoid_nmi_with_user_gs_base_in_kernel_mode ... FAILED";
+    let args = [
+        "--image",
+        "test",
+        "--cmdline",
+        "keel.unsafe.paranoid",
+        "--until",
+        failed,
+        "--timeout",
+        "60",
+    ];
+    let run = runner(&args);
+    assert!(
+        run.code == Some(i32::from(EXIT_OK)) && run.serial.contains(failed),
+        "the paranoid test did not fail with keel.unsafe.paranoid\n{}",
+        run.report()
+    );
+}
+
+/// Debug registers left loaded for a thread without breakpoints: a second thread's
+/// write to the address the first one watched traps.
+#[test]
+fn defence_off_debug_regs_is_caught() {
+    let run = defence_off("keel.unsafe.debug_regs");
+    let p = protocol(&run.serial);
+    assert!(
+        p.failed
+            .iter()
+            .any(|t| t == "entry_debug_registers_do_not_outlive_their_thread"),
+        "the debug-register test did not fail\n{}",
+        run.report()
+    );
+}
+
 /// A kernel stack overflow lands on the #DF stack and is diagnosed, not a reset.
 #[test]
 fn stack_overflow_is_diagnosed() {
