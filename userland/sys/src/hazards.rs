@@ -1,6 +1,9 @@
 //! Instruction sequences for the hostile entry tests (DESIGN §5.3): system calls with
-//! TF or NT set, and MOV SS followed by a kernel entry (the pending-#DB hazard).
-//! Each one is a complete, self-restoring sequence; the kernel must survive it and
+//! TF or NT set, MOV SS followed by a kernel entry (the pending-#DB hazard), a 16-bit
+//! stack in compatibility mode (espfix64), a raw thread entry that records the
+//! registers it starts with, privileged instructions, and execution from the stack or
+//! writes to the program's own text. Each one is a complete, self-restoring sequence
+//! (or one that ends in a fault its caller expects); the kernel must survive it and
 //! the thread's fault handler must see only the thread's own events.
 
 use core::sync::atomic::AtomicU16;
@@ -536,10 +539,10 @@ pub fn popf_iopl3_if0() -> u64 {
     after
 }
 
-/// Writes a RET (0xc3) into a 16-byte buffer on the stack and calls it. With the stack
-/// mapped no-execute this faults on the fetch (a VmFault with the buffer's address,
-/// given in shared `report` first through the `address` callback) and the thread must
-/// not be resumed: the handler destroys it. Returns if the stack is executable.
+/// Fills a 16-byte buffer on the stack with RET (0xc3), passes its address to
+/// `address`, and calls it. With the stack mapped no-execute the fetch faults (a
+/// VmFault at that address) and the thread must not be resumed: the handler destroys
+/// it. Returns normally only if the stack is executable.
 pub fn call_on_stack(address: impl FnOnce(u64)) {
     let mut buffer = [0xc3u8; 16];
     let at = core::hint::black_box(&raw mut buffer) as u64;
@@ -554,9 +557,9 @@ pub fn call_on_stack(address: impl FnOnce(u64)) {
 }
 
 /// Stores a byte of this function's own machine code back over itself (the same
-/// value, so a successful write would change nothing). With the program's text mapped
-/// read-only this is a VmFault (a write to a present page) at the returned address,
-/// given first through `address`; the handler must not resume the thread.
+/// value, so a successful write would change nothing), after passing its address to
+/// `address`. With the program's text mapped read-only this is a VmFault (a write to a
+/// present page) at that address; the handler must not resume the thread.
 pub fn write_own_text(address: impl FnOnce(u64)) {
     let target: u64;
     // SAFETY: LEA only computes the address of the label.
