@@ -219,6 +219,24 @@ const AT_LAST_SYSCALL: u64 = TOP_PAGE + 0xffe;
 const UNKNOWN: u64 = 0x7e57;
 
 fn top_of_user_space(env: &mut Env) -> TestResult {
+    // A 2 MiB page ending at 2^47 would make USER_TOP mappable (and a SYSCALL in its
+    // last bytes would ask SYSRET for RIP 2^47): refused like the 4 KiB page there.
+    let large = env
+        .alloc
+        .frame(ObjectType::X86LargePage)
+        .or_fail("2 MiB frame")?;
+    let refused = large.map(
+        init::VSPACE,
+        (1 << 47) - (2 << 20),
+        CapRights::READ_WRITE,
+        VmAttributes::DEFAULT,
+    );
+    env.alloc.delete(large).or_fail("delete 2 MiB frame")?;
+    crate::harness::expect_err(
+        refused,
+        keel_sys::Error::InvalidArgument { index: 0 },
+        "a 2 MiB page ending at 2^47",
+    )?;
     let frame = env.alloc.frame(ObjectType::X86Page4K).or_fail("frame")?;
     env.alloc
         .map_frame(
