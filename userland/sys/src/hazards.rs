@@ -143,8 +143,9 @@ pub struct Compat16Block {
     pub back: [u32; 2],
     /// Spin-loop iterations.
     pub spins: u32,
-    /// Padding.
-    pub reserved: u32,
+    /// Address of [`COMPAT16_STOP`] (below 4 GiB): the spin loop ends early once it
+    /// is non-zero.
+    pub stop: u32,
     /// The 64-bit RSP, saved across the probe.
     pub saved_rsp: u64,
     /// Far pointer into the 32-bit code (offset, selector), filled in by the probe.
@@ -190,8 +191,12 @@ keel_compat16_probe:
     mov eax, esp
     xor eax, [ebx]
     or edx, eax
+    mov eax, [ebx + 28]
+    cmp dword ptr [eax], 0
+    jne 4f
     dec ecx
     jnz 3b
+4:
     mov [ebx + 12], edx
     mov eax, {user_data}
     mov ss, eax
@@ -239,16 +244,25 @@ static BLOCK: BlockCell = BlockCell(core::cell::UnsafeCell::new(Compat16Block {
     esp_changed: 0,
     back: [0; 2],
     spins: 0,
-    reserved: 0,
+    stop: 0,
     saved_rsp: 0,
     enter: [0; 2],
 }));
 static PROBE_BUSY: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+/// Non-zero: the running [`compat16_probe`]'s spin loop ends at its next iteration.
+static COMPAT16_STOP: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// Ends the spin loop of the running [`compat16_probe`] early (from another thread);
+/// the next probe starts with the flag clear.
+pub fn compat16_stop() {
+    COMPAT16_STOP.store(1, core::sync::atomic::Ordering::SeqCst);
+}
 
 /// Switches to the 32-bit code segment `code_selector` (an LDT selector), loads SS with
 /// `ss` (a 16-bit data segment from the LDT) and ESP with `esp`, executes INT3 (the
-/// fault handler must resume it), records ESP, spins `spins` times recording any change
-/// of ESP (interrupts and preemption return there), and comes back to 64-bit mode with
+/// fault handler must resume it), records ESP, spins `spins` times (or until
+/// [`compat16_stop`]) recording any change of ESP (interrupts and preemption return
+/// there), and comes back to 64-bit mode with
 /// the flat selectors. With a 16-bit SS the probe never touches the stack, so ESP may
 /// point anywhere. One probe runs at a time (a second one panics).
 pub fn compat16_probe(code_selector: u16, ss: u16, esp: u32, spins: u32) -> Compat16Result {
@@ -261,13 +275,17 @@ pub fn compat16_probe(code_selector: u16, ss: u16, esp: u32, spins: u32) -> Comp
     assert!((block as u64) < 1 << 32, "probe block above 4 GiB");
     // SAFETY: `PROBE_BUSY` makes this the only user of the block. The probe saves and
     // restores every callee-saved register and RSP (in the block), touches only the
-    // block (through the flat user data segment), and returns to 64-bit mode with SS,
+    // block and reads the stop flag (through the flat user data segment), and returns to 64-bit mode with SS,
     // DS and ES as a 64-bit thread has them (0x1b, null, null); the code in between uses
     // no stack. A bad selector faults, and the thread's fault handler decides.
     let result = unsafe {
         (*block).esp = esp;
         (*block).ss = ss as u32;
         (*block).spins = spins.max(1);
+        COMPAT16_STOP.store(0, Ordering::SeqCst);
+        let stop = COMPAT16_STOP.as_ptr() as u64;
+        assert!(stop < 1 << 32, "probe stop flag above 4 GiB");
+        (*block).stop = stop as u32;
         (*block).esp_after_trap = 0;
         (*block).esp_changed = 0;
         core::arch::asm!(

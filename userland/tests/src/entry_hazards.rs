@@ -540,9 +540,9 @@ fn espfix_every_cpu(env: &mut Env) -> TestResult {
     result
 }
 
-/// Spin-loop iterations of the cross-CPU LDT test: long enough (hundreds of ms under
-/// TCG, tens under hardware virtualisation) that both LDT changes land while it runs.
-const CROSS_CPU_SPINS: u64 = 20_000_000;
+/// Spin-loop iterations of the cross-CPU LDT test: practically endless; the test ends
+/// the loop with `compat16_stop` once both LDT changes have landed.
+const CROSS_CPU_SPINS: u64 = u32::MAX as u64;
 
 /// Waits for the next fault of the thread, or its end (shared word 0).
 fn next_fault(env: &mut Env) -> Option<Received> {
@@ -624,6 +624,9 @@ fn ldt_cross_cpu(env: &mut Env) -> TestResult {
         );
         init::VSPACE.set_ldt(Some(ldt)).or_fail("SetLDT again")?;
         keel_sys::ipc::reply(&Message::new(0).words(&r.words::<3>()));
+        crate::harness::pause(1_000_000);
+        ensure!(shared(0) == 0, "the thread left its loop by itself");
+        hazards::compat16_stop();
         ensure!(
             wait_until(|| shared(0) == 1),
             "the thread did not finish after the LDT came back"
