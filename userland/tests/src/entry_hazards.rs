@@ -14,7 +14,9 @@ use keel_sys::hazards::{self, AfterMovSs, NT, TF};
 use keel_sys::invocations::{Args, invoke};
 use keel_sys::{Message, Received};
 
-use crate::harness::{Env, OrFail, Suite, TestResult, add_shared, set_shared, shared, wait_until};
+use crate::harness::{
+    Env, OrFail, Suite, TestResult, Why, add_shared, pause, set_shared, shared, wait_until,
+};
 use crate::{CHILD_PRIORITY, ensure, fail};
 
 /// The GS base the hostile threads run with where the CPU allows it.
@@ -562,7 +564,7 @@ fn next_fault(env: &mut Env) -> Option<Received> {
 fn ldt_cross_cpu(env: &mut Env) -> TestResult {
     let cpus = env.info.num_nodes();
     if cpus < 2 {
-        return Err(crate::harness::Why::Skipped("needs two CPUs"));
+        return Err(Why::Skipped("needs two CPUs"));
     }
     let ldt = attach_ldt(env)?;
     let t = env.create(espfix_thread, CROSS_CPU_SPINS, CHILD_PRIORITY)?;
@@ -579,7 +581,7 @@ fn ldt_cross_cpu(env: &mut Env) -> TestResult {
             r.label()
         );
         keel_sys::ipc::reply(&Message::new(0));
-        crate::harness::pause(1_000_000);
+        pause(1_000_000);
         ensure!(shared(0) == 0, "the thread finished before the LDT changed");
         // 1. SS not present.
         ldt.set_entries(SS_INDEX, &[LDT_DATA16 & !PRESENT])
@@ -601,7 +603,7 @@ fn ldt_cross_cpu(env: &mut Env) -> TestResult {
         ldt.set_entries(SS_INDEX, &[LDT_DATA16])
             .or_fail("SetEntries SS present")?;
         keel_sys::ipc::reply(&Message::new(0).words(&r.words::<3>()));
-        crate::harness::pause(1_000_000);
+        pause(1_000_000);
         ensure!(
             shared(0) == 0,
             "the thread finished before the LDT was detached"
@@ -624,7 +626,7 @@ fn ldt_cross_cpu(env: &mut Env) -> TestResult {
         );
         init::VSPACE.set_ldt(Some(ldt)).or_fail("SetLDT again")?;
         keel_sys::ipc::reply(&Message::new(0).words(&r.words::<3>()));
-        crate::harness::pause(1_000_000);
+        pause(1_000_000);
         ensure!(shared(0) == 0, "the thread left its loop by itself");
         hazards::compat16_stop();
         ensure!(

@@ -20,8 +20,10 @@ use keel_sys::hazards::{self, Privileged};
 use keel_sys::invocations::{Args, invoke};
 use keel_sys::{Message, Received, VmAttributes, probe};
 
-use crate::harness::{Env, OrFail, Suite, TestResult, Why, recv_timeout, set_shared, shared};
-use crate::harness::{FAULT_BADGE, wait_until};
+use crate::harness::{
+    Env, FAULT_BADGE, OrFail, Suite, TestResult, Why, add_shared, expect_err, recv_timeout,
+    set_shared, shared, wait_until,
+};
 use crate::{CHILD_PRIORITY, ensure, fail};
 
 /// Runs the entry-state tests.
@@ -232,7 +234,7 @@ fn top_of_user_space(env: &mut Env) -> TestResult {
         VmAttributes::DEFAULT,
     );
     env.alloc.delete(large).or_fail("delete 2 MiB frame")?;
-    crate::harness::expect_err(
+    expect_err(
         refused,
         keel_sys::Error::InvalidArgument { index: 0 },
         "a 2 MiB page ending at 2^47",
@@ -325,7 +327,7 @@ fn top_sequence(env: &mut Env) -> TestResult {
 fn privileged_thread(_: u64) {
     for which in Privileged::ALL {
         hazards::privileged(which);
-        crate::harness::add_shared(1, 1);
+        add_shared(1, 1);
     }
     set_shared(2, hazards::popf_iopl3_if0());
     set_shared(0, 1);
