@@ -301,12 +301,21 @@ fn top_sequence(env: &mut Env) -> TestResult {
         kernel_half,
         "kernel-half RIP",
     )?;
-    // 3. A good RIP (the UD2 in the top page): the thread runs again.
-    keel_sys::ipc::reply(&Message::new(0).words(&[AT_UD2, w[1], w[2]]));
+    // 3. A good RIP (the UD2 in the top page) with a non-canonical RSP, which IRETQ
+    //    loads without a check (the code there uses no stack): the thread runs again
+    //    and its #UD reports that RSP.
+    let bad_rsp = 1u64 << 47;
+    keel_sys::ipc::reply(&Message::new(0).words(&[AT_UD2, bad_rsp, w[2]]));
     let w = expect_exception(&fault(env, "UD2")?, 6, AT_UD2, "UD2 below USER_TOP")?;
-    // 4. The SYSCALL in the last two bytes below USER_TOP (RDX = Yield): SYSRET to
-    //    USER_TOP, whose fetch is an instruction page fault in user mode.
-    keel_sys::ipc::reply(&Message::new(0).words(&[AT_LAST_SYSCALL, w[1], w[2]]));
+    ensure!(
+        w[user_exception::SP] == bad_rsp,
+        "UD2 with a non-canonical RSP reported SP {:#x}",
+        w[user_exception::SP]
+    );
+    // 4. The SYSCALL in the last two bytes below USER_TOP (RDX = Yield), RSP still
+    //    non-canonical: SYSRET to USER_TOP, whose fetch is an instruction page fault
+    //    in user mode.
+    keel_sys::ipc::reply(&Message::new(0).words(&[AT_LAST_SYSCALL, bad_rsp, w[2]]));
     let r = fault(env, "return to USER_TOP")?;
     ensure!(
         r.label() == FaultType::VmFault as u64
