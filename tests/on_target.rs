@@ -448,18 +448,21 @@ fn defence_off(switch: &str) -> Run {
     run
 }
 
-/// espfix64 off: the 16-bit-stack test sees the kernel's ESP[31:16].
+/// espfix64 off: the 16-bit-stack tests (one CPU, every CPU) see the kernel's ESP[31:16].
 #[test]
 fn defence_off_espfix_is_caught() {
     let run = defence_off("keel.unsafe.espfix");
     let p = protocol(&run.serial);
-    assert!(
-        p.failed
-            .iter()
-            .any(|t| t == "espfix_16bit_ss_keeps_user_esp_high_bits"),
-        "the espfix test did not fail\n{}",
-        run.report()
-    );
+    for test in [
+        "espfix_16bit_ss_keeps_user_esp_high_bits",
+        "espfix_16bit_ss_keeps_user_esp_high_bits_on_every_cpu",
+    ] {
+        assert!(
+            p.failed.iter().any(|t| t == test),
+            "{test} did not fail\n{}",
+            run.report()
+        );
+    }
 }
 
 /// Kernel restartable sequences off: an interrupt inside a sequence is not restarted.
@@ -494,6 +497,47 @@ fn defence_off_user_rseq_is_caught() {
 #[test]
 fn defence_off_fmask_is_caught() {
     defence_off("keel.unsafe.fmask");
+}
+
+/// The paranoid entry's RDGSBASE method off (always the IA32_GS_BASE sign test, cpu max):
+/// the NMI-window test fails on its decoy GS base (a kernel-looking copy of the CPU's
+/// area). Later tests would run user threads with GS base 0xffff_8000_0000_0000 whose
+/// #DB the broken entry handles on that base and hangs, so the run stops at the FAILED
+/// line (`--until`) instead of waiting for a timeout.
+#[test]
+fn defence_off_paranoid_is_caught() {
+    let failed = "test paranoid_nmi_with_user_gs_base_in_kernel_mode ... FAILED";
+    let args = [
+        "--image",
+        "test",
+        "--cmdline",
+        "keel.unsafe.paranoid",
+        "--until",
+        failed,
+        "--timeout",
+        "60",
+    ];
+    let run = runner(&args);
+    assert!(
+        run.code == Some(i32::from(EXIT_OK)) && run.serial.contains(failed),
+        "the paranoid test did not fail with keel.unsafe.paranoid\n{}",
+        run.report()
+    );
+}
+
+/// Debug registers left loaded for a thread without breakpoints: a second thread's
+/// write to the address the first one watched traps.
+#[test]
+fn defence_off_debug_regs_is_caught() {
+    let run = defence_off("keel.unsafe.debug_regs");
+    let p = protocol(&run.serial);
+    assert!(
+        p.failed
+            .iter()
+            .any(|t| t == "entry_debug_registers_do_not_outlive_their_thread"),
+        "the debug-register test did not fail\n{}",
+        run.report()
+    );
 }
 
 /// A kernel stack overflow lands on the #DF stack and is diagnosed, not a reset.

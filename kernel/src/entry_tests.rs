@@ -10,10 +10,18 @@ use keel_kern::check;
 use keel_kern::testing::Outcome;
 
 fn paranoid_nmi_user_gs() -> Outcome {
-    // Values a user may hold in its GS base: 0, small, above 4 GiB (positive), and a
-    // kernel-looking negative one, which only the RDGSBASE method can tell apart.
+    // Values a user may hold in its GS base: 0, small, above 4 GiB (positive), and
+    // kernel-looking negative ones, which only the RDGSBASE method can tell apart. The
+    // decoy (a copy of this CPU's area) comes before 0xffff_8000_0000_0000: an entry
+    // that trusts the sign survives the decoy and this test fails on its counts, where
+    // the direct-map address would crash or hang it (keel.unsafe.paranoid).
     let fsgsbase = hal::cpu::features().fsgsbase;
-    for foreign in [0u64, 1, 1 << 33, 0xffff_8000_0000_0000] {
+    let decoy = hal::trap::decoy_gs_base();
+    check!(
+        (decoy as i64) < 0,
+        "decoy GS base {decoy:#x} is not kernel-looking"
+    );
+    for foreign in [0u64, 1, 1 << 33, decoy, 0xffff_8000_0000_0000] {
         if (foreign as i64) < 0 && !fsgsbase {
             // Without FSGSBASE no thread can hold a negative base (prepare_thread).
             continue;

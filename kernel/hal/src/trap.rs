@@ -977,6 +977,38 @@ pub fn nmi_in_foreign_gs_window(foreign: u64) -> (u64, u64) {
     )
 }
 
+/// A byte copy of a CPU's [`crate::percpu::PerCpu`] at a kernel address: the foreign
+/// GS base of [`decoy_gs_base`].
+struct DecoyArea(core::cell::UnsafeCell<core::mem::MaybeUninit<crate::percpu::PerCpu>>);
+
+// SAFETY: written only by `decoy_gs_base`, which the in-kernel tests call from one CPU
+// at a time; otherwise only reached through GS while it is some CPU's foreign base.
+unsafe impl Sync for DecoyArea {}
+
+static DECOY: DecoyArea = DecoyArea(core::cell::UnsafeCell::new(core::mem::MaybeUninit::uninit()));
+
+/// Test support for the paranoid entry: a kernel-looking (negative) GS base that makes
+/// a broken paranoid entry fail visibly instead of crashing. It is a fresh byte copy of
+/// this CPU's `PerCpu` (so `gs:[0]` still names the real area and nothing faults), but
+/// GS-relative updates through it (the NMI event counter) land in the copy. An entry
+/// that trusts the sign of IA32_GS_BASE keeps this base, so the NMI is not counted in
+/// the real area and no foreign base is seen; the RDGSBASE method loads the real base.
+pub fn decoy_gs_base() -> u64 {
+    let area = crate::percpu::current();
+    let decoy = DECOY.0.get();
+    // SAFETY: the copy is plain bytes of a live `PerCpu` into storage of the same type
+    // and size that no Rust reference points into (the decoy is only ever a GS base);
+    // one CPU at a time runs the in-kernel tests.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            area as *const crate::percpu::PerCpu as *const u8,
+            decoy as *mut u8,
+            core::mem::size_of::<crate::percpu::PerCpu>(),
+        );
+    }
+    decoy as u64
+}
+
 /// Test support: single-steps a few kernel instructions with no injection armed (a
 /// stray TF in kernel mode). Returns the kernel #DB traps dropped meanwhile.
 pub fn kernel_single_step() -> u64 {

@@ -401,8 +401,11 @@ impl<H: Hardware> Kernel<H> {
             self.enqueue(t, false);
             self.hw.reschedule_cpu(cpu);
         } else if self.cpus[here].action != Action::Resume {
+            // A decision is pending (a thread to switch to, woken earlier in this same
+            // entry, e.g. by the reply half of ReplyRecv): it goes back to the ready
+            // queue before the scheduler chooses again, or it would be lost.
+            self.reschedule_required();
             self.enqueue(t, false);
-            self.cpus[here].action = Action::ChooseNew;
         } else {
             self.cpus[here].action = Action::SwitchTo(t);
         }

@@ -1,6 +1,9 @@
 //! Instruction sequences for the hostile entry tests (DESIGN §5.3): system calls with
-//! TF or NT set, and MOV SS followed by a kernel entry (the pending-#DB hazard).
-//! Each one is a complete, self-restoring sequence; the kernel must survive it and
+//! TF or NT set, MOV SS followed by a kernel entry (the pending-#DB hazard), a 16-bit
+//! stack in compatibility mode (espfix64), a raw thread entry that records the
+//! registers it starts with, privileged instructions, and execution from the stack or
+//! writes to the program's own text. Each one is a complete, self-restoring sequence
+//! (or one that ends in a fault its caller expects); the kernel must survive it and
 //! the thread's fault handler must see only the thread's own events.
 
 use core::sync::atomic::AtomicU16;
@@ -140,8 +143,9 @@ pub struct Compat16Block {
     pub back: [u32; 2],
     /// Spin-loop iterations.
     pub spins: u32,
-    /// Padding.
-    pub reserved: u32,
+    /// Address of [`COMPAT16_STOP`] (below 4 GiB): the spin loop ends early once it
+    /// is non-zero.
+    pub stop: u32,
     /// The 64-bit RSP, saved across the probe.
     pub saved_rsp: u64,
     /// Far pointer into the 32-bit code (offset, selector), filled in by the probe.
@@ -187,8 +191,12 @@ keel_compat16_probe:
     mov eax, esp
     xor eax, [ebx]
     or edx, eax
+    mov eax, [ebx + 28]
+    cmp dword ptr [eax], 0
+    jne 4f
     dec ecx
     jnz 3b
+4:
     mov [ebx + 12], edx
     mov eax, {user_data}
     mov ss, eax
@@ -236,16 +244,25 @@ static BLOCK: BlockCell = BlockCell(core::cell::UnsafeCell::new(Compat16Block {
     esp_changed: 0,
     back: [0; 2],
     spins: 0,
-    reserved: 0,
+    stop: 0,
     saved_rsp: 0,
     enter: [0; 2],
 }));
 static PROBE_BUSY: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+/// Non-zero: the running [`compat16_probe`]'s spin loop ends at its next iteration.
+static COMPAT16_STOP: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// Ends the spin loop of the running [`compat16_probe`] early (from another thread);
+/// the next probe starts with the flag clear.
+pub fn compat16_stop() {
+    COMPAT16_STOP.store(1, core::sync::atomic::Ordering::SeqCst);
+}
 
 /// Switches to the 32-bit code segment `code_selector` (an LDT selector), loads SS with
 /// `ss` (a 16-bit data segment from the LDT) and ESP with `esp`, executes INT3 (the
-/// fault handler must resume it), records ESP, spins `spins` times recording any change
-/// of ESP (interrupts and preemption return there), and comes back to 64-bit mode with
+/// fault handler must resume it), records ESP, spins `spins` times (or until
+/// [`compat16_stop`]) recording any change of ESP (interrupts and preemption return
+/// there), and comes back to 64-bit mode with
 /// the flat selectors. With a 16-bit SS the probe never touches the stack, so ESP may
 /// point anywhere. One probe runs at a time (a second one panics).
 pub fn compat16_probe(code_selector: u16, ss: u16, esp: u32, spins: u32) -> Compat16Result {
@@ -258,13 +275,17 @@ pub fn compat16_probe(code_selector: u16, ss: u16, esp: u32, spins: u32) -> Comp
     assert!((block as u64) < 1 << 32, "probe block above 4 GiB");
     // SAFETY: `PROBE_BUSY` makes this the only user of the block. The probe saves and
     // restores every callee-saved register and RSP (in the block), touches only the
-    // block (through the flat user data segment), and returns to 64-bit mode with SS,
+    // block and reads the stop flag (through the flat user data segment), and returns to 64-bit mode with SS,
     // DS and ES as a 64-bit thread has them (0x1b, null, null); the code in between uses
     // no stack. A bad selector faults, and the thread's fault handler decides.
     let result = unsafe {
         (*block).esp = esp;
         (*block).ss = ss as u32;
         (*block).spins = spins.max(1);
+        COMPAT16_STOP.store(0, Ordering::SeqCst);
+        let stop = COMPAT16_STOP.as_ptr() as u64;
+        assert!(stop < 1 << 32, "probe stop flag above 4 GiB");
+        (*block).stop = stop as u32;
         (*block).esp_after_trap = 0;
         (*block).esp_changed = 0;
         core::arch::asm!(
@@ -298,4 +319,281 @@ pub fn selector_accessible(selector: u16) -> bool {
         );
     }
     ok != 0
+}
+
+// ---- The registers a new thread starts with ----
+
+/// Words of the block [`initial_state_entry`] fills: RAX, RBX, RCX, RDX, RSI, RDI, RBP,
+/// RSP, R8–R15, RFLAGS, CS, SS, DS, ES, FS, GS, then 1 once complete; the rest of the
+/// block is the probe's own stack (RSP may be anything when the thread starts).
+const INITIAL_STATE_WORDS: usize = 32;
+/// Index of the "complete" word.
+const INITIAL_STATE_DONE: usize = 23;
+
+static INITIAL_STATE: [core::sync::atomic::AtomicU64; INITIAL_STATE_WORDS] =
+    [const { core::sync::atomic::AtomicU64::new(0) }; INITIAL_STATE_WORDS];
+
+core::arch::global_asm!(
+    r#"
+    .section .text.keel_initial_state_probe, "ax"
+    .code64
+    .global keel_initial_state_probe
+keel_initial_state_probe:
+    mov [rip + {block}], rax
+    mov [rip + {block} + 8], rbx
+    mov [rip + {block} + 16], rcx
+    mov [rip + {block} + 24], rdx
+    mov [rip + {block} + 32], rsi
+    mov [rip + {block} + 40], rdi
+    mov [rip + {block} + 48], rbp
+    mov [rip + {block} + 56], rsp
+    mov [rip + {block} + 64], r8
+    mov [rip + {block} + 72], r9
+    mov [rip + {block} + 80], r10
+    mov [rip + {block} + 88], r11
+    mov [rip + {block} + 96], r12
+    mov [rip + {block} + 104], r13
+    mov [rip + {block} + 112], r14
+    mov [rip + {block} + 120], r15
+    /* RSP is whatever the thread was given (0 for a fresh TCB): use the block's tail
+       as the stack for PUSHFQ. */
+    lea rsp, [rip + {block} + {stack_top}]
+    pushfq
+    pop rax
+    mov [rip + {block} + 128], rax
+    mov eax, cs
+    mov [rip + {block} + 136], rax
+    mov eax, ss
+    mov [rip + {block} + 144], rax
+    mov eax, ds
+    mov [rip + {block} + 152], rax
+    mov eax, es
+    mov [rip + {block} + 160], rax
+    mov eax, fs
+    mov [rip + {block} + 168], rax
+    mov eax, gs
+    mov [rip + {block} + 176], rax
+    mov qword ptr [rip + {block} + {done}], 1
+    /* The thread's handler gets a #UD here and never resumes it. */
+    .global keel_initial_state_probe_end
+keel_initial_state_probe_end:
+    ud2
+    .text
+"#,
+    block = sym INITIAL_STATE,
+    stack_top = const INITIAL_STATE_WORDS * 8,
+    done = const INITIAL_STATE_DONE * 8,
+);
+
+unsafe extern "C" {
+    static keel_initial_state_probe: u8;
+    static keel_initial_state_probe_end: u8;
+}
+
+/// The registers seen by the first instruction of [`initial_state_entry`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InitialState {
+    /// RAX, RBX, RCX, RDX, RSI, RDI, RBP, RSP, R8–R15, in that order.
+    pub gprs: [u64; 16],
+    /// RFLAGS.
+    pub rflags: u64,
+    /// CS, SS, DS, ES, FS, GS selectors.
+    pub selectors: [u64; 6],
+}
+
+/// Names of [`InitialState::gprs`], in order.
+pub const GPR_NAMES: [&str; 16] = [
+    "RAX", "RBX", "RCX", "RDX", "RSI", "RDI", "RBP", "RSP", "R8", "R9", "R10", "R11", "R12", "R13",
+    "R14", "R15",
+];
+
+/// Address of an entry point for a thread started with raw registers (WriteRegisters
+/// RIP): its first instruction stores every general-purpose register, then RFLAGS and
+/// the segment selectors, into a static block (read with [`initial_state`]), and it
+/// ends with a UD2 at [`initial_state_ud2`] (the fault handler must not resume it).
+/// It needs no valid RSP. One such thread at a time.
+pub fn initial_state_entry() -> u64 {
+    (&raw const keel_initial_state_probe) as u64
+}
+
+/// Address of the UD2 that ends [`initial_state_entry`].
+pub fn initial_state_ud2() -> u64 {
+    (&raw const keel_initial_state_probe_end) as u64
+}
+
+/// Clears the block of [`initial_state_entry`].
+pub fn initial_state_reset() {
+    for w in &INITIAL_STATE {
+        w.store(0, core::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// What the probe thread of [`initial_state_entry`] recorded, once it has finished.
+pub fn initial_state() -> Option<InitialState> {
+    use core::sync::atomic::Ordering::SeqCst;
+    if INITIAL_STATE[INITIAL_STATE_DONE].load(SeqCst) != 1 {
+        return None;
+    }
+    let mut s = InitialState::default();
+    for (i, g) in s.gprs.iter_mut().enumerate() {
+        *g = INITIAL_STATE[i].load(SeqCst);
+    }
+    s.rflags = INITIAL_STATE[16].load(SeqCst);
+    for (i, sel) in s.selectors.iter_mut().enumerate() {
+        *sel = INITIAL_STATE[17 + i].load(SeqCst);
+    }
+    Some(s)
+}
+
+// ---- Privileged instructions and protection of the thread's own memory ----
+
+/// An instruction ring 3 may not execute with IOPL 0 and no I/O permission bitmap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Privileged {
+    /// CLI (0xfa).
+    Cli,
+    /// STI (0xfb).
+    Sti,
+    /// `in al, dx` (0xec), DX = 0x80.
+    InDx,
+    /// `out dx, al` (0xee), DX = 0x80.
+    OutDx,
+    /// `in al, 0x80` (0xe4 0x80).
+    InImmediate,
+    /// `out 0x80, al` (0xe6 0x80).
+    OutImmediate,
+    /// `insb` (0x6c), DX = 0x80, RDI = a scratch byte.
+    InString,
+    /// `outsb` (0x6e), DX = 0x80, RSI = a scratch byte.
+    OutString,
+}
+
+impl Privileged {
+    /// Every variant.
+    pub const ALL: [Privileged; 8] = [
+        Privileged::Cli,
+        Privileged::Sti,
+        Privileged::InDx,
+        Privileged::OutDx,
+        Privileged::InImmediate,
+        Privileged::OutImmediate,
+        Privileged::InString,
+        Privileged::OutString,
+    ];
+
+    /// Length of the instruction in bytes (what a handler adds to FaultIP to skip it).
+    pub const fn length(self) -> u64 {
+        match self {
+            Privileged::InImmediate | Privileged::OutImmediate => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Executes the instruction `which` once; in ring 3 it must raise #GP (vector 13, error
+/// code 0), and the fault handler resumes the thread past it (FaultIP +
+/// [`Privileged::length`]). Had it executed, it would have changed IF or touched port
+/// 0x80 (the POST diagnostic port) and at most one byte of a local.
+pub fn privileged(which: Privileged) {
+    let mut scratch = 0u8;
+    let byte = &raw mut scratch;
+    // SAFETY: each variant is one instruction that faults in ring 3 (see above); RAX,
+    // RDX, RSI and RDI are declared clobbered (the string forms may advance RSI/RDI),
+    // and the only memory they could touch is `scratch`.
+    unsafe {
+        match which {
+            Privileged::Cli => core::arch::asm!("cli", options(nostack)),
+            Privileged::Sti => core::arch::asm!("sti", options(nostack)),
+            Privileged::InDx => {
+                core::arch::asm!("in al, dx", in("dx") 0x80u16, out("al") _, options(nostack))
+            }
+            Privileged::OutDx => {
+                core::arch::asm!("out dx, al", in("dx") 0x80u16, in("al") 0u8, options(nostack))
+            }
+            Privileged::InImmediate => {
+                core::arch::asm!("in al, 0x80", out("al") _, options(nostack))
+            }
+            Privileged::OutImmediate => {
+                core::arch::asm!("out 0x80, al", in("al") 0u8, options(nostack))
+            }
+            Privileged::InString => core::arch::asm!(
+                "insb",
+                in("dx") 0x80u16,
+                inout("rdi") byte => _,
+                options(nostack)
+            ),
+            Privileged::OutString => core::arch::asm!(
+                "outsb",
+                in("dx") 0x80u16,
+                inout("rsi") byte => _,
+                options(nostack)
+            ),
+        }
+    }
+    core::hint::black_box(scratch);
+}
+
+/// POPF with IOPL 3 and IF 0 requested, then PUSHF: returns the RFLAGS that resulted.
+/// In ring 3 with IOPL 0 the CPU ignores both changes silently (no fault), so IOPL must
+/// still be 0 and IF still 1. The original flags are restored afterwards.
+pub fn popf_iopl3_if0() -> u64 {
+    let after: u64;
+    // SAFETY: only RFLAGS is written, and it is restored from the saved copy; the stack
+    // is balanced. Had the CPU honoured the request, IF would be 0 only until the
+    // restoring POPF.
+    unsafe {
+        core::arch::asm!(
+            "pushfq",
+            "pushfq",
+            "or qword ptr [rsp], 0x3000",
+            "and qword ptr [rsp], -0x201",
+            "popfq",
+            "pushfq",
+            "pop {after}",
+            "popfq",
+            after = out(reg) after,
+        );
+    }
+    after
+}
+
+/// Fills a 16-byte buffer on the stack with RET (0xc3), passes its address to
+/// `address`, and calls it. With the stack mapped no-execute the fetch faults (a
+/// VmFault at that address) and the thread must not be resumed: the handler destroys
+/// it. Returns normally only if the stack is executable.
+pub fn call_on_stack(address: impl FnOnce(u64)) {
+    let mut buffer = [0xc3u8; 16];
+    let at = core::hint::black_box(&raw mut buffer) as u64;
+    address(at);
+    // SAFETY: the buffer holds only RET instructions, so if the fetch succeeds the call
+    // returns at once; every caller-saved register is declared clobbered, as for a call
+    // to unknown code.
+    unsafe {
+        core::arch::asm!("call {a}", a = in(reg) at, clobber_abi("sysv64"));
+    }
+    core::hint::black_box(buffer);
+}
+
+/// Stores a byte of this function's own machine code back over itself (the same
+/// value, so a successful write would change nothing), after passing its address to
+/// `address`. With the program's text mapped read-only this is a VmFault (a write to a
+/// present page) at that address; the handler must not resume the thread.
+pub fn write_own_text(address: impl FnOnce(u64)) {
+    let target: u64;
+    // SAFETY: LEA only computes the address of the label.
+    unsafe {
+        core::arch::asm!("lea {t}, [rip + 2f]", "2:", t = out(reg) target, options(nomem, nostack))
+    };
+    address(target);
+    // SAFETY: the byte written is the byte read from the same address (our own code):
+    // if the text were writable, nothing would change.
+    unsafe {
+        core::arch::asm!(
+            "mov al, byte ptr [{t}]",
+            "mov byte ptr [{t}], al",
+            t = in(reg) target,
+            out("al") _,
+            options(nostack)
+        )
+    };
 }

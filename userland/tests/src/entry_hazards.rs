@@ -14,7 +14,9 @@ use keel_sys::hazards::{self, AfterMovSs, NT, TF};
 use keel_sys::invocations::{Args, invoke};
 use keel_sys::{Message, Received};
 
-use crate::harness::{Env, OrFail, Suite, TestResult, add_shared, set_shared, shared, wait_until};
+use crate::harness::{
+    Env, OrFail, Suite, TestResult, Why, add_shared, pause, set_shared, shared, wait_until,
+};
 use crate::{CHILD_PRIORITY, ensure, fail};
 
 /// The GS base the hostile threads run with where the CPU allows it.
@@ -36,6 +38,14 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
         espfix_bad_selectors(env)
     });
     suite.run("ldt_detached_on_deletion", || ldt_deletion(env));
+    suite.run(
+        "espfix_16bit_ss_keeps_user_esp_high_bits_on_every_cpu",
+        || espfix_every_cpu(env),
+    );
+    suite.run(
+        "ldt_changed_from_another_cpu_while_thread_runs_from_it",
+        || ldt_cross_cpu(env),
+    );
 }
 
 /// Gives the thread FSGSBASE and the kernel-looking GS base; false if the CPU lacks
@@ -492,4 +502,150 @@ fn ldt_deletion(env: &mut Env) -> TestResult {
     );
     // Detaching with no LDT attached is fine.
     detach_ldt()
+}
+
+/// The espfix64 check of [`espfix`] once on every CPU: each CPU has its own ministack
+/// and alias region (`ESPFIX_BASE + cpu * 4 GiB`).
+fn espfix_every_cpu(env: &mut Env) -> TestResult {
+    let cpus = env.info.num_nodes();
+    let ldt = attach_ldt(env)?;
+    let result = (|| {
+        for cpu in 0..cpus {
+            for w in [0, 1, 2, 11] {
+                set_shared(w, 0);
+            }
+            let t = env.create(espfix_thread, 100_000, CHILD_PRIORITY)?;
+            let outcome = (|| {
+                t.tcb.set_affinity(cpu).or_fail("SetAffinity")?;
+                t.start().or_fail("start")?;
+                let finished = serve(env, 1)?;
+                ensure!(
+                    finished,
+                    "CPU {cpu}: the 16-bit-stack thread did not finish"
+                );
+                ensure!(
+                    shared(1) as u32 == PROBE_ESP && shared(2) == 0,
+                    "CPU {cpu}: ESP {:#x} after INT3 (expected {PROBE_ESP:#x}), changes {:#x}",
+                    shared(1),
+                    shared(2)
+                );
+                ensure!(shared(11) >= 1, "CPU {cpu}: no software break fault");
+                Ok(())
+            })();
+            env.destroy(t)?;
+            outcome?;
+        }
+        Ok(())
+    })();
+    detach_ldt()?;
+    env.alloc.delete(ldt).or_fail("delete LDT")?;
+    result
+}
+
+/// Spin-loop iterations of the cross-CPU LDT test: practically endless; the test ends
+/// the loop with `compat16_stop` once both LDT changes have landed.
+const CROSS_CPU_SPINS: u64 = u32::MAX as u64;
+
+/// Waits for the next fault of the thread, or its end (shared word 0).
+fn next_fault(env: &mut Env) -> Option<Received> {
+    let mut got = None;
+    wait_until(|| {
+        got = env.fault_ep.nb_recv();
+        got.is_some() || shared(0) == 1
+    });
+    got
+}
+
+/// An LDT changed on this CPU while a thread on another CPU runs with CS and SS from
+/// it: first SS made not present, then the whole LDT detached. The other CPU reloads
+/// its LDTR (shootdown IPI) and the thread's next return to user mode (that IPI's or a
+/// timer's IRETQ) faults: a UserException for its handler with the selector, never a
+/// kernel fault. Restored, the thread runs on and finishes with ESP intact.
+fn ldt_cross_cpu(env: &mut Env) -> TestResult {
+    let cpus = env.info.num_nodes();
+    if cpus < 2 {
+        return Err(Why::Skipped("needs two CPUs"));
+    }
+    let ldt = attach_ldt(env)?;
+    let t = env.create(espfix_thread, CROSS_CPU_SPINS, CHILD_PRIORITY)?;
+    let result = (|| {
+        t.tcb.set_affinity(cpus - 1).or_fail("SetAffinity")?;
+        t.start().or_fail("start")?;
+        // The INT3 before the spin loop: resume it, and let it get into the loop.
+        let Some(r) = next_fault(env) else {
+            fail!("no INT3 fault from the thread on CPU {}", cpus - 1)
+        };
+        ensure!(
+            r.label() == FaultType::DebugException as u64,
+            "first fault label {}, expected the INT3's DebugException",
+            r.label()
+        );
+        keel_sys::ipc::reply(&Message::new(0));
+        pause(1_000_000);
+        ensure!(shared(0) == 0, "the thread finished before the LDT changed");
+        // 1. SS not present.
+        ldt.set_entries(SS_INDEX, &[LDT_DATA16 & !PRESENT])
+            .or_fail("SetEntries SS not present")?;
+        let Some(r) = next_fault(env) else {
+            fail!(
+                "SS made not present on another CPU: no fault, thread finished: {}",
+                shared(0)
+            )
+        };
+        let (number, code) = (r.mr(user_exception::NUMBER), r.mr(user_exception::CODE));
+        ensure!(
+            r.label() == FaultType::UserException as u64
+                && (number == 11 || number == 12)
+                && code & !3 == SS_SEL as u64 & !3,
+            "SS made not present: fault label {} number {number} code {code:#x}, expected #NP/#SS with {SS_SEL:#x}",
+            r.label()
+        );
+        ldt.set_entries(SS_INDEX, &[LDT_DATA16])
+            .or_fail("SetEntries SS present")?;
+        keel_sys::ipc::reply(&Message::new(0).words(&r.words::<3>()));
+        pause(1_000_000);
+        ensure!(
+            shared(0) == 0,
+            "the thread finished before the LDT was detached"
+        );
+        // 2. The LDT detached: CS and SS name nothing.
+        detach_ldt()?;
+        let Some(r) = next_fault(env) else {
+            fail!(
+                "LDT detached on another CPU: no fault, thread finished: {}",
+                shared(0)
+            )
+        };
+        let (number, code) = (r.mr(user_exception::NUMBER), r.mr(user_exception::CODE));
+        ensure!(
+            r.label() == FaultType::UserException as u64
+                && (11..=13).contains(&number)
+                && (code & !3 == SS_SEL as u64 & !3 || code & !3 == CODE_SEL as u64 & !3),
+            "LDT detached: fault label {} number {number} code {code:#x}, expected #GP/#NP/#SS with an LDT selector",
+            r.label()
+        );
+        init::VSPACE.set_ldt(Some(ldt)).or_fail("SetLDT again")?;
+        keel_sys::ipc::reply(&Message::new(0).words(&r.words::<3>()));
+        pause(1_000_000);
+        ensure!(shared(0) == 0, "the thread left its loop by itself");
+        hazards::compat16_stop();
+        ensure!(
+            wait_until(|| shared(0) == 1),
+            "the thread did not finish after the LDT came back"
+        );
+        ensure!(
+            shared(1) as u32 == PROBE_ESP && shared(2) == 0,
+            "ESP {:#x} after INT3, changes {:#x} over the loop (expected {PROBE_ESP:#x}, 0)",
+            shared(1),
+            shared(2)
+        );
+        if let Some(r) = env.fault_ep.nb_recv() {
+            fail!("unexpected fault label {} MR0 {:#x}", r.label(), r.mr(0));
+        }
+        Ok(())
+    })();
+    env.destroy(t)?;
+    detach_ldt()?;
+    env.alloc.delete(ldt).or_fail("delete LDT")?;
+    result
 }

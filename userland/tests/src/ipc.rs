@@ -33,6 +33,9 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
     });
     suite.run("ipc_cancel_badged_sends", || cancel_badged(env));
     suite.run("ipc_save_caller_then_reply", || save_caller(env));
+    suite.run("ipc_reply_recv_wakes_caller_and_queued_sender", || {
+        reply_recv_two_wakeups(env)
+    });
     suite.run("notification_wait_blocks_until_signal", || {
         notification_wait(env)
     });
@@ -426,5 +429,63 @@ fn notification_poll(env: &mut Env) -> TestResult {
     n.signal();
     let bits = ro.poll();
     ensure!(bits == 0, "unbadged signal set bits {bits:#x}");
+    Ok(())
+}
+
+/// Shared words of [`reply_recv_two_wakeups`]: 10 the endpoint; 1 the caller's reply
+/// came back, 2 the sender's Send returned, 3 the server's receive got the sender's
+/// message (its label).
+const TWO_WAKEUPS_CALL: u64 = 0x31;
+const TWO_WAKEUPS_SEND: u64 = 0x32;
+
+fn two_wakeups_caller(_: u64) {
+    let r = ep_at(10).call(&Message::new(TWO_WAKEUPS_CALL));
+    set_shared(1, 1 + r.label());
+}
+
+fn two_wakeups_sender(_: u64) {
+    ep_at(10).send(&Message::new(TWO_WAKEUPS_SEND));
+    set_shared(2, 1);
+}
+
+fn two_wakeups_server(_: u64) {
+    let r = ep_at(10).recv();
+    if r.label() != TWO_WAKEUPS_CALL {
+        set_shared(3, 0xbad);
+        return;
+    }
+    // Reply to the caller and receive the queued Send in one system call: both the
+    // caller (reply half) and the sender (receive half) become runnable on this CPU.
+    let r = ep_at(10).reply_recv(&Message::new(7));
+    set_shared(3, r.label());
+}
+
+/// ReplyRecv whose reply wakes a caller and whose receive takes a plain Send that was
+/// queued, all on one CPU: the kernel must run both woken threads (neither may be lost
+/// between the scheduler's "switch to" decision for the first and the second wakeup).
+fn reply_recv_two_wakeups(env: &mut Env) -> TestResult {
+    let ep = env.endpoint()?;
+    set_shared(10, ep.cptr());
+    // The caller and then the sender block on the endpoint (no receiver yet); the
+    // server then receives the Call first. All run on this CPU above our priority.
+    let caller = env.spawn(two_wakeups_caller, 0, CHILD_PRIORITY)?;
+    let sender = env.spawn(two_wakeups_sender, 0, CHILD_PRIORITY)?;
+    let server = env.spawn(two_wakeups_server, 0, CHILD_PRIORITY)?;
+    let done = wait_until(|| shared(1) != 0 && shared(2) != 0 && shared(3) != 0);
+    let (replied, sent, served) = (shared(1), shared(2), shared(3));
+    env.destroy(server)?;
+    env.destroy(sender)?;
+    env.destroy(caller)?;
+    ensure!(
+        served == TWO_WAKEUPS_SEND,
+        "the server's ReplyRecv received label {served:#x}, expected the Send ({TWO_WAKEUPS_SEND:#x})"
+    );
+    ensure!(
+        done && replied == 1 + 7 && sent == 1,
+        "after one ReplyRecv woke both: caller {} (reply label {}), sender {}: a woken thread was lost",
+        if replied != 0 { "ran" } else { "never ran" },
+        replied.saturating_sub(1),
+        if sent != 0 { "ran" } else { "never ran" }
+    );
     Ok(())
 }

@@ -15,6 +15,7 @@
 
 mod cspace;
 mod entry_hazards;
+mod entry_state;
 mod faults;
 mod fpu;
 mod gsbase;
@@ -59,6 +60,7 @@ fn main(argument: u64) -> u64 {
                     faults::run(&mut suite, &mut env);
                     fpu::run(&mut suite, &mut env);
                     entry_hazards::run(&mut suite, &mut env);
+                    entry_state::run(&mut suite, &mut env);
                     vspace::run(&mut suite, &mut env);
                     vspace::run_devices(&mut suite, &mut env);
                     gsbase::run(&mut suite, &mut env);

@@ -2,7 +2,7 @@
 
 use keel_abi::error::Error as E;
 use keel_abi::invocation::InvocationLabel as L;
-use keel_abi::syscall::{RECV, SEND, YIELD};
+use keel_abi::syscall::{RECV, REPLY_RECV, SEND, YIELD};
 
 use crate::object::tcb::TIME_SLICE_TICKS;
 
@@ -100,6 +100,32 @@ fn direct_switch_on_ipc() {
     assert_eq!(w.k.current(), ROOT_TCB);
     assert_eq!(w.state(low.tcb), ThreadState::Running);
     assert_eq!(w.ready(0, 50), vec![low.tcb]);
+}
+
+#[test]
+fn reply_recv_waking_two_threads_loses_neither() {
+    let mut w = World::new();
+    let e = w.endpoint();
+    let caller = w.running_thread(150);
+    let sender = w.running_thread(150);
+    let server = w.running_thread(150);
+    // Nobody receives yet: the Call and then the Send queue on the endpoint.
+    w.call(caller.tcb, e, 1, &[], &[]);
+    w.send(sender.tcb, e, 2, &[], &[]);
+    w.recv(server.tcb, e);
+    assert_eq!(w.received(server.tcb).label, 1);
+    // One ReplyRecv: the reply wakes the caller (a direct switch candidate on this
+    // CPU), the receive takes the queued Send and wakes the sender.
+    w.load(server.tcb, e, 0, &[], &[]);
+    w.syscall(server.tcb, REPLY_RECV);
+    assert_eq!(w.received(server.tcb).label, 2);
+    for t in [caller.tcb, sender.tcb] {
+        assert_eq!(w.state(t), ThreadState::Running);
+        assert!(
+            w.k.tcb(t).queued || w.k.cpus[0].current == t,
+            "{t:#x} is runnable but neither running nor in a ready queue: lost"
+        );
+    }
 }
 
 #[test]
