@@ -540,6 +540,21 @@ fn defence_off_debug_regs_is_caught() {
     );
 }
 
+/// No CLAC at interrupt and exception entry: a handler runs with the interrupted
+/// context's RFLAGS.AC, so SMAP is suspended for that entry.
+#[test]
+fn defence_off_clac_is_caught() {
+    let run = defence_off("keel.unsafe.clac");
+    let p = protocol(&run.serial);
+    assert!(
+        p.failed
+            .iter()
+            .any(|t| t == "exception_entry_clears_rflags_ac"),
+        "the CLAC test did not fail\n{}",
+        run.report()
+    );
+}
+
 /// A kernel stack overflow lands on the #DF stack and is diagnosed, not a reset.
 #[test]
 fn stack_overflow_is_diagnosed() {

@@ -202,3 +202,17 @@ hal::kernel_test!(
     stack_overflow_is_diagnosed_on_the_double_fault_stack,
     stack_overflow
 );
+
+fn exception_entry_clears_ac() -> Outcome {
+    let Some(caught) = hal::trap::probe::breakpoint_with_ac_set() else {
+        return Outcome::Skipped("no SMAP");
+    };
+    check!(caught.vector == 3, "caught vector {}", caught.vector);
+    check!(
+        caught.handler_rflags & (1 << 18) == 0,
+        "the exception handler ran with RFLAGS.AC set ({:#x}): SMAP suspended",
+        caught.handler_rflags
+    );
+    Outcome::Passed
+}
+hal::kernel_test!(exception_entry_clears_rflags_ac, exception_entry_clears_ac);

@@ -35,9 +35,12 @@ pub enum Switch {
     /// The user restartable-sequence fix-up on returns to user mode
     /// (`keel.unsafe.user_rseq`; read by the glue into `Kernel::user_rseq`).
     UserRseq = 7,
+    /// CLAC at interrupt and exception entry (clears RFLAGS.AC a user thread may have
+    /// set; `keel.unsafe.clac`); also off when the CPU has no SMAP (CLAC would be #UD).
+    Clac = 8,
 }
 
-const NAMES: [(Switch, &str); 7] = [
+const NAMES: [(Switch, &str); 8] = [
     (Switch::Sysret, "keel.unsafe.sysret"),
     (Switch::Paranoid, "keel.unsafe.paranoid"),
     (Switch::Rseq, "keel.unsafe.rseq"),
@@ -45,6 +48,7 @@ const NAMES: [(Switch, &str); 7] = [
     (Switch::Fmask, "keel.unsafe.fmask"),
     (Switch::DebugRegs, "keel.unsafe.debug_regs"),
     (Switch::UserRseq, "keel.unsafe.user_rseq"),
+    (Switch::Clac, "keel.unsafe.clac"),
 ];
 
 static OFF: AtomicU32 = AtomicU32::new(0);
@@ -93,6 +97,9 @@ pub fn configure(cmdline: &str) {
             log::warn!("entry: defence switched off for a negative test: {name}");
         }
     }
+    if !crate::cpu::features().smap {
+        off |= 1 << Switch::Clac as u32;
+    }
     OFF.store(off, Ordering::Relaxed);
     for site in sites() {
         if off & (1 << site.switch) == 0 {
@@ -102,7 +109,8 @@ pub fn configure(cmdline: &str) {
         let phys = crate::layout::image_virt_to_phys(site.start);
         let bytes = crate::layout::phys_to_virt(phys) as *mut u8;
         // SAFETY: `start..end` is a block of kernel text (emitted by our assembly, at
-        // least 5 bytes long, asserted there) that no CPU executes yet: only the
+        // least 2 bytes long: the shortest is CLAC's 3; a block long enough for the
+        // 5-byte jump is over 129 bytes) that no CPU executes yet: only the
         // bootstrap CPU runs, and it is not inside the entry code. The text is written
         // through its direct-map alias (writable); the jump keeps the instruction
         // stream valid because execution resumes at `end`, an instruction boundary.

@@ -117,6 +117,14 @@ trap_stubs:
     .balign 16
 trap_common:
     /* stack: vector, error code, RIP, CS, RFLAGS, RSP, SS */
+    /* RFLAGS.AC off: a user thread that set it must not run this entry with SMAP
+       suspended (IRETQ restores the interrupted RFLAGS). Patched out without SMAP. */
+5:
+    clac
+6:
+    .pushsection .keel_patch, "a"
+    .quad {clac_switch}, 5b, 6b
+    .popsection
     test byte ptr [rsp + 24], 3
     jz 3f
     /* From user mode: the CPU pushed into the current thread's TCB (TSS.RSP0). */
@@ -164,6 +172,7 @@ trap_common:
 "#),
     dispatch = sym trap_dispatch,
     from_user = sym crate::entry::trap_from_user,
+    clac_switch = const crate::switches::Switch::Clac as u64,
     kernel_stack = const crate::percpu::OFFSET_KERNEL_STACK_TOP,
     context_top = const crate::percpu::OFFSET_CONTEXT_TOP,
     vector_from_top = const (22 - 15) * 8,
@@ -200,7 +209,14 @@ keel_paranoid_machine_check:
 
     .balign 16
 paranoid_common:
-    /* On the IST stack: vector, error code, RIP, CS, RFLAGS, RSP, SS. GS unknown. */
+    /* On the IST stack: vector, error code, RIP, CS, RFLAGS, RSP, SS. GS unknown.
+       RFLAGS.AC off, as in trap_common (patched out without SMAP). */
+5:
+    clac
+6:
+    .pushsection .keel_patch, "a"
+    .quad {clac_switch}, 5b, 6b
+    .popsection
 "#,
     crate::push_gprs!(),
     r#"
@@ -279,6 +295,7 @@ keel_paranoid_fsgsbase:
     context_bytes = const crate::entry::PUSHED_WORDS * 8,
     stack_size = const crate::layout::STACK_SIZE,
     paranoid_switch = const crate::switches::Switch::Paranoid as u64,
+    clac_switch = const crate::switches::Switch::Clac as u64,
     dispatch = sym paranoid_dispatch,
     from_user = sym crate::entry::trap_from_user,
     kernel_stack = const crate::percpu::OFFSET_KERNEL_STACK_TOP,
@@ -372,6 +389,8 @@ pub struct ProbeRecord {
     vector: AtomicU64,
     error_code: AtomicU64,
     address: AtomicU64,
+    /// RFLAGS as the handler found them (RFLAGS.AC must be clear there).
+    handler_rflags: AtomicU64,
 }
 
 impl ProbeRecord {
@@ -381,6 +400,7 @@ impl ProbeRecord {
             vector: AtomicU64::new(NONE),
             error_code: AtomicU64::new(0),
             address: AtomicU64::new(0),
+            handler_rflags: AtomicU64::new(0),
         }
     }
 }
@@ -402,6 +422,8 @@ pub struct CaughtException {
     pub error_code: u64,
     /// CR2 for a page fault, else 0.
     pub address: u64,
+    /// RFLAGS in the kernel's exception handler.
+    pub handler_rflags: u64,
 }
 
 /// Probes: instructions that raise an exception in the kernel on purpose, caught
@@ -416,7 +438,32 @@ pub mod probe {
             vector: vector as u8,
             error_code: record.error_code.load(Ordering::Relaxed),
             address: record.address.load(Ordering::Relaxed),
+            handler_rflags: record.handler_rflags.load(Ordering::Relaxed),
         })
+    }
+
+    /// Executes INT3 with RFLAGS.AC set (STAC), then clears it again; `None` without
+    /// SMAP (STAC would be #UD). The entry must have cleared AC before the handler ran.
+    pub fn breakpoint_with_ac_set() -> Option<CaughtException> {
+        if !crate::cpu::features().smap {
+            return None;
+        }
+        // SAFETY: the CPU has SMAP, so STAC/CLAC exist; AC is set only around the INT3
+        // (the kernel touches no user memory meanwhile); the fix-up entry maps the
+        // trap's RIP to itself.
+        unsafe {
+            core::arch::asm!(
+                "stac",
+                "int3",
+                "2:",
+                "clac",
+                ".pushsection .keel_extable, \"a\"",
+                ".quad 2b, 2b",
+                ".popsection",
+                options(nostack)
+            )
+        };
+        take()
     }
 
     /// Executes UD2.
@@ -898,6 +945,7 @@ fn kernel_exception(frame: &mut TrapFrame) {
     let vector = frame.vector;
     if let Some(fixup) = extable().iter().find(|e| e.instruction == frame.rip) {
         let record = &crate::percpu::current().probe;
+        record.handler_rflags.store(rflags(), Ordering::Relaxed);
         record.error_code.store(frame.error_code, Ordering::Relaxed);
         record
             .address
@@ -1026,4 +1074,12 @@ pub fn kernel_single_step() -> u64 {
         )
     };
     KERNEL_DEBUG_TRAPS.load(Ordering::SeqCst) - before
+}
+
+/// The current RFLAGS.
+fn rflags() -> u64 {
+    let flags: u64;
+    // SAFETY: PUSHFQ/POP only read the flags, on the current stack.
+    unsafe { core::arch::asm!("pushfq", "pop {}", out(reg) flags, options(preserves_flags)) };
+    flags
 }

@@ -430,6 +430,11 @@ impl<H: Hardware> Kernel<H> {
     pub fn current_gone(&mut self, cpu: usize) {
         let t = self.cpus[cpu].current;
         self.cpus[cpu].current = 0;
+        if t != 0 {
+            // Switched out without the scheduler seeing it (a user restartable
+            // sequence it was in restarts).
+            self.rseq_switched_out(t);
+        }
         if cpu == self.hw.current_cpu() {
             self.reschedule_required();
         } else {

@@ -184,6 +184,7 @@ fn stress_worker(i: u64) {
     while shared(7) == 0 {
         aborts += STRESS.add(1);
         adds += 1;
+        set_shared(12, 1);
         if rseq::cpu_id() as usize >= keel_sys::rseq::MAX_CPUS {
             add_shared(5, 1);
         }
@@ -216,6 +217,8 @@ fn migration(env: &mut Env) -> TestResult {
         }
         pause(200_000);
     }
+    // On a loaded host the workers may not have run yet: wait until one has.
+    wait_until(|| shared(12) != 0);
     set_shared(7, 1);
     for t in threads.iter().flatten() {
         // Away from this CPU, where they could not run while this thread waits.
@@ -274,6 +277,7 @@ fn pool_worker(w: u64) {
                 *h = usize::MAX;
             }
         }
+        set_shared(12, 1);
     }
     set_shared(8 + w as usize, allocations);
     add_shared(0, 1);
@@ -297,6 +301,8 @@ fn pool(env: &mut Env) -> TestResult {
         }
         pause(200_000);
     }
+    // On a loaded host the workers may not have run yet: wait until one has.
+    wait_until(|| shared(12) != 0);
     set_shared(7, 1);
     for t in threads.iter().flatten() {
         let _ = t.tcb.set_affinity(cpus - 1);

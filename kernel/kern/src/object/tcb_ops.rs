@@ -348,15 +348,17 @@ impl<H: Hardware> Kernel<H> {
 
     /// Moves a thread to another CPU.
     pub fn set_affinity(&mut self, t: u64, cpu: usize) {
+        let old = self.tcb(t).affinity as usize;
+        if cpu == old {
+            // Already there: nothing moves (the thread keeps running undisturbed).
+            return;
+        }
         // A thread running elsewhere first leaves that CPU (its registers into its TCB).
         self.stall_if_running_elsewhere(t);
-        let old = self.tcb(t).affinity as usize;
         let queued = self.tcb(t).queued;
         self.dequeue(t);
         self.tcb_mut(t).affinity = cpu as u16;
-        if cpu != old {
-            self.rseq_migrated(t, cpu as u16);
-        }
+        self.rseq_migrated(t, cpu as u16);
         if self.cpus[old].current == t {
             self.current_gone(old);
             if self.tcb(t).state.is_runnable() {
