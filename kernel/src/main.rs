@@ -299,6 +299,10 @@ fn idle_poll() -> u64 {
 /// faults instead, and the scheduler chooses again.
 #[inline(never)]
 fn prepare(k: &mut Kernel<Machine>) -> u64 {
+    // Interrupts a long operation let in at its preemption points: handled now.
+    while let Some(vector) = hal::rseq::take_deferred_interrupt() {
+        handle_interrupt(k, vector);
+    }
     loop {
         k.schedule();
         let t = k.current();

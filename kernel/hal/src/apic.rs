@@ -128,17 +128,6 @@ fn write(reg: u32, value: u32) {
     }
 }
 
-/// First of the eight in-service/request register groups: IRR bits 0–255 in eight
-/// 32-bit registers, 16 bytes apart.
-const REG_IRR: u32 = 0x200;
-
-/// Whether this CPU's local APIC holds a requested interrupt not yet delivered (IRR
-/// has a bit set; vectors 0–31 are never requested). Reads eight registers: a
-/// preemption point of a long kernel operation calls it, not a hot path.
-pub fn interrupt_pending() -> bool {
-    (0..8).any(|i| read(REG_IRR + 0x10 * i) != 0)
-}
-
 /// This CPU's local APIC ID.
 pub fn id() -> u32 {
     match mode() {

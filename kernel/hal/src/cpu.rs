@@ -79,6 +79,44 @@ pub fn wait_for_interrupt() {
     unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
 }
 
+/// A preemption window: lets the interrupts waiting on this CPU arrive (STI, NOP, CLI;
+/// STI's shadow makes the NOP run first). The interrupt path sees the return address
+/// [`preemption_window_end`] and only acknowledges and defers them
+/// (`rseq::defer_interrupt`): this CPU holds the big kernel lock here. Returns whether
+/// any interrupt is deferred.
+pub fn preemption_window() -> bool {
+    // SAFETY: interrupts are enabled for one instruction; the handlers that can run
+    // then defer their work (see above) and touch nothing this code holds. The
+    // function clobbers nothing (C ABI, no registers used).
+    unsafe { keel_preemption_window() };
+    crate::rseq::deferred_interrupts()
+}
+
+core::arch::global_asm!(
+    r#"
+    .text
+    .balign 16
+    .global keel_preemption_window
+keel_preemption_window:
+    sti
+    nop
+    .global keel_preemption_window_end
+keel_preemption_window_end:
+    cli
+    ret
+"#
+);
+
+unsafe extern "C" {
+    fn keel_preemption_window();
+    static keel_preemption_window_end: u8;
+}
+
+/// The address at which interrupts taken in [`preemption_window`] return.
+pub fn preemption_window_end() -> u64 {
+    (&raw const keel_preemption_window_end) as u64
+}
+
 /// Whether interrupts are enabled (RFLAGS.IF).
 pub fn interrupts_enabled() -> bool {
     let flags: u64;

@@ -147,7 +147,7 @@ impl Hardware for Machine {
         crate::apic::route_irq(irq, route, enabled);
     }
     fn interrupt_pending(&self) -> bool {
-        crate::apic::interrupt_pending()
+        crate::cpu::preemption_window()
     }
     fn ticks(&self) -> u64 {
         crate::percpu::current()

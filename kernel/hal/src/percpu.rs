@@ -58,6 +58,11 @@ pub struct PerCpu {
     /// Event counters (index: [`Event`]), updated by restartable sequences
     /// ([`crate::rseq::count_event`]) from the kernel and from NMI/IRQ handlers.
     pub events: [u64; EVENTS],
+    /// Interrupts taken inside a preemption window (`cpu::preemption_window`) and not
+    /// yet handled: bit `v` of word `v / 64` for vector `v`. Set by the interrupt path
+    /// and taken by the kernel, both with restartable sequences
+    /// (`crate::rseq::defer_interrupt`, `crate::rseq::take_deferred_interrupt`).
+    pub deferred_interrupts: [u64; 4],
     /// Entries ever appended to [`PerCpu::trace`] (the next slot is this modulo the size).
     pub trace_head: u64,
     /// The trace ring ([`crate::rseq::trace`]).
@@ -170,6 +175,8 @@ pub struct Injection {
 pub const OFFSET_ESPFIX_FRAME: usize = core::mem::offset_of!(PerCpu, espfix_frame);
 /// Offset of `PerCpu::events`.
 pub const OFFSET_EVENTS: usize = core::mem::offset_of!(PerCpu, events);
+/// Offset of `PerCpu::deferred_interrupts`.
+pub const OFFSET_DEFERRED: usize = core::mem::offset_of!(PerCpu, deferred_interrupts);
 /// Offset of `PerCpu::trace_head`.
 pub const OFFSET_TRACE_HEAD: usize = core::mem::offset_of!(PerCpu, trace_head);
 /// Offset of `PerCpu::trace`.
@@ -201,6 +208,7 @@ impl PerCpu {
             probe: crate::trap::ProbeRecord::new(),
             tables: CpuTables::new(),
             events: [0; EVENTS],
+            deferred_interrupts: [0; 4],
             trace_head: 0,
             trace: [TraceEntry {
                 event: 0,

@@ -18,7 +18,9 @@
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::percpu::{Event, OFFSET_EVENTS, OFFSET_SELF, OFFSET_TRACE, OFFSET_TRACE_HEAD};
+use crate::percpu::{
+    Event, OFFSET_DEFERRED, OFFSET_EVENTS, OFFSET_SELF, OFFSET_TRACE, OFFSET_TRACE_HEAD,
+};
 
 /// One sequence: interrupted at `start <= rip < end`, it resumes at `restart`.
 #[repr(C)]
@@ -190,6 +192,66 @@ pub fn count_event(event: Event) {
             options(nostack, preserves_flags),
         );
     }
+}
+
+/// Records vector `vector` (32–255) as taken but not handled on this CPU (the
+/// interrupt path, inside a preemption window). An NMI in the middle restarts it.
+pub fn defer_interrupt(vector: u64) {
+    let (word, bit) = (vector / 64 % 4, 1u64 << (vector % 64));
+    // SAFETY: GS points at this CPU's PerCpu; the sequence touches only its
+    // `deferred_interrupts` word; an interruption before the store restarts it.
+    unsafe {
+        crate::rseq!(
+            body: [
+                "mov {v}, qword ptr gs:[{off} + {w} * 8]",
+                "or {v}, {bit}",
+            ],
+            commit: "mov qword ptr gs:[{off} + {w} * 8], {v}",
+            off = const OFFSET_DEFERRED,
+            w = in(reg) word,
+            bit = in(reg) bit,
+            v = out(reg) _,
+            options(nostack),
+        );
+    }
+}
+
+/// Takes the lowest deferred vector of this CPU, if any (the kernel, at the end of
+/// the entry whose preemption point let it in).
+pub fn take_deferred_interrupt() -> Option<u64> {
+    for word in 0..4u64 {
+        let before: u64;
+        // SAFETY: as in `defer_interrupt`: the sequence loads the word and stores it
+        // without its lowest set bit; an interruption before the store restarts it
+        // from the load, so a bit set meanwhile is kept.
+        unsafe {
+            crate::rseq!(
+                body: [
+                    "mov {v}, qword ptr gs:[{off} + {w} * 8]",
+                    "lea {rest}, [{v} - 1]",
+                    "and {rest}, {v}",
+                ],
+                commit: "mov qword ptr gs:[{off} + {w} * 8], {rest}",
+                off = const OFFSET_DEFERRED,
+                w = in(reg) word,
+                v = out(reg) before,
+                rest = out(reg) _,
+                options(nostack),
+            );
+        }
+        if before != 0 {
+            return Some(word * 64 + before.trailing_zeros() as u64);
+        }
+    }
+    None
+}
+
+/// Whether this CPU has deferred interrupts.
+pub fn deferred_interrupts() -> bool {
+    crate::percpu::current()
+        .deferred_interrupts
+        .iter()
+        .any(|w| *w != 0)
 }
 
 /// As [`count_event`] but from a handler: the same code (handlers nest inside it).

@@ -750,6 +750,14 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     let vector = frame.vector;
     if vector < 32 {
         kernel_exception(frame);
+    } else if frame.rip == crate::cpu::preemption_window_end() {
+        // A long operation's preemption point (this CPU holds the big kernel lock):
+        // acknowledge now, handle when that kernel entry ends.
+        acknowledge(vector);
+        if !matches!(vector, v if v == SPURIOUS_VECTOR as u64 || v == crate::tlb::TLB_VECTOR as u64)
+        {
+            crate::rseq::defer_interrupt(vector);
+        }
     } else {
         crate::rseq::fix_interrupted(&mut frame.rip);
         crate::entry::interrupt_in_kernel(vector);

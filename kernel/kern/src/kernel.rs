@@ -57,8 +57,9 @@ pub trait Hardware: Memory {
     fn irq_route(&mut self, irq: u16, route: crate::object::irq::IrqRoute, enabled: bool);
     /// Timer interrupts seen by this CPU.
     fn ticks(&self) -> u64;
-    /// Whether an interrupt is waiting to be taken on this CPU (a long operation's
-    /// preemption point asks; see `Kernel::preemption_point`).
+    /// A long operation's preemption point (see `Kernel::preemption_point`): lets the
+    /// interrupts waiting on this CPU in, to be handled when this kernel entry ends, and
+    /// says whether there were any.
     fn interrupt_pending(&self) -> bool {
         false
     }
