@@ -300,8 +300,10 @@ fn idle_poll() -> u64 {
 #[inline(never)]
 fn prepare(k: &mut Kernel<Machine>) -> u64 {
     // Interrupts a long operation let in at its preemption points: handled now.
-    while let Some(vector) = hal::rseq::take_deferred_interrupt() {
-        handle_interrupt(k, vector);
+    if hal::rseq::deferred_interrupts() {
+        while let Some(vector) = hal::rseq::take_deferred_interrupt() {
+            handle_interrupt(k, vector);
+        }
     }
     loop {
         k.schedule();

@@ -246,12 +246,12 @@ pub fn take_deferred_interrupt() -> Option<u64> {
     None
 }
 
-/// Whether this CPU has deferred interrupts.
+/// Whether this CPU has deferred interrupts (a few instructions: every general-path
+/// exit asks).
+#[inline]
 pub fn deferred_interrupts() -> bool {
-    crate::percpu::current()
-        .deferred_interrupts
-        .iter()
-        .any(|w| *w != 0)
+    let d = &crate::percpu::current().deferred_interrupts;
+    (d[0] | d[1] | d[2] | d[3]) != 0
 }
 
 /// As [`count_event`] but from a handler: the same code (handlers nest inside it).
