@@ -264,27 +264,54 @@ fn save_user_bases() {
         crate::fpu::park_current();
     }
     area.running.store(0, core::sync::atomic::Ordering::Release);
-    let selectors = user_selectors();
-    if selectors != 0 || crate::percpu::current().save_bases {
-        save_user_bases_slow(selectors);
+    if any_user_selector() || area.save_bases {
+        save_user_bases_slow(user_selectors());
     }
 }
 
-/// FS selector (bits 15:0) and GS selector (bits 31:16) as the CPU holds them.
+/// Whether any of FS, GS, DS, ES holds a non-null selector value (MOV from a segment
+/// register into a 64-bit register zero-extends: one OR chain, no packing).
+#[inline(always)]
+fn any_user_selector() -> bool {
+    let any: u64;
+    // SAFETY: reads four segment registers; no memory access.
+    unsafe {
+        core::arch::asm!(
+            "mov {a}, fs",
+            "mov {t}, gs",
+            "or {a}, {t}",
+            "mov {t}, ds",
+            "or {a}, {t}",
+            "mov {t}, es",
+            "or {a}, {t}",
+            a = out(reg) any,
+            t = out(reg) _,
+            options(nomem, nostack)
+        )
+    };
+    any != 0
+}
+
+/// FS (bits 15:0), GS (31:16), DS (47:32) and ES (63:48) selectors as the CPU holds
+/// them (the kernel never changes DS or ES: they are the thread's).
 #[inline(always)]
 fn user_selectors() -> u64 {
-    let (fs, gs): (u64, u64);
-    // SAFETY: reads two segment registers; no memory access, no side effects.
+    let (fs, gs, ds, es): (u64, u64, u64, u64);
+    // SAFETY: reads four segment registers; no memory access, no side effects.
     unsafe {
         core::arch::asm!(
             "mov {fs:r}, fs",
             "mov {gs:r}, gs",
+            "mov {ds:r}, ds",
+            "mov {es:r}, es",
             fs = out(reg) fs,
             gs = out(reg) gs,
+            ds = out(reg) ds,
+            es = out(reg) es,
             options(nomem, nostack, preserves_flags)
         )
     };
-    (fs & 0xffff) | (gs & 0xffff) << 16
+    (fs & 0xffff) | (gs & 0xffff) << 16 | (ds & 0xffff) << 32 | (es & 0xffff) << 48
 }
 
 #[cold]
@@ -323,7 +350,8 @@ unsafe fn update_save_bases(area: *mut crate::percpu::PerCpu) {
     }
 }
 
-/// Loads the thread's FS and GS selectors and bases (doc/fsgsbase.md): a non-zero
+/// Loads the thread's DS, ES, FS and GS selectors and the FS/GS bases
+/// (doc/fsgsbase.md): a non-zero
 /// selector whose descriptor can be loaded gives the base from the descriptor; a null
 /// selector (0–3) is loaded as it was and the base written exactly; a selector that
 /// can no longer be loaded (its LDT entry changed or went away) is replaced by 0.
@@ -340,12 +368,22 @@ unsafe fn load_user_segments(
 ) {
     let fs_sel = loadable_or_null((selectors & 0xffff) as u16);
     let gs_sel = loadable_or_null((selectors >> 16 & 0xffff) as u16);
+    let ds_sel = loadable_or_null((selectors >> 32 & 0xffff) as u16);
+    let es_sel = loadable_or_null((selectors >> 48 & 0xffff) as u16);
     // SAFETY: the selectors are null or descriptors LAR found present, readable and of
     // DPL 3, so the loads cannot fault. GS is loaded between two SWAPGS so that the
     // user's base (IA32_KERNEL_GS_BASE) takes the descriptor's value, not the kernel's;
     // an NMI in between is handled by the paranoid entry, which never trusts the GS
     // base in ring 0. Bases written are canonical (sanitised by the caller).
     unsafe {
+        // DS and ES are not used by the kernel in 64-bit mode: the thread's values.
+        core::arch::asm!(
+            "mov ds, {0:e}",
+            "mov es, {1:e}",
+            in(reg) ds_sel as u32,
+            in(reg) es_sel as u32,
+            options(nomem, nostack, preserves_flags)
+        );
         core::arch::asm!("mov fs, {0:e}", in(reg) fs_sel as u32, options(nomem, nostack, preserves_flags));
         core::arch::asm!(
             "swapgs",
@@ -368,7 +406,8 @@ unsafe fn load_user_segments(
         };
         (*area).loaded_fs_base = fs;
         (*area).loaded_gs_base = gs;
-        (*area).loaded_selectors = fs_sel as u64 | (gs_sel as u64) << 16;
+        (*area).loaded_selectors =
+            fs_sel as u64 | (gs_sel as u64) << 16 | (ds_sel as u64) << 32 | (es_sel as u64) << 48;
     }
 }
 

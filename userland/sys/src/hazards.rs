@@ -119,6 +119,37 @@ pub fn mov_ss_then(selector: &AtomicU16, then: AfterMovSs) {
     }
 }
 
+/// Loads DS and ES with `selector` (a null selector, the flat user data selector or an
+/// LDT data selector the thread owns; anything else is a #GP fault).
+pub fn load_ds_es(selector: u16) {
+    // SAFETY: 64-bit code ignores DS and ES bases and limits, so Rust code here is not
+    // affected; a bad selector faults before anything changes.
+    unsafe {
+        core::arch::asm!(
+            "mov ds, {0:e}",
+            "mov es, {0:e}",
+            in(reg) selector as u32,
+            options(nomem, nostack, preserves_flags)
+        )
+    };
+}
+
+/// The DS and ES selectors.
+pub fn ds_es() -> (u16, u16) {
+    let (ds, es): (u16, u16);
+    // SAFETY: reading segment registers has no side effects.
+    unsafe {
+        core::arch::asm!(
+            "mov {0:x}, ds",
+            "mov {1:x}, es",
+            out(reg) ds,
+            out(reg) es,
+            options(nomem, nostack, preserves_flags)
+        )
+    };
+    (ds, es)
+}
+
 /// The current SS selector.
 pub fn current_ss() -> u16 {
     let ss: u16;

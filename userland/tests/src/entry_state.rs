@@ -42,6 +42,7 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
     suite.run("entry_stack_and_data_no_execute_text_read_only", || {
         program_protection(env)
     });
+    suite.run("entry_ds_es_belong_to_their_thread", || ds_es(env));
     suite.run("entry_debug_registers_do_not_outlive_their_thread", || {
         debug_registers(env)
     });
@@ -550,5 +551,47 @@ fn debug_registers(env: &mut Env) -> TestResult {
         );
     }
     ensure!(finished, "thread B did not finish");
+    Ok(())
+}
+
+// ---- DS and ES ----
+
+/// Switches each thread makes.
+const DS_ES_ROUNDS: u64 = 200;
+
+/// Loads DS/ES with the user data selector (argument 1) or leaves them null (0),
+/// then yields `DS_ES_ROUNDS` times checking them after each switch; shared(2 + arg)
+/// counts wrong values, shared(1) finished threads.
+fn ds_es_thread(loads: u64) {
+    let want = if loads == 1 { USER_SS as u16 } else { 0 };
+    if loads == 1 {
+        hazards::load_ds_es(want);
+    }
+    for _ in 0..DS_ES_ROUNDS {
+        keel_sys::ipc::yield_now();
+        let (ds, es) = hazards::ds_es();
+        if ds != want || es != want {
+            add_shared(2 + loads as usize, 1);
+        }
+    }
+    add_shared(1, 1);
+}
+
+/// A thread's DS and ES are its own: one thread loads the user data selector, another
+/// on the same CPU keeps them null, and each finds its own after every switch (the
+/// kernel saves both at entry and reloads them when they differ from the CPU's).
+fn ds_es(env: &mut Env) -> TestResult {
+    let a = env.spawn(ds_es_thread, 1, CHILD_PRIORITY)?;
+    let b = env.spawn(ds_es_thread, 0, CHILD_PRIORITY)?;
+    let finished = wait_until(|| shared(1) == 2);
+    env.destroy(a)?;
+    env.destroy(b)?;
+    ensure!(finished, "{} of 2 threads finished", shared(1));
+    ensure!(
+        shared(3) == 0 && shared(2) == 0,
+        "wrong DS/ES after a switch: {} times in the thread that loaded them, {} in the one that did not",
+        shared(3),
+        shared(2)
+    );
     Ok(())
 }

@@ -84,9 +84,11 @@ pub struct UserContext {
     pub ss: u64,
     pub fs_base: u64,
     pub gs_base: u64,
-    /// FS selector (bits 15:0) and GS selector (bits 31:16) as the CPU held them at the
-    /// thread's last kernel entry (0 for a new thread). With a non-zero selector the
-    /// base on restore comes from its descriptor; with 0 it is `fs_base`/`gs_base`.
+    /// FS (bits 15:0), GS (31:16), DS (47:32) and ES (63:48) selectors as the CPU held
+    /// them at the thread's last kernel entry (0 for a new thread). With a non-zero FS
+    /// or GS selector the base on restore comes from its descriptor; with 0 it is
+    /// `fs_base`/`gs_base`. DS and ES are restored as they were (null if their
+    /// descriptor can no longer be loaded).
     pub selectors: u64,
 }
 
