@@ -210,9 +210,10 @@ fn give(
     })
 }
 
-/// Starts one instance of manifest entry `index`: a CSpace of its own holding exactly
+/// Makes one instance of manifest entry `index`: a CSpace of its own holding exactly
 /// what `given` lists (at the well-known slots of `keel_servers::cspace::slot`), and a
-/// thread in its address space with that CSpace.
+/// thread in its address space with that CSpace, recorded in the registry but not
+/// started yet.
 fn launch(alloc: &mut Allocator, index: usize, given: &Given) -> keel_rt::Result<Instance> {
     let server = &SERVERS[index];
     let space = ServerCSpace::new(alloc, server.slots)?;
@@ -271,7 +272,6 @@ fn launch(alloc: &mut Allocator, index: usize, given: &Given) -> keel_rt::Result
         config.affinity.unwrap_or(0),
         &handed,
     );
-    thread.start()?;
     Ok(Instance { thread, space })
 }
 
@@ -305,7 +305,9 @@ fn start_all(alloc: &mut Allocator, info: &BootInfo) -> keel_rt::Result<System> 
             server.irqs,
             1u64 << ServerCSpace::radix_for(server.slots),
         );
-        system.running[index] = Some(launch(alloc, index, &given)?);
+        let instance = launch(alloc, index, &given)?;
+        instance.thread.start()?;
+        system.running[index] = Some(instance);
         system.given[index] = Some(given);
         keel_rt::Result::Ok(())
     };
@@ -490,17 +492,23 @@ fn fault(alloc: &mut Allocator, system: &mut System, badge: u64, label: u64) {
         return;
     }
     println!("init: server {name} faulted (fault label {label}); restarting it");
+    let Some(given) = system.given[i] else {
+        println!("init: {name} was never started here; it stays stopped");
+        return;
+    };
     let mut restart = || {
         if let Some(old) = system.running[i].take() {
             stop(alloc, old)?;
         }
-        let given = system.given[i].ok_or(keel_rt::Error::NotAnObject)?;
-        system.running[i] = Some(launch(alloc, i, &given)?);
+        let instance = launch(alloc, i, &given)?;
         registry::restarted(i);
+        // Said before it runs: it has a higher priority than init.
+        println!("init: server {name} restarted");
+        instance.thread.start()?;
+        system.running[i] = Some(instance);
         keel_rt::Result::Ok(())
     };
-    match restart() {
-        Ok(()) => println!("init: server {name} restarted"),
-        Err(e) => println!("init: cannot restart {name}: {e}"),
+    if let Err(e) = restart() {
+        println!("init: cannot restart {name}: {e}");
     }
 }

@@ -1,5 +1,6 @@
 //! The servers of `keel-servers` (name service, echo) as threads of the suite: name
-//! registration and lookup (a badged endpoint arrives; an unknown name is refused),
+//! registration and lookup (a badged endpoint arrives; an unknown name is refused; a
+//! name is refused to another client and registered again by its owner),
 //! 10,000 echoes, and servers started with badged fault endpoints as init starts them:
 //! one cannot touch an I/O port beyond its capability (refused through the capability,
 //! a #GP fault reported without it), and one that faults is reported while the name
@@ -259,15 +260,20 @@ fn send_through_shared(_: u64) {
 }
 
 fn names_register_lookup(env: &mut Env) -> TestResult {
-    let (t, ns, _) = start_names(env, 0x77)?;
+    let (t, ns, other) = start_names(env, 0x77)?;
     let service = env.endpoint()?;
     let result = (|| {
         names::register(ns, "svc", service)
             .map_err(|e| crate::harness::why(format_args!("register: {e:?}")))?;
         ensure!(
-            names::register(ns, "svc", service)
+            names::register(other, "svc", service)
                 == Err(names::Error::Refused(names::Status::Exists)),
-            "a second registration of the name was accepted"
+            "another client's registration of the name was accepted"
+        );
+        // Its owner (same badge) registers it again, as a restarted server does.
+        ensure!(
+            names::register(ns, "svc", service) == Ok(()),
+            "the owner's second registration was refused"
         );
         let slot = env.slot()?;
         let unknown = names::lookup(ns, "nobody", init::CNODE, slot);
