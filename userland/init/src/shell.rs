@@ -52,6 +52,7 @@ struct Shell {
     serial: Cap<Endpoint>,
     echo: Option<Cap<Endpoint>>,
     power: Option<Cap<Endpoint>>,
+    timer: Option<Cap<Endpoint>>,
     /// The endpoint to ask init about other CSpaces.
     init: Option<Cap<Endpoint>>,
     /// Input read from the serial server and not used yet.
@@ -77,6 +78,7 @@ pub fn main(argument: u64) {
         serial,
         echo: lookup(keel_servers::echo::NAME),
         power: lookup(power::NAME),
+        timer: lookup(keel_servers::timer::NAME),
         init: (Cap::<Unknown>::from_cptr(slot::INIT).identify() == cap_tag::ENDPOINT)
             .then(|| Cap::from_cptr(slot::INIT)),
         input: [0; serial::MAX_TEXT],
@@ -142,6 +144,7 @@ impl Shell {
                 println!("  help        this list");
                 println!("  echo TEXT   send TEXT through the echo server and print its answer");
                 println!("  mem         untyped memory from boot info");
+                println!("  sleep MS    wait MS milliseconds (through the timer server)");
                 println!("  ps          the threads init started: priority, CPU, state");
                 println!("  caps NAME   what server NAME's own CSpace holds (asked of init)");
                 println!("  fault NAME  make server NAME fault (echo only); init restarts it");
@@ -150,6 +153,7 @@ impl Shell {
             }
             "echo" => self.echo(rest.trim_start()),
             "mem" => mem(),
+            "sleep" => self.sleep(rest.trim()),
             "ps" => ps(),
             "caps" => self.caps(rest.trim()),
             "fault" => self.fault(rest.trim()),
@@ -222,6 +226,23 @@ fn ps() {
 }
 
 impl Shell {
+    /// `sleep MS`: waits through the timer server and says how many ticks passed.
+    fn sleep(&self, ms: &str) {
+        use keel_servers::timer;
+        let (Some(server), Ok(ms)) = (self.timer, ms.parse::<u64>()) else {
+            println!("usage: sleep MS (needs the timer server)");
+            return;
+        };
+        match (timer::now(server), timer::sleep(server, ms)) {
+            (Ok((before, _)), Ok(after)) => println!(
+                "slept {ms} ms: {} ticks of {} ms",
+                after - before,
+                1000 / timer::TICK_HZ
+            ),
+            (now, slept) => println!("sleep failed: {now:?} {slept:?}"),
+        }
+    }
+
     /// `fault NAME`: asks the echo server to fault (its [`keel_servers::echo::FAULT`]
     /// request), to show init restarting it.
     fn fault(&self, name: &str) {

@@ -1,6 +1,7 @@
 //! Keel's user-level servers and their client sides: the name service ([`names`]), the
-//! echo server ([`echo`], the template for new servers; see doc/writing-a-server.md)
-//! and the serial server ([`serial`]: COM1 by interrupt, and the `log` backend).
+//! echo server ([`echo`], the template for new servers; see doc/writing-a-server.md),
+//! the serial server ([`serial`]: COM1 by interrupt, and the `log` backend) and the
+//! timer server ([`timer`]: the PIT's ticks, `sleep`).
 //!
 //! A server is a function `fn(u64)` that init (or a test) runs as a thread; its
 //! argument is a packed [`StartInfo`] naming the capabilities it was given. init runs
@@ -15,6 +16,7 @@ pub mod cspace;
 pub mod echo;
 pub mod names;
 pub mod serial;
+pub mod timer;
 
 use keel_rt::SlotAllocator;
 use keel_sys::cap::{CNode, Cap};

@@ -6,13 +6,14 @@
 //! a #GP fault reported without it), and one that faults is reported while the name
 //! service and the echo server keep answering. A server in a CSpace of its own (as init
 //! starts them, `keel_servers::cspace`) invokes what it was given, the IPC fastpath
-//! included, and cannot even look up a capability the suite holds.
+//! included, and cannot even look up a capability the suite holds. The timer server,
+//! confined with the PIT's ports and IRQ 0, counts ticks and wakes sleepers in order.
 
 use keel_abi::fault::{FaultType, user_exception};
 use keel_abi::object::cap_tag;
 use keel_rt::ThreadConfig;
 use keel_servers::cspace::{ServerCSpace, slot};
-use keel_servers::{StartInfo, echo, names, serial};
+use keel_servers::{StartInfo, echo, names, serial, timer};
 use keel_sys::cap::{Cap, Endpoint, IoPort, IrqHandler, init};
 use keel_sys::{CapRights, Error, Message, probe};
 
@@ -41,6 +42,9 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
         "confined_server_uses_its_own_cspace_and_nothing_else",
         || confined_server(env),
     );
+    suite.run("timer_server_pit_ticks_and_sleeps_in_order", || {
+        timer_sleeps(env)
+    });
 }
 
 /// Starts a server thread with its own fault endpoint capability (the suite's, minted
@@ -544,6 +548,18 @@ fn start_confined(
     space: &ServerCSpace,
     start: StartInfo,
 ) -> Result<keel_rt::Thread, Why> {
+    let thread = create_confined(env, entry, space, start)?;
+    thread.start().or_fail("start confined thread")?;
+    Ok(thread)
+}
+
+/// Creates, without starting it, `entry` in `space` (the suite's address space).
+fn create_confined(
+    env: &mut Env,
+    entry: fn(u64),
+    space: &ServerCSpace,
+    start: StartInfo,
+) -> Result<keel_rt::Thread, Why> {
     let config = ThreadConfig {
         priority: CHILD_PRIORITY,
         fault_ep: slot::FAULT,
@@ -554,7 +570,6 @@ fn start_confined(
         .alloc
         .create_thread(entry, start.pack(), config)
         .or_fail("create confined thread")?;
-    thread.start().or_fail("start confined thread")?;
     Ok(thread)
 }
 
@@ -631,5 +646,107 @@ fn confined_server(env: &mut Env) -> TestResult {
         Ok(())
     })();
     stop_confined(env, probe, space)?;
+    result
+}
+
+/// Shared word: the timer server's endpoint, for [`long_sleeper`].
+const TIMER: usize = 11;
+
+/// Sleeps 200 ms at the timer server; records the wake-up tick in word 12 (+1, so 0
+/// means "not yet").
+fn long_sleeper(_: u64) {
+    let tick = timer::sleep(Cap::from_cptr(shared(TIMER)), 200).unwrap_or(u64::MAX - 1);
+    set_shared(12, tick + 1);
+}
+
+fn timer_sleeps(env: &mut Env) -> TestResult {
+    let ports = env.slot()?;
+    if init::IO_PORT_CONTROL
+        .issue(
+            timer::PORTS.0 as u64,
+            timer::PORTS.1 as u64,
+            init::CNODE,
+            ports,
+            DEPTH,
+        )
+        .is_err()
+    {
+        return Err(Why::Skipped("the PIT's ports are already issued"));
+    }
+    let handler = Cap::<IrqHandler>::from_cptr(env.slot()?);
+    init::IRQ_CONTROL
+        .get(timer::IRQ as u64, init::CNODE, handler.cptr(), DEPTH)
+        .or_fail("IRQ 0 handler")?;
+    let notification = env.notification()?;
+    let badged = env.mint(notification, CapRights::ALL, timer::IRQ_BADGE)?;
+    handler
+        .set_notification(badged)
+        .or_fail("point IRQ 0 at the notification")?;
+    let ep = env.endpoint()?;
+    // The IRQ handler and two sleepers.
+    let (space, mut start) = confined_space(env, ep, 0x71, 3)?;
+    space
+        .copy(
+            slot::IO_PORT,
+            Cap::<IoPort>::from_cptr(ports),
+            CapRights::ALL,
+        )
+        .or_fail("give the ports")?;
+    space
+        .copy(slot::FIRST_FREE, handler, CapRights::ALL)
+        .or_fail("give the IRQ handler")?;
+    start.io_port = slot::IO_PORT;
+    let server = create_confined(env, timer::main, &space, start)?;
+    server
+        .tcb
+        .bind_notification(notification)
+        .or_fail("bind the notification")?;
+    server.start().or_fail("start the timer server")?;
+    set_shared(TIMER, ep.cptr());
+    set_shared(12, 0);
+    let result = (|| {
+        let Ok((t0, _)) = timer::now(ep) else {
+            fail!("no answer to NOW")
+        };
+        let sleeper = env.spawn(long_sleeper, 0, CHILD_PRIORITY)?;
+        pause(10_000_000);
+        let short = timer::sleep(ep, 30);
+        let long_done_early = shared(12) != 0;
+        let waited = wait_until(|| shared(12) != 0);
+        env.destroy(sleeper)?;
+        let Ok(t1) = short else {
+            fail!("sleep 30: {short:?}")
+        };
+        ensure!(
+            !long_done_early,
+            "the 200 ms sleeper woke before the 30 ms one"
+        );
+        ensure!(
+            t1 >= t0 + timer::ticks_for(30),
+            "woke at tick {t1}, {} after NOW said {t0}",
+            t1 - t0
+        );
+        ensure!(waited, "the 200 ms sleeper never woke");
+        let t2 = shared(12) - 1;
+        ensure!(
+            t2 >= t0 + timer::ticks_for(200) && t2 > t1,
+            "the 200 ms sleeper woke at tick {t2} (NOW {t0}, short sleeper {t1})"
+        );
+        let Ok((t3, ms)) = timer::now(ep) else {
+            fail!("no answer to NOW at the end")
+        };
+        ensure!(
+            t3 >= t2 && ms == t3 * 1000 / timer::TICK_HZ,
+            "NOW: tick {t3}, {ms} ms"
+        );
+        Ok(())
+    })();
+    stop_confined(env, server, space)?;
+    init::CNODE
+        .delete(handler.cptr(), DEPTH)
+        .or_fail("delete the IRQ handler")?;
+    init::CNODE
+        .delete(ports, DEPTH)
+        .or_fail("delete the port capability")?;
     result
 }
