@@ -284,7 +284,8 @@ fn default_image_ready() {
 /// running; `caps echo` lists the echo server's own CSpace, typed by the kernel (init
 /// looks); the echo server's log line arrives whole through the serial server;
 /// `fault echo` makes the echo server fault, init reports it and restarts it, and the
-/// new instance answers the next `echo` (and `ps` says it was restarted);
+/// new instance answers the next `echo` (and `ps` says it was restarted); `sleep 100`
+/// waits at least 100 ms of the timer server's 10 ms ticks;
 /// `poweroff` turns the machine off through init's power service (ACPI S5): QEMU exits
 /// by itself with status 0 right after `keel: powering off`, which the runner (a plain
 /// run, no `--until`) counts as success.
@@ -293,7 +294,7 @@ fn default_image_shell_session() {
     // The blank first line is a sacrifice: whatever sits in the UART when the kernel
     // programs it (one byte before FIFOs are on) is cleared with the FIFOs.
     let script = "\necho shell-says-42\nbogus\nmem\nps\ncaps echo\nfault echo\n\
-                  echo back-after-restart\nps\npoweroff\n";
+                  echo back-after-restart\nps\nsleep 100\npoweroff\n";
     let run = runner_with_input(&["--timeout", READY_TIMEOUT], Some(script));
     assert_eq!(run.code, Some(i32::from(EXIT_OK)), "{}", run.report());
     assert!(
@@ -344,7 +345,7 @@ fn default_image_shell_session() {
         .take_while(|l| !l.starts_with("keel>"))
         .map(|l| l.split_whitespace().collect())
         .collect();
-    for name in ["init", "names", "echo", "serial", "power", "shell"] {
+    for name in ["init", "names", "echo", "serial", "timer", "power", "shell"] {
         let row = table
             .iter()
             .find(|r| r.first() == Some(&name))
@@ -412,6 +413,17 @@ fn default_image_shell_session() {
         "the second ps does not show echo restarted\n{}",
         run.report()
     );
+    // sleep 100: at least 11 ticks of 10 ms (rounded up, plus the tick under way).
+    let slept = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("slept 100 ms: "))
+        .unwrap_or_else(|| panic!("no sleep answer\n{}", run.report()));
+    let ticks: u64 = slept
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the ticks of {slept:?}"));
+    assert!((11..100).contains(&ticks), "{slept:?}\n{}", run.report());
     // The echo server logs through the serial server (`log`), one whole line.
     assert!(
         lines.contains(&"INFO  echo: registered as 'echo'; answering calls"),
