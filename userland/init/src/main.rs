@@ -1,13 +1,18 @@
 //! The root task of the default image. It reads boot info, starts the servers of its
 //! [`manifest`] — each a thread in its own address space (a copy of init's image
-//! mapping, see `keel_rt::Allocator::clone_image_vspace`), told about only the
-//! capabilities its entry lists — waits until the boot-stage servers have registered,
-//! prints `keel: ready`, starts the shell and then reports servers that fault. It also
-//! starts its own [`power`] service, the only holder of the machine's power controls,
-//! and keeps a [`registry`] of what it started for the shell's `ps` and `caps`.
+//! mapping, see `keel_rt::Allocator::clone_image_vspace`) and its own CSpace
+//! (`keel_servers::cspace`), which holds exactly the capabilities its entry lists —
+//! waits until the boot-stage servers have registered, prints `keel: ready`, starts the
+//! shell and then handles faults: it reports a faulting server and restarts it if its
+//! entry says so. It also starts its own [`power`] service, the only holder of the
+//! machine's power controls, and keeps a [`registry`] of what it started for the
+//! shell's `ps` and `caps` (whose questions about other CSpaces it answers).
 //!
-//! Limits of this first slice: all servers share init's image (code and data) and its
-//! root CNode; a server's "own" capabilities are the slots its `StartInfo` names.
+//! init keeps, in its root CNode, every capability it gives a server (the originals of
+//! the copies in the server's CSpace), so a restarted server gets the same ones.
+//!
+//! Limits of this slice: all servers share init's image (code and data); the power
+//! service also runs in init's address space and root CNode.
 #![no_std]
 #![no_main]
 
