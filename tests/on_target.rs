@@ -281,8 +281,11 @@ fn default_image_ready() {
 /// A scripted shell session on the default image: `echo` goes through the name service
 /// and the echo server and its answer comes back on COM1; `mem` reports the boot-info
 /// untypeds; an unknown command is refused; `ps` lists the threads init started, all
-/// running; `caps echo` lists what init handed the echo server, typed by the kernel;
-/// the echo server's log line arrives whole through the serial server;
+/// running; `caps echo` lists the echo server's own CSpace, typed by the kernel (init
+/// looks); the echo server's log line arrives whole through the serial server;
+/// `fault echo` makes the echo server fault, init reports it and restarts it, and the
+/// new instance answers the next `echo` (and `ps` says it was restarted); `sleep 100`
+/// waits at least 100 ms of the timer server's 10 ms ticks;
 /// `poweroff` turns the machine off through init's power service (ACPI S5): QEMU exits
 /// by itself with status 0 right after `keel: powering off`, which the runner (a plain
 /// run, no `--until`) counts as success.
@@ -290,7 +293,8 @@ fn default_image_ready() {
 fn default_image_shell_session() {
     // The blank first line is a sacrifice: whatever sits in the UART when the kernel
     // programs it (one byte before FIFOs are on) is cleared with the FIFOs.
-    let script = "\necho shell-says-42\nbogus\nmem\nps\ncaps echo\npoweroff\n";
+    let script = "\necho shell-says-42\nbogus\nmem\nps\ncaps echo\nfault echo\n\
+                  echo back-after-restart\nps\nsleep 100\npoweroff\n";
     let run = runner_with_input(&["--timeout", READY_TIMEOUT], Some(script));
     assert_eq!(run.code, Some(i32::from(EXIT_OK)), "{}", run.report());
     assert!(
@@ -341,7 +345,7 @@ fn default_image_shell_session() {
         .take_while(|l| !l.starts_with("keel>"))
         .map(|l| l.split_whitespace().collect())
         .collect();
-    for name in ["init", "names", "echo", "serial", "power", "shell"] {
+    for name in ["init", "names", "echo", "serial", "timer", "power", "shell"] {
         let row = table
             .iter()
             .find(|r| r.first() == Some(&name))
@@ -369,19 +373,57 @@ fn default_image_shell_session() {
         .into_iter()
         .filter(|c| c.starts_with("  slot "))
         .collect();
-    assert_eq!(caps.len(), 4, "{caps:?}\n{}", run.report());
-    for (cap, (kind, role)) in caps.iter().zip([
-        ("tcb", "its own TCB"),
-        ("endpoint", "serves as 'echo'"),
-        ("endpoint", "the name service"),
-        ("endpoint", "fault endpoint"),
+    assert_eq!(caps.len(), 5, "{caps:?}\n{}", run.report());
+    for (cap, (slot, kind, role)) in caps.iter().zip([
+        ("1", "tcb", "its own TCB"),
+        ("2", "cnode", "its own CNode"),
+        ("3", "endpoint", "fault endpoint"),
+        ("4", "endpoint", "serves as 'echo'"),
+        ("5", "endpoint", "the name service"),
     ]) {
+        let words: Vec<&str> = cap.split_whitespace().collect();
         assert!(
-            cap.split_whitespace().nth(2) == Some(kind) && cap.contains(role),
-            "{cap:?} is not {kind} ({role})\n{}",
+            words.get(1) == Some(&slot) && words.get(2) == Some(&kind) && cap.contains(role),
+            "{cap:?} is not slot {slot}, {kind} ({role})\n{}",
             run.report()
         );
     }
+    // fault echo: reported, restarted, and the new instance answers.
+    let fault_at = lines
+        .iter()
+        .position(|l| l.contains("init: server echo faulted") && l.contains("restarting it"))
+        .unwrap_or_else(|| panic!("no fault report for echo\n{}", run.report()));
+    let restarted_at = lines
+        .iter()
+        .position(|l| l.contains("init: server echo restarted"))
+        .unwrap_or_else(|| panic!("echo was not restarted\n{}", run.report()));
+    let answered_at = lines
+        .iter()
+        .position(|l| *l == "back-after-restart")
+        .unwrap_or_else(|| panic!("no echo answer after the restart\n{}", run.report()));
+    assert!(
+        fault_at < restarted_at && restarted_at < answered_at,
+        "fault {fault_at}, restart {restarted_at}, answer {answered_at}\n{}",
+        run.report()
+    );
+    assert!(
+        lines[fault_at..]
+            .iter()
+            .any(|l| l.starts_with("echo ") && l.contains("running (restarted 1 time(s))")),
+        "the second ps does not show echo restarted\n{}",
+        run.report()
+    );
+    // sleep 100: at least 11 ticks of 10 ms (rounded up, plus the tick under way).
+    let slept = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("slept 100 ms: "))
+        .unwrap_or_else(|| panic!("no sleep answer\n{}", run.report()));
+    let ticks: u64 = slept
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the ticks of {slept:?}"));
+    assert!((11..100).contains(&ticks), "{slept:?}\n{}", run.report());
     // The echo server logs through the serial server (`log`), one whole line.
     assert!(
         lines.contains(&"INFO  echo: registered as 'echo'; answering calls"),

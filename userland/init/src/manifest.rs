@@ -1,4 +1,7 @@
 //! The default image's manifest: which servers init starts and what each is given.
+//! Each server gets a CSpace of its own holding exactly what its entry lists: the
+//! endpoint it serves, a badged capability to the name service, its I/O ports, its IRQ
+//! handlers, its own TCB and CNode, its fault endpoint, and `slots` free slots.
 
 /// When init starts a server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,8 +33,17 @@ pub struct Server {
     /// this order), signalling one notification bound to its TCB with badge
     /// `keel_servers::serial::IRQ_BADGE`.
     pub irqs: &'static [u8],
-    /// Free root-CNode slots it may fill (the first ones hold its IRQ handlers).
+    /// Free slots it may fill (the first ones hold its IRQ handlers): its slot budget.
+    /// Its own CNode has room for these after the well-known slots
+    /// (`keel_servers::cspace::slot`), rounded up to a power of two.
     pub slots: u64,
+    /// Whether it gets an endpoint to ask init about the threads init started (in slot
+    /// `keel_servers::cspace::slot::INIT`; the shell's `caps`).
+    pub asks_init: bool,
+    /// Whether init restarts it when it faults (otherwise it stays stopped). A new
+    /// instance gets a fresh CSpace, stack and IPC buffer, the same capabilities and
+    /// address space, and registers its name again.
+    pub restart: bool,
     /// When it starts.
     pub stage: Stage,
 }
@@ -50,6 +62,8 @@ pub const SERVERS: &[Server] = &[
         io_ports: None,
         irqs: &[],
         slots: 64,
+        asks_init: false,
+        restart: false,
         stage: Stage::Boot,
     },
     Server {
@@ -61,6 +75,21 @@ pub const SERVERS: &[Server] = &[
         io_ports: Some(keel_servers::serial::PORTS),
         irqs: &[keel_servers::serial::IRQ],
         slots: 2,
+        asks_init: false,
+        restart: false,
+        stage: Stage::Boot,
+    },
+    Server {
+        name: "timer",
+        priority: 170,
+        entry: keel_servers::timer::main,
+        serves: Some(keel_servers::timer::NAME),
+        uses: &[NAMES],
+        io_ports: Some(keel_servers::timer::PORTS),
+        irqs: &[keel_servers::timer::IRQ],
+        slots: 9, // the IRQ 0 handler, then 8 sleepers' reply capabilities
+        asks_init: false,
+        restart: true,
         stage: Stage::Boot,
     },
     Server {
@@ -72,6 +101,8 @@ pub const SERVERS: &[Server] = &[
         io_ports: None,
         irqs: &[],
         slots: 1,
+        asks_init: false,
+        restart: true,
         stage: Stage::Boot,
     },
     Server {
@@ -83,11 +114,14 @@ pub const SERVERS: &[Server] = &[
             NAMES,
             keel_servers::serial::NAME,
             keel_servers::echo::NAME,
+            keel_servers::timer::NAME,
             crate::power::NAME,
         ],
         io_ports: None,
         irqs: &[],
-        slots: 4,
+        slots: 5,
+        asks_init: true,
+        restart: true,
         stage: Stage::Ready,
     },
 ];

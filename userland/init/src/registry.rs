@@ -1,6 +1,8 @@
 //! init's bookkeeping of the threads it started, for the shell's `ps` and `caps`: each
-//! thread's TCB, CPU and state (running, or faulted with the fault's label, as init's
-//! fault loop saw it) and the capabilities init handed it, with what each is for.
+//! thread's TCB and CNode (capability pointers in init's root CNode), CPU and state
+//! (running, or faulted with the fault's label, as init's fault loop saw it), how often
+//! init restarted it, and the capabilities init handed it: each with its slot in the
+//! thread's own CSpace and what it is for.
 //!
 //! Thread `i` is manifest entry `i`; the last index is init's power service. init
 //! writes an entry before it starts the thread and when it reports a fault; the shell
@@ -9,13 +11,16 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use keel_sys::Message;
+use keel_sys::cap::{Cap, Endpoint};
+
 use crate::manifest::SERVERS;
 use crate::power;
 
 /// Threads the registry can hold: the manifest's servers and the power service.
 pub const MAX_THREADS: usize = 8;
 /// Capabilities recorded per thread.
-pub const MAX_CAPS: usize = 8;
+pub const MAX_CAPS: usize = 10;
 /// Registry index of the power service.
 pub const POWER: usize = SERVERS.len();
 const _: () = assert!(POWER < MAX_THREADS);
@@ -27,7 +32,8 @@ pub enum State {
     NotStarted,
     /// Started, and no fault reported since.
     Running,
-    /// Its fault reached init, with this fault label; it stays stopped.
+    /// Its fault reached init, with this fault label; it stays stopped (or is being
+    /// restarted).
     Faulted(u64),
 }
 
@@ -48,8 +54,13 @@ pub enum Role {
     Fault,
     /// The handler of this ISA IRQ.
     IrqHandler(u8),
-    /// The notification its IRQs signal, bound to its TCB (init keeps the capability).
+    /// The notification its IRQs signal, bound to its TCB (init keeps the capability;
+    /// it is not in the thread's CSpace).
     BoundNotification,
+    /// Its own CNode, of 2^radix slots (guarded: it resolves 64-bit pointers).
+    CNode(u8),
+    /// An endpoint to ask init about the threads it started ([`identify`]).
+    Init,
 }
 
 impl Role {
@@ -63,6 +74,8 @@ impl Role {
             Role::Fault => (6, 0, 0),
             Role::IrqHandler(irq) => (7, irq as u64, 0),
             Role::BoundNotification => (8, 0, 0),
+            Role::CNode(radix) => (9, radix as u64, 0),
+            Role::Init => (10, 0, 0),
         }
     }
 
@@ -76,12 +89,14 @@ impl Role {
             6 => Role::Fault,
             7 => Role::IrqHandler(a as u8),
             8 => Role::BoundNotification,
+            9 => Role::CNode(a as u8),
+            10 => Role::Init,
             _ => return None,
         })
     }
 }
 
-/// One capability handed out: its slot in the root CNode and its role.
+/// One capability handed out: its slot in the thread's CSpace and its role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Handed {
     /// Capability pointer.
@@ -106,8 +121,8 @@ impl Handed {
     }
 }
 
-/// The capabilities handed to one thread, collected before init records it (empty
-/// capability pointers are left out; more than [`MAX_CAPS`] are not recorded).
+/// The capabilities handed to one thread, collected before init records it (more than
+/// [`MAX_CAPS`] are not recorded).
 #[derive(Clone, Copy, Debug)]
 pub struct HandedList {
     items: [Handed; MAX_CAPS],
@@ -126,9 +141,9 @@ impl HandedList {
         }
     }
 
-    /// Adds the capability at `cptr` (if not 0) with its role.
+    /// Adds the capability at `cptr` with its role.
     pub fn push(&mut self, cptr: u64, role: Role) {
-        if cptr != 0 && self.count < MAX_CAPS {
+        if self.count < MAX_CAPS {
             self.items[self.count] = Handed { cptr, role };
             self.count += 1;
         }
@@ -139,8 +154,12 @@ impl HandedList {
 struct Entry {
     /// TCB capability pointer + 1.
     tcb: AtomicU64,
+    /// Capability pointer of its CNode + 1 (0 + 1: it runs in init's root CNode).
+    cnode: AtomicU64,
     /// CPU + 1.
     cpu: AtomicU64,
+    /// How often init restarted it.
+    restarts: AtomicU64,
     /// 0: not started; 1: running; label + 2: faulted.
     state: AtomicU64,
     /// Packed [`Handed`] records.
@@ -150,7 +169,9 @@ struct Entry {
 #[allow(clippy::declare_interior_mutable_const)]
 const EMPTY: Entry = Entry {
     tcb: AtomicU64::new(0),
+    cnode: AtomicU64::new(0),
     cpu: AtomicU64::new(0),
+    restarts: AtomicU64::new(0),
     state: AtomicU64::new(0),
     caps: [const { AtomicU64::new(0) }; MAX_CAPS],
 };
@@ -172,22 +193,20 @@ pub fn find(name: &str) -> Option<usize> {
     (0..=POWER).find(|&i| self::name(i) == name)
 }
 
-/// Records that thread `index` (TCB `tcb`, on `cpu`) was started with `caps`; its TCB
-/// comes first in its capability list.
-pub fn started(index: usize, tcb: u64, cpu: u64, caps: &HandedList) {
+/// Records that thread `index` (TCB `tcb` and CNode `cnode` in init's root CNode, 0:
+/// the root CNode itself; on `cpu`) was started with `caps`.
+pub fn started(index: usize, tcb: u64, cnode: u64, cpu: u64, caps: &HandedList) {
     let entry = &ENTRIES[index];
-    let own_tcb = Handed {
-        cptr: tcb,
-        role: Role::Tcb,
-    };
-    let words = core::iter::once(own_tcb)
-        .chain(caps.items[..caps.count].iter().copied())
+    let words = caps.items[..caps.count]
+        .iter()
+        .copied()
         .map(Handed::pack)
         .chain(core::iter::repeat(0));
     for (slot, word) in entry.caps.iter().zip(words) {
         slot.store(word, Ordering::Relaxed);
     }
     entry.tcb.store(tcb + 1, Ordering::Relaxed);
+    entry.cnode.store(cnode + 1, Ordering::Relaxed);
     entry.cpu.store(cpu + 1, Ordering::Relaxed);
     entry.state.store(1, Ordering::Release);
 }
@@ -197,6 +216,30 @@ pub fn faulted(index: usize, label: u64) {
     if let Some(entry) = ENTRIES.get(index) {
         entry.state.store(label + 2, Ordering::Release);
     }
+}
+
+/// Records that init restarted thread `index` (after [`started`] for the new
+/// instance, which set it running).
+pub fn restarted(index: usize) {
+    if let Some(entry) = ENTRIES.get(index) {
+        entry.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How often init restarted thread `index`.
+pub fn restarts(index: usize) -> u64 {
+    ENTRIES
+        .get(index)
+        .map_or(0, |e| e.restarts.load(Ordering::Relaxed))
+}
+
+/// Thread `index`'s CNode in init's root CNode, once started (0: the root CNode).
+pub fn cnode(index: usize) -> Option<u64> {
+    ENTRIES
+        .get(index)?
+        .cnode
+        .load(Ordering::Relaxed)
+        .checked_sub(1)
 }
 
 /// Thread `index`'s state.
@@ -236,4 +279,45 @@ pub fn caps(index: usize) -> impl Iterator<Item = Handed> {
         .into_iter()
         .flat_map(|e| e.caps.iter())
         .filter_map(|c| Handed::unpack(c.load(Ordering::Relaxed)))
+}
+
+/// Badge of the endpoint capability through which a thread asks init questions (it is
+/// init's fault endpoint; fault badges are registry index + 1, all smaller).
+pub const QUERY_BADGE: u64 = 1 << 40;
+/// Question label: what is in slot `word 1` of thread `word 0`'s CSpace? The reply's
+/// words are `[status, tag]`: see [`SlotContents`].
+pub const IDENTIFY: u64 = 1;
+
+/// What init found in a slot of a thread's CSpace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotContents {
+    /// A capability with this type tag (`keel_abi::object::cap_tag`; NULL: empty).
+    Tag(u64),
+    /// A capability init cannot copy out to look at (a saved reply capability).
+    Uncopyable,
+    /// No such thread or slot.
+    Unknown,
+}
+
+impl SlotContents {
+    /// The reply that carries it.
+    pub fn message(self) -> Message {
+        let words = match self {
+            Self::Tag(tag) => [0, tag],
+            Self::Uncopyable => [1, 0],
+            Self::Unknown => [2, 0],
+        };
+        Message::new(0).words(&words)
+    }
+}
+
+/// Client side: asks init (through `init`, badged [`QUERY_BADGE`]) what is in `slot`
+/// of thread `index`'s CSpace.
+pub fn identify(init: Cap<Endpoint>, index: usize, slot: u64) -> SlotContents {
+    let reply = init.call(&Message::new(IDENTIFY).words(&[index as u64, slot]));
+    match reply.words::<2>() {
+        [0, tag] => SlotContents::Tag(tag),
+        [1, _] => SlotContents::Uncopyable,
+        _ => SlotContents::Unknown,
+    }
 }

@@ -1,17 +1,20 @@
 //! A tiny shell on the serial console. It reads and writes through the serial server
 //! (which owns COM1) and runs `help`, `echo`, `mem`, `ps`, `caps`, `reboot` and
-//! `poweroff` (the last two through init's power service).
+//! `poweroff` (the last two through init's power service). It runs confined like any
+//! server: its capabilities are those of its own CSpace; `caps` asks init (through the
+//! endpoint in `keel_servers::cspace::slot::INIT`) what the other CSpaces hold.
 
 use core::fmt::Write as _;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use keel_abi::object::cap_tag;
+use keel_servers::cspace::slot;
 use keel_servers::{StartInfo, names, serial};
 use keel_sys::cap::{Cap, Endpoint, Unknown};
 
 use crate::manifest::SERVERS;
 use crate::power;
-use crate::registry::{self, Role, State};
+use crate::registry::{self, Role, SlotContents, State};
 
 /// The serial server endpoint the shell writes to (0 until it has one).
 static OUTPUT: AtomicU64 = AtomicU64::new(0);
@@ -49,6 +52,9 @@ struct Shell {
     serial: Cap<Endpoint>,
     echo: Option<Cap<Endpoint>>,
     power: Option<Cap<Endpoint>>,
+    timer: Option<Cap<Endpoint>>,
+    /// The endpoint to ask init about other CSpaces.
+    init: Option<Cap<Endpoint>>,
     /// Input read from the serial server and not used yet.
     input: [u8; serial::MAX_TEXT],
     input_start: usize,
@@ -61,7 +67,7 @@ pub fn main(argument: u64) {
     let mut slots = start.slot_allocator();
     let mut lookup = |name: &str| match (start.names, slots.alloc()) {
         (0, _) | (_, Err(_)) => None,
-        (ns, Ok(slot)) => names::lookup(Cap::from_cptr(ns), name, slot).ok(),
+        (ns, Ok(slot)) => names::lookup(Cap::from_cptr(ns), name, start.cnode(), slot).ok(),
     };
     let Some(serial) = lookup(serial::NAME) else {
         keel_rt::println!("shell: no serial server; stopping");
@@ -72,6 +78,9 @@ pub fn main(argument: u64) {
         serial,
         echo: lookup(keel_servers::echo::NAME),
         power: lookup(power::NAME),
+        timer: lookup(keel_servers::timer::NAME),
+        init: (Cap::<Unknown>::from_cptr(slot::INIT).identify() == cap_tag::ENDPOINT)
+            .then(|| Cap::from_cptr(slot::INIT)),
         input: [0; serial::MAX_TEXT],
         input_start: 0,
         input_end: 0,
@@ -135,15 +144,19 @@ impl Shell {
                 println!("  help        this list");
                 println!("  echo TEXT   send TEXT through the echo server and print its answer");
                 println!("  mem         untyped memory from boot info");
+                println!("  sleep MS    wait MS milliseconds (through the timer server)");
                 println!("  ps          the threads init started: priority, CPU, state");
-                println!("  caps NAME   the capabilities init handed to server NAME");
+                println!("  caps NAME   what server NAME's own CSpace holds (asked of init)");
+                println!("  fault NAME  make server NAME fault (echo only); init restarts it");
                 println!("  reboot      restart the machine (through the power service)");
                 println!("  poweroff    turn the machine off (ACPI S5, through the power service)");
             }
             "echo" => self.echo(rest.trim_start()),
             "mem" => mem(),
+            "sleep" => self.sleep(rest.trim()),
             "ps" => ps(),
-            "caps" => caps(rest.trim()),
+            "caps" => self.caps(rest.trim()),
+            "fault" => self.fault(rest.trim()),
             "reboot" => self.power(power::RESTART),
             "poweroff" => self.power(power::POWER_OFF),
             other => println!("unknown command '{other}' (try help)"),
@@ -204,56 +217,104 @@ fn ps() {
         );
         match state {
             State::Faulted(label) => println!("faulted (fault label {label}), stopped"),
+            _ if registry::restarts(i) > 0 => {
+                println!("running (restarted {} time(s))", registry::restarts(i))
+            }
             _ => println!("running"),
         }
     }
 }
 
-/// `caps NAME`: the capabilities init handed to a thread, with the type the kernel
-/// reports for each slot now.
-fn caps(name: &str) {
-    if name == "init" {
-        println!("init holds the root CNode: every capability in the system");
-        return;
-    }
-    let Some(index) = registry::find(name) else {
-        println!("usage: caps NAME (one of: {})", Names);
-        return;
-    };
-    let badge = index + 1;
-    println!("caps of {name}:");
-    for handed in registry::caps(index) {
-        let tag = Cap::<Unknown>::from_cptr(handed.cptr).identify();
-        if !matches!(handed.role, Role::Slots(_)) {
-            print!("  slot {:>4}  {:<12} ", handed.cptr, cap_tag::name(tag));
-        }
-        match handed.role {
-            Role::Tcb => println!("its own TCB"),
-            Role::Serve => println!(
-                "the endpoint it serves as '{}'",
-                SERVERS
-                    .get(index)
-                    .and_then(|s| s.serves)
-                    .unwrap_or(power::NAME)
+impl Shell {
+    /// `sleep MS`: waits through the timer server and says how many ticks passed.
+    fn sleep(&self, ms: &str) {
+        use keel_servers::timer;
+        let (Some(server), Ok(ms)) = (self.timer, ms.parse::<u64>()) else {
+            println!("usage: sleep MS (needs the timer server)");
+            return;
+        };
+        match (timer::now(server), timer::sleep(server, ms)) {
+            (Ok((before, _)), Ok(after)) => println!(
+                "slept {ms} ms: {} ticks of {} ms",
+                after - before,
+                1000 / timer::TICK_HZ
             ),
-            Role::Names => println!("the name service, badge {badge}"),
-            Role::Slots(count) => {
-                let used = (0..count as u64)
-                    .filter(|i| {
-                        Cap::<Unknown>::from_cptr(handed.cptr + i).identify() != cap_tag::NULL
-                    })
-                    .count();
-                println!(
-                    "  slots {}-{}  {count} free slot(s) it may fill ({used} filled now)",
-                    handed.cptr,
-                    handed.cptr + count as u64 - 1
-                )
+            (now, slept) => println!("sleep failed: {now:?} {slept:?}"),
+        }
+    }
+
+    /// `fault NAME`: asks the echo server to fault (its [`keel_servers::echo::FAULT`]
+    /// request), to show init restarting it.
+    fn fault(&self, name: &str) {
+        match (name, self.echo) {
+            (keel_servers::echo::NAME, Some(server)) => {
+                // A Send: the server faults and no reply comes. init restarts it and
+                // the new instance takes the next request on the same endpoint.
+                keel_servers::echo::request_fault(server);
+                println!("echo: asked to fault");
             }
-            Role::IoPort(first, last) => println!("I/O ports {first:#x}-{last:#x}"),
-            Role::Fault => println!("its fault endpoint, badge {badge} (init receives)"),
-            Role::IrqHandler(irq) => println!("the handler of IRQ {irq}"),
-            Role::BoundNotification => {
-                println!("the notification its IRQs signal, bound to its TCB")
+            _ => println!("usage: fault echo"),
+        }
+    }
+
+    /// `caps NAME`: the capabilities in a thread's own CSpace, each with its slot, the
+    /// type the kernel reports for it now (init looks) and what init handed it for.
+    fn caps(&self, name: &str) {
+        if name == "init" {
+            println!("init holds the root CNode: every capability in the system");
+            return;
+        }
+        let Some(index) = registry::find(name) else {
+            println!("usage: caps NAME (one of: {})", Names);
+            return;
+        };
+        let Some(init) = self.init else {
+            println!("caps: the shell has no endpoint to init");
+            return;
+        };
+        let kind = |slot: u64| match registry::identify(init, index, slot) {
+            SlotContents::Tag(tag) => cap_tag::name(tag),
+            SlotContents::Uncopyable => "reply",
+            SlotContents::Unknown => "?",
+        };
+        let badge = index + 1;
+        match registry::cnode(index) {
+            Some(0) => println!("caps of {name} (it runs in init's root CNode):"),
+            _ => println!("caps of {name} (its own CSpace):"),
+        }
+        for handed in registry::caps(index) {
+            match handed.role {
+                Role::Slots(_) | Role::BoundNotification => {}
+                _ => print!("  slot {:>4}  {:<12} ", handed.cptr, kind(handed.cptr)),
+            }
+            match handed.role {
+                Role::Tcb => println!("its own TCB"),
+                Role::CNode(radix) => println!("its own CNode, {} slots", 1u64 << radix),
+                Role::Serve => println!(
+                    "the endpoint it serves as '{}'",
+                    SERVERS
+                        .get(index)
+                        .and_then(|s| s.serves)
+                        .unwrap_or(power::NAME)
+                ),
+                Role::Names => println!("the name service, badge {badge}"),
+                Role::Slots(count) => {
+                    let used = (0..count as u64)
+                        .filter(|i| kind(handed.cptr + i) != cap_tag::name(cap_tag::NULL))
+                        .count();
+                    println!(
+                        "  slots {}-{}  {count} free slot(s) it may fill ({used} filled now)",
+                        handed.cptr,
+                        handed.cptr + count as u64 - 1
+                    )
+                }
+                Role::IoPort(first, last) => println!("I/O ports {first:#x}-{last:#x}"),
+                Role::Fault => println!("its fault endpoint, badge {badge} (init receives)"),
+                Role::IrqHandler(irq) => println!("the handler of IRQ {irq}"),
+                Role::Init => println!("init's question endpoint (for caps)"),
+                Role::BoundNotification => println!(
+                    "  (not in its CSpace) the notification its IRQs signal, bound to its TCB"
+                ),
             }
         }
     }

@@ -9,7 +9,8 @@ use keel_sys::bootinfo::BootInfo;
 use keel_sys::cap::{CNode, Cap, CapType, Frame, Untyped, init};
 
 /// Depth that resolves a capability pointer in the root CNode (its guard covers the
-/// bits above the radix).
+/// bits above the radix), and in any CNode guarded the same way (a server's own CSpace,
+/// `keel_servers::cspace`).
 pub const ROOT_DEPTH: u8 = WORD_BITS as u8;
 
 /// A runtime failure.

@@ -19,7 +19,7 @@ mod vspace;
 
 pub use alloc::{Allocator, Error, ROOT_DEPTH, Result, SlotAllocator, UntypedAllocator};
 pub use console::print;
-pub use thread::{Thread, ThreadConfig};
+pub use thread::{Thread, ThreadCSpace, ThreadConfig};
 pub use vspace::{IPC_BUFFER_REGION, SCRATCH_REGION};
 
 use keel_sys::bootinfo::BootInfo;

@@ -1,5 +1,5 @@
 //! Threads in the root task's address space: a TCB retyped from untyped, configured with
-//! the root CNode and VSpace, an IPC buffer frame retyped and mapped in
+//! the root CNode (or a CSpace of its own, [`ThreadCSpace`]) and a VSpace, an IPC buffer frame retyped and mapped in
 //! [`crate::IPC_BUFFER_REGION`], a stack from `keel_sys::thread`, and start registers
 //! (RIP, RSP, RDI, RSI, RDX) written before it is resumed.
 
@@ -7,7 +7,7 @@ use keel_abi::fault::{USER_CONTEXT_WORDS, UserContext};
 use keel_abi::message::CapRights;
 use keel_abi::object::{ObjectType, PAGE_BITS};
 use keel_sys::VmAttributes;
-use keel_sys::cap::{Cap, Frame, Tcb, init};
+use keel_sys::cap::{CNode, Cap, Frame, Tcb, init};
 use keel_sys::thread::{ThreadBlock, ThreadStack};
 
 use crate::alloc::{Allocator, Error, Result};
@@ -17,10 +17,13 @@ use crate::alloc::{Allocator, Error, Result};
 pub struct ThreadConfig {
     /// Scheduling priority.
     pub priority: u8,
-    /// Fault endpoint: a capability pointer in the root CNode (0: none).
+    /// Fault endpoint: a capability pointer in the thread's CSpace (the kernel looks it
+    /// up there when the thread faults; 0: none).
     pub fault_ep: u64,
     /// CPU to run on (`None`: the creating CPU).
     pub affinity: Option<u64>,
+    /// The thread's own CSpace (`None`: the root CNode, shared with its creator).
+    pub cspace: Option<ThreadCSpace>,
 }
 
 impl Default for ThreadConfig {
@@ -29,8 +32,21 @@ impl Default for ThreadConfig {
             priority: 100,
             fault_ep: 0,
             affinity: None,
+            cspace: None,
         }
     }
+}
+
+/// A CSpace of a thread's own: a CNode whose capability (held by the creator, in the
+/// root CNode) carries a guard that makes it resolve 64-bit capability pointers in one
+/// level, like the root CNode.
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadCSpace {
+    /// The guarded CNode capability, in the creator's root CNode.
+    pub root: Cap<CNode>,
+    /// The slot of that CNode where the runtime puts a copy of the thread's own TCB
+    /// capability (the thread suspends itself through it when its entry returns).
+    pub tcb_slot: u64,
 }
 
 /// A thread created by [`Allocator::create_thread`].
@@ -133,9 +149,23 @@ impl Allocator {
             VmAttributes::DEFAULT,
             1,
         )?;
+        let (cspace_root, own_tcb) = match config.cspace {
+            Some(space) => {
+                space.root.copy(
+                    space.tcb_slot,
+                    crate::alloc::ROOT_DEPTH,
+                    init::CNODE,
+                    tcb.cptr(),
+                    crate::alloc::ROOT_DEPTH,
+                    CapRights::ALL,
+                )?;
+                (space.root, Cap::<Tcb>::from_cptr(space.tcb_slot))
+            }
+            None => (init::CNODE, tcb),
+        };
         tcb.configure(
             config.fault_ep,
-            init::CNODE,
+            cspace_root,
             0,
             vspace,
             0,
@@ -148,9 +178,9 @@ impl Allocator {
         }
         stack.prepare(ThreadBlock {
             ipc_buffer,
-            tcb: tcb.cptr(),
+            tcb: own_tcb.cptr(),
         });
-        let start = stack.start_registers(entry, argument, tcb);
+        let start = stack.start_registers(entry, argument, own_tcb);
         let context = UserContext {
             rip: start.rip,
             rsp: start.rsp,

@@ -15,6 +15,9 @@ use crate::{StartInfo, names};
 pub const NAME: &str = "echo";
 /// Longest message echoed, in words.
 pub const MAX_WORDS: usize = 32;
+/// Request label that makes the server fault (an undefined instruction) instead of
+/// answering: the default image's shell uses it to show init restarting a server.
+pub const FAULT: u64 = 0xfa17_0000;
 
 /// The server's thread: registers with the name service (when given one), then
 /// answers requests forever.
@@ -31,13 +34,21 @@ pub fn main(argument: u64) {
     let mut slots = start.slot_allocator();
     if start.names != 0
         && let Ok(slot) = slots.alloc()
-        && let Ok(serial) = names::lookup(Cap::from_cptr(start.names), crate::serial::NAME, slot)
+        && let Ok(serial) = names::lookup(
+            Cap::from_cptr(start.names),
+            crate::serial::NAME,
+            start.cnode(),
+            slot,
+        )
     {
         crate::serial::install_logger(serial, log::LevelFilter::Info);
         log::info!("registered as '{NAME}'; answering calls");
     }
     let mut request = ep.recv();
     loop {
+        if request.label() == FAULT {
+            keel_sys::probe::ud2();
+        }
         request = ep.reply_recv(&answer(&request));
     }
 }
@@ -54,6 +65,13 @@ fn answer(request: &Received) -> Message {
 /// Client side: sends `words` with `label` and returns the reply.
 pub fn call(server: Cap<Endpoint>, label: u64, words: &[u64]) -> Received {
     server.call(&Message::new(label).words(words))
+}
+
+/// Client side: asks the server to fault ([`FAULT`]). It is a Send, not a Call: a
+/// caller waiting for the reply of a server that is deleted waits for ever (as in
+/// seL4), and init deletes a faulted server to restart it.
+pub fn request_fault(server: Cap<Endpoint>) {
+    server.send(&Message::new(FAULT));
 }
 
 /// Client side for text: sends `text` (cut to what fits in [`MAX_WORDS`] words) and

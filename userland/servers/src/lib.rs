@@ -1,22 +1,29 @@
 //! Keel's user-level servers and their client sides: the name service ([`names`]), the
-//! echo server ([`echo`], the template for new servers; see doc/writing-a-server.md)
-//! and the serial server ([`serial`]: COM1 by interrupt, and the `log` backend).
+//! echo server ([`echo`], the template for new servers; see doc/writing-a-server.md),
+//! the serial server ([`serial`]: COM1 by interrupt, and the `log` backend) and the
+//! timer server ([`timer`]: the PIT's ticks, `sleep`).
 //!
 //! A server is a function `fn(u64)` that init (or a test) runs as a thread; its
-//! argument is a packed [`StartInfo`] naming the capabilities it was given. For now
-//! every server shares the root task's CNode, so "given" means "told about": a server
-//! only uses the slots its [`StartInfo`] lists.
+//! argument is a packed [`StartInfo`] naming the capabilities it was given. init runs
+//! each server in a CSpace of its own ([`cspace`]: one guarded CNode holding exactly
+//! what the manifest lists, at well-known slots), so a server can invoke nothing else.
+//! Every capability pointer a server uses is one of its [`StartInfo`]'s, or a slot of
+//! its window, in the CNode [`StartInfo::cnode`].
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod cspace;
 pub mod echo;
 pub mod names;
 pub mod serial;
+pub mod timer;
 
 use keel_rt::SlotAllocator;
+use keel_sys::cap::{CNode, Cap};
 
 /// What a server starts with, packed into its thread's one argument word: capability
-/// pointers in the root CNode (12 bits each, the CNode has 4096 slots; 0 = none).
+/// pointers in the server's CSpace (12 bits each, as many as the root CNode has slots;
+/// 0 = none). In a CSpace of its own they are the well-known [`cspace::slot`]s.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StartInfo {
     /// The endpoint the server receives requests on.
@@ -66,6 +73,15 @@ impl StartInfo {
 }
 
 impl StartInfo {
+    /// The CNode the server's capability pointers resolve in, for CNode invocations on
+    /// its own slots (receive slots, SaveCaller, Delete): slot [`cspace::slot::CNODE`]
+    /// (2), which is the server's own CNode in a CSpace of its own and the root CNode
+    /// when it runs in the root task's CSpace. It resolves at depth 64
+    /// (`keel_rt::ROOT_DEPTH`) either way.
+    pub fn cnode(&self) -> Cap<CNode> {
+        Cap::from_cptr(cspace::slot::CNODE)
+    }
+
     /// The server's window of free slots, as the runtime's slot allocator.
     pub fn slot_allocator(&self) -> SlotAllocator {
         SlotAllocator::new(self.slots, self.slots + self.slot_count)

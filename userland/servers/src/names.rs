@@ -8,10 +8,16 @@
 //! - [`LOOKUP`]: words `[len, name 0..8, name 8..16]`; a successful reply carries the
 //!   badged endpoint.
 //!
-//! Names are 1 to [`MAX_NAME`] bytes.
+//! Names are 1 to [`MAX_NAME`] bytes. A name belongs to the client (badge) that
+//! registered it: a second REGISTER of the name from the same badge replaces the
+//! endpoint (a restarted server registers again), from another badge it is refused
+//! with [`Status::Exists`].
+//!
+//! The service keeps the endpoints it was sent, and mints the copies it hands out, in
+//! its window of free slots in its own CNode ([`StartInfo::cnode`]).
 
 use keel_rt::{ROOT_DEPTH, SlotAllocator, println};
-use keel_sys::cap::{Cap, Endpoint, init};
+use keel_sys::cap::{CNode, Cap, Endpoint};
 use keel_sys::ipc::set_receive_slot;
 use keel_sys::{CapRights, Message, Received};
 
@@ -85,11 +91,16 @@ pub fn register(names: Cap<Endpoint>, name: &str, endpoint: Cap<Endpoint>) -> Re
     }
 }
 
-/// Looks `name` up at the name service `names`; the endpoint lands in root-CNode slot
-/// `slot`, which must be empty.
-pub fn lookup(names: Cap<Endpoint>, name: &str, slot: u64) -> Result<Cap<Endpoint>, Error> {
+/// Looks `name` up at the name service `names`; the endpoint lands in slot `slot` of
+/// `cnode` (the caller's own CNode, resolving at depth 64), which must be empty.
+pub fn lookup(
+    names: Cap<Endpoint>,
+    name: &str,
+    cnode: Cap<CNode>,
+    slot: u64,
+) -> Result<Cap<Endpoint>, Error> {
     let words = encode(name)?;
-    set_receive_slot(init::CNODE, slot, ROOT_DEPTH);
+    set_receive_slot(cnode, slot, ROOT_DEPTH);
     let reply = names.call(&Message::new(LOOKUP).words(&words));
     match Status::from_label(reply.label()) {
         Status::Ok if reply.extra_caps() == 1 && reply.caps_unwrapped() == 0 => {
@@ -104,9 +115,13 @@ pub fn lookup(names: Cap<Endpoint>, name: &str, slot: u64) -> Result<Cap<Endpoin
 struct Entry {
     name: [u64; 3],
     slot: u64,
+    /// Badge of the client that registered it.
+    owner: u64,
 }
 
 struct Service {
+    /// The service's own CNode.
+    cnode: Cap<CNode>,
     entries: [Entry; CAPACITY],
     count: usize,
     slots: SlotAllocator,
@@ -153,16 +168,32 @@ impl Service {
         let Some(slot) = self.receive_slot else {
             return Status::Full;
         };
-        if self.find(&name).is_some() {
-            let _ = init::CNODE.delete(slot, ROOT_DEPTH);
-            return Status::Exists;
+        if let Some(i) = self.entries[..self.count]
+            .iter()
+            .position(|e| e.name == name)
+        {
+            if self.entries[i].owner != r.badge {
+                let _ = self.cnode.delete(slot, ROOT_DEPTH);
+                return Status::Exists;
+            }
+            // Its owner registers it again (restarted): the new endpoint replaces the
+            // old one, whose slot becomes the next receive slot.
+            let old = self.entries[i].slot;
+            let _ = self.cnode.delete(old, ROOT_DEPTH);
+            self.entries[i].slot = slot;
+            self.receive_slot = Some(old);
+            return Status::Ok;
         }
         if self.count == CAPACITY {
-            let _ = init::CNODE.delete(slot, ROOT_DEPTH);
+            let _ = self.cnode.delete(slot, ROOT_DEPTH);
             return Status::Full;
         }
         self.receive_slot = self.slots.alloc().ok();
-        self.entries[self.count] = Entry { name, slot };
+        self.entries[self.count] = Entry {
+            name,
+            slot,
+            owner: r.badge,
+        };
         self.count += 1;
         Status::Ok
     }
@@ -172,11 +203,11 @@ impl Service {
         let source = self.find(&name).ok_or(Status::NotFound)?.slot;
         let slot = self.mint_slot;
         let badge = if r.badge == 0 { 1 } else { r.badge };
-        init::CNODE
+        self.cnode
             .mint(
                 slot,
                 ROOT_DEPTH,
-                init::CNODE,
+                self.cnode,
                 source,
                 ROOT_DEPTH,
                 CapRights::ALL,
@@ -198,7 +229,9 @@ pub fn main(argument: u64) {
         println!("names: needs at least two slots");
         return;
     };
+    let cnode = start.cnode();
     let mut service = Service {
+        cnode,
         entries: [Entry::default(); CAPACITY],
         count: 0,
         slots,
@@ -206,17 +239,17 @@ pub fn main(argument: u64) {
         mint_slot,
         sent: None,
     };
-    set_receive_slot(init::CNODE, first, ROOT_DEPTH);
+    set_receive_slot(cnode, first, ROOT_DEPTH);
     let mut request = ep.recv();
     loop {
         let reply = service.handle(&request);
         if let Some(free) = service.receive_slot {
-            set_receive_slot(init::CNODE, free, ROOT_DEPTH);
+            set_receive_slot(cnode, free, ROOT_DEPTH);
         }
         request = ep.reply_recv(&reply);
         // The reply (and its copy of the minted capability) is out: drop ours.
         if let Some(slot) = service.sent.take() {
-            let _ = init::CNODE.delete(slot, ROOT_DEPTH);
+            let _ = cnode.delete(slot, ROOT_DEPTH);
         }
     }
 }

@@ -20,7 +20,7 @@ use core::fmt::Write as _;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use keel_rt::{ROOT_DEPTH, println};
-use keel_sys::cap::{Cap, Endpoint, IoPort, IrqHandler, Reply, init};
+use keel_sys::cap::{CNode, Cap, Endpoint, IoPort, IrqHandler, Reply};
 use keel_sys::{Message, Received};
 
 use crate::{StartInfo, names};
@@ -127,6 +127,8 @@ fn text_message(label: u64, text: &[u8]) -> Message {
 }
 
 struct Server {
+    /// The server's own CNode (for SaveCaller).
+    cnode: Cap<CNode>,
     port: Cap<IoPort>,
     irq: Cap<IrqHandler>,
     /// Where a waiting reader's reply capability is saved.
@@ -144,6 +146,7 @@ pub fn main(argument: u64) {
         return;
     }
     let mut server = Server {
+        cnode: start.cnode(),
         port: Cap::from_cptr(start.io_port),
         irq: Cap::from_cptr(start.slots),
         reader_slot: start.slots + 1,
@@ -205,7 +208,7 @@ impl Server {
             READ if self.input.len > 0 => Some(self.input.take()),
             READ if self.reader_waiting => Some(Message::new(Status::Busy as u64)),
             READ => {
-                match init::CNODE.save_caller(self.reader_slot, ROOT_DEPTH) {
+                match self.cnode.save_caller(self.reader_slot, ROOT_DEPTH) {
                     Ok(()) => self.reader_waiting = true,
                     Err(_) => return Some(Message::new(Status::BadRequest as u64)),
                 }

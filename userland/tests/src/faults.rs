@@ -344,6 +344,7 @@ fn no_handler(env: &mut Env) -> TestResult {
         priority: CHILD_PRIORITY,
         fault_ep: 0,
         affinity: None,
+        cspace: None,
     };
     let t = env.alloc.create_thread(ud2, 0, config).or_fail("create")?;
     t.start().or_fail("start")?;

@@ -332,6 +332,7 @@ impl Env {
             priority,
             fault_ep: self.fault_ep_badged.cptr(),
             affinity: None,
+            cspace: None,
         };
         self.alloc
             .create_thread(entry, argument, config)

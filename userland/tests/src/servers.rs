@@ -1,14 +1,19 @@
 //! The servers of `keel-servers` (name service, echo) as threads of the suite: name
-//! registration and lookup (a badged endpoint arrives; an unknown name is refused),
+//! registration and lookup (a badged endpoint arrives; an unknown name is refused; a
+//! name is refused to another client and registered again by its owner),
 //! 10,000 echoes, and servers started with badged fault endpoints as init starts them:
 //! one cannot touch an I/O port beyond its capability (refused through the capability,
 //! a #GP fault reported without it), and one that faults is reported while the name
-//! service and the echo server keep answering.
+//! service and the echo server keep answering. A server in a CSpace of its own (as init
+//! starts them, `keel_servers::cspace`) invokes what it was given, the IPC fastpath
+//! included, and cannot even look up a capability the suite holds. The timer server,
+//! confined with the PIT's ports and IRQ 0, counts ticks and wakes sleepers in order.
 
 use keel_abi::fault::{FaultType, user_exception};
 use keel_abi::object::cap_tag;
 use keel_rt::ThreadConfig;
-use keel_servers::{StartInfo, echo, names, serial};
+use keel_servers::cspace::{ServerCSpace, slot};
+use keel_servers::{StartInfo, echo, names, serial, timer};
 use keel_sys::cap::{Cap, Endpoint, IoPort, IrqHandler, init};
 use keel_sys::{CapRights, Error, Message, probe};
 
@@ -33,6 +38,13 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
     suite.run("serial_server_loopback_write_irq_read_and_log_line", || {
         serial_loopback(env)
     });
+    suite.run(
+        "confined_server_uses_its_own_cspace_and_nothing_else",
+        || confined_server(env),
+    );
+    suite.run("timer_server_pit_ticks_and_sleeps_in_order", || {
+        timer_sleeps(env)
+    });
 }
 
 /// Starts a server thread with its own fault endpoint capability (the suite's, minted
@@ -49,6 +61,7 @@ fn start_server(
         priority: CHILD_PRIORITY,
         fault_ep: fault.cptr(),
         affinity: None,
+        cspace: None,
     };
     let thread = env
         .alloc
@@ -195,7 +208,7 @@ fn fault_reported_others_run(env: &mut Env) -> TestResult {
         ensure!(shared(4) == 0, "the crasher ran past UD2");
         // The others keep running: names answer, echo answers, nothing else faults.
         let slot = env.slot()?;
-        let server = match names::lookup(ns, echo::NAME, slot) {
+        let server = match names::lookup(ns, echo::NAME, init::CNODE, slot) {
             Ok(c) => c,
             Err(e) => fail!("lookup echo after the fault: {e:?}"),
         };
@@ -209,7 +222,7 @@ fn fault_reported_others_run(env: &mut Env) -> TestResult {
         }
         let slot = env.slot()?;
         ensure!(
-            names::lookup(ns, "crasher", slot).is_ok(),
+            names::lookup(ns, "crasher", init::CNODE, slot).is_ok(),
             "the crasher's name is gone from the name service"
         );
         pause(50_000_000);
@@ -251,24 +264,29 @@ fn send_through_shared(_: u64) {
 }
 
 fn names_register_lookup(env: &mut Env) -> TestResult {
-    let (t, ns, _) = start_names(env, 0x77)?;
+    let (t, ns, other) = start_names(env, 0x77)?;
     let service = env.endpoint()?;
     let result = (|| {
         names::register(ns, "svc", service)
             .map_err(|e| crate::harness::why(format_args!("register: {e:?}")))?;
         ensure!(
-            names::register(ns, "svc", service)
+            names::register(other, "svc", service)
                 == Err(names::Error::Refused(names::Status::Exists)),
-            "a second registration of the name was accepted"
+            "another client's registration of the name was accepted"
+        );
+        // Its owner (same badge) registers it again, as a restarted server does.
+        ensure!(
+            names::register(ns, "svc", service) == Ok(()),
+            "the owner's second registration was refused"
         );
         let slot = env.slot()?;
-        let unknown = names::lookup(ns, "nobody", slot);
+        let unknown = names::lookup(ns, "nobody", init::CNODE, slot);
         ensure!(
             unknown == Err(names::Error::Refused(names::Status::NotFound)),
             "unknown name: {unknown:?}"
         );
         ensure!(env.is_empty(slot), "a refused lookup filled the slot");
-        let got = match names::lookup(ns, "svc", slot) {
+        let got = match names::lookup(ns, "svc", init::CNODE, slot) {
             Ok(c) => c,
             Err(e) => fail!("lookup: {e:?}"),
         };
@@ -302,7 +320,7 @@ fn echo_10000(env: &mut Env) -> TestResult {
     let echo_thread = env.spawn(echo::main, start.pack(), CHILD_PRIORITY)?;
     let result = (|| {
         let slot = env.slot()?;
-        let server = match names::lookup(ns, echo::NAME, slot) {
+        let server = match names::lookup(ns, echo::NAME, init::CNODE, slot) {
             Ok(c) => c,
             Err(e) => fail!("lookup echo: {e:?}"),
         };
@@ -442,5 +460,293 @@ fn serial_loopback(env: &mut Env) -> TestResult {
         .delete(port_slot, DEPTH)
         .or_fail("delete port cap")?;
     restored.or_fail("loopback off")?;
+    result
+}
+
+/// Shared word: a capability pointer the suite holds (an endpoint) that the confined
+/// probe was not given.
+const HELD: usize = 9;
+
+/// Runs confined. Shared word 6: copying its own endpoint inside its CNode (1: done).
+/// Word 7: copying from slot 7 of its CSpace, where the suite has IOPortControl but it
+/// has nothing (2: FailedLookup). Word 8: copying from the suite's [`HELD`] pointer
+/// (2: FailedLookup). Then it Calls [`HELD`], which must be a capability fault (word 10
+/// stays 0).
+fn confined_probe(argument: u64) {
+    let start = StartInfo::unpack(argument);
+    let cnode = start.cnode();
+    let code = |r: Result<(), Error>| match r {
+        Ok(()) => 1,
+        Err(Error::FailedLookup { .. }) => 2,
+        Err(_) => 3,
+    };
+    set_shared(
+        6,
+        code(cnode.copy(
+            start.slots,
+            DEPTH,
+            cnode,
+            start.serve,
+            DEPTH,
+            CapRights::ALL,
+        )),
+    );
+    set_shared(
+        7,
+        code(cnode.copy(
+            start.slots + 1,
+            DEPTH,
+            cnode,
+            init::IO_PORT_CONTROL.cptr(),
+            DEPTH,
+            CapRights::ALL,
+        )),
+    );
+    set_shared(
+        8,
+        code(cnode.copy(
+            start.slots + 1,
+            DEPTH,
+            cnode,
+            shared(HELD),
+            DEPTH,
+            CapRights::ALL,
+        )),
+    );
+    Cap::<Endpoint>::from_cptr(shared(HELD)).call(&Message::new(1));
+    set_shared(10, 1);
+}
+
+/// A CSpace of its own for one test server: the endpoint it serves and its badged
+/// fault endpoint, at the well-known slots, and `free` free slots.
+fn confined_space(
+    env: &mut Env,
+    serve: Cap<Endpoint>,
+    badge: u64,
+    free: u64,
+) -> Result<(ServerCSpace, StartInfo), Why> {
+    let space = ServerCSpace::new(&mut env.alloc, free).or_fail("make the cspace")?;
+    space
+        .copy(slot::SERVE, serve, CapRights::ALL)
+        .or_fail("give the endpoint")?;
+    space
+        .mint(slot::FAULT, env.fault_ep, CapRights::ALL, badge)
+        .or_fail("give the fault endpoint")?;
+    let start = StartInfo {
+        serve: slot::SERVE,
+        slots: slot::FIRST_FREE,
+        slot_count: free,
+        ..StartInfo::default()
+    };
+    Ok((space, start))
+}
+
+/// Starts `entry` in `space` (the suite's address space).
+fn start_confined(
+    env: &mut Env,
+    entry: fn(u64),
+    space: &ServerCSpace,
+    start: StartInfo,
+) -> Result<keel_rt::Thread, Why> {
+    let thread = create_confined(env, entry, space, start)?;
+    thread.start().or_fail("start confined thread")?;
+    Ok(thread)
+}
+
+/// Creates, without starting it, `entry` in `space` (the suite's address space).
+fn create_confined(
+    env: &mut Env,
+    entry: fn(u64),
+    space: &ServerCSpace,
+    start: StartInfo,
+) -> Result<keel_rt::Thread, Why> {
+    let config = ThreadConfig {
+        priority: CHILD_PRIORITY,
+        fault_ep: slot::FAULT,
+        affinity: None,
+        cspace: Some(space.thread_cspace()),
+    };
+    let thread = env
+        .alloc
+        .create_thread(entry, start.pack(), config)
+        .or_fail("create confined thread")?;
+    Ok(thread)
+}
+
+/// Stops a confined thread and deletes its CSpace.
+fn stop_confined(env: &mut Env, thread: keel_rt::Thread, space: ServerCSpace) -> TestResult {
+    let _ = thread.tcb.suspend();
+    space.destroy(&mut env.alloc).or_fail("delete the cspace")?;
+    env.destroy(thread)
+}
+
+fn confined_server(env: &mut Env) -> TestResult {
+    // The echo server, confined, answers through the endpoint it was given.
+    let echo_ep = env.endpoint()?;
+    let (echo_space, echo_start) = confined_space(env, echo_ep, 0xec1, 1)?;
+    ensure!(
+        echo_space.size() == 16,
+        "7 well-known slots and 1 free one: {} slots",
+        echo_space.size()
+    );
+    let echo_thread = start_confined(env, echo::main, &echo_space, echo_start)?;
+    let echoed = (|| {
+        for i in 0..1000u64 {
+            let r = echo::call(echo_ep, 0x21, &[i, i * 3]);
+            ensure!(
+                r.label() == 0x21 && r.words::<2>() == [i, i * 3],
+                "confined echo {i}: {:?}",
+                r.words::<2>()
+            );
+        }
+        Ok(())
+    })();
+    stop_confined(env, echo_thread, echo_space)?;
+    echoed?;
+    // The probe: its own slots work, the suite's do not exist for it.
+    let probe_ep = env.endpoint()?;
+    let held = env.endpoint()?;
+    ensure!(held.cptr() >= 16, "the held endpoint is at {}", held.cptr());
+    for word in 6..=10 {
+        set_shared(word, 0);
+    }
+    set_shared(HELD, held.cptr());
+    const BADGE: u64 = 0xc0f;
+    let (space, start) = confined_space(env, probe_ep, BADGE, 2)?;
+    let probe = start_confined(env, confined_probe, &space, start)?;
+    let result = (|| {
+        let Some(r) = recv_timeout(env.fault_ep) else {
+            fail!("no fault from the confined probe")
+        };
+        ensure!(
+            shared(6) == 1,
+            "copy of its own endpoint: code {}",
+            shared(6)
+        );
+        ensure!(
+            shared(7) == 2,
+            "copy from slot 7 (the suite's IOPortControl): code {} (2 = FailedLookup)",
+            shared(7)
+        );
+        ensure!(
+            shared(8) == 2,
+            "copy from the suite's endpoint: code {} (2 = FailedLookup)",
+            shared(8)
+        );
+        ensure!(r.badge == BADGE, "fault badge {:#x}", r.badge);
+        let words = r.words::<2>();
+        ensure!(
+            r.label() == FaultType::CapFault as u64
+                && words[keel_abi::fault::cap_fault::ADDR] == held.cptr(),
+            "fault label {} address {:#x}: not a capability fault on the held endpoint",
+            r.label(),
+            words[keel_abi::fault::cap_fault::ADDR]
+        );
+        ensure!(shared(10) == 0, "the Call on the held endpoint returned");
+        Ok(())
+    })();
+    stop_confined(env, probe, space)?;
+    result
+}
+
+/// Shared word: the timer server's endpoint, for [`long_sleeper`].
+const TIMER: usize = 11;
+
+/// Sleeps 200 ms at the timer server; records the wake-up tick in word 12 (+1, so 0
+/// means "not yet").
+fn long_sleeper(_: u64) {
+    let tick = timer::sleep(Cap::from_cptr(shared(TIMER)), 200).unwrap_or(u64::MAX - 1);
+    set_shared(12, tick + 1);
+}
+
+fn timer_sleeps(env: &mut Env) -> TestResult {
+    let ports = env.slot()?;
+    if init::IO_PORT_CONTROL
+        .issue(
+            timer::PORTS.0 as u64,
+            timer::PORTS.1 as u64,
+            init::CNODE,
+            ports,
+            DEPTH,
+        )
+        .is_err()
+    {
+        return Err(Why::Skipped("the PIT's ports are already issued"));
+    }
+    let handler = Cap::<IrqHandler>::from_cptr(env.slot()?);
+    init::IRQ_CONTROL
+        .get(timer::IRQ as u64, init::CNODE, handler.cptr(), DEPTH)
+        .or_fail("IRQ 0 handler")?;
+    let notification = env.notification()?;
+    let badged = env.mint(notification, CapRights::ALL, timer::IRQ_BADGE)?;
+    handler
+        .set_notification(badged)
+        .or_fail("point IRQ 0 at the notification")?;
+    let ep = env.endpoint()?;
+    // The IRQ handler and two sleepers.
+    let (space, mut start) = confined_space(env, ep, 0x71, 3)?;
+    space
+        .copy(
+            slot::IO_PORT,
+            Cap::<IoPort>::from_cptr(ports),
+            CapRights::ALL,
+        )
+        .or_fail("give the ports")?;
+    space
+        .copy(slot::FIRST_FREE, handler, CapRights::ALL)
+        .or_fail("give the IRQ handler")?;
+    start.io_port = slot::IO_PORT;
+    let server = create_confined(env, timer::main, &space, start)?;
+    server
+        .tcb
+        .bind_notification(notification)
+        .or_fail("bind the notification")?;
+    server.start().or_fail("start the timer server")?;
+    set_shared(TIMER, ep.cptr());
+    set_shared(12, 0);
+    let result = (|| {
+        let Ok((t0, _)) = timer::now(ep) else {
+            fail!("no answer to NOW")
+        };
+        let sleeper = env.spawn(long_sleeper, 0, CHILD_PRIORITY)?;
+        pause(10_000_000);
+        let short = timer::sleep(ep, 30);
+        let long_done_early = shared(12) != 0;
+        let waited = wait_until(|| shared(12) != 0);
+        env.destroy(sleeper)?;
+        let Ok(t1) = short else {
+            fail!("sleep 30: {short:?}")
+        };
+        ensure!(
+            !long_done_early,
+            "the 200 ms sleeper woke before the 30 ms one"
+        );
+        ensure!(
+            t1 >= t0 + timer::ticks_for(30),
+            "woke at tick {t1}, {} after NOW said {t0}",
+            t1 - t0
+        );
+        ensure!(waited, "the 200 ms sleeper never woke");
+        let t2 = shared(12) - 1;
+        ensure!(
+            t2 >= t0 + timer::ticks_for(200) && t2 > t1,
+            "the 200 ms sleeper woke at tick {t2} (NOW {t0}, short sleeper {t1})"
+        );
+        let Ok((t3, ms)) = timer::now(ep) else {
+            fail!("no answer to NOW at the end")
+        };
+        ensure!(
+            t3 >= t2 && ms == t3 * 1000 / timer::TICK_HZ,
+            "NOW: tick {t3}, {ms} ms"
+        );
+        Ok(())
+    })();
+    stop_confined(env, server, space)?;
+    init::CNODE
+        .delete(handler.cptr(), DEPTH)
+        .or_fail("delete the IRQ handler")?;
+    init::CNODE
+        .delete(ports, DEPTH)
+        .or_fail("delete the port capability")?;
     result
 }
