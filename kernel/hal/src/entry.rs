@@ -259,14 +259,16 @@ fn save_user_bases() {
         .fpu_save_request
         .load(core::sync::atomic::Ordering::Relaxed)
     {
-        area.fpu_save_request
-            .store(false, core::sync::atomic::Ordering::Relaxed);
         crate::fpu::park_current();
+        area.fpu_save_request
+            .store(false, core::sync::atomic::Ordering::Release);
     }
-    area.running.store(0, core::sync::atomic::Ordering::Release);
     if any_user_selector() || area.save_bases {
         save_user_bases_slow(user_selectors());
     }
+    // Last: a CPU stalling this one may read and write the context (bases and
+    // selectors included) as soon as it sees 0 here.
+    area.running.store(0, core::sync::atomic::Ordering::Release);
 }
 
 /// Whether any of FS, GS, DS, ES holds a non-null selector value (MOV from a segment

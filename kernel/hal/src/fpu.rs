@@ -374,6 +374,17 @@ pub fn device_not_available(context_phys: u64) -> bool {
     true
 }
 
+/// Another CPU asked this one, which spins for the big kernel lock, to save its FPU
+/// registers' owner's state (that thread is being moved elsewhere): saves it, then
+/// clears the request.
+pub fn service_save_request() {
+    let area = crate::percpu::current();
+    if area.fpu_save_request.load(Ordering::Acquire) {
+        park(owner_slot());
+        area.fpu_save_request.store(false, Ordering::Release);
+    }
+}
+
 /// This CPU goes idle: its last thread's state is saved (it may run elsewhere next).
 /// Big kernel lock held.
 pub fn idle() {

@@ -90,15 +90,26 @@ impl Hardware for Machine {
         let Some(area) = crate::percpu::area(cpu) else {
             return;
         };
-        if area.running.load(core::sync::atomic::Ordering::Acquire) != context {
-            return;
+        use core::sync::atomic::Ordering::{Acquire, Release};
+        if area.running.load(Acquire) == context {
+            // In user mode there: the IPI brings it into the kernel, whose entry saves
+            // the FPU registers first and clears `running` last.
+            area.fpu_save_request.store(true, Release);
+            crate::apic::send_ipi(area.apic_id, crate::trap::WAKE_VECTOR);
+            while area.running.load(Acquire) == context {
+                crate::tlb::service_request();
+                core::hint::spin_loop();
+            }
         }
-        area.fpu_save_request
-            .store(true, core::sync::atomic::Ordering::Release);
-        crate::apic::send_ipi(area.apic_id, crate::trap::WAKE_VECTOR);
-        while area.running.load(core::sync::atomic::Ordering::Acquire) == context {
-            crate::tlb::service_request();
-            core::hint::spin_loop();
+        if area.fpu_owner.load(Acquire) == context {
+            // Already in the kernel there, waiting for the lock this CPU holds, with the
+            // thread's FPU state still in its registers: that CPU saves it while it
+            // spins (`fpu::service_save_request`), before the thread can run elsewhere.
+            area.fpu_save_request.store(true, Release);
+            while area.fpu_save_request.load(Acquire) {
+                crate::tlb::service_request();
+                core::hint::spin_loop();
+            }
         }
     }
     fn reschedule_cpu(&mut self, cpu: usize) {

@@ -1,8 +1,10 @@
 //! The big kernel lock.
 //!
 //! One lock serialises the object layer across CPUs. Waiting for it also services
-//! TLB-shootdown requests ([`crate::tlb`]), because a CPU spinning here has interrupts
-//! disabled and would otherwise deadlock a lock holder that waits for its flush.
+//! TLB-shootdown requests ([`crate::tlb`]) and FPU-save requests ([`crate::fpu`]: the
+//! holder moves a thread whose FPU state is still in this CPU's registers), because a
+//! CPU spinning here has interrupts disabled and would otherwise deadlock a lock holder
+//! that waits for it.
 
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
@@ -34,6 +36,7 @@ impl<T> BigKernelLock<T> {
             .is_err()
         {
             crate::tlb::service_request();
+            crate::fpu::service_save_request();
             core::hint::spin_loop();
         }
         Guard { lock: self }

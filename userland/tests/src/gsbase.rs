@@ -231,12 +231,35 @@ fn w_thread(env: &mut Env) -> Result<Option<keel_rt::Thread>, Why> {
 
 fn finish(env: &mut Env, threads: &mut [Option<keel_rt::Thread>], n: u64) -> TestResult {
     let done = wait_until(|| shared(6) == n);
+    // A thread that faulted waits for the suite's handler: say which fault.
+    let fault = env
+        .fault_ep
+        .nb_recv()
+        .map(|r| (r.label(), r.mr(0), r.mr(1)));
+    if !done {
+        // Where the threads are: state words through ReadRegisters.
+        for t in threads.iter().flatten() {
+            if let Ok(ctx) = t.tcb.read_registers(false, 0, USER_CONTEXT_WORDS) {
+                keel_rt::println!(
+                    "  (unfinished thread: rip {:#x} rsp {:#x} fs {:#x} gs {:#x})",
+                    ctx.rip,
+                    ctx.rsp,
+                    ctx.fs_base,
+                    ctx.gs_base
+                );
+            }
+        }
+    }
     for t in threads.iter_mut() {
         if let Some(t) = t.take() {
             env.destroy(t)?;
         }
     }
-    ensure!(done, "threads did not finish ({} of {n})", shared(6));
+    ensure!(
+        done,
+        "threads did not finish ({} of {n}); pending fault (label, MR0, MR1): {fault:?}",
+        shared(6)
+    );
     ensure!(
         shared(5) == 0,
         "a base changed under thread kind {}",
