@@ -254,21 +254,22 @@ pub(crate) extern "C" fn trap_from_user() -> u64 {
 fn save_user_bases() {
     // This CPU no longer runs a thread in user mode: its registers are in its TCB (and,
     // when another CPU stalls this one, its FPU state too).
-    let area = crate::percpu::current();
-    if area
+    // (`percpu::current()` is read afresh each time: one GS load is cheaper than
+    // keeping it in a callee-saved register across the out-of-line calls.)
+    if crate::percpu::current()
         .fpu_save_request
         .load(core::sync::atomic::Ordering::Relaxed)
     {
-        crate::fpu::park_current();
-        area.fpu_save_request
-            .store(false, core::sync::atomic::Ordering::Release);
+        crate::fpu::service_save_request();
     }
-    if any_user_selector() || area.save_bases {
+    if any_user_selector() || crate::percpu::current().save_bases {
         save_user_bases_slow(user_selectors());
     }
     // Last: a CPU stalling this one may read and write the context (bases and
     // selectors included) as soon as it sees 0 here.
-    area.running.store(0, core::sync::atomic::Ordering::Release);
+    crate::percpu::current()
+        .running
+        .store(0, core::sync::atomic::Ordering::Release);
 }
 
 /// Whether any of FS, GS, DS, ES holds a non-null selector value (MOV from a segment
