@@ -194,19 +194,21 @@ fn stress_worker(i: u64) {
     add_shared(0, 1);
 }
 
-fn migration(env: &mut Env) -> TestResult {
+/// Runs four `worker` threads (argument: their number) while this thread moves them
+/// between the CPUs `MIGRATION_ROUNDS` times each (a few rounds of round robin with
+/// one CPU), then sets shared(7) and waits for them (each counts itself in shared(0)
+/// when it stops; shared(12) says one made progress). Returns the migrations made.
+fn run_migrating(env: &mut Env, worker: fn(u64)) -> Result<u64, crate::harness::Why> {
     let cpus = env.info.num_nodes();
-    let before = STRESS.total();
     let mut threads = [const { None }; 4];
     for (i, slot) in threads.iter_mut().enumerate() {
         // With several CPUs, below the test's priority: the moves do not wait for the
-        // adds, and workers moved to the test's CPU wait there until moved away again.
-        // With one, at its priority (round robin).
+        // workers, and workers moved to the test's CPU wait there until moved away
+        // again. With one, at its priority (round robin).
         let priority = crate::ROOT_PRIORITY as u8 - (cpus > 1) as u8;
-        *slot = Some(env.spawn(stress_worker, i as u64, priority)?);
+        *slot = Some(env.spawn(worker, i as u64, priority)?);
     }
     let mut moves = 0u64;
-    // One CPU: no moves; a few rounds of round robin with the workers.
     let rounds = if cpus > 1 { MIGRATION_ROUNDS } else { 3 };
     for _ in 0..rounds {
         if cpus > 1 {
@@ -231,6 +233,13 @@ fn migration(env: &mut Env) -> TestResult {
         }
     }
     ensure!(finished, "{} of 4 workers finished", shared(0));
+    Ok(moves)
+}
+
+fn migration(env: &mut Env) -> TestResult {
+    let cpus = env.info.num_nodes();
+    let before = STRESS.total();
+    let moves = run_migrating(env, stress_worker)?;
     let adds: u64 = (8..12).map(shared).sum();
     let total = STRESS.total() - before;
     ensure!(
@@ -285,35 +294,7 @@ fn pool_worker(w: u64) {
 
 fn pool(env: &mut Env) -> TestResult {
     let cpus = env.info.num_nodes();
-    let mut threads = [const { None }; 4];
-    for (i, slot) in threads.iter_mut().enumerate() {
-        let priority = crate::ROOT_PRIORITY as u8 - (cpus > 1) as u8;
-        *slot = Some(env.spawn(pool_worker, i as u64, priority)?);
-    }
-    let mut moves = 0u64;
-    let rounds = if cpus > 1 { MIGRATION_ROUNDS } else { 3 };
-    for _ in 0..rounds {
-        if cpus > 1 {
-            for t in threads.iter().flatten() {
-                let _ = t.tcb.set_affinity(moves % cpus);
-                moves += 1;
-            }
-        }
-        pause(200_000);
-    }
-    // On a loaded host the workers may not have run yet: wait until one has.
-    wait_until(|| shared(12) != 0);
-    set_shared(7, 1);
-    for t in threads.iter().flatten() {
-        let _ = t.tcb.set_affinity(cpus - 1);
-    }
-    let finished = wait_until(|| shared(0) >= 4);
-    for t in threads.iter_mut() {
-        if let Some(t) = t.take() {
-            env.destroy(t)?;
-        }
-    }
-    ensure!(finished, "{} of 4 workers finished", shared(0));
+    let moves = run_migrating(env, pool_worker)?;
     let allocations: u64 = (8..12).map(shared).sum();
     ensure!(shared(5) == 0, "{} indices handed out twice", shared(5));
     ensure!(allocations > 0, "no allocations");
