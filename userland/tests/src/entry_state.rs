@@ -518,7 +518,21 @@ fn debug_registers(env: &mut Env) -> TestResult {
     let result = (|| {
         watch(&a)?;
         a.start().or_fail("start A")?;
-        let r = fault(env, "watched write")?;
+        let Some(r) = recv_timeout(env.fault_ep) else {
+            // Say whether A wrote without trapping or never ran.
+            let rip = a.tcb.read_registers(false, 0, 1).map_or(0, |c| c.rip);
+            fail!(
+                "watched write: no fault message (A finished its write: {}, A's RIP {rip:#x}, \
+                 WATCHED = {})",
+                shared(1) == 1,
+                WATCHED.load(Ordering::SeqCst)
+            )
+        };
+        ensure!(
+            r.badge == FAULT_BADGE,
+            "watched write: badge {:#x}",
+            r.badge
+        );
         ensure!(
             r.label() == FaultType::DebugException as u64
                 && r.mr(debug_exception::EXCEPTION_REASON) == BreakpointType::Data as u64
