@@ -39,6 +39,10 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
         serial_loopback(env)
     });
     suite.run(
+        "serial_server_lines_of_three_writers_interleave_whole",
+        || serial_lines_interleave(env),
+    );
+    suite.run(
         "confined_server_uses_its_own_cspace_and_nothing_else",
         || confined_server(env),
     );
@@ -374,9 +378,13 @@ fn serial_reader(argument: u64) {
     set_shared(0, count as u64);
 }
 
-/// The serial server on COM1 in loopback: a write comes back through IRQ 4 to a
-/// waiting reader, and a `log` record arrives as one whole line.
-fn serial_loopback(env: &mut Env) -> TestResult {
+/// Runs `test` with the serial server started on COM1 in loopback (IRQ 4 to its
+/// notification; shared word 10 holds its endpoint), then stops it and restores COM1.
+/// Nothing may print while `test` runs: the kernel console's output is swallowed too.
+fn with_loopback_serial(
+    env: &mut Env,
+    test: impl FnOnce(&mut Env, Cap<Endpoint>) -> TestResult,
+) -> TestResult {
     let (first, last) = serial::PORTS;
     let port_slot = env.slot()?;
     if init::IO_PORT_CONTROL
@@ -411,8 +419,6 @@ fn serial_loopback(env: &mut Env) -> TestResult {
         slot_count: 2,
         ..StartInfo::default()
     };
-    // From here until MCR is restored, the kernel console's output is swallowed too:
-    // nothing may print.
     port.out8(MODEM_CONTROL as u64, modem | LOOPBACK)
         .or_fail("loopback on")?;
     let server = env.create(serial::main, start.pack(), CHILD_PRIORITY)?;
@@ -423,6 +429,25 @@ fn serial_loopback(env: &mut Env) -> TestResult {
             .or_fail("bind notification")?;
         server.start().or_fail("start server")?;
         set_shared(10, ep.cptr());
+        test(env, ep)
+    })();
+    let restored = port.out8(MODEM_CONTROL as u64, modem);
+    env.destroy(server)?;
+    let _ = handler.clear();
+    init::CNODE
+        .delete(window, DEPTH)
+        .or_fail("delete handler")?;
+    init::CNODE
+        .delete(port_slot, DEPTH)
+        .or_fail("delete port cap")?;
+    restored.or_fail("loopback off")?;
+    result
+}
+
+/// The serial server on COM1 in loopback: a write comes back through IRQ 4 to a
+/// waiting reader, and a `log` record arrives as one whole line.
+fn serial_loopback(env: &mut Env) -> TestResult {
+    with_loopback_serial(env, |env, ep| {
         let reader = env.spawn(serial_reader, LOOPBACK_TEXT.len() as u64, CHILD_PRIORITY)?;
         let write = serial::write(ep, b"loop-line\n");
         serial::install_logger(ep, log::LevelFilter::Info);
@@ -449,18 +474,106 @@ fn serial_loopback(env: &mut Env) -> TestResult {
             core::str::from_utf8(&got[..count]).unwrap_or("(not UTF-8)")
         );
         Ok(())
-    })();
-    let restored = port.out8(MODEM_CONTROL as u64, modem);
-    env.destroy(server)?;
-    let _ = handler.clear();
-    init::CNODE
-        .delete(window, DEPTH)
-        .or_fail("delete handler")?;
-    init::CNODE
-        .delete(port_slot, DEPTH)
-        .or_fail("delete port cap")?;
-    restored.or_fail("loopback off")?;
-    result
+    })
+}
+
+/// Bytes the interleaving test reads back (three writers × lines of 10 bytes).
+static READ_BACK: [core::sync::atomic::AtomicU8; 512] =
+    [const { core::sync::atomic::AtomicU8::new(0) }; 512];
+/// Lines each writer sends.
+const LINES: u64 = 8;
+
+/// Writer `w` (1–3): sends `LINES` lines "wN:line-K\n" (10 bytes), one request each.
+fn line_writer(w: u64) {
+    let server = Cap::<Endpoint>::from_cptr(shared(10));
+    for k in 0..LINES {
+        let line = [
+            b'w',
+            b'0' + w as u8,
+            b':',
+            b'l',
+            b'i',
+            b'n',
+            b'e',
+            b'-',
+            b'0' + k as u8,
+            b'\n',
+        ];
+        if serial::write(server, &line) != serial::Status::Ok {
+            set_shared(11, 1);
+        }
+    }
+    crate::harness::add_shared(13, 1);
+}
+
+/// Reads `argument` bytes into `READ_BACK` (shared word 12: how many so far).
+fn bulk_reader(argument: u64) {
+    let server = Cap::<Endpoint>::from_cptr(shared(10));
+    let want = (argument as usize).min(READ_BACK.len());
+    let mut count = 0;
+    while count < want {
+        let mut piece = [0u8; serial::MAX_TEXT];
+        let Ok(bytes) = serial::read(server, &mut piece) else {
+            set_shared(11, 1);
+            return;
+        };
+        for &b in bytes.iter().take(want - count) {
+            READ_BACK[count].store(b, core::sync::atomic::Ordering::Relaxed);
+            count += 1;
+        }
+        set_shared(12, count as u64);
+    }
+}
+
+/// Three servers' worth of output through the serial server: three writers send eight
+/// lines each at once; read back through loopback, every line arrives whole, exactly
+/// once, and each writer's lines in its own order.
+fn serial_lines_interleave(env: &mut Env) -> TestResult {
+    with_loopback_serial(env, |env, _ep| {
+        let total = 3 * LINES * 10;
+        let reader = env.spawn(bulk_reader, total, CHILD_PRIORITY)?;
+        let writers = [
+            env.spawn(line_writer, 1, CHILD_PRIORITY)?,
+            env.spawn(line_writer, 2, CHILD_PRIORITY)?,
+            env.spawn(line_writer, 3, CHILD_PRIORITY)?,
+        ];
+        let arrived = wait_until(|| shared(12) >= total || shared(11) != 0);
+        for w in writers {
+            env.destroy(w)?;
+        }
+        env.destroy(reader)?;
+        ensure!(shared(11) == 0, "a write or read was refused");
+        ensure!(arrived, "{} of {total} bytes came back", shared(12));
+        let mut bytes = [0u8; 512];
+        for (b, r) in bytes.iter_mut().zip(&READ_BACK) {
+            *b = r.load(core::sync::atomic::Ordering::Relaxed);
+        }
+        let mut next = [0u8; 4];
+        for line in bytes[..total as usize]
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+        {
+            let whole = line.len() == 9 && &line[..1] == b"w" && &line[2..8] == b":line-";
+            ensure!(
+                whole,
+                "a line arrived cut or mixed: {:?}",
+                core::str::from_utf8(line).unwrap_or("(not UTF-8)")
+            );
+            let (w, k) = ((line[1] - b'0') as usize, line[8] - b'0');
+            ensure!(
+                (1..=3).contains(&w) && k == next[w],
+                "writer {w}'s line {k} arrived when line {} was due",
+                next[w]
+            );
+            next[w] += 1;
+        }
+        ensure!(
+            next[1..] == [LINES as u8; 3],
+            "lines per writer: {:?}",
+            &next[1..]
+        );
+        Ok(())
+    })
 }
 
 /// Shared word: a capability pointer the suite holds (an endpoint) that the confined
