@@ -22,7 +22,6 @@ use keel_kern::cmdline;
 use keel_kern::kernel::Kernel;
 use keel_kern::memory::Memory;
 use keel_kern::object::tcb;
-
 use keel_kern::testing::Tally;
 
 // The scheduler's per-CPU array covers every CPU the hardware layer brings up.
