@@ -454,7 +454,12 @@ impl<H: Hardware> Kernel<H> {
     /// Every waiter of an endpoint restarts its system call (the endpoint is going away
     /// or its badged sends are cancelled). With `badge = Some(b)` only senders with that
     /// badge are woken.
-    pub fn cancel_endpoint(&mut self, endpoint: u64, badge: Option<u64>) {
+    ///
+    /// CancelBadgedSends (`badge` given) has a preemption point after each thread it
+    /// restarts and returns false when it stopped there (the threads restarted so far
+    /// have left the queue; the redone call goes on with the rest). Deleting the
+    /// endpoint (`None`) runs to the end.
+    pub fn cancel_endpoint(&mut self, endpoint: u64, badge: Option<u64>) -> bool {
         let mut t = endpoint::head(&self.hw, Queue::Endpoint(endpoint));
         while t != 0 {
             let next = self.tcb(t).wait_next;
@@ -468,9 +473,13 @@ impl<H: Hardware> Kernel<H> {
                 self.set_state(t, ThreadState::Restart);
                 self.enqueue(t, false);
                 self.reschedule_cpu_of(t);
+                if badge.is_some() && self.preemption_point() {
+                    return false;
+                }
             }
             t = next;
         }
+        true
     }
 
     /// Every waiter of a notification restarts; the bound thread is unbound.

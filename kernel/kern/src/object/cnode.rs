@@ -433,6 +433,7 @@ impl<H: Hardware> Kernel<H> {
                 // seL4 hasCancelSendRights: an endpoint capability with every right.
                 Cap::Endpoint { ptr, badge, rights } if rights.contains(Rights::ALL) => {
                     if badge != 0 {
+                        // Preempted: `handle_invocation` makes the thread redo the call.
                         self.cancel_endpoint(ptr, Some(badge));
                     }
                     Ok(0)

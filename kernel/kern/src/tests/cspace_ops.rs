@@ -620,3 +620,37 @@ fn revoke_stops_at_preemption_points_and_the_redone_call_continues() {
     let r = w.retype(ut, ObjectType::Endpoint, 0, first, 20);
     assert_eq!(r.label, 0, "{r:?}");
 }
+
+#[test]
+fn cancel_badged_sends_stops_at_preemption_points() {
+    let mut w = World::new();
+    let e = w.endpoint();
+    let badged = w.mint(e, Rights::ALL, 1);
+    let senders: Vec<Thread> = (0..20).map(|_| w.running_thread(10)).collect();
+    for t in &senders {
+        w.send(t.tcb, badged, 0, &[], &[]);
+    }
+    assert_eq!(w.queue(Queue::Endpoint(w.addr(e))).len(), 20);
+    w.k.hw.pending_interrupt = true;
+    let interval = crate::kernel::PREEMPTION_INTERVAL as usize;
+    let mut waiting = 20;
+    while waiting > interval {
+        w.load(
+            ROOT_TCB,
+            S_CNODE,
+            L::CNodeCancelBadgedSends as u64,
+            &[badged, 64],
+            &[],
+        );
+        w.syscall(ROOT_TCB, syscall::CALL);
+        waiting -= interval;
+        assert_eq!(w.queue(Queue::Endpoint(w.addr(e))).len(), waiting);
+        assert_eq!(w.tcb(ROOT_TCB).context.rip, SYSCALL_IP, "redone");
+    }
+    w.k.hw.pending_interrupt = false;
+    w.root_ok(S_CNODE, L::CNodeCancelBadgedSends, &[badged, 64], &[]);
+    assert!(w.queue(Queue::Endpoint(w.addr(e))).is_empty());
+    for t in &senders {
+        assert!(w.state(t.tcb).is_runnable());
+    }
+}
