@@ -137,6 +137,7 @@ fn client(seed: u64) {
         ROUND_TRIPS
     };
     for i in 0..rounds {
+        set_shared(14, i + 1);
         migrate(shared(11), i);
         if let Err(r) = check(seed, ymm) {
             report(seed, i, r);
@@ -160,6 +161,7 @@ fn server(seed: u64) {
     let mut r: Received = ep.recv();
     let mut i = 0;
     while r.label() == 0 {
+        set_shared(15, i + 1);
         if let Err(reg) = check(seed, ymm) {
             report(seed, i, reg);
         }
@@ -221,7 +223,13 @@ fn ping_pong(env: &mut Env, across: bool) -> TestResult {
     env.destroy(s)?;
     started?;
     failure()?;
-    ensure!(done, "threads did not finish ({} of 3)", shared(5));
+    ensure!(
+        done,
+        "threads did not finish ({} of 3; the client was at round trip {}, the server at {})",
+        shared(5),
+        shared(14),
+        shared(15)
+    );
     ensure!(
         root.is_ok(),
         "root task's register {:?} changed",
