@@ -355,6 +355,10 @@ fn default_image_shell_session() {
     let priority = |name: &str| table.iter().find(|r| r[0] == name).map(|r| r[1]);
     assert_eq!(priority("names"), Some("200"), "{}", run.report());
     assert_eq!(priority("shell"), Some("50"), "{}", run.report());
+    // The manifest places the echo server on CPU 1 (the session runs with 2 CPUs).
+    let cpu = |name: &str| table.iter().find(|r| r[0] == name).map(|r| r[2]);
+    assert_eq!(cpu("echo"), Some("1"), "{}", run.report());
+    assert_eq!(cpu("names"), Some("0"), "{}", run.report());
     // caps echo: its TCB, the endpoint it serves, its name-service and fault endpoints,
     // each slot typed by the kernel.
     let caps: Vec<&str> = lines

@@ -52,11 +52,18 @@ pub static MEM_FREE: AtomicU64 = AtomicU64::new(0);
 /// Badge of init's own capability to the name service.
 const INIT_BADGE: u64 = 0x1417;
 
+/// CPUs the kernel runs (from the boot info).
+static CPUS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
+
 fn main(argument: u64) -> u64 {
     let Some(info) = keel_rt::init(argument) else {
         println!("init: no boot info from the kernel");
         return 1;
     };
+    CPUS.store(
+        info.num_nodes().max(1),
+        core::sync::atomic::Ordering::Relaxed,
+    );
     record_memory(&info);
     let mut alloc = Allocator::new(&info);
     match start_all(&mut alloc, &info) {
@@ -259,13 +266,24 @@ fn launch(alloc: &mut Allocator, index: usize, given: &Given) -> keel_rt::Result
     if server.slots > 0 {
         handed.push(slot::FIRST_FREE, Role::Slots(server.slots as u16));
     }
+    let cpus = CPUS.load(core::sync::atomic::Ordering::Relaxed);
+    let cpu = if (server.cpu as u64) < cpus {
+        server.cpu
+    } else {
+        0
+    };
     let config = ThreadConfig {
         priority: server.priority,
         fault_ep: slot::FAULT,
-        affinity: None,
+        affinity: Some(cpu as u64),
         cspace: Some(space.thread_cspace()),
     };
     let thread = alloc.create_thread_in(given.vspace, server.entry, start.pack(), config)?;
+    // The FS/GS BASE right (IllegalOperation without FSGSBASE: the server then uses
+    // TCBSetGSBase, as the runtime's fibers do).
+    if server.fsgsbase {
+        let _ = init::FS_GS_BASE_CONTROL.set_access(thread.tcb, true);
+    }
     if let Some(n) = given.irq_notification {
         thread.tcb.bind_notification(n)?;
         handed.push(0, Role::BoundNotification);
@@ -301,14 +319,20 @@ fn start_all(alloc: &mut Allocator, info: &BootInfo) -> keel_rt::Result<System> 
         let server = &SERVERS[index];
         let given = give(alloc, info, index, server, names_ep, fault_ep)?;
         println!(
-            "init: starting {} (priority {}, serves {}, uses {:?}, ports {:x?}, irqs {:?}, {} slots of its own)",
+            "init: starting {} (priority {}, CPU {}, serves {}, uses {:?}, ports {:x?}, irqs {:?}, {} slots of its own{})",
             server.name,
             server.priority,
+            server.cpu,
             server.serves.unwrap_or("-"),
             server.uses,
             server.io_ports,
             server.irqs,
             1u64 << ServerCSpace::radix_for(server.slots),
+            if server.fsgsbase {
+                ", FS/GS BASE right"
+            } else {
+                ""
+            },
         );
         let instance = launch(alloc, index, &given)?;
         instance.thread.start()?;

@@ -40,6 +40,11 @@ pub struct Server {
     /// Whether it gets an endpoint to ask init about the threads init started (in slot
     /// `keel_servers::cspace::slot::INIT`; the shell's `caps`).
     pub asks_init: bool,
+    /// The CPU it runs on (a machine with fewer CPUs runs it on CPU 0).
+    pub cpu: u16,
+    /// Whether it may use RD/WR FS/GS BASE itself (FsGsBaseControl; without FSGSBASE
+    /// on the CPU the right is not given and the server uses TCBSetGSBase instead).
+    pub fsgsbase: bool,
     /// Whether init restarts it when it faults (otherwise it stays stopped). A new
     /// instance gets a fresh CSpace, stack and IPC buffer, the same capabilities and
     /// address space, and registers its name again.
@@ -63,6 +68,8 @@ pub const SERVERS: &[Server] = &[
         irqs: &[],
         slots: 64,
         asks_init: false,
+        cpu: 0,
+        fsgsbase: false,
         restart: false,
         stage: Stage::Boot,
     },
@@ -76,6 +83,8 @@ pub const SERVERS: &[Server] = &[
         irqs: &[keel_servers::serial::IRQ],
         slots: 2,
         asks_init: false,
+        cpu: 0,
+        fsgsbase: false,
         restart: false,
         stage: Stage::Boot,
     },
@@ -89,6 +98,8 @@ pub const SERVERS: &[Server] = &[
         irqs: &[keel_servers::timer::IRQ],
         slots: 9, // the IRQ 0 handler, then 8 sleepers' reply capabilities
         asks_init: false,
+        cpu: 0,
+        fsgsbase: false,
         restart: true,
         stage: Stage::Boot,
     },
@@ -102,6 +113,10 @@ pub const SERVERS: &[Server] = &[
         irqs: &[],
         slots: 1,
         asks_init: false,
+        // On the second CPU (where there is one), with the FS/GS BASE right: the
+        // manifest's placement and right in use.
+        cpu: 1,
+        fsgsbase: true,
         restart: true,
         stage: Stage::Boot,
     },
@@ -121,6 +136,8 @@ pub const SERVERS: &[Server] = &[
         irqs: &[],
         slots: 5,
         asks_init: true,
+        cpu: 0,
+        fsgsbase: false,
         restart: true,
         stage: Stage::Ready,
     },
