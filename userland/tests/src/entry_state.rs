@@ -489,8 +489,9 @@ fn program_protection(env: &mut Env) -> TestResult {
 static WATCHED: AtomicU64 = AtomicU64::new(0);
 
 fn watched_writer(n: u64) {
-    // A plain MOV store (Relaxed): a SeqCst store is an XCHG, and under heavy load QEMU
-    // TCG was seen (rarely) to complete a watched XCHG without raising #DB.
+    // A plain MOV store (Relaxed). With a SeqCst store (an XCHG) the watched write was
+    // seen, rarely and mostly under heavy host load, to complete without a #DB; the
+    // cause is not established (QEMU TCG's atomic path is suspected).
     WATCHED.store(n, Ordering::Relaxed);
     set_shared(n as usize, 1);
 }
