@@ -117,14 +117,19 @@ pub fn preemption_window_end() -> u64 {
     (&raw const keel_preemption_window_end) as u64
 }
 
-/// Whether interrupts are enabled (RFLAGS.IF).
-pub fn interrupts_enabled() -> bool {
+/// The current RFLAGS.
+pub fn rflags() -> u64 {
     let flags: u64;
     // SAFETY: reads RFLAGS through the stack; no other effect.
     unsafe {
         core::arch::asm!("pushfq", "pop {}", out(reg) flags, options(nomem, preserves_flags))
     };
-    flags & (1 << 9) != 0
+    flags
+}
+
+/// Whether interrupts are enabled (RFLAGS.IF).
+pub fn interrupts_enabled() -> bool {
+    rflags() & (1 << 9) != 0
 }
 
 /// Stops this CPU for good (interrupts off, HLT in a loop).

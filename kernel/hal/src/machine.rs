@@ -157,7 +157,7 @@ impl Hardware for Machine {
     fn irq_route(&mut self, irq: u16, route: keel_kern::object::irq::IrqRoute, enabled: bool) {
         crate::apic::route_irq(irq, route, enabled);
     }
-    fn interrupt_pending(&self) -> bool {
+    fn preemption_window(&self) -> bool {
         crate::cpu::preemption_window()
     }
     fn ticks(&self) -> u64 {

@@ -953,7 +953,9 @@ fn kernel_exception(frame: &mut TrapFrame) {
     let vector = frame.vector;
     if let Some(fixup) = extable().iter().find(|e| e.instruction == frame.rip) {
         let record = &crate::percpu::current().probe;
-        record.handler_rflags.store(rflags(), Ordering::Relaxed);
+        record
+            .handler_rflags
+            .store(crate::cpu::rflags(), Ordering::Relaxed);
         record.error_code.store(frame.error_code, Ordering::Relaxed);
         record
             .address
@@ -1082,12 +1084,4 @@ pub fn kernel_single_step() -> u64 {
         )
     };
     KERNEL_DEBUG_TRAPS.load(Ordering::SeqCst) - before
-}
-
-/// The current RFLAGS.
-fn rflags() -> u64 {
-    let flags: u64;
-    // SAFETY: PUSHFQ/POP only read the flags, on the current stack.
-    unsafe { core::arch::asm!("pushfq", "pop {}", out(reg) flags, options(preserves_flags)) };
-    flags
 }

@@ -60,7 +60,7 @@ pub trait Hardware: Memory {
     /// A long operation's preemption point (see `Kernel::preemption_point`): lets the
     /// interrupts waiting on this CPU in, to be handled when this kernel entry ends, and
     /// says whether there were any.
-    fn interrupt_pending(&self) -> bool {
+    fn preemption_window(&self) -> bool {
         false
     }
     /// The debug exit system call: a thread ended with `value`.
@@ -479,7 +479,7 @@ impl<H: Hardware> Kernel<H> {
             return false;
         }
         self.work_since_check = 0;
-        if self.hw.interrupt_pending() {
+        if self.hw.preemption_window() {
             self.preempted = true;
         }
         self.preempted

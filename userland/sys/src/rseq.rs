@@ -149,7 +149,8 @@ unsafe extern "C" {
 const PUSH_DESCRIPTOR: u64 = RUNTIME_DESCRIPTORS_OFFSET + 32;
 const POP_DESCRIPTOR: u64 = RUNTIME_DESCRIPTORS_OFFSET + 64;
 
-/// Writes a descriptor: version/flags 0, start, post-commit offset, abort.
+/// Writes a descriptor: version/flags 0, start, post-commit offset, abort — the start
+/// address last (for the add sequence it is the registration mark).
 ///
 /// # Safety
 /// `at` is a 32-byte block of the calling thread's IPC-buffer page past the buffer.
@@ -158,9 +159,9 @@ unsafe fn write_descriptor(at: u64, start: u64, end: u64, abort: u64) {
     // SAFETY: as the caller promises.
     unsafe {
         d.write_volatile(0);
-        d.add(1).write_volatile(start);
         d.add(2).write_volatile(end - start);
         d.add(3).write_volatile(abort);
+        d.add(1).write_volatile(start);
     }
 }
 
@@ -196,19 +197,20 @@ fn descriptor_address() -> u64 {
 /// TCB) after writing [`percpu_add`]'s descriptor next to it.
 pub fn register(tcb: Cap<Tcb>) -> Result<()> {
     let area = area_address() as *mut u64;
-    let descriptor = descriptor_address() as *mut u64;
     let [start, .., end] = percpu_add_boundaries();
-    let abort = (&raw const keel_rseq_percpu_add_abort) as u64;
-    // SAFETY: both blocks lie in the calling thread's IPC-buffer page, past the
-    // 1024-byte buffer, which only the runtime uses; 32-byte aligned offsets.
+    // SAFETY: the area and the add descriptor lie in the calling thread's IPC-buffer
+    // page, past the 1024-byte buffer, which only the runtime uses; 32-byte aligned.
     unsafe {
         area.write_volatile((CPU_ID_UNREGISTERED as u64) << 32 | CPU_ID_UNREGISTERED as u64);
         area.add(1).write_volatile(0);
         area.add(2).write_volatile(0);
-        descriptor.add(1).write_volatile(0);
+        ((descriptor_address() + 8) as *mut u64).write_volatile(0);
     }
     tcb.set_rseq(area as u64)?;
-    // SAFETY: two blocks of the page as above.
+    // The add descriptor's start address is also the "registered" mark
+    // (`try_percpu_add`), so it is written last, once the kernel accepted the area
+    // (`write_descriptor` writes the start address last).
+    // SAFETY: three descriptor blocks of the page as above.
     unsafe {
         write_descriptor(
             page() + PUSH_DESCRIPTOR,
@@ -222,15 +224,12 @@ pub fn register(tcb: Cap<Tcb>) -> Result<()> {
             (&raw const keel_rseq_percpu_pop_end) as u64,
             (&raw const keel_rseq_percpu_pop_abort) as u64,
         );
-    }
-    // The add descriptor's start address is also the "registered" mark
-    // (`try_percpu_add`), so it is written last, once the kernel accepted the area.
-    // SAFETY: as above.
-    unsafe {
-        descriptor.write_volatile(0);
-        descriptor.add(2).write_volatile(end - start);
-        descriptor.add(3).write_volatile(abort);
-        descriptor.add(1).write_volatile(start);
+        write_descriptor(
+            descriptor_address(),
+            start,
+            end,
+            (&raw const keel_rseq_percpu_add_abort) as u64,
+        );
     }
     Ok(())
 }

@@ -58,7 +58,7 @@ pub struct FakeHardware {
     pub reports: Vec<(u64, u64)>,
     pub ticks: u64,
     pub ldt_changes: Vec<(u64, u64)>,
-    /// What `interrupt_pending` answers (preemption-point tests).
+    /// What `preemption_window` answers (preemption-point tests).
     pub pending_interrupt: bool,
 }
 
@@ -130,7 +130,7 @@ impl Hardware for FakeHardware {
     fn ticks(&self) -> u64 {
         self.ticks
     }
-    fn interrupt_pending(&self) -> bool {
+    fn preemption_window(&self) -> bool {
         self.pending_interrupt
     }
     fn thread_exited(&mut self, tcb: u64, value: u64) {
