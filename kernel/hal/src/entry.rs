@@ -179,9 +179,13 @@ pub fn resume(context: u64) -> ! {
     }
 }
 
+unsafe extern "C" {
+    /// The kernel's system-call handler, called by the SYSCALL entry's assembly;
+    /// returns the context to run (0 = idle).
+    pub(crate) safe fn keel_entry_syscall() -> u64;
+}
+
 unsafe extern "Rust" {
-    /// The kernel's system-call handler; returns the context to run (0 = idle).
-    safe fn keel_entry_syscall() -> u64;
     /// The kernel's handler of a trap from user mode (exception or interrupt; vector,
     /// error code and fault address given); returns the context to run.
     safe fn keel_entry_user_trap(vector: u64, error_code: u64, fault_address: u64) -> u64;
@@ -198,7 +202,7 @@ macro_rules! kernel_entries {
         #[allow(unsafe_code)]
         // SAFETY: unique symbol, called only by hal::entry.
         #[unsafe(export_name = "keel_entry_syscall")]
-        extern "Rust" fn __keel_entry_syscall() -> u64 {
+        extern "C" fn __keel_entry_syscall() -> u64 {
             let f: fn() -> u64 = $s;
             f()
         }
@@ -226,10 +230,11 @@ macro_rules! kernel_entries {
     };
 }
 
-/// SYSCALL lands here (on the kernel stack, registers saved in the TCB).
-pub(crate) extern "C" fn syscall_from_user() -> u64 {
+/// The SYSCALL entry's slow check (registers saved in the TCB and cleared, on the
+/// kernel stack): a user selector is non-null, or the CPU has entry work (an FPU save
+/// request, bases to read back). The entry then calls the glue's `keel_entry_syscall`.
+pub(crate) extern "C" fn syscall_entry_slow() {
     save_user_bases();
-    keel_entry_syscall()
 }
 
 /// A trap from user mode lands here (registers saved in the TCB).

@@ -51,6 +51,12 @@ pub struct PerCpu {
     /// Set by a CPU that stalls this one: save the FPU registers' owner's state into its
     /// TCB before reporting the stall (its thread may run elsewhere next).
     pub fpu_save_request: core::sync::atomic::AtomicBool,
+    /// The running thread may have changed its FS/GS state without a kernel entry
+    /// telling: RD/WR FS/GS BASE allowed, a non-zero selector or a non-zero base loaded
+    /// (a null selector load clears the base on Intel). Entries then read the bases.
+    /// (The byte after `fpu_save_request`: the SYSCALL entry tests both with one load,
+    /// [`OFFSET_ENTRY_WORK`].)
+    pub save_bases: bool,
     /// Kernel-mode exception expected by a probe (see `trap::probe`): its record.
     pub probe: crate::trap::ProbeRecord,
     /// This CPU's GDT, TSS and their pointers.
@@ -90,10 +96,6 @@ pub struct PerCpu {
     /// FS selector (bits 15:0) and GS selector (bits 31:16) loaded for user mode
     /// (the kernel never loads FS or GS itself; doc/fsgsbase.md).
     pub loaded_selectors: u64,
-    /// The running thread may have changed its FS/GS state without a kernel entry
-    /// telling: RD/WR FS/GS BASE allowed, a non-zero selector or a non-zero base loaded
-    /// (a null selector load clears the base on Intel). Entries then read the bases.
-    pub save_bases: bool,
 }
 
 /// Number of [`Event`] kinds.
@@ -171,6 +173,15 @@ pub struct Injection {
     pub restarted: bool,
 }
 
+/// Offset of `PerCpu::running` (cleared by the SYSCALL entry's fast check).
+pub const OFFSET_RUNNING: usize = core::mem::offset_of!(PerCpu, running);
+/// Offset of the two bytes `fpu_save_request` and `save_bases`: the SYSCALL entry
+/// takes its slow path when this 16-bit word or a user selector is non-zero.
+pub const OFFSET_ENTRY_WORK: usize = core::mem::offset_of!(PerCpu, fpu_save_request);
+const _: () = assert!(
+    core::mem::offset_of!(PerCpu, save_bases) == OFFSET_ENTRY_WORK + 1,
+    "the entry tests fpu_save_request and save_bases as one word"
+);
 /// Offset of `PerCpu::espfix_frame`.
 pub const OFFSET_ESPFIX_FRAME: usize = core::mem::offset_of!(PerCpu, espfix_frame);
 /// Offset of `PerCpu::events`.

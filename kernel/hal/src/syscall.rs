@@ -3,6 +3,8 @@
 //! SWAPGS, park the user RSP in the per-CPU area, point RSP at the current thread's
 //! register area in its TCB (`context_top`), push the registers there in
 //! `UserContext` order (vector = the SYSCALL marker), switch to the CPU's kernel stack,
+//! check in a few instructions that the thread's FS/GS state needs no saving (null
+//! selectors, no per-CPU entry work; otherwise `entry::syscall_entry_slow` saves it),
 //! zero every general register (so no user-chosen value reaches the kernel's Rust code
 //! in a register, where it could steer speculation; `entry.clear_regs=off` patches the
 //! block out) and call the kernel. The exit is [`crate::entry`]'s return path, which
@@ -35,6 +37,21 @@ syscall_entry:
     crate::push_gprs!(),
     r#"
     mov rsp, gs:[{kernel_stack}]
+    /* The fast check: null FS, GS, DS and ES selectors, and neither an FPU save
+       request nor bases to read back (the two bytes at entry_work) -> the thread's
+       FS/GS state is what the CPU was given, nothing to save. The user RAX and RCX are
+       in the context already. */
+    mov eax, fs
+    mov ecx, gs
+    or eax, ecx
+    mov ecx, ds
+    or eax, ecx
+    mov ecx, es
+    or eax, ecx
+    or ax, word ptr gs:[{entry_work}]
+    jnz 7f
+    /* Last: a CPU stalling this one may use the context once it sees 0 here. */
+    mov qword ptr gs:[{running}], 0
     .global keel_syscall_clear
 keel_syscall_clear:
     xor eax, eax
@@ -59,6 +76,28 @@ keel_syscall_clear:
     cld
     call {dispatch}
     jmp keel_return_to_user
+7:
+    /* The slow check: registers cleared first (always), then the FS/GS state saved
+       and an FPU save request served (`entry::syscall_entry_slow`, which clears
+       `running` last), then the common path. */
+    xor eax, eax
+    xor ebx, ebx
+    xor ecx, ecx
+    xor edx, edx
+    xor esi, esi
+    xor edi, edi
+    xor ebp, ebp
+    xor r8d, r8d
+    xor r9d, r9d
+    xor r10d, r10d
+    xor r11d, r11d
+    xor r12d, r12d
+    xor r13d, r13d
+    xor r14d, r14d
+    xor r15d, r15d
+    cld
+    call {slow}
+    jmp 1b
 
     /* SYSCALL from compatibility mode (a 16/32-bit code segment from an LDT) lands
        here through IA32_CSTAR. It is not part of Keel's ABI: the thread gets an
@@ -93,7 +132,10 @@ keel_compat_syscall_entry:
     user_cs = const gdt::USER_CODE as u64,
     marker = const keel_kern::object::tcb::SYSCALL_VECTOR,
     clear_switch = const crate::switches::Switch::ClearRegs as u64,
-    dispatch = sym crate::entry::syscall_from_user,
+    entry_work = const crate::percpu::OFFSET_ENTRY_WORK,
+    running = const crate::percpu::OFFSET_RUNNING,
+    dispatch = sym crate::entry::keel_entry_syscall,
+    slow = sym crate::entry::syscall_entry_slow,
     trap = sym crate::entry::trap_from_user,
 );
 
