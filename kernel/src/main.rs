@@ -227,6 +227,7 @@ fn test_report(passed: u64, failed: u64) {
     tally.failed += failed as u32;
 }
 
+#[inline(always)]
 fn syscall() -> u64 {
     let mut guard = KERNEL.lock();
     let Some(k) = guard.as_mut() else { return 0 };
@@ -269,6 +270,7 @@ fn handle_interrupt(k: &mut Kernel<Machine>, vector: u64) {
     }
 }
 
+#[inline(always)]
 fn user_trap(vector: u64, error_code: u64, address: u64) -> u64 {
     let mut guard = KERNEL.lock();
     let Some(k) = guard.as_mut() else { return 0 };

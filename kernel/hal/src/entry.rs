@@ -180,15 +180,17 @@ pub fn resume(context: u64) -> ! {
 }
 
 unsafe extern "C" {
-    /// The kernel's system-call handler, called by the SYSCALL entry's assembly;
-    /// returns the context to run (0 = idle).
-    pub(crate) safe fn keel_entry_syscall() -> u64;
+    /// The kernel's system-call handler, called by the SYSCALL entry's assembly; it
+    /// leaves the kernel through [`resume`] with the context to run (0 = idle), so it
+    /// neither returns nor restores the callee-saved registers (they hold nothing: the
+    /// entry zeroed them, and the exit reloads every register from the context).
+    pub(crate) safe fn keel_entry_syscall() -> !;
 }
 
 unsafe extern "Rust" {
     /// The kernel's handler of a trap from user mode (exception or interrupt; vector,
-    /// error code and fault address given); returns the context to run.
-    safe fn keel_entry_user_trap(vector: u64, error_code: u64, fault_address: u64) -> u64;
+    /// error code and fault address given); leaves through [`resume`].
+    safe fn keel_entry_user_trap(vector: u64, error_code: u64, fault_address: u64) -> !;
     /// The kernel's handler of an interrupt that arrived while the CPU was idle.
     safe fn keel_entry_kernel_interrupt(vector: u64);
     /// The idle loop asks whether a thread is ready; returns its context or 0.
@@ -202,16 +204,16 @@ macro_rules! kernel_entries {
         #[allow(unsafe_code)]
         // SAFETY: unique symbol, called only by hal::entry.
         #[unsafe(export_name = "keel_entry_syscall")]
-        extern "C" fn __keel_entry_syscall() -> u64 {
+        extern "C" fn __keel_entry_syscall() -> ! {
             let f: fn() -> u64 = $s;
-            f()
+            $crate::entry::resume(f())
         }
         #[allow(unsafe_code)]
         // SAFETY: unique symbol, called only by hal::entry.
         #[unsafe(export_name = "keel_entry_user_trap")]
-        extern "Rust" fn __keel_entry_user_trap(vector: u64, error_code: u64, address: u64) -> u64 {
+        extern "Rust" fn __keel_entry_user_trap(vector: u64, error_code: u64, address: u64) -> ! {
             let f: fn(u64, u64, u64) -> u64 = $u;
-            f(vector, error_code, address)
+            $crate::entry::resume(f(vector, error_code, address))
         }
         #[allow(unsafe_code)]
         // SAFETY: unique symbol, called only by hal::entry.
@@ -237,8 +239,9 @@ pub(crate) extern "C" fn syscall_entry_slow() {
     save_user_bases();
 }
 
-/// A trap from user mode lands here (registers saved in the TCB).
-pub(crate) extern "C" fn trap_from_user() -> u64 {
+/// A trap from user mode lands here (registers saved in the TCB); the glue's handler
+/// leaves the kernel itself ([`resume`]).
+pub(crate) extern "C" fn trap_from_user() -> ! {
     save_user_bases();
     let context = crate::percpu::current().context_top - PUSHED_WORDS * 8;
     // SAFETY: `context` is the current thread's context, just written by the entry code.
@@ -506,13 +509,15 @@ pub fn prepare_thread(context_phys: u64, pml4: u64, fs_base: u64, gs_base: u64) 
         }
         // Nothing to load when the CPU holds the plain state (no FSGSBASE right, null
         // selectors, zero bases, no debug registers: `save_bases` and `debug_loaded`
-        // false) and the thread wants it too.
-        if (*area).save_bases
-            || (*area).debug_loaded
-            || tcb.fsgsbase_allowed
-            || tcb.debug.any_breakpoint()
-            || (fs_base | gs_base | tcb.context.selectors) != 0
-        {
+        // false, one 16-bit load) and the thread wants it too (one OR chain; a DR7
+        // with R/W or LEN bits but no enable merely takes the longer way).
+        let cpu_not_plain = (&raw const (*area).save_bases)
+            .cast::<u16>()
+            .read_unaligned()
+            != 0;
+        let thread_not_plain =
+            fs_base | gs_base | tcb.context.selectors | tcb.debug.dr7 | tcb.fsgsbase_allowed as u64;
+        if cpu_not_plain || thread_not_plain != 0 {
             let user_fsgsbase = tcb.fsgsbase_allowed && crate::cpu::has_fsgsbase();
             load_thread_registers(tcb, user_fsgsbase, fs_base, gs_base);
         }
@@ -521,9 +526,8 @@ pub fn prepare_thread(context_phys: u64, pml4: u64, fs_base: u64, gs_base: u64) 
         let fpu_owner = (*area)
             .fpu_owner
             .load(core::sync::atomic::Ordering::Relaxed);
-        if fpu_owner != context && (fpu_owner != 0 || (!tcb.fpu_disabled() && crate::fpu::eager()))
-        {
-            crate::fpu::switch_to(context, tcb, fpu_owner);
+        if fpu_owner != context {
+            crate::fpu::switch_to(&(*area).fpu_owner, context, tcb, fpu_owner);
         }
         // --- end FPU
         let top = context + PUSHED_WORDS * 8;

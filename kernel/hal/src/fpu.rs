@@ -298,12 +298,14 @@ fn park(owner: &AtomicU64) {
 }
 
 /// The FPU part of a thread switch to the thread whose context is at `context`, when
-/// `prepare_thread` found something to do: the registers belong to another thread, or
-/// this thread's state is to be loaded eagerly. Big kernel lock held. Hot with eager
+/// Switches the FPU registers (`owner_slot`: this CPU's `fpu_owner`, holding `owner`)
+/// to the thread whose record is `context`, when `prepare_thread` found they do not
+/// hold its state: something to do if they belong to another thread, or this thread's
+/// state is to be loaded eagerly. Big kernel lock held. Hot with eager
 /// switching: the common case (XSAVEOPT, both threads may use the FPU) is inline and
 /// reads one flag; every other case is [`switch_to_general`].
 #[inline(always)]
-pub fn switch_to(context: u64, tcb: &Tcb, owner: u64) {
+pub fn switch_to(owner_slot: &AtomicU64, context: u64, tcb: &Tcb, owner: u64) {
     // The common eager case, inline: another thread's state is loaded, XSAVEOPT exists.
     // EDX:EAX all ones requests every component XCR0 enables.
     if owner > DIRTY && EAGER_XSAVEOPT.load(Ordering::Relaxed) && !tcb.fpu_disabled() {
@@ -322,8 +324,8 @@ pub fn switch_to(context: u64, tcb: &Tcb, owner: u64) {
                 options(nostack, preserves_flags)
             )
         };
-        owner_slot().store(context, Ordering::Relaxed);
-    } else {
+        owner_slot.store(context, Ordering::Relaxed);
+    } else if owner != 0 || (!tcb.fpu_disabled() && eager()) {
         switch_to_general(context, tcb);
     }
 }

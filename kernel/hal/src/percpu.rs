@@ -57,6 +57,9 @@ pub struct PerCpu {
     /// (The byte after `fpu_save_request`: the SYSCALL entry tests both with one load,
     /// [`OFFSET_ENTRY_WORK`].)
     pub save_bases: bool,
+    /// The debug registers hold a thread's breakpoints (DR7 non-zero). (The byte after
+    /// `save_bases`: `entry::prepare_thread` tests both with one load.)
+    pub debug_loaded: bool,
     /// Kernel-mode exception expected by a probe (see `trap::probe`): its record.
     pub probe: crate::trap::ProbeRecord,
     /// This CPU's GDT, TSS and their pointers.
@@ -80,8 +83,6 @@ pub struct PerCpu {
     pub user_fsgsbase: bool,
     /// The PML4 this CPU last loaded for a thread (CR3 without reading it).
     pub loaded_pml4: u64,
-    /// The debug registers hold a thread's breakpoints (DR7 non-zero).
-    pub debug_loaded: bool,
     /// Paranoid entries that found a user GS base in kernel mode (entry/exit windows).
     pub paranoid_user_gs: AtomicU64,
     /// The LDT object in LDTR (physical address; 0 = the null LDT).
@@ -179,8 +180,10 @@ pub const OFFSET_RUNNING: usize = core::mem::offset_of!(PerCpu, running);
 /// takes its slow path when this 16-bit word or a user selector is non-zero.
 pub const OFFSET_ENTRY_WORK: usize = core::mem::offset_of!(PerCpu, fpu_save_request);
 const _: () = assert!(
-    core::mem::offset_of!(PerCpu, save_bases) == OFFSET_ENTRY_WORK + 1,
-    "the entry tests fpu_save_request and save_bases as one word"
+    core::mem::offset_of!(PerCpu, save_bases) == OFFSET_ENTRY_WORK + 1
+        && core::mem::offset_of!(PerCpu, debug_loaded) == OFFSET_ENTRY_WORK + 2,
+    "the entry tests fpu_save_request and save_bases as one word, prepare_thread \
+     save_bases and debug_loaded"
 );
 /// Offset of `PerCpu::espfix_frame`.
 pub const OFFSET_ESPFIX_FRAME: usize = core::mem::offset_of!(PerCpu, espfix_frame);

@@ -28,8 +28,24 @@ impl<T> BigKernelLock<T> {
         }
     }
 
-    /// Takes the lock (interrupts must be disabled).
+    /// Takes the lock (interrupts must be disabled). One atomic instruction when the
+    /// lock is free; the waiting loop is out of line.
+    #[inline(always)]
     pub fn lock(&self) -> Guard<'_, T> {
+        if self
+            .locked
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            self.lock_contended();
+        }
+        Guard { lock: self }
+    }
+
+    /// Waits for the lock, serving TLB-shootdown and FPU-save requests meanwhile.
+    #[cold]
+    #[inline(never)]
+    fn lock_contended(&self) {
         while self
             .locked
             .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -39,7 +55,6 @@ impl<T> BigKernelLock<T> {
             crate::fpu::service_save_request();
             core::hint::spin_loop();
         }
-        Guard { lock: self }
     }
 }
 

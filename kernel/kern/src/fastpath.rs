@@ -28,6 +28,19 @@ fn fast_message(info: u64) -> bool {
     info & LENGTH_AND_CAPS <= 4
 }
 
+/// The slot `cptr` names under the CSpace root capability `root` (its two words),
+/// when that is a CNode resolving all 64 bits in one level (guard + radix = 64) and the
+/// guard matches; `None` otherwise.
+#[inline(always)]
+pub(crate) fn one_level_lookup(root: [u64; 2], cptr: u64) -> Option<u64> {
+    let (slots, radix, guard) = raw::one_level_cnode(root[0], root[1])?;
+    // 1 <= radix <= 63 (guard size + radix = 64, both 6-bit fields).
+    if cptr >> radix != guard {
+        return None;
+    }
+    Some(slots + (cptr - (guard << radix)) * cspace::SLOT_BYTES)
+}
+
 const WRITE: u8 = Rights::WRITE.0;
 const READ: u8 = Rights::READ.0;
 const GRANT: u8 = Rights::GRANT.0;
@@ -36,17 +49,23 @@ const GRANT_REPLY: u8 = Rights::GRANT_REPLY.0;
 impl<H: Hardware> Kernel<H> {
     /// The slot `cptr` names in `t`'s CSpace, when the root CNode resolves all 64 bits in
     /// one level (guard + radix = 64) and the guard matches; `None` otherwise (the
-    /// general path then decides).
+    /// general path then decides). The thread's [`tcb::LookupCache`] answers a repeated
+    /// lookup in the same CSpace root (three compares instead of the decoding).
     #[inline(always)]
-    pub(crate) fn fast_lookup(&self, t: u64, cptr: u64) -> Option<u64> {
+    fn fast_lookup(&mut self, t: u64, cptr: u64) -> Option<u64> {
         let root = tcb::slot(t, tcb::SLOT_CSPACE);
-        let (slots, radix, guard) =
-            raw::one_level_cnode(self.hw.read(root), self.hw.read(root + 8))?;
-        // 1 <= radix <= 63 (guard size + radix = 64, both 6-bit fields).
-        if cptr >> radix != guard {
-            return None;
+        let words = [self.hw.read(root), self.hw.read(root + 8)];
+        let cache = &self.tcb(t).lookup_cache;
+        if cache.cptr == cptr && cache.root == words {
+            return Some(cache.slot);
         }
-        Some(slots + (cptr - (guard << radix)) * cspace::SLOT_BYTES)
+        let slot = one_level_lookup(words, cptr)?;
+        self.tcb_mut(t).lookup_cache = tcb::LookupCache {
+            root: words,
+            cptr,
+            slot,
+        };
+        Some(slot)
     }
 
     /// The PML4 `t` runs in, if `t` may be switched to at once on CPU `here`: same CPU,
@@ -90,11 +109,7 @@ impl<H: Hardware> Kernel<H> {
         }
         let slot = self.fast_lookup(t, cptr)?;
         let w0 = self.hw.read(slot);
-        let rights = raw::rights(w0);
-        if raw::tag(w0) != raw::ENDPOINT
-            || rights & WRITE == 0
-            || rights & (GRANT | GRANT_REPLY) == 0
-        {
+        if !raw::endpoint_with(w0, WRITE) || raw::rights(w0) & (GRANT | GRANT_REPLY) == 0 {
             return None;
         }
         let ep = raw::address(w0);
@@ -162,10 +177,10 @@ impl<H: Hardware> Kernel<H> {
         }
         let slot = self.fast_lookup(t, cptr)?;
         let w0 = self.hw.read(slot);
-        let rights = raw::rights(w0);
-        if raw::tag(w0) != raw::ENDPOINT || rights & READ == 0 {
+        if !raw::endpoint_with(w0, READ) {
             return None;
         }
+        let rights = raw::rights(w0);
         let ep = raw::address(w0);
         let (head, tail) = {
             let e = self.hw.get::<Endpoint>(ep);

@@ -72,10 +72,12 @@ impl<H: Hardware> Kernel<H> {
 
     /// Looks up `cptr` (all 64 bits) in thread `t`'s CSpace.
     pub fn lookup_slot(&self, t: u64, cptr: u64) -> Result<u64, LookupFault> {
-        if let Some(slot) = self.fast_lookup(t, cptr) {
+        let root_slot = tcb::slot(t, tcb::SLOT_CSPACE);
+        let words = [self.hw.read(root_slot), self.hw.read(root_slot + 8)];
+        if let Some(slot) = crate::fastpath::one_level_lookup(words, cptr) {
             return Ok(slot);
         }
-        let root = cspace::cap(&self.hw, tcb::slot(t, tcb::SLOT_CSPACE));
+        let root = cspace::cap(&self.hw, root_slot);
         cspace::resolve(&self.hw, root, cptr, 64).map(|(slot, _)| slot)
     }
 

@@ -489,6 +489,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn endpoint_with_checks_type_and_every_right() {
+        let ep = |rights: Rights| {
+            Cap::Endpoint {
+                ptr: 0x12_3000,
+                badge: 9,
+                rights,
+            }
+            .encode()[0]
+        };
+        for bits in 0..16u8 {
+            let w0 = ep(Rights(bits));
+            for want in 0..16u8 {
+                assert_eq!(raw::endpoint_with(w0, want), bits & want == want);
+            }
+        }
+        let notification = Cap::Notification {
+            ptr: 0x12_3000,
+            badge: 9,
+            rights: Rights::ALL,
+        }
+        .encode()[0];
+        assert!(!raw::endpoint_with(notification, 0));
+        assert!(!raw::endpoint_with(0, 0));
+    }
+
+    #[test]
     fn every_kind_round_trips() {
         let m = Some(Mapping {
             asid: 7,
@@ -673,6 +699,14 @@ pub mod raw {
     #[inline(always)]
     pub const fn rights(w0: u64) -> u8 {
         ((w0 >> 52) & 15) as u8
+    }
+    /// Whether `w0` is an endpoint capability with every right in `rights` (one mask
+    /// and one compare over the type and rights bits).
+    #[inline(always)]
+    pub const fn endpoint_with(w0: u64, rights: u8) -> bool {
+        let high = w0 >> 52;
+        let mask = (0x1f << (TYPE_SHIFT - 52)) | rights as u64;
+        high & mask == (ENDPOINT << (TYPE_SHIFT - 52)) | rights as u64
     }
     /// Whether a reply capability is the master one.
     #[inline(always)]

@@ -282,6 +282,35 @@ pub struct Tcb {
     pub rseq_area: u64,
     /// The next return to user mode runs the rseq fix-up (`crate::rseq`).
     pub rseq_pending: bool,
+    /// The fastpath's memo of its last capability lookup for this thread.
+    pub lookup_cache: LookupCache,
+}
+
+/// The fastpath's last one-level lookup for a thread (`crate::fastpath`): which slot
+/// `cptr` named when the thread's CSpace root capability was `root` (its two words).
+/// The slot is a pure function of those three words (the capability fixes the CNode's
+/// address, radix and guard), so the memo needs no invalidation: it is used only while
+/// the root capability and the pointer are the same words. The initial `root` is no
+/// capability encoding (the type bits of all ones name no type), so it never matches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LookupCache {
+    /// The CSpace root capability's words when the lookup was made.
+    pub root: [u64; 2],
+    /// The capability pointer looked up.
+    pub cptr: u64,
+    /// The slot it named.
+    pub slot: u64,
+}
+
+impl Default for LookupCache {
+    fn default() -> Self {
+        Self {
+            root: [u64::MAX; 2],
+            cptr: 0,
+            slot: 0,
+        }
+    }
 }
 
 impl Tcb {

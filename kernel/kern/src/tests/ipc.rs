@@ -610,3 +610,56 @@ fn fastpath_declines_what_it_cannot_do() {
         "the general path delivered it"
     );
 }
+
+#[test]
+fn fastpath_lookup_memo_follows_the_cspace_root() {
+    let mut w = World::new();
+    w.root_ok(S_TCB, L::TcbSetPriority, &[50], &[S_TCB]);
+    let e1 = w.endpoint();
+    let e2 = w.endpoint();
+    let s1 = w.running_thread(100);
+    let s2 = w.running_thread(100);
+    let client = w.running_thread(100);
+    w.recv(s1.tcb, e1);
+    w.recv(s2.tcb, e2);
+    // A Call and its reply on the fastpath: the client's lookup of `e1` is memoised.
+    w.load(client.tcb, e1, 1, &[11], &[]);
+    assert!(w.fast_syscall(client.tcb, CALL));
+    assert_eq!(w.received(s1.tcb).mrs, [11]);
+    w.load(s1.tcb, e1, 2, &[], &[]);
+    assert!(w.fast_syscall(s1.tcb, REPLY_RECV));
+    assert_eq!(w.state(client.tcb), ThreadState::Running);
+    assert_eq!(w.tcb(client.tcb).lookup_cache.cptr, e1);
+    // The client moves to a new one-level CNode (guard size 56 + radix 8) whose slot
+    // with the same index holds `e2`: the same pointer now names another slot.
+    let cnode = w.make(ObjectType::CapTable, 8);
+    w.root_ok(
+        cnode,
+        L::CNodeCopy,
+        &[e1, 8, e2, 64, Rights::ALL.0 as u64],
+        &[S_CNODE],
+    );
+    w.root_ok(
+        client.slot,
+        L::TcbConfigure,
+        &[0, 56, 0, 0],
+        &[cnode, S_VSPACE],
+    );
+    w.load(client.tcb, e1, 3, &[22], &[]);
+    assert!(w.fast_syscall(client.tcb, CALL), "still a one-level CSpace");
+    assert_eq!(w.received(s2.tcb).mrs, [22], "the call reached e2's server");
+    assert!(matches!(
+        w.state(s1.tcb),
+        ThreadState::BlockedOnReceive { .. }
+    ));
+    // The slot's capability changes under an unchanged root: read afresh each time.
+    w.load(s2.tcb, e2, 4, &[], &[]);
+    assert!(w.fast_syscall(s2.tcb, REPLY_RECV));
+    w.root_ok(cnode, L::CNodeDelete, &[e1, 8], &[]);
+    w.load(client.tcb, e1, 5, &[33], &[]);
+    assert!(!w.fast_syscall(client.tcb, CALL), "the slot is empty now");
+    assert!(matches!(
+        w.state(s2.tcb),
+        ThreadState::BlockedOnReceive { .. }
+    ));
+}
