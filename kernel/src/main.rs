@@ -78,7 +78,7 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
     let mut kernel = Kernel::new(Machine::new(root_task_exited, test_report), cpus);
     kernel.fsgsbase_supported = hal::cpu::features().fsgsbase;
     kernel.io_apics = boot.platform.io_apics.len();
-    kernel.fastpath = cmdline::value(&boot.cmdline, "keel.fastpath") != Some("off");
+    kernel.set_fastpath(cmdline::value(&boot.cmdline, "keel.fastpath") != Some("off"));
     kernel.user_rseq = !hal::switches::is_off(hal::switches::Switch::UserRseq);
     let icount = cmdline::flag(&boot.cmdline, "keel.icount");
     let kvm = cmdline::value(&boot.cmdline, "keel.accel") == Some("kvm");
@@ -239,20 +239,18 @@ fn syscall() -> u64 {
         return prepare(k);
     }
     let number = k.tcb(t).context.rdx;
-    if k.fastpath {
-        let fast = match number as i64 {
-            keel_abi::syscall::CALL => k.fastpath_call(t, here),
-            keel_abi::syscall::REPLY_RECV => k.fastpath_reply_recv(t, here),
-            _ => None,
-        };
-        if let Some((next, pml4)) = fast {
-            // The fastpath switched directly to a thread that can run: no scheduling.
-            let c = &k.tcb(next).context;
-            if c.rip < hal::layout::USER_END {
-                return hal::entry::prepare_thread(tcb::record(next), pml4, c.fs_base, c.gs_base);
-            }
-            return prepare(k);
+    let fast = match number as i64 {
+        keel_abi::syscall::CALL => k.fastpath_call(t, here),
+        keel_abi::syscall::REPLY_RECV => k.fastpath_reply_recv(t, here),
+        _ => None,
+    };
+    if let Some((next, pml4)) = fast {
+        // The fastpath switched directly to a thread that can run: no scheduling.
+        let c = &k.tcb(next).context;
+        if c.rip < hal::layout::USER_END {
+            return hal::entry::prepare_thread(tcb::record(next), pml4, c.fs_base, c.gs_base);
         }
+        return prepare(k);
     }
     k.handle_syscall(number);
     prepare(k)

@@ -278,9 +278,21 @@ pub fn current() -> &'static PerCpu {
     }
 }
 
-/// The current CPU's index.
+/// The current CPU's index (one GS-relative load).
+#[inline(always)]
 pub fn cpu_index() -> usize {
-    current().cpu_index as usize
+    let index: u32;
+    // SAFETY: by the module invariant GS points at this CPU's PerCpu, whose
+    // `cpu_index` never changes once the CPU runs.
+    unsafe {
+        core::arch::asm!(
+            "mov {:e}, gs:[{offset}]",
+            out(reg) index,
+            offset = const core::mem::offset_of!(PerCpu, cpu_index),
+            options(nostack, readonly, preserves_flags, pure)
+        )
+    };
+    index as usize
 }
 
 /// Counts a timer interrupt on this CPU.

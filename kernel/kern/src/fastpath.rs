@@ -20,13 +20,11 @@ use crate::object::cspace;
 use crate::object::endpoint::{Endpoint, Notification};
 use crate::object::tcb::{self, Fault, Tcb, ThreadState};
 
-/// Whether a message fits the fastpath: at most four words, no capabilities (the
-/// extra-caps and caps-unwrapped fields lie just above the 7-bit length).
-#[inline(always)]
-fn fast_message(info: u64) -> bool {
-    const LENGTH_AND_CAPS: u64 = (1 << (MessageInfo::LABEL_SHIFT)) - 1;
-    info & LENGTH_AND_CAPS <= 4
-}
+/// [`Kernel::fastpath_limit`] while the fastpath is on: messages of at most four words
+/// and no capabilities (the extra-caps and caps-unwrapped fields lie just above the
+/// 7-bit length, so one compare of the low bits tests all three).
+pub(crate) const FAST_LIMIT: u64 = 5;
+const LENGTH_AND_CAPS: u64 = (1 << (MessageInfo::LABEL_SHIFT)) - 1;
 
 /// The slot `cptr` names under the CSpace root capability `root` (its two words),
 /// when that is a CNode resolving all 64 bits in one level (guard + radix = 64) and the
@@ -47,6 +45,17 @@ const GRANT: u8 = Rights::GRANT.0;
 const GRANT_REPLY: u8 = Rights::GRANT_REPLY.0;
 
 impl<H: Hardware> Kernel<H> {
+    /// Turns the fastpath on or off (off: every Call and ReplyRecv takes the general
+    /// path, for measuring it).
+    pub fn set_fastpath(&mut self, on: bool) {
+        self.fastpath_limit = if on { FAST_LIMIT } else { 0 };
+    }
+
+    /// Whether the fastpath is on.
+    pub fn fastpath(&self) -> bool {
+        self.fastpath_limit != 0
+    }
+
     /// The slot `cptr` names in `t`'s CSpace, when the root CNode resolves all 64 bits in
     /// one level (guard + radix = 64) and the guard matches; `None` otherwise (the
     /// general path then decides). The thread's [`tcb::LookupCache`] answers a repeated
@@ -104,7 +113,7 @@ impl<H: Hardware> Kernel<H> {
             let c = &self.tcb(t).context;
             (c.rdi, c.rsi)
         };
-        if !fast_message(info) {
+        if info & LENGTH_AND_CAPS >= self.fastpath_limit {
             return None;
         }
         let slot = self.fast_lookup(t, cptr)?;
@@ -172,7 +181,7 @@ impl<H: Hardware> Kernel<H> {
             let r = self.tcb(t);
             (r.context.rdi, r.context.rsi, r.bound_notification)
         };
-        if !fast_message(info) {
+        if info & LENGTH_AND_CAPS >= self.fastpath_limit {
             return None;
         }
         let slot = self.fast_lookup(t, cptr)?;

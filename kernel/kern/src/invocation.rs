@@ -418,7 +418,7 @@ impl<H: Hardware> Kernel<H> {
                 let tag = self.lookup_cap(t, c.rdi).map_or(0, |(_, cap)| cap.tag());
                 self.tcb_mut(t).context.rdi = tag;
             }
-            syscall::DEBUG_SET_FASTPATH => self.fastpath = c.rdi != 0,
+            syscall::DEBUG_SET_FASTPATH => self.set_fastpath(c.rdi != 0),
             syscall::DEBUG_PLATFORM_FLAGS => {
                 let flags = self.platform_flags;
                 self.tcb_mut(t).context.rax = flags;

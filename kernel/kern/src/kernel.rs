@@ -240,8 +240,10 @@ pub struct Kernel<H: Hardware> {
     pub io_apics: usize,
     /// I/O ports handed out by IOPortControl Issue (one bit per port).
     pub io_ports_issued: [u64; 1024],
-    /// Whether Call and ReplyRecv try the fastpath (`keel.fastpath=off`, a debug call).
-    pub fastpath: bool,
+    /// Messages whose length-and-caps bits are below this take the fastpath: 5 (up to
+    /// four words, no capabilities) when it is on, 0 when it is off (`keel.fastpath=off`,
+    /// a debug call; [`Kernel::set_fastpath`]). One compare serves both tests.
+    pub(crate) fastpath_limit: u64,
     /// Set by a preemption point that stopped a long operation: the invoking thread
     /// redoes its system call (which continues from where the operation stopped)
     /// after the pending interrupt.
@@ -269,7 +271,7 @@ impl<H: Hardware> Kernel<H> {
             fsgsbase_supported: false,
             io_apics: 0,
             io_ports_issued: [0; 1024],
-            fastpath: true,
+            fastpath_limit: crate::fastpath::FAST_LIMIT,
             preempted: false,
             work_since_check: 0,
             user_rseq: true,
