@@ -269,12 +269,6 @@ impl<H: Hardware> Kernel<H> {
             }
         };
         let buffer = self.ipc_buffer(t);
-        let max = if buffer.is_some() { MSG_MAX_LENGTH } else { 4 };
-        let length = (info.length() as usize).min(max);
-        let mut mrs = [0u64; 16];
-        for (i, mr) in mrs.iter_mut().enumerate().take(length) {
-            *mr = self.message_register(t, buffer, i);
-        }
         let mut extra = [None; 3];
         if let Some(b) = buffer {
             for (i, e) in extra
@@ -324,6 +318,14 @@ impl<H: Hardware> Kernel<H> {
                 return;
             }
             _ => {}
+        }
+        // A kernel-object invocation: its arguments (IPC objects above take the message
+        // as it is, in `transfer`).
+        let max = if buffer.is_some() { MSG_MAX_LENGTH } else { 4 };
+        let length = (info.length() as usize).min(max);
+        let mut mrs = [0u64; 16];
+        for (i, mr) in mrs.iter_mut().enumerate().take(length) {
+            *mr = self.message_register(t, buffer, i);
         }
         let args = Args {
             thread: t,

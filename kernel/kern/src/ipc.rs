@@ -227,12 +227,16 @@ impl<H: Hardware> Kernel<H> {
 
     /// Reply (through the reply capability in `reply_slot`) from `sender` to `receiver`.
     pub fn do_reply(&mut self, sender: u64, receiver: u64, reply_slot: u64, can_grant: bool) {
+        // Deleting the (non-master) reply capability is unlinking it: it is a leaf of
+        // the derivation tree (reply capabilities cannot be derived), never
+        // first-badged, and never final (its master stays in the receiver's TCB), so
+        // seL4's cteDeleteOne finalises nothing here.
         if self.tcb(receiver).state != ThreadState::BlockedOnReply {
-            self.delete_one(reply_slot);
+            cspace::remove_leaf(&mut self.hw, reply_slot);
             return;
         }
         let fault = self.tcb(receiver).fault;
-        self.delete_one(reply_slot);
+        cspace::remove_leaf(&mut self.hw, reply_slot);
         if fault == Fault::None {
             self.transfer(sender, receiver, 0, 0, can_grant);
             self.set_state(receiver, ThreadState::Running);
