@@ -316,23 +316,21 @@ fn prepare(k: &mut Kernel<Machine>) -> u64 {
             return 0;
         }
         k.rseq_resume(t);
-        let context = k.tcb(t).context;
-        if context.rip >= hal::layout::USER_END {
+        let (rip, fs_base, gs_base) = {
+            let c = &k.tcb(t).context;
+            (c.rip, c.fs_base, c.gs_base)
+        };
+        if rip >= hal::layout::USER_END {
             k.handle_user_exception(13, 0, 0);
             continue;
         }
         match keel_kern::object::cap::raw::assigned_pml4(k.hw.read(tcb::slot(t, tcb::SLOT_VSPACE)))
         {
             Some(base) => {
-                return hal::entry::prepare_thread(
-                    tcb::record(t),
-                    base,
-                    context.fs_base,
-                    context.gs_base,
-                );
+                return hal::entry::prepare_thread(tcb::record(t), base, fs_base, gs_base);
             }
             None => {
-                k.handle_user_exception(14, 0, context.rip);
+                k.handle_user_exception(14, 0, rip);
                 if k.current() == t {
                     k.suspend(t);
                 }
