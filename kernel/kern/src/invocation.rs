@@ -247,6 +247,42 @@ impl<H: Hardware> Kernel<H> {
         }
     }
 
+    /// Looks up the extra capabilities `info` names in `t`'s IPC buffer into `out`;
+    /// false if a lookup failed (then a blocking invocation got a capability fault).
+    #[inline(always)]
+    fn lookup_extra_caps(
+        &mut self,
+        t: u64,
+        buffer: Option<u64>,
+        info: MessageInfo,
+        blocking: bool,
+        out: &mut [Option<(u64, Cap)>; 3],
+    ) -> bool {
+        let Some(b) = buffer else {
+            return true;
+        };
+        for (i, e) in out.iter_mut().enumerate().take(info.extra_caps() as usize) {
+            let c = self.hw.read(b + crate::ipc::buffer::caps_or_badges(i));
+            match self.lookup_cap(t, c) {
+                Ok(found) => *e = Some(found),
+                Err(lookup) => {
+                    if blocking {
+                        self.handle_fault(
+                            t,
+                            Fault::Capability {
+                                address: c,
+                                in_receive: false,
+                                lookup,
+                            },
+                        );
+                    }
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
     fn handle_invocation(&mut self, t: u64, is_call: bool, blocking: bool) {
         let (cptr, info) = {
             let c = &self.tcb(t).context;
@@ -269,72 +305,58 @@ impl<H: Hardware> Kernel<H> {
             }
         };
         let buffer = self.ipc_buffer(t);
-        let mut extra = [None; 3];
-        if let Some(b) = buffer {
-            for (i, e) in extra
-                .iter_mut()
-                .enumerate()
-                .take(info.extra_caps() as usize)
-            {
-                let c = self.hw.read(b + crate::ipc::buffer::caps_or_badges(i));
-                match self.lookup_cap(t, c) {
-                    Ok(found) => *e = Some(found),
-                    Err(lookup) => {
-                        if blocking {
-                            self.handle_fault(
-                                t,
-                                Fault::Capability {
-                                    address: c,
-                                    in_receive: false,
-                                    lookup,
-                                },
-                            );
-                        }
-                        return;
-                    }
+        let ipc_object = match cap {
+            Cap::Endpoint { rights, .. } | Cap::Notification { rights, .. } => {
+                rights.contains(Rights::WRITE)
+            }
+            Cap::Reply { master, .. } => !master,
+            _ => false,
+        };
+        if ipc_object {
+            // The extra capabilities are looked up (a failed lookup is a fault, as in
+            // seL4's handleInvocation) but not kept: `transfer` reads them again.
+            let mut unused = [None; 3];
+            if !self.lookup_extra_caps(t, buffer, info, blocking, &mut unused) {
+                return;
+            }
+            match cap {
+                // An endpoint or notification without the write right, like an empty
+                // slot, is an invalid capability: an error reply to a Call, nothing for a
+                // Send (seL4 decodeInvocation), not a fault.
+                Cap::Endpoint { ptr, badge, rights } => {
+                    let grant = rights.contains(Rights::GRANT);
+                    let grant_reply = rights.contains(Rights::GRANT_REPLY);
+                    self.send_ipc(t, ptr, badge, blocking, is_call, grant, grant_reply);
                 }
+                Cap::Notification { ptr, badge, .. } => self.signal(ptr, badge),
+                Cap::Reply {
+                    tcb: receiver,
+                    can_grant,
+                    ..
+                } => self.do_reply(t, receiver, slot, can_grant),
+                _ => {}
             }
+            return;
         }
-        match cap {
-            // An endpoint or notification without the write right, like an empty slot,
-            // is an invalid capability: an error reply to a Call, nothing for a Send
-            // (seL4 decodeInvocation), not a fault.
-            Cap::Endpoint { ptr, badge, rights } if rights.contains(Rights::WRITE) => {
-                let grant = rights.contains(Rights::GRANT);
-                let grant_reply = rights.contains(Rights::GRANT_REPLY);
-                self.send_ipc(t, ptr, badge, blocking, is_call, grant, grant_reply);
-                return;
-            }
-            Cap::Notification { ptr, badge, rights } if rights.contains(Rights::WRITE) => {
-                self.signal(ptr, badge);
-                return;
-            }
-            Cap::Reply {
-                tcb: receiver,
-                master: false,
-                can_grant,
-            } => {
-                self.do_reply(t, receiver, slot, can_grant);
-                return;
-            }
-            _ => {}
+        // Built in place (it is large: moving it costs tens of instructions).
+        let mut args = Args {
+            thread: t,
+            buffer,
+            length: 0,
+            mrs: [0; 16],
+            extra: [None; 3],
+            slot,
+        };
+        if !self.lookup_extra_caps(t, buffer, info, blocking, &mut args.extra) {
+            return;
         }
         // A kernel-object invocation: its arguments (IPC objects above take the message
         // as it is, in `transfer`).
         let max = if buffer.is_some() { MSG_MAX_LENGTH } else { 4 };
-        let length = (info.length() as usize).min(max);
-        let mut mrs = [0u64; 16];
-        for (i, mr) in mrs.iter_mut().enumerate().take(length) {
-            *mr = self.message_register(t, buffer, i);
+        args.length = (info.length() as usize).min(max);
+        for i in 0..args.length.min(args.mrs.len()) {
+            args.mrs[i] = self.message_register(t, buffer, i);
         }
-        let args = Args {
-            thread: t,
-            buffer,
-            length,
-            mrs,
-            extra,
-            slot,
-        };
         let result = match InvocationLabel::from_u64(info.label()) {
             Some(label) => self.invoke_object(cap, label, &args),
             None => Err(InvocationError::simple(Error::IllegalOperation)),
