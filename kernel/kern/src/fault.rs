@@ -77,7 +77,7 @@ pub fn message<H: Hardware>(
     t: u64,
     fault: Fault,
 ) -> (u64, [u64; MAX_FAULT_WORDS], usize) {
-    let c = k.tcb(t).context;
+    let c = &k.tcb(t).context;
     let mut w = [0u64; MAX_FAULT_WORDS];
     match fault {
         Fault::None => (0, w, 0),
@@ -95,7 +95,7 @@ pub fn message<H: Hardware>(
             (label::CAP_FAULT, w, 3 + n)
         }
         Fault::UnknownSyscall { number } => {
-            w[..18].copy_from_slice(&syscall_registers(&c));
+            w[..18].copy_from_slice(&syscall_registers(c));
             // FaultIP is the address of the SYSCALL instruction (2 bytes) itself.
             w[15] = c.rip.wrapping_sub(2);
             w[18] = number;
