@@ -75,7 +75,7 @@ keel_syscall_clear:
     .popsection
     cld
     call {dispatch}
-    jmp keel_return_to_user
+    ud2 /* the glue leaves through entry::resume */
 7:
     /* The slow check: registers cleared first (always), then the FS/GS state saved
        and an FPU save request served (`entry::syscall_entry_slow`, which clears
@@ -123,7 +123,7 @@ keel_compat_syscall_entry:
     mov rsp, gs:[{kernel_stack}]
     cld
     call {trap}
-    jmp keel_return_to_user
+    ud2 /* trap_from_user leaves through entry::resume */
 "#),
     user_rsp = const OFFSET_USER_RSP,
     context_top = const OFFSET_CONTEXT_TOP,

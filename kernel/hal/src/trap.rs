@@ -135,7 +135,7 @@ trap_common:
     mov rsp, gs:[{kernel_stack}]
     cld
     call {from_user}
-    jmp keel_return_to_user
+    ud2 /* trap_from_user leaves through entry::resume */
 3:
     /* A fault on the espfix64 IRETQ (a bad or not-present SS or CS from the LDT):
        GS is the user's; the thread's registers are intact in its TCB. */
@@ -168,7 +168,7 @@ trap_common:
     mov rsp, gs:[{kernel_stack}]
     cld
     call {from_user}
-    jmp keel_return_to_user
+    ud2 /* trap_from_user leaves through entry::resume */
 "#),
     dispatch = sym trap_dispatch,
     from_user = sym crate::entry::trap_from_user,
@@ -283,7 +283,7 @@ keel_paranoid_fsgsbase:
     cmp eax, 2
     je 14f
     call {from_user}
-    jmp keel_return_to_user
+    ud2 /* trap_from_user leaves through entry::resume */
 14:
     /* An NMI from user mode with an LDT CS or SS, copied into the thread's context:
        return through the espfix path instead of an IRETQ from this IST stack. */
