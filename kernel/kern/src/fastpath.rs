@@ -91,16 +91,27 @@ impl<H: Hardware> Kernel<H> {
         raw::assigned_pml4(self.hw.read(tcb::slot(t, tcb::SLOT_VSPACE)))
     }
 
-    /// Copies message registers 0–3 and sets the badge and message info of `to`.
+    /// Copies the message's registers (its length, at most 4) and sets the badge and
+    /// message info of `to`. Registers beyond the length are not part of the message:
+    /// `to` keeps its own values there, as on the general path.
     #[inline(always)]
     fn fast_transfer(&mut self, from: u64, to: u64, badge: u64, info: u64) {
+        let length = info & LENGTH_AND_CAPS;
         let c = &self.tcb(from).context;
         let (r10, r8, r9, r15) = (c.r10, c.r8, c.r9, c.r15);
         let d = &mut self.tcb_mut(to).context;
-        d.r10 = r10;
-        d.r8 = r8;
-        d.r9 = r9;
-        d.r15 = r15;
+        if length > 0 {
+            d.r10 = r10;
+            if length > 1 {
+                d.r8 = r8;
+                if length > 2 {
+                    d.r9 = r9;
+                    if length > 3 {
+                        d.r15 = r15;
+                    }
+                }
+            }
+        }
         d.rdi = badge;
         // Label and length pass unchanged; no capabilities travel on the fastpath.
         d.rsi = info;
