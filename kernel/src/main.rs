@@ -242,6 +242,12 @@ fn syscall() -> u64 {
     let fast = match number as i64 {
         keel_abi::syscall::CALL => k.fastpath_call(t, here),
         keel_abi::syscall::REPLY_RECV => k.fastpath_reply_recv(t, here),
+        keel_abi::syscall::SEND => {
+            // Laid out after Call and ReplyRecv (whose round trip it would otherwise
+            // lengthen by a few instructions).
+            core::hint::cold_path();
+            k.fastpath_send(t, here)
+        }
         _ => None,
     };
     if let Some((next, pml4)) = fast {

@@ -17,7 +17,7 @@ use keel_abi::message::MessageInfo;
 use crate::kernel::{Action, Hardware, Kernel};
 use crate::object::cap::{Rights, raw};
 use crate::object::cspace;
-use crate::object::endpoint::{Endpoint, Notification};
+use crate::object::endpoint::{self, Endpoint, Notification, Queue};
 use crate::object::tcb::{self, Fault, Tcb, ThreadState};
 
 /// [`Kernel::fastpath_limit`] while the fastpath is on: messages of at most four words
@@ -183,6 +183,62 @@ impl<H: Hardware> Kernel<H> {
         self.tcb_mut(t).state = ThreadState::BlockedOnReply;
         self.cpus[here].current = dest;
         Some((dest, pml4))
+    }
+
+    /// Send by `t`, the current thread of CPU `here`, on the fastpath: to an endpoint
+    /// whose queue head waits to receive, or (Signal) to a notification with a waiter,
+    /// when the woken thread has a higher priority than `t` and can run here at once.
+    /// It runs; `t` stays Running and goes to the front of its ready queue, as the
+    /// general path's scheduler would put it (`schedule`'s SwitchTo). `None` means
+    /// "take the general path" (nothing changed).
+    pub fn fastpath_send(&mut self, t: u64, here: usize) -> Option<(u64, u64)> {
+        let (cptr, info, priority) = {
+            let r = self.tcb(t);
+            (r.context.rdi, r.context.rsi, r.priority)
+        };
+        if info & LENGTH_AND_CAPS >= self.fastpath_limit {
+            return None;
+        }
+        let slot = self.fast_lookup(t, cptr)?;
+        let w0 = self.hw.read(slot);
+        let object = raw::address(w0);
+        let woken = if raw::endpoint_with(w0, WRITE) {
+            let dest = self.hw.get::<Endpoint>(object).head;
+            if dest == 0
+                || !matches!(self.tcb(dest).state, ThreadState::BlockedOnReceive { .. })
+                || self.tcb(dest).priority <= priority
+            {
+                return None;
+            }
+            dest
+        } else if raw::notification_with(w0, WRITE) {
+            // A thread in the queue waits on the notification (a bound thread waiting
+            // on an endpoint is the general path's case: the queue is empty then).
+            let waiter = self.hw.get::<Notification>(object).head;
+            if waiter == 0 || self.tcb(waiter).priority <= priority {
+                return None;
+            }
+            waiter
+        } else {
+            return None;
+        };
+        let pml4 = self.fast_switch_target(woken, here)?;
+        // Checks done: perform.
+        let badge = self.hw.read(slot + 8);
+        if raw::tag(w0) == raw::ENDPOINT {
+            endpoint::remove(&mut self.hw, Queue::Endpoint(object), woken);
+            self.fast_transfer(t, woken, badge, info);
+        } else {
+            endpoint::remove(&mut self.hw, Queue::Notification(object), woken);
+            let c = &mut self.tcb_mut(woken).context;
+            c.rdi = badge;
+            c.rsi = 0;
+        }
+        self.tcb_mut(woken).state = ThreadState::Running;
+        self.enqueue(t, true);
+        self.rseq_switched_out(t);
+        self.cpus[here].current = woken;
+        Some((woken, pml4))
     }
 
     /// ReplyRecv by `t`, the current thread of CPU `here`, on the fastpath; `None`

@@ -512,6 +512,19 @@ mod tests {
         .encode()[0];
         assert!(!raw::endpoint_with(notification, 0));
         assert!(!raw::endpoint_with(0, 0));
+        assert!(raw::notification_with(notification, Rights::ALL.0));
+        assert!(!raw::notification_with(ep(Rights::ALL), 0));
+        for bits in 0..16u8 {
+            let w0 = Cap::Notification {
+                ptr: 0x12_3000,
+                badge: 9,
+                rights: Rights(bits),
+            }
+            .encode()[0];
+            for want in 0..16u8 {
+                assert_eq!(raw::notification_with(w0, want), bits & want == want);
+            }
+        }
     }
 
     #[test]
@@ -678,6 +691,8 @@ pub mod raw {
 
     /// Type tag of an endpoint capability.
     pub const ENDPOINT: u64 = Tag::Endpoint as u64;
+    /// Type tag of a notification capability.
+    pub const NOTIFICATION: u64 = Tag::Notification as u64;
     /// Type tag of a reply capability.
     pub const REPLY: u64 = Tag::Reply as u64;
     /// Type tag of a CNode capability.
@@ -704,9 +719,20 @@ pub mod raw {
     /// and one compare over the type and rights bits).
     #[inline(always)]
     pub const fn endpoint_with(w0: u64, rights: u8) -> bool {
+        tagged_with(w0, ENDPOINT, rights)
+    }
+    /// Whether `w0` is a notification capability with every right in `rights`.
+    #[inline(always)]
+    pub const fn notification_with(w0: u64, rights: u8) -> bool {
+        tagged_with(w0, NOTIFICATION, rights)
+    }
+    /// Whether `w0` has type tag `tag` and every right in `rights` (endpoint and
+    /// notification capabilities keep their rights in bits 52–55).
+    #[inline(always)]
+    const fn tagged_with(w0: u64, tag: u64, rights: u8) -> bool {
         let high = w0 >> 52;
         let mask = (0x1f << (TYPE_SHIFT - 52)) | rights as u64;
-        high & mask == (ENDPOINT << (TYPE_SHIFT - 52)) | rights as u64
+        high & mask == (tag << (TYPE_SHIFT - 52)) | rights as u64
     }
     /// Whether a reply capability is the master one.
     #[inline(always)]

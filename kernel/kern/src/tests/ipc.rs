@@ -668,3 +668,110 @@ fn fastpath_lookup_memo_follows_the_cspace_root() {
         ThreadState::BlockedOnReceive { .. }
     ));
 }
+
+/// What a Send (or Signal) to a higher-priority waiter leaves behind: each thread's
+/// state, registers and ready-queue links, the ready queues at both priorities, the
+/// object's queue and the current thread.
+type SendShot = (
+    Vec<(ThreadState, [u64; 6], bool, u64, u64)>,
+    Vec<u64>,
+    Vec<u64>,
+    Vec<u64>,
+    u64,
+);
+
+/// Rounds of: the high-priority receiver waits on an endpoint (or a notification),
+/// then a lower-priority thread, with another ready at its priority, sends to it.
+fn send_exchange(fast: bool, notification: bool) -> (Vec<SendShot>, usize) {
+    let mut w = World::new();
+    w.root_ok(S_TCB, L::TcbSetPriority, &[50], &[S_TCB]);
+    let object = if notification {
+        w.notification()
+    } else {
+        w.endpoint()
+    };
+    let badged = w.mint(object, Rights::ALL, 0x5eed);
+    let receiver = w.running_thread(150);
+    let sender = w.running_thread(100);
+    let other = w.running_thread(100);
+    let threads = [receiver.tcb, sender.tcb, other.tcb];
+    let queue = if notification {
+        crate::object::endpoint::Queue::Notification(w.addr(object))
+    } else {
+        crate::object::endpoint::Queue::Endpoint(w.addr(object))
+    };
+    let mut shots = Vec::new();
+    let mut taken = 0;
+    for round in 0..3u64 {
+        w.k.tcb_mut(receiver.tcb).context.r9 = 0x4ec + round;
+        w.recv(receiver.tcb, object);
+        w.load(sender.tcb, badged, 3 + round, &[round, 7], &[]);
+        w.k.tcb_mut(sender.tcb).context.r15 = 0x5e4d + round;
+        if fast {
+            taken += w.fast_syscall(sender.tcb, SEND) as usize;
+        } else {
+            w.syscall(sender.tcb, SEND);
+        }
+        let per_thread = threads
+            .iter()
+            .map(|t| {
+                let r = w.tcb(*t);
+                let c = &r.context;
+                (
+                    r.state,
+                    [c.rdi, c.rsi, c.r10, c.r8, c.r9, c.r15],
+                    r.queued,
+                    r.ready_prev,
+                    r.ready_next,
+                )
+            })
+            .collect();
+        shots.push((
+            per_thread,
+            w.ready(0, 100),
+            w.ready(0, 150),
+            w.queue(queue),
+            w.k.current(),
+        ));
+    }
+    (shots, taken)
+}
+
+#[test]
+fn send_fastpath_matches_the_general_path() {
+    for notification in [false, true] {
+        let (fast, taken) = send_exchange(true, notification);
+        let (slow, _) = send_exchange(false, notification);
+        assert_eq!(
+            taken, 3,
+            "every Send qualifies (notification: {notification})"
+        );
+        assert_eq!(fast, slow, "notification: {notification}");
+        let (threads, ..) = &fast[2];
+        assert_eq!(threads[0].0, ThreadState::Running, "the receiver runs");
+    }
+}
+
+#[test]
+fn send_fastpath_declines_an_equal_or_lower_priority_waiter() {
+    let mut w = World::new();
+    w.root_ok(S_TCB, L::TcbSetPriority, &[50], &[S_TCB]);
+    let e = w.endpoint();
+    let receiver = w.running_thread(100);
+    let sender = w.running_thread(100);
+    w.recv(receiver.tcb, e);
+    w.load(sender.tcb, e, 1, &[5], &[]);
+    assert!(
+        !w.fast_syscall(sender.tcb, SEND),
+        "equal priority: the general path"
+    );
+    assert_eq!(w.state(receiver.tcb), ThreadState::Running);
+    assert_eq!(w.received(receiver.tcb).mrs, [5]);
+    // Nobody waiting: the general path queues the sender.
+    w.load(sender.tcb, e, 1, &[], &[]);
+    assert!(!w.fast_syscall(sender.tcb, SEND));
+    assert!(matches!(
+        w.state(sender.tcb),
+        ThreadState::BlockedOnSend { .. }
+    ));
+}

@@ -483,7 +483,7 @@ impl World {
         self.raw_syscall(number);
     }
 
-    /// Like [`World::syscall`], but Call and ReplyRecv try the fastpath first, as the
+    /// Like [`World::syscall`], but Call, ReplyRecv and Send try the fastpath first, as the
     /// kernel's entry glue does. Returns whether the fastpath took the call.
     pub fn fast_syscall(&mut self, t: u64, number: i64) -> bool {
         self.make_current(t);
@@ -498,6 +498,7 @@ impl World {
         let fast = match number {
             syscall::CALL => self.k.fastpath_call(t, here),
             syscall::REPLY_RECV => self.k.fastpath_reply_recv(t, here),
+            syscall::SEND => self.k.fastpath_send(t, here),
             _ => None,
         };
         if let Some((next, _)) = fast {
