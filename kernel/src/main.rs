@@ -235,7 +235,7 @@ fn syscall() -> u64 {
     let t = k.cpus[here].current;
     // Another CPU may have stopped this thread (suspended or blocked it) while it waited
     // for the lock: its system call is not made; resumed, it redoes it.
-    if t == 0 || k.tcb(t).state != tcb::ThreadState::Running {
+    if t == 0 || !matches!(k.tcb(t).state, tcb::ThreadState::Running) {
         return prepare(k);
     }
     let number = k.tcb(t).context.rdx;

@@ -12,7 +12,7 @@
 //! On success it returns the thread to run (the new current thread of CPU `here`) and
 //! its PML4, so the caller can leave the kernel without running the scheduler.
 
-use keel_abi::message::MessageInfo;
+use keel_abi::message::{MSG_MAX_LENGTH, MSG_REGISTERS_IN_CPU, MessageInfo};
 
 use crate::kernel::{Action, Hardware, Kernel};
 use crate::object::cap::{Rights, raw};
@@ -20,10 +20,15 @@ use crate::object::cspace;
 use crate::object::endpoint::{self, Endpoint, Notification, Queue};
 use crate::object::tcb::{self, Fault, Tcb, ThreadState};
 
-/// [`Kernel::fastpath_limit`] while the fastpath is on: messages of at most four words
-/// and no capabilities (the extra-caps and caps-unwrapped fields lie just above the
-/// 7-bit length, so one compare of the low bits tests all three).
-pub(crate) const FAST_LIMIT: u64 = 5;
+/// [`Kernel::fastpath_limit`] while the fastpath is on: messages of at most
+/// `MSG_MAX_LENGTH` words and no capabilities (the extra-caps and caps-unwrapped fields
+/// lie just above the 7-bit length, so one compare of the low bits tests all three).
+/// Words beyond the four message registers go buffer to buffer (both threads need an
+/// IPC buffer then, else the general path truncates the message).
+pub(crate) const FAST_LIMIT: u64 = MSG_MAX_LENGTH as u64 + 1;
+/// [`Kernel::fastpath_short_limit`] while the fastpath is on: messages that fit the
+/// message registers take the short variant of each fastpath.
+pub(crate) const FAST_SHORT_LIMIT: u64 = MSG_REGISTERS_IN_CPU as u64 + 1;
 const LENGTH_AND_CAPS: u64 = (1 << (MessageInfo::LABEL_SHIFT)) - 1;
 
 /// The slot `cptr` names under the CSpace root capability `root` (its two words),
@@ -49,6 +54,7 @@ impl<H: Hardware> Kernel<H> {
     /// path, for measuring it).
     pub fn set_fastpath(&mut self, on: bool) {
         self.fastpath_limit = if on { FAST_LIMIT } else { 0 };
+        self.fastpath_short_limit = if on { FAST_SHORT_LIMIT } else { 0 };
     }
 
     /// Whether the fastpath is on.
@@ -91,12 +97,53 @@ impl<H: Hardware> Kernel<H> {
         raw::assigned_pml4(self.hw.read(tcb::slot(t, tcb::SLOT_VSPACE)))
     }
 
-    /// Copies the message's registers (its length, at most 4) and sets the badge and
-    /// message info of `to`. Registers beyond the length are not part of the message:
-    /// `to` keeps its own values there, as on the general path.
+    /// For a message longer than the message registers, the IPC buffers (physical
+    /// addresses) of `from` and `to`; `Some(None)` for a short message; `None` if a
+    /// long message lacks a buffer on either side (the general path truncates it).
+    /// `LONG` is the long-message variant of a fastpath (compiled separately, so the
+    /// short one carries none of its code).
     #[inline(always)]
-    fn fast_transfer(&mut self, from: u64, to: u64, badge: u64, info: u64) {
+    fn fast_buffers<const LONG: bool>(&self, from: u64, to: u64) -> Option<Option<(u64, u64)>> {
+        if !LONG {
+            return Some(None);
+        }
+        Some(Some((self.ipc_buffer(from)?, self.ipc_buffer(to)?)))
+    }
+
+    /// The message-size test opening each fastpath. A short message (the registers
+    /// only) goes on; in the short variant a long one (up to the limit, no
+    /// capabilities) is handed to the long variant, `Err(true)`; anything else declines,
+    /// `Err(false)`.
+    #[inline(always)]
+    fn fast_size<const LONG: bool>(&self, info: u64) -> Result<(), bool> {
+        let size = info & LENGTH_AND_CAPS;
+        if LONG || size < self.fastpath_short_limit {
+            return Ok(());
+        }
+        Err(size < self.fastpath_limit)
+    }
+
+    /// Copies the message (its length: registers, then words 4.. buffer to buffer when
+    /// `buffers` are given) and sets the badge and message info of `to`. Registers
+    /// beyond the length are not part of the message: `to` keeps its own values there,
+    /// as on the general path.
+    #[inline(always)]
+    fn fast_transfer(
+        &mut self,
+        from: u64,
+        to: u64,
+        badge: u64,
+        info: u64,
+        buffers: Option<(u64, u64)>,
+    ) {
         let length = info & LENGTH_AND_CAPS;
+        if let Some((from_buffer, to_buffer)) = buffers {
+            for i in MSG_REGISTERS_IN_CPU..length as usize {
+                let word = self.hw.read(from_buffer + crate::ipc::buffer::message(i));
+                self.hw
+                    .write(to_buffer + crate::ipc::buffer::message(i), word);
+            }
+        }
         let c = &self.tcb(from).context;
         let (r10, r8, r9, r15) = (c.r10, c.r8, c.r9, c.r15);
         let d = &mut self.tcb_mut(to).context;
@@ -119,13 +166,28 @@ impl<H: Hardware> Kernel<H> {
 
     /// Call by `t`, the current thread of CPU `here`, on the fastpath; `None` means
     /// "take the general path" (nothing changed).
+    #[inline(always)]
     pub fn fastpath_call(&mut self, t: u64, here: usize) -> Option<(u64, u64)> {
+        self.call_path::<false>(t, here)
+    }
+
+    /// The long-message variant of [`Self::fastpath_call`], out of line (a tail call
+    /// from the short one, which carries none of its code).
+    #[inline(never)]
+    fn call_long(&mut self, t: u64, here: usize) -> Option<(u64, u64)> {
+        self.call_path::<true>(t, here)
+    }
+
+    #[inline(always)]
+    fn call_path<const LONG: bool>(&mut self, t: u64, here: usize) -> Option<(u64, u64)> {
         let (cptr, info) = {
             let c = &self.tcb(t).context;
             (c.rdi, c.rsi)
         };
-        if info & LENGTH_AND_CAPS >= self.fastpath_limit {
-            return None;
+        match self.fast_size::<LONG>(info) {
+            Ok(()) => {}
+            Err(true) => return self.call_long(t, here),
+            Err(false) => return None,
         }
         let slot = self.fast_lookup(t, cptr)?;
         let w0 = self.hw.read(slot);
@@ -151,6 +213,7 @@ impl<H: Hardware> Kernel<H> {
             return None;
         }
         let pml4 = self.fast_switch_target(dest, here)?;
+        let buffers = self.fast_buffers::<LONG>(t, dest)?;
         let caller_slot = tcb::slot(dest, tcb::SLOT_CALLER);
         if self.hw.read(caller_slot) != 0 {
             return None;
@@ -167,7 +230,7 @@ impl<H: Hardware> Kernel<H> {
             self.tcb_mut(next).wait_prev = 0;
         }
         let badge = self.hw.read(slot + 8);
-        self.fast_transfer(t, dest, badge, info);
+        self.fast_transfer(t, dest, badge, info, buffers);
         {
             let d = self.tcb_mut(dest);
             d.wait_next = 0;
@@ -191,13 +254,28 @@ impl<H: Hardware> Kernel<H> {
     /// It runs; `t` stays Running and goes to the front of its ready queue, as the
     /// general path's scheduler would put it (`schedule`'s SwitchTo). `None` means
     /// "take the general path" (nothing changed).
+    #[inline(always)]
     pub fn fastpath_send(&mut self, t: u64, here: usize) -> Option<(u64, u64)> {
+        self.send_path::<false>(t, here)
+    }
+
+    /// The long-message variant of [`Self::fastpath_send`], out of line (a tail call
+    /// from the short one, which carries none of its code).
+    #[inline(never)]
+    fn send_long(&mut self, t: u64, here: usize) -> Option<(u64, u64)> {
+        self.send_path::<true>(t, here)
+    }
+
+    #[inline(always)]
+    fn send_path<const LONG: bool>(&mut self, t: u64, here: usize) -> Option<(u64, u64)> {
         let (cptr, info, priority) = {
             let r = self.tcb(t);
             (r.context.rdi, r.context.rsi, r.priority)
         };
-        if info & LENGTH_AND_CAPS >= self.fastpath_limit {
-            return None;
+        match self.fast_size::<LONG>(info) {
+            Ok(()) => {}
+            Err(true) => return self.send_long(t, here),
+            Err(false) => return None,
         }
         let slot = self.fast_lookup(t, cptr)?;
         let w0 = self.hw.read(slot);
@@ -223,11 +301,12 @@ impl<H: Hardware> Kernel<H> {
             return None;
         };
         let pml4 = self.fast_switch_target(woken, here)?;
+        let buffers = self.fast_buffers::<LONG>(t, woken)?;
         // Checks done: perform.
         let badge = self.hw.read(slot + 8);
         if raw::tag(w0) == raw::ENDPOINT {
             endpoint::remove(&mut self.hw, Queue::Endpoint(object), woken);
-            self.fast_transfer(t, woken, badge, info);
+            self.fast_transfer(t, woken, badge, info, buffers);
         } else {
             endpoint::remove(&mut self.hw, Queue::Notification(object), woken);
             let c = &mut self.tcb_mut(woken).context;
@@ -243,13 +322,28 @@ impl<H: Hardware> Kernel<H> {
 
     /// ReplyRecv by `t`, the current thread of CPU `here`, on the fastpath; `None`
     /// means "take the general path" (nothing changed).
+    #[inline(always)]
     pub fn fastpath_reply_recv(&mut self, t: u64, here: usize) -> Option<(u64, u64)> {
+        self.reply_recv_path::<false>(t, here)
+    }
+
+    /// The long-message variant of [`Self::fastpath_reply_recv`], out of line (a tail call
+    /// from the short one, which carries none of its code).
+    #[inline(never)]
+    fn reply_recv_long(&mut self, t: u64, here: usize) -> Option<(u64, u64)> {
+        self.reply_recv_path::<true>(t, here)
+    }
+
+    #[inline(always)]
+    fn reply_recv_path<const LONG: bool>(&mut self, t: u64, here: usize) -> Option<(u64, u64)> {
         let (cptr, info, bound) = {
             let r = self.tcb(t);
             (r.context.rdi, r.context.rsi, r.bound_notification)
         };
-        if info & LENGTH_AND_CAPS >= self.fastpath_limit {
-            return None;
+        match self.fast_size::<LONG>(info) {
+            Ok(()) => {}
+            Err(true) => return self.reply_recv_long(t, here),
+            Err(false) => return None,
         }
         let slot = self.fast_lookup(t, cptr)?;
         let w0 = self.hw.read(slot);
@@ -276,14 +370,16 @@ impl<H: Hardware> Kernel<H> {
         let caller = raw::address(reply);
         {
             let c = self.tcb(caller);
-            if c.state != ThreadState::BlockedOnReply || c.fault != Fault::None {
+            // (`matches!`, not `!=`: the derived comparisons need not be inlined.)
+            if !matches!(c.state, ThreadState::BlockedOnReply) || !matches!(c.fault, Fault::None) {
                 return None;
             }
         }
         let pml4 = self.fast_switch_target(caller, here)?;
+        let buffers = self.fast_buffers::<LONG>(t, caller)?;
         // Checks done: perform. The reply capability goes; the caller gets the message.
         cspace::remove_leaf(&mut self.hw, caller_slot);
-        self.fast_transfer(t, caller, 0, info);
+        self.fast_transfer(t, caller, 0, info, buffers);
         self.tcb_mut(caller).state = ThreadState::Running;
         // This thread waits on the endpoint (appended to its receive queue).
         {

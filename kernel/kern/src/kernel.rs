@@ -240,10 +240,13 @@ pub struct Kernel<H: Hardware> {
     pub io_apics: usize,
     /// I/O ports handed out by IOPortControl Issue (one bit per port).
     pub io_ports_issued: [u64; 1024],
-    /// Messages whose length-and-caps bits are below this take the fastpath: 5 (up to
-    /// four words, no capabilities) when it is on, 0 when it is off (`keel.fastpath=off`,
-    /// a debug call; [`Kernel::set_fastpath`]). One compare serves both tests.
+    /// Messages whose length-and-caps bits are below this take the fastpath: 121 (up
+    /// to 120 words, no capabilities) when it is on, 0 when it is off
+    /// (`keel.fastpath=off`, a debug call; [`Kernel::set_fastpath`]). One compare
+    /// serves both tests.
     pub(crate) fastpath_limit: u64,
+    /// The same for the short variant (4 words, in registers): 5 when on, 0 when off.
+    pub(crate) fastpath_short_limit: u64,
     /// Set by a preemption point that stopped a long operation: the invoking thread
     /// redoes its system call (which continues from where the operation stopped)
     /// after the pending interrupt.
@@ -272,6 +275,7 @@ impl<H: Hardware> Kernel<H> {
             io_apics: 0,
             io_ports_issued: [0; 1024],
             fastpath_limit: crate::fastpath::FAST_LIMIT,
+            fastpath_short_limit: crate::fastpath::FAST_SHORT_LIMIT,
             preempted: false,
             work_since_check: 0,
             user_rseq: true,

@@ -516,6 +516,8 @@ fn missing_rights_are_invalid_capability_or_cap_faults() {
 struct Snapshot {
     states: Vec<ThreadState>,
     registers: Vec<[u64; 6]>,
+    /// Message registers 4–11 (in the IPC buffers).
+    buffers: Vec<Vec<u64>>,
     caller_caps: Vec<Cap>,
     queue: Vec<u64>,
     current: u64,
@@ -530,6 +532,10 @@ fn snapshot(w: &World, e: u64, threads: &[u64]) -> Snapshot {
                 let c = &w.tcb(*t).context;
                 [c.rdi, c.rsi, c.r10, c.r8, c.r9, c.r15]
             })
+            .collect(),
+        buffers: threads
+            .iter()
+            .map(|t| (4..12).map(|i| w.mr(*t, i)).collect())
             .collect(),
         caller_caps: threads
             .iter()
@@ -563,13 +569,22 @@ fn exchange(fast: bool) -> (Vec<Snapshot>, usize) {
         taken += took as usize;
         shots.push(snapshot(w, e, &threads));
     };
-    for round in 0..3u64 {
-        w.load(client.tcb, badged, 7 + round, &[round, 2, 3], &[]);
+    for round in 0..4u64 {
+        // Rounds 0-2 in registers; round 3 sends ten words and replies with nine.
+        let (call, reply): (&[u64], &[u64]) = if round < 3 {
+            (&[round, 2, 3], &[9, round])
+        } else {
+            (
+                &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+                &[9, 8, 7, 6, 5, 4, 3, 2, 1],
+            )
+        };
+        w.load(client.tcb, badged, 7 + round, call, &[]);
         // What lies in a message register beyond the length is not part of the
         // message: the receiver keeps its own value there.
         w.k.tcb_mut(client.tcb).context.r15 = 0xc11e47 + round;
         step(&mut w, client.tcb, CALL);
-        w.load(server.tcb, e, 40 + round, &[9, round], &[]);
+        w.load(server.tcb, e, 40 + round, reply, &[]);
         w.k.tcb_mut(server.tcb).context.r9 = 0x5e4e4 + round;
         w.k.tcb_mut(server.tcb).context.r15 = 0x5e4e5 + round;
         step(&mut w, server.tcb, REPLY_RECV);
@@ -582,7 +597,7 @@ fn fastpath_matches_the_general_path() {
     let (fast, taken) = exchange(true);
     let (slow, _) = exchange(false);
     assert_eq!(
-        taken, 6,
+        taken, 8,
         "every Call and ReplyRecv of this exchange qualifies for the fastpath"
     );
     assert_eq!(fast, slow);
@@ -603,17 +618,34 @@ fn fastpath_declines_what_it_cannot_do() {
         ThreadState::BlockedOnSend { .. }
     ));
     w.recv(server.tcb, e);
-    // Long messages, extra caps and lower-priority receivers go the general path.
+    // Lower-priority receivers go the general path.
     let low = w.running_thread(90);
     let c2 = w.running_thread(100);
     w.recv(low.tcb, e);
-    w.load(c2.tcb, e, 1, &[1, 2, 3, 4, 5], &[]);
-    assert!(!w.fast_syscall(c2.tcb, CALL), "five words");
+    w.load(c2.tcb, e, 1, &[1, 2], &[]);
+    assert!(!w.fast_syscall(c2.tcb, CALL), "lower priority");
     assert_eq!(
         w.state(low.tcb),
         ThreadState::Running,
         "the general path delivered it"
     );
+    // So does a long message to a thread without an IPC buffer (truncated to the
+    // registers there).
+    let bufferless = w.thread_with(120, false, 0);
+    w.root_ok(bufferless.slot, L::TcbResume, &[], &[]);
+    let c3 = w.running_thread(100);
+    w.recv(bufferless.tcb, e);
+    w.load(c3.tcb, e, 1, &[1, 2, 3, 4, 5], &[]);
+    assert!(
+        !w.fast_syscall(c3.tcb, CALL),
+        "five words, no receive buffer"
+    );
+    assert_eq!(w.received(bufferless.tcb).mrs, [1, 2, 3, 4]);
+    // And capabilities travel on the general path only.
+    let c4 = w.running_thread(100);
+    w.recv(bufferless.tcb, e);
+    w.load(c4.tcb, e, 1, &[], &[e]);
+    assert!(!w.fast_syscall(c4.tcb, CALL), "an extra capability");
 }
 
 #[test]
