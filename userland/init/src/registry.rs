@@ -4,10 +4,10 @@
 //! init restarted it, and the capabilities init handed it: each with its slot in the
 //! thread's own CSpace and what it is for.
 //!
-//! Thread `i` is manifest entry `i`; the last index is init's power service. init
-//! writes an entry before it starts the thread and when it reports a fault; the shell
-//! reads the entries. The servers run init's image, so these statics are shared; only
-//! init writes them.
+//! Thread `i` is manifest entry `i`, and its memory budget (bytes, and bytes its
+//! objects take) is recorded with it. init writes an entry before it starts the thread
+//! and when it reports a fault; the shell reads the entries. The shell runs init's
+//! image, so these statics are shared with it; only init writes them.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -15,15 +15,12 @@ use keel_sys::Message;
 use keel_sys::cap::{Cap, Endpoint};
 
 use crate::manifest::SERVERS;
-use crate::power;
 
-/// Threads the registry can hold: the manifest's servers and the power service.
+/// Threads the registry can hold: the manifest's servers.
 pub const MAX_THREADS: usize = 8;
 /// Capabilities recorded per thread.
-pub const MAX_CAPS: usize = 10;
-/// Registry index of the power service.
-pub const POWER: usize = SERVERS.len();
-const _: () = assert!(POWER < MAX_THREADS);
+pub const MAX_CAPS: usize = 12;
+const _: () = assert!(SERVERS.len() <= MAX_THREADS);
 
 /// What init knows about a thread's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +58,8 @@ pub enum Role {
     CNode(u8),
     /// An endpoint to ask init about the threads it started ([`identify`]).
     Init,
+    /// What is left of its memory budget: an untyped of 2^bits bytes.
+    Untyped(u8),
 }
 
 impl Role {
@@ -76,6 +75,7 @@ impl Role {
             Role::BoundNotification => (8, 0, 0),
             Role::CNode(radix) => (9, radix as u64, 0),
             Role::Init => (10, 0, 0),
+            Role::Untyped(bits) => (11, bits as u64, 0),
         }
     }
 
@@ -91,6 +91,7 @@ impl Role {
             8 => Role::BoundNotification,
             9 => Role::CNode(a as u8),
             10 => Role::Init,
+            11 => Role::Untyped(a as u8),
             _ => return None,
         })
     }
@@ -164,6 +165,10 @@ struct Entry {
     state: AtomicU64,
     /// Packed [`Handed`] records.
     caps: [AtomicU64; MAX_CAPS],
+    /// Its memory budget in bytes (0: none, it runs in init's image).
+    budget: AtomicU64,
+    /// Bytes of the budget its objects take (init's count, at start).
+    used: AtomicU64,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -174,23 +179,44 @@ const EMPTY: Entry = Entry {
     restarts: AtomicU64::new(0),
     state: AtomicU64::new(0),
     caps: [const { AtomicU64::new(0) }; MAX_CAPS],
+    budget: AtomicU64::new(0),
+    used: AtomicU64::new(0),
 };
 
 static ENTRIES: [Entry; MAX_THREADS] = [EMPTY; MAX_THREADS];
 
 /// The name of thread `index`.
 pub fn name(index: usize) -> &'static str {
-    SERVERS.get(index).map_or(power::NAME, |s| s.name)
+    SERVERS.get(index).map_or("?", |s| s.name)
 }
 
 /// The priority thread `index` was started at.
 pub fn priority(index: usize) -> u8 {
-    SERVERS.get(index).map_or(power::PRIORITY, |s| s.priority)
+    SERVERS.get(index).map_or(0, |s| s.priority)
 }
 
 /// The index of the thread called `name`.
 pub fn find(name: &str) -> Option<usize> {
-    (0..=POWER).find(|&i| self::name(i) == name)
+    (0..SERVERS.len()).find(|&i| self::name(i) == name)
+}
+
+/// Records thread `index`'s memory budget and the bytes of it its objects take.
+pub fn set_budget(index: usize, budget: u64, used: u64) {
+    if let Some(entry) = ENTRIES.get(index) {
+        entry.budget.store(budget, Ordering::Relaxed);
+        entry.used.store(used, Ordering::Relaxed);
+    }
+}
+
+/// Thread `index`'s memory budget and the bytes of it its objects take ((0, 0): it
+/// has none).
+pub fn budget(index: usize) -> (u64, u64) {
+    ENTRIES.get(index).map_or((0, 0), |e| {
+        (
+            e.budget.load(Ordering::Relaxed),
+            e.used.load(Ordering::Relaxed),
+        )
+    })
 }
 
 /// Records that thread `index` (TCB `tcb` and CNode `cnode` in init's root CNode, 0:

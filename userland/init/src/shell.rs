@@ -13,8 +13,8 @@ use keel_servers::{StartInfo, names, serial};
 use keel_sys::cap::{Cap, Endpoint, Unknown};
 
 use crate::manifest::SERVERS;
-use crate::power;
 use crate::registry::{self, Role, SlotContents, State};
+use keel_servers::power;
 
 /// The serial server endpoint the shell writes to (0 until it has one).
 static OUTPUT: AtomicU64 = AtomicU64::new(0);
@@ -191,29 +191,34 @@ impl Shell {
 
 /// `ps`: init first, then what init started, in start order.
 fn ps() {
-    println!("NAME      PRIO  CPU  TCB   STATE");
+    println!("NAME      PRIO  CPU  TCB   MEMORY (KiB used/budget)  STATE");
     println!(
-        "{:<8} {:>5} {:>4} {:>4}   running (root task; receives faults)",
+        "{:<8} {:>5} {:>4} {:>4}   {:<25} running (root task; receives faults)",
         "init",
         crate::INIT_PRIORITY,
         0,
-        keel_sys::cap::init::TCB.cptr()
+        keel_sys::cap::init::TCB.cptr(),
+        "the rest"
     );
     let order = (0..SERVERS.len())
         .filter(|&i| SERVERS[i].stage == crate::manifest::Stage::Boot)
-        .chain([registry::POWER])
         .chain((0..SERVERS.len()).filter(|&i| SERVERS[i].stage == crate::manifest::Stage::Ready));
     for i in order {
         let state = registry::state(i);
         if state == State::NotStarted {
             continue;
         }
+        let memory = match registry::budget(i) {
+            (0, _) => BudgetColumn(None),
+            (budget, used) => BudgetColumn(Some((used >> 10, budget >> 10))),
+        };
         print!(
-            "{:<8} {:>5} {:>4} {:>4}   ",
+            "{:<8} {:>5} {:>4} {:>4}   {:<25} ",
             registry::name(i),
             registry::priority(i),
             registry::cpu(i).unwrap_or(0),
             registry::tcb(i).unwrap_or(0),
+            memory,
         );
         match state {
             State::Faulted(label) => println!("faulted (fault label {label}), stopped"),
@@ -278,10 +283,7 @@ impl Shell {
             SlotContents::Unknown => "?",
         };
         let badge = index + 1;
-        match registry::cnode(index) {
-            Some(0) => println!("caps of {name} (it runs in init's root CNode):"),
-            _ => println!("caps of {name} (its own CSpace):"),
-        }
+        println!("caps of {name} (its own CSpace):");
         for handed in registry::caps(index) {
             match handed.role {
                 Role::Slots(_) | Role::BoundNotification => {}
@@ -292,10 +294,7 @@ impl Shell {
                 Role::CNode(radix) => println!("its own CNode, {} slots", 1u64 << radix),
                 Role::Serve => println!(
                     "the endpoint it serves as '{}'",
-                    SERVERS
-                        .get(index)
-                        .and_then(|s| s.serves)
-                        .unwrap_or(power::NAME)
+                    SERVERS.get(index).and_then(|s| s.serves).unwrap_or("-")
                 ),
                 Role::Names => println!("the name service, badge {badge}"),
                 Role::Slots(count) => {
@@ -312,11 +311,53 @@ impl Shell {
                 Role::Fault => println!("its fault endpoint, badge {badge} (init receives)"),
                 Role::IrqHandler(irq) => println!("the handler of IRQ {irq}"),
                 Role::Init => println!("init's question endpoint (for caps)"),
+                Role::Untyped(bits) => println!(
+                    "the rest of its memory budget, {} KiB",
+                    (1u64 << bits) >> 10
+                ),
                 Role::BoundNotification => println!(
                     "  (not in its CSpace) the notification its IRQs signal, bound to its TCB"
                 ),
             }
         }
+    }
+}
+
+/// `ps`'s memory column: `used/budget` in KiB, or `init's image`.
+struct BudgetColumn(Option<(u64, u64)>);
+
+impl core::fmt::Display for BudgetColumn {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            Some((used, budget)) => f.pad(&short_text(format_args!("{used}/{budget}"))),
+            None => f.pad("init's image"),
+        }
+    }
+}
+
+/// Formats `args` into a short fixed buffer (for padding).
+fn short_text(args: core::fmt::Arguments<'_>) -> ShortText {
+    let mut text = ShortText([0; 32], 0);
+    let _ = text.write_fmt(args);
+    text
+}
+
+/// Up to 32 bytes of text.
+struct ShortText([u8; 32], usize);
+
+impl core::fmt::Write for ShortText {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let n = s.len().min(self.0.len() - self.1);
+        self.0[self.1..self.1 + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.1 += n;
+        Ok(())
+    }
+}
+
+impl core::ops::Deref for ShortText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        core::str::from_utf8(&self.0[..self.1]).unwrap_or("")
     }
 }
 
@@ -326,7 +367,7 @@ struct Names;
 impl core::fmt::Display for Names {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("init")?;
-        for i in 0..=registry::POWER {
+        for i in 0..SERVERS.len() {
             write!(f, ", {}", registry::name(i))?;
         }
         Ok(())

@@ -53,6 +53,7 @@ core::arch::global_asm!(
     .global _start
 _start:
     mov [rip + {boot_arg}], rdi
+    mov [rip + {second_arg}], rsi
     lea rsp, [rip + {root_stack} + {stack_size}]
     xor ebp, ebp
     call keel_user_main
@@ -62,6 +63,7 @@ _start:
     ud2
 "#,
     boot_arg = sym thread::BOOT_ARGUMENT,
+    second_arg = sym thread::SECOND_ARGUMENT,
     root_stack = sym thread::ROOT_STACK,
     stack_size = const thread::STACK_SIZE,
     exit = const number::DEBUG_THREAD_EXIT,
