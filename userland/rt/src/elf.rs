@@ -14,6 +14,12 @@ pub enum ElfError {
     TooManySegments,
 }
 
+impl core::fmt::Display for ElfError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Debug::fmt(self, f)
+    }
+}
+
 /// Most loadable segments an image may have.
 pub const MAX_SEGMENTS: usize = 8;
 
