@@ -191,14 +191,14 @@ impl Shell {
 
 /// `ps`: init first, then what init started, in start order.
 fn ps() {
-    println!("NAME      PRIO  CPU  TCB   MEMORY (KiB used/budget)  STATE");
+    println!("NAME      PRIO  CPU  TCB   KIB USED/BUDGET  STATE");
     println!(
-        "{:<8} {:>5} {:>4} {:>4}   {:<25} running (root task; receives faults)",
+        "{:<8} {:>5} {:>4} {:>4}   {:<16} running (root task; receives faults)",
         "init",
         crate::INIT_PRIORITY,
         0,
         keel_sys::cap::init::TCB.cptr(),
-        "the rest"
+        "-"
     );
     let order = (0..SERVERS.len())
         .filter(|&i| SERVERS[i].stage == crate::manifest::Stage::Boot)
@@ -213,7 +213,7 @@ fn ps() {
             (budget, used) => BudgetColumn(Some((used >> 10, budget >> 10))),
         };
         print!(
-            "{:<8} {:>5} {:>4} {:>4}   {:<25} ",
+            "{:<8} {:>5} {:>4} {:>4}   {:<16} ",
             registry::name(i),
             registry::priority(i),
             registry::cpu(i).unwrap_or(0),
@@ -323,14 +323,15 @@ impl Shell {
     }
 }
 
-/// `ps`'s memory column: `used/budget` in KiB, or `init's image`.
+/// `ps`'s memory column: `used/budget` in KiB, or `-` (a thread of init's image,
+/// whose memory is init's).
 struct BudgetColumn(Option<(u64, u64)>);
 
 impl core::fmt::Display for BudgetColumn {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self.0 {
             Some((used, budget)) => f.pad(&short_text(format_args!("{used}/{budget}"))),
-            None => f.pad("init's image"),
+            None => f.pad("-"),
         }
     }
 }
