@@ -3,11 +3,13 @@
 //! address space, a CSpace (`keel_servers::cspace`) and a memory budget of its own
 //! (`keel_servers::loader`); the CSpace holds exactly the capabilities its entry lists
 //! — waits until the boot-stage servers have registered, prints `keel: ready`, starts
-//! the shell (a thread of init's image, in an address space that maps that image) and
-//! then handles faults: it reports a faulting server and restarts it if its entry says
+//! the shell (a server program too) and then handles faults: it reports a faulting server and restarts it if its entry says
 //! so, from its module again, after revoking its budget (which returns all of its
-//! memory). It keeps a [`registry`] of what it started for the shell's `ps` and `caps`
-//! (whose questions about other CSpaces it answers).
+//! memory). It keeps a [`registry`] of what it started and answers the shell's
+//! questions about it (`keel_servers::init_query`: `ps`, `mem`, `caps`). A manifest
+//! entry may also name an entry function of init's own image instead of a program
+//! (`Program::InInit`: a thread in an address space that maps init's image; none of
+//! the default manifest's does).
 //!
 //! init keeps, in its root CNode, every capability it gives a server (the originals of
 //! the copies in the server's CSpace), so a restarted server gets the same ones. The
@@ -18,13 +20,13 @@
 
 mod manifest;
 mod registry;
-mod shell;
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use keel_rt::ROOT_DEPTH;
 use keel_rt::{Allocator, Thread, ThreadConfig, println};
 use keel_servers::cspace::{ServerCSpace, slot};
+use keel_servers::init_query;
 use keel_servers::loader::{self, Budget, Loaded};
 use keel_servers::power::{self, PowerStart};
 use keel_servers::{StartInfo, names};
@@ -40,8 +42,7 @@ keel_sys::entry_point!(main);
 /// init's priority once the servers are started (below all of them).
 pub const INIT_PRIORITY: u64 = 10;
 
-/// Boot-info totals for the shell's `mem` (statics are shared: servers run init's
-/// image).
+/// Boot-info totals for the shell's `mem` (init answers its `init_query::SYSTEM`).
 pub static MEM_RAM: AtomicU64 = AtomicU64::new(0);
 /// Number of RAM untyped capabilities.
 pub static MEM_RAM_CAPS: AtomicU64 = AtomicU64::new(0);
@@ -480,13 +481,13 @@ fn launch(
         space.copy(slot::INIT, init, CapRights::ALL)?;
         handed.push(slot::INIT, Role::Init);
     }
+    if spare_bits != 0 {
+        handed.push(slot::UNTYPED, Role::Untyped(spare_bits as u8));
+    }
     for (k, (&handler, &irq)) in given.irq_handlers.iter().zip(server.irqs).enumerate() {
         let slot = slot::FIRST_FREE + k as u64;
         space.copy(slot, handler, CapRights::ALL)?;
         handed.push(slot, Role::IrqHandler(irq));
-    }
-    if spare_bits != 0 {
-        handed.push(slot::UNTYPED, Role::Untyped(spare_bits as u8));
     }
     if server.slots > 0 {
         handed.push(slot::FIRST_FREE, Role::Slots(server.slots as u16));
@@ -626,13 +627,36 @@ fn report_faults(alloc: &mut Allocator, mut system: System) -> u64 {
     loop {
         if request.badge == registry::QUERY_BADGE {
             let answer = match request.label() {
-                registry::IDENTIFY => {
+                init_query::IDENTIFY => {
                     let [index, slot] = request.words::<2>();
-                    identify(alloc, index as usize, slot)
+                    identify(alloc, index as usize, slot).message()
                 }
-                _ => registry::SlotContents::Unknown,
+                init_query::THREAD => match registry::thread_info(request.mr(0) as usize) {
+                    Some(info) => info.message(),
+                    None => keel_sys::Message::new(1),
+                },
+                init_query::CAPS => {
+                    let mut words = [0u64; registry::MAX_CAPS];
+                    let mut n = 0;
+                    for (word, handed) in
+                        words.iter_mut().zip(registry::caps(request.mr(0) as usize))
+                    {
+                        *word = handed.pack();
+                        n += 1;
+                    }
+                    keel_sys::Message::new(0).words(&words[..n])
+                }
+                init_query::SYSTEM => init_query::SystemInfo {
+                    ram: MEM_RAM.load(Ordering::Relaxed),
+                    ram_caps: MEM_RAM_CAPS.load(Ordering::Relaxed),
+                    free: MEM_FREE.load(Ordering::Relaxed),
+                    device: MEM_DEVICE.load(Ordering::Relaxed),
+                    init_priority: INIT_PRIORITY,
+                }
+                .message(),
+                _ => init_query::SlotContents::Unknown.message(),
             };
-            request = system.fault_ep.reply_recv(&answer.message());
+            request = system.fault_ep.reply_recv(&answer);
             continue;
         }
         fault(alloc, &mut system, request.badge, request.label());
@@ -642,13 +666,13 @@ fn report_faults(alloc: &mut Allocator, mut system: System) -> u64 {
 
 /// What is in `slot` of thread `index`'s CSpace: init copies it into a slot of its own
 /// to ask the kernel its type (DebugCapIdentify looks in the caller's CSpace only).
-fn identify(alloc: &mut Allocator, index: usize, slot: u64) -> registry::SlotContents {
+fn identify(alloc: &mut Allocator, index: usize, slot: u64) -> init_query::SlotContents {
     use keel_sys::cap::{CNode, Unknown};
     let (Some(cnode), Some(_)) = (registry::cnode(index), registry::tcb(index)) else {
-        return registry::SlotContents::Unknown;
+        return init_query::SlotContents::Unknown;
     };
     let Ok(temporary) = alloc.slot() else {
-        return registry::SlotContents::Unknown;
+        return init_query::SlotContents::Unknown;
     };
     let contents = match init::CNODE.copy(
         temporary,
@@ -661,13 +685,13 @@ fn identify(alloc: &mut Allocator, index: usize, slot: u64) -> registry::SlotCon
         Ok(()) => {
             let tag = Cap::<Unknown>::from_cptr(temporary).identify();
             let _ = init::CNODE.delete(temporary, ROOT_DEPTH);
-            registry::SlotContents::Tag(tag)
+            init_query::SlotContents::Tag(tag)
         }
         Err(keel_sys::Error::FailedLookup { .. }) => {
-            registry::SlotContents::Tag(keel_abi::object::cap_tag::NULL)
+            init_query::SlotContents::Tag(keel_abi::object::cap_tag::NULL)
         }
-        Err(keel_sys::Error::IllegalOperation) => registry::SlotContents::Uncopyable,
-        Err(_) => registry::SlotContents::Unknown,
+        Err(keel_sys::Error::IllegalOperation) => init_query::SlotContents::Uncopyable,
+        Err(_) => init_query::SlotContents::Unknown,
     };
     alloc.slots.free(temporary);
     contents

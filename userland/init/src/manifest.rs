@@ -164,8 +164,8 @@ pub const SERVERS: &[Server] = &[
     Server {
         name: "shell",
         priority: 50,
-        entry: Some(crate::shell::main),
-        budget_bits: 0,
+        entry: None,
+        budget_bits: 20,
         acpi_power: false,
         serves: None,
         uses: &[

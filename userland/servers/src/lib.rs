@@ -19,6 +19,7 @@
 
 pub mod cspace;
 pub mod echo;
+pub mod init_query;
 pub mod loader;
 pub mod names;
 pub mod power;
