@@ -2,7 +2,8 @@
 //! memory budget — an untyped capability of the budget's size that the loader owns for
 //! the server's lifetime. Every object of the server comes from that untyped: its
 //! PML4 and paging structures, a frame per page of its segments (text and read-only
-//! data mapped read-only, everything but text not executable), its IPC buffer, its
+//! data mapped read-only, everything but text not executable), its stack (with
+//! unmapped guard pages, `crate::program::STACK_BASE`), its IPC buffer, its
 //! CNode ([`ServerCSpace`]) and its TCB. The largest power-of-two block of the budget
 //! left after them goes to the server as an untyped capability in
 //! [`slot::UNTYPED`], for objects of its own. The capabilities to these objects live in
@@ -24,14 +25,14 @@ use keel_sys::cap::{Cap, Frame, Pml4, Tcb, Untyped, init};
 use keel_sys::{CapRights, VmAttributes, probe};
 
 use crate::cspace::{ServerCSpace, slot};
-use crate::program::IPC_BUFFER;
+use crate::program::{IPC_BUFFER, STACK_BASE, STACK_PAGES, STACK_TOP};
 
 /// Why a server could not be built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoadError {
     /// Its image is not a loadable executable.
     Image(ElfError),
-    /// A segment overlaps the IPC buffer's page or is not in user space.
+    /// A segment overlaps the IPC buffer's page or the stack, or is not in user space.
     Layout,
     /// The budget (or the slot window) ran out, or the kernel refused an invocation.
     Runtime(keel_rt::Error),
@@ -154,6 +155,21 @@ pub fn load(image: &[u8], budget: &Budget, window: u64, start: Start) -> Result<
             done_up_to = page;
         }
     }
+    // The stack: its lowest page (the thread block) and its top pages; the pages
+    // between and the page below stay unmapped (guards).
+    let stack_pages =
+        core::iter::once(STACK_BASE).chain((1..=STACK_PAGES).map(|i| STACK_TOP - i * 0x1000));
+    for page in stack_pages {
+        let frame: Cap<Frame> = alloc.frame(ObjectType::X86Page4K)?;
+        alloc.map_frame(
+            vspace,
+            frame,
+            page,
+            CapRights::READ_WRITE,
+            VmAttributes::DEFAULT.with(VmAttributes::EXECUTE_NEVER),
+            1,
+        )?;
+    }
     let ipc_frame: Cap<Frame> = alloc.frame(ObjectType::X86Page4K)?;
     alloc.map_frame(
         vspace,
@@ -179,6 +195,7 @@ pub fn load(image: &[u8], budget: &Budget, window: u64, start: Start) -> Result<
     tcb.set_affinity(start.cpu)?;
     let context = UserContext {
         rip: exe.entry,
+        rdx: STACK_TOP,
         rflags: 0x202,
         rdi: start.argument,
         rsi: start.second,

@@ -10,8 +10,11 @@
 //!
 //! Layout of a server's address space: its ELF segments (text and read-only data
 //! mapped read-only, data and bss writable and not executable), its IPC buffer at
-//! [`IPC_BUFFER`], and nothing else. Its stack is the runtime's root stack
-//! (`keel_sys::thread::ROOT_STACK`, in its bss), as for every Keel program.
+//! [`IPC_BUFFER`], and its stack: the `keel_sys::thread::STACK_SIZE` (128 KiB) at
+//! [`STACK_BASE`], of which only the lowest page (the thread block) and the top
+//! [`STACK_PAGES`] pages are mapped; the pages between, and the page below the base,
+//! are unmapped guard pages, so an overflow faults. init passes the stack's top in RDX
+//! (`_start` switches to it).
 
 use keel_sys::cap::{Cap, Tcb};
 use keel_sys::thread::ThreadBlock;
@@ -20,6 +23,15 @@ use crate::cspace::slot;
 
 /// Where init maps a server program's IPC buffer.
 pub const IPC_BUFFER: u64 = keel_rt::IPC_BUFFER_REGION.start;
+/// The base of a server program's stack (aligned to `keel_sys::thread::STACK_SIZE`,
+/// below `keel_sys::probe::WINDOW`).
+pub const STACK_BASE: u64 = 0x1_0000_0000;
+/// Pages mapped at the top of the stack (64 KiB).
+pub const STACK_PAGES: u64 = 16;
+/// The top of a server program's stack (its initial RSP).
+pub const STACK_TOP: u64 = STACK_BASE + keel_sys::thread::STACK_SIZE as u64;
+const _: () = assert!(STACK_BASE.is_multiple_of(keel_sys::thread::STACK_SIZE as u64));
+const _: () = assert!(STACK_PAGES < keel_sys::thread::STACK_SIZE as u64 / 4096 - 1);
 
 /// Runs a server program: sets up the runtime (IPC buffer, own TCB, a panic becomes a
 /// fault that init handles), runs `entry(argument)`, and suspends the thread for good

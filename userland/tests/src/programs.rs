@@ -2,8 +2,8 @@
 //! (`keel_servers::loader`), with the `probe` program: a loaded server's text is
 //! mapped read-only and is its own (writing it faults; the suite, linked at the same
 //! addresses, keeps running), it cannot retype more than what is left of its memory
-//! budget, and revoking the budget returns all of it (50 load–fault–revoke rounds fit
-//! in one budget).
+//! budget, its stack overflows into an unmapped guard page, and revoking the budget
+//! returns all of it (50 load–fault–revoke rounds fit in one budget).
 
 use keel_abi::fault::{FaultType, vm_fault};
 use keel_rt::elf::Executable;
@@ -18,6 +18,7 @@ use crate::{CHILD_PRIORITY, ensure, fail};
 /// The probe program's modes (see `userland/programs/probe`).
 const WRITE_TEXT: u64 = 1;
 const USE_BUDGET: u64 = 2;
+const OVERFLOW_STACK: u64 = 3;
 /// log2 of the budget the tests give the probe.
 const BUDGET_BITS: u32 = 20;
 
@@ -28,6 +29,9 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
     });
     suite.run("loaded_server_cannot_retype_beyond_its_budget", || {
         budget_enforced(env)
+    });
+    suite.run("loaded_server_stack_overflow_hits_a_guard_page", || {
+        stack_guard(env)
     });
     suite.run("revoking_a_budget_returns_it_50_restarts", || {
         restarts_return_memory(env)
@@ -168,6 +172,28 @@ fn budget_enforced(env: &mut Env) -> TestResult {
     ensure!(
         label == FaultType::UserException as u64,
         "fault label {label}"
+    );
+    loader::unload(&bench.budget).or_fail("unload")?;
+    Ok(())
+}
+
+fn stack_guard(env: &mut Env) -> TestResult {
+    use keel_servers::program::{STACK_BASE, STACK_PAGES, STACK_TOP};
+    let bench = bench(env)?;
+    let _loaded = start_probe(env, &bench, OVERFLOW_STACK)?;
+    let (label, address) = probe_fault(env)?;
+    ensure!(
+        bench.report.nb_recv().is_none(),
+        "the probe's recursion ended"
+    );
+    ensure!(
+        label == FaultType::VmFault as u64,
+        "fault label {label}, not a VM fault"
+    );
+    let guard = STACK_BASE + 0x1000..STACK_TOP - STACK_PAGES * 0x1000;
+    ensure!(
+        guard.contains(&address),
+        "fault address {address:#x} not in the guard pages {guard:#x?}"
     );
     loader::unload(&bench.budget).or_fail("unload")?;
     Ok(())

@@ -23,6 +23,18 @@ const WRITE_TEXT: u64 = 1;
 /// (1) or made (0).
 const USE_BUDGET: u64 = 2;
 
+/// Mode 3: recurse until the stack overflows (into an unmapped guard page: a VM fault).
+const OVERFLOW_STACK: u64 = 3;
+
+/// Uses 1 KiB of stack per level, as good as for ever.
+fn deeper(level: u64) -> u64 {
+    if level == u64::MAX {
+        return 0;
+    }
+    let frame = core::hint::black_box([level; 128]);
+    frame[(level % 128) as usize] + deeper(level + 1)
+}
+
 fn probe_main(argument: u64) {
     let report = Cap::<Endpoint>::from_cptr(slot::SERVE);
     match argument & 0xff {
@@ -44,6 +56,10 @@ fn probe_main(argument: u64) {
                 .unwrap_or(0);
             let frame = spare.retype(ObjectType::X86Page4K, 0, own, 0, 0, second, 1);
             report.send(&Message::new(USE_BUDGET).words(&[got, frame.is_err() as u64]));
+        }
+        OVERFLOW_STACK => {
+            let depth = deeper(0);
+            report.send(&Message::new(OVERFLOW_STACK).words(&[depth]));
         }
         _ => {}
     }
