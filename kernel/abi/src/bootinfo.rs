@@ -460,6 +460,23 @@ pub const PM1_CONTROL_SLEEP_ENABLE: u16 = 1 << 13;
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn module_record_round_trip() {
+        let record = KeelModule::new("echo", 0x8_0000_0000, 12345);
+        let words = record.to_words();
+        let mut bytes = [0u8; 48];
+        for (chunk, word) in bytes.chunks_mut(8).zip(words) {
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        let back = KeelModule::from_bytes(&bytes).unwrap();
+        assert_eq!(back, record);
+        assert_eq!(back.name(), "echo");
+        assert!(KeelModule::from_bytes(&bytes[..40]).is_none());
+        let long = KeelModule::new("a-name-longer-than-thirty-two-bytes!", 0, 0);
+        assert_eq!(long.name().len(), MODULE_NAME_BYTES);
+    }
+
     use super::*;
 
     #[test]

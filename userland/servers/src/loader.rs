@@ -104,6 +104,7 @@ pub fn load(image: &[u8], budget: &Budget, window: u64, start: Start) -> Result<
         SlotAllocator::new(budget.slots.start, budget.slots.end),
         UntypedAllocator::single(budget.untyped.cptr(), budget.bits),
     );
+    // First, into the window's first slot ([`unload`] deletes it first).
     let vspace = alloc.create::<Pml4>()?;
     init::ASID_POOL.assign(vspace)?;
     // The pages of the segments in ascending order (lld puts each segment on pages of
@@ -118,13 +119,7 @@ pub fn load(image: &[u8], budget: &Budget, window: u64, start: Start) -> Result<
         let mut page = (s.vaddr & !0xfff).max(done_up_to);
         while page < end {
             let frame = alloc.frame(ObjectType::X86Page4K)?;
-            frame.map(
-                init::VSPACE,
-                window,
-                CapRights::READ_WRITE,
-                VmAttributes::DEFAULT,
-            )?;
-            let (mut writable, mut executable) = (false, false);
+            let (mut writable, mut executable, mut mapped) = (false, false, false);
             for t in &segments[i..] {
                 if t.vaddr >= page + 0x1000 || t.vaddr + t.mem_size <= page {
                     continue;
@@ -134,12 +129,25 @@ pub fn load(image: &[u8], budget: &Budget, window: u64, start: Start) -> Result<
                 let from = page.max(t.vaddr);
                 let to = (page + 0x1000).min(t.vaddr + t.file_size);
                 if from < to {
+                    // A page with bytes from the file goes through the window; a page
+                    // of bss only stays as retyped: zero.
+                    if !mapped {
+                        frame.map(
+                            init::VSPACE,
+                            window,
+                            CapRights::READ_WRITE,
+                            VmAttributes::DEFAULT,
+                        )?;
+                        mapped = true;
+                    }
                     let offset = (t.file_offset + (from - t.vaddr)) as usize;
                     let bytes = &image[offset..offset + (to - from) as usize];
                     copy_to_window(window + (from - page), bytes);
                 }
             }
-            frame.unmap()?;
+            if mapped {
+                frame.unmap()?;
+            }
             let rights = if writable {
                 CapRights::READ_WRITE
             } else {
@@ -226,6 +234,11 @@ pub fn load(image: &[u8], budget: &Budget, window: u64, start: Start) -> Result<
 /// Deletes every object made from `budget` (the server's thread, address space, CSpace
 /// and whatever it made from its spare untyped): the budget is whole again.
 pub fn unload(budget: &Budget) -> keel_rt::Result<()> {
+    // The address space first ([`load`] makes its PML4 first, into the window's first
+    // slot): with its ASID gone, deleting the frames and tables mapped in it changes
+    // no page table and needs no TLB shootdown each (every shootdown interrupts every
+    // other CPU).
+    init::CNODE.delete(budget.slots.start, keel_rt::ROOT_DEPTH)?;
     init::CNODE.revoke(budget.untyped.cptr(), keel_rt::ROOT_DEPTH)?;
     Ok(())
 }

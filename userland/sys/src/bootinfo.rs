@@ -145,9 +145,13 @@ impl BootInfo {
     }
 
     /// The boot modules after the root task's own, as the kernel mapped them
-    /// (read-only, [`abi::MODULE_REGION_START`] on): each one's record and bytes.
+    /// (read-only, [`abi::MODULE_REGION_START`] on): each one's record and bytes. Only
+    /// in the root task (the frame the kernel passed in RDI): a copy of the boot info
+    /// that init maps into a server comes without the modules, and gives none.
     pub fn modules(&self) -> impl Iterator<Item = (abi::KeelModule, &'static [u8])> {
+        let root_task = self.address() == crate::thread::boot_argument();
         self.extra_records()
+            .filter(move |_| root_task)
             .filter(|(header, _)| header.id == abi::extra_id::KEEL_MODULE)
             .filter_map(|(_, body)| abi::KeelModule::from_bytes(body))
             .filter(|m| {
@@ -156,9 +160,9 @@ impl BootInfo {
                     && m.vaddr <= abi::MODULE_REGION_END
             })
             .map(|m| {
-                // SAFETY: the kernel maps each module's `size` bytes read-only at
-                // `vaddr` (inside the module region, checked above) for the root
-                // task's lifetime and nothing writes them; nothing else is mapped
+                // SAFETY: this is the root task (checked above): the kernel maps each
+                // module's `size` bytes read-only at `vaddr` (inside the module region,
+                // checked above) for the root task's lifetime and nothing writes them; nothing else is mapped
                 // there (keel_abi::bootinfo::MODULE_REGION_START).
                 let bytes =
                     unsafe { core::slice::from_raw_parts(m.vaddr as *const u8, m.size as usize) };
