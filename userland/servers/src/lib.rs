@@ -17,6 +17,9 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+// The modules moved here from init (power) name this crate by its name.
+extern crate self as keel_servers;
+
 pub mod cspace;
 pub mod echo;
 pub mod init_query;

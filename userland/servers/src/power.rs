@@ -17,12 +17,12 @@
 //! Protocol: a Call with label [`POWER_OFF`] or [`RESTART`] and no words. On success
 //! there is no reply (the machine is off); otherwise the reply label is a [`Status`].
 
-use crate::names;
 use keel_abi::bootinfo::{
     KeelAcpiPower, PM1_CONTROL_SLEEP_ENABLE, PM1_CONTROL_SLEEP_TYPE_SHIFT, acpi_power_flags,
 };
 use keel_abi::harness::{POWER_OFF_LINE, RESTART_LINE};
 use keel_rt::println;
+use keel_servers::names;
 use keel_sys::Message;
 use keel_sys::bootinfo::BootInfo;
 use keel_sys::cap::{Cap, Endpoint, IoPort};

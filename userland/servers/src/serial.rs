@@ -398,9 +398,8 @@ pub fn remove_logger() {
 }
 
 /// Sends `log` records to the serial server `server` from now on, at `level` and
-/// above. Every thread of the program shares the logger (the test suite runs several
-/// servers in one image), so the first call sets it up and later ones only change the
-/// endpoint and level.
+/// above. Every thread of the image shares the logger (the servers share init's image),
+/// so the first call sets it up and later ones only change the endpoint and level.
 pub fn install_logger(server: Cap<Endpoint>, level: log::LevelFilter) {
     LOG_SERVER.store(server.cptr(), Ordering::Relaxed);
     let _ = log::set_logger(&LOGGER);
