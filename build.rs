@@ -4,7 +4,8 @@
 //! The nested builds use their own target directory (`target/keel`) and their own
 //! RUSTFLAGS; the outer build's flags (`CARGO_ENCODED_RUSTFLAGS`, which belong to the
 //! host) are removed. The paths of the results reach the runner as compile-time
-//! environment variables `KEEL_KERNEL_ELF` and `KEEL_USERLAND_DIR`.
+//! environment variables `KEEL_KERNEL_ELF` and `KEEL_USERLAND_DIR`, and the names of
+//! the server programs (the crates of `userland/programs`) as `KEEL_SERVER_PROGRAMS`.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,10 @@ fn main() {
     );
     println!("cargo:rustc-env=KEEL_USERLAND_DIR={}", out.display());
     println!("cargo:rustc-env=KEEL_ROOT={}", root.display());
+    println!(
+        "cargo:rustc-env=KEEL_SERVER_PROGRAMS={}",
+        server_programs(&root).join(",")
+    );
 
     if env::var_os("KEEL_SKIP_TARGET_BUILD").is_some() {
         return;
@@ -50,6 +55,21 @@ fn main() {
         "-Cforce-frame-pointers=yes".to_string(),
     ];
     nested_build(&root.join("userland/Cargo.toml"), &target_dir, &user_flags);
+}
+
+/// The server programs: every crate directory of `userland/programs` (its binary has
+/// the directory's name), sorted. The runner puts each on the ISO as a boot module.
+fn server_programs(root: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(root.join("userland/programs"))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter(|e| e.path().join("Cargo.toml").is_file())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 /// Runs `cargo build --release` for one target project; on failure prints its output and

@@ -17,6 +17,35 @@ use crate::paths::Paths;
 
 /// Placeholder for the kernel command line in the templates.
 pub const CMDLINE_PLACEHOLDER: &str = "@CMDLINE@";
+/// Placeholder line for the server programs' modules: the runner puts a
+/// `module2 /boot/NAME NAME` line there for each crate of `userland/programs`.
+pub const SERVERS_PLACEHOLDER: &str = "@SERVERS@";
+
+/// The server programs (the crates of `userland/programs`, from the build script).
+pub fn server_programs() -> Vec<&'static str> {
+    env!("KEEL_SERVER_PROGRAMS")
+        .split(',')
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// Replaces each line holding [`SERVERS_PLACEHOLDER`] with a module line per program
+/// (indented as the placeholder was).
+pub fn expand_servers(cfg: &str, programs: &[&str]) -> String {
+    let mut out = String::new();
+    for line in cfg.lines() {
+        if let Some(at) = line.find(SERVERS_PLACEHOLDER) {
+            let indent = &line[..at];
+            for p in programs {
+                let _ = writeln!(out, "{indent}module2 /boot/{p} {p}");
+            }
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
 
 /// Kernel command-line word by which the runner tells the test image how many CPUs QEMU
 /// has (the kernel checks the ACPI MADT against it).
@@ -145,6 +174,7 @@ pub fn build_iso(
         .map_err(|e| format!("cannot read {}: {e}", paths.show(&template_path)))?;
     let cfg = render(&template, &kernel_cmdline(image, smp, extra_cmdline))
         .map_err(|e| format!("{}: {e}", paths.show(&template_path)))?;
+    let cfg = expand_servers(&cfg, &server_programs());
     let module_names = modules(&cfg);
     if module_names.first().map(String::as_str) != Some(image.root_task()) {
         return Err(format!(
@@ -288,6 +318,16 @@ mod tests {
                 "{cfg}"
             );
         }
+    }
+
+    #[test]
+    fn server_module_lines() {
+        let cfg = "a\n    @SERVERS@\nb\n";
+        assert_eq!(
+            expand_servers(cfg, &["echo", "names"]),
+            "a\n    module2 /boot/echo echo\n    module2 /boot/names names\nb\n"
+        );
+        assert!(server_programs().contains(&"echo"));
     }
 
     #[test]

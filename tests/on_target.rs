@@ -286,7 +286,7 @@ fn default_image_ready() {
 /// `fault echo` makes the echo server fault, init reports it and restarts it, and the
 /// new instance answers the next `echo` (and `ps` says it was restarted); `sleep 100`
 /// waits at least 100 ms of the timer server's 10 ms ticks;
-/// `poweroff` turns the machine off through init's power service (ACPI S5): QEMU exits
+/// `poweroff` turns the machine off through the power server (ACPI S5): QEMU exits
 /// by itself with status 0 right after `keel: powering off`, which the runner (a plain
 /// run, no `--until`) counts as success.
 #[test]
@@ -350,7 +350,18 @@ fn default_image_shell_session() {
             .iter()
             .find(|r| r.first() == Some(&name))
             .unwrap_or_else(|| panic!("ps has no {name}\n{}", run.report()));
-        assert_eq!(row.get(4), Some(&"running"), "{row:?}\n{}", run.report());
+        assert_eq!(row.get(5), Some(&"running"), "{row:?}\n{}", run.report());
+    }
+    // The servers loaded from their modules use part of their memory budget.
+    for name in ["names", "echo", "serial", "timer", "power"] {
+        let row = table.iter().find(|r| r[0] == name).unwrap();
+        let (used, budget) = row[4].split_once('/').unwrap_or(("?", "?"));
+        let (used, budget) = (used.parse::<u64>(), budget.parse::<u64>());
+        assert!(
+            matches!((&used, &budget), (Ok(u), Ok(b)) if 0 < *u && u < b),
+            "{row:?}: no KiB used/budget\n{}",
+            run.report()
+        );
     }
     let priority = |name: &str| table.iter().find(|r| r[0] == name).map(|r| r[1]);
     assert_eq!(priority("names"), Some("200"), "{}", run.report());
@@ -377,13 +388,14 @@ fn default_image_shell_session() {
         .into_iter()
         .filter(|c| c.starts_with("  slot "))
         .collect();
-    assert_eq!(caps.len(), 5, "{caps:?}\n{}", run.report());
+    assert_eq!(caps.len(), 6, "{caps:?}\n{}", run.report());
     for (cap, (slot, kind, role)) in caps.iter().zip([
         ("1", "tcb", "its own TCB"),
         ("2", "cnode", "its own CNode"),
         ("3", "endpoint", "fault endpoint"),
         ("4", "endpoint", "serves as 'echo'"),
         ("5", "endpoint", "the name service"),
+        ("8", "untyped", "the rest of its memory budget"),
     ]) {
         let words: Vec<&str> = cap.split_whitespace().collect();
         assert!(

@@ -87,9 +87,12 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
     let Some(module) = boot.modules.first() else {
         panic!("no root task: the bootloader passed no modules")
     };
+    let extra_modules: alloc::vec::Vec<(u64, u64)> =
+        boot.modules[1..].iter().map(|m| (m.start, m.end)).collect();
     let root = keel_kern::boot::create_root_task(
         &mut kernel,
         module.bytes(),
+        &extra_modules,
         &mut hal::memory::allocate_object,
         hal::cpu::features().nx,
     );
@@ -125,6 +128,18 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
         keel_abi::bootinfo::extra_id::KEEL_ACPI_POWER,
         &power.to_words(),
     );
+    for (m, vaddr) in boot.modules[1..].iter().zip(root.module_vaddrs) {
+        if vaddr == 0 {
+            log::warn!("boot module '{}' left out: no room", m.name);
+            continue;
+        }
+        let record = keel_abi::bootinfo::KeelModule::new(&m.name, vaddr, m.end - m.start);
+        root.add_extra_record(
+            &mut kernel,
+            keel_abi::bootinfo::extra_id::KEEL_MODULE,
+            &record.to_words(),
+        );
+    }
     log::info!(
         "root task '{}': {} MiB of untyped memory",
         module.name,

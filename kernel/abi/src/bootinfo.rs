@@ -172,6 +172,9 @@ pub mod extra_id {
     /// Keel: header + [`super::KeelAcpiPower`], the firmware's power controls (ids from
     /// `0x4b00` on are Keel's; seL4 has no such record).
     pub const KEEL_ACPI_POWER: u64 = 0x4b00;
+    /// Keel: header + [`super::KeelModule`], one boot module after the root task's
+    /// (one record per module, in the bootloader's order).
+    pub const KEEL_MODULE: u64 = 0x4b01;
 }
 
 /// Order in which seL4 writes the x86 records (each present only when known; the
@@ -290,6 +293,86 @@ const _: () = assert!(core::mem::size_of::<X86Framebuffer>() == 22);
 /// Length of the TSC-frequency record (header + u32 MHz).
 pub const X86_TSC_FREQ_RECORD_LEN: u64 = 16 + 4;
 
+/// Where the kernel maps the boot modules after the first (the root task's own image)
+/// into the root task's address space: read-only, not executable, one after the other
+/// from here, each starting on a page boundary with an unmapped page between two.
+pub const MODULE_REGION_START: u64 = 0x8_0000_0000;
+/// End of that region (the kernel maps no more modules than fit).
+pub const MODULE_REGION_END: u64 = 0x10_0000_0000;
+/// Longest module name a [`KeelModule`] record holds (longer ones are cut).
+pub const MODULE_NAME_BYTES: usize = 32;
+
+/// The body of a [`extra_id::KEEL_MODULE`] record: a boot module (a program image)
+/// that the kernel mapped read-only into the root task's address space, in
+/// [`MODULE_REGION_START`]..[`MODULE_REGION_END`]. The root task reads it there; the
+/// kernel gives no capability to its frames, which are never retyped (they stay out of
+/// every untyped for the machine's life). Six words.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct KeelModule {
+    /// User address of the module's first byte.
+    pub vaddr: u64,
+    /// Its length in bytes.
+    pub size: u64,
+    /// Its name (the module's command line in grub.cfg), NUL-padded.
+    pub name: [u8; MODULE_NAME_BYTES],
+}
+const _: () = assert!(core::mem::size_of::<KeelModule>() == 6 * 8);
+
+impl KeelModule {
+    /// A record for module `name` (cut to [`MODULE_NAME_BYTES`]) at `vaddr`.
+    pub fn new(name: &str, vaddr: u64, size: u64) -> Self {
+        let mut record = Self {
+            vaddr,
+            size,
+            name: [0; MODULE_NAME_BYTES],
+        };
+        let n = name.len().min(MODULE_NAME_BYTES);
+        record.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+        record
+    }
+
+    /// The record body as words.
+    pub fn to_words(&self) -> [u64; 6] {
+        let mut words = [self.vaddr, self.size, 0, 0, 0, 0];
+        for (i, chunk) in self.name.chunks(8).enumerate() {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(chunk);
+            words[2 + i] = u64::from_le_bytes(w);
+        }
+        words
+    }
+
+    /// Reads a record body; `None` if it is too short.
+    pub fn from_bytes(body: &[u8]) -> Option<Self> {
+        if body.len() < core::mem::size_of::<Self>() {
+            return None;
+        }
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&body[8 * i..8 * i + 8]);
+            u64::from_le_bytes(w)
+        };
+        let mut name = [0; MODULE_NAME_BYTES];
+        name.copy_from_slice(&body[16..16 + MODULE_NAME_BYTES]);
+        Some(Self {
+            vaddr: word(0),
+            size: word(1),
+            name,
+        })
+    }
+
+    /// The name as text (up to the first NUL; empty if it is not UTF-8).
+    pub fn name(&self) -> &str {
+        let end = self
+            .name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(MODULE_NAME_BYTES);
+        core::str::from_utf8(&self.name[..end]).unwrap_or("")
+    }
+}
+
 /// The body of the [`extra_id::KEEL_ACPI_POWER`] record: what the kernel read from the
 /// ACPI FADT and the DSDT's `\_S5` object, so that the root task can power the machine
 /// off (ACPI sleep state S5) or reset it through I/O port capabilities. Seven words.
@@ -377,6 +460,23 @@ pub const PM1_CONTROL_SLEEP_ENABLE: u16 = 1 << 13;
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn module_record_round_trip() {
+        let record = KeelModule::new("echo", 0x8_0000_0000, 12345);
+        let words = record.to_words();
+        let mut bytes = [0u8; 48];
+        for (chunk, word) in bytes.chunks_mut(8).zip(words) {
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        let back = KeelModule::from_bytes(&bytes).unwrap();
+        assert_eq!(back, record);
+        assert_eq!(back.name(), "echo");
+        assert!(KeelModule::from_bytes(&bytes[..40]).is_none());
+        let long = KeelModule::new("a-name-longer-than-thirty-two-bytes!", 0, 0);
+        assert_eq!(long.name().len(), MODULE_NAME_BYTES);
+    }
+
     use super::*;
 
     #[test]

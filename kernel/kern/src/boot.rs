@@ -61,7 +61,13 @@ pub struct RootTask {
     untyped_start: u64,
     untyped_count: usize,
     nx: bool,
+    /// User addresses where the extra boot modules are mapped (0: not mapped), in the
+    /// order of `create_root_task`'s `modules`.
+    pub module_vaddrs: [u64; MAX_MODULES],
 }
+
+/// Most extra boot modules the root task is given.
+pub const MAX_MODULES: usize = 16;
 
 impl RootTask {
     fn slot(&self, index: u64) -> u64 {
@@ -71,9 +77,13 @@ impl RootTask {
 
 /// Builds the root task from `image`. `allocate(bits)` returns zeroed, naturally aligned
 /// physical memory of 2^bits bytes (bits ≥ 12). `nx`: the CPU supports no-execute.
+/// `modules` are the physical ranges `[start, end)` of the other boot modules: each is
+/// mapped read-only and not executable from [`bootinfo::MODULE_REGION_START`] on (its
+/// frames stay reserved: they are never untyped), at [`RootTask::module_vaddrs`].
 pub fn create_root_task<H: Hardware>(
     k: &mut Kernel<H>,
     image: &[u8],
+    modules: &[(u64, u64)],
     allocate: &mut dyn FnMut(u32) -> u64,
     nx: bool,
 ) -> Result<RootTask, BootError> {
@@ -99,6 +109,7 @@ pub fn create_root_task<H: Hardware>(
         untyped_start: 0,
         untyped_count: 0,
         nx,
+        module_vaddrs: [0; MAX_MODULES],
     };
     let cnode_cap = Cap::CNode {
         ptr: cnode,
@@ -239,6 +250,30 @@ pub fn create_root_task<H: Hardware>(
         )?;
     }
     root.image_frames.end = root.next_slot;
+    // The other boot modules, read-only, page by page (their frames are the module's
+    // own physical pages; no capability to them).
+    let mut module_vaddr = bootinfo::MODULE_REGION_START;
+    for (i, &(start, end)) in modules.iter().take(MAX_MODULES).enumerate() {
+        let first = start & !0xfff;
+        let pages = (end.max(start) - first).div_ceil(0x1000);
+        if module_vaddr + pages * 0x1000 > bootinfo::MODULE_REGION_END {
+            break;
+        }
+        for p in 0..pages {
+            root.map_quiet(
+                k,
+                module_vaddr + p * 0x1000,
+                first + p * 0x1000,
+                false,
+                allocate,
+                &mut paging,
+                &mut paging_count,
+            )?;
+        }
+        root.module_vaddrs[i] = module_vaddr + (start - first);
+        // The next one after a page left unmapped.
+        module_vaddr += (pages + 1) * 0x1000;
+    }
     root.image_paging_start = root.next_slot;
     for &(object, vaddr, level) in &paging[..paging_count] {
         let mapping = Some(Mapping {

@@ -1,35 +1,38 @@
 //! The root task of the default image. It reads boot info, starts the servers of its
-//! [`manifest`] — each a thread in its own address space (a copy of init's image
-//! mapping, see `keel_rt::Allocator::clone_image_vspace`) and its own CSpace
-//! (`keel_servers::cspace`), which holds exactly the capabilities its entry lists —
-//! waits until the boot-stage servers have registered, prints `keel: ready`, starts the
-//! shell and then handles faults: it reports a faulting server and restarts it if its
-//! entry says so. It also starts its own [`power`] service, the only holder of the
-//! machine's power controls, and keeps a [`registry`] of what it started for the
-//! shell's `ps` and `caps` (whose questions about other CSpaces it answers).
+//! [`manifest`] — each a program of its own, loaded from its boot module into an
+//! address space, a CSpace (`keel_servers::cspace`) and a memory budget of its own
+//! (`keel_servers::loader`); the CSpace holds exactly the capabilities its entry lists
+//! — waits until the boot-stage servers have registered, prints `keel: ready`, starts
+//! the shell (a server program too) and then handles faults: it reports a faulting server and restarts it if its entry says
+//! so, from its module again, after revoking its budget (which returns all of its
+//! memory). It keeps a [`registry`] of what it started and answers the shell's
+//! questions about it (`keel_servers::init_query`: `ps`, `mem`, `caps`). A manifest
+//! entry may also name an entry function of init's own image instead of a program
+//! (`Program::InInit`: a thread in an address space that maps init's image; none of
+//! the default manifest's does).
 //!
 //! init keeps, in its root CNode, every capability it gives a server (the originals of
-//! the copies in the server's CSpace), so a restarted server gets the same ones.
-//!
-//! Limits of this slice: all servers share init's image (code and data); the power
-//! service also runs in init's address space and root CNode.
+//! the copies in the server's CSpace), so a restarted server gets the same ones. The
+//! objects built from a server's budget have their capabilities in a window of init's
+//! root CNode of the server's own; revoking the budget empties it.
 #![no_std]
 #![no_main]
 
 mod manifest;
-mod power;
 mod registry;
-mod shell;
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use keel_rt::ROOT_DEPTH;
 use keel_rt::{Allocator, Thread, ThreadConfig, println};
 use keel_servers::cspace::{ServerCSpace, slot};
+use keel_servers::init_query;
+use keel_servers::loader::{self, Budget, Loaded};
+use keel_servers::power::{self, PowerStart};
 use keel_servers::{StartInfo, names};
-use keel_sys::CapRights;
 use keel_sys::bootinfo::BootInfo;
-use keel_sys::cap::{Cap, Endpoint, IoPort, IrqHandler, Notification, Pml4, init};
+use keel_sys::cap::{Cap, Endpoint, Frame, IoPort, IrqHandler, Notification, Pml4, init};
+use keel_sys::{CapRights, VmAttributes};
 
 use manifest::{SERVERS, Server, Stage};
 use registry::{HandedList, Role};
@@ -39,8 +42,7 @@ keel_sys::entry_point!(main);
 /// init's priority once the servers are started (below all of them).
 pub const INIT_PRIORITY: u64 = 10;
 
-/// Boot-info totals for the shell's `mem` (statics are shared: servers run init's
-/// image).
+/// Boot-info totals for the shell's `mem` (init answers its `init_query::SYSTEM`).
 pub static MEM_RAM: AtomicU64 = AtomicU64::new(0);
 /// Number of RAM untyped capabilities.
 pub static MEM_RAM_CAPS: AtomicU64 = AtomicU64::new(0);
@@ -89,7 +91,7 @@ fn record_memory(info: &BootInfo) {
 
 /// What init made once for a server and hands again to each instance of it (a
 /// restarted server gets the same): capabilities in init's root CNode.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Given {
     /// The endpoint it serves.
     serve: Option<Cap<Endpoint>>,
@@ -99,30 +101,53 @@ struct Given {
     fault: Cap<Endpoint>,
     /// Its I/O port capability.
     io_port: Option<Cap<IoPort>>,
+    /// The ACPI power controls' I/O ports (PM1a, PM1b, reset) with their ranges.
+    power_ports: [Option<(Cap<IoPort>, u16, u16)>; 3],
     /// Its IRQ handlers, in manifest order (the first `irqs.len()` entries).
     irq_handlers: [Cap<IrqHandler>; MAX_IRQS],
     /// The notification its IRQs signal, bound to its TCB.
     irq_notification: Option<Cap<Notification>>,
-    /// Its address space (a clone of init's image mapping).
-    vspace: Cap<Pml4>,
     /// An endpoint to ask init questions (init's fault endpoint, badged
     /// [`registry::QUERY_BADGE`]).
     init: Option<Cap<Endpoint>>,
+    /// How it runs.
+    program: Program,
+}
+
+/// How a server runs.
+#[derive(Clone, Debug)]
+enum Program {
+    /// A program of its own: its image (a boot module), its budget, and copies of the
+    /// boot-info frame and of the extra boot-info page when it is given them.
+    Module {
+        image: &'static [u8],
+        budget: Budget,
+        boot_info: Option<(Cap<Frame>, Cap<Frame>)>,
+    },
+    /// A thread of init's image, in this address space (a clone of init's image
+    /// mapping).
+    InInit { entry: fn(u64), vspace: Cap<Pml4> },
 }
 
 /// Most IRQs a manifest entry may list.
 const MAX_IRQS: usize = 4;
 
-/// One running instance of a server: its thread and its CSpace.
+/// One running instance of a server: its TCB and CSpace, and for a thread of init's
+/// image its thread (stack, IPC buffer).
 struct Instance {
-    thread: Thread,
+    tcb: Cap<keel_sys::cap::Tcb>,
     space: ServerCSpace,
+    thread: Option<Thread>,
 }
 
 /// init's state after boot: what the fault loop needs to report, restart and answer
 /// the shell's questions.
 struct System {
     fault_ep: Cap<Endpoint>,
+    /// The page of init's address space through which the loader fills frames.
+    window: u64,
+    /// The boot-info address (servers given a copy see it there too).
+    boot_info: u64,
     given: [Option<Given>; registry::MAX_THREADS],
     running: [Option<Instance>; registry::MAX_THREADS],
 }
@@ -142,8 +167,33 @@ fn mint(alloc: &mut Allocator, ep: Cap<Endpoint>, badge: u64) -> keel_rt::Result
     Ok(Cap::from_cptr(slot))
 }
 
+/// A copy of `source` (in init's root CNode) in a new slot.
+fn copy_cap<T: keel_sys::CapType>(
+    alloc: &mut Allocator,
+    source: Cap<T>,
+) -> keel_rt::Result<Cap<T>> {
+    let slot = alloc.slot()?;
+    init::CNODE.copy(
+        slot,
+        ROOT_DEPTH,
+        init::CNODE,
+        source.cptr(),
+        ROOT_DEPTH,
+        CapRights::ALL,
+    )?;
+    Ok(Cap::from_cptr(slot))
+}
+
+/// An I/O port capability for ports `first..=last`.
+fn issue_ports(alloc: &mut Allocator, first: u64, last: u64) -> keel_rt::Result<Cap<IoPort>> {
+    let slot = alloc.slot()?;
+    init::IO_PORT_CONTROL.issue(first, last, init::CNODE, slot, ROOT_DEPTH)?;
+    Ok(Cap::from_cptr(slot))
+}
+
 /// Makes what manifest entry `index` is given (endpoint, badged name-service and fault
-/// endpoints, I/O ports, IRQ handlers and their notification, an address space).
+/// endpoints, I/O ports, IRQ handlers and their notification, its budget, or an
+/// address space of init's image).
 fn give(
     alloc: &mut Allocator,
     info: &BootInfo,
@@ -164,19 +214,35 @@ fn give(
         Some(mint(alloc, names_ep, badge)?)
     };
     let io_port = match server.io_ports {
-        Some((first, last)) => {
-            let slot = alloc.slot()?;
-            init::IO_PORT_CONTROL.issue(
-                first as u64,
-                last as u64,
-                init::CNODE,
-                slot,
-                ROOT_DEPTH,
-            )?;
-            Some(Cap::from_cptr(slot))
-        }
+        Some((first, last)) => Some(issue_ports(alloc, first as u64, last as u64)?),
         None => None,
     };
+    let mut power_ports = [None; 3];
+    if server.acpi_power {
+        let acpi = info.acpi_power();
+        if let Some(a) = acpi.filter(|a| a.can_power_off()) {
+            let pm1a = a.pm1a_control as u16;
+            power_ports[0] = Some((
+                issue_ports(alloc, a.pm1a_control, a.pm1a_control + 1)?,
+                pm1a,
+                pm1a + 1,
+            ));
+            if a.pm1b_control != 0 {
+                let pm1b = a.pm1b_control as u16;
+                power_ports[1] = Some((
+                    issue_ports(alloc, a.pm1b_control, a.pm1b_control + 1)?,
+                    pm1b,
+                    pm1b + 1,
+                ));
+            }
+        }
+        let (reset, _) = power::reset_register(acpi);
+        power_ports[2] = Some((
+            issue_ports(alloc, reset as u64, reset as u64)?,
+            reset,
+            reset,
+        ));
+    }
     // IRQ handlers in the first slots of the window, all signalling one notification
     // that is bound to the server's TCB.
     assert!(
@@ -206,57 +272,217 @@ fn give(
         }
         Some(notification)
     };
+    let program = match server.entry {
+        Some(entry) => Program::InInit {
+            entry,
+            vspace: alloc.clone_image_vspace(info)?,
+        },
+        None => {
+            let Some(image) = info.module(server.name) else {
+                println!("init: no boot module '{}'", server.name);
+                return Err(keel_rt::Error::NotAnObject);
+            };
+            // A window of root CNode slots for the objects of its budget: a slot per
+            // page of its image, and some for paging structures, IPC buffer, CNode,
+            // TCB and the spare untyped.
+            let pages = keel_rt::elf::Executable::parse(image).map_or(0, |e| e.pages());
+            let count = pages + 32;
+            let first = alloc.slots.alloc_range(count)?;
+            let budget = Budget {
+                untyped: alloc.untyped(server.budget_bits as u64)?,
+                bits: server.budget_bits,
+                slots: first..first + count,
+            };
+            let boot_info = if server.acpi_power {
+                let extra = info.raw().extra_bi_pages.start;
+                Some((
+                    copy_cap(alloc, init::BOOT_INFO_FRAME)?,
+                    copy_cap(alloc, Cap::<Frame>::from_cptr(extra))?,
+                ))
+            } else {
+                None
+            };
+            Program::Module {
+                image,
+                budget,
+                boot_info,
+            }
+        }
+    };
     Ok(Given {
         serve,
         names,
         fault: mint(alloc, fault_ep, badge)?,
         io_port,
+        power_ports,
         irq_handlers,
         irq_notification,
-        vspace: alloc.clone_image_vspace(info)?,
         init: if server.asks_init {
             Some(mint(alloc, fault_ep, registry::QUERY_BADGE)?)
         } else {
             None
         },
+        program,
     })
+}
+
+/// The argument word of manifest entry `index`: capability pointers at the well-known
+/// slots of `keel_servers::cspace::slot` (the power service: a `PowerStart`).
+fn start_word(index: usize, given: &Given) -> u64 {
+    let server = &SERVERS[index];
+    if server.acpi_power {
+        let at = |i: usize, slot: u64| {
+            if given.power_ports[i].is_some() {
+                slot
+            } else {
+                0
+            }
+        };
+        return PowerStart {
+            serve: if given.serve.is_some() {
+                slot::SERVE
+            } else {
+                0
+            },
+            names: if given.names.is_some() {
+                slot::NAMES
+            } else {
+                0
+            },
+            pm1a: at(0, slot::IO_PORT),
+            pm1b: at(1, slot::FIRST_FREE),
+            reset: at(2, slot::FIRST_FREE + 1),
+        }
+        .pack();
+    }
+    StartInfo {
+        serve: if given.serve.is_some() {
+            slot::SERVE
+        } else {
+            0
+        },
+        names: if given.names.is_some() {
+            slot::NAMES
+        } else {
+            0
+        },
+        slots: slot::FIRST_FREE,
+        slot_count: server.slots,
+        io_port: if given.io_port.is_some() {
+            slot::IO_PORT
+        } else {
+            0
+        },
+    }
+    .pack()
 }
 
 /// Makes one instance of manifest entry `index`: a CSpace of its own holding exactly
 /// what `given` lists (at the well-known slots of `keel_servers::cspace::slot`), and a
-/// thread in its address space with that CSpace, recorded in the registry but not
-/// started yet.
-fn launch(alloc: &mut Allocator, index: usize, given: &Given) -> keel_rt::Result<Instance> {
+/// thread — a program loaded from its module into a new address space built from its
+/// budget, or a thread of init's image — with that CSpace, recorded in the registry but
+/// not started yet.
+fn launch(
+    alloc: &mut Allocator,
+    system: &System,
+    index: usize,
+    given: &Given,
+) -> keel_rt::Result<Instance> {
     let server = &SERVERS[index];
-    let space = ServerCSpace::new(alloc, server.slots)?;
+    let cpus = CPUS.load(core::sync::atomic::Ordering::Relaxed);
+    let cpu = if (server.cpu as u64) < cpus {
+        server.cpu
+    } else {
+        0
+    } as u64;
+    let argument = start_word(index, given);
     let mut handed = HandedList::new();
+    let (tcb, space, thread, spare_bits) = match &given.program {
+        Program::Module {
+            image,
+            budget,
+            boot_info,
+        } => {
+            let start = loader::Start {
+                priority: server.priority,
+                cpu,
+                free_slots: server.slots,
+                argument,
+                second: if boot_info.is_some() {
+                    system.boot_info
+                } else {
+                    0
+                },
+            };
+            let mut loaded: Loaded = match loader::load(image, budget, system.window, start) {
+                Ok(loaded) => loaded,
+                Err(loader::LoadError::Runtime(e)) => return Err(e),
+                Err(e) => {
+                    println!("init: cannot load {}: {e:?}", server.name);
+                    return Err(keel_rt::Error::NotAnObject);
+                }
+            };
+            if let Some((frame, extra)) = boot_info {
+                for (k, f) in [frame, extra].into_iter().enumerate() {
+                    let _ = f.unmap();
+                    loaded.alloc.map_frame(
+                        loaded.vspace,
+                        *f,
+                        system.boot_info + 0x1000 * k as u64,
+                        CapRights::READ,
+                        VmAttributes::DEFAULT.with(VmAttributes::EXECUTE_NEVER),
+                        1,
+                    )?;
+                }
+            }
+            registry::set_budget(index, 1 << budget.bits, loaded.used);
+            (loaded.tcb, loaded.space, None, loaded.spare_bits)
+        }
+        Program::InInit { entry, vspace } => {
+            let space = ServerCSpace::new(alloc, server.slots)?;
+            let config = ThreadConfig {
+                priority: server.priority,
+                fault_ep: slot::FAULT,
+                affinity: Some(cpu),
+                cspace: Some(space.thread_cspace()),
+            };
+            let thread = alloc.create_thread_in(*vspace, *entry, argument, config)?;
+            (thread.tcb, space, Some(thread), 0)
+        }
+    };
     handed.push(slot::TCB, Role::Tcb);
     handed.push(slot::CNODE, Role::CNode(space.radix));
     space.copy(slot::FAULT, given.fault, CapRights::ALL)?;
     handed.push(slot::FAULT, Role::Fault);
-    let mut start = StartInfo {
-        slots: slot::FIRST_FREE,
-        slot_count: server.slots,
-        ..StartInfo::default()
-    };
     if let Some(serve) = given.serve {
         space.copy(slot::SERVE, serve, CapRights::ALL)?;
-        start.serve = slot::SERVE;
         handed.push(slot::SERVE, Role::Serve);
     }
     if let Some(names) = given.names {
         space.copy(slot::NAMES, names, CapRights::ALL)?;
-        start.names = slot::NAMES;
         handed.push(slot::NAMES, Role::Names);
     }
     if let (Some(port), Some((first, last))) = (given.io_port, server.io_ports) {
         space.copy(slot::IO_PORT, port, CapRights::ALL)?;
-        start.io_port = slot::IO_PORT;
         handed.push(slot::IO_PORT, Role::IoPort(first, last));
+    }
+    for (&port, at) in
+        given
+            .power_ports
+            .iter()
+            .zip([slot::IO_PORT, slot::FIRST_FREE, slot::FIRST_FREE + 1])
+    {
+        if let Some((port, first, last)) = port {
+            space.copy(at, port, CapRights::ALL)?;
+            handed.push(at, Role::IoPort(first, last));
+        }
     }
     if let Some(init) = given.init {
         space.copy(slot::INIT, init, CapRights::ALL)?;
         handed.push(slot::INIT, Role::Init);
+    }
+    if spare_bits != 0 {
+        handed.push(slot::UNTYPED, Role::Untyped(spare_bits as u8));
     }
     for (k, (&handler, &irq)) in given.irq_handlers.iter().zip(server.irqs).enumerate() {
         let slot = slot::FIRST_FREE + k as u64;
@@ -266,60 +492,56 @@ fn launch(alloc: &mut Allocator, index: usize, given: &Given) -> keel_rt::Result
     if server.slots > 0 {
         handed.push(slot::FIRST_FREE, Role::Slots(server.slots as u16));
     }
-    let cpus = CPUS.load(core::sync::atomic::Ordering::Relaxed);
-    let cpu = if (server.cpu as u64) < cpus {
-        server.cpu
-    } else {
-        0
-    };
-    let config = ThreadConfig {
-        priority: server.priority,
-        fault_ep: slot::FAULT,
-        affinity: Some(cpu as u64),
-        cspace: Some(space.thread_cspace()),
-    };
-    let thread = alloc.create_thread_in(given.vspace, server.entry, start.pack(), config)?;
     // The FS/GS BASE right (IllegalOperation without FSGSBASE: the server then uses
     // TCBSetGSBase, as the runtime's fibers do).
     if server.fsgsbase {
-        let _ = init::FS_GS_BASE_CONTROL.set_access(thread.tcb, true);
+        let _ = init::FS_GS_BASE_CONTROL.set_access(tcb, true);
     }
     if let Some(n) = given.irq_notification {
-        thread.tcb.bind_notification(n)?;
+        tcb.bind_notification(n)?;
         handed.push(0, Role::BoundNotification);
     }
-    registry::started(
-        index,
-        thread.tcb.cptr(),
-        space.cnode.cptr(),
-        config.affinity.unwrap_or(0),
-        &handed,
-    );
-    Ok(Instance { thread, space })
+    registry::started(index, tcb.cptr(), space.cnode.cptr(), cpu, &handed);
+    Ok(Instance { tcb, space, thread })
 }
 
-/// Stops an instance for good: its thread, its CSpace and everything in it (init's own
+/// Stops an instance for good: its thread, its CSpace and everything in it — for a
+/// program of its own, every object of its budget, by revoking the budget (init's own
 /// capabilities to what it was given stay).
-fn stop(alloc: &mut Allocator, instance: Instance) -> keel_rt::Result<()> {
-    instance.thread.tcb.suspend()?;
-    instance.space.destroy(alloc)?;
-    instance.thread.destroy(alloc)
+fn stop(alloc: &mut Allocator, given: &Given, instance: Instance) -> keel_rt::Result<()> {
+    instance.tcb.suspend()?;
+    match (&given.program, instance.thread) {
+        (Program::Module { budget, .. }, _) => loader::unload(budget),
+        (Program::InInit { .. }, Some(thread)) => {
+            instance.space.destroy(alloc)?;
+            thread.destroy(alloc)
+        }
+        (Program::InInit { .. }, None) => instance.space.destroy(alloc),
+    }
 }
 
 /// Starts every server; returns what the fault loop needs.
 fn start_all(alloc: &mut Allocator, info: &BootInfo) -> keel_rt::Result<System> {
     let fault_ep = alloc.create::<Endpoint>()?;
     let names_ep = alloc.create::<Endpoint>()?;
+    let window = alloc.scratch_range(0x1000, 0x1000);
+    alloc.ensure_tables(init::VSPACE, window, 1)?;
     let mut system = System {
         fault_ep,
-        given: [None; registry::MAX_THREADS],
+        window,
+        boot_info: info.address(),
+        given: [const { None }; registry::MAX_THREADS],
         running: [const { None }; registry::MAX_THREADS],
     };
     let start = |alloc: &mut Allocator, system: &mut System, index: usize| {
         let server = &SERVERS[index];
         let given = give(alloc, info, index, server, names_ep, fault_ep)?;
+        let budget = match &given.program {
+            Program::Module { budget, .. } => BudgetLine(Some(1 << budget.bits)),
+            Program::InInit { .. } => BudgetLine(None),
+        };
         println!(
-            "init: starting {} (priority {}, CPU {}, serves {}, uses {:?}, ports {:x?}, irqs {:?}, {} slots of its own{})",
+            "init: starting {} (priority {}, CPU {}, serves {}, uses {:?}, ports {:x?}, irqs {:?}, {} slots of its own{}, {budget})",
             server.name,
             server.priority,
             server.cpu,
@@ -330,12 +552,14 @@ fn start_all(alloc: &mut Allocator, info: &BootInfo) -> keel_rt::Result<System> 
             1u64 << ServerCSpace::radix_for(server.slots),
             if server.fsgsbase {
                 ", FS/GS BASE right"
+            } else if server.acpi_power {
+                ", ACPI power ports"
             } else {
                 ""
             },
         );
-        let instance = launch(alloc, index, &given)?;
-        instance.thread.start()?;
+        let instance = launch(alloc, system, index, &given)?;
+        instance.tcb.resume()?;
         system.running[index] = Some(instance);
         system.given[index] = Some(given);
         keel_rt::Result::Ok(())
@@ -345,9 +569,6 @@ fn start_all(alloc: &mut Allocator, info: &BootInfo) -> keel_rt::Result<System> 
             start(alloc, &mut system, i)?;
         }
     }
-    let power_names = mint(alloc, names_ep, registry::POWER as u64 + 1)?;
-    let power_fault = mint(alloc, fault_ep, registry::POWER as u64 + 1)?;
-    start_power(alloc, info, power_names, power_fault)?;
     // Let the servers run (init goes below them) and wait for their names.
     init::TCB.set_priority(init::TCB, INIT_PRIORITY)?;
     let mine = mint(alloc, names_ep, INIT_BADGE)?;
@@ -355,8 +576,7 @@ fn start_all(alloc: &mut Allocator, info: &BootInfo) -> keel_rt::Result<System> 
     let boot_names = SERVERS
         .iter()
         .filter(|s| s.stage == Stage::Boot)
-        .filter_map(|s| s.serves.filter(|n| *n != manifest::NAMES))
-        .chain([power::NAME]);
+        .filter_map(|s| s.serves.filter(|n| *n != manifest::NAMES));
     for name in boot_names {
         loop {
             match names::lookup(mine, name, init::CNODE, slot) {
@@ -386,62 +606,16 @@ fn start_all(alloc: &mut Allocator, info: &BootInfo) -> keel_rt::Result<System> 
     Ok(system)
 }
 
-/// Starts the power service in init's own address space with I/O port capabilities for
-/// the ACPI power controls init finds in the boot info.
-fn start_power(
-    alloc: &mut Allocator,
-    info: &BootInfo,
-    names: Cap<Endpoint>,
-    fault: Cap<Endpoint>,
-) -> keel_rt::Result<()> {
-    let acpi = info.acpi_power();
-    let mut issue = |first: u64, last: u64| -> keel_rt::Result<Cap<IoPort>> {
-        let slot = alloc.slot()?;
-        init::IO_PORT_CONTROL.issue(first, last, init::CNODE, slot, ROOT_DEPTH)?;
-        Ok(Cap::from_cptr(slot))
-    };
-    let mut handed = HandedList::new();
-    let mut start = power::PowerStart::default();
-    if let Some(a) = acpi.filter(|a| a.can_power_off()) {
-        let pm1a = a.pm1a_control as u16;
-        start.pm1a = issue(a.pm1a_control, a.pm1a_control + 1)?.cptr();
-        handed.push(start.pm1a, Role::IoPort(pm1a, pm1a + 1));
-        if a.pm1b_control != 0 {
-            let pm1b = a.pm1b_control as u16;
-            start.pm1b = issue(a.pm1b_control, a.pm1b_control + 1)?.cptr();
-            handed.push(start.pm1b, Role::IoPort(pm1b, pm1b + 1));
+/// A budget in init's start line: `1024 KiB budget`, or `in init's image`.
+struct BudgetLine(Option<u64>);
+
+impl core::fmt::Display for BudgetLine {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            Some(bytes) => write!(f, "{} KiB budget", bytes >> 10),
+            None => f.write_str("in init's image"),
         }
     }
-    let (reset_port, _) = power::reset_register(acpi);
-    start.reset = issue(reset_port as u64, reset_port as u64)?.cptr();
-    handed.push(start.reset, Role::IoPort(reset_port, reset_port));
-    start.serve = alloc.create::<Endpoint>()?.cptr();
-    handed.push(start.serve, Role::Serve);
-    start.names = names.cptr();
-    handed.push(start.names, Role::Names);
-    handed.push(fault.cptr(), Role::Fault);
-    let config = ThreadConfig {
-        priority: power::PRIORITY,
-        fault_ep: fault.cptr(),
-        affinity: None,
-        cspace: None,
-    };
-    let thread = alloc.create_thread(power::main, start.pack(), config)?;
-    handed.push(thread.tcb.cptr(), Role::Tcb);
-    registry::started(registry::POWER, thread.tcb.cptr(), 0, 0, &handed);
-    println!(
-        "init: starting {} (priority {}, serves {}, ports {}, in init's address space)",
-        power::NAME,
-        power::PRIORITY,
-        power::NAME,
-        if acpi.is_some_and(|a| a.can_power_off()) {
-            "PM1 control and reset"
-        } else {
-            "reset only (no ACPI S5)"
-        },
-    );
-    thread.start()?;
-    Ok(())
 }
 
 /// Reports faulting servers forever, and restarts those whose manifest entry says
@@ -453,13 +627,36 @@ fn report_faults(alloc: &mut Allocator, mut system: System) -> u64 {
     loop {
         if request.badge == registry::QUERY_BADGE {
             let answer = match request.label() {
-                registry::IDENTIFY => {
+                init_query::IDENTIFY => {
                     let [index, slot] = request.words::<2>();
-                    identify(alloc, index as usize, slot)
+                    identify(alloc, index as usize, slot).message()
                 }
-                _ => registry::SlotContents::Unknown,
+                init_query::THREAD => match registry::thread_info(request.mr(0) as usize) {
+                    Some(info) => info.message(),
+                    None => keel_sys::Message::new(1),
+                },
+                init_query::CAPS => {
+                    let mut words = [0u64; registry::MAX_CAPS];
+                    let mut n = 0;
+                    for (word, handed) in
+                        words.iter_mut().zip(registry::caps(request.mr(0) as usize))
+                    {
+                        *word = handed.pack();
+                        n += 1;
+                    }
+                    keel_sys::Message::new(0).words(&words[..n])
+                }
+                init_query::SYSTEM => init_query::SystemInfo {
+                    ram: MEM_RAM.load(Ordering::Relaxed),
+                    ram_caps: MEM_RAM_CAPS.load(Ordering::Relaxed),
+                    free: MEM_FREE.load(Ordering::Relaxed),
+                    device: MEM_DEVICE.load(Ordering::Relaxed),
+                    init_priority: INIT_PRIORITY,
+                }
+                .message(),
+                _ => init_query::SlotContents::Unknown.message(),
             };
-            request = system.fault_ep.reply_recv(&answer.message());
+            request = system.fault_ep.reply_recv(&answer);
             continue;
         }
         fault(alloc, &mut system, request.badge, request.label());
@@ -469,17 +666,13 @@ fn report_faults(alloc: &mut Allocator, mut system: System) -> u64 {
 
 /// What is in `slot` of thread `index`'s CSpace: init copies it into a slot of its own
 /// to ask the kernel its type (DebugCapIdentify looks in the caller's CSpace only).
-fn identify(alloc: &mut Allocator, index: usize, slot: u64) -> registry::SlotContents {
+fn identify(alloc: &mut Allocator, index: usize, slot: u64) -> init_query::SlotContents {
     use keel_sys::cap::{CNode, Unknown};
     let (Some(cnode), Some(_)) = (registry::cnode(index), registry::tcb(index)) else {
-        return registry::SlotContents::Unknown;
+        return init_query::SlotContents::Unknown;
     };
-    if cnode == 0 {
-        // It runs in init's root CNode (the power service).
-        return registry::SlotContents::Tag(Cap::<Unknown>::from_cptr(slot).identify());
-    }
     let Ok(temporary) = alloc.slot() else {
-        return registry::SlotContents::Unknown;
+        return init_query::SlotContents::Unknown;
     };
     let contents = match init::CNODE.copy(
         temporary,
@@ -492,13 +685,13 @@ fn identify(alloc: &mut Allocator, index: usize, slot: u64) -> registry::SlotCon
         Ok(()) => {
             let tag = Cap::<Unknown>::from_cptr(temporary).identify();
             let _ = init::CNODE.delete(temporary, ROOT_DEPTH);
-            registry::SlotContents::Tag(tag)
+            init_query::SlotContents::Tag(tag)
         }
         Err(keel_sys::Error::FailedLookup { .. }) => {
-            registry::SlotContents::Tag(keel_abi::object::cap_tag::NULL)
+            init_query::SlotContents::Tag(keel_abi::object::cap_tag::NULL)
         }
-        Err(keel_sys::Error::IllegalOperation) => registry::SlotContents::Uncopyable,
-        Err(_) => registry::SlotContents::Unknown,
+        Err(keel_sys::Error::IllegalOperation) => init_query::SlotContents::Uncopyable,
+        Err(_) => init_query::SlotContents::Unknown,
     };
     alloc.slots.free(temporary);
     contents
@@ -509,7 +702,7 @@ fn identify(alloc: &mut Allocator, index: usize, slot: u64) -> registry::SlotCon
 fn fault(alloc: &mut Allocator, system: &mut System, badge: u64, label: u64) {
     let Some(i) = (badge as usize)
         .checked_sub(1)
-        .filter(|&i| i <= registry::POWER)
+        .filter(|&i| i < SERVERS.len())
     else {
         println!("init: a fault with unknown badge {badge:#x}");
         return;
@@ -521,19 +714,19 @@ fn fault(alloc: &mut Allocator, system: &mut System, badge: u64, label: u64) {
         return;
     }
     println!("init: server {name} faulted (fault label {label}); restarting it");
-    let Some(given) = system.given[i] else {
+    let Some(given) = system.given[i].clone() else {
         println!("init: {name} was never started here; it stays stopped");
         return;
     };
     let mut restart = || {
         if let Some(old) = system.running[i].take() {
-            stop(alloc, old)?;
+            stop(alloc, &given, old)?;
         }
-        let instance = launch(alloc, i, &given)?;
+        let instance = launch(alloc, system, i, &given)?;
         registry::restarted(i);
         // Said before it runs: it has a higher priority than init.
         println!("init: server {name} restarted");
-        instance.thread.start()?;
+        instance.tcb.resume()?;
         system.running[i] = Some(instance);
         keel_rt::Result::Ok(())
     };

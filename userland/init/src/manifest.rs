@@ -1,7 +1,10 @@
 //! The default image's manifest: which servers init starts and what each is given.
 //! Each server gets a CSpace of its own holding exactly what its entry lists: the
 //! endpoint it serves, a badged capability to the name service, its I/O ports, its IRQ
-//! handlers, its own TCB and CNode, its fault endpoint, and `slots` free slots.
+//! handlers, its own TCB and CNode, its fault endpoint, `slots` free slots, and what is
+//! left of its memory budget. A server with `entry: None` is a program of its own: the
+//! boot module of the same name (crate `userland/programs/NAME`; the runner puts every
+//! program of that directory on the ISO), loaded into an address space of its own.
 
 /// When init starts a server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,8 +23,21 @@ pub struct Server {
     pub name: &'static str,
     /// Scheduling priority (init itself drops to [`crate::INIT_PRIORITY`]).
     pub priority: u8,
-    /// Its thread's entry; the argument is a packed `keel_servers::StartInfo`.
-    pub entry: fn(u64),
+    /// `None`: a program of its own, loaded from the boot module called [`Server::name`]
+    /// (the binary of crate `userland/programs/NAME`) into its own address space.
+    /// `Some(entry)`: a thread of init's image (in an address space that maps init's
+    /// image) that runs `entry`. The argument is a packed `keel_servers::StartInfo`
+    /// (the power service: `keel_servers::power::PowerStart`).
+    pub entry: Option<fn(u64)>,
+    /// log2 of its memory budget in bytes (a program of its own): init makes an untyped
+    /// of this size and builds every object of the server from it; the server gets
+    /// what is left as an untyped in `keel_servers::cspace::slot::UNTYPED`. A restart
+    /// revokes it, which returns all of it.
+    pub budget_bits: u32,
+    /// Whether it gets the ACPI power controls the kernel found (the I/O ports of the
+    /// PM1 control blocks and of the reset register) and a read-only copy of the boot
+    /// info (the power service).
+    pub acpi_power: bool,
     /// The name it registers with the name service (an endpoint is made for it), if
     /// it serves one. The name service itself serves `names`.
     pub serves: Option<&'static str>,
@@ -61,7 +77,9 @@ pub const SERVERS: &[Server] = &[
     Server {
         name: "names",
         priority: 200,
-        entry: keel_servers::names::main,
+        entry: None,
+        budget_bits: 20,
+        acpi_power: false,
         serves: Some(NAMES),
         uses: &[],
         io_ports: None,
@@ -76,7 +94,9 @@ pub const SERVERS: &[Server] = &[
     Server {
         name: "serial",
         priority: 180,
-        entry: keel_servers::serial::main,
+        entry: None,
+        budget_bits: 20,
+        acpi_power: false,
         serves: Some(keel_servers::serial::NAME),
         uses: &[NAMES],
         io_ports: Some(keel_servers::serial::PORTS),
@@ -91,7 +111,9 @@ pub const SERVERS: &[Server] = &[
     Server {
         name: "timer",
         priority: 170,
-        entry: keel_servers::timer::main,
+        entry: None,
+        budget_bits: 20,
+        acpi_power: false,
         serves: Some(keel_servers::timer::NAME),
         uses: &[NAMES],
         io_ports: Some(keel_servers::timer::PORTS),
@@ -106,7 +128,9 @@ pub const SERVERS: &[Server] = &[
     Server {
         name: "echo",
         priority: 150,
-        entry: keel_servers::echo::main,
+        entry: None,
+        budget_bits: 20,
+        acpi_power: false,
         serves: Some(keel_servers::echo::NAME),
         uses: &[NAMES, keel_servers::serial::NAME],
         io_ports: None,
@@ -121,16 +145,35 @@ pub const SERVERS: &[Server] = &[
         stage: Stage::Boot,
     },
     Server {
+        name: "power",
+        priority: keel_servers::power::PRIORITY,
+        entry: None,
+        budget_bits: 20,
+        acpi_power: true,
+        serves: Some(keel_servers::power::NAME),
+        uses: &[NAMES],
+        io_ports: None,
+        irqs: &[],
+        slots: 2, // the PM1b control block's and the reset register's ports
+        asks_init: false,
+        cpu: 0,
+        fsgsbase: false,
+        restart: false,
+        stage: Stage::Boot,
+    },
+    Server {
         name: "shell",
         priority: 50,
-        entry: crate::shell::main,
+        entry: None,
+        budget_bits: 20,
+        acpi_power: false,
         serves: None,
         uses: &[
             NAMES,
             keel_servers::serial::NAME,
             keel_servers::echo::NAME,
             keel_servers::timer::NAME,
-            crate::power::NAME,
+            keel_servers::power::NAME,
         ],
         io_ports: None,
         irqs: &[],

@@ -136,6 +136,26 @@ impl UntypedAllocator {
         a
     }
 
+    /// An allocator over one untyped of 2^`size_bits` bytes in root CNode slot `slot`,
+    /// nothing of it used yet (a server's memory budget).
+    pub fn single(slot: u64, size_bits: u32) -> Self {
+        let mut a = Self {
+            regions: [Region::default(); keel_abi::bootinfo::MAX_BOOT_INFO_UNTYPED_CAPS],
+            count: 1,
+        };
+        a.regions[0] = Region {
+            slot,
+            size_bits,
+            used: 0,
+        };
+        a
+    }
+
+    /// Bytes used of all untypeds (by this allocator's count).
+    pub fn used_bytes(&self) -> u64 {
+        self.regions[..self.count].iter().map(|r| r.used).sum()
+    }
+
     /// Bytes not yet used in all untypeds.
     pub fn free_bytes(&self) -> u64 {
         self.regions[..self.count]
@@ -223,6 +243,17 @@ impl Allocator {
             untyped: UntypedAllocator::new(info),
             next_ipc_buffer: crate::IPC_BUFFER_REGION.start,
             next_scratch: crate::SCRATCH_REGION.start,
+        }
+    }
+
+    /// An allocator over `slots` of the root CNode and the memory of `untyped` (init
+    /// builds a server from its budget with one), with no IPC-buffer or scratch room.
+    pub fn from_parts(slots: SlotAllocator, untyped: UntypedAllocator) -> Self {
+        Self {
+            slots,
+            untyped,
+            next_ipc_buffer: crate::IPC_BUFFER_REGION.end,
+            next_scratch: crate::SCRATCH_REGION.end,
         }
     }
 

@@ -12,6 +12,7 @@
 
 mod alloc;
 mod console;
+pub mod elf;
 pub mod fiber;
 pub mod percpu;
 mod thread;
@@ -39,8 +40,23 @@ pub fn init(boot_argument: u64) -> Option<BootInfo> {
     Some(info)
 }
 
+/// Whether a panic faults (a server program: init receives the fault) instead of
+/// ending the program with [`PANIC_EXIT`] (the root task).
+static PANIC_FAULTS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Makes a panic of this program fault (an undefined instruction) after its message, so
+/// that its fault handler (init) sees it; a server program calls this first.
+pub fn panic_faults() {
+    PANIC_FAULTS.store(true, core::sync::atomic::Ordering::Relaxed);
+}
+
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     println!("user panic: {info}");
+    if PANIC_FAULTS.load(core::sync::atomic::Ordering::Relaxed) {
+        loop {
+            keel_sys::probe::ud2();
+        }
+    }
     keel_sys::debug_thread_exit(PANIC_EXIT)
 }

@@ -36,8 +36,11 @@ pub mod slot {
     /// A badged endpoint to its creator, when the manifest gives one (init gives the
     /// shell one, to ask about the other servers' CSpaces).
     pub const INIT: u64 = 7;
+    /// What is left of its memory budget, as an untyped capability (a server init
+    /// loads from its module; see `crate::loader`).
+    pub const UNTYPED: u64 = 8;
     /// First slot of its window of free slots (the first ones hold its IRQ handlers).
-    pub const FIRST_FREE: u64 = 8;
+    pub const FIRST_FREE: u64 = 9;
 }
 
 /// A server's CSpace while its creator builds it.

@@ -1,7 +1,12 @@
 //! Keel's user-level servers and their client sides: the name service ([`names`]), the
 //! echo server ([`echo`], the template for new servers; see doc/writing-a-server.md),
 //! the serial server ([`serial`]: COM1 by interrupt, and the `log` backend) and the
-//! timer server ([`timer`]: the PIT's ticks, `sleep`).
+//! timer server ([`timer`]: the PIT's ticks, `sleep`) and the power service
+//! ([`power`]: ACPI power off and reset).
+//!
+//! Each server is also a program of its own: a crate `userland/servers/NAME` whose
+//! binary init loads from its boot module into an address space and a memory budget of
+//! its own ([`program`], [`loader`]).
 //!
 //! A server is a function `fn(u64)` that init (or a test) runs as a thread; its
 //! argument is a packed [`StartInfo`] naming the capabilities it was given. init runs
@@ -12,9 +17,16 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+// The modules moved here from init (power) name this crate by its name.
+extern crate self as keel_servers;
+
 pub mod cspace;
 pub mod echo;
+pub mod init_query;
+pub mod loader;
 pub mod names;
+pub mod power;
+pub mod program;
 pub mod serial;
 pub mod timer;
 

@@ -47,9 +47,11 @@ impl UntypedRegion {
 }
 
 impl BootInfo {
-    /// The frame whose address the kernel passed to `_start`, if it passed one.
+    /// The frame whose address the kernel passed to `_start` in RDI, if it passed one;
+    /// else (a server program) the copy whose address init passed in RSI, if any.
     pub fn get() -> Option<Self> {
         Self::at(crate::thread::boot_argument())
+            .or_else(|| Self::at(crate::thread::second_argument()))
     }
 
     /// The frame at `address`, if `address` is page-aligned and not in the first page.
@@ -140,6 +142,39 @@ impl BootInfo {
         self.extra_records()
             .find(|(header, _)| header.id == abi::extra_id::KEEL_ACPI_POWER)
             .and_then(|(_, body)| abi::KeelAcpiPower::from_bytes(body))
+    }
+
+    /// The boot modules after the root task's own, as the kernel mapped them
+    /// (read-only, [`abi::MODULE_REGION_START`] on): each one's record and bytes. Only
+    /// in the root task (the frame the kernel passed in RDI): a copy of the boot info
+    /// that init maps into a server comes without the modules, and gives none.
+    pub fn modules(&self) -> impl Iterator<Item = (abi::KeelModule, &'static [u8])> {
+        let root_task = self.address() == crate::thread::boot_argument();
+        self.extra_records()
+            .filter(move |_| root_task)
+            .filter(|(header, _)| header.id == abi::extra_id::KEEL_MODULE)
+            .filter_map(|(_, body)| abi::KeelModule::from_bytes(body))
+            .filter(|m| {
+                m.vaddr >= abi::MODULE_REGION_START
+                    && m.size <= abi::MODULE_REGION_END - m.vaddr
+                    && m.vaddr <= abi::MODULE_REGION_END
+            })
+            .map(|m| {
+                // SAFETY: this is the root task (checked above): the kernel maps each
+                // module's `size` bytes read-only at `vaddr` (inside the module region,
+                // checked above) for the root task's lifetime and nothing writes them; nothing else is mapped
+                // there (keel_abi::bootinfo::MODULE_REGION_START).
+                let bytes =
+                    unsafe { core::slice::from_raw_parts(m.vaddr as *const u8, m.size as usize) };
+                (m, bytes)
+            })
+    }
+
+    /// The boot module named `name`, if the kernel mapped one.
+    pub fn module(&self, name: &str) -> Option<&'static [u8]> {
+        self.modules()
+            .find(|(m, _)| m.name() == name)
+            .map(|(_, bytes)| bytes)
     }
 
     /// The extra records as (header, body bytes), in order.

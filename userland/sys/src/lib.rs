@@ -53,7 +53,14 @@ core::arch::global_asm!(
     .global _start
 _start:
     mov [rip + {boot_arg}], rdi
+    mov [rip + {second_arg}], rsi
+    test rdx, rdx
+    jnz 2f
     lea rsp, [rip + {root_stack} + {stack_size}]
+    jmp 3f
+2:
+    mov rsp, rdx
+3:
     xor ebp, ebp
     call keel_user_main
     mov rdi, rax
@@ -62,6 +69,7 @@ _start:
     ud2
 "#,
     boot_arg = sym thread::BOOT_ARGUMENT,
+    second_arg = sym thread::SECOND_ARGUMENT,
     root_stack = sym thread::ROOT_STACK,
     stack_size = const thread::STACK_SIZE,
     exit = const number::DEBUG_THREAD_EXIT,
@@ -71,8 +79,10 @@ _start:
 /// `fn main(argument: u64) -> u64`; its return value is the program's exit value.
 ///
 /// `_start` moves the thread onto the runtime's root stack (so that per-thread data is
-/// found as for every other thread, see [`thread`]) and passes the kernel's RDI — the
-/// address of the boot-info frame — as `argument`.
+/// found as for every other thread, see [`thread`]) — or, when RDX is not 0, onto the
+/// stack whose top RDX gives (a server program: init maps it, [`thread::STACK_SIZE`]
+/// aligned, with unmapped guard pages) — and passes the kernel's RDI — the address of
+/// the boot-info frame (a server program: its start word) — as `argument`.
 #[macro_export]
 macro_rules! entry_point {
     ($main:path) => {

@@ -142,3 +142,30 @@ pub fn port_in8(port: u16) -> u8 {
 
 /// Length of the `in al, dx` instruction of [`port_in8`].
 pub const IN_LENGTH: u64 = 1;
+
+/// Writes the first byte of this function's own code with the value it already has
+/// (a `nop`): where the program's text is mapped read-only, as init maps a server's,
+/// this raises a write page fault at [`own_text_address`]; where it is writable, the
+/// code does not change and the function returns.
+pub fn write_own_text() {
+    // SAFETY: the store writes the byte at label 2 with the value it holds (0x90, a
+    // NOP that is never executed: the jump skips it), so even where the text is
+    // writable no instruction changes; no Rust object lives in the text.
+    unsafe {
+        core::arch::asm!(
+            "mov al, 0x90",
+            "mov byte ptr [rip + 2f], al",
+            "jmp 3f",
+            "2: nop",
+            "3:",
+            out("al") _,
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
+/// An address inside the code of [`write_own_text`] (the fault address is in the same
+/// page or the next).
+pub fn own_text_address() -> u64 {
+    write_own_text as *const () as u64
+}

@@ -44,8 +44,13 @@ impl Stack {
 
 /// The root task's stack (`_start` switches to it).
 pub static ROOT_STACK: Stack = Stack::new();
-/// RDI as the kernel passed it to `_start`: the boot-info frame's address.
+/// RDI as the kernel passed it to `_start`: the boot-info frame's address (a server
+/// program started by init: its packed start information).
 pub static BOOT_ARGUMENT: AtomicU64 = AtomicU64::new(0);
+/// RSI as `_start` found it: 0 for the root task; for a server program, the address
+/// of a read-only copy of the boot-info frame when init maps one (the power server),
+/// else 0.
+pub static SECOND_ARGUMENT: AtomicU64 = AtomicU64::new(0);
 
 static STACKS: [Stack; THREAD_STACKS] = [const { Stack::new() }; THREAD_STACKS];
 static STACK_IN_USE: [AtomicBool; THREAD_STACKS] =
@@ -89,6 +94,11 @@ pub fn set_current(block: ThreadBlock) {
 /// The value the kernel passed to `_start` in RDI (the boot-info address).
 pub fn boot_argument() -> u64 {
     BOOT_ARGUMENT.load(Ordering::Relaxed)
+}
+
+/// The value `_start` found in RSI (see [`SECOND_ARGUMENT`]).
+pub fn second_argument() -> u64 {
+    SECOND_ARGUMENT.load(Ordering::Relaxed)
 }
 
 /// A stack for a new thread, owned until [`ThreadStack::release`].

@@ -21,6 +21,7 @@ mod fpu;
 mod gsbase;
 mod harness;
 mod ipc;
+mod programs;
 mod rseq;
 mod servers;
 mod threads;
@@ -66,6 +67,7 @@ fn main(argument: u64) -> u64 {
                     gsbase::run(&mut suite, &mut env);
                     rseq::run(&mut suite, &mut env);
                     servers::run(&mut suite, &mut env);
+                    programs::run(&mut suite, &mut env);
                 }
                 Err(e) => {
                     suite.fail_setup(e);

@@ -1,9 +1,11 @@
-//! init's power service: the one holder of the machine's power controls. It is a thread
-//! in init's own address space with I/O port capabilities for the ACPI PM1a (and PM1b)
+//! The power service: the one holder of the machine's power controls. It is a server
+//! program of its own (init loads it like the others) with I/O port capabilities for the ACPI PM1a (and PM1b)
 //! control block and for the reset register, registered at the name service as
 //! [`NAME`]; clients (the shell) Call it to power the machine off or restart it.
 //!
-//! The ports and values come from the kernel's ACPI power record in the boot info
+//! The ports and values come from the kernel's ACPI power record in the boot info (init
+//! maps a read-only copy of the boot-info frame and its extra records into the
+//! service's address space and passes its address in RSI; `BootInfo::get` finds it)
 //! (`keel_abi::bootinfo::KeelAcpiPower`: the FADT's PM1 control blocks and reset
 //! register, the DSDT's `\_S5` sleep types). Power off writes `SLP_TYPx | SLP_EN` to
 //! the PM1 control blocks (ACPI sleep state S5); restart writes the FADT's reset value

@@ -1,8 +1,15 @@
-//! A tiny shell on the serial console. It reads and writes through the serial server
-//! (which owns COM1) and runs `help`, `echo`, `mem`, `ps`, `caps`, `reboot` and
-//! `poweroff` (the last two through init's power service). It runs confined like any
-//! server: its capabilities are those of its own CSpace; `caps` asks init (through the
-//! endpoint in `keel_servers::cspace::slot::INIT`) what the other CSpaces hold.
+//! A tiny shell on the serial console, a server program of its own. It reads and
+//! writes through the serial server (which owns COM1) and runs `help`, `echo`, `mem`,
+//! `ps`, `caps`, `reboot` and `poweroff` (the last two through the power service). It
+//! runs confined like any server: its capabilities are those of its own CSpace; `ps`,
+//! `mem` and `caps` ask init (through the endpoint in
+//! `keel_servers::cspace::slot::INIT`, `keel_servers::init_query`) what it started,
+//! its memory totals and what the other CSpaces hold.
+#![no_std]
+#![no_main]
+#![deny(unsafe_code)]
+
+keel_servers::server_program!(main);
 
 use core::fmt::Write as _;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -12,9 +19,8 @@ use keel_servers::cspace::slot;
 use keel_servers::{StartInfo, names, serial};
 use keel_sys::cap::{Cap, Endpoint, Unknown};
 
-use crate::manifest::SERVERS;
-use crate::power;
-use crate::registry::{self, Role, SlotContents, State};
+use keel_servers::init_query::{self, Handed, Role, SlotContents, State, ThreadInfo};
+use keel_servers::power;
 
 /// The serial server endpoint the shell writes to (0 until it has one).
 static OUTPUT: AtomicU64 = AtomicU64::new(0);
@@ -152,9 +158,9 @@ impl Shell {
                 println!("  poweroff    turn the machine off (ACPI S5, through the power service)");
             }
             "echo" => self.echo(rest.trim_start()),
-            "mem" => mem(),
+            "mem" => self.mem(),
             "sleep" => self.sleep(rest.trim()),
-            "ps" => ps(),
+            "ps" => self.ps(),
             "caps" => self.caps(rest.trim()),
             "fault" => self.fault(rest.trim()),
             "reboot" => self.power(power::RESTART),
@@ -189,38 +195,55 @@ impl Shell {
     }
 }
 
-/// `ps`: init first, then what init started, in start order.
-fn ps() {
-    println!("NAME      PRIO  CPU  TCB   STATE");
-    println!(
-        "{:<8} {:>5} {:>4} {:>4}   running (root task; receives faults)",
-        "init",
-        crate::INIT_PRIORITY,
-        0,
-        keel_sys::cap::init::TCB.cptr()
-    );
-    let order = (0..SERVERS.len())
-        .filter(|&i| SERVERS[i].stage == crate::manifest::Stage::Boot)
-        .chain([registry::POWER])
-        .chain((0..SERVERS.len()).filter(|&i| SERVERS[i].stage == crate::manifest::Stage::Ready));
-    for i in order {
-        let state = registry::state(i);
-        if state == State::NotStarted {
-            continue;
-        }
-        print!(
-            "{:<8} {:>5} {:>4} {:>4}   ",
-            registry::name(i),
-            registry::priority(i),
-            registry::cpu(i).unwrap_or(0),
-            registry::tcb(i).unwrap_or(0),
+impl Shell {
+    /// The threads init started, in its order (its manifest's), as `(index, info)`.
+    fn threads(&self) -> impl Iterator<Item = (usize, ThreadInfo)> + '_ {
+        let init = self.init;
+        (0..init_query::MAX_THREADS).map_while(move |i| {
+            init.and_then(|init| init_query::thread(init, i))
+                .map(|t| (i, t))
+        })
+    }
+
+    /// `ps`: init first, then what init started, in start order.
+    fn ps(&self) {
+        let Some(init) = self.init else {
+            println!("ps: the shell has no endpoint to init");
+            return;
+        };
+        println!("NAME      PRIO  CPU  TCB   KIB USED/BUDGET  STATE");
+        println!(
+            "{:<8} {:>5} {:>4} {:>4}   {:<16} running (root task; receives faults)",
+            "init",
+            init_query::system(init).init_priority,
+            0,
+            keel_sys::cap::init::TCB.cptr(),
+            "-"
         );
-        match state {
-            State::Faulted(label) => println!("faulted (fault label {label}), stopped"),
-            _ if registry::restarts(i) > 0 => {
-                println!("running (restarted {} time(s))", registry::restarts(i))
+        for (_, t) in self.threads() {
+            let state = t.state();
+            if state == State::NotStarted {
+                continue;
             }
-            _ => println!("running"),
+            let memory = match (t.budget, t.used) {
+                (0, _) => BudgetColumn(None),
+                (budget, used) => BudgetColumn(Some((used >> 10, budget >> 10))),
+            };
+            print!(
+                "{:<8} {:>5} {:>4} {:>4}   {:<16} ",
+                t.name(),
+                t.priority,
+                t.cpu,
+                t.tcb,
+                memory,
+            );
+            match state {
+                State::Faulted(label) => println!("faulted (fault label {label}), stopped"),
+                _ if t.restarts > 0 => {
+                    println!("running (restarted {} time(s))", t.restarts)
+                }
+                _ => println!("running"),
+            }
         }
     }
 }
@@ -264,25 +287,27 @@ impl Shell {
             println!("init holds the root CNode: every capability in the system");
             return;
         }
-        let Some(index) = registry::find(name) else {
-            println!("usage: caps NAME (one of: {})", Names);
-            return;
-        };
         let Some(init) = self.init else {
             println!("caps: the shell has no endpoint to init");
             return;
         };
-        let kind = |slot: u64| match registry::identify(init, index, slot) {
+        let Some((index, thread)) = self.threads().find(|(_, t)| t.name() == name) else {
+            println!("usage: caps NAME (one of: {})", Names(self));
+            return;
+        };
+        let kind = |slot: u64| match init_query::identify(init, index, slot) {
             SlotContents::Tag(tag) => cap_tag::name(tag),
             SlotContents::Uncopyable => "reply",
             SlotContents::Unknown => "?",
         };
         let badge = index + 1;
-        match registry::cnode(index) {
-            Some(0) => println!("caps of {name} (it runs in init's root CNode):"),
-            _ => println!("caps of {name} (its own CSpace):"),
-        }
-        for handed in registry::caps(index) {
+        println!("caps of {name} (its own CSpace):");
+        let mut handed_list = [Handed {
+            cptr: 0,
+            role: Role::Tcb,
+        }; init_query::MAX_CAPS];
+        let count = init_query::caps(init, index, &mut handed_list);
+        for handed in &handed_list[..count] {
             match handed.role {
                 Role::Slots(_) | Role::BoundNotification => {}
                 _ => print!("  slot {:>4}  {:<12} ", handed.cptr, kind(handed.cptr)),
@@ -290,13 +315,7 @@ impl Shell {
             match handed.role {
                 Role::Tcb => println!("its own TCB"),
                 Role::CNode(radix) => println!("its own CNode, {} slots", 1u64 << radix),
-                Role::Serve => println!(
-                    "the endpoint it serves as '{}'",
-                    SERVERS
-                        .get(index)
-                        .and_then(|s| s.serves)
-                        .unwrap_or(power::NAME)
-                ),
+                Role::Serve => println!("the endpoint it serves as '{}'", thread.serves()),
                 Role::Names => println!("the name service, badge {badge}"),
                 Role::Slots(count) => {
                     let used = (0..count as u64)
@@ -312,6 +331,10 @@ impl Shell {
                 Role::Fault => println!("its fault endpoint, badge {badge} (init receives)"),
                 Role::IrqHandler(irq) => println!("the handler of IRQ {irq}"),
                 Role::Init => println!("init's question endpoint (for caps)"),
+                Role::Untyped(bits) => println!(
+                    "the rest of its memory budget, {} KiB",
+                    (1u64 << bits) >> 10
+                ),
                 Role::BoundNotification => println!(
                     "  (not in its CSpace) the notification its IRQs signal, bound to its TCB"
                 ),
@@ -320,27 +343,73 @@ impl Shell {
     }
 }
 
-/// The names `caps` accepts, for its usage line.
-struct Names;
+/// `ps`'s memory column: `used/budget` in KiB, or `-` (a thread of init's image,
+/// whose memory is init's).
+struct BudgetColumn(Option<(u64, u64)>);
 
-impl core::fmt::Display for Names {
+impl core::fmt::Display for BudgetColumn {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            Some((used, budget)) => f.pad(&short_text(format_args!("{used}/{budget}"))),
+            None => f.pad("-"),
+        }
+    }
+}
+
+/// Formats `args` into a short fixed buffer (for padding).
+fn short_text(args: core::fmt::Arguments<'_>) -> ShortText {
+    let mut text = ShortText([0; 32], 0);
+    let _ = text.write_fmt(args);
+    text
+}
+
+/// Up to 32 bytes of text.
+struct ShortText([u8; 32], usize);
+
+impl core::fmt::Write for ShortText {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let n = s.len().min(self.0.len() - self.1);
+        self.0[self.1..self.1 + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.1 += n;
+        Ok(())
+    }
+}
+
+impl core::ops::Deref for ShortText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        core::str::from_utf8(&self.0[..self.1]).unwrap_or("")
+    }
+}
+
+/// The names `caps` accepts, for its usage line.
+struct Names<'a>(&'a Shell);
+
+impl core::fmt::Display for Names<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("init")?;
-        for i in 0..=registry::POWER {
-            write!(f, ", {}", registry::name(i))?;
+        for (_, t) in self.0.threads() {
+            write!(f, ", {}", t.name())?;
         }
         Ok(())
     }
 }
 
-fn mem() {
-    let kib = |b: u64| b >> 10;
-    let mib = |b: u64| b >> 20;
-    println!(
-        "untyped: {} KiB RAM in {} caps ({} KiB unused after boot), {} MiB device",
-        kib(crate::MEM_RAM.load(Ordering::Relaxed)),
-        crate::MEM_RAM_CAPS.load(Ordering::Relaxed),
-        kib(crate::MEM_FREE.load(Ordering::Relaxed)),
-        mib(crate::MEM_DEVICE.load(Ordering::Relaxed)),
-    );
+impl Shell {
+    /// `mem`: the untyped memory of the boot info, and what init had left once the
+    /// boot-stage servers were up (asked of init).
+    fn mem(&self) {
+        let Some(init) = self.init else {
+            println!("mem: the shell has no endpoint to init");
+            return;
+        };
+        let m = init_query::system(init);
+        println!(
+            "untyped: {} KiB RAM in {} caps ({} KiB unused after boot), {} MiB device",
+            m.ram >> 10,
+            m.ram_caps,
+            m.free >> 10,
+            m.device >> 20,
+        );
+    }
 }
