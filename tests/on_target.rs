@@ -188,6 +188,40 @@ fn tcg_max_smp4_uefi_4g_pc() {
     test_leg("max", 4, true, "4G", "pc");
 }
 
+/// `keel.check_invariants=4`: the kernel runs its invariant checker
+/// (`keel_kern::invariants`) after every 4th system call of the whole test image and
+/// panics on a broken invariant; the run must pass as any other leg. One CPU: a check
+/// holds the big kernel lock for milliseconds, and the lock is not fair, so with two
+/// CPUs the cross-CPU tests' timeouts expire.
+#[test]
+fn tcg_max_smp1_bios_256m_q35_check_invariants() {
+    let args = [
+        "--image",
+        "test",
+        "--smp",
+        "1",
+        "--cmdline",
+        "keel.check_invariants=4",
+        "--timeout",
+        "300",
+    ];
+    let run = runner(&args);
+    let problems = problems(&run);
+    assert!(
+        problems.is_empty(),
+        "keel {}:\n{}\n{}",
+        args.join(" "),
+        problems.join("\n"),
+        run.report()
+    );
+    assert!(
+        run.serial
+            .contains("checking the kernel's invariants every 4 system call(s)"),
+        "the checker was not switched on\n{}",
+        run.report()
+    );
+}
+
 /// `keel.test_fail` adds a failing in-kernel test: the run must be judged FAILED, both by
 /// this harness and by the runner, which proves a broken kernel cannot pass.
 #[test]

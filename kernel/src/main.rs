@@ -100,6 +100,16 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
         Ok(root) => root,
         Err(e) => panic!("root task '{}' cannot be built: {e:?}", module.name),
     };
+    // `keel.check_invariants` (every system call) or `keel.check_invariants=N`.
+    let every = cmdline::value(&boot.cmdline, "keel.check_invariants")
+        .and_then(|n| n.parse::<u32>().ok())
+        .filter(|&n| n > 0)
+        .or_else(|| cmdline::flag(&boot.cmdline, "keel.check_invariants").then_some(1));
+    if let Some(every) = every {
+        log::info!("keel: checking the kernel's invariants every {every} system call(s)");
+        kernel.invariant_root = root.tcb;
+        kernel.invariant_every = every;
+    }
     let free = hal::memory::take_free_ranges();
     let mut untyped_bytes = 0;
     for &(start, end) in &free {
@@ -266,6 +276,7 @@ fn syscall() -> u64 {
         _ => None,
     };
     if let Some((next, pml4)) = fast {
+        check_invariants(k);
         // The fastpath switched directly to a thread that can run: no scheduling.
         let c = &k.tcb(next).context;
         if c.rip < hal::layout::USER_END {
@@ -274,7 +285,9 @@ fn syscall() -> u64 {
         return prepare(k);
     }
     k.handle_syscall(number);
-    prepare(k)
+    let entry = prepare(k);
+    check_invariants(k);
+    entry
 }
 
 fn handle_interrupt(k: &mut Kernel<Machine>, vector: u64) {
@@ -315,6 +328,17 @@ fn idle_poll() -> u64 {
     match guard.as_mut() {
         Some(k) => prepare(k),
         None => 0,
+    }
+}
+
+/// `keel.check_invariants`: checks the kernel's state (`keel_kern::invariants`); a
+/// broken invariant panics the kernel.
+#[inline(always)]
+fn check_invariants(k: &mut Kernel<Machine>) {
+    if k.invariant_root != 0
+        && let Err(v) = k.check_invariants_after_syscall()
+    {
+        panic!("kernel invariant broken: {v}");
     }
 }
 

@@ -478,10 +478,13 @@ impl RootTask {
             if bits < 12 || self.untyped_count >= bootinfo::MAX_BOOT_INFO_UNTYPED_CAPS {
                 return;
             }
+            // Boot memory is not known to be zero: RAM untypeds start all used, so
+            // their first Retype zeroes them (with preemption points) and memory
+            // above the free index is zero from then on (`object::untyped`).
             let cap = Cap::Untyped {
                 base: start,
                 size_bits: bits as u8,
-                free_index: 0,
+                free_index: if device { 0 } else { 1 << bits },
                 device,
             };
             if self.push(k, cap).is_err() {

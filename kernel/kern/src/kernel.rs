@@ -158,6 +158,21 @@ impl CpuState {
         self.top.checked_sub(1).map(|p| p as u8)
     }
 
+    /// The first thread of the ready queue of priority `prio` (0 = empty).
+    pub fn ready_head(&self, prio: u8) -> u64 {
+        self.heads[prio as usize]
+    }
+
+    /// The last thread of the ready queue of priority `prio` (0 = empty).
+    pub fn ready_tail(&self, prio: u8) -> u64 {
+        self.tails[prio as usize]
+    }
+
+    /// Whether the bitmap marks priority `prio` as having a ready thread.
+    pub fn ready_bit(&self, prio: u8) -> bool {
+        self.bitmap[prio as usize / 64] & (1 << (prio % 64)) != 0
+    }
+
     /// The highest priority whose bitmap bit is set (what `top` summarises).
     pub fn scan_highest(&self) -> Option<u8> {
         (0..self.bitmap.len())
@@ -258,6 +273,14 @@ pub struct Kernel<H: Hardware> {
     pub user_rseq: bool,
     /// What DebugPlatformFlags reports.
     pub platform_flags: u64,
+    /// `keel.check_invariants`: the TCB (the root task's) from which the glue runs
+    /// [`Kernel::check_invariants`](crate::invariants) after system calls; 0 = off.
+    pub invariant_root: u64,
+    /// `keel.check_invariants=N`: the check runs after every N-th system call (1 =
+    /// every one).
+    pub invariant_every: u32,
+    /// System calls since the last check.
+    pub invariant_countdown: u32,
     /// Address spaces that carry an LDT (see `object::ldt`).
     pub ldts: [crate::object::ldt::LdtAttachment; crate::object::ldt::MAX_LDT_ATTACHMENTS],
 }
@@ -280,6 +303,9 @@ impl<H: Hardware> Kernel<H> {
             work_since_check: 0,
             user_rseq: true,
             platform_flags: 0,
+            invariant_root: 0,
+            invariant_every: 1,
+            invariant_countdown: 0,
             ldts: [crate::object::ldt::LdtAttachment {
                 asid: 0,
                 pml4: 0,

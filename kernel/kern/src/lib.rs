@@ -25,6 +25,7 @@ pub mod elf;
 pub mod fastpath;
 pub mod fault;
 pub mod frames;
+pub mod invariants;
 pub mod invocation;
 pub mod ipc;
 pub mod kernel;

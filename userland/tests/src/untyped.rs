@@ -26,6 +26,9 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
     suite.run("untyped_revoke_returns_memory_1000_times", || {
         revoke_returns(env)
     });
+    suite.run("untyped_big_cnode_delete_and_revoke_return_memory", || {
+        big_cnode(env)
+    });
     suite.run("untyped_copy_with_children_is_revoke_first", || {
         revoke_first(env)
     });
@@ -267,6 +270,45 @@ fn revoke_returns(env: &mut Env) -> TestResult {
     }
     ut.retype(ObjectType::X86Page4K, 0, init::CNODE, 0, 0, first, 16)
         .or_fail("retype after deleting every child")
+}
+
+/// A 4096-slot CNode holding 1024 endpoints goes with its one capability (a deletion
+/// long enough to stop at preemption points and be redone), then, rebuilt, with a
+/// revoke of its untyped; each time the untyped retypes whole again (its reset zeroes
+/// the memory in chunks, also preemptible).
+fn big_cnode(env: &mut Env) -> TestResult {
+    let (ut, first) = fresh(env, 20, 2)?;
+    for round in 0..2 {
+        ut.retype(ObjectType::CapTable, 12, init::CNODE, 0, 0, first, 1)
+            .or_fail("big CNode")?;
+        for k in 0..4 {
+            ut.retype(
+                ObjectType::Endpoint,
+                0,
+                init::CNODE,
+                first,
+                DEPTH.into(),
+                k * 256,
+                256,
+            )
+            .or_fail("endpoints into the big CNode")?;
+        }
+        if round == 0 {
+            init::CNODE
+                .delete(first, DEPTH)
+                .or_fail("delete the big CNode")?;
+            ensure!(env.is_empty(first), "the big CNode's slot is not empty");
+        } else {
+            init::CNODE.revoke(ut.cptr(), DEPTH).or_fail("revoke")?;
+            ensure!(env.is_empty(first), "revoke left the big CNode");
+        }
+        ut.retype(ObjectType::Untyped, 20, init::CNODE, 0, 0, first + 1, 1)
+            .or_fail("the whole untyped again")?;
+        init::CNODE
+            .revoke(ut.cptr(), DEPTH)
+            .or_fail("revoke the whole")?;
+    }
+    Ok(())
 }
 
 fn revoke_first(env: &mut Env) -> TestResult {

@@ -24,6 +24,9 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
     suite.run("vspace_unmap_then_access_faults_and_remap", || {
         unmap_faults(env)
     });
+    suite.run("vspace_remap_on_another_cpu_is_seen_here", || {
+        remap_across_cpus(env)
+    });
     suite.run("vspace_read_only_mapping_faults_on_write", || {
         read_only(env)
     });
@@ -204,6 +207,62 @@ fn unmap_faults(env: &mut Env) -> TestResult {
             shared(0) == 0x77 | 1 << 63,
             "read {:#x} after remap",
             shared(0)
+        );
+        Ok(())
+    })();
+    env.destroy(t)?;
+    result
+}
+
+/// Moves the root VSpace's page at shared word 10 from frame shared(11) to frame
+/// shared(12), then reports in shared word 0 (1 = done, 2 = failed).
+fn remapper(_: u64) {
+    let old = Cap::<Frame>::from_cptr(shared(11));
+    let new = Cap::<Frame>::from_cptr(shared(12));
+    let done = old.unmap().is_ok()
+        && new
+            .map(
+                init::VSPACE,
+                shared(10),
+                CapRights::READ_WRITE,
+                VmAttributes::DEFAULT,
+            )
+            .is_ok();
+    set_shared(0, if done { 1 } else { 2 });
+}
+
+/// A page this thread has just read (so this CPU's TLB holds it) is remapped to another
+/// frame by a thread on another CPU: the shootdown must reach this CPU, which then
+/// reads the new frame (a stale TLB entry, e.g. kept under a PCID, would show the old
+/// one).
+fn remap_across_cpus(env: &mut Env) -> TestResult {
+    let cpus = env.info.num_nodes();
+    if cpus < 2 {
+        return Err(Why::Skipped("needs two CPUs"));
+    }
+    let (old, vaddr) = new_mapping(env, CapRights::READ_WRITE, VmAttributes::DEFAULT)?;
+    let (new, other_vaddr) = new_mapping(env, CapRights::READ_WRITE, VmAttributes::DEFAULT)?;
+    probe::write_u64(other_vaddr, 0x2222);
+    new.unmap().or_fail("unmap the new frame")?;
+    probe::write_u64(vaddr, 0x1111);
+    ensure!(probe::read_u64(vaddr) == 0x1111, "first read");
+    set_shared(0, 0);
+    set_shared(10, vaddr);
+    set_shared(11, old.cptr());
+    set_shared(12, new.cptr());
+    let t = env.create(remapper, 0, CHILD_PRIORITY)?;
+    let result = (|| {
+        t.tcb.set_affinity(cpus - 1).or_fail("SetAffinity")?;
+        t.start().or_fail("start")?;
+        ensure!(
+            wait_until(|| shared(0) != 0),
+            "the thread on the other CPU did not run"
+        );
+        ensure!(shared(0) == 1, "remapping on the other CPU failed");
+        let v = probe::read_u64(vaddr);
+        ensure!(
+            v == 0x2222,
+            "read {v:#x}, not the new frame's 0x2222 (a stale TLB entry)"
         );
         Ok(())
     })();

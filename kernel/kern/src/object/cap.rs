@@ -157,8 +157,16 @@ pub enum Cap {
     Domain,
     /// Keel: the authority to let threads use RD/WR FS/GS BASE.
     FsGsBaseControl,
-    /// A capability in the middle of deletion (a CNode or TCB being emptied).
-    Zombie { ptr: u64, is_tcb: bool, radix: u8 },
+    /// A capability in the middle of deletion (a CNode or TCB being emptied). `scan`:
+    /// the emptying's progress, kept between system calls when a preemption point
+    /// stopped it: the object's slots below index `scan` are empty (except the slot
+    /// holding this Zombie, if the object holds it).
+    Zombie {
+        ptr: u64,
+        is_tcb: bool,
+        radix: u8,
+        scan: u64,
+    },
     /// Keel: an LDT object (4 KiB, 512 descriptors) at `base`.
     Ldt { base: u64 },
 }
@@ -308,12 +316,17 @@ impl Cap {
             }
             Cap::Domain => [tagged(Tag::Domain, 0), 0],
             Cap::FsGsBaseControl => [tagged(Tag::FsGsBaseControl, 0), 0],
-            Cap::Zombie { ptr, is_tcb, radix } => [
+            Cap::Zombie {
+                ptr,
+                is_tcb,
+                radix,
+                scan,
+            } => [
                 tagged(
                     Tag::Zombie,
                     ptr | ((is_tcb as u64) << 52) | ((radix as u64 & 63) << 53),
                 ),
-                0,
+                scan,
             ],
             Cap::Ldt { base } => [tagged(Tag::Ldt, base >> 12), 0],
         }
@@ -398,6 +411,7 @@ impl Cap {
                 ptr: addr,
                 is_tcb: rest & (1 << 52) != 0,
                 radix: ((rest >> 53) & 63) as u8,
+                scan: w1,
             },
             21 => Cap::Ldt { base: page },
             _ => Cap::Null,
@@ -457,7 +471,9 @@ impl Cap {
             Cap::Pml4 { base, .. } | Cap::AsidPool { base, .. } | Cap::Ldt { base } => {
                 Some((base, 4096))
             }
-            Cap::Zombie { ptr, is_tcb, radix } => Some((
+            Cap::Zombie {
+                ptr, is_tcb, radix, ..
+            } => Some((
                 ptr,
                 if is_tcb {
                     1 << super::TCB_BITS
@@ -615,6 +631,7 @@ mod tests {
                 ptr: 0x10000,
                 is_tcb: false,
                 radix: 8,
+                scan: 17,
             },
             Cap::Ldt {
                 base: 0xf_ffff_f000,

@@ -143,35 +143,58 @@ pub fn update_data(cap: Cap, data: u64, mint: bool) -> Option<Cap> {
 /// Deleting a capability whose slot is being emptied (the work stack of [`Kernel::delete`]).
 const DELETE_STACK: usize = 32;
 
+/// Empty slots scanned while emptying a CNode that count as one unit of work between
+/// preemption points.
+const SCAN_UNIT: u64 = 64;
+
+/// The scan position a Zombie records (0 for anything else).
+fn zombie_scan(cap: Cap) -> u64 {
+    match cap {
+        Cap::Zombie { scan, .. } => scan,
+        _ => 0,
+    }
+}
+
 impl<H: Hardware> Kernel<H> {
-    /// Deletes the capability in `slot`, finalising its object if it was the last one.
-    pub fn delete(&mut self, slot: u64) {
+    /// Deletes the capability in `slot`, finalising its object if it was the last one,
+    /// with preemption points while a CNode or TCB is emptied: returns false if it
+    /// stopped for a pending interrupt ([`Kernel::preempted`] is then set). The slot
+    /// then holds a Zombie that records the progress, and deleting it again continues.
+    pub fn delete(&mut self, slot: u64) -> bool {
+        self.delete_with(slot, true)
+    }
+
+    fn delete_with(&mut self, slot: u64, preemptible: bool) -> bool {
         let cap = cspace::cap(&self.hw, slot);
         if cap.is_null() {
-            return;
+            return true;
         }
         if !cspace::is_final(&self.hw, slot) {
             self.unmap_if_frame(cap);
             cspace::remove(&mut self.hw, slot);
-            return;
+            return true;
         }
         match cap {
-            Cap::CNode { .. } | Cap::Tcb { .. } | Cap::Zombie { .. } => self.empty_and_delete(slot),
+            Cap::CNode { .. } | Cap::Tcb { .. } | Cap::Zombie { .. } => {
+                self.empty_and_delete(slot, preemptible)
+            }
             _ => {
                 self.finalise(cap);
                 cspace::remove(&mut self.hw, slot);
+                true
             }
         }
     }
 
-    /// Deletes a capability that never needs emptying (used for reply and caller caps).
+    /// Deletes a capability without preemption points (used for reply and caller caps,
+    /// which never need emptying, from paths that cannot be redone).
     pub fn delete_one(&mut self, slot: u64) {
         let cap = cspace::cap(&self.hw, slot);
         if matches!(
             cap,
             Cap::CNode { .. } | Cap::Tcb { .. } | Cap::Zombie { .. }
         ) {
-            self.delete(slot);
+            self.delete_with(slot, false);
             return;
         }
         if cspace::is_final(&self.hw, slot) {
@@ -194,16 +217,23 @@ impl<H: Hardware> Kernel<H> {
     }
 
     /// Turns the final CNode/TCB capability in `root` into a Zombie and empties it and
-    /// everything it alone keeps alive, iteratively.
-    fn empty_and_delete(&mut self, root: u64) {
+    /// everything it alone keeps alive, iteratively. With `preemptible`, stops at a
+    /// preemption point when an interrupt is pending (returns false): every Zombie on
+    /// the work stack then records its scan position, and each nested Zombie sits in a
+    /// slot of the object containing it, so deleting `root` again finds the work where
+    /// it stopped.
+    fn empty_and_delete(&mut self, root: u64, preemptible: bool) -> bool {
         let mut stack = [(0u64, 0u64); DELETE_STACK]; // (zombie slot, next index to scan)
         let mut depth = 0;
         self.make_zombie(root);
-        stack[0] = (root, 0);
+        stack[0] = (root, zombie_scan(cspace::cap(&self.hw, root)));
         loop {
             let (zslot, start) = stack[depth];
-            let Cap::Zombie { ptr, is_tcb, radix } = cspace::cap(&self.hw, zslot) else {
-                return;
+            let Cap::Zombie {
+                ptr, is_tcb, radix, ..
+            } = cspace::cap(&self.hw, zslot)
+            else {
+                return true;
             };
             let count = if is_tcb {
                 tcb::TCB_SLOTS
@@ -211,11 +241,23 @@ impl<H: Hardware> Kernel<H> {
                 1u64 << radix
             };
             // The first full slot, skipping the zombie's own slot if the object holds
-            // its own zombie (that one goes last, with the object).
-            let found = (start..count).find(|&i| {
+            // its own zombie (that one goes last, with the object). Every
+            // `SCAN_UNIT` empty slots count as one unit of work.
+            let mut i = start;
+            let mut found = None;
+            while i < count {
                 let s = ptr + i * cspace::SLOT_BYTES;
-                s != zslot && !cspace::cap(&self.hw, s).is_null()
-            });
+                if s != zslot && !cspace::cap(&self.hw, s).is_null() {
+                    found = Some(i);
+                    break;
+                }
+                i += 1;
+                if preemptible && i % SCAN_UNIT == 0 && i < count && self.preemption_point() {
+                    stack[depth].1 = i;
+                    self.save_delete_progress(&stack[..=depth]);
+                    return false;
+                }
+            }
             let Some(i) = found else {
                 // Empty: the object dies.
                 if is_tcb {
@@ -224,9 +266,13 @@ impl<H: Hardware> Kernel<H> {
                 }
                 cspace::remove(&mut self.hw, zslot);
                 if depth == 0 {
-                    return;
+                    return true;
                 }
                 depth -= 1;
+                if preemptible && self.preemption_point() {
+                    self.save_delete_progress(&stack[..=depth]);
+                    return false;
+                }
                 continue;
             };
             stack[depth].1 = i;
@@ -238,6 +284,10 @@ impl<H: Hardware> Kernel<H> {
             if !needs_emptying {
                 self.finalise_if_final(inner);
                 cspace::remove(&mut self.hw, inner);
+                if preemptible && self.preemption_point() {
+                    self.save_delete_progress(&stack[..=depth]);
+                    return false;
+                }
                 continue;
             }
             if let Some(j) = stack[..depth].iter().position(|&(s, _)| s == inner) {
@@ -253,9 +303,11 @@ impl<H: Hardware> Kernel<H> {
             if !matches!(cap, Cap::Zombie { .. }) {
                 self.make_zombie(inner);
             }
+            // A Zombie left by an earlier, preempted deletion resumes where it stopped.
+            let resume = zombie_scan(cspace::cap(&self.hw, inner));
             if depth + 1 < DELETE_STACK {
                 depth += 1;
-                stack[depth] = (inner, 0);
+                stack[depth] = (inner, resume);
             } else {
                 // Too deep to remember: restart this level's scan from 0 later.
                 stack[depth].1 = 0;
@@ -264,7 +316,30 @@ impl<H: Hardware> Kernel<H> {
                     stack[d] = stack[d - 1];
                     d -= 1;
                 }
-                stack[depth] = (inner, 0);
+                stack[depth] = (inner, resume);
+            }
+        }
+    }
+
+    /// Records each work-stack level's scan position in its Zombie, for the redone
+    /// deletion. (Levels dropped from a full stack keep an older, smaller position,
+    /// which is still correct: slots below it stay empty.)
+    fn save_delete_progress(&mut self, stack: &[(u64, u64)]) {
+        for &(zslot, next) in stack {
+            if let Cap::Zombie {
+                ptr, is_tcb, radix, ..
+            } = cspace::cap(&self.hw, zslot)
+            {
+                cspace::set_cap(
+                    &mut self.hw,
+                    zslot,
+                    Cap::Zombie {
+                        ptr,
+                        is_tcb,
+                        radix,
+                        scan: next,
+                    },
+                );
             }
         }
     }
@@ -287,6 +362,7 @@ impl<H: Hardware> Kernel<H> {
                     ptr,
                     is_tcb: false,
                     radix,
+                    scan: 0,
                 },
             ),
             Cap::Tcb { ptr } => {
@@ -305,6 +381,7 @@ impl<H: Hardware> Kernel<H> {
                         ptr,
                         is_tcb: true,
                         radix: 0,
+                        scan: 0,
                     },
                 )
             }
@@ -358,7 +435,9 @@ impl<H: Hardware> Kernel<H> {
             if next == 0 || !cspace::is_parent_of(&self.hw, slot, next) {
                 return true;
             }
-            self.delete(next);
+            if !self.delete(next) {
+                return false;
+            }
             if cspace::cap(&self.hw, next) != Cap::Null && cspace::next(&self.hw, slot) == next {
                 // Could not delete (should not happen): stop rather than loop.
                 return true;
@@ -426,6 +505,7 @@ impl<H: Hardware> Kernel<H> {
                 Ok(0)
             }
             L::CNodeDelete => {
+                // Preempted: `handle_invocation` makes the thread redo the call.
                 self.delete(dest);
                 Ok(0)
             }

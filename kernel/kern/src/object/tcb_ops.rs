@@ -188,6 +188,9 @@ impl<H: Hardware> Kernel<H> {
                 let (fault_ep, cspace_data, vspace_data, buffer) =
                     (args.mr(0), args.mr(1), args.mr(2), args.mr(3));
                 self.set_space(t, args, fault_ep, cspace_data, vspace_data, 0)?;
+                if self.preempted {
+                    return Ok(0); // redone after the interrupt
+                }
                 self.set_ipc_buffer(t, args, buffer, 2)?;
                 Ok(0)
             }
@@ -418,7 +421,11 @@ impl<H: Hardware> Kernel<H> {
             if slot == source {
                 continue; // installing a thread's own root in place
             }
-            self.delete(slot);
+            if !self.delete(slot) {
+                // Stopped at a preemption point (emptying the old root): the thread
+                // redoes the call, which continues the deletion (`handle_invocation`).
+                return Ok(());
+            }
             if cspace::cap(&self.hw, source).is_null() {
                 continue; // the source was deleted along with the old root
             }

@@ -2,11 +2,16 @@
 //!
 //! An Untyped capability covers 2^n bytes; its free index says how many bytes from the
 //! start are used. Retype carves objects after the free index (each aligned to its
-//! size), zeroes them, and places a capability to each in consecutive empty slots of a
-//! destination CNode, as children of the Untyped. When the Untyped has no children left
-//! (everything was revoked), the free index returns to 0 and the memory is reused.
-//! Device untypeds (MMIO) can only become frames or smaller untypeds, never kernel
-//! objects.
+//! size), initialises them, and places a capability to each in consecutive empty slots
+//! of a destination CNode, as children of the Untyped. When the Untyped has no children
+//! left (everything was revoked), Retype first resets it: it zeroes the used bytes from
+//! the free index down to 0 in chunks, with preemption points, and the memory is
+//! reused. Device untypeds (MMIO) can only become frames or smaller untypeds, never
+//! kernel objects.
+//!
+//! Invariant (as seL4's): the memory of a RAM untyped above its free index is zero, so
+//! new objects need no zeroing. The root task's untypeds start with the free index at
+//! the end (nothing is known about boot memory), so their first Retype zeroes them.
 
 use keel_abi::error::Error;
 use keel_abi::invocation::InvocationLabel;
@@ -18,6 +23,10 @@ use crate::object::cap::{Cap, FrameSize, Rights, VmRights};
 use crate::object::cspace;
 use crate::object::endpoint::{Endpoint, Notification};
 use crate::object::tcb::{self, Tcb};
+
+/// log2 of the bytes an untyped reset zeroes between two preemption points (seL4
+/// CONFIG_RESET_CHUNK_BITS).
+pub const RESET_CHUNK_BITS: u32 = 12;
 
 /// Most objects one Retype may create (seL4 CONFIG_RETYPE_FAN_OUT_LIMIT).
 pub const RETYPE_FAN_OUT_LIMIT: u64 = 256;
@@ -131,6 +140,11 @@ impl<H: Hardware> Kernel<H> {
         let needed = count * object_size;
         // Decoding done: nothing below fails.
         let untyped_slot = args.slot;
+        if free == 0 && free_index != 0 && !self.reset_untyped(untyped_slot) {
+            // Stopped at a preemption point: the thread redoes the Retype, which
+            // continues the reset from the lowered free index (`handle_invocation`).
+            return Ok(0);
+        }
         let new_free = start + needed;
         cspace::set_cap(
             &mut self.hw,
@@ -145,11 +159,56 @@ impl<H: Hardware> Kernel<H> {
         // Insert the children in reverse so they end up in slot order after the parent.
         for i in (0..count).rev() {
             let object = base + start + i * object_size;
-            let new_cap = self.create_object(kind, object, object_bits, user_size, device);
+            // The memory is above the free index: already zero.
+            let new_cap = self.init_object(kind, object, object_bits, user_size, device, false);
             let dest = node_ptr + (node_offset + i) * cspace::SLOT_BYTES;
             cspace::insert_child(&mut self.hw, untyped_slot, dest, new_cap);
         }
         Ok(0)
+    }
+
+    /// Resets the untyped in `slot`, which has no children left: zeroes its used bytes
+    /// from the free index down, one [`RESET_CHUNK_BITS`] chunk at a time with a
+    /// preemption point after each, lowering the free index as it goes (so memory above
+    /// the free index stays zero, and a redone Retype continues from there). Returns
+    /// false if it stopped for a pending interrupt. Device memory is not zeroed.
+    fn reset_untyped(&mut self, slot: u64) -> bool {
+        let Cap::Untyped {
+            base,
+            size_bits,
+            free_index,
+            device,
+        } = cspace::cap(&self.hw, slot)
+        else {
+            return true;
+        };
+        let set = |k: &mut Self, free_index| {
+            cspace::set_cap(
+                &mut k.hw,
+                slot,
+                Cap::Untyped {
+                    base,
+                    size_bits,
+                    free_index,
+                    device,
+                },
+            )
+        };
+        if device {
+            set(self, 0);
+            return true;
+        }
+        let mut free = free_index.min(1 << size_bits);
+        while free > 0 {
+            let chunk_start = (free - 1) & !((1 << RESET_CHUNK_BITS) - 1);
+            self.hw.zero(base + chunk_start, free - chunk_start);
+            free = chunk_start;
+            set(self, free);
+            if free > 0 && self.preemption_point() {
+                return false;
+            }
+        }
+        true
     }
 
     /// Zeroes and initialises a new object; returns the capability to it.
@@ -161,21 +220,41 @@ impl<H: Hardware> Kernel<H> {
         user_size: u64,
         device: bool,
     ) -> Cap {
+        self.init_object(kind, object, object_bits, user_size, device, true)
+    }
+
+    /// Initialises a new object, zeroing it first if `zero` (Retype's memory is
+    /// already zero); returns the capability to it.
+    fn init_object(
+        &mut self,
+        kind: ObjectType,
+        object: u64,
+        object_bits: u32,
+        user_size: u64,
+        device: bool,
+        zero: bool,
+    ) -> Cap {
         let size = 1u64 << object_bits;
+        let zero_bytes = |k: &mut Self, bytes: u64| {
+            if zero {
+                k.hw.zero(object, bytes);
+            }
+        };
         match kind {
             ObjectType::Untyped => {
-                if !device {
-                    // Untyped memory is zeroed lazily, when it becomes objects.
-                }
+                // Memory above the free index must be zero: a new untyped is either
+                // all zero (free index 0) or, if it was not zeroed here, all used
+                // (its first Retype resets it).
+                let free_index = if zero && !device { size } else { 0 };
                 Cap::Untyped {
                     base: object,
                     size_bits: object_bits as u8,
-                    free_index: 0,
+                    free_index,
                     device,
                 }
             }
             ObjectType::Tcb => {
-                self.hw.zero(object, tcb::TCB_RECORD_OFFSET);
+                zero_bytes(self, tcb::TCB_RECORD_OFFSET);
                 // The FPU area starts in the architectural initial state: with the
                 // XSAVE header zeroed (XSTATE_BV = 0) every register loads as zero,
                 // and FXRSTOR/XRSTOR take FCW and MXCSR from the legacy region.
@@ -224,7 +303,7 @@ impl<H: Hardware> Kernel<H> {
                 }
             }
             ObjectType::CapTable => {
-                self.hw.zero(object, size);
+                zero_bytes(self, size);
                 Cap::CNode {
                     ptr: object,
                     radix: user_size as u8,
@@ -234,7 +313,7 @@ impl<H: Hardware> Kernel<H> {
             }
             ObjectType::X86Page4K | ObjectType::X86LargePage | ObjectType::X64HugePage => {
                 if !device {
-                    self.hw.zero(object, size);
+                    zero_bytes(self, size);
                 }
                 let size = match kind {
                     ObjectType::X86Page4K => FrameSize::Small,
@@ -250,28 +329,28 @@ impl<H: Hardware> Kernel<H> {
                 }
             }
             ObjectType::X86PageTable => {
-                self.hw.zero(object, size);
+                zero_bytes(self, size);
                 Cap::PageTable {
                     base: object,
                     mapping: None,
                 }
             }
             ObjectType::X86PageDirectory => {
-                self.hw.zero(object, size);
+                zero_bytes(self, size);
                 Cap::PageDirectory {
                     base: object,
                     mapping: None,
                 }
             }
             ObjectType::X86Pdpt => {
-                self.hw.zero(object, size);
+                zero_bytes(self, size);
                 Cap::Pdpt {
                     base: object,
                     mapping: None,
                 }
             }
             ObjectType::X64Pml4 => {
-                self.hw.zero(object, size);
+                zero_bytes(self, size);
                 crate::object::vspace::copy_kernel_mappings(&mut self.hw, object);
                 Cap::Pml4 {
                     base: object,
@@ -279,7 +358,7 @@ impl<H: Hardware> Kernel<H> {
                 }
             }
             ObjectType::KeelX86Ldt => {
-                self.hw.zero(object, size);
+                zero_bytes(self, size);
                 Cap::Ldt { base: object }
             }
         }

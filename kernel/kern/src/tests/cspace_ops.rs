@@ -654,3 +654,182 @@ fn cancel_badged_sends_stops_at_preemption_points() {
         assert!(w.state(t.tcb).is_runnable());
     }
 }
+
+/// Retypes `count` endpoints from root slot `ut` into the CNode in root slot `cnode`
+/// (radix `radix`) from slot `offset` on, in batches the fan-out limit allows.
+fn fill_with_endpoints(w: &mut World, ut: u64, cnode: u64, offset: u64, count: u64) {
+    let mut done = 0;
+    while done < count {
+        let n = (count - done).min(256);
+        w.root_ok(
+            ut,
+            L::UntypedRetype,
+            &[ObjectType::Endpoint as u64, 0, cnode, 64, offset + done, n],
+            &[S_CNODE],
+        );
+        done += n;
+    }
+}
+
+/// The endpoints (object addresses) held in a CNode's slots.
+fn endpoints_in(w: &World, cnode_ptr: u64, slots: u64) -> Vec<u64> {
+    (0..slots)
+        .filter_map(|i| match w.cap_at(cnode_ptr + i * cspace::SLOT_BYTES) {
+            Cap::Endpoint { ptr, .. } => Some(ptr),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Redoes the root thread's Call of `label` on root CNode slot `target` while an
+/// interrupt is pending, until the call returns (then `done` must hold); checks that each stopped attempt
+/// sent no reply and left the thread to redo its SYSCALL. Returns the attempts.
+fn redo_until_done(w: &mut World, label: L, target: u64, done: impl Fn(&World) -> bool) -> usize {
+    w.k.hw.pending_interrupt = true;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        assert!(attempts < 100_000, "no progress");
+        w.load(ROOT_TCB, S_CNODE, label as u64, &[target, 64], &[]);
+        let info_before = w.tcb(ROOT_TCB).context.rsi;
+        w.syscall(ROOT_TCB, syscall::CALL);
+        assert!(!w.k.preempted);
+        assert_eq!(w.state(ROOT_TCB), ThreadState::Running);
+        let c = w.tcb(ROOT_TCB).context;
+        if c.rip == SYSCALL_IP + 2 {
+            assert_eq!(w.received(ROOT_TCB).label, 0, "the finishing call succeeds");
+            assert!(done(w), "the call returned before it finished");
+            break;
+        }
+        assert_eq!(c.rip, SYSCALL_IP, "RIP back on the SYSCALL instruction");
+        assert_eq!(c.rsi, info_before, "no reply was written");
+    }
+    w.k.hw.pending_interrupt = false;
+    attempts
+}
+
+#[test]
+fn big_cnode_deletion_stops_at_preemption_points_and_the_redone_call_continues() {
+    use crate::object::endpoint::Endpoint;
+    let mut w = World::new();
+    let ut = w.make(ObjectType::Untyped, 20);
+    let big = w.alloc_slot();
+    let r = w.retype(ut, ObjectType::CapTable, 10, big, 1);
+    assert_eq!(r.label, 0, "{r:?}");
+    let inner = w.alloc_slot();
+    let r = w.retype(ut, ObjectType::CapTable, 6, inner, 1);
+    assert_eq!(r.label, 0, "{r:?}");
+    let t = w.alloc_slot();
+    let r = w.retype(ut, ObjectType::Tcb, 0, t, 1);
+    assert_eq!(r.label, 0, "{r:?}");
+    let tcb_ptr = w.addr(t);
+    // 600 endpoints in the big CNode, 64 in the inner one, which goes into the big one
+    // at slot 1000 along with the TCB at 700.
+    fill_with_endpoints(&mut w, ut, big, 0, 600);
+    fill_with_endpoints(&mut w, ut, inner, 0, 64);
+    let (big_ptr, inner_ptr) = (w.addr(big), w.addr(inner));
+    let mut eps = endpoints_in(&w, big_ptr, 1024);
+    eps.extend(endpoints_in(&w, inner_ptr, 64));
+    assert_eq!(eps.len(), 664);
+    w.root_ok(big, L::CNodeMove, &[1000, 10, inner, 64], &[S_CNODE]);
+    w.root_ok(big, L::CNodeMove, &[700, 10, t, 64], &[S_CNODE]);
+
+    let attempts = redo_until_done(&mut w, L::CNodeDelete, big, |w| w.cap(big).is_null());
+    // Each attempt did at most one interval of work.
+    assert!(
+        attempts > 664 / crate::kernel::PREEMPTION_INTERVAL as usize,
+        "{attempts}"
+    );
+    for ep in eps {
+        assert!(!w.k.hw.mem.has::<Endpoint>(ep), "endpoint {ep:#x} survived");
+    }
+    assert!(!w.k.hw.exists::<Tcb>(tcb::record(tcb_ptr)));
+    // All memory is back: the untyped has no children and is whole again.
+    assert!(!cspace::has_children(&w.k.hw, slot(ut)));
+    let again = w.alloc_slot();
+    let r = w.retype(ut, ObjectType::Untyped, 20, again, 1);
+    assert_eq!(r.label, 0, "{r:?}");
+}
+
+#[test]
+fn a_stopped_deletion_keeps_its_progress_in_the_zombie() {
+    let mut w = World::new();
+    let ut = w.make(ObjectType::Untyped, 20);
+    let big = w.alloc_slot();
+    let r = w.retype(ut, ObjectType::CapTable, 12, big, 1);
+    assert_eq!(r.label, 0, "{r:?}");
+    // Two endpoints far apart: the scan between them is long but is work too.
+    w.root_ok(
+        ut,
+        L::UntypedRetype,
+        &[ObjectType::Endpoint as u64, 0, big, 64, 0, 1],
+        &[S_CNODE],
+    );
+    w.root_ok(
+        ut,
+        L::UntypedRetype,
+        &[ObjectType::Endpoint as u64, 0, big, 64, 4000, 1],
+        &[S_CNODE],
+    );
+    w.k.hw.pending_interrupt = true;
+    w.load(ROOT_TCB, S_CNODE, L::CNodeDelete as u64, &[big, 64], &[]);
+    w.syscall(ROOT_TCB, syscall::CALL);
+    let Cap::Zombie { scan, .. } = w.cap(big) else {
+        panic!("not a zombie: {:?}", w.cap(big));
+    };
+    assert!(scan > 0 && scan < 4000, "scan {scan}");
+    // Each redone call resumes from the recorded position, which only moves forward.
+    let mut last = scan;
+    let mut attempts = 1;
+    while let Cap::Zombie { scan, .. } = w.cap(big) {
+        assert!(scan >= last, "scan went back from {last} to {scan}");
+        last = scan;
+        attempts += 1;
+        assert!(attempts < 1000, "no progress");
+        w.load(ROOT_TCB, S_CNODE, L::CNodeDelete as u64, &[big, 64], &[]);
+        w.syscall(ROOT_TCB, syscall::CALL);
+    }
+    assert!(last > 4000 - 64, "{last}");
+    // 4096 slots of scanning at one unit per 64, plus two deletions, in 8-unit steps.
+    assert!(attempts >= 8, "{attempts}");
+    w.k.hw.pending_interrupt = false;
+    assert!(w.cap(big).is_null());
+    assert!(!cspace::has_children(&w.k.hw, slot(ut)));
+}
+
+#[test]
+fn revoking_an_untyped_holding_big_cnode_cycles_stops_and_continues() {
+    use crate::object::endpoint::Endpoint;
+    let mut w = World::new();
+    let ut = w.make(ObjectType::Untyped, 20);
+    let big = w.alloc_slot();
+    let r = w.retype(ut, ObjectType::CapTable, 10, big, 1);
+    assert_eq!(r.label, 0, "{r:?}");
+    let inner = w.alloc_slot();
+    let r = w.retype(ut, ObjectType::CapTable, 8, inner, 1);
+    assert_eq!(r.label, 0, "{r:?}");
+    fill_with_endpoints(&mut w, ut, big, 3, 500);
+    fill_with_endpoints(&mut w, ut, inner, 0, 200);
+    let mut eps = endpoints_in(&w, w.addr(big), 1024);
+    eps.extend(endpoints_in(&w, w.addr(inner), 256));
+    // inner[250] = big, big[1000] = inner: a cycle nothing else reaches.
+    w.root_ok(inner, L::CNodeCopy, &[250, 8, big, 64, 15], &[S_CNODE]);
+    w.root_ok(big, L::CNodeMove, &[1000, 10, inner, 64], &[S_CNODE]);
+    w.root_ok(S_CNODE, L::CNodeDelete, &[big, 64], &[]);
+    for &ep in &eps {
+        assert!(w.k.hw.mem.has::<Endpoint>(ep));
+    }
+    let attempts = redo_until_done(&mut w, L::CNodeRevoke, ut, |w| {
+        !cspace::has_children(&w.k.hw, slot(ut))
+    });
+    assert!(
+        attempts > 700 / crate::kernel::PREEMPTION_INTERVAL as usize,
+        "{attempts}"
+    );
+    for ep in eps {
+        assert!(!w.k.hw.mem.has::<Endpoint>(ep), "endpoint {ep:#x} survived");
+    }
+    let again = w.alloc_slot();
+    let r = w.retype(ut, ObjectType::Untyped, 20, again, 1);
+    assert_eq!(r.label, 0, "{r:?}");
+}

@@ -9,7 +9,7 @@
 
 extern crate std;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::vec::Vec;
 
 use keel_abi::invocation::InvocationLabel as L;
@@ -27,6 +27,7 @@ use crate::testing_memory::TestMemory;
 
 mod cspace_ops;
 mod faults;
+mod invariants;
 mod ipc;
 mod ldt;
 mod sched;
@@ -730,187 +731,11 @@ impl World {
             .collect()
     }
 
-    /// Checks the derivation tree, untyped accounting, ready queues and wait queues.
+    /// Checks the derivation tree, untyped accounting, ready queues and wait queues
+    /// (the kernel's own checker, `Kernel::check_invariants`, from the root CNode).
     pub fn check_invariants(&self) {
-        let hw = &self.k.hw;
-        let slots = self.all_slots();
-        let mut full = 0;
-        for &s in &slots {
-            let c = cspace::cap(hw, s);
-            if c.is_null() {
-                for w in 0..4 {
-                    assert_eq!(hw.read(s + 8 * w), 0, "empty slot {s:#x} has word {w} set");
-                }
-                continue;
-            }
-            full += 1;
-            let (p, n) = (cspace::prev(hw, s), cspace::next(hw, s));
-            if p != 0 {
-                assert_eq!(cspace::next(hw, p), s, "next(prev({s:#x})) != itself");
-                assert!(
-                    !cspace::cap(hw, p).is_null(),
-                    "slot {s:#x} linked to empty {p:#x}"
-                );
-            }
-            if n != 0 {
-                assert_eq!(cspace::prev(hw, n), s, "prev(next({s:#x})) != itself");
-            }
-            assert_ne!(p, s);
-            assert_ne!(n, s);
-        }
-        // Every full slot is on exactly one chain that starts at a head (no cycles).
-        let mut visited = BTreeSet::new();
-        let mut chains = Vec::new();
-        for &s in &slots {
-            if cspace::cap(hw, s).is_null() || cspace::prev(hw, s) != 0 {
-                continue;
-            }
-            let mut chain = Vec::new();
-            let mut x = s;
-            while x != 0 {
-                assert!(visited.insert(x), "slot {x:#x} linked twice");
-                chain.push(x);
-                x = cspace::next(hw, x);
-            }
-            chains.push(chain);
-        }
-        assert_eq!(visited.len(), full, "some slot is on a cycle");
-        // Descendants are contiguous: once a slot's run of children ends, no later
-        // slot of the chain is its child.
-        for chain in &chains {
-            for (i, &s) in chain.iter().enumerate() {
-                let mut j = i + 1;
-                while j < chain.len() && cspace::is_parent_of(hw, s, chain[j]) {
-                    j += 1;
-                }
-                for &z in &chain[j..] {
-                    assert!(
-                        !cspace::is_parent_of(hw, s, z),
-                        "{z:#x} is a child of {s:#x} but not in its subtree run"
-                    );
-                }
-            }
-        }
-        // Untyped accounting: children lie below the watermark; distinct objects do
-        // not overlap.
-        let mut objects: BTreeMap<(u64, u64), Cap> = BTreeMap::new();
-        for chain in &chains {
-            for (i, &s) in chain.iter().enumerate() {
-                let c = cspace::cap(hw, s);
-                if let Cap::Untyped {
-                    base,
-                    free_index,
-                    size_bits,
-                    ..
-                } = c
-                {
-                    assert!(
-                        free_index <= 1 << size_bits,
-                        "untyped {s:#x} free index past its end"
-                    );
-                    for &z in &chain[i + 1..] {
-                        if !cspace::is_parent_of(hw, s, z) {
-                            break;
-                        }
-                        let (a, size) = cspace::cap(hw, z).object().unwrap();
-                        let copy = matches!(cspace::cap(hw, z), Cap::Untyped { base: b2, size_bits: s2, .. } if b2 == base && s2 == size_bits);
-                        if !copy {
-                            assert!(
-                                a + size <= base + free_index,
-                                "child {z:#x} ({a:#x}+{size:#x}) above the watermark of {s:#x} ({base:#x}+{free_index:#x})"
-                            );
-                        }
-                    }
-                } else if let Some((a, size)) = c.object()
-                    && !matches!(c, Cap::Zombie { .. })
-                {
-                    let key = (a, size);
-                    if let Some(other) = objects.get(&key) {
-                        assert_eq!(
-                            core::mem::discriminant(other),
-                            core::mem::discriminant(&c),
-                            "two kinds of object at {a:#x}"
-                        );
-                    } else {
-                        objects.insert(key, c);
-                    }
-                }
-            }
-        }
-        let ranges: Vec<_> = objects.keys().copied().collect();
-        for w in ranges.windows(2) {
-            let ((a, sa), (b, _)) = (w[0], w[1]);
-            assert!(
-                a + sa <= b,
-                "objects at {a:#x}+{sa:#x} and {b:#x} overlap: {:?} {:?}",
-                objects[&w[0]],
-                objects[&w[1]]
-            );
-        }
-        // Ready queues and wait queues, from the threads' side.
-        let threads = self.all_threads();
-        for (cpu, state) in self.k.cpus.iter().enumerate() {
-            let highest = threads
-                .iter()
-                .map(|&t| self.k.tcb(t))
-                .filter(|r| r.queued && r.affinity as usize == cpu)
-                .map(|r| r.priority)
-                .max();
-            assert_eq!(state.highest_ready(), highest, "CPU {cpu}'s top priority");
-            assert_eq!(state.scan_highest(), highest, "CPU {cpu}'s bitmap");
-        }
-        for &t in &threads {
-            let r = self.k.tcb(t);
-            if r.queued {
-                assert!(
-                    r.state.is_runnable(),
-                    "queued thread {t:#x} is {:?}",
-                    r.state
-                );
-                let cpu = r.affinity as usize;
-                assert_ne!(
-                    self.k.cpus[cpu].current, t,
-                    "thread {t:#x} is current and queued"
-                );
-                if r.ready_prev != 0 {
-                    assert_eq!(self.k.tcb(r.ready_prev).ready_next, t);
-                }
-                if r.ready_next != 0 {
-                    assert_eq!(self.k.tcb(r.ready_next).ready_prev, t);
-                }
-            } else {
-                assert_eq!(
-                    (r.ready_next, r.ready_prev),
-                    (0, 0),
-                    "unqueued thread {t:#x} has links"
-                );
-            }
-            match r.state {
-                ThreadState::BlockedOnSend { endpoint, .. }
-                | ThreadState::BlockedOnReceive { endpoint, .. } => {
-                    assert!(
-                        self.queue(Queue::Endpoint(endpoint)).contains(&t),
-                        "{t:#x} not in its endpoint queue"
-                    );
-                }
-                ThreadState::BlockedOnNotification { notification } => {
-                    assert!(self.queue(Queue::Notification(notification)).contains(&t));
-                }
-                _ => assert_eq!(
-                    (r.wait_next, r.wait_prev),
-                    (0, 0),
-                    "thread {t:#x} not waiting has wait links"
-                ),
-            }
-        }
-        let here = self.k.hw.cpu;
-        let cur = self.k.cpus[here].current;
-        if cur != 0 && threads.contains(&cur) {
-            assert!(
-                self.k.tcb(cur).state.is_runnable(),
-                "current thread is {:?}",
-                self.k.tcb(cur).state
-            );
+        if let Err(v) = self.k.check_invariants(&[(ROOT_CNODE, 256)]) {
+            panic!("invariant broken: {v}");
         }
     }
 

@@ -444,3 +444,121 @@ fn retype_revoke_a_thousand_times() {
     }
     w.check_invariants();
 }
+
+/// The root thread retypes from `u` while an interrupt is pending, redoing the call
+/// until it returns; each stopped attempt sends no reply, leaves the thread to redo its
+/// SYSCALL and lowers the free index (the reset's progress). Returns the attempts.
+fn retype_redone(w: &mut World, u: u64, mrs: &[u64]) -> usize {
+    w.k.hw.pending_interrupt = true;
+    let mut attempts = 0;
+    let mut last = free_index(w, u);
+    loop {
+        attempts += 1;
+        assert!(attempts < 100_000, "no progress");
+        w.load(ROOT_TCB, u, L::UntypedRetype as u64, mrs, &[S_CNODE]);
+        let info_before = w.tcb(ROOT_TCB).context.rsi;
+        w.syscall(ROOT_TCB, syscall::CALL);
+        assert!(!w.k.preempted);
+        let c = w.tcb(ROOT_TCB).context;
+        if c.rip == SYSCALL_IP + 2 {
+            assert_eq!(w.received(ROOT_TCB).label, 0, "the finishing call succeeds");
+            break;
+        }
+        assert_eq!(c.rip, SYSCALL_IP, "RIP back on the SYSCALL instruction");
+        assert_eq!(c.rsi, info_before, "no reply was written");
+        let now = free_index(w, u);
+        assert!(
+            now < last,
+            "the reset made no progress ({last:#x} -> {now:#x})"
+        );
+        last = now;
+    }
+    w.k.hw.pending_interrupt = false;
+    attempts
+}
+
+#[test]
+fn reset_zeroing_stops_at_preemption_points_and_the_redone_retype_continues() {
+    let mut w = World::new();
+    let u = sub_untyped(&mut w, 22);
+    let f = w.alloc_slot();
+    w.alloc_slot();
+    assert_eq!(w.retype(u, T::X86LargePage, 0, f, 2).label, 0);
+    let Cap::Untyped { base, .. } = w.cap(u) else {
+        unreachable!()
+    };
+    // Dirty both 2 MiB frames, then delete them.
+    let dirty: Vec<u64> = (0..64).map(|i| base + i * 0x1_0000 + 8 * i).collect();
+    for &a in &dirty {
+        w.k.hw.write(a, 0xdead_beef);
+    }
+    w.root_ok(S_CNODE, L::CNodeRevoke, &[u, 64], &[]);
+    assert_eq!(free_index(&w, u), 4 << 20, "deleting leaves the watermark");
+    // Retyping again resets the untyped: 4 MiB zeroed 4 KiB at a time, a preemption
+    // point after each chunk, so many attempts.
+    let attempts = retype_redone(&mut w, u, &[T::X86LargePage as u64, 0, 0, 0, f, 2]);
+    let chunks = (4 << 20) >> crate::object::untyped::RESET_CHUNK_BITS;
+    assert!(
+        attempts >= chunks / crate::kernel::PREEMPTION_INTERVAL as usize,
+        "{attempts} attempts"
+    );
+    assert_eq!(free_index(&w, u), 4 << 20);
+    assert_eq!(w.addr(f), base);
+    for &a in &dirty {
+        assert_eq!(w.k.hw.read(a), 0, "{a:#x} not zeroed");
+    }
+}
+
+#[test]
+fn an_untyped_of_unknown_contents_is_zeroed_by_its_first_retype() {
+    let mut w = World::new();
+    let u = sub_untyped(&mut w, 16);
+    let Cap::Untyped { base, .. } = w.cap(u) else {
+        unreachable!()
+    };
+    // As the root task's untypeds start: all used, contents unknown.
+    cspace::set_cap(
+        &mut w.k.hw,
+        slot(u),
+        Cap::Untyped {
+            base,
+            size_bits: 16,
+            free_index: 1 << 16,
+            device: false,
+        },
+    );
+    for i in 0..16 {
+        w.k.hw.write(base + i * 0x1000 + 0x808, 7);
+    }
+    let f = w.alloc_slot();
+    assert_eq!(w.retype(u, T::X86Page4K, 0, f, 1).label, 0);
+    let cn = w.alloc_slot();
+    assert_eq!(w.retype(u, T::CapTable, 6, cn, 1).label, 0);
+    for i in 0..16 {
+        assert_eq!(w.k.hw.read(base + i * 0x1000 + 0x808), 0);
+    }
+    // The frame and the CNode: 4 KiB + 2 KiB used.
+    assert_eq!(free_index(&w, u), 0x1800);
+}
+
+#[test]
+fn retyping_a_huge_frame_does_not_zero_it_again() {
+    // Memory above the free index is zero, so a 1 GiB frame costs no zeroing; deleting
+    // it and retyping resets (zeroes) only what was used.
+    let mut w = World::new();
+    w.check = false; // tens of thousands of attempts
+    let f = w.alloc_slot();
+    assert_eq!(w.retype(S_HUGE_UNTYPED, T::X64HugePage, 0, f, 1).label, 0);
+    let base = w.addr(f);
+    w.k.hw.write(base + (512 << 20), 5);
+    w.root_ok(S_CNODE, L::CNodeDelete, &[f, 64], &[]);
+    let attempts = retype_redone(
+        &mut w,
+        S_HUGE_UNTYPED,
+        &[T::X86Page4K as u64, 0, 0, 0, f, 1],
+    );
+    assert!(attempts > 1000, "{attempts}");
+    assert_eq!(w.k.hw.read(base + (512 << 20)), 0);
+    w.check_invariants();
+    assert_eq!(free_index(&w, S_HUGE_UNTYPED), 0x1000);
+}
