@@ -1,5 +1,7 @@
-//! The Keel user runtime: console output, the panic handler, and the root task's
-//! resource helpers — a slot allocator over the boot info's empty region, an untyped
+//! The Keel user runtime: console output (the kernel's debug console, or the serial
+//! server once a thread has one: [`set_console`]), the panic handler, the heap (the
+//! global allocator: [`heap`]), typed IPC for servers and clients ([`protocol`]), and
+//! the root task's resource helpers — a slot allocator over the boot info's empty region, an untyped
 //! allocator that retypes objects into free slots, page-table creation for mappings,
 //! and threads in the root task's own address space.
 //!
@@ -13,12 +15,14 @@
 mod alloc;
 mod console;
 pub mod fiber;
+pub mod heap;
 pub mod percpu;
+pub mod protocol;
 mod thread;
 mod vspace;
 
 pub use alloc::{Allocator, Error, ROOT_DEPTH, Result, SlotAllocator, UntypedAllocator};
-pub use console::print;
+pub use console::{console_is_serial, print, reset_console, set_console};
 pub use thread::{Thread, ThreadCSpace, ThreadConfig};
 pub use vspace::{IPC_BUFFER_REGION, SCRATCH_REGION};
 
@@ -41,6 +45,6 @@ pub fn init(boot_argument: u64) -> Option<BootInfo> {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    println!("user panic: {info}");
+    console::print_panic(format_args!("user panic: {info}\n"));
     keel_sys::debug_thread_exit(PANIC_EXIT)
 }

@@ -52,13 +52,21 @@ static STACK_IN_USE: [AtomicBool; THREAD_STACKS] =
     [const { AtomicBool::new(false) }; THREAD_STACKS];
 
 /// Per-thread data at the base of the thread's stack.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
 pub struct ThreadBlock {
     /// User address of the thread's IPC buffer (0: none).
     pub ipc_buffer: u64,
     /// Capability pointer of the thread's own TCB (0: unknown).
     pub tcb: u64,
+    /// Where the thread's console output goes: a function that writes bytes to the
+    /// endpoint [`ThreadBlock::console_endpoint`] (the runtime sets it to the serial
+    /// server's WRITE once the thread has found one), or `None` for the kernel's debug
+    /// console.
+    pub console: Option<fn(u64, &[u8]) -> bool>,
+    /// The endpoint (a capability pointer in the thread's own CSpace) that
+    /// [`ThreadBlock::console`] writes to.
+    pub console_endpoint: u64,
 }
 
 fn current_block_address() -> u64 {
