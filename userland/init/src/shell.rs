@@ -351,6 +351,18 @@ macro_rules! ensure {
     };
 }
 
+/// Calls `server` with a label no protocol has (and one word) and checks that the
+/// answer is the typed error `UnknownLabel`.
+fn unknown_label_refused(server: Cap<Endpoint>) -> Check {
+    let reply = server.call(&keel_sys::Message::new(0x7e57).word(1));
+    let result = keel_rt::protocol::decode_reply::<()>(&reply);
+    ensure!(
+        result == Err(keel_rt::protocol::Error::UnknownLabel),
+        "label 0x7e57 got {result:?}"
+    );
+    Ok(())
+}
+
 /// Round trips per `bench` run.
 pub const BENCH_CALLS: u64 = 1000;
 /// `bench` runs; it prints the median.
@@ -445,14 +457,7 @@ impl Shell {
     }
 
     fn test_unknown_label(&mut self) -> Check {
-        let echo = self.echo_server()?;
-        let reply = echo.call(&keel_sys::Message::new(0x7e57).word(1));
-        let result = keel_rt::protocol::decode_reply::<()>(&reply);
-        ensure!(
-            result == Err(keel_rt::protocol::Error::UnknownLabel),
-            "label 0x7e57 got {result:?}"
-        );
-        Ok(())
+        unknown_label_refused(self.echo_server()?)
     }
 
     fn test_timer(&mut self) -> Check {
@@ -484,26 +489,14 @@ impl Shell {
     fn test_serial(&mut self) -> Check {
         let written = serial::write(self.serial, b"(a line written by the test)\n");
         ensure!(written == Ok(()), "write: {written:?}");
-        let reply = self.serial.call(&keel_sys::Message::new(0x7e57));
-        let result = keel_rt::protocol::decode_reply::<()>(&reply);
-        ensure!(
-            result == Err(keel_rt::protocol::Error::UnknownLabel),
-            "label 0x7e57 got {result:?}"
-        );
-        Ok(())
+        unknown_label_refused(self.serial)
     }
 
     fn test_power(&mut self) -> Check {
         let Some(service) = self.power else {
             return Err("no power service".into());
         };
-        let reply = service.call(&keel_sys::Message::new(0x7e57));
-        let result = keel_rt::protocol::decode_reply::<()>(&reply);
-        ensure!(
-            result == Err(keel_rt::protocol::Error::UnknownLabel),
-            "label 0x7e57 got {result:?}"
-        );
-        Ok(())
+        unknown_label_refused(service)
     }
 
     fn test_heap(&mut self) -> Check {

@@ -6,8 +6,10 @@
 //! and threads in the root task's own address space.
 //!
 //! A program links this crate, declares its main with `keel_sys::entry_point!` and
-//! prints with [`println!`]. A panic prints its message and ends the program with
-//! [`PANIC_EXIT`]. The root task calls [`init`] with its boot argument and builds an
+//! prints with [`println!`]. A panic prints its message (`user panic: ...`, also what
+//! running out of heap prints); in the root task it then ends the program with
+//! [`PANIC_EXIT`], in any other thread it raises a fault (UD2) for the thread's fault
+//! handler. The root task calls [`init`] with its boot argument and builds an
 //! [`Allocator`] from the boot info.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -46,5 +48,11 @@ pub fn init(boot_argument: u64) -> Option<BootInfo> {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     console::print_panic(format_args!("user panic: {info}\n"));
+    if !keel_sys::thread::on_root_stack() {
+        // Any other thread (a server) faults, so that its fault handler (init) hears of
+        // it: it reports the server and restarts it if its manifest says so. A handler
+        // that resumes it past the UD2 ends it below.
+        keel_sys::probe::ud2();
+    }
     keel_sys::debug_thread_exit(PANIC_EXIT)
 }

@@ -87,6 +87,11 @@ pub fn current() -> ThreadBlock {
     unsafe { p.read_volatile() }
 }
 
+/// Whether the calling thread is the root task (it runs on [`ROOT_STACK`]).
+pub fn on_root_stack() -> bool {
+    current_block_address() == ROOT_STACK.base()
+}
+
 /// Changes the current thread's block (the root task records its IPC buffer here).
 pub fn set_current(block: ThreadBlock) {
     let p = current_block_address() as *mut ThreadBlock;

@@ -15,7 +15,7 @@ use keel_sys::heap::HEAP_BYTES;
 use keel_sys::{Message, Received};
 
 use crate::CHILD_PRIORITY;
-use crate::harness::{Env, Suite, TestResult};
+use crate::harness::{Env, Suite, TestResult, recv_timeout, set_shared, shared};
 use crate::{ensure, fail};
 
 /// Runs the `runtime_*` tests.
@@ -26,6 +26,9 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
     );
     suite.run("runtime_heap_large_allocations", heap_large);
     suite.run("runtime_heap_exhaustion_reported", heap_exhaustion);
+    suite.run("runtime_heap_exhausted_thread_panics_and_faults", || {
+        out_of_heap_faults(env)
+    });
     suite.run("runtime_protocol_error_codes_round_trip", || {
         let all = [
             Error::UnknownLabel,
@@ -176,6 +179,39 @@ fn heap_exhaustion() -> TestResult {
     ensure!(
         heap_stats().allocated == before.allocated,
         "not all given back after exhaustion"
+    );
+    Ok(())
+}
+
+/// Asks for more than the heap has, infallibly (shared word 0 stays 0 if the thread
+/// stops there).
+fn greedy(_: u64) {
+    // black_box: the pointer escapes, so the allocation cannot be optimised away.
+    let v: Vec<u8> =
+        core::hint::black_box(Vec::with_capacity(core::hint::black_box(2 * HEAP_BYTES)));
+    set_shared(0, v.as_ptr() as u64);
+}
+
+/// An allocation that cannot be met is not a hang: the thread prints the panic and
+/// faults (#UD), and its fault handler (here the suite) hears of it.
+fn out_of_heap_faults(env: &mut Env) -> TestResult {
+    let before = heap_stats();
+    let thread = env.spawn(greedy, 0, CHILD_PRIORITY)?;
+    let fault = recv_timeout(env.fault_ep);
+    env.destroy(thread)?;
+    let Some(fault) = fault else {
+        fail!("no fault from the thread that ran out of heap")
+    };
+    ensure!(
+        fault.label() == keel_abi::fault::FaultType::UserException as u64
+            && fault.words::<5>()[keel_abi::fault::user_exception::NUMBER] == 6,
+        "fault label {}: not the panic's #UD",
+        fault.label()
+    );
+    ensure!(shared(0) == 0, "the allocation of twice the heap succeeded");
+    ensure!(
+        heap_stats().allocated == before.allocated,
+        "the failed allocation left memory allocated"
     );
     Ok(())
 }
