@@ -28,10 +28,23 @@ pub use console::{console_is_serial, print, reset_console, set_console};
 pub use thread::{Thread, ThreadCSpace, ThreadConfig};
 pub use vspace::{IPC_BUFFER_REGION, SCRATCH_REGION};
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use keel_sys::bootinfo::BootInfo;
 
 /// Exit value of a program that panicked.
 pub const PANIC_EXIT: u64 = 0xdead;
+
+/// The root task's IPC buffer address, once [`init`] has run: the root task's fibers
+/// (which run on stacks of their own) share it, other threads have their own.
+static ROOT_IPC_BUFFER: AtomicU64 = AtomicU64::new(0);
+
+/// Whether the calling thread is the root task (or one of its fibers).
+fn in_root_task() -> bool {
+    let buffer = keel_sys::thread::current().ipc_buffer;
+    keel_sys::thread::on_root_stack()
+        || (buffer != 0 && buffer == ROOT_IPC_BUFFER.load(Ordering::Relaxed))
+}
 
 /// Sets up the root task's runtime from the value the kernel passed in RDI: the boot
 /// info, whose IPC buffer becomes this thread's. `None` if the kernel passed no boot
@@ -39,6 +52,7 @@ pub const PANIC_EXIT: u64 = 0xdead;
 pub fn init(boot_argument: u64) -> Option<BootInfo> {
     let info = BootInfo::at(boot_argument)?;
     keel_sys::ipc::set_buffer_address(info.ipc_buffer());
+    ROOT_IPC_BUFFER.store(info.ipc_buffer(), Ordering::Relaxed);
     let mut block = keel_sys::thread::current();
     block.tcb = keel_sys::cap::init::TCB.cptr();
     keel_sys::thread::set_current(block);
@@ -48,7 +62,7 @@ pub fn init(boot_argument: u64) -> Option<BootInfo> {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     console::print_panic(format_args!("user panic: {info}\n"));
-    if !keel_sys::thread::on_root_stack() {
+    if !in_root_task() {
         // Any other thread (a server) faults, so that its fault handler (init) hears of
         // it: it reports the server and restarts it if its manifest says so. A handler
         // that resumes it past the UD2 ends it below.

@@ -4,9 +4,9 @@
 //!
 //! Every Keel user thread runs on a stack of [`STACK_SIZE`] bytes aligned to its size;
 //! the lowest bytes of that stack hold the thread's [`ThreadBlock`] (its IPC buffer
-//! address and its own TCB capability). The current thread finds its block by masking
-//! RSP, so per-thread data needs neither a system call nor FS/GS base support — the
-//! role a thread-local variable plays in rust-sel4. `_start` moves the root task onto
+//! address, its own TCB capability and where its console output goes). The current
+//! thread finds its block by masking RSP, so per-thread data needs neither a system
+//! call nor FS/GS base support — the role a thread-local variable plays in rust-sel4. `_start` moves the root task onto
 //! [`ROOT_STACK`]; [`ThreadStack`] hands out the stacks of other threads.
 
 use core::cell::UnsafeCell;
