@@ -460,6 +460,20 @@ fn default_image_shell_session() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("cannot read the cycles of {bench:?}"));
     assert!(cycles > 0, "{bench:?}\n{}", run.report());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("bench: timer NOW round trip, same CPU: ")),
+        "no same-CPU bench result\n{}",
+        run.report()
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("bench: ") && l.contains(" failed: ")),
+        "a bench call failed\n{}",
+        run.report()
+    );
     assert!(!run.serial.contains(PANIC_MARKER), "{}", run.report());
     assert!(!run.serial.contains("still running"), "{}", run.report());
 }

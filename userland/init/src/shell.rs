@@ -134,7 +134,9 @@ impl Shell {
                 println!("  caps NAME   what server NAME's own CSpace holds (asked of init)");
                 println!("  fault NAME  make server NAME fault (echo only); init restarts it");
                 println!("  test        self-test of the running system (servers, IPC, heap)");
-                println!("  bench       IPC benchmark: echo server round trips, cycles per call");
+                println!(
+                    "  bench       IPC benchmark: round trips to the echo and timer servers, cycles per call"
+                );
                 println!("  reboot      restart the machine (through the power service)");
                 println!("  poweroff    turn the machine off (ACPI S5, through the power service)");
             }
@@ -533,34 +535,60 @@ impl Shell {
         Ok(())
     }
 
-    /// `bench`: [`BENCH_RUNS`] runs of [`BENCH_CALLS`] Calls to the echo server (one word
-    /// each, the reply checked), timed with RDTSC; prints the median and the range, in
-    /// TSC cycles per round trip.
+    /// `bench`: [`BENCH_RUNS`] runs of [`BENCH_CALLS`] Calls to the echo server on
+    /// CPU 1 (one word each, the reply checked), then as many NOW requests to the timer
+    /// server, which runs on the shell's CPU; each timed with RDTSC. Prints the median
+    /// and the range, in TSC cycles per round trip.
     fn bench(&mut self) {
         let Some(echo) = self.echo else {
             println!("bench: no echo server");
             return;
         };
-        let mut runs = [0u64; BENCH_RUNS];
-        for run in runs.iter_mut() {
-            let start = keel_sys::rdtsc();
-            for i in 0..BENCH_CALLS {
-                match keel_servers::echo::call(echo, &[i]) {
-                    Ok(words) if words.as_slice() == [i] => {}
-                    other => {
-                        println!("bench: call {i} failed: {other:?}");
-                        return;
-                    }
+        let echoes = time_calls(|i| match keel_servers::echo::call(echo, &[i]) {
+            Ok(words) if words.as_slice() == [i] => Ok(()),
+            other => Err(alloc::format!("echo {i}: {other:?}")),
+        });
+        report("echo round trip", echoes);
+        if let Some(timer) = self.timer {
+            let mut last = 0;
+            let nows = time_calls(|i| match keel_servers::timer::now(timer) {
+                Ok((ticks, _)) if ticks >= last => {
+                    last = ticks;
+                    Ok(())
                 }
-            }
-            *run = keel_sys::rdtsc().wrapping_sub(start) / BENCH_CALLS;
+                other => Err(alloc::format!("now {i}: {other:?}")),
+            });
+            report("timer NOW round trip, same CPU", nows);
         }
-        runs.sort_unstable();
-        println!(
-            "bench: echo round trip: {} cycles per call (median of {BENCH_RUNS} runs of {BENCH_CALLS}; min {}, max {})",
+    }
+}
+
+/// [`BENCH_RUNS`] runs of [`BENCH_CALLS`] calls of `call`, each run's TSC cycles per
+/// call, sorted; or the first failure.
+fn time_calls(
+    mut call: impl FnMut(u64) -> Check,
+) -> Result<[u64; BENCH_RUNS], alloc::string::String> {
+    let mut runs = [0u64; BENCH_RUNS];
+    for run in runs.iter_mut() {
+        let start = keel_sys::rdtsc();
+        for i in 0..BENCH_CALLS {
+            call(i)?;
+        }
+        *run = keel_sys::rdtsc().wrapping_sub(start) / BENCH_CALLS;
+    }
+    runs.sort_unstable();
+    Ok(runs)
+}
+
+/// One `bench` line.
+fn report(what: &str, runs: Result<[u64; BENCH_RUNS], alloc::string::String>) {
+    match runs {
+        Ok(runs) => println!(
+            "bench: {what}: {} cycles per call (median of {BENCH_RUNS} runs of {BENCH_CALLS}; min {}, max {})",
             runs[BENCH_RUNS / 2],
             runs[0],
             runs[BENCH_RUNS - 1]
-        );
+        ),
+        Err(why) => println!("bench: {what} failed: {why}"),
     }
 }
