@@ -135,7 +135,7 @@ impl Shell {
                 println!("  fault NAME  make server NAME fault (echo only); init restarts it");
                 println!("  test        self-test of the running system (servers, IPC, heap)");
                 println!(
-                    "  bench       IPC benchmark: round trips to the echo and timer servers, cycles per call"
+                    "  bench       IPC benchmark: round trips to the echo server, cycles per call"
                 );
                 println!("  reboot      restart the machine (through the power service)");
                 println!("  poweroff    turn the machine off (ACPI S5, through the power service)");
@@ -536,8 +536,7 @@ impl Shell {
     }
 
     /// `bench`: [`BENCH_RUNS`] runs of [`BENCH_CALLS`] Calls to the echo server on
-    /// CPU 1 (one word each, the reply checked), then as many NOW requests to the timer
-    /// server, which runs on the shell's CPU; each timed with RDTSC. Prints the median
+    /// CPU 1 (one word each, the reply checked), timed with RDTSC. Prints the median
     /// and the range, in TSC cycles per round trip.
     fn bench(&mut self) {
         let Some(echo) = self.echo else {
@@ -549,17 +548,6 @@ impl Shell {
             other => Err(alloc::format!("echo {i}: {other:?}")),
         });
         report("echo round trip", echoes);
-        if let Some(timer) = self.timer {
-            let mut last = 0;
-            let nows = time_calls(|i| match keel_servers::timer::now(timer) {
-                Ok((ticks, _)) if ticks >= last => {
-                    last = ticks;
-                    Ok(())
-                }
-                other => Err(alloc::format!("now {i}: {other:?}")),
-            });
-            report("timer NOW round trip, same CPU", nows);
-        }
     }
 }
 

@@ -28,7 +28,7 @@ pub use console::{console_is_serial, print, reset_console, set_console};
 pub use thread::{Thread, ThreadCSpace, ThreadConfig};
 pub use vspace::{IPC_BUFFER_REGION, SCRATCH_REGION};
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use keel_sys::bootinfo::BootInfo;
 
@@ -39,11 +39,23 @@ pub const PANIC_EXIT: u64 = 0xdead;
 /// (which run on stacks of their own) share it, other threads have their own.
 static ROOT_IPC_BUFFER: AtomicU64 = AtomicU64::new(0);
 
+/// Set by [`not_root_task`]: no thread of this program is the root task.
+static NOT_ROOT_TASK: AtomicBool = AtomicBool::new(false);
+
+/// Says that this program is not the root task although its first thread runs on the
+/// root stack (`_start`): a server loaded from a module of its own. Its panics then
+/// fault, for its fault handler, instead of ending the run (the kernel treats a
+/// thread exit as the root task's).
+pub fn not_root_task() {
+    NOT_ROOT_TASK.store(true, Ordering::Relaxed);
+}
+
 /// Whether the calling thread is the root task (or one of its fibers).
 fn in_root_task() -> bool {
     let buffer = keel_sys::thread::current().ipc_buffer;
-    keel_sys::thread::on_root_stack()
-        || (buffer != 0 && buffer == ROOT_IPC_BUFFER.load(Ordering::Relaxed))
+    !NOT_ROOT_TASK.load(Ordering::Relaxed)
+        && (keel_sys::thread::on_root_stack()
+            || (buffer != 0 && buffer == ROOT_IPC_BUFFER.load(Ordering::Relaxed)))
 }
 
 /// Sets up the root task's runtime from the value the kernel passed in RDI: the boot
