@@ -328,7 +328,7 @@ fn default_image_shell_session() {
     // The blank first line is a sacrifice: whatever sits in the UART when the kernel
     // programs it (one byte before FIFOs are on) is cleared with the FIFOs.
     let script = "\necho shell-says-42\nbogus\nmem\nps\ncaps echo\nfault echo\n\
-                  echo back-after-restart\nps\nsleep 100\npoweroff\n";
+                  echo back-after-restart\nps\nsleep 100\ntest\nbench\npoweroff\n";
     let run = runner_with_input(&["--timeout", READY_TIMEOUT], Some(script));
     assert_eq!(run.code, Some(i32::from(EXIT_OK)), "{}", run.report());
     assert!(
@@ -478,6 +478,39 @@ fn default_image_shell_session() {
     assert!(
         lines.contains(&"INFO  echo: registered as 'echo'; answering calls"),
         "no log line from the echo server\n{}",
+        run.report()
+    );
+    // test: every self-test passes (each prints its line), and the summary says so.
+    let summary = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("test: "))
+        .unwrap_or_else(|| panic!("no self-test summary\n{}", run.report()));
+    assert!(
+        summary.ends_with(" passed, 0 failed") && !summary.starts_with("0 passed"),
+        "{summary:?}\n{}",
+        run.report()
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("... FAIL")),
+        "a self-test failed\n{}",
+        run.report()
+    );
+    // bench: one result line with a cycle count per round trip.
+    let bench = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("bench: echo round trip: "))
+        .unwrap_or_else(|| panic!("no bench result\n{}", run.report()));
+    let cycles: u64 = bench
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the cycles of {bench:?}"));
+    assert!(cycles > 0, "{bench:?}\n{}", run.report());
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("bench: ") && l.contains(" failed: ")),
+        "a bench call failed\n{}",
         run.report()
     );
     assert!(!run.serial.contains(PANIC_MARKER), "{}", run.report());

@@ -18,6 +18,8 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
 mod manifest;
 mod registry;
 
@@ -586,7 +588,7 @@ fn start_all(alloc: &mut Allocator, info: &BootInfo) -> keel_rt::Result<System> 
                     init::CNODE.delete(ep.cptr(), ROOT_DEPTH)?;
                     break;
                 }
-                Err(names::Error::Refused(names::Status::NotFound)) => {
+                Err(keel_rt::protocol::Error::NotFound) => {
                     keel_sys::ipc::yield_now();
                 }
                 Err(e) => {
@@ -597,6 +599,11 @@ fn start_all(alloc: &mut Allocator, info: &BootInfo) -> keel_rt::Result<System> 
         }
     }
     MEM_FREE.store(alloc.untyped.free_bytes(), Ordering::Relaxed);
+    // From here on init prints through the serial server, like the servers, so its
+    // lines (fault reports) never land inside theirs or the shell's.
+    if let Ok(serial) = names::lookup(mine, keel_servers::serial::NAME, init::CNODE, slot) {
+        keel_servers::serial::install_console(serial);
+    }
     println!("{}", keel_abi::harness::READY_LINE);
     for (i, s) in SERVERS.iter().enumerate() {
         if s.stage == Stage::Ready {
@@ -708,6 +715,10 @@ fn fault(alloc: &mut Allocator, system: &mut System, badge: u64, label: u64) {
         return;
     };
     let name = registry::name(i);
+    if name == keel_servers::serial::NAME {
+        // A Call to a faulted server would wait for ever: back to the kernel console.
+        keel_rt::reset_console();
+    }
     registry::faulted(i, label);
     if !SERVERS.get(i).is_some_and(|s| s.restart) {
         println!("init: server {name} faulted (fault label {label}); it stays stopped");

@@ -179,6 +179,7 @@ impl Allocator {
         stack.prepare(ThreadBlock {
             ipc_buffer,
             tcb: own_tcb.cptr(),
+            ..ThreadBlock::default()
         });
         let start = stack.start_registers(entry, argument, own_tcb);
         let context = UserContext {

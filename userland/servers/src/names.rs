@@ -2,11 +2,12 @@
 //! and get a badged copy of that endpoint (badge: the client's own badge at the name
 //! service, so the server can tell its clients apart).
 //!
-//! Protocol (Calls; the reply label is a [`Status`]):
+//! Protocol ([`NamesRequest`], with the runtime's typed IPC, `keel_rt::protocol`):
 //! - [`REGISTER`]: words `[len, name 0..8, name 8..16]`, one capability (an unbadged
-//!   endpoint, sent with the Grant right on the name-service capability).
-//! - [`LOOKUP`]: words `[len, name 0..8, name 8..16]`; a successful reply carries the
-//!   badged endpoint.
+//!   endpoint, sent with the Grant right on the name-service capability). Refused with
+//!   `Error::Exists` or `Error::Full`.
+//! - [`LOOKUP`]: words `[len, name 0..8, name 8..16]`; the reply carries the badged
+//!   endpoint, or the error is `Error::NotFound`.
 //!
 //! Names are 1 to [`MAX_NAME`] bytes. A name belongs to the client (badge) that
 //! registered it: a second REGISTER of the name from the same badge replaces the
@@ -16,6 +17,7 @@
 //! The service keeps the endpoints it was sent, and mints the copies it hands out, in
 //! its window of free slots in its own CNode ([`StartInfo::cnode`]).
 
+use keel_rt::protocol::{self, Answer, Error, Request};
 use keel_rt::{ROOT_DEPTH, SlotAllocator, println};
 use keel_sys::cap::{CNode, Cap, Endpoint};
 use keel_sys::ipc::set_receive_slot;
@@ -32,49 +34,77 @@ pub const MAX_NAME: usize = 16;
 /// How many names the service holds.
 pub const CAPACITY: usize = 32;
 
-/// Reply labels.
+/// A name in the servers' text encoding: `[len, bytes 0..8, bytes 8..16]`.
+pub type Name = [u64; 3];
+
+/// The name service's requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u64)]
-pub enum Status {
-    /// Done.
-    Ok = 0,
-    /// No endpoint is registered under the name.
-    NotFound = 1,
-    /// The name is already registered.
-    Exists = 2,
-    /// The service has no room (names or slots) left.
-    Full = 3,
-    /// Malformed request (bad name, missing capability, unknown label).
-    BadRequest = 4,
+pub enum NamesRequest {
+    /// Register the endpoint sent along (the client's capability pointer when sending;
+    /// 0 once received: it is in the receive slot).
+    Register(Name, u64),
+    /// Look a name up.
+    Lookup(Name),
 }
 
-impl Status {
-    fn from_label(label: u64) -> Self {
-        match label {
-            0 => Self::Ok,
-            1 => Self::NotFound,
-            2 => Self::Exists,
-            3 => Self::Full,
-            _ => Self::BadRequest,
+/// A successful reply: whether it carried a capability (a lookup's endpoint, which
+/// lands in the client's receive slot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Granted(pub Option<u64>);
+
+impl protocol::Reply for Granted {
+    fn encode(&self) -> Message {
+        match self.0 {
+            Some(slot) => Message::new(protocol::OK).cap(Cap::<Endpoint>::from_cptr(slot)),
+            None => Message::new(protocol::OK),
+        }
+    }
+
+    fn decode(message: &Received) -> Result<Self, Error> {
+        match (message.extra_caps(), message.caps_unwrapped()) {
+            (0, _) => Ok(Self(None)),
+            (1, 0) => Ok(Self(Some(0))),
+            _ => Err(Error::BadReply),
         }
     }
 }
 
-/// Why a client request failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Error {
-    /// The service said no.
-    Refused(Status),
-    /// The name is empty or longer than [`MAX_NAME`].
-    BadName,
-    /// The reply carried no capability.
-    NoCapability,
+impl Request for NamesRequest {
+    type Reply = Granted;
+
+    fn encode(&self) -> Message {
+        match *self {
+            Self::Register(name, endpoint) => {
+                Message::new(REGISTER)
+                    .words(&name)
+                    .cap(Cap::<Endpoint>::from_cptr(endpoint))
+            }
+            Self::Lookup(name) => Message::new(LOOKUP).words(&name),
+        }
+    }
+
+    fn decode(message: &Received) -> Result<Self, Error> {
+        let name = message.words::<3>();
+        let well_formed = message.length() >= 3 && (1..=MAX_NAME as u64).contains(&name[0]);
+        match message.label() {
+            REGISTER
+                if well_formed && message.extra_caps() == 1 && message.caps_unwrapped() == 0 =>
+            {
+                Ok(Self::Register(name, 0))
+            }
+            LOOKUP if well_formed => Ok(Self::Lookup(name)),
+            REGISTER | LOOKUP => Err(Error::BadRequest),
+            _ => Err(Error::UnknownLabel),
+        }
+    }
 }
 
-fn encode(name: &str) -> Result<[u64; 3], Error> {
+/// The name in the servers' encoding; `Error::BadRequest` if it is empty or longer
+/// than [`MAX_NAME`].
+pub fn encode(name: &str) -> Result<Name, Error> {
     let bytes = name.as_bytes();
     if bytes.is_empty() || bytes.len() > MAX_NAME {
-        return Err(Error::BadName);
+        return Err(Error::BadRequest);
     }
     let mut words = [0; 3];
     crate::text_to_words(bytes, &mut words);
@@ -83,12 +113,11 @@ fn encode(name: &str) -> Result<[u64; 3], Error> {
 
 /// Registers `endpoint` under `name` at the name service `names`.
 pub fn register(names: Cap<Endpoint>, name: &str, endpoint: Cap<Endpoint>) -> Result<(), Error> {
-    let words = encode(name)?;
-    let reply = names.call(&Message::new(REGISTER).words(&words).cap(endpoint));
-    match Status::from_label(reply.label()) {
-        Status::Ok => Ok(()),
-        s => Err(Error::Refused(s)),
-    }
+    protocol::call(
+        names,
+        &NamesRequest::Register(encode(name)?, endpoint.cptr()),
+    )
+    .map(|_| ())
 }
 
 /// Looks `name` up at the name service `names`; the endpoint lands in slot `slot` of
@@ -99,27 +128,23 @@ pub fn lookup(
     cnode: Cap<CNode>,
     slot: u64,
 ) -> Result<Cap<Endpoint>, Error> {
-    let words = encode(name)?;
+    let name = encode(name)?;
     set_receive_slot(cnode, slot, ROOT_DEPTH);
-    let reply = names.call(&Message::new(LOOKUP).words(&words));
-    match Status::from_label(reply.label()) {
-        Status::Ok if reply.extra_caps() == 1 && reply.caps_unwrapped() == 0 => {
-            Ok(Cap::from_cptr(slot))
-        }
-        Status::Ok => Err(Error::NoCapability),
-        s => Err(Error::Refused(s)),
+    match protocol::call(names, &NamesRequest::Lookup(name))? {
+        Granted(Some(_)) => Ok(Cap::from_cptr(slot)),
+        Granted(None) => Err(Error::BadReply),
     }
 }
 
 #[derive(Clone, Copy, Default)]
 struct Entry {
-    name: [u64; 3],
+    name: Name,
     slot: u64,
     /// Badge of the client that registered it.
     owner: u64,
 }
 
-struct Service {
+struct Directory {
     /// The service's own CNode.
     cnode: Cap<CNode>,
     entries: [Entry; CAPACITY],
@@ -133,48 +158,25 @@ struct Service {
     sent: Option<u64>,
 }
 
-impl Service {
-    fn name_of(r: &Received) -> Option<[u64; 3]> {
-        let words = r.words::<3>();
-        (r.length() >= 3 && (1..=MAX_NAME as u64).contains(&words[0])).then_some(words)
-    }
-
-    fn find(&self, name: &[u64; 3]) -> Option<&Entry> {
+impl Directory {
+    fn find(&self, name: &Name) -> Option<&Entry> {
         self.entries[..self.count].iter().find(|e| e.name == *name)
     }
 
-    fn handle(&mut self, r: &Received) -> Message {
-        let status = match r.label() {
-            REGISTER => self.register(r),
-            LOOKUP => match self.lookup(r) {
-                Ok(slot) => {
-                    return Message::new(Status::Ok as u64).cap(Cap::<Endpoint>::from_cptr(slot));
-                }
-                Err(s) => s,
-            },
-            _ => Status::BadRequest,
-        };
-        Message::new(status as u64)
-    }
-
-    fn register(&mut self, r: &Received) -> Status {
-        let Some(name) = Self::name_of(r) else {
-            return Status::BadRequest;
-        };
-        if r.extra_caps() != 1 || r.caps_unwrapped() != 0 {
-            return Status::BadRequest;
-        }
+    /// Registers the endpoint that arrived in the receive slot under `name` for
+    /// `badge`.
+    fn register(&mut self, name: Name, badge: u64) -> Result<Granted, Error> {
         // The capability arrived in the receive slot; take it only if we keep it.
         let Some(slot) = self.receive_slot else {
-            return Status::Full;
+            return Err(Error::Full);
         };
         if let Some(i) = self.entries[..self.count]
             .iter()
             .position(|e| e.name == name)
         {
-            if self.entries[i].owner != r.badge {
+            if self.entries[i].owner != badge {
                 let _ = self.cnode.delete(slot, ROOT_DEPTH);
-                return Status::Exists;
+                return Err(Error::Exists);
             }
             // Its owner registers it again (restarted): the new endpoint replaces the
             // old one, whose slot becomes the next receive slot.
@@ -182,27 +184,27 @@ impl Service {
             let _ = self.cnode.delete(old, ROOT_DEPTH);
             self.entries[i].slot = slot;
             self.receive_slot = Some(old);
-            return Status::Ok;
+            return Ok(Granted(None));
         }
         if self.count == CAPACITY {
             let _ = self.cnode.delete(slot, ROOT_DEPTH);
-            return Status::Full;
+            return Err(Error::Full);
         }
         self.receive_slot = self.slots.alloc().ok();
         self.entries[self.count] = Entry {
             name,
             slot,
-            owner: r.badge,
+            owner: badge,
         };
         self.count += 1;
-        Status::Ok
+        Ok(Granted(None))
     }
 
-    fn lookup(&mut self, r: &Received) -> Result<u64, Status> {
-        let name = Self::name_of(r).ok_or(Status::BadRequest)?;
-        let source = self.find(&name).ok_or(Status::NotFound)?.slot;
+    /// Mints the client's copy of `name`'s endpoint, badged with the client's badge.
+    fn lookup(&mut self, name: Name, badge: u64) -> Result<Granted, Error> {
+        let source = self.find(&name).ok_or(Error::NotFound)?.slot;
         let slot = self.mint_slot;
-        let badge = if r.badge == 0 { 1 } else { r.badge };
+        let badge = if badge == 0 { 1 } else { badge };
         self.cnode
             .mint(
                 slot,
@@ -213,9 +215,34 @@ impl Service {
                 CapRights::ALL,
                 badge,
             )
-            .map_err(|_| Status::Full)?;
+            .map_err(|_| Error::Full)?;
         self.sent = Some(slot);
-        Ok(slot)
+        Ok(Granted(Some(slot)))
+    }
+}
+
+impl protocol::Service for Directory {
+    type Request = NamesRequest;
+
+    fn handle(&mut self, request: NamesRequest, badge: u64) -> Answer<Granted> {
+        match request {
+            NamesRequest::Register(name, _) => self.register(name, badge),
+            NamesRequest::Lookup(name) => self.lookup(name, badge),
+        }
+        .into()
+    }
+
+    fn before_wait(&mut self) {
+        if let Some(free) = self.receive_slot {
+            set_receive_slot(self.cnode, free, ROOT_DEPTH);
+        }
+    }
+
+    fn replied(&mut self) {
+        // The reply (and its copy of the minted capability) is out: drop ours.
+        if let Some(slot) = self.sent.take() {
+            let _ = self.cnode.delete(slot, ROOT_DEPTH);
+        }
     }
 }
 
@@ -230,7 +257,7 @@ pub fn main(argument: u64) {
         return;
     };
     let cnode = start.cnode();
-    let mut service = Service {
+    let mut service = Directory {
         cnode,
         entries: [Entry::default(); CAPACITY],
         count: 0,
@@ -239,17 +266,5 @@ pub fn main(argument: u64) {
         mint_slot,
         sent: None,
     };
-    set_receive_slot(cnode, first, ROOT_DEPTH);
-    let mut request = ep.recv();
-    loop {
-        let reply = service.handle(&request);
-        if let Some(free) = service.receive_slot {
-            set_receive_slot(cnode, free, ROOT_DEPTH);
-        }
-        request = ep.reply_recv(&reply);
-        // The reply (and its copy of the minted capability) is out: drop ours.
-        if let Some(slot) = service.sent.take() {
-            let _ = cnode.delete(slot, ROOT_DEPTH);
-        }
-    }
+    protocol::serve(ep, &mut service)
 }

@@ -14,18 +14,22 @@
 //! [`keel_abi::harness::POWER_OFF_LINE`] or [`keel_abi::harness::RESTART_LINE`], which
 //! the runner reads to tell a requested power off or restart from a crash.
 //!
-//! Protocol: a Call with label [`POWER_OFF`] or [`RESTART`] and no words. On success
-//! there is no reply (the machine is off); otherwise the reply label is a [`Status`].
+//! Protocol ([`PowerRequest`], with the runtime's typed IPC, `keel_rt::protocol`): a
+//! Call with label [`POWER_OFF`] or [`RESTART`] and no words. On success there is no
+//! reply (the machine is off); otherwise the reply is an error: `Unsupported` (the
+//! firmware describes no way), `PortRefused` (no I/O port capability, or the kernel
+//! refused the write), `StillRunning` (the write went through, nothing happened).
 
 use keel_abi::bootinfo::{
     KeelAcpiPower, PM1_CONTROL_SLEEP_ENABLE, PM1_CONTROL_SLEEP_TYPE_SHIFT, acpi_power_flags,
 };
 use keel_abi::harness::{POWER_OFF_LINE, RESTART_LINE};
 use keel_rt::println;
+use keel_rt::protocol::{self, Answer, Error, Request, Service};
 use keel_servers::names;
-use keel_sys::Message;
 use keel_sys::bootinfo::BootInfo;
 use keel_sys::cap::{Cap, Endpoint, IoPort};
+use keel_sys::{Message, Received};
 
 /// The name the service registers.
 pub const NAME: &str = "power";
@@ -45,27 +49,31 @@ pub const RESET_CONTROL_VALUE: u8 = 0x06;
 /// for a while (QEMU's `pc` machine does). About a second at 2 GHz.
 pub const GRACE_TICKS: u64 = 1 << 31;
 
-/// Reply labels of a request that did not turn the machine off.
+/// The power service's requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u64)]
-pub enum Status {
-    /// The firmware describes no way to do it (no PM1a control block or no `\_S5`).
-    Unsupported = 1,
-    /// The service holds no I/O port capability for it, or the kernel refused the write.
-    NoPort = 2,
-    /// The write went through but the machine is still running.
-    StillRunning = 3,
-    /// Unknown label.
-    BadRequest = 4,
+pub enum PowerRequest {
+    /// Power the machine off (ACPI S5).
+    PowerOff,
+    /// Restart the machine.
+    Restart,
 }
 
-impl Status {
-    fn from_label(label: u64) -> Self {
-        match label {
-            1 => Self::Unsupported,
-            2 => Self::NoPort,
-            3 => Self::StillRunning,
-            _ => Self::BadRequest,
+impl Request for PowerRequest {
+    /// Never sent: success has no reply.
+    type Reply = ();
+
+    fn encode(&self) -> Message {
+        Message::new(match self {
+            Self::PowerOff => POWER_OFF,
+            Self::Restart => RESTART,
+        })
+    }
+
+    fn decode(message: &Received) -> Result<Self, Error> {
+        match message.label() {
+            POWER_OFF => Ok(Self::PowerOff),
+            RESTART => Ok(Self::Restart),
+            _ => Err(Error::UnknownLabel),
         }
     }
 }
@@ -130,14 +138,23 @@ pub fn main(argument: u64) {
         return;
     }
     let acpi = BootInfo::get().and_then(|b| b.acpi_power());
-    let mut request = ep.recv();
-    loop {
-        let status = match request.label() {
-            POWER_OFF => power_off(&start, acpi),
-            RESTART => restart(&start, acpi),
-            _ => Status::BadRequest,
-        };
-        request = ep.reply_recv(&Message::new(status as u64));
+    protocol::serve(ep, &mut Power { start, acpi })
+}
+
+/// The service's state: its capabilities and the firmware's power record.
+struct Power {
+    start: PowerStart,
+    acpi: Option<KeelAcpiPower>,
+}
+
+impl Service for Power {
+    type Request = PowerRequest;
+
+    fn handle(&mut self, request: PowerRequest, _badge: u64) -> Answer<()> {
+        Answer::Now(Err(match request {
+            PowerRequest::PowerOff => power_off(&self.start, self.acpi),
+            PowerRequest::Restart => restart(&self.start, self.acpi),
+        }))
     }
 }
 
@@ -145,12 +162,13 @@ fn port(cptr: u64) -> Option<Cap<IoPort>> {
     (cptr != 0).then(|| Cap::from_cptr(cptr))
 }
 
-fn power_off(start: &PowerStart, acpi: Option<KeelAcpiPower>) -> Status {
+/// Powers off; returns only if that failed, with why.
+fn power_off(start: &PowerStart, acpi: Option<KeelAcpiPower>) -> Error {
     let Some(acpi) = acpi.filter(KeelAcpiPower::can_power_off) else {
-        return Status::Unsupported;
+        return Error::Unsupported;
     };
     let Some(pm1a) = port(start.pm1a) else {
-        return Status::NoPort;
+        return Error::PortRefused;
     };
     let control = |sleep_type: u64| {
         ((sleep_type as u16) << PM1_CONTROL_SLEEP_TYPE_SHIFT) | PM1_CONTROL_SLEEP_ENABLE
@@ -162,16 +180,16 @@ fn power_off(start: &PowerStart, acpi: Option<KeelAcpiPower>) -> Status {
             .out16(acpi.pm1b_control, control(acpi.s5_sleep_type_b) as u64)
             .is_err()
     {
-        return Status::NoPort;
+        return Error::PortRefused;
     }
     if pm1a
         .out16(acpi.pm1a_control, control(acpi.s5_sleep_type_a) as u64)
         .is_err()
     {
-        return Status::NoPort;
+        return Error::PortRefused;
     }
     wait_grace();
-    Status::StillRunning
+    Error::StillRunning
 }
 
 /// Yields for [`GRACE_TICKS`].
@@ -182,25 +200,32 @@ fn wait_grace() {
     }
 }
 
-fn restart(start: &PowerStart, acpi: Option<KeelAcpiPower>) -> Status {
+/// Restarts; returns only if that failed, with why.
+fn restart(start: &PowerStart, acpi: Option<KeelAcpiPower>) -> Error {
     let Some(reset) = port(start.reset) else {
-        return Status::NoPort;
+        return Error::PortRefused;
     };
     let (port, value) = reset_register(acpi);
     println!("{RESTART_LINE}");
     if reset.out8(port as u64, value as u64).is_err() {
-        return Status::NoPort;
+        return Error::PortRefused;
     }
     wait_grace();
-    Status::StillRunning
+    Error::StillRunning
 }
 
-/// Client side: asks the service to power the machine off; returns only if it did not.
-pub fn request_power_off(service: Cap<Endpoint>) -> Status {
-    Status::from_label(service.call(&Message::new(POWER_OFF)).label())
+/// Client side: asks the service to power the machine off; returns only if it did not,
+/// with why.
+pub fn request_power_off(service: Cap<Endpoint>) -> Error {
+    protocol::call(service, &PowerRequest::PowerOff)
+        .err()
+        .unwrap_or(Error::BadReply)
 }
 
-/// Client side: asks the service to restart the machine; returns only if it did not.
-pub fn request_restart(service: Cap<Endpoint>) -> Status {
-    Status::from_label(service.call(&Message::new(RESTART)).label())
+/// Client side: asks the service to restart the machine; returns only if it did not,
+/// with why.
+pub fn request_restart(service: Cap<Endpoint>) -> Error {
+    protocol::call(service, &PowerRequest::Restart)
+        .err()
+        .unwrap_or(Error::BadReply)
 }

@@ -41,8 +41,9 @@ pub fn run(argument: u64, entry: fn(u64)) -> u64 {
     keel_sys::thread::set_current(ThreadBlock {
         ipc_buffer: IPC_BUFFER,
         tcb: slot::TCB,
+        ..ThreadBlock::default()
     });
-    keel_rt::panic_faults();
+    keel_rt::not_root_task();
     entry(argument);
     let own = Cap::<Tcb>::from_cptr(slot::TCB);
     loop {

@@ -9,16 +9,18 @@
 //! is bound to the server's TCB, so one `recv` on the endpoint waits for both requests
 //! and interrupts.
 //!
-//! Protocol (Calls; text in the servers' encoding, `crate::text_to_words`):
+//! Protocol ([`SerialRequest`], with the runtime's typed IPC, `keel_rt::protocol`; text
+//! in the servers' encoding, `crate::text_to_words`):
 //! - [`WRITE`]: text of up to [`MAX_TEXT`] bytes; written to COM1 before the reply.
 //! - [`READ`]: the reply carries 1 to [`MAX_TEXT`] received bytes; it waits until there
-//!   is at least one. One reader may wait at a time; another gets [`Status::Busy`].
+//!   is at least one. One reader may wait at a time; another gets `Error::Busy`.
 //!
-//! The reply label is a [`Status`].
+//! [`install_console`] sends a thread's `print!` output (`keel_rt`'s console) through
+//! the server too.
 
 use core::fmt::Write as _;
-use core::sync::atomic::{AtomicU64, Ordering};
 
+use keel_rt::protocol::{self, Answer, Error, Request, Service};
 use keel_rt::{ROOT_DEPTH, println};
 use keel_sys::cap::{CNode, Cap, Endpoint, IoPort, IrqHandler, Reply};
 use keel_sys::{Message, Received};
@@ -64,27 +66,79 @@ const RECEIVE_INTERRUPT: u64 = 1 << 0;
 /// FIFO control: FIFOs on, interrupt at every byte (not cleared: the kernel set them up).
 const FIFO_ONE_BYTE: u64 = 1 << 0;
 
-/// Reply labels.
+/// Up to [`MAX_TEXT`] bytes of text: a WRITE's request, a READ's reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u64)]
-pub enum Status {
-    /// Done.
-    Ok = 0,
-    /// Another reader is already waiting.
-    Busy = 1,
-    /// Unknown label or malformed text.
-    BadRequest = 2,
-    /// The port refused an access (the server lacks the I/O port capability).
-    PortError = 3,
+pub struct Text {
+    bytes: [u8; MAX_TEXT],
+    len: usize,
 }
 
-impl Status {
-    fn from_label(label: u64) -> Self {
-        match label {
-            0 => Self::Ok,
-            1 => Self::Busy,
-            3 => Self::PortError,
-            _ => Self::BadRequest,
+impl Text {
+    /// The first [`MAX_TEXT`] bytes of `bytes`.
+    pub fn new(bytes: &[u8]) -> Self {
+        let len = bytes.len().min(MAX_TEXT);
+        let mut all = [0; MAX_TEXT];
+        all[..len].copy_from_slice(&bytes[..len]);
+        Self { bytes: all, len }
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    fn message(&self, label: u64) -> Message {
+        let mut words = [0u64; MAX_WORDS];
+        let count = crate::text_to_words(self.as_bytes(), &mut words);
+        Message::new(label).words(&words[..count])
+    }
+
+    fn from_message(message: &Received) -> Self {
+        let mut text = Self::new(&[]);
+        text.len = crate::text_from_words(|i| message.mr(i), &mut text.bytes).len();
+        text
+    }
+}
+
+impl protocol::Reply for Text {
+    fn encode(&self) -> Message {
+        self.message(protocol::OK)
+    }
+
+    fn decode(message: &Received) -> Result<Self, Error> {
+        Ok(Self::from_message(message))
+    }
+}
+
+/// The serial server's requests.
+// A request lives on the stack for one Call: no need to box the text.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SerialRequest {
+    /// Write the text (the reply is empty text).
+    Write(Text),
+    /// Read what has arrived.
+    Read,
+}
+
+impl Request for SerialRequest {
+    type Reply = Text;
+
+    fn encode(&self) -> Message {
+        match self {
+            Self::Write(text) => text.message(WRITE),
+            Self::Read => Message::new(READ),
+        }
+    }
+
+    fn decode(message: &Received) -> Result<Self, Error> {
+        match message.label() {
+            WRITE if message.length() >= 1 && message.length() <= MAX_WORDS => {
+                Ok(Self::Write(Text::from_message(message)))
+            }
+            WRITE => Err(Error::BadRequest),
+            READ => Ok(Self::Read),
+            _ => Err(Error::UnknownLabel),
         }
     }
 }
@@ -107,23 +161,17 @@ impl Input {
         self.len += 1;
     }
 
-    /// A reply with up to [`MAX_TEXT`] buffered bytes.
-    fn take(&mut self) -> Message {
-        let mut text = [0u8; MAX_TEXT];
-        let count = self.len.min(MAX_TEXT);
-        for byte in &mut text[..count] {
+    /// Up to [`MAX_TEXT`] buffered bytes.
+    fn take(&mut self) -> Text {
+        let mut text = Text::new(&[]);
+        text.len = self.len.min(MAX_TEXT);
+        for byte in &mut text.bytes[..text.len] {
             *byte = self.bytes[self.start];
             self.start = (self.start + 1) % INPUT_BUFFER;
             self.len -= 1;
         }
-        text_message(Status::Ok as u64, &text[..count])
+        text
     }
-}
-
-fn text_message(label: u64, text: &[u8]) -> Message {
-    let mut words = [0u64; MAX_WORDS];
-    let count = crate::text_to_words(text, &mut words);
-    Message::new(label).words(&words[..count])
 }
 
 struct Server {
@@ -181,43 +229,39 @@ pub fn main(argument: u64) {
     }
     // Bytes that arrived before the interrupt was on.
     server.drain();
-    let mut request = ep.recv();
-    loop {
-        request = match server.handle(&request) {
-            Some(reply) => ep.reply_recv(&reply),
-            None => ep.recv(),
-        };
+    protocol::serve(ep, &mut server)
+}
+
+impl Service for Server {
+    type Request = SerialRequest;
+    const NOTIFICATION_BADGE: u64 = IRQ_BADGE;
+
+    /// A reply now, or later: a reader waits for input.
+    fn handle(&mut self, request: SerialRequest, _badge: u64) -> Answer<Text> {
+        match request {
+            SerialRequest::Write(text) => {
+                self.write(text.as_bytes()).map(|()| Text::new(&[])).into()
+            }
+            SerialRequest::Read if self.input.len > 0 => Answer::Now(Ok(self.input.take())),
+            SerialRequest::Read if self.reader_waiting => Answer::Now(Err(Error::Busy)),
+            SerialRequest::Read => match self.cnode.save_caller(self.reader_slot, ROOT_DEPTH) {
+                Ok(()) => {
+                    self.reader_waiting = true;
+                    Answer::Later
+                }
+                Err(_) => Answer::Now(Err(Error::BadRequest)),
+            },
+        }
+    }
+
+    /// The interrupt: take the received bytes in.
+    fn notified(&mut self, _badge: u64) {
+        self.drain();
+        let _ = self.irq.ack();
     }
 }
 
 impl Server {
-    /// The reply to a request, or `None` when there is no one to reply to now (an
-    /// interrupt, or a reader that waits).
-    fn handle(&mut self, request: &Received) -> Option<Message> {
-        if request.badge & IRQ_BADGE != 0 {
-            self.drain();
-            let _ = self.irq.ack();
-            return None;
-        }
-        match request.label() {
-            WRITE => {
-                let mut text = [0u8; MAX_TEXT];
-                let text = crate::text_from_words(|i| request.mr(i), &mut text);
-                Some(Message::new(self.write(text) as u64))
-            }
-            READ if self.input.len > 0 => Some(self.input.take()),
-            READ if self.reader_waiting => Some(Message::new(Status::Busy as u64)),
-            READ => {
-                match self.cnode.save_caller(self.reader_slot, ROOT_DEPTH) {
-                    Ok(()) => self.reader_waiting = true,
-                    Err(_) => return Some(Message::new(Status::BadRequest as u64)),
-                }
-                None
-            }
-            _ => Some(Message::new(Status::BadRequest as u64)),
-        }
-    }
-
     /// Moves every received byte into the buffer, and answers a waiting reader.
     fn drain(&mut self) {
         let base = PORTS.0;
@@ -246,13 +290,14 @@ impl Server {
     fn answer_reader(&mut self) {
         if self.reader_waiting && self.input.len > 0 {
             self.reader_waiting = false;
-            Cap::<Reply>::from_cptr(self.reader_slot).send(&self.input.take());
+            let text = self.input.take();
+            Cap::<Reply>::from_cptr(self.reader_slot).send(&protocol::reply_message(&Ok(text)));
         }
     }
 
     /// Writes `text`, taking in received bytes on the way so that the UART's 16-byte
     /// receive FIFO does not overflow during a long write.
-    fn write(&mut self, text: &[u8]) -> Status {
+    fn write(&mut self, text: &[u8]) -> Result<(), Error> {
         let base = PORTS.0;
         for &byte in text {
             // Bounded wait for room, so a dead UART cannot stop the server.
@@ -263,7 +308,7 @@ impl Server {
                     }
                     Ok(status) if status & TRANSMIT_EMPTY != 0 => break,
                     Ok(_) => {}
-                    Err(_) => return Status::PortError,
+                    Err(_) => return Err(Error::PortRefused),
                 }
             }
             if self
@@ -271,36 +316,40 @@ impl Server {
                 .out8((base + register::DATA) as u64, byte as u64)
                 .is_err()
             {
-                return Status::PortError;
+                return Err(Error::PortRefused);
             }
         }
         // What arrived during the write (in loopback: the write itself).
         self.drain();
-        Status::Ok
+        Ok(())
     }
 }
 
 /// Client side: writes `text` (in pieces of [`MAX_TEXT`] bytes; each piece is written
 /// whole, without other clients' output inside it).
-pub fn write(server: Cap<Endpoint>, text: &[u8]) -> Status {
+pub fn write(server: Cap<Endpoint>, text: &[u8]) -> Result<(), Error> {
     for piece in text.chunks(MAX_TEXT) {
-        let reply = server.call(&text_message(WRITE, piece));
-        let status = Status::from_label(reply.label());
-        if status != Status::Ok {
-            return status;
-        }
+        protocol::call(server, &SerialRequest::Write(Text::new(piece)))?;
     }
-    Status::Ok
+    Ok(())
 }
 
 /// Client side: waits for input and reads it into `out`; returns the bytes read. A reply
 /// carries up to [`MAX_TEXT`] bytes; what does not fit in a shorter `out` is lost.
-pub fn read(server: Cap<Endpoint>, out: &mut [u8]) -> Result<&[u8], Status> {
-    let reply = server.call(&Message::new(READ));
-    match Status::from_label(reply.label()) {
-        Status::Ok => Ok(crate::text_from_words(|i| reply.mr(i), out)),
-        status => Err(status),
-    }
+pub fn read(server: Cap<Endpoint>, out: &mut [u8]) -> Result<&[u8], Error> {
+    let text = protocol::call(server, &SerialRequest::Read)?;
+    let count = text.len.min(out.len());
+    out[..count].copy_from_slice(&text.bytes[..count]);
+    Ok(&out[..count])
+}
+
+/// Sends the calling thread's console output (`keel_rt::print!`, `println!`, panic
+/// messages) through the serial server `server` from now on: one WRITE per `print!`
+/// (per 256 bytes), so its lines never mix with other clients' output.
+pub fn install_console(server: Cap<Endpoint>) {
+    keel_rt::set_console(server.cptr(), |endpoint, bytes| {
+        write(Cap::from_cptr(endpoint), bytes).is_ok()
+    });
 }
 
 /// A `core::fmt::Write` that collects text and sends it to the serial server in one
@@ -322,7 +371,7 @@ impl Writer {
     }
 
     /// Sends what was collected.
-    pub fn flush(&mut self) -> Status {
+    pub fn flush(&mut self) -> Result<(), Error> {
         let status = write(self.server, &self.buffer[..self.len]);
         self.len = 0;
         status
@@ -333,7 +382,7 @@ impl core::fmt::Write for Writer {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
         for &b in s.as_bytes() {
             if self.len == MAX_TEXT {
-                self.flush();
+                let _ = self.flush();
             }
             self.buffer[self.len] = b;
             self.len += 1;
@@ -342,22 +391,19 @@ impl core::fmt::Write for Writer {
     }
 }
 
-/// The serial endpoint of the `log` backend (0 until [`install_logger`]).
-static LOG_SERVER: AtomicU64 = AtomicU64::new(0);
-
-/// The `log` backend: each record becomes one line, `LEVEL target: message`, sent to
-/// the serial server as one request (cut at [`MAX_TEXT`] bytes), so lines from
-/// different servers never mix.
+/// The `log` backend: each record becomes one line, `LEVEL target: message`, printed
+/// on the logging thread's console (cut at [`MAX_TEXT`] bytes) in one piece: through
+/// the serial server as one request once the thread has [`install_logger`]ed, so lines
+/// from different servers never mix. Records of threads that have not are dropped.
 struct SerialLogger;
 
 impl log::Log for SerialLogger {
     fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        LOG_SERVER.load(Ordering::Relaxed) != 0
+        keel_rt::console_is_serial()
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        let server = LOG_SERVER.load(Ordering::Relaxed);
-        if server == 0 {
+        if !self.enabled(record.metadata()) {
             return;
         }
         let mut line = Line {
@@ -367,13 +413,15 @@ impl log::Log for SerialLogger {
         let target = record.target().rsplit("::").next().unwrap_or("");
         let _ = write!(line, "{:<5} {target}: {}", record.level(), record.args());
         line.bytes[line.len] = b'\n';
-        write(Cap::from_cptr(server), &line.bytes[..line.len + 1]);
+        let text = core::str::from_utf8(&line.bytes[..line.len + 1]).unwrap_or("(bad utf-8)\n");
+        keel_rt::print!("{text}");
     }
 
     fn flush(&self) {}
 }
 
-/// One log line, cut to leave room for its newline in one request.
+/// One log line, cut (at a character boundary) to leave room for its newline in one
+/// request.
 struct Line {
     bytes: [u8; MAX_TEXT],
     len: usize,
@@ -382,7 +430,10 @@ struct Line {
 impl core::fmt::Write for Line {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
         let room = MAX_TEXT - 1 - self.len;
-        let take = s.len().min(room);
+        let mut take = s.len().min(room);
+        while !s.is_char_boundary(take) {
+            take -= 1;
+        }
         self.bytes[self.len..self.len + take].copy_from_slice(&s.as_bytes()[..take]);
         self.len += take;
         Ok(())
@@ -391,17 +442,18 @@ impl core::fmt::Write for Line {
 
 static LOGGER: SerialLogger = SerialLogger;
 
-/// Stops sending `log` records anywhere (they are dropped until the next
-/// [`install_logger`]).
+/// Stops sending the calling thread's `log` records (they are dropped) and its console
+/// output (it goes to the kernel console again) to the serial server.
 pub fn remove_logger() {
-    LOG_SERVER.store(0, Ordering::Relaxed);
+    keel_rt::reset_console();
 }
 
-/// Sends `log` records to the serial server `server` from now on, at `level` and
-/// above. Every thread of the image shares the logger (the servers share init's image),
-/// so the first call sets it up and later ones only change the endpoint and level.
+/// Sends the calling thread's `log` records, at `level` and above, and its console
+/// output ([`install_console`]) to the serial server `server` from now on. The
+/// endpoint is the calling thread's (a capability pointer in its own CSpace); the level
+/// is the program's (every thread of an image shares the `log` crate's state).
 pub fn install_logger(server: Cap<Endpoint>, level: log::LevelFilter) {
-    LOG_SERVER.store(server.cptr(), Ordering::Relaxed);
+    install_console(server);
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(level);
 }

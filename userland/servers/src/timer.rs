@@ -12,12 +12,13 @@
 //! its deadline is at least the requested time after the request (one tick is added
 //! for the tick already under way), so a sleep never ends early.
 //!
-//! Protocol (Calls; the reply label is a [`Status`]):
+//! Protocol ([`TimerRequest`], with the runtime's typed IPC, `keel_rt::protocol`):
 //! - [`SLEEP`]: word 0 milliseconds; the reply comes when they have passed, with the
-//!   tick count in word 0. With no free slot for another sleeper: [`Status::Busy`].
+//!   tick count in word 0. With no free slot for another sleeper: `Error::Busy`.
 //! - [`NOW`]: the reply carries the tick count (word 0) and the milliseconds since the
 //!   server started (word 1).
 
+use keel_rt::protocol::{self, Answer, Error, Request, Service};
 use keel_rt::{ROOT_DEPTH, println};
 use keel_sys::cap::{CNode, Cap, Endpoint, IoPort, IrqHandler, Reply};
 use keel_sys::{Message, Received};
@@ -51,25 +52,57 @@ const COMMAND: u16 = 0x43;
 /// Command: channel 0, low byte then high byte, mode 2 (rate generator), binary.
 const CHANNEL_0_RATE_GENERATOR: u64 = 0b0011_0100;
 
-/// Reply labels.
+/// The timer server's requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u64)]
-pub enum Status {
-    /// Done.
-    Ok = 0,
-    /// No room for another sleeper.
-    Busy = 1,
-    /// Unknown label.
-    BadRequest = 2,
+pub enum TimerRequest {
+    /// Sleep this many milliseconds.
+    Sleep(u64),
+    /// The time now.
+    Now,
 }
 
-impl Status {
-    fn from_label(label: u64) -> Self {
-        match label {
-            0 => Self::Ok,
-            1 => Self::Busy,
-            _ => Self::BadRequest,
+/// The time in a reply: the tick count and the milliseconds since the server started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Time {
+    /// Ticks of [`TICK_HZ`] since the server started.
+    pub ticks: u64,
+    /// The same in milliseconds.
+    pub ms: u64,
+}
+
+impl Request for TimerRequest {
+    type Reply = Time;
+
+    fn encode(&self) -> Message {
+        match *self {
+            Self::Sleep(ms) => Message::new(SLEEP).word(ms),
+            Self::Now => Message::new(NOW),
         }
+    }
+
+    fn decode(message: &Received) -> Result<Self, Error> {
+        match message.label() {
+            SLEEP if message.length() >= 1 => Ok(Self::Sleep(message.mr(0))),
+            SLEEP => Err(Error::BadRequest),
+            NOW => Ok(Self::Now),
+            _ => Err(Error::UnknownLabel),
+        }
+    }
+}
+
+impl protocol::Reply for Time {
+    fn encode(&self) -> Message {
+        Message::new(protocol::OK).words(&[self.ticks, self.ms])
+    }
+
+    fn decode(message: &Received) -> Result<Self, Error> {
+        if message.length() < 2 {
+            return Err(Error::BadReply);
+        }
+        Ok(Self {
+            ticks: message.mr(0),
+            ms: message.mr(1),
+        })
     }
 }
 
@@ -134,60 +167,59 @@ pub fn main(argument: u64) {
         println!("timer: cannot register: {e:?}");
         return;
     }
-    let mut request = ep.recv();
-    loop {
-        request = match server.handle(&request) {
-            Some(reply) => ep.reply_recv(&reply),
-            None => ep.recv(),
-        };
+    protocol::serve(ep, &mut server)
+}
+
+impl Service for Server {
+    type Request = TimerRequest;
+    const NOTIFICATION_BADGE: u64 = IRQ_BADGE;
+
+    /// A reply now, or later: a sleeper waits for its deadline.
+    fn handle(&mut self, request: TimerRequest, _badge: u64) -> Answer<Time> {
+        match request {
+            TimerRequest::Sleep(0) | TimerRequest::Now => Answer::Now(Ok(self.now())),
+            TimerRequest::Sleep(ms) => self.sleep(ms),
+        }
+    }
+
+    fn notified(&mut self, _badge: u64) {
+        self.tick();
     }
 }
 
 impl Server {
-    /// The reply to a request, or `None` when there is no one to reply to now (a tick,
-    /// or a sleeper that waits).
-    fn handle(&mut self, request: &Received) -> Option<Message> {
-        if request.badge & IRQ_BADGE != 0 {
-            self.tick();
-            return None;
-        }
-        match request.label() {
-            SLEEP if request.mr(0) == 0 => Some(self.now_message()),
-            SLEEP => Some(self.sleep(request.mr(0))?),
-            NOW => Some(self.now_message()),
-            _ => Some(Message::new(Status::BadRequest as u64)),
+    fn now(&self) -> Time {
+        Time {
+            ticks: self.ticks,
+            ms: self.ticks * 1000 / TICK_HZ,
         }
     }
 
-    fn now_message(&self) -> Message {
-        Message::new(Status::Ok as u64).words(&[self.ticks, self.ticks * 1000 / TICK_HZ])
-    }
-
-    /// Saves the caller as a sleeper (`None`: it waits), or refuses it.
-    fn sleep(&mut self, ms: u64) -> Option<Message> {
+    /// Saves the caller as a sleeper (it waits), or refuses it.
+    fn sleep(&mut self, ms: u64) -> Answer<Time> {
         let Some(entry) = self.sleepers.iter().position(Option::is_none) else {
-            return Some(Message::new(Status::Busy as u64));
+            return Answer::Now(Err(Error::Busy));
         };
         if self.free_count == 0 {
-            return Some(Message::new(Status::Busy as u64));
+            return Answer::Now(Err(Error::Busy));
         }
         let slot = self.free_slots[self.free_count - 1];
         if self.cnode.save_caller(slot, ROOT_DEPTH).is_err() {
-            return Some(Message::new(Status::BadRequest as u64));
+            return Answer::Now(Err(Error::BadRequest));
         }
         self.free_count -= 1;
         self.sleepers[entry] = Some(Sleeper {
             deadline: self.ticks + ticks_for(ms),
             slot,
         });
-        None
+        Answer::Later
     }
 
     /// One tick: count it, ack the IRQ, answer every sleeper whose time has come.
     fn tick(&mut self) {
         self.ticks += 1;
         let _ = self.irq.ack();
-        let reply = self.now_message();
+        let reply = protocol::reply_message(&Ok(self.now()));
         for entry in self.sleepers.iter_mut() {
             if let Some(sleeper) = *entry
                 && sleeper.deadline <= self.ticks
@@ -203,19 +235,11 @@ impl Server {
 
 /// Client side: sleeps for `ms` milliseconds; returns the server's tick count at the
 /// wake-up.
-pub fn sleep(server: Cap<Endpoint>, ms: u64) -> Result<u64, Status> {
-    let reply = server.call(&Message::new(SLEEP).word(ms));
-    match Status::from_label(reply.label()) {
-        Status::Ok => Ok(reply.mr(0)),
-        status => Err(status),
-    }
+pub fn sleep(server: Cap<Endpoint>, ms: u64) -> Result<u64, Error> {
+    protocol::call(server, &TimerRequest::Sleep(ms)).map(|time| time.ticks)
 }
 
 /// Client side: the server's tick count and milliseconds since it started.
-pub fn now(server: Cap<Endpoint>) -> Result<(u64, u64), Status> {
-    let reply = server.call(&Message::new(NOW));
-    match Status::from_label(reply.label()) {
-        Status::Ok => Ok((reply.mr(0), reply.mr(1))),
-        status => Err(status),
-    }
+pub fn now(server: Cap<Endpoint>) -> Result<(u64, u64), Error> {
+    protocol::call(server, &TimerRequest::Now).map(|time| (time.ticks, time.ms))
 }

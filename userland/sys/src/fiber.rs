@@ -36,6 +36,7 @@ const FIBERS_PER_CHUNK: usize = STACK_SIZE / FIBER_STACK_SIZE;
 pub const TLS_WORDS: usize = 16;
 /// Offset of the TLS block from the stack base (after the thread block).
 const TLS_OFFSET: u64 = 64;
+const _: () = assert!(core::mem::size_of::<ThreadBlock>() as u64 <= TLS_OFFSET);
 
 /// How a switch changes the GS base.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,6 +199,7 @@ pub fn spawn(entry: fn(u64), argument: u64) -> Option<FiberId> {
     let block = ThreadBlock {
         ipc_buffer: OWNER.load(Ordering::Relaxed),
         tcb: sched(|s| s.tcb),
+        ..ThreadBlock::default()
     };
     sched(|s| {
         let capacity = POOL_FIBERS.load(Ordering::Relaxed);

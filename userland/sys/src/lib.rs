@@ -17,6 +17,8 @@
 //! - [`bootinfo`]: a safe reader of the boot-info frame the kernel hands the root task.
 //! - [`thread`]: per-thread data (the IPC buffer pointer) and the stacks and start
 //!   registers of threads created by the runtime.
+//! - [`heap`]: the memory of a program's heap (a static region) and the step that hands
+//!   it to the runtime's allocator.
 //! - [`probe`]: instructions that fault on purpose and raw access to mappings, for
 //!   tests of fault delivery and of the address-space invocations.
 //!
@@ -30,6 +32,7 @@ pub mod error;
 pub mod fiber;
 pub mod fpu;
 pub mod hazards;
+pub mod heap;
 pub mod image;
 pub mod invocations;
 pub mod ipc;

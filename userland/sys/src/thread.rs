@@ -4,9 +4,9 @@
 //!
 //! Every Keel user thread runs on a stack of [`STACK_SIZE`] bytes aligned to its size;
 //! the lowest bytes of that stack hold the thread's [`ThreadBlock`] (its IPC buffer
-//! address and its own TCB capability). The current thread finds its block by masking
-//! RSP, so per-thread data needs neither a system call nor FS/GS base support — the
-//! role a thread-local variable plays in rust-sel4. `_start` moves the root task onto
+//! address, its own TCB capability and where its console output goes). The current
+//! thread finds its block by masking RSP, so per-thread data needs neither a system
+//! call nor FS/GS base support — the role a thread-local variable plays in rust-sel4. `_start` moves the root task onto
 //! [`ROOT_STACK`]; [`ThreadStack`] hands out the stacks of other threads.
 
 use core::cell::UnsafeCell;
@@ -57,13 +57,21 @@ static STACK_IN_USE: [AtomicBool; THREAD_STACKS] =
     [const { AtomicBool::new(false) }; THREAD_STACKS];
 
 /// Per-thread data at the base of the thread's stack.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
 pub struct ThreadBlock {
     /// User address of the thread's IPC buffer (0: none).
     pub ipc_buffer: u64,
     /// Capability pointer of the thread's own TCB (0: unknown).
     pub tcb: u64,
+    /// Where the thread's console output goes: a function that writes bytes to the
+    /// endpoint [`ThreadBlock::console_endpoint`] (the runtime sets it to the serial
+    /// server's WRITE once the thread has found one), or `None` for the kernel's debug
+    /// console.
+    pub console: Option<fn(u64, &[u8]) -> bool>,
+    /// The endpoint (a capability pointer in the thread's own CSpace) that
+    /// [`ThreadBlock::console`] writes to.
+    pub console_endpoint: u64,
 }
 
 fn current_block_address() -> u64 {
@@ -82,6 +90,11 @@ pub fn current() -> ThreadBlock {
     // which is aligned to its size, so masking RSP gives the stack's base, where the
     // block lives; the memory is ours and always initialised (zeroed static).
     unsafe { p.read_volatile() }
+}
+
+/// Whether the calling thread is the root task (it runs on [`ROOT_STACK`]).
+pub fn on_root_stack() -> bool {
+    current_block_address() == ROOT_STACK.base()
 }
 
 /// Changes the current thread's block (the root task records its IPC buffer here).

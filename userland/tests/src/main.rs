@@ -10,8 +10,11 @@
 //! handling tests give their threads the suite's fault endpoint and play the handler.
 #![no_std]
 #![no_main]
-// Failure messages are fixed-size buffers (no heap); their size in `Err` is fine here.
+// Failure messages are fixed-size buffers (no heap: the `runtime_*` tests test it);
+// their size in `Err` is fine here.
 #![allow(clippy::result_large_err)]
+
+extern crate alloc;
 
 mod cspace;
 mod entry_hazards;
@@ -23,6 +26,7 @@ mod harness;
 mod ipc;
 mod programs;
 mod rseq;
+mod runtime;
 mod servers;
 mod threads;
 mod untyped;
@@ -68,6 +72,7 @@ fn main(argument: u64) -> u64 {
                     rseq::run(&mut suite, &mut env);
                     servers::run(&mut suite, &mut env);
                     programs::run(&mut suite, &mut env);
+                    runtime::run(&mut suite, &mut env);
                 }
                 Err(e) => {
                     suite.fail_setup(e);
