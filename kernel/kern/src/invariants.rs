@@ -188,6 +188,7 @@ impl<H: Hardware> Kernel<H> {
         self.check_untypeds(&chains)?;
         self.check_ready_queues(&threads)?;
         self.check_wait_queues(&threads, &endpoints, &notifications)?;
+        self.check_runnable_findable(&threads)?;
         let here = self.hw.current_cpu();
         let cur = self.cpus[here].current;
         ensure!(
@@ -419,6 +420,27 @@ impl<H: Hardware> Kernel<H> {
             queued as u64,
             in_queues as u64
         );
+        Ok(())
+    }
+
+    /// Every thread that can run is where a scheduler finds it: queued, current on a
+    /// CPU, or the pending SwitchTo of one (an idle CPU's, between the interrupt that
+    /// woke it and the scheduler run that follows). A lost one would never run again.
+    fn check_runnable_findable(&self, threads: &BTreeSet<u64>) -> Result<(), Violation> {
+        for &t in threads {
+            let r = self.tcb(t);
+            let found = r.queued
+                || self
+                    .cpus
+                    .iter()
+                    .any(|c| c.current == t || c.action == crate::kernel::Action::SwitchTo(t));
+            ensure!(
+                !r.state.is_runnable() || found,
+                "runnable thread neither queued nor current",
+                t,
+                0
+            );
+        }
         Ok(())
     }
 

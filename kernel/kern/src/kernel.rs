@@ -341,7 +341,7 @@ impl<H: Hardware> Kernel<H> {
             if cpu < self.cpus.len() && self.cpus[cpu].current == t && cpu != self.hw.current_cpu()
             {
                 self.hw.stall_cpu(cpu, tcb::record(t));
-                self.cpus[cpu].action = Action::ChooseNew;
+                self.request_choose_new(cpu);
                 self.hw.reschedule_cpu(cpu);
             }
         }
@@ -474,7 +474,7 @@ impl<H: Hardware> Kernel<H> {
             if t != 0 && self.tcb(t).state == ThreadState::Running {
                 self.tcb_mut(t).state = ThreadState::Restart;
             }
-            self.cpus[cpu].action = Action::ChooseNew;
+            self.request_choose_new(cpu);
             self.hw.reschedule_cpu(cpu);
         }
     }
@@ -492,11 +492,21 @@ impl<H: Hardware> Kernel<H> {
 
     /// Asks this CPU to choose again at the next exit.
     pub fn reschedule_required(&mut self) {
-        let here = self.hw.current_cpu();
-        if let Action::SwitchTo(t) = self.cpus[here].action {
+        self.request_choose_new(self.hw.current_cpu());
+    }
+
+    /// Makes CPU `cpu` choose again when it next runs its scheduler. A thread a
+    /// pending SwitchTo names goes to its ready queue first (if it can still run): it
+    /// is in no queue and not current, so dropping the decision would lose it. (Another
+    /// CPU's decision is pending between an interrupt its idle loop took and the
+    /// scheduler run that follows, with the lock released in between.)
+    fn request_choose_new(&mut self, cpu: usize) {
+        if let Action::SwitchTo(t) = self.cpus[cpu].action
+            && self.tcb(t).state.is_runnable()
+        {
             self.enqueue(t, false);
         }
-        self.cpus[here].action = Action::ChooseNew;
+        self.cpus[cpu].action = Action::ChooseNew;
     }
 
     /// A preemption point of a long operation (seL4's preemptionPoint): after every
@@ -532,6 +542,25 @@ impl<H: Hardware> Kernel<H> {
                 if current != 0 && !current_runnable {
                     self.choose_new(here);
                 }
+            }
+            Action::SwitchTo(candidate)
+                if !self.tcb(candidate).state.is_runnable()
+                    || self.tcb(candidate).affinity as usize != here
+                    || self.tcb(candidate).queued =>
+            {
+                // Another entry changed the candidate since the decision (blocked it,
+                // moved it, queued it): choose anew; a runnable candidate waits in its
+                // ready queue.
+                if self.tcb(candidate).state.is_runnable() && !self.tcb(candidate).queued {
+                    self.enqueue(candidate, false);
+                    if self.tcb(candidate).affinity as usize != here {
+                        self.reschedule_cpu_of(candidate);
+                    }
+                }
+                if current_runnable {
+                    self.enqueue(current, true);
+                }
+                self.choose_new(here);
             }
             Action::SwitchTo(candidate) => {
                 let prio = self.tcb(candidate).priority;
@@ -588,7 +617,7 @@ impl<H: Hardware> Kernel<H> {
         let current = self.cpus[here].current;
         if current == 0 {
             if self.cpus[here].highest_ready().is_some() {
-                self.cpus[here].action = Action::ChooseNew;
+                self.reschedule_required();
             }
             return;
         }

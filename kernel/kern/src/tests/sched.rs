@@ -323,3 +323,47 @@ fn timer_preemption_marks_the_rseq_fix_up() {
     assert!(w.tcb(a.tcb).rseq_pending);
     w.check_invariants();
 }
+
+/// Whether `t` is where the scheduler will find it: current on its CPU or queued.
+fn findable(w: &World, t: u64) -> bool {
+    let r = w.tcb(t);
+    r.queued || w.k.cpus[r.affinity as usize].current == t
+}
+
+#[test]
+fn a_timer_tick_on_an_idle_cpu_keeps_a_thread_woken_before_it() {
+    // An idle CPU takes an interrupt that wakes thread `a` (a signal: SwitchTo(a) is
+    // pending until the idle loop asks the scheduler); another CPU makes `b` ready on
+    // it; then the CPU's timer tick arrives before the idle loop runs the scheduler.
+    let mut w = World::new();
+    let a = w.thread(100);
+    let b = w.thread(100);
+    let root = w.addr(S_TCB);
+    w.k.set_state(root, ThreadState::Inactive);
+    w.k.schedule();
+    assert_eq!(w.k.current(), 0, "CPU 0 idle");
+    w.k.set_state(a.tcb, ThreadState::Running);
+    w.k.possible_switch_to(a.tcb);
+    w.k.set_state(b.tcb, ThreadState::Running);
+    w.k.enqueue(b.tcb, false);
+    w.k.handle_timer_tick();
+    w.k.schedule();
+    assert!(findable(&w, a.tcb), "the woken thread was lost");
+    assert!(findable(&w, b.tcb));
+}
+
+#[test]
+fn a_switch_to_a_thread_blocked_meanwhile_is_not_made() {
+    // SwitchTo(a) is pending on an idle CPU while another entry blocks `a` (here:
+    // suspends it); the scheduler must not run a thread that cannot run.
+    let mut w = World::new();
+    let a = w.thread(100);
+    let root = w.addr(S_TCB);
+    w.k.set_state(root, ThreadState::Inactive);
+    w.k.schedule();
+    w.k.set_state(a.tcb, ThreadState::Running);
+    w.k.possible_switch_to(a.tcb);
+    w.k.set_state(a.tcb, ThreadState::Inactive);
+    w.k.schedule();
+    assert_eq!(w.k.current(), 0, "a suspended thread was made current");
+}
