@@ -331,6 +331,7 @@ impl<H: Hardware> Kernel<H> {
 
     /// Sets a thread's state; if it stops being runnable while current, the CPU
     /// reschedules.
+    #[inline(always)]
     pub fn set_state(&mut self, t: u64, state: ThreadState) {
         self.tcb_mut(t).state = state;
         if !state.is_runnable() {
@@ -340,11 +341,19 @@ impl<H: Hardware> Kernel<H> {
             // CPU must be told (and must not keep running it).
             if cpu < self.cpus.len() && self.cpus[cpu].current == t && cpu != self.hw.current_cpu()
             {
-                self.hw.stall_cpu(cpu, tcb::record(t));
-                self.request_choose_new(cpu);
-                self.hw.reschedule_cpu(cpu);
+                self.stop_on_other_cpu(cpu, t);
             }
         }
+    }
+
+    /// `t`, current on another CPU `cpu`, can no longer run: that CPU stops it and
+    /// chooses again.
+    #[cold]
+    #[inline(never)]
+    fn stop_on_other_cpu(&mut self, cpu: usize, t: u64) {
+        self.hw.stall_cpu(cpu, tcb::record(t));
+        self.request_choose_new(cpu);
+        self.hw.reschedule_cpu(cpu);
     }
 
     /// Puts `t` at the head (`front`) or tail of its CPU's ready queue.
@@ -490,6 +499,16 @@ impl<H: Hardware> Kernel<H> {
         }
     }
 
+    /// Whether a pending SwitchTo to `t` on CPU `here` still stands: `t` can run,
+    /// belongs to `here` and waits in no queue (one read of its record).
+    #[inline(always)]
+    fn still_switchable(&self, t: u64, here: usize) -> bool {
+        let r = self.tcb(t);
+        matches!(r.state, ThreadState::Running | ThreadState::Restart)
+            && r.affinity as usize == here
+            && !r.queued
+    }
+
     /// Asks this CPU to choose again at the next exit.
     pub fn reschedule_required(&mut self) {
         self.request_choose_new(self.hw.current_cpu());
@@ -543,11 +562,7 @@ impl<H: Hardware> Kernel<H> {
                     self.choose_new(here);
                 }
             }
-            Action::SwitchTo(candidate)
-                if !self.tcb(candidate).state.is_runnable()
-                    || self.tcb(candidate).affinity as usize != here
-                    || self.tcb(candidate).queued =>
-            {
+            Action::SwitchTo(candidate) if !self.still_switchable(candidate, here) => {
                 // Another entry changed the candidate since the decision (blocked it,
                 // moved it, queued it): choose anew; a runnable candidate waits in its
                 // ready queue.
