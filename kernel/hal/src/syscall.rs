@@ -54,21 +54,9 @@ syscall_entry:
     mov qword ptr gs:[{running}], 0
     .global keel_syscall_clear
 keel_syscall_clear:
-    xor eax, eax
-    xor ebx, ebx
-    xor ecx, ecx
-    xor edx, edx
-    xor esi, esi
-    xor edi, edi
-    xor ebp, ebp
-    xor r8d, r8d
-    xor r9d, r9d
-    xor r10d, r10d
-    xor r11d, r11d
-    xor r12d, r12d
-    xor r13d, r13d
-    xor r14d, r14d
-    xor r15d, r15d
+"#,
+    crate::clear_gprs!(),
+    r#"
 1:
     .pushsection .keel_patch, "a"
     .quad {clear_switch}, keel_syscall_clear, 1b
@@ -80,21 +68,9 @@ keel_syscall_clear:
     /* The slow check: registers cleared first (always), then the FS/GS state saved
        and an FPU save request served (`entry::syscall_entry_slow`, which clears
        `running` last), then the common path. */
-    xor eax, eax
-    xor ebx, ebx
-    xor ecx, ecx
-    xor edx, edx
-    xor esi, esi
-    xor edi, edi
-    xor ebp, ebp
-    xor r8d, r8d
-    xor r9d, r9d
-    xor r10d, r10d
-    xor r11d, r11d
-    xor r12d, r12d
-    xor r13d, r13d
-    xor r14d, r14d
-    xor r15d, r15d
+"#,
+    crate::clear_gprs!(),
+    r#"
     cld
     call {slow}
     jmp 1b
