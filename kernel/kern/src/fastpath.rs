@@ -1,13 +1,17 @@
-//! The IPC fastpath: Call and ReplyRecv between threads that can switch directly.
+//! The IPC fastpath: Call, ReplyRecv and Send (to a higher-priority receiver, or a
+//! Signal to a higher-priority waiter) between threads that can switch directly.
 //!
 //! As in seL4, the fastpath is a list of checks, each of which falls back to the
 //! general path (`Kernel::handle_syscall`) when it fails, followed by a short
-//! straight-line transfer: message registers 0–3 only (no IPC buffer, no capability
-//! transfer), the reply capability set up or consumed in place, the woken thread made
-//! current without touching the ready queues. Every case it accepts ends in exactly the
-//! state the general path would produce; it reads capabilities through
-//! [`crate::object::cap::raw`] instead of decoding them, and resolves a capability
-//! pointer in one step when the CSpace root resolves all 64 bits at once.
+//! straight-line transfer: the message (its length of message registers; in the long
+//! variant also words 4 onwards, buffer to buffer; no capability transfer), the reply
+//! capability set up or consumed in place, the woken thread made current without
+//! running the scheduler (a Send's sender goes to the front of its ready queue). Every
+//! case it accepts ends in exactly the state the general path would produce (host
+//! tests compare the two); it reads capabilities through [`crate::object::cap::raw`]
+//! instead of decoding them, resolves a capability pointer in one step when the CSpace
+//! root resolves all 64 bits at once, and remembers each thread's last such lookup
+//! ([`tcb::LookupCache`]).
 //!
 //! On success it returns the thread to run (the new current thread of CPU `here`) and
 //! its PML4, so the caller can leave the kernel without running the scheduler.
