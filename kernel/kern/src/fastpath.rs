@@ -64,8 +64,7 @@ impl<H: Hardware> Kernel<H> {
     /// The slot `cptr` names in `t`'s CSpace, when the root CNode resolves all 64 bits in
     /// one level (guard + radix = 64) and the guard matches; `None` otherwise (the
     /// general path then decides). The thread's [`tcb::LookupCache`] answers a repeated
-    /// lookup of an endpoint or notification in the same CSpace root (three compares
-    /// instead of the decoding).
+    /// lookup in the same CSpace root (three compares instead of the decoding).
     #[inline(always)]
     fn fast_lookup(&mut self, t: u64, cptr: u64) -> Option<u64> {
         let root = tcb::slot(t, tcb::SLOT_CSPACE);
@@ -74,22 +73,12 @@ impl<H: Hardware> Kernel<H> {
         if cache.cptr == cptr && cache.root == words {
             return Some(cache.slot);
         }
-        self.lookup_and_remember(t, cptr, words)
-    }
-
-    /// [`Self::fast_lookup`] when the memo does not answer, out of line. The lookup is
-    /// remembered only for the objects the fastpaths serve: a thread that also invokes
-    /// kernel objects or replies through saved reply capabilities keeps its endpoint's.
-    #[cold]
-    #[inline(never)]
-    fn lookup_and_remember(&mut self, t: u64, cptr: u64, root: [u64; 2]) -> Option<u64> {
-        let slot = one_level_lookup(root, cptr)?;
-        if matches!(
-            raw::tag(self.hw.read(slot)),
-            raw::ENDPOINT | raw::NOTIFICATION
-        ) {
-            self.tcb_mut(t).lookup_cache = tcb::LookupCache { root, cptr, slot };
-        }
+        let slot = one_level_lookup(words, cptr)?;
+        self.tcb_mut(t).lookup_cache = tcb::LookupCache {
+            root: words,
+            cptr,
+            slot,
+        };
         Some(slot)
     }
 

@@ -667,17 +667,6 @@ fn fastpath_lookup_memo_follows_the_cspace_root() {
     assert!(w.fast_syscall(s1.tcb, REPLY_RECV));
     assert_eq!(w.state(client.tcb), ThreadState::Running);
     assert_eq!(w.tcb(client.tcb).lookup_cache.cptr, e1);
-    // A Call on a kernel object (the fastpath looks it up and declines) leaves the
-    // memo to the endpoint.
-    w.load(
-        client.tcb,
-        client.slot,
-        L::TcbSetPriority as u64,
-        &[100],
-        &[S_TCB],
-    );
-    assert!(!w.fast_syscall(client.tcb, CALL));
-    assert_eq!(w.tcb(client.tcb).lookup_cache.cptr, e1);
     // The client moves to a new one-level CNode (guard size 56 + radix 8) whose slot
     // with the same index holds `e2`: the same pointer now names another slot.
     let cnode = w.make(ObjectType::CapTable, 8);
