@@ -101,9 +101,9 @@ pub struct CpuState {
     heads: [u64; NUM_PRIORITIES],
     tails: [u64; NUM_PRIORITIES],
     bitmap: [u64; NUM_PRIORITIES / 64],
-    /// 1 + the highest priority with a ready thread, 0 when none is ready (the
-    /// bitmap's summary, kept by `enqueue`/`dequeue` for the fastpath's one compare).
-    top: u16,
+    /// The highest priority with a ready thread, -1 when none is ready (the bitmap's
+    /// summary, kept by `enqueue`/`dequeue` for the fastpath's one compare).
+    highest: i16,
     /// Bit `w` set when `bitmap[w]` is non-zero.
     words_used: u64,
 }
@@ -116,7 +116,7 @@ impl CpuState {
             heads: [0; NUM_PRIORITIES],
             tails: [0; NUM_PRIORITIES],
             bitmap: [0; NUM_PRIORITIES / 64],
-            top: 0,
+            highest: -1,
             words_used: 0,
         }
     }
@@ -124,14 +124,14 @@ impl CpuState {
     /// Whether a thread of priority higher than `priority` is ready.
     #[inline(always)]
     pub fn ready_above(&self, priority: u8) -> bool {
-        self.top > priority as u16 + 1
+        self.highest > priority as i16
     }
 
     /// Marks priority `prio` as having a ready thread.
     fn mark_ready(&mut self, prio: usize) {
         self.bitmap[prio / 64] |= 1 << (prio % 64);
         self.words_used |= 1 << (prio / 64);
-        self.top = self.top.max(prio as u16 + 1);
+        self.highest = self.highest.max(prio as i16);
     }
 
     /// Marks priority `prio` as having no ready thread.
@@ -141,21 +141,21 @@ impl CpuState {
         if self.bitmap[word] == 0 {
             self.words_used &= !(1 << word);
         }
-        if self.top != prio as u16 + 1 {
+        if self.highest != prio as i16 {
             return;
         }
-        // Nothing is ready above `prio`: the new top is the highest set bit.
-        self.top = if self.words_used == 0 {
-            0
+        // Nothing is ready above `prio`: the new highest is the highest set bit.
+        self.highest = if self.words_used == 0 {
+            -1
         } else {
             let w = 63 - self.words_used.leading_zeros() as usize;
-            (w * 64 + 64 - self.bitmap[w].leading_zeros() as usize) as u16
+            (w * 64 + 63 - self.bitmap[w].leading_zeros() as usize) as i16
         };
     }
 
     /// The highest priority with a ready thread.
     pub fn highest_ready(&self) -> Option<u8> {
-        self.top.checked_sub(1).map(|p| p as u8)
+        u8::try_from(self.highest).ok()
     }
 
     /// The first thread of the ready queue of priority `prio` (0 = empty).
@@ -173,7 +173,7 @@ impl CpuState {
         self.bitmap[prio as usize / 64] & (1 << (prio % 64)) != 0
     }
 
-    /// The highest priority whose bitmap bit is set (what `top` summarises).
+    /// The highest priority whose bitmap bit is set (what `highest` summarises).
     pub fn scan_highest(&self) -> Option<u8> {
         (0..self.bitmap.len())
             .rev()
@@ -650,7 +650,7 @@ impl<H: Hardware> Kernel<H> {
             // Another thread of its priority or higher takes over: it is preempted
             // (a user restartable sequence it was in restarts).
             let priority = self.tcb(current).priority;
-            if self.cpus[here].top > priority as u16 {
+            if self.cpus[here].highest >= priority as i16 {
                 self.rseq_switched_out(current);
             }
             self.cpus[here].current = 0;
