@@ -61,10 +61,22 @@ keel_exit_checks:
     .popsection
     cmp qword ptr [rsp + {vector}], {syscall_marker}
     jne 2f
-"#,
-    crate::pop_gprs!(),
-    r#"
-    add rsp, 16
+    /* pop_gprs! but R11 and RCX, which SYSRET takes from RFLAGS and RIP: they lie
+       next to the vector and error code, skipped with them. */
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop r10
+    pop r9
+    pop r8
+    pop rbp
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rbx
+    pop rax
+    add rsp, 32
     mov rcx, [rsp]
     mov r11, [rsp + 16]
     mov rsp, [rsp + 24]
