@@ -280,7 +280,10 @@ fn syscall() -> u64 {
         // The fastpath switched directly to a thread that can run: no scheduling.
         let c = &k.tcb(next).context;
         if c.rip < hal::layout::USER_END {
-            return hal::entry::prepare_thread(tcb::record(next), pml4, c.fs_base, c.gs_base);
+            let context =
+                hal::entry::prepare_thread(tcb::record(next), pml4, c.fs_base, c.gs_base);
+            drop(guard);
+            hal::entry::resume_thread(context);
         }
         return prepare(k);
     }

@@ -47,6 +47,8 @@ core::arch::global_asm!(
 keel_return_to_user:
     test rax, rax
     jz 5f
+    .global keel_return_to_thread
+keel_return_to_thread:
     mov rsp, rax
     .global keel_exit_checks
 keel_exit_checks:
@@ -188,6 +190,21 @@ pub fn resume(context: u64) -> ! {
     // abandons the current kernel stack, which holds nothing live.
     unsafe {
         core::arch::asm!("jmp {}", sym keel_return_to_user, in("rax") context, options(noreturn))
+    }
+}
+
+unsafe extern "C" {
+    /// [`keel_return_to_user`] for a thread's context (RAX, never 0): no idle test.
+    fn keel_return_to_thread() -> !;
+}
+
+/// Leaves the kernel into the thread whose context is at `context`, the value
+/// [`prepare_thread`] returned (so never 0: no test for the idle loop).
+#[inline(always)]
+pub fn resume_thread(context: u64) -> ! {
+    // SAFETY: as in `resume`; `context` is a prepared thread's context, not 0.
+    unsafe {
+        core::arch::asm!("jmp {}", sym keel_return_to_thread, in("rax") context, options(noreturn))
     }
 }
 
