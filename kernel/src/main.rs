@@ -275,13 +275,14 @@ fn syscall() -> u64 {
         }
         _ => None,
     };
-    if let Some((next, pml4)) = fast {
+    if let Some(next) = fast {
+        let next = next.get();
+        let pml4 = k.pml4_of(next);
         check_invariants(k);
         // The fastpath switched directly to a thread that can run: no scheduling.
         let c = &k.tcb(next).context;
         if c.rip < hal::layout::USER_END {
-            let context =
-                hal::entry::prepare_thread(tcb::record(next), pml4, c.fs_base, c.gs_base);
+            let context = hal::entry::prepare_thread(tcb::record(next), pml4, c.fs_base, c.gs_base);
             drop(guard);
             hal::entry::resume_thread(context);
         }
