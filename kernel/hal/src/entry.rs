@@ -510,10 +510,10 @@ pub fn enter_idle() -> ! {
 
 /// Prepares this CPU to run the thread whose context is at physical address
 /// `context_phys` (the start of its TCB record): its address space (`pml4`), FS/GS
-/// bases, CR4.FSGSBASE and debug registers as the record says, and the entry stack
-/// pointers. Returns the context's direct-map address for [`resume`].
+/// bases (the context's), CR4.FSGSBASE and debug registers as the record says, and the
+/// entry stack pointers. Returns the context's direct-map address for [`resume`].
 #[inline(always)]
-pub fn prepare_thread(context_phys: u64, pml4: u64, fs_base: u64, gs_base: u64) -> u64 {
+pub fn prepare_thread(context_phys: u64, pml4: u64) -> u64 {
     let context = crate::layout::phys_to_virt(context_phys);
     // SAFETY: the glue passes the record address of a live TCB (the context is its
     // first field), read through the direct map; the object layer does not run
@@ -544,11 +544,12 @@ pub fn prepare_thread(context_phys: u64, pml4: u64, fs_base: u64, gs_base: u64) 
             .cast::<u16>()
             .read_unaligned()
             != 0;
+        let c = &tcb.context;
         let thread_not_plain =
-            fs_base | gs_base | tcb.context.selectors | tcb.debug.dr7 | tcb.fsgsbase_allowed as u64;
+            c.fs_base | c.gs_base | c.selectors | tcb.debug.dr7 | tcb.fsgsbase_allowed as u64;
         if cpu_not_plain || thread_not_plain != 0 {
             let user_fsgsbase = tcb.fsgsbase_allowed && crate::cpu::has_fsgsbase();
-            load_thread_registers(tcb, user_fsgsbase, fs_base, gs_base);
+            load_thread_registers(tcb, user_fsgsbase, c.fs_base, c.gs_base);
         }
         // --- FPU (issue 7, fpu.rs): nothing to do while the registers hold this
         // thread's state, or hold nobody's and this thread's is not loaded eagerly.
