@@ -479,7 +479,8 @@ impl<H: Hardware> Kernel<H> {
                 return true;
             }
             self.restart_waiter(queue, t);
-            if preemptible && self.preemption_point() {
+            // (No stop once the queue is empty: the redone call would find nothing.)
+            if preemptible && endpoint::head(&self.hw, queue) != 0 && self.preemption_point() {
                 return false;
             }
         }

@@ -27,6 +27,7 @@ use crate::testing_memory::TestMemory;
 
 mod cspace_ops;
 mod faults;
+mod finalise;
 mod invariants;
 mod ipc;
 mod ldt;
