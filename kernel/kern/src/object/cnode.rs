@@ -6,6 +6,14 @@
 //! or TCB that must be emptied first becomes a Zombie capability; emptying nested
 //! CNodes is iterative (each Zombie records the slot of the Zombie it sits in), so a
 //! hostile CSpace cannot exhaust the kernel stack.
+//!
+//! Long finalisations stop at preemption points and are continued by the redone
+//! system call: emptying a CNode or TCB (its Zombie records the scan position),
+//! restarting the waiters of an endpoint or notification (its last capability becomes
+//! an endpoint or notification Zombie; the queue is the progress), and dropping the
+//! address spaces of an ASID pool (the cleared pool entries are the progress).
+//! Invariant: a Zombie is always its object's last capability, and nothing derives
+//! from or invokes it; an endpoint or notification behind a Zombie gains no waiter.
 
 use keel_abi::error::Error;
 
