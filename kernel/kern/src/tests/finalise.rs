@@ -15,20 +15,19 @@ const WAITERS: usize = 200;
 /// priority 10 blocked on it: with `senders`, alternately Send and Call, otherwise Recv
 /// (Wait on a notification). Returns the world, the object's slot and the threads.
 fn blocked_world(kind: ObjectType, senders: bool) -> (World, u64, Vec<Thread>) {
-    blocked_world_with(kind, senders, |_, _| {})
+    blocked_world_with(senders, |w| w.make(kind, 0))
 }
 
-/// [`blocked_world`], with `prepare` run on the object's slot before anyone waits.
+/// [`blocked_world`], with the object made (and prepared) by `make`, which returns its
+/// slot.
 fn blocked_world_with(
-    kind: ObjectType,
     senders: bool,
-    prepare: impl FnOnce(&mut World, u64),
+    make: impl FnOnce(&mut World) -> u64,
 ) -> (World, u64, Vec<Thread>) {
     let mut w = World::new();
     // Checking the invariants after each of the ~1000 set-up calls costs seconds.
     w.check = false;
-    let obj = w.make(kind, 0);
-    prepare(&mut w, obj);
+    let obj = make(&mut w);
     let threads: Vec<Thread> = (0..WAITERS)
         .map(|_| {
             let t = w.thread_with(10, false, 0);
@@ -130,6 +129,58 @@ fn deleting_an_endpoint_with_many_receivers_is_preemptible_and_ends_as_unpreempt
 }
 
 #[test]
+fn revoking_the_untyped_of_an_endpoint_with_many_senders_is_preemptible() {
+    // The endpoint comes from its own untyped, whose Revoke deletes it: the redone
+    // Revoke meets the endpoint's Zombie (a child of the untyped) and continues.
+    let setup = || {
+        let mut ut = 0;
+        let (w, e, threads) = blocked_world_with(true, |w| {
+            ut = w.make(ObjectType::Untyped, 12);
+            let e = w.alloc_slot();
+            let r = w.retype(ut, ObjectType::Endpoint, 0, e, 1);
+            assert_eq!(r.label, 0, "{r:?}");
+            e
+        });
+        (w, ut, e, threads)
+    };
+    let (mut plain, ut, e, threads) = setup();
+    plain.root_ok(S_CNODE, L::CNodeRevoke, &[ut, 64], &[]);
+    let expected = outcome(&plain, &threads);
+    assert!(plain.cap(e).is_null());
+
+    let (mut w, ut, e, threads) = setup();
+    let ptr = w.addr(e);
+    w.k.hw.pending_interrupt = true;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        assert!(attempts <= WAITERS, "no progress");
+        w.load(ROOT_TCB, S_CNODE, L::CNodeRevoke as u64, &[ut, 64], &[]);
+        w.syscall(ROOT_TCB, syscall::CALL);
+        if w.tcb(ROOT_TCB).context.rip == SYSCALL_IP + 2 {
+            break;
+        }
+        // Stopped inside the endpoint's finalisation, or (last) after it, at Revoke's
+        // own preemption point.
+        match w.cap(e) {
+            Cap::Zombie {
+                kind: ZombieKind::Endpoint,
+                ..
+            } => assert!(cspace::is_parent_of(&w.k.hw, slot(ut), slot(e))),
+            Cap::Null => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    w.k.hw.pending_interrupt = false;
+    assert!(attempts > 1);
+    assert_eq!(outcome(&w, &threads), expected);
+    assert!(w.cap(e).is_null() && !w.k.hw.exists::<Endpoint>(ptr));
+    // The untyped is whole again.
+    let r = w.retype(ut, ObjectType::Untyped, 12, e, 1);
+    assert_eq!(r.label, 0, "{r:?}");
+}
+
+#[test]
 fn no_thread_joins_an_endpoint_being_finalised() {
     let (mut w, e, _) = blocked_world(ObjectType::Endpoint, true);
     let ptr = w.addr(e);
@@ -176,7 +227,8 @@ fn deleting_a_notification_with_many_waiters_is_preemptible_and_ends_as_unpreemp
     let setup = || {
         // An IRQ handler signals the notification. (A bound notification has no
         // waiters but its thread: the kernel's own unbinding is checked apart.)
-        blocked_world_with(ObjectType::Notification, false, |w, n| {
+        blocked_world_with(false, |w| {
+            let n = w.make(ObjectType::Notification, 0);
             let handler = w.alloc_slot();
             w.root_ok(
                 S_IRQ_CONTROL,
@@ -185,6 +237,7 @@ fn deleting_a_notification_with_many_waiters_is_preemptible_and_ends_as_unpreemp
                 &[S_CNODE],
             );
             w.root_ok(handler, L::IrqSetIrqHandler, &[], &[n]);
+            n
         })
     };
     let (mut plain, n, threads) = setup();
