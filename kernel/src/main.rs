@@ -119,6 +119,7 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
     for (start, end) in device_regions(boot) {
         root.add_untyped(&mut kernel, start, end, true);
     }
+    add_x86_records(&mut root, &mut kernel, boot);
     let power = acpi_power_record(&boot.platform.power);
     log::info!(
         "acpi: power off {}, reset register {}",
@@ -217,6 +218,45 @@ fn device_regions(boot: &BootInfo) -> alloc::vec::Vec<(u64, u64)> {
     }
     let _ = MemoryKind::Available;
     gaps
+}
+
+/// seL4's x86 extra boot-info records, in seL4's order (`X86_RECORD_ORDER`): the ACPI
+/// RSDP and the framebuffer when the bootloader gave them, the memory map (its first 50
+/// entries, multiboot types) and the TSC frequency. No VBE record: GRUB's multiboot2
+/// framebuffer tag replaces the VBE blocks.
+fn add_x86_records(
+    root: &mut keel_kern::boot::RootTask,
+    kernel: &mut Kernel<Machine>,
+    boot: &BootInfo,
+) {
+    use keel_abi::bootinfo::{self as abi, extra_id};
+    if let Some(rsdp) = boot.rsdp {
+        root.add_extra_record_bytes(kernel, extra_id::X86_ACPI_RSDP, &rsdp);
+    }
+    if let Some(fb) = boot.framebuffer {
+        let record = abi::X86Framebuffer {
+            addr: fb.phys,
+            pitch: fb.pitch,
+            width: fb.width,
+            height: fb.height,
+            bpp: fb.bpp,
+            // Multiboot 2 framebuffer types: 1 direct RGB, 2 EGA text.
+            fb_type: if fb.text { 2 } else { 1 },
+        };
+        root.add_extra_record_bytes(kernel, extra_id::X86_FRAMEBUFFER, &record.to_bytes());
+    }
+    let entries: alloc::vec::Vec<abi::X86MmapEntry> = boot
+        .memory_map
+        .iter()
+        .map(|r| abi::X86MmapEntry::new(r.start, r.end - r.start, r.firmware_type))
+        .collect();
+    root.add_extra_record_bytes(
+        kernel,
+        extra_id::X86_MBMMAP,
+        &abi::x86_mbmmap_body(&entries),
+    );
+    let mhz = u32::try_from(boot.tsc_hz / 1_000_000).unwrap_or(u32::MAX);
+    root.add_extra_record_bytes(kernel, extra_id::X86_TSC_FREQ, &mhz.to_le_bytes());
 }
 
 /// The debug thread-exit call: the root task (or any thread) ended with `value`.

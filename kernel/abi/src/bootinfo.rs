@@ -293,6 +293,159 @@ const _: () = assert!(core::mem::size_of::<X86Framebuffer>() == 22);
 /// Length of the TSC-frequency record (header + u32 MHz).
 pub const X86_TSC_FREQ_RECORD_LEN: u64 = 16 + 4;
 
+/// Bytes of the memory-map record's body (`mmap_length` and all 50 entries: seL4's
+/// `header.len` is the whole structure's size).
+pub const X86_MBMMAP_BODY_BYTES: usize = 4 + 24 * MULTIBOOT_MAX_MMAP_ENTRIES;
+
+/// Little-endian field reader over a packed record body.
+struct Fields<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Fields<'_> {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0u8; N];
+        out.copy_from_slice(&self.bytes[self.at..self.at + N]);
+        self.at += N;
+        out
+    }
+    fn u8(&mut self) -> u8 {
+        self.take::<1>()[0]
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.take())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.take())
+    }
+}
+
+impl X86MmapEntry {
+    /// A multiboot entry for `base_addr`..`base_addr + length` of type `region_type`.
+    pub const fn new(base_addr: u64, length: u64, region_type: u32) -> Self {
+        Self {
+            size: 20,
+            base_addr,
+            length,
+            region_type,
+        }
+    }
+
+    /// The packed bytes.
+    pub fn to_bytes(&self) -> [u8; 24] {
+        let mut out = [0u8; 24];
+        out[..4].copy_from_slice(&{ self.size }.to_le_bytes());
+        out[4..12].copy_from_slice(&{ self.base_addr }.to_le_bytes());
+        out[12..20].copy_from_slice(&{ self.length }.to_le_bytes());
+        out[20..].copy_from_slice(&{ self.region_type }.to_le_bytes());
+        out
+    }
+
+    /// Reads packed bytes; `None` if fewer than 24.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < 24 {
+            return None;
+        }
+        let mut f = Fields { bytes, at: 0 };
+        Some(Self {
+            size: f.u32(),
+            base_addr: f.u64(),
+            length: f.u64(),
+            region_type: f.u32(),
+        })
+    }
+}
+
+/// The body of an [`extra_id::X86_MBMMAP`] record for `entries` (at most
+/// [`MULTIBOOT_MAX_MMAP_ENTRIES`] are kept, as seL4 keeps them).
+pub fn x86_mbmmap_body(entries: &[X86MmapEntry]) -> [u8; X86_MBMMAP_BODY_BYTES] {
+    let mut body = [0u8; X86_MBMMAP_BODY_BYTES];
+    let used = entries.len().min(MULTIBOOT_MAX_MMAP_ENTRIES);
+    body[..4].copy_from_slice(&(24 * used as u32).to_le_bytes());
+    for (i, e) in entries.iter().take(used).enumerate() {
+        body[4 + 24 * i..4 + 24 * (i + 1)].copy_from_slice(&e.to_bytes());
+    }
+    body
+}
+
+/// The entries of an [`extra_id::X86_MBMMAP`] record body (`mmap_length / 24` of
+/// them, at most [`MULTIBOOT_MAX_MMAP_ENTRIES`]); empty if the body is malformed.
+pub fn x86_mbmmap_entries(body: &[u8]) -> impl Iterator<Item = X86MmapEntry> + '_ {
+    let length = if body.len() >= 4 {
+        u32::from_le_bytes([body[0], body[1], body[2], body[3]]) as usize
+    } else {
+        0
+    };
+    let count = (length / 24)
+        .min(MULTIBOOT_MAX_MMAP_ENTRIES)
+        .min(body.len().saturating_sub(4) / 24);
+    (0..count).filter_map(move |i| X86MmapEntry::from_bytes(&body[4 + 24 * i..]))
+}
+
+impl AcpiRsdp {
+    /// Reads the 36 packed bytes (an ACPI 1.0 RSDP: the first 20, the rest 0); `None`
+    /// if fewer than 36.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < 36 {
+            return None;
+        }
+        let mut f = Fields { bytes, at: 0 };
+        Some(Self {
+            signature: f.take(),
+            checksum: f.u8(),
+            oem_id: f.take(),
+            revision: f.u8(),
+            rsdt_address: f.u32(),
+            length: f.u32(),
+            xsdt_address: f.u64(),
+            extended_checksum: f.u8(),
+            reserved: f.take(),
+        })
+    }
+
+    /// Whether the checksums are right: the first 20 bytes sum to 0, and for revision
+    /// 2 or later all `length` (at most 36) bytes too.
+    pub fn checksums_valid(bytes: &[u8; 36]) -> bool {
+        let sum = |b: &[u8]| b.iter().fold(0u8, |a, x| a.wrapping_add(*x));
+        if sum(&bytes[..20]) != 0 {
+            return false;
+        }
+        let length = u32::from_le_bytes([bytes[20], bytes[21], bytes[22], bytes[23]]) as usize;
+        bytes[15] < 2 || (20..=36).contains(&length) && sum(&bytes[..length]) == 0
+    }
+}
+
+impl X86Framebuffer {
+    /// The packed bytes.
+    pub fn to_bytes(&self) -> [u8; 22] {
+        let mut out = [0u8; 22];
+        out[..8].copy_from_slice(&{ self.addr }.to_le_bytes());
+        out[8..12].copy_from_slice(&{ self.pitch }.to_le_bytes());
+        out[12..16].copy_from_slice(&{ self.width }.to_le_bytes());
+        out[16..20].copy_from_slice(&{ self.height }.to_le_bytes());
+        out[20] = self.bpp;
+        out[21] = self.fb_type;
+        out
+    }
+
+    /// Reads packed bytes; `None` if fewer than 22.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < 22 {
+            return None;
+        }
+        let mut f = Fields { bytes, at: 0 };
+        Some(Self {
+            addr: f.u64(),
+            pitch: f.u32(),
+            width: f.u32(),
+            height: f.u32(),
+            bpp: f.u8(),
+            fb_type: f.u8(),
+        })
+    }
+}
+
 /// Where the kernel maps the boot modules after the first (the root task's own image)
 /// into the root task's address space: read-only, not executable, one after the other
 /// from here, each starting on a page boundary with an unmapped page between two.
@@ -460,6 +613,58 @@ pub const PM1_CONTROL_SLEEP_ENABLE: u16 = 1 << 13;
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn mmap_record_round_trip_keeps_fifty_entries() {
+        let entries: [X86MmapEntry; 60] = core::array::from_fn(|i| {
+            X86MmapEntry::new(i as u64 * 0x1000, 0x1000, 1 + i as u32 % 5)
+        });
+        let body = x86_mbmmap_body(&entries);
+        assert_eq!(body.len() + 16, core::mem::size_of::<X86BootInfoMmap>());
+        assert_eq!(
+            u32::from_le_bytes([body[0], body[1], body[2], body[3]]),
+            24 * 50
+        );
+        let back: [X86MmapEntry; 50] = {
+            let mut it = x86_mbmmap_entries(&body);
+            core::array::from_fn(|_| it.next().unwrap())
+        };
+        assert_eq!(back[..], entries[..50]);
+        assert_eq!(x86_mbmmap_entries(&body).count(), 50);
+        assert_eq!(x86_mbmmap_entries(&body[..100]).count(), 4);
+        assert_eq!(x86_mbmmap_entries(&[]).count(), 0);
+    }
+
+    #[test]
+    fn framebuffer_and_rsdp_bytes() {
+        let fb = X86Framebuffer {
+            addr: 0xfd00_0000,
+            pitch: 4096,
+            width: 1024,
+            height: 768,
+            bpp: 32,
+            fb_type: 1,
+        };
+        assert_eq!(X86Framebuffer::from_bytes(&fb.to_bytes()), Some(fb));
+        assert_eq!(X86Framebuffer::from_bytes(&[0; 21]), None);
+        let mut raw = [0u8; 36];
+        raw[..8].copy_from_slice(b"RSD PTR ");
+        raw[15] = 2;
+        raw[16..20].copy_from_slice(&0x7fe1_4a6bu32.to_le_bytes());
+        raw[20..24].copy_from_slice(&36u32.to_le_bytes());
+        raw[24..32].copy_from_slice(&0x7fe1_5000u64.to_le_bytes());
+        let sum = |b: &[u8]| b.iter().fold(0u8, |a, x| a.wrapping_add(*x));
+        raw[8] = 0u8.wrapping_sub(sum(&raw[..20]));
+        raw[32] = 0u8.wrapping_sub(sum(&raw[..36]));
+        assert!(AcpiRsdp::checksums_valid(&raw));
+        let r = AcpiRsdp::from_bytes(&raw).unwrap();
+        assert_eq!(&r.signature, b"RSD PTR ");
+        assert_eq!({ r.xsdt_address }, 0x7fe1_5000);
+        assert_eq!({ r.length }, 36);
+        raw[33] = 1;
+        assert!(!AcpiRsdp::checksums_valid(&raw));
+    }
 
     #[test]
     fn module_record_round_trip() {
@@ -476,8 +681,6 @@ mod tests {
         let long = KeelModule::new("a-name-longer-than-thirty-two-bytes!", 0, 0);
         assert_eq!(long.name().len(), MODULE_NAME_BYTES);
     }
-
-    use super::*;
 
     #[test]
     fn acpi_power_record_round_trip() {

@@ -223,6 +223,9 @@ pub struct MemoryRegion {
     pub end: u64,
     /// What the firmware says it is.
     pub kind: MemoryKind,
+    /// The firmware's own type number (multiboot: 1 RAM, 2 reserved, 3 ACPI
+    /// reclaimable, 4 ACPI NVS, 5 defective), passed on to the root task.
+    pub firmware_type: u32,
 }
 
 /// A multiboot2 module (a userland ELF image) in physical memory.
@@ -263,6 +266,9 @@ pub struct BootInfo {
     pub modules: Vec<Module>,
     /// The framebuffer, when the bootloader set one up.
     pub framebuffer: Option<FramebufferInfo>,
+    /// The ACPI RSDP as the bootloader copied it, when its checksum is right: 36 bytes
+    /// (an ACPI 1.0 RSDP fills the first 20, the rest stays 0).
+    pub rsdp: Option<[u8; RSDP_BYTES]>,
     /// Whether the machine booted through UEFI (GRUB passed an EFI system table).
     pub uefi: bool,
     /// ACPI platform description.
@@ -324,6 +330,13 @@ extern "C" fn hal_boot_main(mbi_phys: u64) -> ! {
             end: m.end_address() as u64,
         })
         .collect();
+    let rsdp_copy = if let Some(v2) = mbi.rsdp_v2_tag().filter(|t| t.checksum_is_valid()) {
+        Some(rsdp_bytes(v2, RSDP_BYTES))
+    } else {
+        mbi.rsdp_v1_tag()
+            .filter(|t| t.checksum_is_valid())
+            .map(|v1| rsdp_bytes(v1, 20))
+    };
     let rsdp = if let Some(v2) = mbi.rsdp_v2_tag().filter(|t| t.checksum_is_valid()) {
         Some(crate::acpi::RootPointer {
             revision: v2.revision(),
@@ -358,6 +371,7 @@ extern "C" fn hal_boot_main(mbi_phys: u64) -> ! {
         memory_map,
         modules,
         framebuffer,
+        rsdp: rsdp_copy,
         uefi,
         platform,
         memory,
@@ -387,6 +401,24 @@ fn bring_up(rsdp: Option<crate::acpi::RootPointer>) -> (crate::acpi::Platform, u
 
 const MAX_MODULES: usize = 16;
 
+/// Bytes of an ACPI 2.0 RSDP.
+pub const RSDP_BYTES: usize = 36;
+
+/// The first `len` bytes of the RSDP copy in the multiboot2 RSDP tag `tag` (an 8-byte
+/// tag header, then the RSDP), zero-padded to [`RSDP_BYTES`].
+fn rsdp_bytes<T>(tag: &T, len: usize) -> [u8; RSDP_BYTES] {
+    assert!(len <= RSDP_BYTES && 8 + len <= core::mem::size_of::<T>());
+    let base = (tag as *const T).cast::<u8>();
+    let mut out = [0u8; RSDP_BYTES];
+    for (i, byte) in out.iter_mut().take(len).enumerate() {
+        // SAFETY: `tag` is a multiboot2 RSDP tag (`RsdpV1Tag`/`RsdpV2Tag`, repr(C)):
+        // its first 8 bytes are the tag header, the next `len` (checked above to lie
+        // inside the type) are the bootloader's copy of the RSDP, plain bytes.
+        *byte = unsafe { base.add(8 + i).read() };
+    }
+    out
+}
+
 const MAX_REGIONS: usize = 256;
 
 /// Reads the memory map into a fixed array (the heap does not exist yet).
@@ -398,6 +430,7 @@ fn read_memory_map(mbi: &BootInformation<'_>) -> ([MemoryRegion; MAX_REGIONS], u
         start: 0,
         end: 0,
         kind: MemoryKind::Reserved,
+        firmware_type: 0,
     }; MAX_REGIONS];
     let mut count = 0;
     for area in tag.memory_areas().iter().take(MAX_REGIONS) {
@@ -410,6 +443,7 @@ fn read_memory_map(mbi: &BootInformation<'_>) -> ([MemoryRegion; MAX_REGIONS], u
             start: area.start_address(),
             end: area.end_address(),
             kind,
+            firmware_type: area.typ().val(),
         };
         count += 1;
     }

@@ -503,15 +503,37 @@ impl RootTask {
     /// Appends an extra boot-info record `id` with `body` (words) to the extra page;
     /// a record that does not fit is left out.
     pub fn add_extra_record<H: Hardware>(&mut self, k: &mut Kernel<H>, id: u64, body: &[u64]) {
-        let len = 16 + 8 * body.len() as u64;
+        let bytes = body.iter().flat_map(|w| w.to_le_bytes());
+        self.append_extra_record(k, id, 8 * body.len() as u64, bytes);
+    }
+
+    /// Appends an extra boot-info record `id` with `body` (bytes: seL4's x86 records are
+    /// packed, so a record's length, and the next record's start, need not be a
+    /// multiple of 8); a record that does not fit is left out.
+    pub fn add_extra_record_bytes<H: Hardware>(&mut self, k: &mut Kernel<H>, id: u64, body: &[u8]) {
+        self.append_extra_record(k, id, body.len() as u64, body.iter().copied());
+    }
+
+    fn append_extra_record<H: Hardware>(
+        &mut self,
+        k: &mut Kernel<H>,
+        id: u64,
+        body_len: u64,
+        body: impl Iterator<Item = u8>,
+    ) {
+        let len = 16 + body_len;
         if self.extra_len + len > 0x1000 {
             return;
         }
         let at = self.extra_frame + self.extra_len;
-        k.hw.write(at, id);
-        k.hw.write(at + 8, len);
-        for (i, word) in body.iter().enumerate() {
-            k.hw.write(at + 16 + 8 * i as u64, *word);
+        let header = id.to_le_bytes().into_iter().chain(len.to_le_bytes());
+        // Byte by byte into the (word-accessed) frame: records need not be aligned.
+        for (i, byte) in header.chain(body).enumerate() {
+            let address = at + i as u64;
+            let word = address & !7;
+            let shift = 8 * (address & 7);
+            let old = k.hw.read(word);
+            k.hw.write(word, (old & !(0xff << shift)) | (byte as u64) << shift);
         }
         self.extra_len += len;
     }

@@ -144,6 +144,40 @@ impl BootInfo {
             .and_then(|(_, body)| abi::KeelAcpiPower::from_bytes(body))
     }
 
+    /// The body of the first extra record `id`, if the kernel wrote one.
+    pub fn extra_record(&self, id: u64) -> Option<&'static [u8]> {
+        self.extra_records()
+            .find(|(header, _)| header.id == id)
+            .map(|(_, body)| body)
+    }
+
+    /// The firmware memory map (seL4's X86_MBMMAP record: multiboot entries, at most
+    /// 50, types as the firmware gave them).
+    pub fn memory_map(&self) -> impl Iterator<Item = abi::X86MmapEntry> {
+        abi::x86_mbmmap_entries(self.extra_record(abi::extra_id::X86_MBMMAP).unwrap_or(&[]))
+    }
+
+    /// The ACPI RSDP the bootloader found (seL4's X86_ACPI_RSDP record) and its 36
+    /// bytes, if it gave one.
+    pub fn acpi_rsdp(&self) -> Option<(abi::AcpiRsdp, [u8; 36])> {
+        let body = self.extra_record(abi::extra_id::X86_ACPI_RSDP)?;
+        let rsdp = abi::AcpiRsdp::from_bytes(body)?;
+        let mut bytes = [0u8; 36];
+        bytes.copy_from_slice(&body[..36]);
+        Some((rsdp, bytes))
+    }
+
+    /// The framebuffer the bootloader set up (seL4's X86_FRAMEBUFFER record), if any.
+    pub fn framebuffer(&self) -> Option<abi::X86Framebuffer> {
+        abi::X86Framebuffer::from_bytes(self.extra_record(abi::extra_id::X86_FRAMEBUFFER)?)
+    }
+
+    /// The TSC frequency in MHz (seL4's X86_TSC_FREQ record), if the kernel wrote it.
+    pub fn tsc_mhz(&self) -> Option<u32> {
+        let body = self.extra_record(abi::extra_id::X86_TSC_FREQ)?;
+        Some(u32::from_le_bytes(body.get(..4)?.try_into().ok()?))
+    }
+
     /// The boot modules after the root task's own, as the kernel mapped them
     /// (read-only, [`abi::MODULE_REGION_START`] on): each one's record and bytes. Only
     /// in the root task (the frame the kernel passed in RDI): a copy of the boot info

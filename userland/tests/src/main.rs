@@ -16,6 +16,7 @@
 
 extern crate alloc;
 
+mod bootinfo;
 mod cspace;
 mod entry_hazards;
 mod entry_state;
@@ -59,6 +60,7 @@ fn main(argument: u64) -> u64 {
             match Env::new(info) {
                 Ok(mut env) => {
                     cspace::run(&mut suite, &mut env);
+                    bootinfo::run(&mut suite, &mut env);
                     untyped::run(&mut suite, &mut env);
                     threads::run(&mut suite, &mut env);
                     ipc::run(&mut suite, &mut env);

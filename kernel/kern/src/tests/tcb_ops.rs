@@ -228,3 +228,22 @@ fn rseq_registration_fix_up_and_migration() {
     assert_eq!(w.buffer_word(t.tcb, AREA / 8), 1 | 1 << 32);
     w.check_invariants();
 }
+
+#[test]
+fn domain_set_with_one_domain() {
+    let mut w = World::new();
+    let t = w.thread(50);
+    let e = w.endpoint();
+    // Domain 0 (the only one) for a TCB succeeds; seL4's checks in seL4's order.
+    w.root_ok(S_DOMAIN, L::DomainSetSet, &[0], &[t.slot]);
+    let r = w.root(S_DOMAIN, L::DomainSetSet, &[1], &[t.slot]);
+    assert_eq!((r.label, r.mrs), (err(E::InvalidArgument), vec![0]));
+    let r = w.root(S_DOMAIN, L::DomainSetSet, &[], &[t.slot]);
+    assert_eq!(r.label, err(E::TruncatedMessage));
+    let r = w.root(S_DOMAIN, L::DomainSetSet, &[0], &[]);
+    assert_eq!(r.label, err(E::TruncatedMessage));
+    let r = w.root(S_DOMAIN, L::DomainSetSet, &[0], &[e]);
+    assert_eq!((r.label, r.mrs), (err(E::InvalidArgument), vec![1]));
+    let r = w.root(S_DOMAIN, L::DomainScheduleConfigure, &[0], &[t.slot]);
+    assert_eq!(r.label, err(E::IllegalOperation));
+}
