@@ -424,6 +424,11 @@ impl<H: Hardware> Kernel<H> {
         }
     }
 
+    /// A Keel debug system call. Out of line and cold: `debug_put_string`'s 4 KiB
+    /// buffer would otherwise give `handle_syscall` (every general-path system call) a
+    /// stack-probed 4 KiB frame.
+    #[cold]
+    #[inline(never)]
     fn handle_debug(&mut self, t: u64, number: i64) {
         let c = self.tcb(t).context;
         match number {
