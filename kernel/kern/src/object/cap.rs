@@ -210,6 +210,21 @@ fn encode_mapping(mapping: Option<Mapping>) -> (u64, u64) {
     }
 }
 
+/// The two words of a paging-object capability (frame, page table, page directory or
+/// PDPT) encoded as `[w0, w1]` with its mapping record replaced by `mapping`: the same
+/// words [`Cap::encode`] gives for that capability with `mapping`. The mapping record
+/// is bit 58 of the first word and all of the second; nothing else changes.
+pub fn with_mapping([w0, _]: [u64; 2], mapping: Option<Mapping>) -> [u64; 2] {
+    let (m0, m1) = encode_mapping(mapping);
+    [(w0 & !(1 << 58)) | m0, m1]
+}
+
+/// Whether a capability's first word is that of a frame, page table, page directory or
+/// PDPT (the capabilities with a mapping record).
+pub fn has_mapping_record(w0: u64) -> bool {
+    matches!(w0 >> TYPE_SHIFT, 9..=12)
+}
+
 fn decode_mapping(w0: u64, w1: u64) -> Option<Mapping> {
     (w0 & (1 << 58) != 0).then_some(Mapping {
         vaddr: (w1 & ((1 << 48) - 1)) << 12,
