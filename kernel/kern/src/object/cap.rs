@@ -58,12 +58,16 @@ impl FrameSize {
             FrameSize::Huge => 30,
         }
     }
+    /// From its two encoded bits (3, never written, reads as Huge). A table, not a
+    /// match: one load instead of a compare-and-select chain in every frame decode.
     fn from_bits(v: u64) -> FrameSize {
-        match v & 3 {
-            0 => FrameSize::Small,
-            1 => FrameSize::Large,
-            _ => FrameSize::Huge,
-        }
+        const SIZES: [FrameSize; 4] = [
+            FrameSize::Small,
+            FrameSize::Large,
+            FrameSize::Huge,
+            FrameSize::Huge,
+        ];
+        SIZES[(v & 3) as usize]
     }
 }
 
@@ -74,6 +78,20 @@ pub enum VmRights {
     ReadOnly = 2,
     /// Read and write.
     ReadWrite = 3,
+}
+
+impl VmRights {
+    /// From its two encoded bits: 2 is read-only, 3 read-write (0 and 1, never
+    /// written, read as read-write). A table, as in [`FrameSize::from_bits`].
+    fn from_bits(v: u64) -> VmRights {
+        const RIGHTS: [VmRights; 4] = [
+            VmRights::ReadWrite,
+            VmRights::ReadWrite,
+            VmRights::ReadOnly,
+            VmRights::ReadWrite,
+        ];
+        RIGHTS[(v & 3) as usize]
+    }
 }
 
 /// Where a frame or paging structure is mapped.
@@ -386,11 +404,7 @@ impl Cap {
             9 => Cap::Frame {
                 base: page,
                 size: FrameSize::from_bits(rest >> 52),
-                rights: if (rest >> 54) & 3 == 2 {
-                    VmRights::ReadOnly
-                } else {
-                    VmRights::ReadWrite
-                },
+                rights: VmRights::from_bits(rest >> 54),
                 device: rest & (1 << 56) != 0,
                 mapping: decode_mapping(rest, w1),
             },
