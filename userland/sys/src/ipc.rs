@@ -61,6 +61,7 @@ pub fn buffer_mr(i: usize) -> u64 {
 }
 
 /// Sets message register `i` in the IPC buffer (meaningful for `i` ≥ 4).
+#[inline]
 pub fn set_buffer_mr(i: usize, value: u64) {
     assert!(i < MSG_MAX_LENGTH);
     write_word(1 + i, value)
@@ -73,6 +74,7 @@ pub fn cap_or_badge(i: usize) -> u64 {
 }
 
 /// Sets `caps_or_badges[i]`: on send, the capability pointer of extra capability `i`.
+#[inline]
 pub fn set_cap(i: usize, cptr: u64) {
     assert!(i < MSG_MAX_EXTRA_CAPS);
     write_word(122 + i, cptr)
