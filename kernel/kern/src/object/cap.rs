@@ -816,7 +816,10 @@ pub mod raw {
         // A table, not a match: one load instead of a compare-and-select chain (the
         // general path reads the IPC buffer capability on every invocation).
         const BITS: [u32; 4] = [12, 21, 30, 30];
-        Some(((w0 & ((1 << 40) - 1)) << 12, BITS[((w0 >> 52) & 3) as usize]))
+        Some((
+            (w0 & ((1 << 40) - 1)) << 12,
+            BITS[((w0 >> 52) & 3) as usize],
+        ))
     }
 
     /// The PML4 address of a PML4 capability that has an ASID, else `None`.
