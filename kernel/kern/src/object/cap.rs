@@ -822,11 +822,17 @@ pub mod raw {
         ))
     }
 
+    /// The PML4 address of a PML4 capability (its type not checked).
+    #[inline(always)]
+    pub const fn pml4_address(w0: u64) -> u64 {
+        (w0 << 24) >> 12
+    }
+
     /// The PML4 address of a PML4 capability that has an ASID, else `None`.
     #[inline(always)]
     pub const fn assigned_pml4(w0: u64) -> Option<u64> {
         if tag(w0) == PML4 && w0 & (1 << 58) != 0 {
-            Some((w0 & ((1 << 40) - 1)) << 12)
+            Some(pml4_address(w0))
         } else {
             None
         }

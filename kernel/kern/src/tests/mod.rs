@@ -502,8 +502,8 @@ impl World {
             syscall::SEND => self.k.fastpath_send(t, here),
             _ => None,
         };
-        if let Some((next, _)) = fast {
-            assert_eq!(self.k.current(), next);
+        if let Some(next) = fast {
+            assert_eq!(self.k.current(), next.get());
         } else {
             self.k.handle_syscall(number as u64);
         }
