@@ -18,7 +18,7 @@ use crate::thread;
 
 /// User address of the calling thread's IPC buffer (0 if it has none).
 pub fn buffer_address() -> u64 {
-    thread::current().ipc_buffer
+    thread::current_ipc_buffer()
 }
 
 /// Records the calling thread's IPC buffer address (the root task: from the boot info).
