@@ -201,11 +201,7 @@ impl<H: Hardware> Kernel<H> {
         }
         let slot = self.fast_lookup(t, cptr)?;
         let w0 = self.hw.read(slot);
-        // (Two tests, not one `||`: LLVM would compute both into flags and combine.)
-        if !raw::endpoint_with(w0, WRITE) {
-            return None;
-        }
-        if raw::rights(w0) & (GRANT | GRANT_REPLY) == 0 {
+        if !raw::endpoint_with(w0, WRITE) || raw::rights(w0) & (GRANT | GRANT_REPLY) == 0 {
             return None;
         }
         let ep = raw::address(w0);
