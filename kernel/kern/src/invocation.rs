@@ -23,8 +23,8 @@ pub struct Args {
     pub buffer: Option<u64>,
     /// The message's length (clamped to what the thread can send).
     pub length: usize,
-    /// Message registers (the first 16 are read eagerly).
-    mrs: [u64; 16],
+    /// The first [`Args::EAGER`] message registers, read before decoding.
+    mrs: [u64; Args::EAGER],
     /// Extra capabilities: (slot, capability).
     extra: [Option<(u64, Cap)>; 3],
     /// The slot of the invoked capability.
@@ -32,8 +32,15 @@ pub struct Args {
 }
 
 impl Args {
-    /// Message register `i` (0 beyond what was read).
+    /// How many message registers are read before decoding: the most any decoder takes
+    /// by [`Args::mr`] (CNode Rotate, eight). Decoders of longer messages (LDT entries,
+    /// WriteRegisters) read the others with `message_register`. Each one costs every
+    /// kernel-object invocation a store.
+    pub const EAGER: usize = 8;
+
+    /// Message register `i` (0 beyond the message; `i` must be below [`Args::EAGER`]).
     pub fn mr(&self, i: usize) -> u64 {
+        debug_assert!(i < Self::EAGER, "message register {i} is not read eagerly");
         self.mrs.get(i).copied().unwrap_or(0)
     }
     /// Extra capability `i`.
@@ -366,7 +373,7 @@ impl<H: Hardware> Kernel<H> {
             thread: t,
             buffer,
             length: 0,
-            mrs: [0; 16],
+            mrs: [0; Args::EAGER],
             extra: [None; 3],
             slot,
         };
@@ -447,6 +454,11 @@ impl<H: Hardware> Kernel<H> {
         }
     }
 
+    /// A Keel debug system call. Out of line and cold: `debug_put_string`'s 4 KiB
+    /// buffer would otherwise give `handle_syscall` (every general-path system call) a
+    /// stack-probed 4 KiB frame.
+    #[cold]
+    #[inline(never)]
     fn handle_debug(&mut self, t: u64, number: i64) {
         let c = self.tcb(t).context;
         match number {

@@ -71,6 +71,7 @@ impl<H: Hardware> Kernel<H> {
     }
 
     /// Looks up `cptr` (all 64 bits) in thread `t`'s CSpace.
+    #[inline(always)]
     pub fn lookup_slot(&self, t: u64, cptr: u64) -> Result<u64, LookupFault> {
         let root_slot = tcb::slot(t, tcb::SLOT_CSPACE);
         let words = [self.hw.read(root_slot), self.hw.read(root_slot + 8)];
@@ -82,6 +83,7 @@ impl<H: Hardware> Kernel<H> {
     }
 
     /// Looks up `cptr` in `t`'s CSpace and returns the slot and its capability.
+    #[inline(always)]
     pub fn lookup_cap(&self, t: u64, cptr: u64) -> Result<(u64, Cap), LookupFault> {
         let slot = self.lookup_slot(t, cptr)?;
         Ok((slot, cspace::cap(&self.hw, slot)))

@@ -303,6 +303,8 @@ fn main(boot: u64) -> u64 {
         )
         .expect("first map");
     frame.unmap().expect("unmap");
+    // And Unmap it again (the same loop times both).
+    let mut unmap_samples = [0u64; SAMPLES];
     for i in 0..WARMUP + SAMPLES {
         let start = rdtsc();
         let result = frame.map(
@@ -313,12 +315,17 @@ fn main(boot: u64) -> u64 {
         );
         let end = rdtsc();
         result.expect("map");
-        frame.unmap().expect("unmap");
+        let unmap_start = rdtsc();
+        let result = frame.unmap();
+        let unmap_end = rdtsc();
+        result.expect("unmap");
         if i >= WARMUP {
             samples[i - WARMUP] = end - start;
+            unmap_samples[i - WARMUP] = unmap_end - unmap_start;
         }
     }
     report.print("page_map_4k", &mut samples);
+    report.print("page_unmap_4k", &mut unmap_samples);
 
     gs_threading(&mut alloc, &report);
     0

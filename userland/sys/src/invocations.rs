@@ -25,10 +25,12 @@ use crate::syscall;
 /// Most message registers an invocation here sends.
 const MAX_ARGS: usize = 24;
 
-/// The message of an invocation being built.
+/// The message of an invocation being built: up to `N` words (by default
+/// [`MAX_ARGS`]; the generated methods use exactly their argument count, so building
+/// the message clears no more words than it sends).
 #[derive(Clone, Copy, Debug)]
-pub struct Args {
-    words: [u64; MAX_ARGS],
+pub struct Args<const N: usize = MAX_ARGS> {
+    words: [u64; N],
     length: usize,
     caps: [u64; MSG_MAX_EXTRA_CAPS],
     cap_count: usize,
@@ -41,10 +43,17 @@ impl Default for Args {
 }
 
 impl Args {
-    /// An empty message.
+    /// An empty message of up to [`MAX_ARGS`] words.
     pub const fn new() -> Self {
+        Args::with_capacity()
+    }
+}
+
+impl<const N: usize> Args<N> {
+    /// An empty message of up to `N` words.
+    pub const fn with_capacity() -> Self {
         Self {
-            words: [0; MAX_ARGS],
+            words: [0; N],
             length: 0,
             caps: [0; MSG_MAX_EXTRA_CAPS],
             cap_count: 0,
@@ -68,13 +77,13 @@ impl Args {
 /// extra capability).
 pub trait Arg {
     /// Appends the argument to the message.
-    fn push(self, args: &mut Args);
+    fn push<const N: usize>(self, args: &mut Args<N>);
 }
 
 macro_rules! word_args {
     ($($t:ty => |$v:ident| $e:expr;)*) => {
         $(impl Arg for $t {
-            fn push(self, args: &mut Args) {
+            fn push<const N: usize>(self, args: &mut Args<N>) {
                 let $v = self;
                 args.word($e);
             }
@@ -94,7 +103,7 @@ word_args! {
 }
 
 impl<T: CapType> Arg for Cap<T> {
-    fn push(self, args: &mut Args) {
+    fn push<const N: usize>(self, args: &mut Args<N>) {
         args.cap(self.cptr());
     }
 }
@@ -149,16 +158,37 @@ impl FromReply for u8 {
 }
 
 /// Invokes the capability at `service` with `label` and `args` (seL4_Call).
-pub fn invoke(service: u64, label: InvocationLabel, args: &Args) -> Result<Reply> {
-    for i in MSG_REGISTERS_IN_CPU..args.length {
-        ipc::set_buffer_mr(i, args.words[i]);
+pub fn invoke<const N: usize>(
+    service: u64,
+    label: InvocationLabel,
+    args: &Args<N>,
+) -> Result<Reply> {
+    invoke_words(
+        service,
+        label,
+        &args.words[..args.length],
+        &args.caps[..args.cap_count],
+    )
+}
+
+/// Invokes the capability at `service` with `label`, message `words` and extra
+/// capabilities `caps` (seL4_Call).
+fn invoke_words(
+    service: u64,
+    label: InvocationLabel,
+    words: &[u64],
+    caps: &[u64],
+) -> Result<Reply> {
+    for (i, w) in words.iter().enumerate().skip(MSG_REGISTERS_IN_CPU) {
+        ipc::set_buffer_mr(i, *w);
     }
-    for (i, c) in args.caps[..args.cap_count].iter().enumerate() {
+    for (i, c) in caps.iter().enumerate() {
         ipc::set_cap(i, *c);
     }
-    let info = MessageInfo::new(label as u64, 0, args.cap_count as u64, args.length as u64);
-    let mut regs = [0; MSG_REGISTERS_IN_CPU];
-    regs.copy_from_slice(&args.words[..MSG_REGISTERS_IN_CPU]);
+    let info = MessageInfo::new(label as u64, 0, caps.len() as u64, words.len() as u64);
+    // Element by element: a copy of `words.len().min(4)` words becomes a memcpy call.
+    let regs: [u64; MSG_REGISTERS_IN_CPU] =
+        core::array::from_fn(|i| words.get(i).copied().unwrap_or(0));
     let r = syscall::call(service, info, regs);
     if r.info.label() == 0 {
         return Ok(Reply {
@@ -229,7 +259,8 @@ macro_rules! invocations {
                     #[allow(clippy::too_many_arguments)]
                     pub fn $method(self, $($arg: $argty),*) -> Result<invocations!(@ret $($ret)?)> {
                         #[allow(unused_mut)]
-                        let mut args = Args::new();
+                        let mut args =
+                            Args::<{ invocations!(@count $($arg)*) }>::with_capacity();
                         $( Arg::push($arg, &mut args); )*
                         let reply = invoke(self.cptr(), InvocationLabel::$label, &args)?;
                         Ok(FromReply::from_reply(&reply))
@@ -244,6 +275,8 @@ macro_rules! invocations {
             $( (stringify!($wty), stringify!($wmethod), InvocationLabel::$wlabel), )*
         ];
     };
+    (@count) => { 0 };
+    (@count $head:ident $($tail:ident)*) => { 1 + invocations!(@count $($tail)*) };
     (@ret) => { () };
     (@ret $ret:ty) => { $ret };
 }

@@ -18,7 +18,7 @@ use crate::thread;
 
 /// User address of the calling thread's IPC buffer (0 if it has none).
 pub fn buffer_address() -> u64 {
-    thread::current().ipc_buffer
+    thread::current_ipc_buffer()
 }
 
 /// Records the calling thread's IPC buffer address (the root task: from the boot info).
@@ -61,6 +61,7 @@ pub fn buffer_mr(i: usize) -> u64 {
 }
 
 /// Sets message register `i` in the IPC buffer (meaningful for `i` ≥ 4).
+#[inline]
 pub fn set_buffer_mr(i: usize, value: u64) {
     assert!(i < MSG_MAX_LENGTH);
     write_word(1 + i, value)
@@ -73,6 +74,7 @@ pub fn cap_or_badge(i: usize) -> u64 {
 }
 
 /// Sets `caps_or_badges[i]`: on send, the capability pointer of extra capability `i`.
+#[inline]
 pub fn set_cap(i: usize, cptr: u64) {
     assert!(i < MSG_MAX_EXTRA_CAPS);
     write_word(122 + i, cptr)

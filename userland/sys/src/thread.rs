@@ -92,6 +92,14 @@ pub fn current() -> ThreadBlock {
     unsafe { p.read_volatile() }
 }
 
+/// The current thread's IPC buffer address ([`ThreadBlock::ipc_buffer`]), read alone
+/// (every IPC-buffer access asks for it; [`current`] reads the whole block).
+pub fn current_ipc_buffer() -> u64 {
+    let p = current_block_address() as *const ThreadBlock;
+    // SAFETY: as in `current`; the field is read in place, without creating a reference.
+    unsafe { core::ptr::addr_of!((*p).ipc_buffer).read_volatile() }
+}
+
 /// Whether the calling thread is the root task (it runs on [`ROOT_STACK`]).
 pub fn on_root_stack() -> bool {
     current_block_address() == ROOT_STACK.base()

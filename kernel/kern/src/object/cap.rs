@@ -58,12 +58,16 @@ impl FrameSize {
             FrameSize::Huge => 30,
         }
     }
+    /// From its two encoded bits (3, never written, reads as Huge). A table, not a
+    /// match: one load instead of a compare-and-select chain in every frame decode.
     fn from_bits(v: u64) -> FrameSize {
-        match v & 3 {
-            0 => FrameSize::Small,
-            1 => FrameSize::Large,
-            _ => FrameSize::Huge,
-        }
+        const SIZES: [FrameSize; 4] = [
+            FrameSize::Small,
+            FrameSize::Large,
+            FrameSize::Huge,
+            FrameSize::Huge,
+        ];
+        SIZES[(v & 3) as usize]
     }
 }
 
@@ -74,6 +78,20 @@ pub enum VmRights {
     ReadOnly = 2,
     /// Read and write.
     ReadWrite = 3,
+}
+
+impl VmRights {
+    /// From its two encoded bits: 2 is read-only, 3 read-write (0 and 1, never
+    /// written, read as read-write). A table, as in [`FrameSize::from_bits`].
+    fn from_bits(v: u64) -> VmRights {
+        const RIGHTS: [VmRights; 4] = [
+            VmRights::ReadWrite,
+            VmRights::ReadWrite,
+            VmRights::ReadOnly,
+            VmRights::ReadWrite,
+        ];
+        RIGHTS[(v & 3) as usize]
+    }
 }
 
 /// Where a frame or paging structure is mapped.
@@ -229,6 +247,21 @@ fn encode_mapping(mapping: Option<Mapping>) -> (u64, u64) {
         Some(m) => (1 << 58, (m.vaddr >> 12) | ((m.asid as u64) << 48)),
         None => (0, 0),
     }
+}
+
+/// The two words of a paging-object capability (frame, page table, page directory or
+/// PDPT) encoded as `[w0, w1]` with its mapping record replaced by `mapping`: the same
+/// words [`Cap::encode`] gives for that capability with `mapping`. The mapping record
+/// is bit 58 of the first word and all of the second; nothing else changes.
+pub fn with_mapping([w0, _]: [u64; 2], mapping: Option<Mapping>) -> [u64; 2] {
+    let (m0, m1) = encode_mapping(mapping);
+    [(w0 & !(1 << 58)) | m0, m1]
+}
+
+/// Whether a capability's first word is that of a frame, page table, page directory or
+/// PDPT (the capabilities with a mapping record).
+pub fn has_mapping_record(w0: u64) -> bool {
+    matches!(w0 >> TYPE_SHIFT, 9..=12)
 }
 
 fn decode_mapping(w0: u64, w1: u64) -> Option<Mapping> {
@@ -394,11 +427,7 @@ impl Cap {
             9 => Cap::Frame {
                 base: page,
                 size: FrameSize::from_bits(rest >> 52),
-                rights: if (rest >> 54) & 3 == 2 {
-                    VmRights::ReadOnly
-                } else {
-                    VmRights::ReadWrite
-                },
+                rights: VmRights::from_bits(rest >> 54),
                 device: rest & (1 << 56) != 0,
                 mapping: decode_mapping(rest, w1),
             },
@@ -833,12 +862,13 @@ pub mod raw {
         if tag(w0) != FRAME || w0 & (1 << 56) != 0 {
             return None;
         }
-        let bits = match (w0 >> 52) & 3 {
-            0 => 12,
-            1 => 21,
-            _ => 30,
-        };
-        Some(((w0 & ((1 << 40) - 1)) << 12, bits))
+        // A table, not a match: one load instead of a compare-and-select chain (the
+        // general path reads the IPC buffer capability on every invocation).
+        const BITS: [u32; 4] = [12, 21, 30, 30];
+        Some((
+            (w0 & ((1 << 40) - 1)) << 12,
+            BITS[((w0 >> 52) & 3) as usize],
+        ))
     }
 
     /// The PML4 address of a PML4 capability (its type not checked).

@@ -11,7 +11,7 @@
 //! four words are zero; a slot is never linked twice.
 
 use crate::memory::Memory;
-use crate::object::cap::Cap;
+use crate::object::cap::{self, Cap, Mapping};
 
 /// Bytes per slot (seL4_SlotBits = 5).
 pub const SLOT_BYTES: u64 = 32;
@@ -30,6 +30,19 @@ pub fn cap<M: Memory>(m: &M, slot: u64) -> Cap {
 /// Overwrites the capability in `slot` (links unchanged).
 pub fn set_cap<M: Memory>(m: &mut M, slot: u64, cap: Cap) {
     let [w0, w1] = cap.encode();
+    m.write(slot, w0);
+    m.write(slot + 8, w1);
+}
+
+/// Replaces the mapping record of the frame or paging-structure capability in `slot`
+/// (anything else is left as it is), without decoding and re-encoding the rest: the
+/// result is what [`set_cap`] writes for the same capability with `mapping`.
+pub fn set_mapping<M: Memory>(m: &mut M, slot: u64, mapping: Option<Mapping>) {
+    let w0 = m.read(slot);
+    if !cap::has_mapping_record(w0) {
+        return;
+    }
+    let [w0, w1] = cap::with_mapping([w0, 0], mapping);
     m.write(slot, w0);
     m.write(slot + 8, w1);
 }
@@ -481,6 +494,82 @@ mod tests {
         assert_eq!(prev(&m, b), c);
         assert_eq!(cap(&m, a), Cap::Null);
         assert!(first_badged(&m, b), "b inherits first-badged from a");
+    }
+
+    #[test]
+    fn set_mapping_rewrites_only_the_mapping_record() {
+        use crate::object::cap::{FrameSize, VmRights};
+        let mapped = Some(Mapping {
+            asid: 0x1ff,
+            vaddr: 0x7fff_ffe0_0000,
+        });
+        let frame = |size, rights, device, mapping| Cap::Frame {
+            base: 0x4000_0000,
+            size,
+            rights,
+            device,
+            mapping,
+        };
+        let mut paging = vec![];
+        for size in [FrameSize::Small, FrameSize::Large, FrameSize::Huge] {
+            for rights in [VmRights::ReadOnly, VmRights::ReadWrite] {
+                for device in [false, true] {
+                    paging.push(frame(size, rights, device, None));
+                    paging.push(frame(size, rights, device, mapped));
+                }
+            }
+        }
+        for mapping in [None, mapped] {
+            let base = 0x20_0000;
+            paging.push(Cap::PageTable { base, mapping });
+            paging.push(Cap::PageDirectory { base, mapping });
+            paging.push(Cap::Pdpt { base, mapping });
+        }
+        let with = |c: Cap, mapping| match c {
+            Cap::Frame {
+                base,
+                size,
+                rights,
+                device,
+                ..
+            } => Cap::Frame {
+                base,
+                size,
+                rights,
+                device,
+                mapping,
+            },
+            Cap::PageTable { base, .. } => Cap::PageTable { base, mapping },
+            Cap::PageDirectory { base, .. } => Cap::PageDirectory { base, mapping },
+            Cap::Pdpt { base, .. } => Cap::Pdpt { base, mapping },
+            other => other,
+        };
+        let slot = 0x1000;
+        let mut m = TestMemory::new();
+        for c in paging {
+            for mapping in [None, mapped] {
+                insert_root(&mut m, 0, slot, c, true);
+                let links = (m.read(slot + 16), m.read(slot + 24));
+                set_mapping(&mut m, slot, mapping);
+                assert_eq!(cap(&m, slot), with(c, mapping), "{c:?} -> {mapping:?}");
+                assert_eq!([m.read(slot), m.read(slot + 8)], with(c, mapping).encode());
+                assert_eq!((m.read(slot + 16), m.read(slot + 24)), links);
+                remove(&mut m, slot);
+            }
+        }
+        // Other capabilities (a PML4's ASID lives in the same bits) are left alone.
+        for c in [
+            ep(7),
+            Cap::Pml4 {
+                base: 0x3000,
+                asid: Some(3),
+            },
+            Cap::Null,
+        ] {
+            set_cap(&mut m, slot, c);
+            set_mapping(&mut m, slot, mapped);
+            assert_eq!(cap(&m, slot), c);
+        }
     }
 
     #[test]

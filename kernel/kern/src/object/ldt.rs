@@ -106,7 +106,7 @@ impl<H: Hardware> Kernel<H> {
         }
         let descriptor = |k: &Self, i: u64| {
             let mr = set_entries::DESCRIPTORS + i as usize;
-            if mr < 16 {
+            if mr < Args::EAGER {
                 args.mr(mr)
             } else {
                 k.message_register(args.thread, args.buffer, mr)

@@ -153,35 +153,7 @@ impl<H: Hardware> Kernel<H> {
     }
 
     fn clear_mapping(&mut self, slot: u64) {
-        let cap = match cspace::cap(&self.hw, slot) {
-            Cap::Frame {
-                base,
-                size,
-                rights,
-                device,
-                ..
-            } => Cap::Frame {
-                base,
-                size,
-                rights,
-                device,
-                mapping: None,
-            },
-            Cap::PageTable { base, .. } => Cap::PageTable {
-                base,
-                mapping: None,
-            },
-            Cap::PageDirectory { base, .. } => Cap::PageDirectory {
-                base,
-                mapping: None,
-            },
-            Cap::Pdpt { base, .. } => Cap::Pdpt {
-                base,
-                mapping: None,
-            },
-            other => other,
-        };
-        cspace::set_cap(&mut self.hw, slot, cap);
+        cspace::set_mapping(&mut self.hw, slot, None);
     }
 
     /// Looks up the address space argument (extra capability 0): an assigned PML4.
@@ -206,8 +178,8 @@ impl<H: Hardware> Kernel<H> {
             base,
             size,
             rights,
-            device,
             mapping,
+            ..
         } = cap
         else {
             return Err(InvocationError::capability(0));
@@ -267,18 +239,7 @@ impl<H: Hardware> Kernel<H> {
         }
         // Performing.
         self.hw.write(slot, entry);
-        let _ = device;
-        cspace::set_cap(
-            &mut self.hw,
-            args.slot,
-            Cap::Frame {
-                base,
-                size,
-                rights,
-                device,
-                mapping: Some(Mapping { asid, vaddr }),
-            },
-        );
+        cspace::set_mapping(&mut self.hw, args.slot, Some(Mapping { asid, vaddr }));
         // A TLB never holds a not-present entry: only a remap (rights change) needs a
         // flush.
         if old & PRESENT != 0 {
@@ -333,21 +294,7 @@ impl<H: Hardware> Kernel<H> {
             return Err(InvocationError::simple(Error::DeleteFirst));
         }
         self.hw.write(slot, base | PRESENT | WRITABLE | USER);
-        let new = match cap {
-            Cap::PageTable { .. } => Cap::PageTable {
-                base,
-                mapping: Some(Mapping { asid, vaddr }),
-            },
-            Cap::PageDirectory { .. } => Cap::PageDirectory {
-                base,
-                mapping: Some(Mapping { asid, vaddr }),
-            },
-            _ => Cap::Pdpt {
-                base,
-                mapping: Some(Mapping { asid, vaddr }),
-            },
-        };
-        cspace::set_cap(&mut self.hw, args.slot, new);
+        cspace::set_mapping(&mut self.hw, args.slot, Some(Mapping { asid, vaddr }));
         Ok(0)
     }
 

@@ -83,6 +83,10 @@ fn set_entries_checks_every_descriptor_and_writes_none_on_error() {
     mrs.extend((0..30).map(|i| if i == 29 { CODE32 } else { DATA16 }));
     w.root_ok(ldt, L::X86LdtSetEntries, &mrs, &[]);
     assert_eq!(w.k.hw.read(base + 8 * 129), CODE32 | (1 << 40));
+    // Every one, on both sides of the eagerly read registers (Args::EAGER).
+    for i in 0..29 {
+        assert_eq!(w.k.hw.read(base + 8 * (100 + i)), DATA16 | (1 << 40), "{i}");
+    }
     mrs[31] = CODE32 & !(3 << 45);
     let r = w.root(ldt, L::X86LdtSetEntries, &mrs, &[]);
     assert_eq!((r.label, r.mrs), (err(E::InvalidArgument), vec![31]));
