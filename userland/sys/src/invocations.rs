@@ -157,38 +157,26 @@ impl FromReply for u8 {
     }
 }
 
-/// Invokes the capability at `service` with `label` and `args` (seL4_Call).
+/// Invokes the capability at `service` with `label` and `args` (seL4_Call). Inline, like
+/// libsel4's stubs: with the message built just before, the loops over its words and
+/// capabilities have constant bounds and unroll into plain stores; the error reply is
+/// decoded out of line.
+#[inline(always)]
 pub fn invoke<const N: usize>(
     service: u64,
     label: InvocationLabel,
     args: &Args<N>,
 ) -> Result<Reply> {
-    invoke_words(
-        service,
-        label,
-        &args.words[..args.length],
-        &args.caps[..args.cap_count],
-    )
-}
-
-/// Invokes the capability at `service` with `label`, message `words` and extra
-/// capabilities `caps` (seL4_Call).
-fn invoke_words(
-    service: u64,
-    label: InvocationLabel,
-    words: &[u64],
-    caps: &[u64],
-) -> Result<Reply> {
-    for (i, w) in words.iter().enumerate().skip(MSG_REGISTERS_IN_CPU) {
-        ipc::set_buffer_mr(i, *w);
+    let (length, cap_count) = (args.length.min(N), args.cap_count.min(MSG_MAX_EXTRA_CAPS));
+    for i in MSG_REGISTERS_IN_CPU..length {
+        ipc::set_buffer_mr(i, args.words[i]);
     }
-    for (i, c) in caps.iter().enumerate() {
-        ipc::set_cap(i, *c);
+    for i in 0..cap_count {
+        ipc::set_cap(i, args.caps[i]);
     }
-    let info = MessageInfo::new(label as u64, 0, caps.len() as u64, words.len() as u64);
-    // Element by element: a copy of `words.len().min(4)` words becomes a memcpy call.
+    let info = MessageInfo::new(label as u64, 0, cap_count as u64, length as u64);
     let regs: [u64; MSG_REGISTERS_IN_CPU] =
-        core::array::from_fn(|i| words.get(i).copied().unwrap_or(0));
+        core::array::from_fn(|i| if i < length { args.words[i] } else { 0 });
     let r = syscall::call(service, info, regs);
     if r.info.label() == 0 {
         return Ok(Reply {
@@ -196,6 +184,13 @@ fn invoke_words(
             regs: r.mrs,
         });
     }
+    Err(error_reply(r))
+}
+
+/// The error an invocation's reply `r` (label not 0) carries, with its detail words.
+#[cold]
+#[inline(never)]
+fn error_reply(r: syscall::RawReceive) -> Error {
     let mut words = [0u64; 8];
     let length = (r.info.length() as usize).min(words.len());
     let has_buffer = ipc::buffer_address() != 0;
@@ -208,7 +203,7 @@ fn invoke_words(
             0
         };
     }
-    Err(Error::from_reply(r.info.label(), &words[..length]))
+    Error::from_reply(r.info.label(), &words[..length])
 }
 
 /// seL4_X86_VMAttributes, plus Keel's execute-never bit.
@@ -257,6 +252,7 @@ macro_rules! invocations {
                     #[doc = ""]
                     #[doc = concat!("Label: `InvocationLabel::", stringify!($label), "`.")]
                     #[allow(clippy::too_many_arguments)]
+                    #[inline]
                     pub fn $method(self, $($arg: $argty),*) -> Result<invocations!(@ret $($ret)?)> {
                         #[allow(unused_mut)]
                         let mut args =
