@@ -300,3 +300,69 @@ fn fault_fast_route_declines_what_it_cannot_do() {
     assert!(!w.fast_syscall(ROOT_TCB, REPLY_RECV));
     assert_eq!(w.state(th.tcb), ThreadState::Inactive);
 }
+
+/// A #UD delivered to a handler without an IPC buffer (its fifth word, the error code,
+/// is dropped; the info word still says 5 words), with the fast route or without;
+/// returns both threads' states and contexts, and whether the fast route took it.
+fn bufferless_handler_delivery(
+    fast: bool,
+) -> (Vec<ThreadState>, Vec<crate::object::tcb::UserContext>, bool) {
+    let mut w = World::new();
+    w.root_ok(S_TCB, L::TcbSetPriority, &[50], &[S_TCB]);
+    let e = w.endpoint();
+    let h = w.mint(e, Rights::ALL, 0xfa);
+    let handler = w.thread_with(120, false, 0);
+    w.root_ok(handler.slot, L::TcbResume, &[], &[]);
+    let th = w.thread_with(100, true, h);
+    w.root_ok(th.slot, L::TcbResume, &[], &[]);
+    w.recv(handler.tcb, e);
+    w.make_current(th.tcb);
+    let here = w.k.hw.cpu;
+    let took = fast && w.k.faultpath_exception(6, 0, 0, here).is_some();
+    if !took {
+        w.k.handle_user_exception(6, 0, 0);
+    }
+    w.k.schedule();
+    w.check_invariants();
+    assert_eq!(w.k.current(), handler.tcb);
+    let threads = [handler.tcb, th.tcb];
+    (
+        threads.iter().map(|t| w.state(*t)).collect(),
+        threads.iter().map(|t| w.tcb(*t).context).collect(),
+        took,
+    )
+}
+
+#[test]
+fn fault_fast_route_to_a_bufferless_handler_matches_the_general_path() {
+    let (fast_states, fast_contexts, took) = bufferless_handler_delivery(true);
+    let (states, contexts, _) = bufferless_handler_delivery(false);
+    assert!(took, "the fast route delivered it");
+    assert_eq!(fast_states, states);
+    assert_eq!(fast_contexts, contexts);
+    let info = keel_abi::message::MessageInfo::from_word(contexts[0].rsi);
+    assert_eq!((info.label(), info.length()), (label::USER_EXCEPTION, 5));
+}
+
+#[test]
+fn fault_fast_route_leaves_a_busier_cpu_to_the_scheduler() {
+    // A ready thread above the handler's priority: the general path decides.
+    let mut w = World::new();
+    w.root_ok(S_TCB, L::TcbSetPriority, &[50], &[S_TCB]);
+    let e = w.endpoint();
+    let h = w.mint(e, Rights::ALL, 0xfa);
+    let handler = w.running_thread(110);
+    let th = w.thread_with(100, true, h);
+    w.root_ok(th.slot, L::TcbResume, &[], &[]);
+    w.recv(handler.tcb, e);
+    let busy = w.running_thread(120);
+    w.make_current(th.tcb);
+    let here = w.k.hw.cpu;
+    assert!(w.k.faultpath_exception(6, 0, 0, here).is_none());
+    assert_eq!(w.state(th.tcb), ThreadState::Running, "nothing changed");
+    // The general path delivers it; the busier thread runs first.
+    w.k.handle_user_exception(6, 0, 0);
+    w.k.schedule();
+    assert_eq!(w.state(th.tcb), ThreadState::BlockedOnReply);
+    assert_eq!(w.k.current(), busy.tcb);
+}
