@@ -275,12 +275,15 @@ fn syscall() -> u64 {
         }
         _ => None,
     };
-    if let Some((next, pml4)) = fast {
+    if let Some(next) = fast {
+        let next = next.get();
+        let pml4 = k.pml4_of(next);
         check_invariants(k);
         // The fastpath switched directly to a thread that can run: no scheduling.
-        let c = &k.tcb(next).context;
-        if c.rip < hal::layout::USER_END {
-            return hal::entry::prepare_thread(tcb::record(next), pml4, c.fs_base, c.gs_base);
+        if k.tcb(next).context.rip < hal::layout::USER_END {
+            let context = hal::entry::prepare_thread(tcb::record(next), pml4);
+            drop(guard);
+            hal::entry::resume_thread(context);
         }
         return prepare(k);
     }
@@ -372,10 +375,7 @@ fn prepare(k: &mut Kernel<Machine>) -> u64 {
             return 0;
         }
         k.rseq_resume(t);
-        let (rip, fs_base, gs_base) = {
-            let c = &k.tcb(t).context;
-            (c.rip, c.fs_base, c.gs_base)
-        };
+        let rip = k.tcb(t).context.rip;
         if rip >= hal::layout::USER_END {
             k.handle_user_exception(13, 0, 0);
             continue;
@@ -383,7 +383,7 @@ fn prepare(k: &mut Kernel<Machine>) -> u64 {
         match keel_kern::object::cap::raw::assigned_pml4(k.hw.read(tcb::slot(t, tcb::SLOT_VSPACE)))
         {
             Some(base) => {
-                return hal::entry::prepare_thread(tcb::record(t), base, fs_base, gs_base);
+                return hal::entry::prepare_thread(tcb::record(t), base);
             }
             None => {
                 k.handle_user_exception(14, 0, rip);

@@ -47,6 +47,8 @@ core::arch::global_asm!(
 keel_return_to_user:
     test rax, rax
     jz 5f
+    .global keel_return_to_thread
+keel_return_to_thread:
     mov rsp, rax
     .global keel_exit_checks
 keel_exit_checks:
@@ -61,10 +63,22 @@ keel_exit_checks:
     .popsection
     cmp qword ptr [rsp + {vector}], {syscall_marker}
     jne 2f
-"#,
-    crate::pop_gprs!(),
-    r#"
-    add rsp, 16
+    /* pop_gprs! but R11 and RCX, which SYSRET takes from RFLAGS and RIP: they lie
+       next to the vector and error code, skipped with them. */
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop r10
+    pop r9
+    pop r8
+    pop rbp
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rbx
+    pop rax
+    add rsp, 32
     mov rcx, [rsp]
     mov r11, [rsp + 16]
     mov rsp, [rsp + 24]
@@ -176,6 +190,21 @@ pub fn resume(context: u64) -> ! {
     // abandons the current kernel stack, which holds nothing live.
     unsafe {
         core::arch::asm!("jmp {}", sym keel_return_to_user, in("rax") context, options(noreturn))
+    }
+}
+
+unsafe extern "C" {
+    /// [`keel_return_to_user`] for a thread's context (RAX, never 0): no idle test.
+    fn keel_return_to_thread() -> !;
+}
+
+/// Leaves the kernel into the thread whose context is at `context`, the value
+/// [`prepare_thread`] returned (so never 0: no test for the idle loop).
+#[inline(always)]
+pub fn resume_thread(context: u64) -> ! {
+    // SAFETY: as in `resume`; `context` is a prepared thread's context, not 0.
+    unsafe {
+        core::arch::asm!("jmp {}", sym keel_return_to_thread, in("rax") context, options(noreturn))
     }
 }
 
@@ -481,10 +510,10 @@ pub fn enter_idle() -> ! {
 
 /// Prepares this CPU to run the thread whose context is at physical address
 /// `context_phys` (the start of its TCB record): its address space (`pml4`), FS/GS
-/// bases, CR4.FSGSBASE and debug registers as the record says, and the entry stack
-/// pointers. Returns the context's direct-map address for [`resume`].
+/// bases (the context's), CR4.FSGSBASE and debug registers as the record says, and the
+/// entry stack pointers. Returns the context's direct-map address for [`resume`].
 #[inline(always)]
-pub fn prepare_thread(context_phys: u64, pml4: u64, fs_base: u64, gs_base: u64) -> u64 {
+pub fn prepare_thread(context_phys: u64, pml4: u64) -> u64 {
     let context = crate::layout::phys_to_virt(context_phys);
     // SAFETY: the glue passes the record address of a live TCB (the context is its
     // first field), read through the direct map; the object layer does not run
@@ -515,11 +544,12 @@ pub fn prepare_thread(context_phys: u64, pml4: u64, fs_base: u64, gs_base: u64) 
             .cast::<u16>()
             .read_unaligned()
             != 0;
+        let c = &tcb.context;
         let thread_not_plain =
-            fs_base | gs_base | tcb.context.selectors | tcb.debug.dr7 | tcb.fsgsbase_allowed as u64;
+            c.fs_base | c.gs_base | c.selectors | tcb.debug.dr7 | tcb.fsgsbase_allowed as u64;
         if cpu_not_plain || thread_not_plain != 0 {
             let user_fsgsbase = tcb.fsgsbase_allowed && crate::cpu::has_fsgsbase();
-            load_thread_registers(tcb, user_fsgsbase, fs_base, gs_base);
+            load_thread_registers(tcb, user_fsgsbase, c.fs_base, c.gs_base);
         }
         // --- FPU (issue 7, fpu.rs): nothing to do while the registers hold this
         // thread's state, or hold nobody's and this thread's is not loaded eagerly.

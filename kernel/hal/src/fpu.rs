@@ -62,8 +62,6 @@ static METHOD: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(
 /// XCR0, copied out of [`CONFIG`] for the thread-switch path.
 static XCR0: AtomicU64 = AtomicU64::new(0);
 static LAZY: AtomicBool = AtomicBool::new(false);
-/// Eager switching with XSAVEOPT: [`switch_to`]'s inline case applies.
-static EAGER_XSAVEOPT: AtomicBool = AtomicBool::new(false);
 
 /// The initial state area: FCW 0x37F, MXCSR 0x1F80, XSAVE header zero (every component
 /// in its initial configuration).
@@ -133,6 +131,7 @@ pub fn init_cpu() {
             options(nomem, nostack));
         core::arch::asm!("mov cr4, {}", in(reg) new_cr4, options(nomem, nostack));
     }
+    let first_cpu = !CONFIG.is_completed();
     let config = CONFIG.call_once(|| {
         let lazy = LAZY.load(Ordering::Relaxed);
         if !has_xsave {
@@ -188,7 +187,14 @@ pub fn init_cpu() {
         Ordering::Relaxed,
     );
     XCR0.store(config.xcr0, Ordering::Relaxed);
-    EAGER_XSAVEOPT.store(config.xsaveopt && !config.lazy, Ordering::Relaxed);
+    if first_cpu {
+        // Eager switching with XSAVEOPT: [`switch_to`]'s inline case applies (patched
+        // before any other CPU starts or any thread runs).
+        crate::switches::set_code_switch(
+            crate::switches::Switch::FpuEagerXsaveopt,
+            config.xsaveopt && !config.lazy,
+        );
+    }
     if config.xsave {
         xsetbv(config.xcr0);
     }
@@ -307,24 +313,39 @@ fn park(owner: &AtomicU64) {
 #[inline(always)]
 pub fn switch_to(owner_slot: &AtomicU64, context: u64, tcb: &Tcb, owner: u64) {
     // The common eager case, inline: another thread's state is loaded, XSAVEOPT exists.
-    // EDX:EAX all ones requests every component XCR0 enables.
-    if owner > DIRTY && EAGER_XSAVEOPT.load(Ordering::Relaxed) && !tcb.fpu_disabled() {
+    // EDX:EAX all ones requests every component XCR0 enables. Without eager XSAVEOPT
+    // switching the block is patched at boot into a jump to its end (the
+    // `FpuEagerXsaveopt` switch, [`patch_switch_code`]), which goes the general way.
+    if owner > DIRTY && !tcb.fpu_disabled() {
         // SAFETY: `owner` is a live TCB's record (deletion turns it into DIRTY) whose
         // state the registers hold, CR0.TS clear while they have an owner; `context` is
         // a live TCB's record whose area holds a valid image. The instructions touch
-        // only the two areas.
+        // only the two areas. Unpatched only where the CPU has XSAVEOPT and XCR0 is set
+        // (eager switching configured, `init_cpu` run on every CPU before it runs
+        // threads).
         unsafe {
             core::arch::asm!(
+                "2:",
                 "xsaveopt64 [{old}]",
                 "xrstor64 [{new}]",
+                "jmp {done}",
+                "3:",
+                ".pushsection .keel_patch, \"a\"",
+                ".quad {switch}, 2b, 3b",
+                ".popsection",
                 old = in(reg) area_of(owner),
                 new = in(reg) area_of(context),
                 in("eax") u32::MAX,
                 in("edx") u32::MAX,
+                switch = const crate::switches::Switch::FpuEagerXsaveopt as u64,
+                done = label {
+                    owner_slot.store(context, Ordering::Relaxed);
+                    return;
+                },
                 options(nostack, preserves_flags)
             )
         };
-        owner_slot.store(context, Ordering::Relaxed);
+        switch_to_general(context, tcb);
     } else if owner != 0 || (!tcb.fpu_disabled() && eager()) {
         switch_to_general(context, tcb);
     }

@@ -56,9 +56,10 @@ pub mod trap;
 macro_rules! push_gprs {
     () => {
         "
+    push rcx
+    push r11
     push rax
     push rbx
-    push rcx
     push rdx
     push rsi
     push rdi
@@ -66,7 +67,6 @@ macro_rules! push_gprs {
     push r8
     push r9
     push r10
-    push r11
     push r12
     push r13
     push r14
@@ -111,7 +111,6 @@ macro_rules! pop_gprs {
     pop r14
     pop r13
     pop r12
-    pop r11
     pop r10
     pop r9
     pop r8
@@ -119,9 +118,10 @@ macro_rules! pop_gprs {
     pop rdi
     pop rsi
     pop rdx
-    pop rcx
     pop rbx
     pop rax
+    pop r11
+    pop rcx
 "
     };
 }

@@ -292,7 +292,9 @@ pub fn cpu_index() -> usize {
             options(nostack, readonly, preserves_flags, pure)
         )
     };
-    index as usize
+    // Below MAX_CPUS already; the mask says so to the compiler, once, so the kernel's
+    // per-CPU array indexing needs no reduction of its own.
+    index as usize % crate::layout::MAX_CPUS
 }
 
 /// Counts a timer interrupt on this CPU.

@@ -38,6 +38,10 @@ pub enum Switch {
     /// CLAC at interrupt and exception entry (clears RFLAGS.AC a user thread may have
     /// set; `keel.unsafe.clac`); also off when the CPU has no SMAP (CLAC would be #UD).
     Clac = 8,
+    /// Not a defence: the inline XSAVEOPT/XRSTOR of `fpu::switch_to`, off (patched to
+    /// the general FPU switch) unless the CPU has XSAVEOPT and switching is eager
+    /// (set by `fpu::init_cpu` on the bootstrap CPU).
+    FpuEagerXsaveopt = 9,
 }
 
 const NAMES: [(Switch, &str); 8] = [
@@ -100,7 +104,22 @@ pub fn configure(cmdline: &str) {
     if !crate::cpu::features().smap {
         off |= 1 << Switch::Clac as u32;
     }
-    OFF.store(off, Ordering::Relaxed);
+    OFF.fetch_or(off, Ordering::Relaxed);
+    patch(off);
+}
+
+/// Turns the code switch `s` on (its blocks run) or off (patched into jumps over
+/// them). Same rules as [`configure`]: on the bootstrap CPU, before any other CPU
+/// starts or any user code runs; a block once patched stays patched.
+pub fn set_code_switch(s: Switch, on: bool) {
+    if !on {
+        OFF.fetch_or(1 << s as u32, Ordering::Relaxed);
+        patch(1 << s as u32);
+    }
+}
+
+/// Patches every block whose switch is in `off` into a jump to its end.
+fn patch(off: u32) {
     for site in sites() {
         if off & (1 << site.switch) == 0 {
             continue;

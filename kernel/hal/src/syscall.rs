@@ -61,7 +61,7 @@ keel_syscall_clear:
     .pushsection .keel_patch, "a"
     .quad {clear_switch}, keel_syscall_clear, 1b
     .popsection
-    cld
+    /* No CLD: the flag mask cleared DF (it is not one of the keel.unsafe.fmask bits). */
     call {dispatch}
     ud2 /* the glue leaves through entry::resume */
 7:
@@ -71,7 +71,6 @@ keel_syscall_clear:
 "#,
     crate::clear_gprs!(),
     r#"
-    cld
     call {slow}
     jmp 1b
 

@@ -13,8 +13,11 @@
 //! root resolves all 64 bits at once, and remembers each thread's last such lookup
 //! ([`tcb::LookupCache`]).
 //!
-//! On success it returns the thread to run (the new current thread of CPU `here`) and
-//! its PML4, so the caller can leave the kernel without running the scheduler.
+//! On success it returns the thread to run (the new current thread of CPU `here`; one
+//! register, no result in memory), whose address space [`Kernel::pml4_of`] gives, so
+//! the caller can leave the kernel without running the scheduler.
+
+use core::num::NonZeroU64;
 
 use keel_abi::message::{MSG_MAX_LENGTH, MSG_REGISTERS_IN_CPU, MessageInfo};
 
@@ -83,7 +86,8 @@ impl<H: Hardware> Kernel<H> {
     }
 
     /// The PML4 `t` runs in, if `t` may be switched to at once on CPU `here`: same CPU,
-    /// an assigned address space, and no ready thread of higher priority.
+    /// an assigned address space, and no ready thread of higher priority. (The caller
+    /// of a fastpath that switched to `t` reads the PML4 again: [`Kernel::pml4_of`].)
     #[inline(always)]
     fn fast_switch_target(&self, t: u64, here: usize) -> Option<u64> {
         let r = self.tcb(t);
@@ -94,6 +98,13 @@ impl<H: Hardware> Kernel<H> {
             return None;
         }
         raw::assigned_pml4(self.hw.read(tcb::slot(t, tcb::SLOT_VSPACE)))
+    }
+
+    /// The PML4 of `t`'s address space, once a fastpath has switched to `t` (which it
+    /// does only when `t`'s VSpace capability is an assigned PML4).
+    #[inline(always)]
+    pub fn pml4_of(&self, t: u64) -> u64 {
+        raw::pml4_address(self.hw.read(tcb::slot(t, tcb::SLOT_VSPACE)))
     }
 
     /// For a message longer than the message registers, the IPC buffers (physical
@@ -166,19 +177,19 @@ impl<H: Hardware> Kernel<H> {
     /// Call by `t`, the current thread of CPU `here`, on the fastpath; `None` means
     /// "take the general path" (nothing changed).
     #[inline(always)]
-    pub fn fastpath_call(&mut self, t: u64, here: usize) -> Option<(u64, u64)> {
+    pub fn fastpath_call(&mut self, t: u64, here: usize) -> Option<NonZeroU64> {
         self.call_path::<false>(t, here)
     }
 
     /// The long-message variant of [`Self::fastpath_call`], out of line (a tail call
     /// from the short one, which carries none of its code).
     #[inline(never)]
-    fn call_long(&mut self, t: u64, here: usize) -> Option<(u64, u64)> {
+    fn call_long(&mut self, t: u64, here: usize) -> Option<NonZeroU64> {
         self.call_path::<true>(t, here)
     }
 
     #[inline(always)]
-    fn call_path<const LONG: bool>(&mut self, t: u64, here: usize) -> Option<(u64, u64)> {
+    fn call_path<const LONG: bool>(&mut self, t: u64, here: usize) -> Option<NonZeroU64> {
         let (cptr, info) = {
             let c = &self.tcb(t).context;
             (c.rdi, c.rsi)
@@ -211,7 +222,7 @@ impl<H: Hardware> Kernel<H> {
         if dest_priority < self.tcb(t).priority {
             return None;
         }
-        let pml4 = self.fast_switch_target(dest, here)?;
+        self.fast_switch_target(dest, here)?;
         let buffers = self.fast_buffers::<LONG>(t, dest)?;
         let caller_slot = tcb::slot(dest, tcb::SLOT_CALLER);
         if self.hw.read(caller_slot) != 0 {
@@ -244,7 +255,7 @@ impl<H: Hardware> Kernel<H> {
         );
         self.tcb_mut(t).state = ThreadState::BlockedOnReply;
         self.cpus[here].current = dest;
-        Some((dest, pml4))
+        NonZeroU64::new(dest)
     }
 
     /// Send by `t`, the current thread of CPU `here`, on the fastpath: to an endpoint
@@ -254,19 +265,19 @@ impl<H: Hardware> Kernel<H> {
     /// general path's scheduler would put it (`schedule`'s SwitchTo). `None` means
     /// "take the general path" (nothing changed).
     #[inline(always)]
-    pub fn fastpath_send(&mut self, t: u64, here: usize) -> Option<(u64, u64)> {
+    pub fn fastpath_send(&mut self, t: u64, here: usize) -> Option<NonZeroU64> {
         self.send_path::<false>(t, here)
     }
 
     /// The long-message variant of [`Self::fastpath_send`], out of line (a tail call
     /// from the short one, which carries none of its code).
     #[inline(never)]
-    fn send_long(&mut self, t: u64, here: usize) -> Option<(u64, u64)> {
+    fn send_long(&mut self, t: u64, here: usize) -> Option<NonZeroU64> {
         self.send_path::<true>(t, here)
     }
 
     #[inline(always)]
-    fn send_path<const LONG: bool>(&mut self, t: u64, here: usize) -> Option<(u64, u64)> {
+    fn send_path<const LONG: bool>(&mut self, t: u64, here: usize) -> Option<NonZeroU64> {
         let (cptr, info, priority) = {
             let r = self.tcb(t);
             (r.context.rdi, r.context.rsi, r.priority)
@@ -299,7 +310,7 @@ impl<H: Hardware> Kernel<H> {
         } else {
             return None;
         };
-        let pml4 = self.fast_switch_target(woken, here)?;
+        self.fast_switch_target(woken, here)?;
         let buffers = self.fast_buffers::<LONG>(t, woken)?;
         // Checks done: perform.
         let badge = self.hw.read(slot + 8);
@@ -316,25 +327,25 @@ impl<H: Hardware> Kernel<H> {
         self.enqueue(t, true);
         self.rseq_switched_out(t);
         self.cpus[here].current = woken;
-        Some((woken, pml4))
+        NonZeroU64::new(woken)
     }
 
     /// ReplyRecv by `t`, the current thread of CPU `here`, on the fastpath; `None`
     /// means "take the general path" (nothing changed).
     #[inline(always)]
-    pub fn fastpath_reply_recv(&mut self, t: u64, here: usize) -> Option<(u64, u64)> {
+    pub fn fastpath_reply_recv(&mut self, t: u64, here: usize) -> Option<NonZeroU64> {
         self.reply_recv_path::<false>(t, here)
     }
 
     /// The long-message variant of [`Self::fastpath_reply_recv`], out of line (a tail call
     /// from the short one, which carries none of its code).
     #[inline(never)]
-    fn reply_recv_long(&mut self, t: u64, here: usize) -> Option<(u64, u64)> {
+    fn reply_recv_long(&mut self, t: u64, here: usize) -> Option<NonZeroU64> {
         self.reply_recv_path::<true>(t, here)
     }
 
     #[inline(always)]
-    fn reply_recv_path<const LONG: bool>(&mut self, t: u64, here: usize) -> Option<(u64, u64)> {
+    fn reply_recv_path<const LONG: bool>(&mut self, t: u64, here: usize) -> Option<NonZeroU64> {
         let (cptr, info, bound) = {
             let r = self.tcb(t);
             (r.context.rdi, r.context.rsi, r.bound_notification)
@@ -379,7 +390,7 @@ impl<H: Hardware> Kernel<H> {
                 return self.faultpath_reply_recv(t, here);
             }
         }
-        let pml4 = self.fast_switch_target(caller, here)?;
+        self.fast_switch_target(caller, here)?;
         let buffers = self.fast_buffers::<LONG>(t, caller)?;
         // Checks done: perform. The reply capability goes; the caller gets the message.
         cspace::remove_leaf(&mut self.hw, caller_slot);
@@ -406,6 +417,6 @@ impl<H: Hardware> Kernel<H> {
             e.tail = t;
         }
         self.cpus[here].current = caller;
-        Some((caller, pml4))
+        NonZeroU64::new(caller)
     }
 }

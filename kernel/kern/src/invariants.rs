@@ -24,13 +24,17 @@
 //!   threads wait on it in the matching state (an endpoint's all sending or all
 //!   receiving); a thread blocked on an endpoint or notification is in its queue; a
 //!   thread not waiting has no wait links;
+//! - **objects being finalised**: an endpoint or notification whose last capability
+//!   is a Zombie (its waiters being restarted) has no other capability, and a
+//!   notification's is unbound and signalled by no IRQ handler (so no thread can
+//!   join its queue);
 //! - this CPU's current thread is runnable.
 
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 
 use crate::kernel::{Hardware, Kernel, NUM_PRIORITIES};
-use crate::object::cap::Cap;
+use crate::object::cap::{Cap, ZombieKind};
 use crate::object::cspace;
 use crate::object::endpoint::{self as ep, Queue};
 use crate::object::tcb::{self, ThreadState};
@@ -76,9 +80,15 @@ fn reaches(cap: Cap) -> (Option<(u64, u64)>, u64) {
         Cap::CNode { ptr, radix, .. } => (Some((ptr, 1 << radix)), 0),
         Cap::Tcb { ptr } => (Some((ptr, tcb::TCB_SLOTS)), ptr),
         Cap::Zombie {
-            ptr, is_tcb: true, ..
+            ptr,
+            kind: ZombieKind::Tcb,
+            ..
         } => (Some((ptr, tcb::TCB_SLOTS)), 0),
-        Cap::Zombie { ptr, radix, .. } => (Some((ptr, 1 << radix)), 0),
+        Cap::Zombie {
+            ptr,
+            kind: ZombieKind::CNode { radix },
+            ..
+        } => (Some((ptr, 1 << radix)), 0),
         Cap::Reply { tcb, .. } => (Some((tcb, tcb::TCB_SLOTS)), tcb),
         _ => (None, 0),
     }
@@ -132,6 +142,7 @@ impl<H: Hardware> Kernel<H> {
         let mut full = Vec::new();
         let mut endpoints = BTreeSet::new();
         let mut notifications = BTreeSet::new();
+        let mut dying = Vec::new();
         while let Some((base, count)) = work.pop() {
             if !seen.insert(base) {
                 continue;
@@ -160,6 +171,16 @@ impl<H: Hardware> Kernel<H> {
                     Cap::Notification { ptr, .. } => {
                         notifications.insert(ptr);
                     }
+                    Cap::Zombie {
+                        ptr,
+                        kind: ZombieKind::Endpoint,
+                        ..
+                    } => dying.push((Queue::Endpoint(ptr), s)),
+                    Cap::Zombie {
+                        ptr,
+                        kind: ZombieKind::Notification,
+                        ..
+                    } => dying.push((Queue::Notification(ptr), s)),
                     _ => {}
                 }
             }
@@ -187,6 +208,13 @@ impl<H: Hardware> Kernel<H> {
         let chains = self.check_chains(&full)?;
         self.check_untypeds(&chains)?;
         self.check_ready_queues(&threads)?;
+        self.check_dying_queues(&dying, &endpoints, &notifications)?;
+        for &(q, _) in &dying {
+            match q {
+                Queue::Endpoint(e) => endpoints.insert(e),
+                Queue::Notification(n) => notifications.insert(n),
+            };
+        }
         self.check_wait_queues(&threads, &endpoints, &notifications)?;
         self.check_runnable_findable(&threads)?;
         let here = self.hw.current_cpu();
@@ -440,6 +468,51 @@ impl<H: Hardware> Kernel<H> {
                 t,
                 0
             );
+        }
+        Ok(())
+    }
+
+    /// An endpoint or notification being finalised (its Zombie in `slot`) is
+    /// unreachable but for its waiters: no other capability names it, and a
+    /// notification has no bound thread and no IRQ handler signalling it.
+    fn check_dying_queues(
+        &self,
+        dying: &[(Queue, u64)],
+        endpoints: &BTreeSet<u64>,
+        notifications: &BTreeSet<u64>,
+    ) -> Result<(), Violation> {
+        for &(q, slot) in dying {
+            match q {
+                Queue::Endpoint(e) => ensure!(
+                    !endpoints.contains(&e),
+                    "a capability to an endpoint being finalised",
+                    e,
+                    slot
+                ),
+                Queue::Notification(n) => {
+                    ensure!(
+                        !notifications.contains(&n),
+                        "a capability to a notification being finalised",
+                        n,
+                        slot
+                    );
+                    ensure!(
+                        self.hw.get::<ep::Notification>(n).bound() == 0,
+                        "a notification being finalised is bound",
+                        n,
+                        slot
+                    );
+                    let signalled = self.irqs.iter().any(|state| {
+                        matches!(state, crate::object::irq::IrqState::Signal { notification, .. } if *notification == n)
+                    });
+                    ensure!(
+                        !signalled,
+                        "an IRQ handler signals a notification being finalised",
+                        n,
+                        slot
+                    );
+                }
+            }
         }
         Ok(())
     }

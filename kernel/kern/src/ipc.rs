@@ -455,29 +455,49 @@ impl<H: Hardware> Kernel<H> {
         }
     }
 
-    /// Every waiter of an endpoint restarts its system call (the endpoint is going away
-    /// or its badged sends are cancelled). With `badge = Some(b)` only senders with that
-    /// badge are woken.
-    ///
-    /// CancelBadgedSends (`badge` given) has a preemption point after each thread it
-    /// restarts and returns false when it stopped there (the threads restarted so far
-    /// have left the queue; the redone call goes on with the rest). Deleting the
-    /// endpoint (`None`) runs to the end.
-    pub fn cancel_endpoint(&mut self, endpoint: u64, badge: Option<u64>) -> bool {
-        let mut t = endpoint::head(&self.hw, Queue::Endpoint(endpoint));
+    /// Takes waiter `t` off `queue`: it will restart its system call (what deleting
+    /// the endpoint or notification, or cancelling its badged send, leaves it in).
+    fn restart_waiter(&mut self, queue: Queue, t: u64) {
+        endpoint::remove(&mut self.hw, queue, t);
+        self.set_state(t, ThreadState::Restart);
+        self.enqueue(t, false);
+        self.reschedule_cpu_of(t);
+    }
+
+    /// Restarts every waiter of an endpoint or notification that is being finalised,
+    /// always taking the head, so the queue itself is the progress. With
+    /// `preemptible`, a preemption point follows each waiter; returns false if it
+    /// stopped there (the waiters restarted so far have left the queue; the caller
+    /// keeps the object alive behind a Zombie, so no thread can join the queue, and
+    /// the redone deletion takes the rest from the head).
+    pub fn restart_all_waiters(&mut self, queue: Queue, preemptible: bool) -> bool {
+        loop {
+            let t = endpoint::head(&self.hw, queue);
+            if t == 0 {
+                return true;
+            }
+            self.restart_waiter(queue, t);
+            // (No stop once the queue is empty: the redone call would find nothing.)
+            if preemptible && endpoint::head(&self.hw, queue) != 0 && self.preemption_point() {
+                return false;
+            }
+        }
+    }
+
+    /// CancelBadgedSends: every sender with `badge` leaves the endpoint's queue and
+    /// restarts its system call; the other waiters keep their places. A preemption
+    /// point follows each thread restarted; returns false if it stopped there (the
+    /// redone call walks the queue again from the head and goes on with the senders
+    /// left: each stop has restarted at least one).
+    pub fn cancel_badged_sends(&mut self, endpoint: u64, badge: u64) -> bool {
+        let queue = Queue::Endpoint(endpoint);
+        let mut t = endpoint::head(&self.hw, queue);
         while t != 0 {
             let next = self.tcb(t).wait_next;
-            let matches = match (badge, self.tcb(t).state) {
-                (None, _) => true,
-                (Some(b), ThreadState::BlockedOnSend { badge, .. }) => badge == b,
-                _ => false,
-            };
-            if matches {
-                endpoint::remove(&mut self.hw, Queue::Endpoint(endpoint), t);
-                self.set_state(t, ThreadState::Restart);
-                self.enqueue(t, false);
-                self.reschedule_cpu_of(t);
-                if badge.is_some() && self.preemption_point() {
+            if matches!(self.tcb(t).state, ThreadState::BlockedOnSend { badge: b, .. } if b == badge)
+            {
+                self.restart_waiter(queue, t);
+                if self.preemption_point() {
                     return false;
                 }
             }
@@ -486,21 +506,26 @@ impl<H: Hardware> Kernel<H> {
         true
     }
 
-    /// Every waiter of a notification restarts; the bound thread is unbound.
-    pub fn cancel_notification(&mut self, notification: u64) {
-        let mut t = endpoint::head(&self.hw, Queue::Notification(notification));
-        while t != 0 {
-            let next = self.tcb(t).wait_next;
-            endpoint::remove(&mut self.hw, Queue::Notification(notification), t);
-            self.set_state(t, ThreadState::Restart);
-            self.enqueue(t, false);
-            self.reschedule_required();
-            t = next;
-        }
+    /// A notification is being finalised: its bound thread is unbound and no IRQ
+    /// handler signals it any more (so nothing but its waiters still reaches it).
+    pub fn detach_notification(&mut self, notification: u64) {
         let bound = self.hw.get::<Notification>(notification).bound();
         if bound != 0 {
             self.tcb_mut(bound).bound_notification = 0;
             self.hw.get_mut::<Notification>(notification).set_bound(0);
+        }
+        // IRQ handlers keep only the address: stop them signalling freed memory.
+        for state in self.irqs.iter_mut() {
+            if let crate::object::irq::IrqState::Signal {
+                notification: n,
+                badge,
+                ..
+            } = state
+                && *n == notification
+            {
+                *n = 0;
+                *badge = 0;
+            }
         }
     }
 

@@ -1,15 +1,21 @@
 //! Untyped Retype: every object type and size, argument checks, full slots,
-//! exhaustion, memory returned by revoke (a thousand times), RevokeFirst.
+//! exhaustion, memory returned by revoke (a thousand times), RevokeFirst; endpoints
+//! deleted or revoked under their blocked threads.
 
 use keel_abi::error::Error as Code;
+use keel_abi::fault::{FaultType, cap_fault};
 use keel_abi::invocation::InvocationLabel;
 use keel_abi::object::{ObjectType, cap_tag};
 use keel_sys::Error;
-use keel_sys::cap::{Cap, Untyped, init};
+use keel_sys::Message;
+use keel_sys::cap::{Cap, Endpoint, Untyped, init};
 use keel_sys::invocations::{Args, invoke};
 
-use crate::harness::{DEPTH, Env, OrFail, Suite, TestResult, Why, expect_code, expect_err};
-use crate::{ensure, fail};
+use crate::harness::{
+    DEPTH, Env, FAULT_BADGE, OrFail, Suite, TestResult, Why, add_shared, expect_code, expect_err,
+    pause, recv_timeout, set_shared, shared, wait_until,
+};
+use crate::{CHILD_PRIORITY, ensure, fail};
 
 /// Runs the untyped tests.
 pub fn run(suite: &mut Suite, env: &mut Env) {
@@ -29,6 +35,10 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
     suite.run("untyped_big_cnode_delete_and_revoke_return_memory", || {
         big_cnode(env)
     });
+    suite.run(
+        "untyped_endpoints_with_blocked_threads_delete_and_revoke_return_memory",
+        || blocked_endpoints(env),
+    );
     suite.run("untyped_copy_with_children_is_revoke_first", || {
         revoke_first(env)
     });
@@ -309,6 +319,147 @@ fn big_cnode(env: &mut Env) -> TestResult {
             .or_fail("revoke the whole")?;
     }
     Ok(())
+}
+
+/// Shared words of `blocked_endpoints`: the two endpoints' slots, then counters.
+const SENDING_EP: usize = 10;
+const RECEIVING_EP: usize = 11;
+const STARTED: usize = 3;
+const SENDS_RETURNED: usize = 0;
+const CALLS_INVALID: usize = 1;
+const WRONG: usize = 2;
+
+/// Blocks in Send (argument 0) or Call (1) on the endpoint in word `SENDING_EP`. Once
+/// the endpoint is deleted the thread redoes the system call on the now empty slot: a
+/// Send returns with nothing done, a Call gets an InvalidCapability error reply.
+fn blocked_sender(call: u64) {
+    let ep = Cap::<Endpoint>::from_cptr(shared(SENDING_EP));
+    add_shared(STARTED, 1);
+    if call == 0 {
+        ep.send(&Message::new(7).word(1));
+        add_shared(SENDS_RETURNED, 1);
+    } else {
+        let r = ep.call(&Message::new(7).word(1));
+        if r.label() == Code::InvalidCapability as u64 {
+            add_shared(CALLS_INVALID, 1);
+        } else {
+            add_shared(WRONG, 1);
+        }
+    }
+}
+
+/// Blocks in Recv on the endpoint in word `RECEIVING_EP`; its redone Recv on the empty
+/// slot is a capability fault, so it never gets past `recv`.
+fn blocked_receiver(_: u64) {
+    let ep = Cap::<Endpoint>::from_cptr(shared(RECEIVING_EP));
+    add_shared(STARTED, 1);
+    let _ = ep.recv();
+    add_shared(WRONG, 1);
+}
+
+/// Threads blocked on two endpoints retyped from one untyped: deleting the first
+/// (senders and callers) and revoking the untyped (which deletes the second, with its
+/// receivers) aborts every blocked IPC as the unpreempted deletion does — each thread
+/// redoes its system call on an empty slot — and the untyped is whole again. (The
+/// runtime has 8 thread stacks; the host tests block 200 threads.)
+fn blocked_endpoints(env: &mut Env) -> TestResult {
+    let (ut, first) = fresh(env, 12, 2)?;
+    ut.retype(ObjectType::Endpoint, 0, init::CNODE, 0, 0, first, 2)
+        .or_fail("two endpoints")?;
+    set_shared(SENDING_EP, first);
+    set_shared(RECEIVING_EP, first + 1);
+    // Senders and callers alternate on the first endpoint, two receivers wait on the
+    // second; as many as the free stacks allow (at least 4).
+    let mut threads = alloc::vec::Vec::new();
+    let (mut sends, mut calls, mut receivers) = (0u64, 0u64, 0u64);
+    for i in 0..8u64 {
+        let spawned = if i < 2 {
+            receivers += 1;
+            env.spawn(blocked_receiver, 0, CHILD_PRIORITY)
+        } else {
+            if i % 2 == 0 {
+                sends += 1;
+            } else {
+                calls += 1;
+            }
+            env.spawn(blocked_sender, i % 2, CHILD_PRIORITY)
+        };
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(_) if threads.len() >= 4 => {
+                // Out of stacks: undo the count of the thread that did not start.
+                if i < 2 {
+                    receivers -= 1;
+                } else if i % 2 == 0 {
+                    sends -= 1;
+                } else {
+                    calls -= 1;
+                }
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let result = (|| {
+        let n = threads.len() as u64;
+        ensure!(
+            wait_until(|| shared(STARTED) == n),
+            "{} of {n} threads started",
+            shared(STARTED)
+        );
+        // Let them reach their system calls and block.
+        pause(50_000_000);
+        ensure!(
+            shared(SENDS_RETURNED) + shared(CALLS_INVALID) + shared(WRONG) == 0,
+            "a thread got past its blocking system call"
+        );
+        init::CNODE
+            .delete(first, DEPTH)
+            .or_fail("delete the endpoint with senders")?;
+        ensure!(env.is_empty(first), "the endpoint's slot is not empty");
+        ensure!(
+            wait_until(|| shared(SENDS_RETURNED) == sends && shared(CALLS_INVALID) == calls),
+            "after the delete: {} of {sends} Sends returned, {} of {calls} Calls got InvalidCapability",
+            shared(SENDS_RETURNED),
+            shared(CALLS_INVALID)
+        );
+        init::CNODE
+            .revoke(ut.cptr(), DEPTH)
+            .or_fail("revoke the untyped under the receivers")?;
+        ensure!(env.is_empty(first + 1), "revoke left the second endpoint");
+        for k in 0..receivers {
+            let Some(r) = recv_timeout(env.fault_ep) else {
+                fail!("no fault from restarted receiver {k} of {receivers}")
+            };
+            ensure!(r.badge == FAULT_BADGE, "fault badge {:#x}", r.badge);
+            ensure!(
+                r.label() == FaultType::CapFault as u64,
+                "fault label {}",
+                r.label()
+            );
+            let w = r.words::<4>();
+            ensure!(
+                w[cap_fault::ADDR] == first + 1 && w[cap_fault::IN_RECV_PHASE] == 1,
+                "cap fault at {:#x}, in receive phase {}",
+                w[cap_fault::ADDR],
+                w[cap_fault::IN_RECV_PHASE]
+            );
+        }
+        ensure!(
+            shared(WRONG) == 0,
+            "a thread got a message or a wrong error"
+        );
+        // The memory is free: the whole untyped can be retyped again.
+        ut.retype(ObjectType::Untyped, 12, init::CNODE, 0, 0, first, 1)
+            .or_fail("the whole untyped again")?;
+        init::CNODE
+            .revoke(ut.cptr(), DEPTH)
+            .or_fail("revoke the whole")
+    })();
+    for t in threads {
+        env.destroy(t)?;
+    }
+    result
 }
 
 fn revoke_first(env: &mut Env) -> TestResult {

@@ -157,18 +157,39 @@ pub enum Cap {
     Domain,
     /// Keel: the authority to let threads use RD/WR FS/GS BASE.
     FsGsBaseControl,
-    /// A capability in the middle of deletion (a CNode or TCB being emptied). `scan`:
-    /// the emptying's progress, kept between system calls when a preemption point
-    /// stopped it: the object's slots below index `scan` are empty (except the slot
-    /// holding this Zombie, if the object holds it).
+    /// The last capability to an object in the middle of deletion: a CNode or TCB
+    /// being emptied, or an endpoint or notification whose waiters are being woken.
+    /// `scan`: a CNode's or TCB's emptying progress, kept between system calls when a
+    /// preemption point stopped it: the object's slots below index `scan` are empty
+    /// (except the slot holding this Zombie, if the object holds it). An endpoint or
+    /// notification keeps no position (0): its wait queue is what is left to do.
     Zombie {
         ptr: u64,
-        is_tcb: bool,
-        radix: u8,
+        kind: ZombieKind,
         scan: u64,
     },
     /// Keel: an LDT object (4 KiB, 512 descriptors) at `base`.
     Ldt { base: u64 },
+}
+
+/// What a Zombie stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZombieKind {
+    /// A CNode of 2^radix slots.
+    CNode { radix: u8 },
+    /// A TCB.
+    Tcb,
+    /// An endpoint: no thread can join its queue, and its waiters are being restarted.
+    Endpoint,
+    /// A notification: likewise; it is already unbound and no IRQ handler signals it.
+    Notification,
+}
+
+impl ZombieKind {
+    /// Whether the Zombie's object is emptied slot by slot (a CNode or a TCB).
+    pub fn has_slots(self) -> bool {
+        matches!(self, ZombieKind::CNode { .. } | ZombieKind::Tcb)
+    }
 }
 
 const TYPE_SHIFT: u32 = 59;
@@ -316,18 +337,20 @@ impl Cap {
             }
             Cap::Domain => [tagged(Tag::Domain, 0), 0],
             Cap::FsGsBaseControl => [tagged(Tag::FsGsBaseControl, 0), 0],
-            Cap::Zombie {
-                ptr,
-                is_tcb,
-                radix,
-                scan,
-            } => [
-                tagged(
-                    Tag::Zombie,
-                    ptr | ((is_tcb as u64) << 52) | ((radix as u64 & 63) << 53),
-                ),
-                scan,
-            ],
+            Cap::Zombie { ptr, kind, scan } => {
+                // Bit 52 clear: a CNode with the radix in bits 53..58; set: bits 53..58
+                // say which other kind.
+                let (not_cnode, field) = match kind {
+                    ZombieKind::CNode { radix } => (0, radix as u64 & 63),
+                    ZombieKind::Tcb => (1, 0),
+                    ZombieKind::Endpoint => (1, 1),
+                    ZombieKind::Notification => (1, 2),
+                };
+                [
+                    tagged(Tag::Zombie, ptr | (not_cnode << 52) | (field << 53)),
+                    scan,
+                ]
+            }
             Cap::Ldt { base } => [tagged(Tag::Ldt, base >> 12), 0],
         }
     }
@@ -407,12 +430,20 @@ impl Cap {
             },
             18 => Cap::Domain,
             19 => Cap::FsGsBaseControl,
-            20 => Cap::Zombie {
-                ptr: addr,
-                is_tcb: rest & (1 << 52) != 0,
-                radix: ((rest >> 53) & 63) as u8,
-                scan: w1,
-            },
+            20 => {
+                let field = ((rest >> 53) & 63) as u8;
+                let kind = match (rest & (1 << 52) != 0, field) {
+                    (false, radix) => ZombieKind::CNode { radix },
+                    (true, 1) => ZombieKind::Endpoint,
+                    (true, 2) => ZombieKind::Notification,
+                    (true, _) => ZombieKind::Tcb,
+                };
+                Cap::Zombie {
+                    ptr: addr,
+                    kind,
+                    scan: w1,
+                }
+            }
             21 => Cap::Ldt { base: page },
             _ => Cap::Null,
         }
@@ -471,14 +502,13 @@ impl Cap {
             Cap::Pml4 { base, .. } | Cap::AsidPool { base, .. } | Cap::Ldt { base } => {
                 Some((base, 4096))
             }
-            Cap::Zombie {
-                ptr, is_tcb, radix, ..
-            } => Some((
+            Cap::Zombie { ptr, kind, .. } => Some((
                 ptr,
-                if is_tcb {
-                    1 << super::TCB_BITS
-                } else {
-                    1 << (radix as u64 + 5)
+                match kind {
+                    ZombieKind::CNode { radix } => 1 << (radix as u64 + 5),
+                    ZombieKind::Tcb => 1 << super::TCB_BITS,
+                    ZombieKind::Endpoint => 16,
+                    ZombieKind::Notification => 32,
                 },
             )),
             _ => None,
@@ -629,9 +659,28 @@ mod tests {
             Cap::FsGsBaseControl,
             Cap::Zombie {
                 ptr: 0x10000,
-                is_tcb: false,
-                radix: 8,
+                kind: ZombieKind::CNode { radix: 8 },
                 scan: 17,
+            },
+            Cap::Zombie {
+                ptr: 0x10000,
+                kind: ZombieKind::CNode { radix: 58 },
+                scan: 0,
+            },
+            Cap::Zombie {
+                ptr: 0x9_0000_0400,
+                kind: ZombieKind::Tcb,
+                scan: 30,
+            },
+            Cap::Zombie {
+                ptr: 0x9_0000_0010,
+                kind: ZombieKind::Endpoint,
+                scan: 0,
+            },
+            Cap::Zombie {
+                ptr: 0x9_0000_0020,
+                kind: ZombieKind::Notification,
+                scan: 0,
             },
             Cap::Ldt {
                 base: 0xf_ffff_f000,
@@ -792,11 +841,17 @@ pub mod raw {
         Some(((w0 & ((1 << 40) - 1)) << 12, bits))
     }
 
+    /// The PML4 address of a PML4 capability (its type not checked).
+    #[inline(always)]
+    pub const fn pml4_address(w0: u64) -> u64 {
+        (w0 << 24) >> 12
+    }
+
     /// The PML4 address of a PML4 capability that has an ASID, else `None`.
     #[inline(always)]
     pub const fn assigned_pml4(w0: u64) -> Option<u64> {
         if tag(w0) == PML4 && w0 & (1 << 58) != 0 {
-            Some((w0 & ((1 << 40) - 1)) << 12)
+            Some(pml4_address(w0))
         } else {
             None
         }

@@ -6,14 +6,22 @@
 //! or TCB that must be emptied first becomes a Zombie capability; emptying nested
 //! CNodes is iterative (each Zombie records the slot of the Zombie it sits in), so a
 //! hostile CSpace cannot exhaust the kernel stack.
+//!
+//! Long finalisations stop at preemption points and are continued by the redone
+//! system call: emptying a CNode or TCB (its Zombie records the scan position),
+//! restarting the waiters of an endpoint or notification (its last capability becomes
+//! an endpoint or notification Zombie; the queue is the progress), and dropping the
+//! address spaces of an ASID pool (the cleared pool entries are the progress).
+//! Invariant: a Zombie is always its object's last capability, and nothing derives
+//! from or invokes it; an endpoint or notification behind a Zombie gains no waiter.
 
 use keel_abi::error::Error;
 
 use crate::invocation::{Args, InvocationError};
 use crate::kernel::{Hardware, Kernel};
-use crate::object::cap::{Cap, Rights, VmRights};
+use crate::object::cap::{Cap, Rights, VmRights, ZombieKind};
 use crate::object::cspace;
-use crate::object::endpoint::{Endpoint, Notification};
+use crate::object::endpoint::{Endpoint, Notification, Queue};
 use crate::object::tcb::{self, Tcb, ThreadState};
 
 /// The copy of `cap` (in `slot`) a derivation makes, or `None` if it may not be copied.
@@ -175,11 +183,14 @@ impl<H: Hardware> Kernel<H> {
             return true;
         }
         match cap {
-            Cap::CNode { .. } | Cap::Tcb { .. } | Cap::Zombie { .. } => {
+            Cap::CNode { .. } | Cap::Tcb { .. } => self.empty_and_delete(slot, preemptible),
+            Cap::Zombie { kind, .. } if kind.has_slots() => {
                 self.empty_and_delete(slot, preemptible)
             }
             _ => {
-                self.finalise(cap);
+                if !self.finalise(slot, cap, preemptible) {
+                    return false;
+                }
                 cspace::remove(&mut self.hw, slot);
                 true
             }
@@ -189,20 +200,7 @@ impl<H: Hardware> Kernel<H> {
     /// Deletes a capability without preemption points (used for reply and caller caps,
     /// which never need emptying, from paths that cannot be redone).
     pub fn delete_one(&mut self, slot: u64) {
-        let cap = cspace::cap(&self.hw, slot);
-        if matches!(
-            cap,
-            Cap::CNode { .. } | Cap::Tcb { .. } | Cap::Zombie { .. }
-        ) {
-            self.delete_with(slot, false);
-            return;
-        }
-        if cspace::is_final(&self.hw, slot) {
-            self.finalise(cap);
-        } else {
-            self.unmap_if_frame(cap);
-        }
-        cspace::remove(&mut self.hw, slot);
+        self.delete_with(slot, false);
     }
 
     /// Every frame capability stands for its own mapping: deleting one unmaps it even
@@ -229,16 +227,19 @@ impl<H: Hardware> Kernel<H> {
         stack[0] = (root, zombie_scan(cspace::cap(&self.hw, root)));
         loop {
             let (zslot, start) = stack[depth];
-            let Cap::Zombie {
-                ptr, is_tcb, radix, ..
-            } = cspace::cap(&self.hw, zslot)
-            else {
-                return true;
-            };
-            let count = if is_tcb {
-                tcb::TCB_SLOTS
-            } else {
-                1u64 << radix
+            // Only CNode and TCB Zombies are ever on the stack.
+            let (ptr, is_tcb, count) = match cspace::cap(&self.hw, zslot) {
+                Cap::Zombie {
+                    ptr,
+                    kind: ZombieKind::CNode { radix },
+                    ..
+                } => (ptr, false, 1u64 << radix),
+                Cap::Zombie {
+                    ptr,
+                    kind: ZombieKind::Tcb,
+                    ..
+                } => (ptr, true, tcb::TCB_SLOTS),
+                _ => return true,
             };
             // The first full slot, skipping the zombie's own slot if the object holds
             // its own zombie (that one goes last, with the object). Every
@@ -278,11 +279,17 @@ impl<H: Hardware> Kernel<H> {
             stack[depth].1 = i;
             let inner = ptr + i * cspace::SLOT_BYTES;
             let cap = cspace::cap(&self.hw, inner);
-            let needs_emptying = matches!(cap, Cap::Zombie { .. })
+            let needs_emptying = matches!(cap, Cap::Zombie { kind, .. } if kind.has_slots())
                 || (matches!(cap, Cap::CNode { .. } | Cap::Tcb { .. })
                     && cspace::is_final(&self.hw, inner));
             if !needs_emptying {
-                self.finalise_if_final(inner);
+                if !self.finalise_if_final(inner, preemptible) {
+                    // An endpoint or notification stopped while restarting its
+                    // waiters: it is a Zombie in slot `i`, where the redone deletion
+                    // resumes this level's scan.
+                    self.save_delete_progress(&stack[..=depth]);
+                    return false;
+                }
                 cspace::remove(&mut self.hw, inner);
                 if preemptible && self.preemption_point() {
                     self.save_delete_progress(&stack[..=depth]);
@@ -326,17 +333,13 @@ impl<H: Hardware> Kernel<H> {
     /// which is still correct: slots below it stay empty.)
     fn save_delete_progress(&mut self, stack: &[(u64, u64)]) {
         for &(zslot, next) in stack {
-            if let Cap::Zombie {
-                ptr, is_tcb, radix, ..
-            } = cspace::cap(&self.hw, zslot)
-            {
+            if let Cap::Zombie { ptr, kind, .. } = cspace::cap(&self.hw, zslot) {
                 cspace::set_cap(
                     &mut self.hw,
                     zslot,
                     Cap::Zombie {
                         ptr,
-                        is_tcb,
-                        radix,
+                        kind,
                         scan: next,
                     },
                 );
@@ -344,12 +347,16 @@ impl<H: Hardware> Kernel<H> {
         }
     }
 
-    fn finalise_if_final(&mut self, slot: u64) {
+    /// Finalises the object of the capability in `slot` if that is its last one (or
+    /// just unmaps a frame capability): false if it stopped at a preemption point
+    /// (see [`Kernel::finalise`]).
+    fn finalise_if_final(&mut self, slot: u64, preemptible: bool) -> bool {
         let cap = cspace::cap(&self.hw, slot);
         if cspace::is_final(&self.hw, slot) {
-            self.finalise(cap);
+            self.finalise(slot, cap, preemptible)
         } else {
             self.unmap_if_frame(cap);
+            true
         }
     }
 
@@ -360,8 +367,7 @@ impl<H: Hardware> Kernel<H> {
                 slot,
                 Cap::Zombie {
                     ptr,
-                    is_tcb: false,
-                    radix,
+                    kind: ZombieKind::CNode { radix },
                     scan: 0,
                 },
             ),
@@ -379,8 +385,7 @@ impl<H: Hardware> Kernel<H> {
                     slot,
                     Cap::Zombie {
                         ptr,
-                        is_tcb: true,
-                        radix: 0,
+                        kind: ZombieKind::Tcb,
                         scan: 0,
                     },
                 )
@@ -389,29 +394,30 @@ impl<H: Hardware> Kernel<H> {
         }
     }
 
-    /// The last capability to `cap`'s object is going: release the object.
-    fn finalise(&mut self, cap: Cap) {
+    /// The last capability to `cap`'s object (in `slot`) is going: release the object.
+    /// Returns false if it stopped at a preemption point (only with `preemptible`: an
+    /// endpoint or notification with waiters, whose Zombie the slot then holds, or an
+    /// ASID pool with address spaces, whose capability stays as it is).
+    fn finalise(&mut self, slot: u64, cap: Cap, preemptible: bool) -> bool {
         match cap {
-            Cap::Endpoint { ptr, .. } => {
-                self.cancel_endpoint(ptr, None);
-                self.hw.destroy::<Endpoint>(ptr);
-            }
-            Cap::Notification { ptr, .. } => {
-                self.cancel_notification(ptr);
-                // IRQ handlers keep only the address: stop them signalling freed memory.
-                for state in self.irqs.iter_mut() {
-                    if let crate::object::irq::IrqState::Signal {
-                        notification,
-                        badge,
-                        ..
-                    } = state
-                        && *notification == ptr
-                    {
-                        *notification = 0;
-                        *badge = 0;
-                    }
-                }
-                self.hw.destroy::<Notification>(ptr);
+            Cap::Endpoint { ptr, .. }
+            | Cap::Zombie {
+                ptr,
+                kind: ZombieKind::Endpoint,
+                ..
+            } => return self.finalise_queue_object(slot, ptr, ZombieKind::Endpoint, preemptible),
+            Cap::Notification { ptr, .. }
+            | Cap::Zombie {
+                ptr,
+                kind: ZombieKind::Notification,
+                ..
+            } => {
+                return self.finalise_queue_object(
+                    slot,
+                    ptr,
+                    ZombieKind::Notification,
+                    preemptible,
+                );
             }
             Cap::IrqHandler { irq } => self.clear_irq(irq),
             Cap::IoPort { first, last } => self.mark_io_ports(first, last, false),
@@ -419,11 +425,47 @@ impl<H: Hardware> Kernel<H> {
             | Cap::PageTable { .. }
             | Cap::PageDirectory { .. }
             | Cap::Pdpt { .. }
-            | Cap::Pml4 { .. }
-            | Cap::AsidPool { .. } => self.finalise_vspace_object(cap),
+            | Cap::Pml4 { .. } => self.finalise_vspace_object(cap),
+            Cap::AsidPool { base, asid_base } => {
+                return self.finalise_asid_pool(base, asid_base, preemptible);
+            }
             Cap::Ldt { base } => self.detach_ldts(|a| a.ldt == base),
             _ => {}
         }
+        true
+    }
+
+    /// Finalises the endpoint or notification at `ptr` (`kind` says which) whose last
+    /// capability, or its Zombie, is in `slot`: every waiter restarts its system call,
+    /// then the object is destroyed. With `preemptible`, stops at a preemption point
+    /// after a waiter (returns false) and leaves a Zombie in `slot`: no capability to
+    /// the object is left, so no thread can join its queue (a notification is also
+    /// unbound and cut off from IRQ handlers first), and deleting the Zombie again
+    /// goes on from the head of the queue. The waiters end as the unpreempted deletion
+    /// leaves them.
+    fn finalise_queue_object(
+        &mut self,
+        slot: u64,
+        ptr: u64,
+        kind: ZombieKind,
+        preemptible: bool,
+    ) -> bool {
+        let queue = if kind == ZombieKind::Notification {
+            self.detach_notification(ptr);
+            Queue::Notification(ptr)
+        } else {
+            Queue::Endpoint(ptr)
+        };
+        if !self.restart_all_waiters(queue, preemptible) {
+            cspace::set_cap(&mut self.hw, slot, Cap::Zombie { ptr, kind, scan: 0 });
+            return false;
+        }
+        if kind == ZombieKind::Notification {
+            self.hw.destroy::<Notification>(ptr);
+        } else {
+            self.hw.destroy::<Endpoint>(ptr);
+        }
+        true
     }
 
     /// Deletes every capability derived from the one in `slot`, one child at a time
@@ -514,7 +556,7 @@ impl<H: Hardware> Kernel<H> {
                 Cap::Endpoint { ptr, badge, rights } if rights.contains(Rights::ALL) => {
                     if badge != 0 {
                         // Preempted: `handle_invocation` makes the thread redo the call.
-                        self.cancel_endpoint(ptr, Some(badge));
+                        self.cancel_badged_sends(ptr, badge);
                     }
                     Ok(0)
                 }

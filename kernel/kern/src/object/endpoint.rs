@@ -4,6 +4,11 @@
 //! receive; which one follows from the first waiter's state. A notification (32 bytes)
 //! holds a queue of waiters, a pending badge word with an "active" flag, and the
 //! thread it is bound to. Queue links live in the TCBs (`wait_next`/`wait_prev`).
+//!
+//! An object being finalised keeps this layout: its deletion restarts the waiters from
+//! the head, and while a stopped deletion waits to be redone its last capability is a
+//! Zombie, so no thread joins the queue (see `object::cnode`). The objects carry no
+//! "being deleted" flag, so the IPC fastpath checks nothing more.
 
 use crate::memory::{Memory, Record};
 use crate::object::tcb::{self, Tcb};

@@ -62,7 +62,6 @@ pub struct UserContext {
     pub r14: u64,
     pub r13: u64,
     pub r12: u64,
-    pub r11: u64,
     pub r10: u64,
     pub r9: u64,
     pub r8: u64,
@@ -70,9 +69,12 @@ pub struct UserContext {
     pub rdi: u64,
     pub rsi: u64,
     pub rdx: u64,
-    pub rcx: u64,
     pub rbx: u64,
     pub rax: u64,
+    /// Next to the vector: the SYSRET exit skips R11 and RCX with the vector and
+    /// error code in one stack adjustment (it loads them from RFLAGS and RIP).
+    pub r11: u64,
+    pub rcx: u64,
     /// Vector of the last trap (or the SYSCALL marker).
     pub vector: u64,
     /// Error code of the last exception.

@@ -524,22 +524,39 @@ impl<H: Hardware> Kernel<H> {
                 self.hw.address_space_deleted(asid, base);
             }
             Cap::AsidPool { base, asid_base } => {
-                let index = (asid_base as u64 >> ASID_POOL_INDEX_BITS) as usize;
-                if self.asid_pools[index] == base {
-                    let first = asid_base as u64;
-                    self.detach_ldts(|a| {
-                        (first..first + ASIDS_PER_POOL).contains(&(a.asid as u64))
-                    });
-                    for i in 0..ASIDS_PER_POOL {
-                        let pml4 = self.hw.read(base + 8 * i);
-                        if pml4 != 0 {
-                            self.hw.address_space_deleted(asid_base + i as u16, pml4);
-                        }
-                    }
-                    self.asid_pools[index] = 0;
-                }
+                self.finalise_asid_pool(base, asid_base, false);
             }
             _ => {}
         }
+    }
+
+    /// The last capability to the ASID pool at `base` is being deleted: every address
+    /// space assigned from it loses its ASID (its LDT is detached, its pool entry
+    /// cleared, and every CPU stops using it: a TLB shootdown each), then the pool
+    /// leaves the ASID table. Entries are cleared as they go, so the pool itself
+    /// records the progress. With `preemptible`, a preemption point follows each
+    /// address space; returns false if it stopped there, and deleting the capability
+    /// again rescans the 512 entries (a bounded read-only pass) and goes on. A stop
+    /// always follows a deleted address space, so every redo makes progress.
+    pub fn finalise_asid_pool(&mut self, base: u64, asid_base: u16, preemptible: bool) -> bool {
+        let index = (asid_base as u64 >> ASID_POOL_INDEX_BITS) as usize;
+        if self.asid_pools[index] != base {
+            return true;
+        }
+        let first = asid_base as u64;
+        self.detach_ldts(|a| (first..first + ASIDS_PER_POOL).contains(&(a.asid as u64)));
+        for i in 0..ASIDS_PER_POOL {
+            let pml4 = self.hw.read(base + 8 * i);
+            if pml4 == 0 {
+                continue;
+            }
+            self.hw.write(base + 8 * i, 0);
+            self.hw.address_space_deleted(asid_base + i as u16, pml4);
+            if preemptible && i + 1 < ASIDS_PER_POOL && self.preemption_point() {
+                return false;
+            }
+        }
+        self.asid_pools[index] = 0;
+        true
     }
 }

@@ -19,7 +19,7 @@ use keel_abi::syscall;
 
 use crate::kernel::{Hardware, Kernel};
 use crate::memory::{Memory, Record};
-use crate::object::cap::{Cap, FrameSize, Rights, VmRights};
+use crate::object::cap::{Cap, FrameSize, Rights, VmRights, ZombieKind};
 use crate::object::cspace;
 use crate::object::endpoint::{self as ep, Queue};
 use crate::object::tcb::{self, Tcb, ThreadState};
@@ -27,6 +27,7 @@ use crate::testing_memory::TestMemory;
 
 mod cspace_ops;
 mod faults;
+mod finalise;
 mod invariants;
 mod ipc;
 mod ldt;
@@ -502,8 +503,8 @@ impl World {
             syscall::SEND => self.k.fastpath_send(t, here),
             _ => None,
         };
-        if let Some((next, _)) = fast {
-            assert_eq!(self.k.current(), next);
+        if let Some(next) = fast {
+            assert_eq!(self.k.current(), next.get());
         } else {
             self.k.handle_syscall(number as u64);
         }
@@ -702,9 +703,15 @@ impl World {
                     Cap::CNode { ptr, radix, .. } => work.push((ptr, 1 << radix)),
                     Cap::Tcb { ptr } => work.push((ptr, tcb::TCB_SLOTS)),
                     Cap::Zombie {
-                        ptr, is_tcb: true, ..
+                        ptr,
+                        kind: ZombieKind::Tcb,
+                        ..
                     } => work.push((ptr, tcb::TCB_SLOTS)),
-                    Cap::Zombie { ptr, radix, .. } => work.push((ptr, 1 << radix)),
+                    Cap::Zombie {
+                        ptr,
+                        kind: ZombieKind::CNode { radix },
+                        ..
+                    } => work.push((ptr, 1 << radix)),
                     _ => {}
                 }
             }

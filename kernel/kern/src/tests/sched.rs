@@ -161,7 +161,7 @@ fn idle_when_nothing_runs_and_tick_wakes() {
     w.k.schedule();
     assert_eq!(w.k.current(), 0);
     // An interrupt-driven signal would make it runnable; here: cancel its receive.
-    w.k.cancel_endpoint(w.addr(e), None);
+    w.k.restart_all_waiters(Queue::Endpoint(w.addr(e)), false);
     w.k.handle_timer_tick();
     w.k.schedule();
     assert_eq!(w.k.current(), ROOT_TCB);
