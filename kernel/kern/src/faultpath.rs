@@ -17,6 +17,8 @@
 //! code) and page faults (VMFault: IP, address, instruction fetch, FSR); capability,
 //! unknown-system-call and debug faults always take the general path.
 
+use core::num::NonZeroU64;
+
 use keel_abi::message::{MSG_REGISTERS_IN_CPU, MessageInfo};
 
 use crate::fault::label;
@@ -36,33 +38,31 @@ const DEBUG: u64 = 1;
 const BREAKPOINT: u64 = 3;
 
 impl<H: Hardware> Kernel<H> {
-    /// The PML4 `t` runs in, if `t` may be switched to at once on CPU `here`: same CPU,
-    /// no scheduler decision pending, no ready thread of higher priority, no user
-    /// restartable-sequence fix-up pending, and an assigned address space.
+    /// Whether `t` may be switched to at once on CPU `here`: same CPU, no scheduler
+    /// decision pending, no ready thread of higher priority, no user
+    /// restartable-sequence fix-up pending, and an assigned address space (whose PML4
+    /// [`Kernel::pml4_of`] then gives).
     #[inline(always)]
-    fn fault_switch_target(&self, t: u64, here: usize) -> Option<u64> {
+    fn fault_switch_target(&self, t: u64, here: usize) -> bool {
         let r = self.tcb(t);
-        if r.affinity as usize != here
-            || r.rseq_pending
-            || self.cpus[here].action != Action::Resume
-            || self.cpus[here].ready_above(r.priority)
-        {
-            return None;
-        }
-        raw::assigned_pml4(self.hw.read(tcb::slot(t, tcb::SLOT_VSPACE)))
+        r.affinity as usize == here
+            && !r.rseq_pending
+            && self.cpus[here].action == Action::Resume
+            && !self.cpus[here].ready_above(r.priority)
+            && raw::assigned_pml4(self.hw.read(tcb::slot(t, tcb::SLOT_VSPACE))).is_some()
     }
 
     /// Exception `vector` (error `code`, faulting `address` for a page fault) raised by
     /// the current thread of CPU `here`, on the fast route: the fault goes to the
     /// handler waiting on the thread's fault endpoint, which becomes current. Returns
-    /// the handler and its PML4, or `None` (nothing changed) to take the general path.
+    /// the handler, or `None` (nothing changed) to take the general path.
     pub fn faultpath_exception(
         &mut self,
         vector: u64,
         code: u64,
         address: u64,
         here: usize,
-    ) -> Option<(u64, u64)> {
+    ) -> Option<NonZeroU64> {
         let t = self.cpus[here].current;
         if t == 0 || vector == DEBUG || vector == BREAKPOINT || self.fastpath_limit == 0 {
             return None;
@@ -92,7 +92,9 @@ impl<H: Hardware> Kernel<H> {
         if self.hw.read(caller_slot) != 0 {
             return None;
         }
-        let pml4 = self.fault_switch_target(handler, here)?;
+        if !self.fault_switch_target(handler, here) {
+            return None;
+        }
         // Checks done: deliver.
         let badge = self.hw.read(slot + 8);
         let (rip, rsp, rflags) = {
@@ -155,7 +157,7 @@ impl<H: Hardware> Kernel<H> {
         );
         self.rseq_switched_out(t);
         self.cpus[here].current = handler;
-        Some((handler, pml4))
+        NonZeroU64::new(handler)
     }
 
     /// A ReplyRecv by `t` (current on CPU `here`) whose reply goes to a thread waiting
@@ -165,10 +167,10 @@ impl<H: Hardware> Kernel<H> {
     /// endpoint with no sender queued, no bound notification is active, and its caller
     /// slot holds a reply capability to a thread blocked on the reply. The caller
     /// resumes with the registers the reply gives and becomes current; `t` waits on the
-    /// endpoint. Returns the caller and its PML4, or `None` (nothing changed) to take
-    /// the general path.
+    /// endpoint. Returns the caller, or `None` (nothing changed) to take the general
+    /// path.
     #[inline(never)]
-    pub(crate) fn faultpath_reply_recv(&mut self, t: u64, here: usize) -> Option<(u64, u64)> {
+    pub(crate) fn faultpath_reply_recv(&mut self, t: u64, here: usize) -> Option<NonZeroU64> {
         let (cptr, info) = {
             let c = &self.tcb(t).context;
             (c.rdi, c.rsi)
@@ -202,7 +204,9 @@ impl<H: Hardware> Kernel<H> {
             Fault::VmFault { .. } if vector == PAGE_FAULT => None,
             _ => return None,
         };
-        let pml4 = self.fault_switch_target(caller, here)?;
+        if !self.fault_switch_target(caller, here) {
+            return None;
+        }
         // Checks done: reply. The reply capability goes; the caller gets the registers.
         cspace::remove_leaf(&mut self.hw, tcb::slot(t, tcb::SLOT_CALLER));
         let (r10, r8, r9) = {
@@ -254,6 +258,6 @@ impl<H: Hardware> Kernel<H> {
             e.tail = t;
         }
         self.cpus[here].current = caller;
-        Some((caller, pml4))
+        NonZeroU64::new(caller)
     }
 }

@@ -240,8 +240,8 @@ fn fault_rounds(fast: bool) -> (Vec<FaultSnapshot>, usize) {
             (c.r10, c.r8, c.r9, c.r15) = (10, 8, 9, 15);
         }
         let here = w.k.hw.cpu;
-        if fast && let Some((next, _)) = w.k.faultpath_exception(vector, code, address, here) {
-            assert_eq!(w.k.current(), next);
+        if fast && let Some(next) = w.k.faultpath_exception(vector, code, address, here) {
+            assert_eq!(w.k.current(), next.get());
             taken += 1;
         } else {
             w.k.handle_user_exception(vector, code, address);
