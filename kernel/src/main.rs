@@ -352,6 +352,20 @@ fn user_trap(vector: u64, error_code: u64, address: u64) -> u64 {
     if vector == 7 && k.current() != 0 && hal::fpu::device_not_available(tcb::record(k.current())) {
         // #NM: the thread's FPU state is loaded (lazy switching); it carries on.
     } else if vector < 32 {
+        // A fault whose handler already waits: delivered and switched to directly.
+        if let Some(next) =
+            k.faultpath_exception(vector, error_code, address, hal::percpu::cpu_index())
+        {
+            let next = next.get();
+            let pml4 = k.pml4_of(next);
+            check_invariants(k);
+            if k.tcb(next).context.rip < hal::layout::USER_END {
+                let context = hal::entry::prepare_thread(tcb::record(next), pml4);
+                drop(guard);
+                hal::entry::resume_thread(context);
+            }
+            return prepare(k);
+        }
         k.handle_user_exception(vector, error_code, address);
     } else {
         handle_interrupt(k, vector);

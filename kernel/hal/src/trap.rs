@@ -719,16 +719,23 @@ pub fn backtrace(mut rbp: u64) {
 }
 
 /// Acknowledges an interrupt: end of interrupt at the local APIC, the timer's re-arm
-/// and tick count, a TLB-shootdown request. Exceptions need nothing.
+/// and tick count, a TLB-shootdown request. Exceptions need nothing (tested inline, so
+/// an exception's entry makes no call).
+#[inline(always)]
 pub(crate) fn acknowledge(vector: u64) {
     if vector >= 32 {
-        if vector != TIMER_VECTOR as u64 {
-            crate::rseq::count_event(crate::percpu::Event::Irq);
-        }
-        crate::rseq::trace(crate::percpu::Event::Irq, vector);
+        acknowledge_interrupt(vector);
     }
+}
+
+/// [`acknowledge`] for an interrupt vector (32–255).
+#[inline(never)]
+fn acknowledge_interrupt(vector: u64) {
+    if vector != TIMER_VECTOR as u64 {
+        crate::rseq::count_event(crate::percpu::Event::Irq);
+    }
+    crate::rseq::trace(crate::percpu::Event::Irq, vector);
     match vector {
-        0..=31 => {}
         v if v == TIMER_VECTOR as u64 => {
             crate::percpu::count_tick();
             crate::apic::timer_tick();

@@ -381,8 +381,13 @@ impl<H: Hardware> Kernel<H> {
         {
             let c = self.tcb(caller);
             // (`matches!`, not `!=`: the derived comparisons need not be inlined.)
-            if !matches!(c.state, ThreadState::BlockedOnReply) || !matches!(c.fault, Fault::None) {
+            if !matches!(c.state, ThreadState::BlockedOnReply) {
                 return None;
+            }
+            if !matches!(c.fault, Fault::None) {
+                // A reply to a fault: the fault fast route (faultpath.rs) or nothing.
+                core::hint::cold_path();
+                return self.faultpath_reply_recv(t, here);
             }
         }
         self.fast_switch_target(caller, here)?;

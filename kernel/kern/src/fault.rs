@@ -139,6 +139,44 @@ pub fn message<H: Hardware>(
 }
 
 impl<H: Hardware> Kernel<H> {
+    /// Writes the fault message for `fault` raised by `sender` into `receiver`'s message
+    /// registers (`buffer` = its IPC buffer; words beyond the registers are dropped
+    /// without one); returns its (label, length). The same words as [`message`]: the
+    /// short messages go word by word to their registers, without building the array.
+    pub(crate) fn write_fault_message(
+        &mut self,
+        sender: u64,
+        receiver: u64,
+        buffer: Option<u64>,
+        fault: Fault,
+    ) -> (u64, usize) {
+        let (rip, rsp, rflags) = {
+            let c = &self.tcb(sender).context;
+            (c.rip, c.rsp, c.rflags)
+        };
+        let (label, words, len) = match fault {
+            Fault::UserException { number, code } => {
+                self.set_message_register(receiver, buffer, 4, code);
+                (label::USER_EXCEPTION, [rip, rsp, rflags, number], 5)
+            }
+            Fault::VmFault {
+                address,
+                fsr,
+                instruction,
+            } => (label::VM_FAULT, [rip, address, instruction as u64, fsr], 4),
+            _ => {
+                let (label, words, len) = message(self, sender, fault);
+                for (i, w) in words[..len].iter().enumerate() {
+                    self.set_message_register(receiver, buffer, i, *w);
+                }
+                return (label, len);
+            }
+        };
+        let c = &mut self.tcb_mut(receiver).context;
+        (c.r10, c.r8, c.r9, c.r15) = (words[0], words[1], words[2], words[3]);
+        (label, len)
+    }
+
     /// Applies the handler's reply (from `sender`) to the faulted thread `t`. Returns
     /// whether `t` resumes.
     pub fn apply_fault_reply(&mut self, sender: u64, t: u64, fault: Fault) -> bool {
@@ -162,14 +200,27 @@ impl<H: Hardware> Kernel<H> {
         }
         // As seL4's handleFaultReply, the registers are written back whatever the
         // label; the label only decides whether the thread resumes.
-        let buffer = self.ipc_buffer(sender);
         let length = info.length() as usize;
-        let count = match fault {
-            Fault::UnknownSyscall { .. } => 18,
-            Fault::UserException { .. } => 3,
-            _ => 0,
+        if let Fault::UserException { .. } = fault {
+            // RIP, RSP, RFLAGS: message registers 0-2, all in the sender's registers.
+            let (r10, r8, r9) = {
+                let c = &self.tcb(sender).context;
+                (c.r10, c.r8, c.r9)
+            };
+            let c = &mut self.tcb_mut(t).context;
+            if length > 0 {
+                c.rip = r10;
+                if length > 1 {
+                    c.rsp = r8;
+                    if length > 2 {
+                        c.rflags = r9;
+                    }
+                }
+            }
+            return self.finish_fault_reply(t, info);
         }
-        .min(length);
+        let buffer = self.ipc_buffer(sender);
+        let count = 18.min(length);
         let words: [u64; 18] = core::array::from_fn(|i| {
             if i < count {
                 self.message_register(sender, buffer, i)
@@ -177,47 +228,38 @@ impl<H: Hardware> Kernel<H> {
                 0
             }
         });
+        // UnknownSyscall (the only fault left): the thread resumes at FaultIP (the
+        // SYSCALL instruction, re-executing it) unless the reply gives another RIP.
         let c = &mut self.tcb_mut(t).context;
-        match fault {
-            Fault::UnknownSyscall { .. } => {
-                // The thread resumes at FaultIP (the SYSCALL instruction, re-executing it)
-                // unless the reply gives another RIP.
-                c.rip = c.rip.wrapping_sub(2);
-                let regs = [
-                    &mut c.rax, &mut c.rbx, &mut c.rcx, &mut c.rdx, &mut c.rsi, &mut c.rdi,
-                    &mut c.rbp, &mut c.r8, &mut c.r9, &mut c.r10, &mut c.r11, &mut c.r12,
-                    &mut c.r13, &mut c.r14, &mut c.r15,
-                ];
-                for (i, r) in regs.into_iter().enumerate().take(count) {
-                    *r = words[i];
-                }
-                if count > 15 {
-                    c.rip = words[15];
-                }
-                if count > 16 {
-                    c.rsp = words[16];
-                }
-                if count > 17 {
-                    c.rflags = words[17];
-                }
-            }
-            Fault::UserException { .. } => {
-                if count > 0 {
-                    c.rip = words[0];
-                }
-                if count > 1 {
-                    c.rsp = words[1];
-                }
-                if count > 2 {
-                    c.rflags = words[2];
-                }
-            }
-            _ => {}
+        c.rip = c.rip.wrapping_sub(2);
+        let regs = [
+            &mut c.rax, &mut c.rbx, &mut c.rcx, &mut c.rdx, &mut c.rsi, &mut c.rdi, &mut c.rbp,
+            &mut c.r8, &mut c.r9, &mut c.r10, &mut c.r11, &mut c.r12, &mut c.r13, &mut c.r14,
+            &mut c.r15,
+        ];
+        for (i, r) in regs.into_iter().enumerate().take(count) {
+            *r = words[i];
         }
-        c.sanitise_flags();
-        c.sanitise_bases();
-        if self.tcb(t).debug.single_step {
-            self.tcb_mut(t).context.rflags |= crate::object::tcb_debug::RFLAGS_TF;
+        if count > 15 {
+            c.rip = words[15];
+        }
+        if count > 16 {
+            c.rsp = words[16];
+        }
+        if count > 17 {
+            c.rflags = words[17];
+        }
+        self.finish_fault_reply(t, info)
+    }
+
+    /// The end of a reply that wrote registers back: RFLAGS and the bases made safe,
+    /// TF kept while single-stepping; returns whether the thread resumes (label 0).
+    fn finish_fault_reply(&mut self, t: u64, info: MessageInfo) -> bool {
+        let r = self.tcb_mut(t);
+        r.context.sanitise_flags();
+        r.context.sanitise_bases();
+        if r.debug.single_step {
+            r.context.rflags |= crate::object::tcb_debug::RFLAGS_TF;
         }
         info.label() == 0
     }

@@ -10,7 +10,7 @@
 use keel_abi::message::{MSG_MAX_LENGTH, MSG_REGISTERS_IN_CPU, MessageInfo};
 
 use crate::kernel::{Hardware, Kernel};
-use crate::object::cap::{Cap, Rights};
+use crate::object::cap::{Cap, Rights, raw};
 use crate::object::cspace::{self, LookupFault};
 use crate::object::endpoint::{self, Endpoint, Notification, Queue};
 use crate::object::tcb::{self, Fault, ThreadState};
@@ -266,14 +266,12 @@ impl<H: Hardware> Kernel<H> {
     /// Copies a message (or a fault message, if `sender` has a pending fault) from
     /// `sender` to `receiver`, with the badge. `endpoint` is the endpoint it travels
     /// through (0 for replies), for unwrapping badged capabilities to it.
+    #[inline(never)]
     fn transfer(&mut self, sender: u64, receiver: u64, endpoint: u64, badge: u64, can_grant: bool) {
         let receiver_buffer = self.ipc_buffer(receiver);
         let fault = self.tcb(sender).fault;
         if fault != Fault::None {
-            let (label, words, len) = crate::fault::message(self, sender, fault);
-            for (i, w) in words[..len].iter().enumerate() {
-                self.set_message_register(receiver, receiver_buffer, i, *w);
-            }
+            let (label, len) = self.write_fault_message(sender, receiver, receiver_buffer, fault);
             let r = self.tcb_mut(receiver);
             r.context.rsi = MessageInfo::new(label, 0, 0, len as u64).to_word();
             r.context.rdi = badge;
@@ -537,26 +535,29 @@ impl<H: Hardware> Kernel<H> {
     pub fn handle_fault(&mut self, t: u64, fault: Fault) {
         self.tcb_mut(t).fault = fault;
         let handler = self.tcb(t).fault_handler;
-        match self.lookup_cap(t, handler) {
-            Ok((_, Cap::Endpoint { ptr, badge, rights }))
-                if rights.contains(Rights::WRITE)
-                    && (rights.contains(Rights::GRANT) || rights.contains(Rights::GRANT_REPLY)) =>
-            {
-                self.send_ipc(
-                    t,
-                    ptr,
-                    badge,
-                    true,
-                    true,
-                    rights.contains(Rights::GRANT),
-                    rights.contains(Rights::GRANT_REPLY),
-                );
-            }
-            _ => {
-                crate::fault::report_unhandled(self, t, fault);
-                self.tcb_mut(t).fault = Fault::None;
-                self.set_state(t, ThreadState::Inactive);
-            }
+        // The capability's words read in place (`raw`), not decoded: an endpoint
+        // capability with write and grant or grant-reply.
+        let (w0, badge) = match self.lookup_slot(t, handler) {
+            Ok(slot) => (self.hw.read(slot), self.hw.read(slot + 8)),
+            Err(_) => (0, 0),
+        };
+        let rights = raw::rights(w0);
+        if raw::endpoint_with(w0, Rights::WRITE.0)
+            && rights & (Rights::GRANT.0 | Rights::GRANT_REPLY.0) != 0
+        {
+            self.send_ipc(
+                t,
+                raw::address(w0),
+                badge,
+                true,
+                true,
+                rights & Rights::GRANT.0 != 0,
+                rights & Rights::GRANT_REPLY.0 != 0,
+            );
+        } else {
+            crate::fault::report_unhandled(self, t, fault);
+            self.tcb_mut(t).fault = Fault::None;
+            self.set_state(t, ThreadState::Inactive);
         }
     }
 

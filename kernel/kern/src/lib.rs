@@ -24,6 +24,7 @@ pub mod cmdline;
 pub mod elf;
 pub mod fastpath;
 pub mod fault;
+pub mod faultpath;
 pub mod frames;
 pub mod invariants;
 pub mod invocation;

@@ -256,36 +256,42 @@ fn main(boot: u64) -> u64 {
     t.destroy(&mut alloc).expect("destroy");
 
     // Fault round trip: a thread's #UD goes to this thread, which resumes it after the
-    // instruction.
-    let fault_ep = alloc.create::<Endpoint>().expect("fault endpoint");
-    let config = ThreadConfig {
-        priority: 150,
-        fault_ep: fault_ep.cptr(),
-        ..ThreadConfig::default()
-    };
-    let t = alloc.create_thread(faulter, 0, config).expect("faulter");
-    init::TCB.set_priority(init::TCB, 150).expect("priority");
-    t.start().expect("start");
-    // One round: the faulter stamps T0 and executes UD2; the fault message reaches this
-    // thread, whose reply resumes the faulter after the instruction, which stamps T1 and
-    // faults again (so this thread's ReplyRecv returns with the next fault).
-    let mut r = raw::recv(fault_ep.cptr());
-    for i in 0..WARMUP + SAMPLES {
-        let (ip, sp, flags) = (r.mrs[0], r.mrs[1], r.mrs[2]);
-        let t0 = T0.load(Ordering::Relaxed);
-        r = raw::reply_recv(
-            fault_ep.cptr(),
-            info(3),
-            [ip + keel_sys::probe::UD2_LENGTH, sp, flags, 0],
-        );
-        if i >= WARMUP {
-            samples[i - WARMUP] = T1.load(Ordering::Relaxed) - t0;
+    // instruction. The `_slowpath` run switches the fastpath (and with it the fault fast
+    // route) off.
+    for (fastpath, suffix) in [(true, ""), (false, "_slowpath")] {
+        keel_sys::debug_set_fastpath(fastpath);
+        let fault_ep = alloc.create::<Endpoint>().expect("fault endpoint");
+        let config = ThreadConfig {
+            priority: 150,
+            fault_ep: fault_ep.cptr(),
+            ..ThreadConfig::default()
+        };
+        let t = alloc.create_thread(faulter, 0, config).expect("faulter");
+        init::TCB.set_priority(init::TCB, 150).expect("priority");
+        t.start().expect("start");
+        // One round: the faulter stamps T0 and executes UD2; the fault message reaches
+        // this thread, whose reply resumes the faulter after the instruction, which
+        // stamps T1 and faults again (so this thread's ReplyRecv returns with the next
+        // fault).
+        let mut r = raw::recv(fault_ep.cptr());
+        for i in 0..WARMUP + SAMPLES {
+            let (ip, sp, flags) = (r.mrs[0], r.mrs[1], r.mrs[2]);
+            let t0 = T0.load(Ordering::Relaxed);
+            r = raw::reply_recv(
+                fault_ep.cptr(),
+                info(3),
+                [ip + keel_sys::probe::UD2_LENGTH, sp, flags, 0],
+            );
+            if i >= WARMUP {
+                samples[i - WARMUP] = T1.load(Ordering::Relaxed) - t0;
+            }
         }
+        report.print(&alloc_name("fault_round_trip", suffix), &mut samples);
+        let _ = t.tcb.suspend();
+        t.destroy(&mut alloc).expect("destroy");
+        init::TCB.set_priority(init::TCB, 100).expect("priority");
     }
-    report.print("fault_round_trip", &mut samples);
-    let _ = t.tcb.suspend();
-    t.destroy(&mut alloc).expect("destroy");
-    init::TCB.set_priority(init::TCB, 100).expect("priority");
+    keel_sys::debug_set_fastpath(true);
 
     // Map one 4 KiB page (its page table exists already).
     let frame: Cap<Frame> = alloc

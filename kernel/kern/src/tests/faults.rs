@@ -2,7 +2,7 @@
 
 use keel_abi::fault::{unknown_syscall as us, user_exception as ue, vm_fault as vm};
 use keel_abi::invocation::InvocationLabel as L;
-use keel_abi::syscall::REPLY;
+use keel_abi::syscall::{REPLY, REPLY_RECV};
 
 use crate::fault::label;
 
@@ -181,4 +181,188 @@ fn no_handler_stops_the_thread() {
     w.root_ok(c.slot, L::TcbSuspend, &[], &[]);
     assert_eq!(w.state(c.tcb), ThreadState::Inactive);
     assert!(w.queue(Queue::Endpoint(w.addr(e))).is_empty());
+}
+
+/// What a fault round trip changes: both threads' states, registers, faults, the
+/// handler's buffer words and caller slot, the endpoint's queue and the current thread.
+#[derive(Debug, PartialEq)]
+struct FaultSnapshot {
+    states: Vec<ThreadState>,
+    contexts: Vec<crate::object::tcb::UserContext>,
+    faults: Vec<crate::object::tcb::Fault>,
+    buffers: Vec<Vec<u64>>,
+    caller_caps: Vec<Cap>,
+    queue: Vec<u64>,
+    current: u64,
+}
+
+fn fault_snapshot(w: &World, e: u64, threads: &[u64]) -> FaultSnapshot {
+    FaultSnapshot {
+        states: threads.iter().map(|t| w.state(*t)).collect(),
+        contexts: threads.iter().map(|t| w.tcb(*t).context).collect(),
+        faults: threads.iter().map(|t| w.tcb(*t).fault).collect(),
+        buffers: threads
+            .iter()
+            .map(|t| (4..8).map(|i| w.mr(*t, i)).collect())
+            .collect(),
+        caller_caps: threads
+            .iter()
+            .map(|t| w.cap_at(tcb::slot(*t, tcb::SLOT_CALLER)))
+            .collect(),
+        queue: w.queue(crate::object::endpoint::Queue::Endpoint(w.addr(e))),
+        current: w.k.current(),
+    }
+}
+
+/// Rounds of fault, handler's ReplyRecv, resumed thread, with the fault fast route
+/// (faultpath.rs) or the general path; returns the snapshots after each step and how
+/// many steps the fast route took.
+fn fault_rounds(fast: bool) -> (Vec<FaultSnapshot>, usize) {
+    let (mut w, th, e) = setup();
+    let threads = [ROOT_TCB, th.tcb];
+    w.set_buffer_word(ROOT_TCB, 8 * 5, 0x0b0f);
+    let mut shots = Vec::new();
+    let mut taken = 0;
+    // (vector, error code, address; the reply's label and words): #UD resumed after
+    // the instruction with a new stack and flags, #GP with a short reply, a page
+    // fault (any reply resumes it), #UD again.
+    let rounds: [(u64, u64, u64, u64, &[u64]); 4] = [
+        (6, 0, 0, 0, &[0x50_1002, 0x7000_0000, 0x1]),
+        (13, 0x18, 0, 0, &[0x50_1008]),
+        (14, 0x6, 0xdead_b000, 5, &[]),
+        (6, 0, 0, 0, &[0x50_1002, 0x7000_0100, 0x2]),
+    ];
+    for (round, (vector, code, address, label, reply)) in rounds.into_iter().enumerate() {
+        w.make_current(th.tcb);
+        {
+            let c = &mut w.k.tcb_mut(th.tcb).context;
+            c.rip = 0x50_1000 + round as u64;
+            (c.r10, c.r8, c.r9, c.r15) = (10, 8, 9, 15);
+        }
+        let here = w.k.hw.cpu;
+        if fast && let Some(next) = w.k.faultpath_exception(vector, code, address, here) {
+            assert_eq!(w.k.current(), next.get());
+            taken += 1;
+        } else {
+            w.k.handle_user_exception(vector, code, address);
+        }
+        w.k.schedule();
+        w.check_invariants();
+        shots.push(fault_snapshot(&w, e, &threads));
+        assert_eq!(w.k.current(), ROOT_TCB, "the handler runs");
+        w.load(ROOT_TCB, e, label, reply, &[]);
+        w.k.tcb_mut(ROOT_TCB).context.r15 = 0x5e4e5;
+        if fast {
+            taken += w.fast_syscall(ROOT_TCB, REPLY_RECV) as usize;
+        } else {
+            w.syscall(ROOT_TCB, REPLY_RECV);
+        }
+        shots.push(fault_snapshot(&w, e, &threads));
+        assert_eq!(w.k.current(), th.tcb, "the faulter resumed");
+    }
+    (shots, taken)
+}
+
+#[test]
+fn fault_fast_route_matches_the_general_path() {
+    let (fast, taken) = fault_rounds(true);
+    let (slow, _) = fault_rounds(false);
+    assert_eq!(
+        taken, 8,
+        "every delivery and reply qualifies for the fast route"
+    );
+    assert_eq!(fast.len(), slow.len());
+    for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
+        assert_eq!(f, s, "step {i}");
+    }
+}
+
+#[test]
+fn fault_fast_route_declines_what_it_cannot_do() {
+    // The handler does not wait yet: the fault queues on the general path.
+    let mut w = World::new();
+    let e = w.endpoint();
+    let th = w.thread_with(100, true, e);
+    w.root_ok(th.slot, L::TcbResume, &[], &[]);
+    w.make_current(th.tcb);
+    let here = w.k.hw.cpu;
+    assert!(w.k.faultpath_exception(6, 0, 0, here).is_none());
+    assert_eq!(w.state(th.tcb), ThreadState::Running, "nothing changed");
+    // Debug faults take the general path.
+    let (mut w, th, _) = setup();
+    assert!(w.k.faultpath_exception(3, 0, 0, here).is_none());
+    assert_eq!(w.state(th.tcb), ThreadState::Running);
+    // A reply with a label other than 0 stops a thread after a user exception: the
+    // general path.
+    assert!(w.k.faultpath_exception(6, 0, 0, here).is_some());
+    w.k.schedule();
+    w.load(ROOT_TCB, w.tcb(th.tcb).fault_handler, 1, &[], &[]);
+    assert!(!w.fast_syscall(ROOT_TCB, REPLY_RECV));
+    assert_eq!(w.state(th.tcb), ThreadState::Inactive);
+}
+
+/// A #UD delivered to a handler without an IPC buffer (its fifth word, the error code,
+/// is dropped; the info word still says 5 words), with the fast route or without;
+/// returns both threads' states and contexts, and whether the fast route took it.
+fn bufferless_handler_delivery(
+    fast: bool,
+) -> (Vec<ThreadState>, Vec<crate::object::tcb::UserContext>, bool) {
+    let mut w = World::new();
+    w.root_ok(S_TCB, L::TcbSetPriority, &[50], &[S_TCB]);
+    let e = w.endpoint();
+    let h = w.mint(e, Rights::ALL, 0xfa);
+    let handler = w.thread_with(120, false, 0);
+    w.root_ok(handler.slot, L::TcbResume, &[], &[]);
+    let th = w.thread_with(100, true, h);
+    w.root_ok(th.slot, L::TcbResume, &[], &[]);
+    w.recv(handler.tcb, e);
+    w.make_current(th.tcb);
+    let here = w.k.hw.cpu;
+    let took = fast && w.k.faultpath_exception(6, 0, 0, here).is_some();
+    if !took {
+        w.k.handle_user_exception(6, 0, 0);
+    }
+    w.k.schedule();
+    w.check_invariants();
+    assert_eq!(w.k.current(), handler.tcb);
+    let threads = [handler.tcb, th.tcb];
+    (
+        threads.iter().map(|t| w.state(*t)).collect(),
+        threads.iter().map(|t| w.tcb(*t).context).collect(),
+        took,
+    )
+}
+
+#[test]
+fn fault_fast_route_to_a_bufferless_handler_matches_the_general_path() {
+    let (fast_states, fast_contexts, took) = bufferless_handler_delivery(true);
+    let (states, contexts, _) = bufferless_handler_delivery(false);
+    assert!(took, "the fast route delivered it");
+    assert_eq!(fast_states, states);
+    assert_eq!(fast_contexts, contexts);
+    let info = keel_abi::message::MessageInfo::from_word(contexts[0].rsi);
+    assert_eq!((info.label(), info.length()), (label::USER_EXCEPTION, 5));
+}
+
+#[test]
+fn fault_fast_route_leaves_a_busier_cpu_to_the_scheduler() {
+    // A ready thread above the handler's priority: the general path decides.
+    let mut w = World::new();
+    w.root_ok(S_TCB, L::TcbSetPriority, &[50], &[S_TCB]);
+    let e = w.endpoint();
+    let h = w.mint(e, Rights::ALL, 0xfa);
+    let handler = w.running_thread(110);
+    let th = w.thread_with(100, true, h);
+    w.root_ok(th.slot, L::TcbResume, &[], &[]);
+    w.recv(handler.tcb, e);
+    let busy = w.running_thread(120);
+    w.make_current(th.tcb);
+    let here = w.k.hw.cpu;
+    assert!(w.k.faultpath_exception(6, 0, 0, here).is_none());
+    assert_eq!(w.state(th.tcb), ThreadState::Running, "nothing changed");
+    // The general path delivers it; the busier thread runs first.
+    w.k.handle_user_exception(6, 0, 0);
+    w.k.schedule();
+    assert_eq!(w.state(th.tcb), ThreadState::BlockedOnReply);
+    assert_eq!(w.k.current(), busy.tcb);
 }
