@@ -411,8 +411,7 @@ fn prepare(k: &mut Kernel<Machine>) -> u64 {
         }
     }
     loop {
-        k.schedule();
-        let t = k.current();
+        let t = k.schedule();
         if t == 0 {
             hal::fpu::idle();
             return 0;

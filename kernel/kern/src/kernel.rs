@@ -546,13 +546,22 @@ impl<H: Hardware> Kernel<H> {
         self.preempted
     }
 
-    /// Carries out this CPU's scheduler action; afterwards `current()` is the thread to
-    /// run (or 0 for idle).
-    pub fn schedule(&mut self) {
+    /// Carries out this CPU's scheduler action; returns the thread to run, `current()`
+    /// from now on (0: idle).
+    pub fn schedule(&mut self) -> u64 {
         let here = self.hw.current_cpu();
         let action = self.cpus[here].action;
-        self.cpus[here].action = Action::Resume;
         let current = self.cpus[here].current;
+        // The common case after a system call that neither blocked nor woke anyone:
+        // nothing to decide.
+        if action == Action::Resume
+            && current != 0
+            && matches!(self.tcb(current).state, ThreadState::Running)
+            && self.tcb(current).affinity as usize == here
+        {
+            return current;
+        }
+        self.cpus[here].action = Action::Resume;
         let current_runnable = current != 0
             && self.tcb(current).state.is_runnable()
             && self.tcb(current).affinity as usize == here;
@@ -613,6 +622,7 @@ impl<H: Hardware> Kernel<H> {
             }
             r.state = ThreadState::Running;
         }
+        chosen
     }
 
     fn choose_new(&mut self, here: usize) {
