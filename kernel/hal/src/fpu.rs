@@ -315,7 +315,7 @@ pub fn switch_to(owner_slot: &AtomicU64, context: u64, tcb: &Tcb, owner: u64) {
     // The common eager case, inline: another thread's state is loaded, XSAVEOPT exists.
     // EDX:EAX all ones requests every component XCR0 enables. Without eager XSAVEOPT
     // switching the block is patched at boot into a jump to its end (the
-    // `FpuEagerXsaveopt` switch, [`patch_switch_code`]), which goes the general way.
+    // `FpuEagerXsaveopt` switch, `switches::set_code_switch`), which goes the general way.
     if owner > DIRTY && !tcb.fpu_disabled() {
         // SAFETY: `owner` is a live TCB's record (deletion turns it into DIRTY) whose
         // state the registers hold, CR0.TS clear while they have an owner; `context` is
