@@ -366,3 +366,200 @@ fn fault_fast_route_leaves_a_busier_cpu_to_the_scheduler() {
     assert_eq!(w.state(th.tcb), ThreadState::BlockedOnReply);
     assert_eq!(w.k.current(), busy.tcb);
 }
+
+// ---- The fault fast route against the general path, case by case (review of
+// faultpath.rs): each script runs twice, with the fast routes on and off, and every
+// step's outcome must be the same; the script's steps report whether a fast route took
+// them, for the expectations on what it accepts and declines.
+
+/// A World for one run of a comparison script: `fast` says whether the fast routes
+/// are on; `taken` records, step by step, whether a fast route took the step.
+struct Both {
+    w: World,
+    taken: Vec<bool>,
+    shots: Vec<String>,
+}
+
+impl Both {
+    fn new(cpus: usize, fast: bool) -> Self {
+        let mut w = World::with_cpus(cpus);
+        w.k.set_fastpath(fast);
+        Both {
+            w,
+            taken: Vec::new(),
+            shots: Vec::new(),
+        }
+    }
+
+    /// Exception `vector` by `t` (made current): the fast route if it takes it, else
+    /// the general path; then the scheduler, the invariants and a snapshot.
+    fn fault(&mut self, t: u64, vector: u64, code: u64, address: u64) {
+        self.w.make_current(t);
+        let here = self.w.k.hw.cpu;
+        let took = match self.w.k.faultpath_exception(vector, code, address, here) {
+            Some(next) => {
+                assert_eq!(self.w.k.current(), next.get());
+                true
+            }
+            None => {
+                self.w.k.handle_user_exception(vector, code, address);
+                false
+            }
+        };
+        self.w.k.schedule();
+        self.w.check_invariants();
+        self.taken.push(took);
+        self.shot();
+    }
+
+    /// System call `number` by `t` with the fastpaths' glue (`World::fast_syscall`).
+    fn syscall(&mut self, t: u64, number: i64) {
+        let took = self.w.fast_syscall(t, number);
+        self.taken.push(took);
+        self.shot();
+    }
+
+    /// Records everything a route could change: every thread's block but its lookup
+    /// memo (the fastpath fills it; it is a cache), every slot's capability, each
+    /// CPU's current thread and pending decision, the IPIs and the console.
+    fn shot(&mut self) {
+        let w = &self.w;
+        let mut s = String::new();
+        for t in w.all_threads() {
+            let mut r = w.tcb(t).clone();
+            r.lookup_cache = Default::default();
+            s += &format!("{t:#x}: {r:?}\n");
+            for i in 0..6 {
+                s += &format!("  slot {i}: {:?}\n", w.cap_at(tcb::slot(t, i)));
+            }
+            s += &format!(
+                "  buffer: {:?}\n",
+                (0..12).map(|i| w.mr(t, i)).collect::<Vec<_>>()
+            );
+        }
+        for a in w.all_slots() {
+            s += &format!("{a:#x} {:?}\n", w.cap_at(a));
+        }
+        for (i, c) in w.k.cpus.iter().enumerate() {
+            s += &format!("cpu {i}: {:#x} {:?}\n", c.current, c.action);
+        }
+        s += &format!("ipis {:?}\n", w.k.hw.ipis);
+        s += &String::from_utf8_lossy(&w.k.hw.console);
+        self.shots.push(s);
+    }
+}
+
+/// Runs `script` with the fast routes and without; every step must end the same.
+/// Returns which steps the fast routes took.
+fn compare_routes(cpus: usize, script: impl Fn(&mut Both)) -> Vec<bool> {
+    let mut fast = Both::new(cpus, true);
+    script(&mut fast);
+    let mut slow = Both::new(cpus, false);
+    script(&mut slow);
+    assert!(slow.taken.iter().all(|t| !t), "the fast routes were off");
+    assert_eq!(fast.shots.len(), slow.shots.len());
+    for (i, (f, s)) in fast.shots.iter().zip(&slow.shots).enumerate() {
+        if f != s {
+            let diff: Vec<_> = f
+                .lines()
+                .zip(s.lines())
+                .filter(|(a, b)| a != b)
+                .take(6)
+                .collect();
+            panic!("step {i} differs (fast, general): {diff:#?}");
+        }
+    }
+    fast.taken
+}
+
+/// A handler of priority `handler_prio` waiting on a fresh endpoint `e`, a faulter of
+/// priority `prio` whose fault endpoint is a copy of `e` with `rights` and badge 0xfa.
+/// The root runs at 50. Returns (handler, faulter, fault endpoint cptr, e).
+fn fault_pair(w: &mut World, handler_prio: u8, prio: u8, rights: Rights) -> (Thread, Thread, u64, u64) {
+    w.root_ok(S_TCB, L::TcbSetPriority, &[50], &[S_TCB]);
+    let e = w.endpoint();
+    let h = w.mint(e, rights, 0xfa);
+    let handler = w.thread(handler_prio);
+    w.root_ok(handler.slot, L::TcbResume, &[], &[]);
+    let th = w.thread_with(prio, true, h);
+    w.root_ok(th.slot, L::TcbResume, &[], &[]);
+    w.recv(handler.tcb, e);
+    (handler, th, h, e)
+}
+
+/// The handler's ReplyRecv on `e` with `label` and the words `mrs`.
+fn reply_recv(b: &mut Both, handler: u64, e: u64, label: u64, mrs: &[u64]) {
+    b.w.load(handler, e, label, mrs, &[]);
+    b.syscall(handler, REPLY_RECV);
+}
+
+#[test]
+fn fault_fast_route_by_priority_matches_the_general_path() {
+    // (handler's priority, faulter's, another ready thread's; whether the delivery
+    // and the reply qualify): the handler or faulter below the ready thread declines,
+    // equal or above is switched to directly (the scheduler would choose it too).
+    let cases: [(u8, u8, u8, bool, bool); 6] = [
+        (120, 100, 90, true, true),
+        (100, 120, 90, true, true),
+        (110, 110, 110, true, true),
+        (100, 120, 110, false, true),
+        (120, 100, 110, true, false),
+        (100, 100, 110, false, false),
+    ];
+    for (hp, fp, other, deliver, resume) in cases {
+        let taken = compare_routes(1, |b| {
+            let (handler, th, _, e) = fault_pair(&mut b.w, hp, fp, Rights::ALL);
+            b.w.running_thread(other);
+            b.w.k.tcb_mut(th.tcb).context.rip = 0x50_1000;
+            b.fault(th.tcb, 6, 0, 0);
+            if b.w.state(handler.tcb).is_runnable() {
+                b.w.make_current(handler.tcb);
+                reply_recv(b, handler.tcb, e, 0, &[0x50_1002]);
+                b.w.make_current(th.tcb);
+                b.shot();
+            }
+        });
+        assert_eq!(taken, vec![deliver, resume], "{hp} {fp} {other}");
+    }
+}
+
+#[test]
+fn fault_fast_route_leaves_a_handler_of_another_cpu_to_the_general_path() {
+    let taken = compare_routes(2, |b| {
+        let (handler, th, _, _) = fault_pair(&mut b.w, 120, 100, Rights::ALL);
+        // The handler moves to CPU 1 while it waits.
+        b.w.root_ok(handler.slot, L::TcbSetAffinity, &[1], &[]);
+        b.fault(th.tcb, 13, 0, 0);
+        assert!(b.w.state(handler.tcb).is_runnable());
+        assert_eq!(b.w.k.cpus[0].current, ROOT_TCB);
+    });
+    assert_eq!(taken, vec![false]);
+}
+
+#[test]
+fn fault_fast_route_checks_the_fault_endpoint_rights() {
+    // Write with grant or grant-reply qualifies (seL4's sendFaultIPC); without write,
+    // or with write alone, the fault stops the thread on the general path.
+    let w_ = Rights::WRITE;
+    let cases = [
+        (Rights(w_.0 | Rights::GRANT.0), true),
+        (Rights(w_.0 | Rights::GRANT_REPLY.0), true),
+        (Rights(Rights::READ.0 | Rights::WRITE.0), false),
+        (Rights(Rights::READ.0 | Rights::GRANT.0 | Rights::GRANT_REPLY.0), false),
+        (w_, false),
+    ];
+    for (rights, delivered) in cases {
+        let taken = compare_routes(1, |b| {
+            let (handler, th, _, e) = fault_pair(&mut b.w, 120, 100, rights);
+            b.fault(th.tcb, 14, 0x6, 0xdead_b000);
+            if delivered {
+                assert_eq!(b.w.received(handler.tcb).badge, 0xfa);
+                reply_recv(b, handler.tcb, e, 0, &[]);
+            } else {
+                assert_eq!(b.w.state(th.tcb), ThreadState::Inactive);
+            }
+        });
+        let expected = if delivered { vec![true, true] } else { vec![false] };
+        assert_eq!(taken, expected, "{rights:?}");
+    }
+}
