@@ -563,3 +563,148 @@ fn fault_fast_route_checks_the_fault_endpoint_rights() {
         assert_eq!(taken, expected, "{rights:?}");
     }
 }
+
+#[test]
+fn fault_reply_after_the_faulter_is_gone_matches_the_general_path() {
+    // Delivered on the fast route; then the faulter is suspended, or deleted, or its
+    // fault endpoint capability is deleted, while the handler holds the reply.
+    for what in 0..3 {
+        let taken = compare_routes(1, |b| {
+            let (handler, th, h, e) = fault_pair(&mut b.w, 120, 100, Rights::ALL);
+            b.fault(th.tcb, 6, 0, 0);
+            b.w.make_current(ROOT_TCB);
+            match what {
+                0 => {
+                    b.w.root_ok(th.slot, L::TcbSuspend, &[], &[]);
+                }
+                1 => {
+                    b.w.root_ok(S_CNODE, L::CNodeDelete, &[th.slot, 64], &[]);
+                }
+                _ => {
+                    b.w.root_ok(S_CNODE, L::CNodeDelete, &[h, 64], &[]);
+                }
+            }
+            b.shot();
+            b.w.make_current(handler.tcb);
+            reply_recv(b, handler.tcb, e, 0, &[0x50_2000, 0x7000_0000, 0]);
+            assert!(matches!(
+                b.w.state(handler.tcb),
+                ThreadState::BlockedOnReceive { .. }
+            ));
+            assert!(b.w.cap_at(tcb::slot(handler.tcb, tcb::SLOT_CALLER)).is_null());
+        });
+        // The reply to a deleted fault endpoint's thread still resumes it.
+        let expected = [vec![true, false], vec![true, false], vec![true, true]];
+        assert_eq!(taken, expected[what], "case {what}");
+    }
+}
+
+#[test]
+fn fault_reply_with_hostile_registers_matches_the_general_path() {
+    // RIP in the kernel half or non-canonical, RSP non-canonical, RFLAGS with IOPL, TF,
+    // NT, RF, VM, AC and every reserved bit: the same (sanitised) outcome on both routes.
+    let replies: [&[u64]; 5] = [
+        &[0xffff_8000_0000_0000, 0x7000_0000, u64::MAX],
+        &[0x8000_0000_0000_0000, 0x8000_0000_0000_0000, 0x7_7100],
+        &[0x0000_8000_0000_0000, 0, 1 << 17 | 1 << 18 | 1 << 14 | 3 << 12],
+        &[0x50_2000, u64::MAX, 1 << 8],
+        &[0x50_2000, 0x7000_0000, 0x2, 1, 2, 3, 4, 5, 6, 7, 8],
+    ];
+    for reply in replies {
+        let taken = compare_routes(1, |b| {
+            let (handler, th, _, e) = fault_pair(&mut b.w, 120, 100, Rights::ALL);
+            b.fault(th.tcb, 13, 0, 0);
+            reply_recv(b, handler.tcb, e, 0, reply);
+            let c = b.w.tcb(th.tcb).context;
+            assert_eq!(c.rflags & !0xfff, 0, "{:#x}", c.rflags);
+            assert_eq!(c.rflags & (1 << 8), 0, "TF");
+            assert_eq!(c.rflags & (1 << 9), 1 << 9, "IF");
+        });
+        assert_eq!(taken, vec![true, true]);
+    }
+}
+
+#[test]
+fn fault_reply_with_capabilities_or_a_label_matches_the_general_path() {
+    // Extra capabilities, caps-unwrapped bits, a label: the fast route declines or
+    // ends as the general path (the capabilities are not transferred on a reply to a
+    // fault; a label other than 0 stops a thread after a user exception, and resumes
+    // it after a page fault).
+    for (vector, label, caps, unwrapped) in [
+        (6, 0, true, 0),
+        (6, 0, false, 5),
+        (6, 7, false, 0),
+        (14, 7, false, 0),
+        (14, 0, true, 0),
+        (14, 0, false, 1),
+    ] {
+        compare_routes(1, |b| {
+            let (handler, th, _, e) = fault_pair(&mut b.w, 120, 100, Rights::ALL);
+            b.fault(th.tcb, vector, 0x4, 0x1000);
+            let caps: &[u64] = if caps { &[S_CNODE] } else { &[] };
+            b.w.load(handler.tcb, e, label, &[0x50_2000], caps);
+            b.w.k.tcb_mut(handler.tcb).context.rsi |= unwrapped << 7;
+            b.syscall(handler.tcb, REPLY_RECV);
+        });
+    }
+}
+
+#[test]
+fn fault_in_a_restartable_sequence_matches_the_general_path() {
+    // The faulter registered an rseq area: the fault switches it out (fix-up pending),
+    // so the reply that resumes it takes the general path, which runs the fix-up.
+    let taken = compare_routes(1, |b| {
+        let (handler, th, _, e) = fault_pair(&mut b.w, 120, 100, Rights::ALL);
+        let buffer = b.w.tcb(th.tcb).ipc_buffer;
+        b.w.root_ok(th.slot, L::TcbSetRseq, &[buffer + 0x800], &[]);
+        b.fault(th.tcb, 14, 0x6, 0x1000);
+        assert!(b.w.tcb(th.tcb).rseq_pending);
+        reply_recv(b, handler.tcb, e, 0, &[]);
+        b.w.k.rseq_resume(b.w.k.current());
+        b.shot();
+    });
+    assert_eq!(taken, vec![true, false]);
+}
+
+#[test]
+fn fault_reply_by_a_handler_with_an_active_notification_matches_the_general_path() {
+    let taken = compare_routes(1, |b| {
+        let (handler, th, _, e) = fault_pair(&mut b.w, 120, 100, Rights::ALL);
+        let n = b.w.notification();
+        b.w.root_ok(handler.slot, L::TcbBindNotification, &[], &[n]);
+        b.fault(th.tcb, 6, 0, 0);
+        // Signalled while the handler runs: its ReplyRecv returns at once with it.
+        b.w.make_current(ROOT_TCB);
+        b.w.send(ROOT_TCB, n, 0, &[], &[]);
+        b.w.make_current(handler.tcb);
+        reply_recv(b, handler.tcb, e, 0, &[0x50_2000]);
+    });
+    assert_eq!(taken, vec![true, false]);
+}
+
+#[test]
+fn faults_without_a_waiting_handler_match_the_general_path() {
+    let taken = compare_routes(1, |b| {
+        // A page fault with no fault endpoint at all: the thread stops.
+        b.w.root_ok(S_TCB, L::TcbSetPriority, &[50], &[S_TCB]);
+        let lone = b.w.running_thread(100);
+        b.fault(lone.tcb, 14, 0x6, 0x1000);
+        assert_eq!(b.w.state(lone.tcb), ThreadState::Inactive);
+        // The handler faults itself while handling (its fault endpoint is the one it
+        // serves; nobody waits there): it blocks, queued behind nothing.
+        let e = b.w.endpoint();
+        let h = b.w.mint(e, Rights::ALL, 0xfa);
+        let handler = b.w.thread_with(120, true, h);
+        b.w.root_ok(handler.slot, L::TcbResume, &[], &[]);
+        let th = b.w.thread_with(100, true, h);
+        b.w.root_ok(th.slot, L::TcbResume, &[], &[]);
+        b.w.recv(handler.tcb, e);
+        b.fault(th.tcb, 6, 0, 0);
+        b.fault(handler.tcb, 14, 0x4, 0);
+        assert!(matches!(
+            b.w.state(handler.tcb),
+            ThreadState::BlockedOnSend { .. }
+        ));
+    });
+    assert_eq!(taken, vec![false, true, false]);
+}
