@@ -374,8 +374,8 @@ fn fault_fast_route_leaves_a_busier_cpu_to_the_scheduler() {
 
 /// A World for one run of a comparison script: `fast` says whether the fast routes
 /// are on; `taken` records, step by step, whether a fast route took the step.
-struct Both {
-    w: World,
+pub(super) struct Both {
+    pub(super) w: World,
     taken: Vec<bool>,
     shots: Vec<String>,
 }
@@ -413,7 +413,7 @@ impl Both {
     }
 
     /// System call `number` by `t` with the fastpaths' glue (`World::fast_syscall`).
-    fn syscall(&mut self, t: u64, number: i64) {
+    pub(super) fn syscall(&mut self, t: u64, number: i64) {
         let took = self.w.fast_syscall(t, number);
         self.taken.push(took);
         self.shot();
@@ -422,7 +422,7 @@ impl Both {
     /// Records everything a route could change: every thread's block but its lookup
     /// memo (the fastpath fills it; it is a cache), every slot's capability, each
     /// CPU's current thread and pending decision, the IPIs and the console.
-    fn shot(&mut self) {
+    pub(super) fn shot(&mut self) {
         let w = &self.w;
         let mut s = String::new();
         for t in w.all_threads() {
@@ -451,7 +451,7 @@ impl Both {
 
 /// Runs `script` with the fast routes and without; every step must end the same.
 /// Returns which steps the fast routes took.
-fn compare_routes(cpus: usize, script: impl Fn(&mut Both)) -> Vec<bool> {
+pub(super) fn compare_routes(cpus: usize, script: impl Fn(&mut Both)) -> Vec<bool> {
     let mut fast = Both::new(cpus, true);
     script(&mut fast);
     let mut slow = Both::new(cpus, false);
