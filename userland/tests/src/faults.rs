@@ -40,10 +40,13 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
         empty_slot(env)
     });
     suite.run("fault_without_handler_stops_thread", || no_handler(env));
-    suite.run("fault_fast_route_handler_thread_hostile_replies_fpu_intact", || {
-        fast_route(env, false)
+    suite.run(
+        "fault_fast_route_handler_thread_hostile_replies_fpu_intact",
+        || fast_route(env, false),
+    );
+    suite.run("fault_fast_route_handler_on_another_cpu", || {
+        fast_route(env, true)
     });
-    suite.run("fault_fast_route_handler_on_another_cpu", || fast_route(env, true));
 }
 
 fn ud2(_: u64) {
@@ -421,7 +424,9 @@ fn fast_handler(seed: u64) {
             error(1_000 + r.label());
             let w = r.words::<4>();
             set_shared(8, rounds);
-            (set_shared(9, w[0]), set_shared(10, w[1]), set_shared(11, w[3]));
+            set_shared(9, w[0]);
+            set_shared(10, w[1]);
+            set_shared(11, w[3]);
             break;
         }
         let w = r.words::<5>();

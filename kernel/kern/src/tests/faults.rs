@@ -475,7 +475,12 @@ pub(super) fn compare_routes(cpus: usize, script: impl Fn(&mut Both)) -> Vec<boo
 /// A handler of priority `handler_prio` waiting on a fresh endpoint `e`, a faulter of
 /// priority `prio` whose fault endpoint is a copy of `e` with `rights` and badge 0xfa.
 /// The root runs at 50. Returns (handler, faulter, fault endpoint cptr, e).
-fn fault_pair(w: &mut World, handler_prio: u8, prio: u8, rights: Rights) -> (Thread, Thread, u64, u64) {
+fn fault_pair(
+    w: &mut World,
+    handler_prio: u8,
+    prio: u8,
+    rights: Rights,
+) -> (Thread, Thread, u64, u64) {
     w.root_ok(S_TCB, L::TcbSetPriority, &[50], &[S_TCB]);
     let e = w.endpoint();
     let h = w.mint(e, rights, 0xfa);
@@ -545,7 +550,10 @@ fn fault_fast_route_checks_the_fault_endpoint_rights() {
         (Rights(w_.0 | Rights::GRANT.0), true),
         (Rights(w_.0 | Rights::GRANT_REPLY.0), true),
         (Rights(Rights::READ.0 | Rights::WRITE.0), false),
-        (Rights(Rights::READ.0 | Rights::GRANT.0 | Rights::GRANT_REPLY.0), false),
+        (
+            Rights(Rights::READ.0 | Rights::GRANT.0 | Rights::GRANT_REPLY.0),
+            false,
+        ),
         (w_, false),
     ];
     for (rights, delivered) in cases {
@@ -559,7 +567,11 @@ fn fault_fast_route_checks_the_fault_endpoint_rights() {
                 assert_eq!(b.w.state(th.tcb), ThreadState::Inactive);
             }
         });
-        let expected = if delivered { vec![true, true] } else { vec![false] };
+        let expected = if delivered {
+            vec![true, true]
+        } else {
+            vec![false]
+        };
         assert_eq!(taken, expected, "{rights:?}");
     }
 }
@@ -591,7 +603,10 @@ fn fault_reply_after_the_faulter_is_gone_matches_the_general_path() {
                 b.w.state(handler.tcb),
                 ThreadState::BlockedOnReceive { .. }
             ));
-            assert!(b.w.cap_at(tcb::slot(handler.tcb, tcb::SLOT_CALLER)).is_null());
+            assert!(
+                b.w.cap_at(tcb::slot(handler.tcb, tcb::SLOT_CALLER))
+                    .is_null()
+            );
         });
         // The reply to a deleted fault endpoint's thread still resumes it.
         let expected = [vec![true, false], vec![true, false], vec![true, true]];
@@ -606,7 +621,11 @@ fn fault_reply_with_hostile_registers_matches_the_general_path() {
     let replies: [&[u64]; 5] = [
         &[0xffff_8000_0000_0000, 0x7000_0000, u64::MAX],
         &[0x8000_0000_0000_0000, 0x8000_0000_0000_0000, 0x7_7100],
-        &[0x0000_8000_0000_0000, 0, 1 << 17 | 1 << 18 | 1 << 14 | 3 << 12],
+        &[
+            0x0000_8000_0000_0000,
+            0,
+            1 << 17 | 1 << 18 | 1 << 14 | 3 << 12,
+        ],
         &[0x50_2000, u64::MAX, 1 << 8],
         &[0x50_2000, 0x7000_0000, 0x2, 1, 2, 3, 4, 5, 6, 7, 8],
     ];
@@ -707,4 +726,46 @@ fn faults_without_a_waiting_handler_match_the_general_path() {
         ));
     });
     assert_eq!(taken, vec![false, true, false]);
+}
+
+#[test]
+fn fault_fast_route_reply_grant_follows_the_handlers_receive_right() {
+    // The handler waits through a capability without the grant right: the reply
+    // capability it gets does not grant, on both routes.
+    let taken = compare_routes(1, |b| {
+        let (handler, th, _, e) = fault_pair(&mut b.w, 120, 100, Rights::ALL);
+        // Wait again through a read-only copy (the handler's Recv is replaced).
+        b.w.make_current(ROOT_TCB);
+        b.w.root_ok(handler.slot, L::TcbSuspend, &[], &[]);
+        b.w.root_ok(handler.slot, L::TcbResume, &[], &[]);
+        let read_only = b.w.mint(e, Rights::READ, 0);
+        b.w.recv(handler.tcb, read_only);
+        b.fault(th.tcb, 6, 0, 0);
+        assert!(matches!(
+            b.w.cap_at(tcb::slot(handler.tcb, tcb::SLOT_CALLER)),
+            Cap::Reply {
+                can_grant: false,
+                ..
+            }
+        ));
+        reply_recv(b, handler.tcb, read_only, 0, &[0x50_2000]);
+    });
+    assert_eq!(taken, vec![true, true]);
+}
+
+#[test]
+fn fault_to_a_waiting_handler_bound_to_an_active_notification_matches_the_general_path() {
+    // The notification was signalled before it was bound to the waiting handler: it
+    // stays active while the handler waits on the endpoint (as in seL4).
+    let taken = compare_routes(1, |b| {
+        let (handler, th, _, e) = fault_pair(&mut b.w, 120, 100, Rights::ALL);
+        let n = b.w.notification();
+        b.w.make_current(ROOT_TCB);
+        b.w.send(ROOT_TCB, n, 0, &[], &[]);
+        b.w.root_ok(handler.slot, L::TcbBindNotification, &[], &[n]);
+        b.shot();
+        b.fault(th.tcb, 14, 0x4, 0x2000);
+        reply_recv(b, handler.tcb, e, 0, &[]);
+    });
+    assert!(taken[0], "delivered on the fast route");
 }

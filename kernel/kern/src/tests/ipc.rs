@@ -855,7 +855,10 @@ fn call_fastpath_by_rights_length_and_info_bits_matches_the_general_path() {
                 assert_eq!(b.w.received(server.tcb).mrs, words);
             }
         });
-        assert_eq!(taken[0], fast, "rights {rights:#x} length {len} bits {bits:#x}");
+        assert_eq!(
+            taken[0], fast,
+            "rights {rights:#x} length {len} bits {bits:#x}"
+        );
     }
 }
 
@@ -910,7 +913,11 @@ fn reply_recv_fastpath_edge_cases_match_the_general_path() {
                 _ => {}
             }
             b.shot();
-            let words: Vec<u64> = if case == 0 { (1..=30).collect() } else { vec![7] };
+            let words: Vec<u64> = if case == 0 {
+                (1..=30).collect()
+            } else {
+                vec![7]
+            };
             b.w.load(server.tcb, recv_cap, 4, &words, &[]);
             b.syscall(server.tcb, REPLY_RECV);
         });
