@@ -769,3 +769,20 @@ fn fault_to_a_waiting_handler_bound_to_an_active_notification_matches_the_genera
     });
     assert!(taken[0], "delivered on the fast route");
 }
+
+#[test]
+fn fault_fast_route_on_a_second_cpu_matches_the_general_path() {
+    // Both threads belong to CPU 1 (the route indexes its CPU's state by `here`); a
+    // ready thread of CPU 0 above them changes nothing there.
+    let taken = compare_routes(2, |b| {
+        let (handler, th, _, e) = fault_pair(&mut b.w, 120, 100, Rights::ALL);
+        b.w.root_ok(handler.slot, L::TcbSetAffinity, &[1], &[]);
+        b.w.root_ok(th.slot, L::TcbSetAffinity, &[1], &[]);
+        b.w.running_thread(200);
+        b.fault(th.tcb, 13, 0, 0);
+        assert_eq!(b.w.k.cpus[1].current, handler.tcb);
+        reply_recv(b, handler.tcb, e, 0, &[0x50_3000]);
+        assert_eq!(b.w.k.cpus[1].current, th.tcb);
+    });
+    assert_eq!(taken, vec![true, true]);
+}
