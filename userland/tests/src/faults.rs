@@ -40,6 +40,13 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
         empty_slot(env)
     });
     suite.run("fault_without_handler_stops_thread", || no_handler(env));
+    suite.run(
+        "fault_fast_route_handler_thread_hostile_replies_fpu_intact",
+        || fast_route(env, false),
+    );
+    suite.run("fault_fast_route_handler_on_another_cpu", || {
+        fast_route(env, true)
+    });
 }
 
 fn ud2(_: u64) {
@@ -357,4 +364,172 @@ fn no_handler(env: &mut Env) -> TestResult {
     ensure!(stray.is_none(), "a fault went to the suite's endpoint");
     regs.or_fail("read registers of the stopped thread")?;
     Ok(())
+}
+
+// ---- The fault fast route (kernel faultpath.rs): a handler thread already waiting in
+// Recv/ReplyRecv when the fault comes, each with its own FPU values, and hostile
+// replies mixed in. Shared words: 0 the faulter's rounds, 1 its FPU mismatch (100 +
+// register), 2 the handler's rounds, 3 the handler's first error (a code below), 4 the
+// endpoint, 6 handler done, 7 the handler's FPU mismatch (100 + register).
+
+/// Round trips of the fast-route test.
+const FAST_ROUNDS: u64 = 300;
+/// A kernel address a reply gives as RIP: the thread must fault (#GP), not run there.
+const KERNEL_RIP: u64 = 0xffff_8000_0010_0000;
+/// A non-canonical RSP a reply gives: the thread's first stack access faults.
+const BAD_RSP: u64 = 0x8000_0000_0000_0000;
+
+/// RFLAGS a reply gives: IOPL 3, TF, NT, RF, VM, AC, VIF, VIP, ID and every reserved
+/// bit (all must go, or be harmless), but not DF.
+const HOSTILE_FLAGS: u64 = !(1 << 10);
+
+/// Faults (#UD) `FAST_ROUNDS` times, checking its FPU registers after each resume,
+/// then once more (the handler stops it with a labelled reply).
+fn fast_faulter(seed: u64) {
+    let ymm = keel_sys::fpu::has_avx();
+    crate::fpu::load(seed, ymm);
+    for i in 0..=FAST_ROUNDS {
+        probe::ud2();
+        if let Err(r) = crate::fpu::check(seed, ymm)
+            && shared(1) == 0
+        {
+            set_shared(1, 100 + r);
+        }
+        set_shared(0, i + 1);
+    }
+    probe::ud2();
+}
+
+/// The handler: receives the faults on the endpoint in word 4 and replies with
+/// ReplyRecv; every tenth round a hostile reply (kernel RIP, [`HOSTILE_FLAGS`],
+/// non-canonical RSP), whose consequence it checks in the next message.
+fn fast_handler(seed: u64) {
+    let ymm = keel_sys::fpu::has_avx();
+    crate::fpu::load(seed, ymm);
+    let ep = Cap::<Endpoint>::from_cptr(shared(4));
+    let error = |code: u64| {
+        if shared(3) == 0 {
+            set_shared(3, code);
+        }
+    };
+    let mut r = ep.recv();
+    let mut rounds = 0;
+    loop {
+        if let Err(reg) = crate::fpu::check(seed, ymm)
+            && shared(7) == 0
+        {
+            set_shared(7, 100 + reg);
+        }
+        if r.badge != 0x0f || r.label() != FaultType::UserException as u64 || r.length() != 5 {
+            error(1_000 + r.label());
+            let w = r.words::<4>();
+            set_shared(8, rounds);
+            set_shared(9, w[0]);
+            set_shared(10, w[1]);
+            set_shared(11, w[3]);
+            break;
+        }
+        let w = r.words::<5>();
+        let (ip, sp, flags, number) = (w[0], w[1], w[2], w[3]);
+        if number != 6 {
+            error(2_000 + number);
+            break;
+        }
+        if shared(0) > FAST_ROUNDS {
+            // The last #UD: stopped by a reply with a label.
+            keel_sys::ipc::reply(&Message::new(1).words(&[ip + 2, sp, flags]));
+            break;
+        }
+        rounds += 1;
+        set_shared(2, rounds);
+        let next = ip + probe::UD2_LENGTH;
+        let hostile = match rounds % 10 {
+            3 => Some((KERNEL_RIP, sp, flags)),
+            // Every bit but DF (user-settable, kept: compiled code assumes it clear).
+            5 => Some((next, sp, HOSTILE_FLAGS)),
+            7 => Some((next, BAD_RSP, flags)),
+            _ => None,
+        };
+        let Some((hip, hsp, hflags)) = hostile else {
+            r = ep.reply_recv(&Message::new(0).words(&[next, sp, flags]));
+            continue;
+        };
+        r = ep.reply_recv(&Message::new(0).words(&[hip, hsp, hflags]));
+        if hflags == HOSTILE_FLAGS {
+            // Sanitised (no TF: no debug fault follows): the next message is the next
+            // round's #UD, checked at the top of the loop.
+            continue;
+        }
+        // A #GP (kernel RIP) or a stack fault (#SS or #GP) with the values given.
+        let w = r.words::<5>();
+        let ok = r.label() == FaultType::UserException as u64
+            && matches!(w[3], 12 | 13)
+            && (hip != KERNEL_RIP || w[0] == KERNEL_RIP)
+            && (hsp != BAD_RSP || w[1] == BAD_RSP);
+        if !ok {
+            error(3_000 + w[3]);
+            break;
+        }
+        // Resume it properly: after the #UD, or at the instruction the bad stack
+        // stopped, with its own stack.
+        let resume = if hip == KERNEL_RIP { next } else { w[0] };
+        r = ep.reply_recv(&Message::new(0).words(&[resume, sp, flags]));
+    }
+    set_shared(6, 1);
+}
+
+fn fast_route(env: &mut Env, across: bool) -> TestResult {
+    let cpus = env.info.num_nodes();
+    if across && cpus < 2 {
+        return Err(crate::harness::Why::Skipped("one CPU"));
+    }
+    let ep = env.endpoint()?;
+    let badged = env.mint(ep, CapRights::ALL, 0x0f)?.cptr();
+    set_shared(4, ep.cptr());
+    let handler = env.create(fast_handler, 7, CHILD_PRIORITY - 10)?;
+    let config = ThreadConfig {
+        priority: CHILD_PRIORITY,
+        fault_ep: badged,
+        affinity: across.then_some(1),
+        cspace: None,
+    };
+    let faulter = env
+        .alloc
+        .create_thread(fast_faulter, 8, config)
+        .or_fail("create faulter")?;
+    let result = (|| {
+        handler.start().or_fail("start handler")?;
+        faulter.start().or_fail("start faulter")?;
+        let mut done = false;
+        for _ in 0..5 {
+            let progress = shared(0);
+            done = wait_until(|| shared(6) != 0);
+            if done || shared(0) == progress {
+                break;
+            }
+        }
+        ensure!(
+            done,
+            "handler not done: faulter rounds {}, handler rounds {}, error {}",
+            shared(0),
+            shared(2),
+            shared(3)
+        );
+        ensure!(
+            shared(3) == 0,
+            "handler error {} in round {} (message words {:#x} {:#x} {:#x})",
+            shared(3),
+            shared(8),
+            shared(9),
+            shared(10),
+            shared(11)
+        );
+        ensure!(shared(0) == FAST_ROUNDS + 1, "faulter rounds {}", shared(0));
+        ensure!(shared(1) == 0, "faulter FPU register {}", shared(1));
+        ensure!(shared(7) == 0, "handler FPU register {}", shared(7));
+        Ok(())
+    })();
+    env.destroy(faulter)?;
+    env.destroy(handler)?;
+    result
 }

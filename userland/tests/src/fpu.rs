@@ -60,7 +60,7 @@ fn patterns(seed: u64) -> (Vectors, X87, u16, u32) {
     (v, x, fcw, mxcsr)
 }
 
-fn load(seed: u64, ymm: bool) {
+pub(crate) fn load(seed: u64, ymm: bool) {
     let (v, x, fcw, mxcsr) = patterns(seed);
     fpu::load_vectors(&v, ymm);
     fpu::load_x87(&x);
@@ -69,7 +69,7 @@ fn load(seed: u64, ymm: bool) {
 
 /// Compares every register with the thread's pattern; a mismatch gives the first
 /// differing register (0–15 vector, 16–23 x87, 24 FCW, 25 MXCSR).
-fn check(seed: u64, ymm: bool) -> Result<(), u64> {
+pub(crate) fn check(seed: u64, ymm: bool) -> Result<(), u64> {
     let (v, x, fcw, mxcsr) = patterns(seed);
     let mut got_v = [0u64; 64];
     let mut got_x = [0i64; 8];

@@ -366,3 +366,423 @@ fn fault_fast_route_leaves_a_busier_cpu_to_the_scheduler() {
     assert_eq!(w.state(th.tcb), ThreadState::BlockedOnReply);
     assert_eq!(w.k.current(), busy.tcb);
 }
+
+// ---- The fault fast route against the general path, case by case (review of
+// faultpath.rs): each script runs twice, with the fast routes on and off, and every
+// step's outcome must be the same; the script's steps report whether a fast route took
+// them, for the expectations on what it accepts and declines.
+
+/// A World for one run of a comparison script: `fast` says whether the fast routes
+/// are on; `taken` records, step by step, whether a fast route took the step.
+pub(super) struct Both {
+    pub(super) w: World,
+    taken: Vec<bool>,
+    shots: Vec<String>,
+}
+
+impl Both {
+    fn new(cpus: usize, fast: bool) -> Self {
+        let mut w = World::with_cpus(cpus);
+        w.k.set_fastpath(fast);
+        Both {
+            w,
+            taken: Vec::new(),
+            shots: Vec::new(),
+        }
+    }
+
+    /// Exception `vector` by `t` (made current): the fast route if it takes it, else
+    /// the general path; then the scheduler, the invariants and a snapshot.
+    fn fault(&mut self, t: u64, vector: u64, code: u64, address: u64) {
+        self.w.make_current(t);
+        let here = self.w.k.hw.cpu;
+        let took = match self.w.k.faultpath_exception(vector, code, address, here) {
+            Some(next) => {
+                assert_eq!(self.w.k.current(), next.get());
+                true
+            }
+            None => {
+                self.w.k.handle_user_exception(vector, code, address);
+                false
+            }
+        };
+        self.w.k.schedule();
+        self.w.check_invariants();
+        self.taken.push(took);
+        self.shot();
+    }
+
+    /// System call `number` by `t` with the fastpaths' glue (`World::fast_syscall`).
+    pub(super) fn syscall(&mut self, t: u64, number: i64) {
+        let took = self.w.fast_syscall(t, number);
+        self.taken.push(took);
+        self.shot();
+    }
+
+    /// Records everything a route could change: every thread's block but its lookup
+    /// memo (the fastpath fills it; it is a cache), every slot's capability, each
+    /// CPU's current thread and pending decision, the IPIs and the console.
+    pub(super) fn shot(&mut self) {
+        let w = &self.w;
+        let mut s = String::new();
+        for t in w.all_threads() {
+            let mut r = w.tcb(t).clone();
+            r.lookup_cache = Default::default();
+            s += &format!("{t:#x}: {r:?}\n");
+            for i in 0..6 {
+                s += &format!("  slot {i}: {:?}\n", w.cap_at(tcb::slot(t, i)));
+            }
+            s += &format!(
+                "  buffer: {:?}\n",
+                (0..12).map(|i| w.mr(t, i)).collect::<Vec<_>>()
+            );
+        }
+        for a in w.all_slots() {
+            s += &format!("{a:#x} {:?}\n", w.cap_at(a));
+        }
+        for (i, c) in w.k.cpus.iter().enumerate() {
+            s += &format!("cpu {i}: {:#x} {:?}\n", c.current, c.action);
+        }
+        s += &format!("ipis {:?}\n", w.k.hw.ipis);
+        s += &String::from_utf8_lossy(&w.k.hw.console);
+        self.shots.push(s);
+    }
+}
+
+/// Runs `script` with the fast routes and without; every step must end the same.
+/// Returns which steps the fast routes took.
+pub(super) fn compare_routes(cpus: usize, script: impl Fn(&mut Both)) -> Vec<bool> {
+    let mut fast = Both::new(cpus, true);
+    script(&mut fast);
+    let mut slow = Both::new(cpus, false);
+    script(&mut slow);
+    assert!(slow.taken.iter().all(|t| !t), "the fast routes were off");
+    assert_eq!(fast.shots.len(), slow.shots.len());
+    for (i, (f, s)) in fast.shots.iter().zip(&slow.shots).enumerate() {
+        if f != s {
+            let diff: Vec<_> = f
+                .lines()
+                .zip(s.lines())
+                .filter(|(a, b)| a != b)
+                .take(6)
+                .collect();
+            panic!("step {i} differs (fast, general): {diff:#?}");
+        }
+    }
+    fast.taken
+}
+
+/// A handler of priority `handler_prio` waiting on a fresh endpoint `e`, a faulter of
+/// priority `prio` whose fault endpoint is a copy of `e` with `rights` and badge 0xfa.
+/// The root runs at 50. Returns (handler, faulter, fault endpoint cptr, e).
+fn fault_pair(
+    w: &mut World,
+    handler_prio: u8,
+    prio: u8,
+    rights: Rights,
+) -> (Thread, Thread, u64, u64) {
+    w.root_ok(S_TCB, L::TcbSetPriority, &[50], &[S_TCB]);
+    let e = w.endpoint();
+    let h = w.mint(e, rights, 0xfa);
+    let handler = w.thread(handler_prio);
+    w.root_ok(handler.slot, L::TcbResume, &[], &[]);
+    let th = w.thread_with(prio, true, h);
+    w.root_ok(th.slot, L::TcbResume, &[], &[]);
+    w.recv(handler.tcb, e);
+    (handler, th, h, e)
+}
+
+/// The handler's ReplyRecv on `e` with `label` and the words `mrs`.
+fn reply_recv(b: &mut Both, handler: u64, e: u64, label: u64, mrs: &[u64]) {
+    b.w.load(handler, e, label, mrs, &[]);
+    b.syscall(handler, REPLY_RECV);
+}
+
+#[test]
+fn fault_fast_route_by_priority_matches_the_general_path() {
+    // (handler's priority, faulter's, another ready thread's; whether the delivery
+    // and the reply qualify): the handler or faulter below the ready thread declines,
+    // equal or above is switched to directly (the scheduler would choose it too).
+    let cases: [(u8, u8, u8, bool, bool); 6] = [
+        (120, 100, 90, true, true),
+        (100, 120, 90, true, true),
+        (110, 110, 110, true, true),
+        (100, 120, 110, false, true),
+        (120, 100, 110, true, false),
+        (100, 100, 110, false, false),
+    ];
+    for (hp, fp, other, deliver, resume) in cases {
+        let taken = compare_routes(1, |b| {
+            let (handler, th, _, e) = fault_pair(&mut b.w, hp, fp, Rights::ALL);
+            b.w.running_thread(other);
+            b.w.k.tcb_mut(th.tcb).context.rip = 0x50_1000;
+            b.fault(th.tcb, 6, 0, 0);
+            if b.w.state(handler.tcb).is_runnable() {
+                b.w.make_current(handler.tcb);
+                reply_recv(b, handler.tcb, e, 0, &[0x50_1002]);
+                b.w.make_current(th.tcb);
+                b.shot();
+            }
+        });
+        assert_eq!(taken, vec![deliver, resume], "{hp} {fp} {other}");
+    }
+}
+
+#[test]
+fn fault_fast_route_leaves_a_handler_of_another_cpu_to_the_general_path() {
+    let taken = compare_routes(2, |b| {
+        let (handler, th, _, _) = fault_pair(&mut b.w, 120, 100, Rights::ALL);
+        // The handler moves to CPU 1 while it waits.
+        b.w.root_ok(handler.slot, L::TcbSetAffinity, &[1], &[]);
+        b.fault(th.tcb, 13, 0, 0);
+        assert!(b.w.state(handler.tcb).is_runnable());
+        assert_eq!(b.w.k.cpus[0].current, ROOT_TCB);
+    });
+    assert_eq!(taken, vec![false]);
+}
+
+#[test]
+fn fault_fast_route_checks_the_fault_endpoint_rights() {
+    // Write with grant or grant-reply qualifies (seL4's sendFaultIPC); without write,
+    // or with write alone, the fault stops the thread on the general path.
+    let w_ = Rights::WRITE;
+    let cases = [
+        (Rights(w_.0 | Rights::GRANT.0), true),
+        (Rights(w_.0 | Rights::GRANT_REPLY.0), true),
+        (Rights(Rights::READ.0 | Rights::WRITE.0), false),
+        (
+            Rights(Rights::READ.0 | Rights::GRANT.0 | Rights::GRANT_REPLY.0),
+            false,
+        ),
+        (w_, false),
+    ];
+    for (rights, delivered) in cases {
+        let taken = compare_routes(1, |b| {
+            let (handler, th, _, e) = fault_pair(&mut b.w, 120, 100, rights);
+            b.fault(th.tcb, 14, 0x6, 0xdead_b000);
+            if delivered {
+                assert_eq!(b.w.received(handler.tcb).badge, 0xfa);
+                reply_recv(b, handler.tcb, e, 0, &[]);
+            } else {
+                assert_eq!(b.w.state(th.tcb), ThreadState::Inactive);
+            }
+        });
+        let expected = if delivered {
+            vec![true, true]
+        } else {
+            vec![false]
+        };
+        assert_eq!(taken, expected, "{rights:?}");
+    }
+}
+
+#[test]
+fn fault_reply_after_the_faulter_is_gone_matches_the_general_path() {
+    // Delivered on the fast route; then the faulter is suspended, or deleted, or its
+    // fault endpoint capability is deleted, while the handler holds the reply.
+    for what in 0..3 {
+        let taken = compare_routes(1, |b| {
+            let (handler, th, h, e) = fault_pair(&mut b.w, 120, 100, Rights::ALL);
+            b.fault(th.tcb, 6, 0, 0);
+            b.w.make_current(ROOT_TCB);
+            match what {
+                0 => {
+                    b.w.root_ok(th.slot, L::TcbSuspend, &[], &[]);
+                }
+                1 => {
+                    b.w.root_ok(S_CNODE, L::CNodeDelete, &[th.slot, 64], &[]);
+                }
+                _ => {
+                    b.w.root_ok(S_CNODE, L::CNodeDelete, &[h, 64], &[]);
+                }
+            }
+            b.shot();
+            b.w.make_current(handler.tcb);
+            reply_recv(b, handler.tcb, e, 0, &[0x50_2000, 0x7000_0000, 0]);
+            assert!(matches!(
+                b.w.state(handler.tcb),
+                ThreadState::BlockedOnReceive { .. }
+            ));
+            assert!(
+                b.w.cap_at(tcb::slot(handler.tcb, tcb::SLOT_CALLER))
+                    .is_null()
+            );
+        });
+        // The reply to a deleted fault endpoint's thread still resumes it.
+        let expected = [vec![true, false], vec![true, false], vec![true, true]];
+        assert_eq!(taken, expected[what], "case {what}");
+    }
+}
+
+#[test]
+fn fault_reply_with_hostile_registers_matches_the_general_path() {
+    // RIP in the kernel half or non-canonical, RSP non-canonical, RFLAGS with IOPL, TF,
+    // NT, RF, VM, AC and every reserved bit: the same (sanitised) outcome on both routes.
+    let replies: [&[u64]; 5] = [
+        &[0xffff_8000_0000_0000, 0x7000_0000, u64::MAX],
+        &[0x8000_0000_0000_0000, 0x8000_0000_0000_0000, 0x7_7100],
+        &[
+            0x0000_8000_0000_0000,
+            0,
+            1 << 17 | 1 << 18 | 1 << 14 | 3 << 12,
+        ],
+        &[0x50_2000, u64::MAX, 1 << 8],
+        &[0x50_2000, 0x7000_0000, 0x2, 1, 2, 3, 4, 5, 6, 7, 8],
+    ];
+    for reply in replies {
+        let taken = compare_routes(1, |b| {
+            let (handler, th, _, e) = fault_pair(&mut b.w, 120, 100, Rights::ALL);
+            b.fault(th.tcb, 13, 0, 0);
+            reply_recv(b, handler.tcb, e, 0, reply);
+            let c = b.w.tcb(th.tcb).context;
+            assert_eq!(c.rflags & !0xfff, 0, "{:#x}", c.rflags);
+            assert_eq!(c.rflags & (1 << 8), 0, "TF");
+            assert_eq!(c.rflags & (1 << 9), 1 << 9, "IF");
+        });
+        assert_eq!(taken, vec![true, true]);
+    }
+}
+
+#[test]
+fn fault_reply_with_capabilities_or_a_label_matches_the_general_path() {
+    // Extra capabilities, caps-unwrapped bits, a label: the fast route declines or
+    // ends as the general path (the capabilities are not transferred on a reply to a
+    // fault; a label other than 0 stops a thread after a user exception, and resumes
+    // it after a page fault).
+    for (vector, label, caps, unwrapped) in [
+        (6, 0, true, 0),
+        (6, 0, false, 5),
+        (6, 7, false, 0),
+        (14, 7, false, 0),
+        (14, 0, true, 0),
+        (14, 0, false, 1),
+    ] {
+        compare_routes(1, |b| {
+            let (handler, th, _, e) = fault_pair(&mut b.w, 120, 100, Rights::ALL);
+            b.fault(th.tcb, vector, 0x4, 0x1000);
+            let caps: &[u64] = if caps { &[S_CNODE] } else { &[] };
+            b.w.load(handler.tcb, e, label, &[0x50_2000], caps);
+            b.w.k.tcb_mut(handler.tcb).context.rsi |= unwrapped << 7;
+            b.syscall(handler.tcb, REPLY_RECV);
+        });
+    }
+}
+
+#[test]
+fn fault_in_a_restartable_sequence_matches_the_general_path() {
+    // The faulter registered an rseq area: the fault switches it out (fix-up pending),
+    // so the reply that resumes it takes the general path, which runs the fix-up.
+    let taken = compare_routes(1, |b| {
+        let (handler, th, _, e) = fault_pair(&mut b.w, 120, 100, Rights::ALL);
+        let buffer = b.w.tcb(th.tcb).ipc_buffer;
+        b.w.root_ok(th.slot, L::TcbSetRseq, &[buffer + 0x800], &[]);
+        b.fault(th.tcb, 14, 0x6, 0x1000);
+        assert!(b.w.tcb(th.tcb).rseq_pending);
+        reply_recv(b, handler.tcb, e, 0, &[]);
+        b.w.k.rseq_resume(b.w.k.current());
+        b.shot();
+    });
+    assert_eq!(taken, vec![true, false]);
+}
+
+#[test]
+fn fault_reply_by_a_handler_with_an_active_notification_matches_the_general_path() {
+    let taken = compare_routes(1, |b| {
+        let (handler, th, _, e) = fault_pair(&mut b.w, 120, 100, Rights::ALL);
+        let n = b.w.notification();
+        b.w.root_ok(handler.slot, L::TcbBindNotification, &[], &[n]);
+        b.fault(th.tcb, 6, 0, 0);
+        // Signalled while the handler runs: its ReplyRecv returns at once with it.
+        b.w.make_current(ROOT_TCB);
+        b.w.send(ROOT_TCB, n, 0, &[], &[]);
+        b.w.make_current(handler.tcb);
+        reply_recv(b, handler.tcb, e, 0, &[0x50_2000]);
+    });
+    assert_eq!(taken, vec![true, false]);
+}
+
+#[test]
+fn faults_without_a_waiting_handler_match_the_general_path() {
+    let taken = compare_routes(1, |b| {
+        // A page fault with no fault endpoint at all: the thread stops.
+        b.w.root_ok(S_TCB, L::TcbSetPriority, &[50], &[S_TCB]);
+        let lone = b.w.running_thread(100);
+        b.fault(lone.tcb, 14, 0x6, 0x1000);
+        assert_eq!(b.w.state(lone.tcb), ThreadState::Inactive);
+        // The handler faults itself while handling (its fault endpoint is the one it
+        // serves; nobody waits there): it blocks, queued behind nothing.
+        let e = b.w.endpoint();
+        let h = b.w.mint(e, Rights::ALL, 0xfa);
+        let handler = b.w.thread_with(120, true, h);
+        b.w.root_ok(handler.slot, L::TcbResume, &[], &[]);
+        let th = b.w.thread_with(100, true, h);
+        b.w.root_ok(th.slot, L::TcbResume, &[], &[]);
+        b.w.recv(handler.tcb, e);
+        b.fault(th.tcb, 6, 0, 0);
+        b.fault(handler.tcb, 14, 0x4, 0);
+        assert!(matches!(
+            b.w.state(handler.tcb),
+            ThreadState::BlockedOnSend { .. }
+        ));
+    });
+    assert_eq!(taken, vec![false, true, false]);
+}
+
+#[test]
+fn fault_fast_route_reply_grant_follows_the_handlers_receive_right() {
+    // The handler waits through a capability without the grant right: the reply
+    // capability it gets does not grant, on both routes.
+    let taken = compare_routes(1, |b| {
+        let (handler, th, _, e) = fault_pair(&mut b.w, 120, 100, Rights::ALL);
+        // Wait again through a read-only copy (the handler's Recv is replaced).
+        b.w.make_current(ROOT_TCB);
+        b.w.root_ok(handler.slot, L::TcbSuspend, &[], &[]);
+        b.w.root_ok(handler.slot, L::TcbResume, &[], &[]);
+        let read_only = b.w.mint(e, Rights::READ, 0);
+        b.w.recv(handler.tcb, read_only);
+        b.fault(th.tcb, 6, 0, 0);
+        assert!(matches!(
+            b.w.cap_at(tcb::slot(handler.tcb, tcb::SLOT_CALLER)),
+            Cap::Reply {
+                can_grant: false,
+                ..
+            }
+        ));
+        reply_recv(b, handler.tcb, read_only, 0, &[0x50_2000]);
+    });
+    assert_eq!(taken, vec![true, true]);
+}
+
+#[test]
+fn fault_to_a_waiting_handler_bound_to_an_active_notification_matches_the_general_path() {
+    // The notification was signalled before it was bound to the waiting handler: it
+    // stays active while the handler waits on the endpoint (as in seL4).
+    let taken = compare_routes(1, |b| {
+        let (handler, th, _, e) = fault_pair(&mut b.w, 120, 100, Rights::ALL);
+        let n = b.w.notification();
+        b.w.make_current(ROOT_TCB);
+        b.w.send(ROOT_TCB, n, 0, &[], &[]);
+        b.w.root_ok(handler.slot, L::TcbBindNotification, &[], &[n]);
+        b.shot();
+        b.fault(th.tcb, 14, 0x4, 0x2000);
+        reply_recv(b, handler.tcb, e, 0, &[]);
+    });
+    assert!(taken[0], "delivered on the fast route");
+}
+
+#[test]
+fn fault_fast_route_on_a_second_cpu_matches_the_general_path() {
+    // Both threads belong to CPU 1 (the route indexes its CPU's state by `here`); a
+    // ready thread of CPU 0 above them changes nothing there.
+    let taken = compare_routes(2, |b| {
+        let (handler, th, _, e) = fault_pair(&mut b.w, 120, 100, Rights::ALL);
+        b.w.root_ok(handler.slot, L::TcbSetAffinity, &[1], &[]);
+        b.w.root_ok(th.slot, L::TcbSetAffinity, &[1], &[]);
+        b.w.running_thread(200);
+        b.fault(th.tcb, 13, 0, 0);
+        assert_eq!(b.w.k.cpus[1].current, handler.tcb);
+        reply_recv(b, handler.tcb, e, 0, &[0x50_3000]);
+        assert_eq!(b.w.k.cpus[1].current, th.tcb);
+    });
+    assert_eq!(taken, vec![true, true]);
+}

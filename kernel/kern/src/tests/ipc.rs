@@ -807,3 +807,120 @@ fn send_fastpath_declines_an_equal_or_lower_priority_waiter() {
         ThreadState::BlockedOnSend { .. }
     ));
 }
+
+// ---- The IPC fastpath against the general path, case by case (review): each
+// script runs with the fastpaths on and off (`faults::compare_routes`), and every step
+// must end the same.
+
+use super::faults::{Both, compare_routes};
+
+/// A server of priority `sp` waiting on a fresh endpoint and a client of priority
+/// `cp`; the client's capability to the endpoint has `rights` and badge 0xb0. The root
+/// runs at 50. Returns (server, client, client's cptr, endpoint).
+fn call_pair(b: &mut Both, sp: u8, cp: u8, rights: Rights) -> (Thread, Thread, u64, u64) {
+    let w = &mut b.w;
+    w.root_ok(S_TCB, L::TcbSetPriority, &[50], &[S_TCB]);
+    let e = w.endpoint();
+    let c = w.mint(e, rights, 0xb0);
+    let server = w.running_thread(sp);
+    let client = w.running_thread(cp);
+    w.recv(server.tcb, e);
+    (server, client, c, e)
+}
+
+#[test]
+fn call_fastpath_by_rights_length_and_info_bits_matches_the_general_path() {
+    let rw = Rights::READ.0 | Rights::WRITE.0;
+    // (rights, message length, extra info bits, whether the fastpath takes the Call)
+    let cases: [(u8, usize, u64, bool); 9] = [
+        (Rights::ALL.0, 4, 0, true),
+        (Rights::ALL.0, 5, 0, true),
+        (Rights::ALL.0, 120, 0, true),
+        (Rights::WRITE.0 | Rights::GRANT_REPLY.0, 7, 0, true),
+        (Rights::WRITE.0 | Rights::GRANT.0, 2, 0, true),
+        (rw, 2, 0, false),
+        (Rights::READ.0 | Rights::GRANT.0, 2, 0, false),
+        // Caps-unwrapped bits set by the sender; a length beyond the maximum.
+        (Rights::ALL.0, 2, 3 << 9, false),
+        (Rights::ALL.0, 0, 127, false),
+    ];
+    for (rights, len, bits, fast) in cases {
+        let taken = compare_routes(1, |b| {
+            let (server, client, c, _) = call_pair(b, 100, 100, Rights(rights));
+            let words: Vec<u64> = (1..=len as u64).collect();
+            b.w.load(client.tcb, c, 3, &words, &[]);
+            b.w.k.tcb_mut(client.tcb).context.rsi |= bits;
+            b.syscall(client.tcb, CALL);
+            if fast {
+                assert_eq!(b.w.received(server.tcb).mrs, words);
+            }
+        });
+        assert_eq!(
+            taken[0], fast,
+            "rights {rights:#x} length {len} bits {bits:#x}"
+        );
+    }
+}
+
+#[test]
+fn reply_recv_fastpath_edge_cases_match_the_general_path() {
+    // 0: a long reply; 1: the receive capability without read; 2: a sender queued on
+    // the endpoint; 3: the caller moved to another CPU while it waits; 4: the caller
+    // suspended; 5: a bound notification signalled meanwhile; 6: a reply to a caller
+    // below a ready thread.
+    let expected = [true, false, false, false, false, false, false];
+    for (case, fast) in expected.into_iter().enumerate() {
+        let taken = compare_routes(2, |b| {
+            let (server, client, c, e) = call_pair(b, 100, 100, Rights::ALL);
+            let mut recv_cap = e;
+            match case {
+                1 => recv_cap = b.w.mint(e, Rights::WRITE, 0),
+                5 => {
+                    let n = b.w.notification();
+                    b.w.root_ok(server.slot, L::TcbBindNotification, &[], &[n]);
+                    b.w.load(client.tcb, c, 3, &[1], &[]);
+                    b.syscall(client.tcb, CALL);
+                    b.w.make_current(ROOT_TCB);
+                    b.w.send(ROOT_TCB, n, 0, &[], &[]);
+                    b.w.make_current(server.tcb);
+                }
+                _ => {}
+            }
+            if case != 5 {
+                b.w.load(client.tcb, c, 3, &[1], &[]);
+                b.syscall(client.tcb, CALL);
+            }
+            match case {
+                2 => {
+                    let other = b.w.running_thread(100);
+                    b.w.send(other.tcb, c, 9, &[9], &[]);
+                    b.w.make_current(server.tcb);
+                }
+                3 => {
+                    b.w.make_current(ROOT_TCB);
+                    b.w.root_ok(client.slot, L::TcbSetAffinity, &[1], &[]);
+                    b.w.make_current(server.tcb);
+                }
+                4 => {
+                    b.w.make_current(ROOT_TCB);
+                    b.w.root_ok(client.slot, L::TcbSuspend, &[], &[]);
+                    b.w.make_current(server.tcb);
+                }
+                6 => {
+                    b.w.running_thread(110);
+                    b.w.make_current(server.tcb);
+                }
+                _ => {}
+            }
+            b.shot();
+            let words: Vec<u64> = if case == 0 {
+                (1..=30).collect()
+            } else {
+                vec![7]
+            };
+            b.w.load(server.tcb, recv_cap, 4, &words, &[]);
+            b.syscall(server.tcb, REPLY_RECV);
+        });
+        assert_eq!(taken.last(), Some(&fast), "case {case}");
+    }
+}

@@ -495,6 +495,8 @@ impl World {
             c.rdx = number as u64;
             c.rcx = c.rip;
             c.r11 = c.rflags;
+            // The SYSCALL entry pushes the marker as the vector.
+            c.vector = crate::object::tcb::SYSCALL_VECTOR;
         }
         let here = self.k.hw.cpu;
         let fast = match number {
@@ -525,6 +527,8 @@ impl World {
             c.rdx = number as u64;
             c.rcx = c.rip;
             c.r11 = c.rflags;
+            // The SYSCALL entry pushes the marker as the vector.
+            c.vector = crate::object::tcb::SYSCALL_VECTOR;
         }
         self.k.handle_syscall(number as u64);
         self.k.schedule();
