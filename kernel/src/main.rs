@@ -292,6 +292,25 @@ fn test_report(passed: u64, failed: u64) {
     tally.failed += failed as u32;
 }
 
+/// After a fast route (IPC fastpath, fault fast route) made `$next` current in `$k`
+/// (the kernel behind `$guard`): leaves the kernel into it directly, with no
+/// scheduling, or returns `prepare`'s choice if its RIP is not a user address (it
+/// faults there). A macro, not a function: the guard is released before the jump
+/// while `$k` borrows it.
+macro_rules! leave_to_switched {
+    ($guard:ident, $k:ident, $next:expr) => {{
+        let next: u64 = $next.get();
+        let pml4 = $k.pml4_of(next);
+        check_invariants($k);
+        if $k.tcb(next).context.rip < hal::layout::USER_END {
+            let context = hal::entry::prepare_thread(tcb::record(next), pml4);
+            drop($guard);
+            hal::entry::resume_thread(context);
+        }
+        return prepare($k);
+    }};
+}
+
 #[inline(always)]
 fn syscall() -> u64 {
     let mut guard = KERNEL.lock();
@@ -316,16 +335,7 @@ fn syscall() -> u64 {
         _ => None,
     };
     if let Some(next) = fast {
-        let next = next.get();
-        let pml4 = k.pml4_of(next);
-        check_invariants(k);
-        // The fastpath switched directly to a thread that can run: no scheduling.
-        if k.tcb(next).context.rip < hal::layout::USER_END {
-            let context = hal::entry::prepare_thread(tcb::record(next), pml4);
-            drop(guard);
-            hal::entry::resume_thread(context);
-        }
-        return prepare(k);
+        leave_to_switched!(guard, k, next);
     }
     k.handle_syscall(number);
     let entry = prepare(k);
@@ -356,15 +366,7 @@ fn user_trap(vector: u64, error_code: u64, address: u64) -> u64 {
         if let Some(next) =
             k.faultpath_exception(vector, error_code, address, hal::percpu::cpu_index())
         {
-            let next = next.get();
-            let pml4 = k.pml4_of(next);
-            check_invariants(k);
-            if k.tcb(next).context.rip < hal::layout::USER_END {
-                let context = hal::entry::prepare_thread(tcb::record(next), pml4);
-                drop(guard);
-                hal::entry::resume_thread(context);
-            }
-            return prepare(k);
+            leave_to_switched!(guard, k, next);
         }
         k.handle_user_exception(vector, error_code, address);
     } else {

@@ -63,21 +63,11 @@ keel_exit_checks:
     .popsection
     cmp qword ptr [rsp + {vector}], {syscall_marker}
     jne 2f
-    /* pop_gprs! but R11 and RCX, which SYSRET takes from RFLAGS and RIP: they lie
-       next to the vector and error code, skipped with them. */
-    pop r15
-    pop r14
-    pop r13
-    pop r12
-    pop r10
-    pop r9
-    pop r8
-    pop rbp
-    pop rdi
-    pop rsi
-    pop rdx
-    pop rbx
-    pop rax
+    /* Not R11 and RCX, which SYSRET takes from RFLAGS and RIP: they lie next to the
+       vector and error code, skipped with them. */
+"#,
+    crate::pop_gprs_but_r11_rcx!(),
+    r#"
     add rsp, 32
     mov rcx, [rsp]
     mov r11, [rsp + 16]

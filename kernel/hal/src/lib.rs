@@ -106,6 +106,22 @@ macro_rules! clear_gprs {
 #[doc(hidden)]
 macro_rules! pop_gprs {
     () => {
+        concat!(
+            $crate::pop_gprs_but_r11_rcx!(),
+            "
+    pop r11
+    pop rcx
+"
+        )
+    };
+}
+
+/// Assembly text that pops what [`push_gprs!`] pushed but the last two, R11 and RCX
+/// (which lie next to the vector; the SYSRET exit skips them).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! pop_gprs_but_r11_rcx {
+    () => {
         "
     pop r15
     pop r14
@@ -120,8 +136,6 @@ macro_rules! pop_gprs {
     pop rdx
     pop rbx
     pop rax
-    pop r11
-    pop rcx
 "
     };
 }

@@ -133,6 +133,36 @@ impl<H: Hardware> Kernel<H> {
         Err(size < self.fastpath_limit)
     }
 
+    /// Makes `t` wait on endpoint `ep` (whose queue ends were `head` and `tail`),
+    /// appended to its receive queue as the general path's ReplyRecv leaves it.
+    #[inline(always)]
+    pub(crate) fn fast_wait_on_endpoint(
+        &mut self,
+        t: u64,
+        ep: u64,
+        can_grant: bool,
+        head: u64,
+        tail: u64,
+    ) {
+        {
+            let r = self.tcb_mut(t);
+            r.state = ThreadState::BlockedOnReceive {
+                endpoint: ep,
+                can_grant,
+            };
+            r.wait_prev = tail;
+            r.wait_next = 0;
+        }
+        if tail != 0 {
+            self.tcb_mut(tail).wait_next = t;
+        }
+        let e = self.hw.get_mut::<Endpoint>(ep);
+        if head == 0 {
+            e.head = t;
+        }
+        e.tail = t;
+    }
+
     /// Copies the message (its length: registers, then words 4.. buffer to buffer when
     /// `buffers` are given) and sets the badge and message info of `to`. Registers
     /// beyond the length are not part of the message: `to` keeps its own values there,
@@ -396,26 +426,7 @@ impl<H: Hardware> Kernel<H> {
         cspace::remove_leaf(&mut self.hw, caller_slot);
         self.fast_transfer(t, caller, 0, info, buffers);
         self.tcb_mut(caller).state = ThreadState::Running;
-        // This thread waits on the endpoint (appended to its receive queue).
-        {
-            let r = self.tcb_mut(t);
-            r.state = ThreadState::BlockedOnReceive {
-                endpoint: ep,
-                can_grant: rights & GRANT != 0,
-            };
-            r.wait_prev = tail;
-            r.wait_next = 0;
-        }
-        if tail != 0 {
-            self.tcb_mut(tail).wait_next = t;
-        }
-        {
-            let e = self.hw.get_mut::<Endpoint>(ep);
-            if head == 0 {
-                e.head = t;
-            }
-            e.tail = t;
-        }
+        self.fast_wait_on_endpoint(t, ep, rights & GRANT != 0, head, tail);
         self.cpus[here].current = caller;
         NonZeroU64::new(caller)
     }

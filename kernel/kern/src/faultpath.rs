@@ -237,26 +237,7 @@ impl<H: Hardware> Kernel<H> {
                 }
             }
         }
-        // This thread waits on the endpoint (appended to its receive queue).
-        {
-            let r = self.tcb_mut(t);
-            r.state = ThreadState::BlockedOnReceive {
-                endpoint: ep,
-                can_grant: rights & GRANT != 0,
-            };
-            r.wait_prev = tail;
-            r.wait_next = 0;
-        }
-        if tail != 0 {
-            self.tcb_mut(tail).wait_next = t;
-        }
-        {
-            let e = self.hw.get_mut::<Endpoint>(ep);
-            if head == 0 {
-                e.head = t;
-            }
-            e.tail = t;
-        }
+        self.fast_wait_on_endpoint(t, ep, rights & GRANT != 0, head, tail);
         self.cpus[here].current = caller;
         NonZeroU64::new(caller)
     }
