@@ -15,6 +15,7 @@
 #![no_std]
 
 pub mod bootinfo;
+pub mod elf;
 pub mod error;
 pub mod exit;
 pub mod fault;

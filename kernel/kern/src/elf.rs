@@ -1,46 +1,26 @@
 //! The ELF loader's plan: which pages of a user image go where, with which rights.
 //!
-//! Parsing uses the `xmas-elf` crate; this module checks everything a hostile or broken
-//! image could get wrong (wrong class or machine, segments outside user space or
-//! overlapping the kernel, file ranges past the end) before the trusted core copies a
-//! single byte.
+//! Parsing is `keel_abi::elf`'s (shared with init's program loader: headers and
+//! segments checked against the image); this module adds what a hostile or broken root
+//! task image could still get wrong (segments outside user space or overlapping the
+//! kernel, an entry point outside its code) before the trusted core copies a single
+//! byte.
 
-use xmas_elf::ElfFile;
-use xmas_elf::header::{Class, Machine};
-use xmas_elf::program::{Flags, Type};
+pub use keel_abi::elf::{MAX_SEGMENTS, Segment};
 
 /// First address user images may occupy (page 0 and the first MiB stay unmapped).
 pub const USER_IMAGE_MIN: u64 = 0x10_0000;
 /// First address above user space.
 pub const USER_END: u64 = 0x0000_8000_0000_0000;
 
-/// A loadable segment, checked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Segment {
-    /// Virtual address of the first byte.
-    pub vaddr: u64,
-    /// Bytes in memory (the tail past `file_size` is zero).
-    pub mem_size: u64,
-    /// Offset of the segment's bytes in the file.
-    pub file_offset: u64,
-    /// Bytes taken from the file.
-    pub file_size: u64,
-    /// Writable.
-    pub writable: bool,
-    /// Executable.
-    pub executable: bool,
-}
-
 /// Why an image was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ElfError {
-    /// Not an ELF file `xmas-elf` can parse.
+    /// Not an ELF64 little-endian x86-64 executable.
     Malformed(&'static str),
-    /// Not a 64-bit x86-64 executable.
-    WrongKind,
     /// A segment lies outside user space or below [`USER_IMAGE_MIN`].
     OutOfRange,
-    /// A segment's file bytes lie past the end of the file, or file size > memory size.
+    /// A header or segment lies past the end of the file, or file size > memory size.
     Truncated,
     /// More than [`MAX_SEGMENTS`] loadable segments.
     TooManySegments,
@@ -48,8 +28,17 @@ pub enum ElfError {
     BadEntry,
 }
 
-/// Upper bound on loadable segments.
-pub const MAX_SEGMENTS: usize = 16;
+impl From<keel_abi::elf::ElfError> for ElfError {
+    fn from(e: keel_abi::elf::ElfError) -> Self {
+        match e {
+            keel_abi::elf::ElfError::NotElf64 => {
+                ElfError::Malformed("not an ELF64 little-endian x86-64 executable")
+            }
+            keel_abi::elf::ElfError::Truncated => ElfError::Truncated,
+            keel_abi::elf::ElfError::TooManySegments => ElfError::TooManySegments,
+        }
+    }
+}
 
 /// A checked load plan.
 #[derive(Clone, Debug)]
@@ -69,55 +58,25 @@ impl Plan {
 
 /// Parses and checks `image`.
 pub fn plan(image: &[u8]) -> Result<Plan, ElfError> {
-    let elf = ElfFile::new(image).map_err(ElfError::Malformed)?;
-    let header = &elf.header;
-    if header.pt1.class() != Class::SixtyFour
-        || header.pt2.machine().as_machine() != Machine::X86_64
-    {
-        return Err(ElfError::WrongKind);
-    }
-    let entry = header.pt2.entry_point();
+    let exe = keel_abi::elf::Executable::parse(image)?;
     let mut segments = [None; MAX_SEGMENTS];
-    let mut count = 0;
     let mut entry_ok = false;
-    for ph in elf.program_iter() {
-        if ph.get_type() != Ok(Type::Load) || ph.mem_size() == 0 {
-            continue;
-        }
-        let vaddr = ph.virtual_addr();
-        let end = vaddr
-            .checked_add(ph.mem_size())
-            .ok_or(ElfError::OutOfRange)?;
-        if vaddr < USER_IMAGE_MIN || end > USER_END {
+    for (i, segment) in exe.segments().iter().enumerate() {
+        // The reader checked that the end does not overflow.
+        let end = segment.vaddr + segment.mem_size;
+        if segment.vaddr < USER_IMAGE_MIN || end > USER_END {
             return Err(ElfError::OutOfRange);
         }
-        let file_end = ph
-            .offset()
-            .checked_add(ph.file_size())
-            .ok_or(ElfError::Truncated)?;
-        if file_end > image.len() as u64 || ph.file_size() > ph.mem_size() {
-            return Err(ElfError::Truncated);
-        }
-        if count == MAX_SEGMENTS {
-            return Err(ElfError::TooManySegments);
-        }
-        let flags: Flags = ph.flags();
-        let segment = Segment {
-            vaddr,
-            mem_size: ph.mem_size(),
-            file_offset: ph.offset(),
-            file_size: ph.file_size(),
-            writable: flags.is_write(),
-            executable: flags.is_execute(),
-        };
-        entry_ok |= segment.executable && (vaddr..end).contains(&entry);
-        segments[count] = Some(segment);
-        count += 1;
+        entry_ok |= segment.executable && (segment.vaddr..end).contains(&exe.entry);
+        segments[i] = Some(*segment);
     }
     if !entry_ok {
         return Err(ElfError::BadEntry);
     }
-    Ok(Plan { entry, segments })
+    Ok(Plan {
+        entry: exe.entry,
+        segments,
+    })
 }
 
 #[cfg(test)]

@@ -16,7 +16,8 @@
 
 mod alloc;
 mod console;
-pub mod elf;
+/// The ELF64 reader shared with the kernel.
+pub use keel_abi::elf;
 pub mod fiber;
 pub mod heap;
 pub mod percpu;

@@ -1,7 +1,8 @@
 //! A small reader of ELF64 executables (x86-64, little-endian) in a byte slice: the
-//! entry point and the loadable segments, checked against the slice, for init's program
-//! loader. It owns no memory; every read is bounds-checked, so a bad image gives an
-//! [`ElfError`], never a panic.
+//! entry point and the loadable segments, checked against the slice. The kernel's
+//! root-task loader (`keel_kern::elf`, which adds its own range checks) and init's
+//! program loader (`keel_rt::elf`) both use it. It owns no memory; every read is
+//! bounds-checked, so a bad image gives an [`ElfError`], never a panic.
 
 /// Why an image cannot be loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,7 +22,7 @@ impl core::fmt::Display for ElfError {
 }
 
 /// Most loadable segments an image may have.
-pub const MAX_SEGMENTS: usize = 8;
+pub const MAX_SEGMENTS: usize = 16;
 
 /// A loadable segment (PT_LOAD).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
