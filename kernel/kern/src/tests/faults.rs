@@ -12,13 +12,20 @@ use super::*;
 /// waiting on it. The thread is current.
 fn setup() -> (World, Thread, u64) {
     let mut w = World::new();
+    let (th, e) = setup_in(&mut w);
+    (w, th, e)
+}
+
+/// [`setup`] in a given world: a faulter whose fault endpoint is a badged copy of `e`,
+/// the root waiting on `e`.
+fn setup_in(w: &mut World) -> (Thread, u64) {
     let e = w.endpoint();
     let h = w.mint(e, Rights::ALL, 0xfa);
     let th = w.thread_with(100, true, h);
     w.root_ok(th.slot, L::TcbResume, &[], &[]);
     w.recv(ROOT_TCB, e);
     w.make_current(th.tcb);
-    (w, th, e)
+    (th, e)
 }
 
 fn reply(w: &mut World, label: u64, mrs: &[u64]) {
@@ -183,98 +190,41 @@ fn no_handler_stops_the_thread() {
     assert!(w.queue(Queue::Endpoint(w.addr(e))).is_empty());
 }
 
-/// What a fault round trip changes: both threads' states, registers, faults, the
-/// handler's buffer words and caller slot, the endpoint's queue and the current thread.
-#[derive(Debug, PartialEq)]
-struct FaultSnapshot {
-    states: Vec<ThreadState>,
-    contexts: Vec<crate::object::tcb::UserContext>,
-    faults: Vec<crate::object::tcb::Fault>,
-    buffers: Vec<Vec<u64>>,
-    caller_caps: Vec<Cap>,
-    queue: Vec<u64>,
-    current: u64,
-}
-
-fn fault_snapshot(w: &World, e: u64, threads: &[u64]) -> FaultSnapshot {
-    FaultSnapshot {
-        states: threads.iter().map(|t| w.state(*t)).collect(),
-        contexts: threads.iter().map(|t| w.tcb(*t).context).collect(),
-        faults: threads.iter().map(|t| w.tcb(*t).fault).collect(),
-        buffers: threads
-            .iter()
-            .map(|t| (4..8).map(|i| w.mr(*t, i)).collect())
-            .collect(),
-        caller_caps: threads
-            .iter()
-            .map(|t| w.cap_at(tcb::slot(*t, tcb::SLOT_CALLER)))
-            .collect(),
-        queue: w.queue(crate::object::endpoint::Queue::Endpoint(w.addr(e))),
-        current: w.k.current(),
-    }
-}
-
-/// Rounds of fault, handler's ReplyRecv, resumed thread, with the fault fast route
-/// (faultpath.rs) or the general path; returns the snapshots after each step and how
-/// many steps the fast route took.
-fn fault_rounds(fast: bool) -> (Vec<FaultSnapshot>, usize) {
-    let (mut w, th, e) = setup();
-    let threads = [ROOT_TCB, th.tcb];
-    w.set_buffer_word(ROOT_TCB, 8 * 5, 0x0b0f);
-    let mut shots = Vec::new();
-    let mut taken = 0;
-    // (vector, error code, address; the reply's label and words): #UD resumed after
-    // the instruction with a new stack and flags, #GP with a short reply, a page
-    // fault (any reply resumes it), #UD again.
-    let rounds: [(u64, u64, u64, u64, &[u64]); 4] = [
-        (6, 0, 0, 0, &[0x50_1002, 0x7000_0000, 0x1]),
-        (13, 0x18, 0, 0, &[0x50_1008]),
-        (14, 0x6, 0xdead_b000, 5, &[]),
-        (6, 0, 0, 0, &[0x50_1002, 0x7000_0100, 0x2]),
-    ];
-    for (round, (vector, code, address, label, reply)) in rounds.into_iter().enumerate() {
-        w.make_current(th.tcb);
-        {
-            let c = &mut w.k.tcb_mut(th.tcb).context;
-            c.rip = 0x50_1000 + round as u64;
-            (c.r10, c.r8, c.r9, c.r15) = (10, 8, 9, 15);
-        }
-        let here = w.k.hw.cpu;
-        if fast && let Some(next) = w.k.faultpath_exception(vector, code, address, here) {
-            assert_eq!(w.k.current(), next.get());
-            taken += 1;
-        } else {
-            w.k.handle_user_exception(vector, code, address);
-        }
-        w.k.schedule();
-        w.check_invariants();
-        shots.push(fault_snapshot(&w, e, &threads));
-        assert_eq!(w.k.current(), ROOT_TCB, "the handler runs");
-        w.load(ROOT_TCB, e, label, reply, &[]);
-        w.k.tcb_mut(ROOT_TCB).context.r15 = 0x5e4e5;
-        if fast {
-            taken += w.fast_syscall(ROOT_TCB, REPLY_RECV) as usize;
-        } else {
-            w.syscall(ROOT_TCB, REPLY_RECV);
-        }
-        shots.push(fault_snapshot(&w, e, &threads));
-        assert_eq!(w.k.current(), th.tcb, "the faulter resumed");
-    }
-    (shots, taken)
-}
-
+/// Rounds of fault, handler's ReplyRecv, resumed thread, compared step by step with
+/// the general path (`compare_routes`); every delivery and reply qualifies for the
+/// fast route.
 #[test]
 fn fault_fast_route_matches_the_general_path() {
-    let (fast, taken) = fault_rounds(true);
-    let (slow, _) = fault_rounds(false);
+    let taken = compare_routes(1, |b| {
+        let (th, e) = setup_in(&mut b.w);
+        b.w.set_buffer_word(ROOT_TCB, 8 * 5, 0x0b0f);
+        // (vector, error code, address; the reply's label and words): #UD resumed
+        // after the instruction with a new stack and flags, #GP with a short reply, a
+        // page fault (any reply resumes it), #UD again.
+        let rounds: [(u64, u64, u64, u64, &[u64]); 4] = [
+            (6, 0, 0, 0, &[0x50_1002, 0x7000_0000, 0x1]),
+            (13, 0x18, 0, 0, &[0x50_1008]),
+            (14, 0x6, 0xdead_b000, 5, &[]),
+            (6, 0, 0, 0, &[0x50_1002, 0x7000_0100, 0x2]),
+        ];
+        for (round, (vector, code, address, label, reply)) in rounds.into_iter().enumerate() {
+            {
+                let c = &mut b.w.k.tcb_mut(th.tcb).context;
+                c.rip = 0x50_1000 + round as u64;
+                (c.r10, c.r8, c.r9, c.r15) = (10, 8, 9, 15);
+            }
+            b.fault(th.tcb, vector, code, address);
+            assert_eq!(b.w.k.current(), ROOT_TCB, "the handler runs");
+            b.w.load(ROOT_TCB, e, label, reply, &[]);
+            b.w.k.tcb_mut(ROOT_TCB).context.r15 = 0x5e4e5;
+            b.syscall(ROOT_TCB, REPLY_RECV);
+            assert_eq!(b.w.k.current(), th.tcb, "the faulter resumed");
+        }
+    });
     assert_eq!(
-        taken, 8,
+        taken, [true; 8],
         "every delivery and reply qualifies for the fast route"
     );
-    assert_eq!(fast.len(), slow.len());
-    for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
-        assert_eq!(f, s, "step {i}");
-    }
 }
 
 #[test]
