@@ -153,7 +153,7 @@ impl<H: Hardware> Kernel<H> {
         if t == 0 {
             return;
         }
-        self.tcb_mut(t).context.vector = tcb::SYSCALL_VECTOR;
+        // (The entry code saved the context with the SYSCALL marker as its vector.)
         match number as i64 {
             syscall::CALL => self.handle_invocation(t, true, true),
             syscall::SEND => self.handle_invocation(t, false, true),
