@@ -8,11 +8,12 @@
 
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
 
 /// A spin lock that polls for TLB-flush requests while it waits.
 pub struct BigKernelLock<T> {
-    locked: AtomicBool,
+    /// Bit 0 set while held (a 32-bit word, so that taking it is one `lock bts`).
+    locked: AtomicU32,
     value: UnsafeCell<T>,
 }
 
@@ -23,20 +24,17 @@ impl<T> BigKernelLock<T> {
     /// A new, unlocked lock.
     pub const fn new(value: T) -> Self {
         Self {
-            locked: AtomicBool::new(false),
+            locked: AtomicU32::new(0),
             value: UnsafeCell::new(value),
         }
     }
 
-    /// Takes the lock (interrupts must be disabled). One atomic instruction when the
-    /// lock is free; the waiting loop is out of line.
+    /// Takes the lock (interrupts must be disabled). One atomic instruction (`lock
+    /// bts`: only bit 0 of the old value is used) and a branch when the lock is free;
+    /// the waiting loop is out of line.
     #[inline(always)]
     pub fn lock(&self) -> Guard<'_, T> {
-        if self
-            .locked
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
+        if self.locked.fetch_or(1, Ordering::Acquire) & 1 != 0 {
             self.lock_contended();
         }
         Guard { lock: self }
@@ -46,14 +44,16 @@ impl<T> BigKernelLock<T> {
     #[cold]
     #[inline(never)]
     fn lock_contended(&self) {
-        while self
-            .locked
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
+        loop {
             crate::tlb::service_request();
             crate::fpu::service_save_request();
             core::hint::spin_loop();
+            // Read-only while it is held (no cache-line ping-pong), then try again.
+            if self.locked.load(Ordering::Relaxed) & 1 == 0
+                && self.locked.fetch_or(1, Ordering::Acquire) & 1 == 0
+            {
+                return;
+            }
         }
     }
 }
@@ -80,6 +80,6 @@ impl<T> DerefMut for Guard<'_, T> {
 
 impl<T> Drop for Guard<'_, T> {
     fn drop(&mut self) {
-        self.lock.locked.store(false, Ordering::Release);
+        self.lock.locked.store(0, Ordering::Release);
     }
 }
