@@ -92,11 +92,20 @@ fn info(words: u64) -> MessageInfo {
 }
 
 /// Server: answers every call with ReplyRecv, stamping T1 on receipt and T0 just
-/// before replying.
+/// before replying. A 0-word reply loads no message register (as sel4bench's stubs).
 fn server(_: u64) {
     let ep = ENDPOINT.load(Ordering::Relaxed);
     let words = WORDS.load(Ordering::Relaxed);
     let touch = FPU_MODE.load(Ordering::Relaxed) == FPU_TOUCH;
+    if words == 0 {
+        serve(ep, touch, || raw::reply_recv_registers(ep, info(0), []));
+    } else {
+        serve(ep, touch, || raw::reply_recv(ep, info(words), [0; 4]));
+    }
+}
+
+#[inline(always)]
+fn serve(ep: u64, touch: bool, reply_recv: impl Fn() -> raw::RawReceive) -> ! {
     let mut r = raw::recv(ep);
     loop {
         T1.store(rdtsc(), Ordering::Relaxed);
@@ -105,8 +114,31 @@ fn server(_: u64) {
             keel_sys::fpu::touch();
         }
         T0.store(rdtsc(), Ordering::Relaxed);
-        r = raw::reply_recv(ep, info(words), [0; 4]);
+        r = reply_recv();
     }
+}
+
+/// The client's side of the IPC benchmarks: `call` each round, after the warm-up
+/// rounds one-way Call, one-way ReplyRecv and round-trip times.
+#[inline(never)]
+fn ipc_samples(touch: bool, call: impl Fn()) -> [[u64; SAMPLES]; 3] {
+    let [mut calls, mut replies, mut round_trips] = [[0u64; SAMPLES]; 3];
+    for i in 0..WARMUP + SAMPLES {
+        if touch {
+            keel_sys::fpu::touch();
+        }
+        let start = rdtsc();
+        T0.store(start, Ordering::Relaxed);
+        call();
+        let end = rdtsc();
+        if i >= WARMUP {
+            let j = i - WARMUP;
+            calls[j] = T1.load(Ordering::Relaxed) - start;
+            replies[j] = end - T0.load(Ordering::Relaxed);
+            round_trips[j] = end - start;
+        }
+    }
+    [calls, replies, round_trips]
 }
 
 /// Waits on the notification forever, stamping T1 after each wake-up.
@@ -191,24 +223,18 @@ fn main(boot: u64) -> u64 {
         server_thread.start().expect("start server");
         // Let the server block in Recv.
         raw::yield_now();
-        let mut calls = [0u64; SAMPLES];
-        let mut replies = [0u64; SAMPLES];
-        let mut round_trips = [0u64; SAMPLES];
-        for i in 0..WARMUP + SAMPLES {
-            if fpu == FPU_TOUCH {
-                keel_sys::fpu::touch();
-            }
-            let start = rdtsc();
-            T0.store(start, Ordering::Relaxed);
-            raw::call(ep.cptr(), info(words), [0; 4]);
-            let end = rdtsc();
-            if i >= WARMUP {
-                let j = i - WARMUP;
-                calls[j] = T1.load(Ordering::Relaxed) - start;
-                replies[j] = end - T0.load(Ordering::Relaxed);
-                round_trips[j] = end - start;
-            }
-        }
+        let touch = fpu == FPU_TOUCH;
+        let ep = ep.cptr();
+        // A 0-word Call loads no message register (as sel4bench's stubs).
+        let [mut calls, mut replies, mut round_trips] = if words == 0 {
+            ipc_samples(touch, || {
+                raw::call_registers(ep, info(0), []);
+            })
+        } else {
+            ipc_samples(touch, || {
+                raw::call(ep, info(words), [0; 4]);
+            })
+        };
         let _ = server_thread.tcb.suspend();
         report.print(&alloc_name("ipc_call", suffix), &mut calls);
         report.print(&alloc_name("ipc_reply_recv", suffix), &mut replies);

@@ -297,7 +297,7 @@ impl Cap<Endpoint> {
 impl Cap<Notification> {
     /// seL4_Signal: ORs the capability's badge into the notification word.
     pub fn signal(self) {
-        syscall::send(self.cptr(), MessageInfo::new(0, 0, 0, 0), [0; 4]);
+        syscall::send_registers(self.cptr(), MessageInfo::new(0, 0, 0, 0), []);
     }
 
     /// seL4_Wait: blocks until signalled; returns the accumulated badge word.
