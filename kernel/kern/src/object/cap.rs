@@ -357,7 +357,9 @@ impl Cap {
                 [tagged(Tag::Pdpt, (base >> 12) | m0), m1]
             }
             Cap::Pml4 { base, asid } => [
-                tagged(Tag::Pml4, (base >> 12) | ((asid.is_some() as u64) << 58)),
+                // The base as it is (not >> 12 like the other tables): the thread
+                // switch reads it with one mask (`raw::pml4_address`).
+                tagged(Tag::Pml4, base | ((asid.is_some() as u64) << 58)),
                 asid.unwrap_or(0) as u64,
             ],
             Cap::AsidControl => [tagged(Tag::AsidControl, 0), 0],
@@ -444,7 +446,7 @@ impl Cap {
                 mapping: decode_mapping(rest, w1),
             },
             13 => Cap::Pml4 {
-                base: page,
+                base: addr,
                 asid: (rest & (1 << 58) != 0).then_some(w1 as u16),
             },
             14 => Cap::AsidControl,
@@ -874,7 +876,7 @@ pub mod raw {
     /// The PML4 address of a PML4 capability (its type not checked).
     #[inline(always)]
     pub const fn pml4_address(w0: u64) -> u64 {
-        (w0 << 24) >> 12
+        w0 & ADDR_MASK
     }
 
     /// The PML4 address of a PML4 capability that has an ASID, else `None`.
