@@ -73,7 +73,9 @@ impl<H: Hardware> Kernel<H> {
         let root = tcb::slot(t, tcb::SLOT_CSPACE);
         let words = [self.hw.read(root), self.hw.read(root + 8)];
         let cache = &self.tcb(t).lookup_cache;
-        if cache.cptr == cptr && cache.root == words {
+        // Word by word (an array compare was compiled into an XOR/OR chain with more
+        // instructions than three compare-and-branch pairs).
+        if cache.cptr == cptr && cache.root[0] == words[0] && cache.root[1] == words[1] {
             return Some(cache.slot);
         }
         let slot = one_level_lookup(words, cptr)?;
@@ -231,7 +233,7 @@ impl<H: Hardware> Kernel<H> {
         }
         let slot = self.fast_lookup(t, cptr)?;
         let w0 = self.hw.read(slot);
-        if !raw::endpoint_with(w0, WRITE) || raw::rights(w0) & (GRANT | GRANT_REPLY) == 0 {
+        if !raw::endpoint_to_call(w0) {
             return None;
         }
         let ep = raw::address(w0);

@@ -566,6 +566,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn endpoint_to_call_is_write_and_a_grant_right() {
+        for high in 0u64..4096 {
+            let w0 = high << 52 | 0x1234_5000;
+            let expected = raw::endpoint_with(w0, Rights::WRITE.0)
+                && raw::rights(w0) & (Rights::GRANT.0 | Rights::GRANT_REPLY.0) != 0;
+            assert_eq!(raw::endpoint_to_call(w0), expected, "{high:#x}");
+        }
+    }
+
+    #[test]
     fn endpoint_with_checks_type_and_every_right() {
         let ep = |rights: Rights| {
             Cap::Endpoint {
@@ -817,6 +827,24 @@ pub mod raw {
     #[inline(always)]
     pub const fn endpoint_with(w0: u64, rights: u8) -> bool {
         tagged_with(w0, ENDPOINT, rights)
+    }
+    /// Whether `w0` is an endpoint capability that can Call: Write, and Grant or
+    /// GrantReply (to give the receiver a reply capability). One condition, so that it
+    /// compiles to one branch: the type and those three rights (top 12 bits, masked)
+    /// minus the smallest valid value (endpoint, Write, Grant) leaves 0, 4 or 8 exactly
+    /// for the valid ones (Grant, GrantReply, both), which a rotation by 2 maps to 0..=2
+    /// and every other value (low bits set, or beyond 8) above 2. (Host test
+    /// `endpoint_to_call_is_write_and_a_grant_right` checks all 4096 values.)
+    #[inline(always)]
+    pub const fn endpoint_to_call(w0: u64) -> bool {
+        use super::Rights;
+        const TYPE: u32 = 0x1f << (TYPE_SHIFT - 52);
+        const WRITE: u32 = Rights::WRITE.0 as u32;
+        const GRANT: u32 = Rights::GRANT.0 as u32;
+        const GRANT_REPLY: u32 = Rights::GRANT_REPLY.0 as u32;
+        const SMALLEST: u32 = ((ENDPOINT as u32) << (TYPE_SHIFT - 52)) | WRITE | GRANT;
+        let high = (w0 >> 52) as u32 & (TYPE | WRITE | GRANT | GRANT_REPLY);
+        high.wrapping_sub(SMALLEST).rotate_right(2) <= 2
     }
     /// Whether `w0` is a notification capability with every right in `rights`.
     #[inline(always)]
