@@ -54,7 +54,6 @@ pub(crate) fn one_level_lookup(root: [u64; 2], cptr: u64) -> Option<u64> {
 const WRITE: u8 = Rights::WRITE.0;
 const READ: u8 = Rights::READ.0;
 const GRANT: u8 = Rights::GRANT.0;
-const GRANT_REPLY: u8 = Rights::GRANT_REPLY.0;
 
 impl<H: Hardware> Kernel<H> {
     /// Turns the fastpath on or off (off: every Call and ReplyRecv takes the general
