@@ -21,7 +21,7 @@ use core::num::NonZeroU64;
 
 use keel_abi::message::{MSG_MAX_LENGTH, MSG_REGISTERS_IN_CPU, MessageInfo};
 
-use crate::kernel::{Action, Hardware, Kernel};
+use crate::kernel::{Hardware, Kernel};
 use crate::object::cap::{Rights, raw};
 use crate::object::cspace;
 use crate::object::endpoint::{self, Endpoint, Notification, Queue};
@@ -92,10 +92,7 @@ impl<H: Hardware> Kernel<H> {
     #[inline(always)]
     fn fast_switch_target(&self, t: u64, here: usize) -> Option<u64> {
         let r = self.tcb(t);
-        if r.affinity as usize != here || self.cpus[here].action != Action::Resume {
-            return None;
-        }
-        if self.cpus[here].ready_above(r.priority) {
+        if r.affinity as usize != here || self.cpus[here].direct_switch_barred(r.priority) {
             return None;
         }
         raw::assigned_pml4(self.hw.read(tcb::slot(t, tcb::SLOT_VSPACE)))

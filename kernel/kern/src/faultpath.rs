@@ -22,7 +22,7 @@ use core::num::NonZeroU64;
 use keel_abi::message::{MSG_REGISTERS_IN_CPU, MessageInfo};
 
 use crate::fault::label;
-use crate::kernel::{Action, Hardware, Kernel};
+use crate::kernel::{Hardware, Kernel};
 use crate::object::cap::{Rights, raw};
 use crate::object::cspace;
 use crate::object::endpoint::{self, Endpoint, Queue};
@@ -47,8 +47,7 @@ impl<H: Hardware> Kernel<H> {
         let r = self.tcb(t);
         r.affinity as usize == here
             && !r.rseq_pending
-            && self.cpus[here].action == Action::Resume
-            && !self.cpus[here].ready_above(r.priority)
+            && !self.cpus[here].direct_switch_barred(r.priority)
             && raw::assigned_pml4(self.hw.read(tcb::slot(t, tcb::SLOT_VSPACE))).is_some()
     }
 

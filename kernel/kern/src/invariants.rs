@@ -427,6 +427,12 @@ impl<H: Hardware> Kernel<H> {
                 cpu as u64,
                 highest.map_or(0, |p| p as u64 + 1)
             );
+            ensure!(
+                state.bar_is_current(),
+                "direct-switch bar out of date",
+                cpu as u64,
+                0
+            );
         }
         let mut queued = 0usize;
         for &t in threads {
@@ -461,7 +467,7 @@ impl<H: Hardware> Kernel<H> {
                 || self
                     .cpus
                     .iter()
-                    .any(|c| c.current == t || c.action == crate::kernel::Action::SwitchTo(t));
+                    .any(|c| c.current == t || c.action() == crate::kernel::Action::SwitchTo(t));
             ensure!(
                 !r.state.is_runnable() || found,
                 "runnable thread neither queued nor current",

@@ -96,14 +96,19 @@ pub enum Action {
 pub struct CpuState {
     /// The running thread (TCB address; 0 = idle).
     pub current: u64,
-    /// Pending scheduler decision.
-    pub action: Action,
+    /// Pending scheduler decision (set with [`CpuState::set_action`], which keeps
+    /// `bar` current).
+    action: Action,
     heads: [u64; NUM_PRIORITIES],
     tails: [u64; NUM_PRIORITIES],
     bitmap: [u64; NUM_PRIORITIES / 64],
     /// The highest priority with a ready thread, -1 when none is ready (the bitmap's
     /// summary, kept by `enqueue`/`dequeue` for the fastpath's one compare).
     highest: i16,
+    /// `highest` while the action is `Resume`, else above every priority: a thread of
+    /// priority `p` may be switched to directly (no scheduler run) iff `bar <= p`
+    /// (the fast routes' one compare for "no decision pending, nobody better ready").
+    bar: i16,
     /// Bit `w` set when `bitmap[w]` is non-zero.
     words_used: u64,
 }
@@ -117,6 +122,7 @@ impl CpuState {
             tails: [0; NUM_PRIORITIES],
             bitmap: [0; NUM_PRIORITIES / 64],
             highest: -1,
+            bar: -1,
             words_used: 0,
         }
     }
@@ -127,11 +133,50 @@ impl CpuState {
         self.highest > priority as i16
     }
 
+    /// The pending scheduler decision.
+    #[inline(always)]
+    pub fn action(&self) -> Action {
+        self.action
+    }
+
+    /// Sets the pending scheduler decision.
+    #[inline(always)]
+    pub fn set_action(&mut self, action: Action) {
+        // (Callers pass a constant kind: the test folds away.)
+        self.bar = if matches!(action, Action::Resume) {
+            self.highest
+        } else {
+            i16::MAX
+        };
+        self.action = action;
+    }
+
+    /// Whether a thread of priority `priority` may not be switched to directly: a
+    /// scheduler decision is pending, or a thread of higher priority is ready (one
+    /// compare).
+    #[inline(always)]
+    pub fn direct_switch_barred(&self, priority: u8) -> bool {
+        self.bar > priority as i16
+    }
+
+    /// Whether `bar` agrees with the action and the highest ready priority (the
+    /// invariant checker's test).
+    pub fn bar_is_current(&self) -> bool {
+        self.bar
+            == if matches!(self.action, Action::Resume) {
+                self.highest
+            } else {
+                i16::MAX
+            }
+    }
+
     /// Marks priority `prio` as having a ready thread.
     fn mark_ready(&mut self, prio: usize) {
         self.bitmap[prio / 64] |= 1 << (prio % 64);
         self.words_used |= 1 << (prio / 64);
         self.highest = self.highest.max(prio as i16);
+        // `bar` is `highest` (action Resume) or i16::MAX: either way this keeps it.
+        self.bar = self.bar.max(prio as i16);
     }
 
     /// Marks priority `prio` as having no ready thread.
@@ -151,6 +196,10 @@ impl CpuState {
             let w = 63 - self.words_used.leading_zeros() as usize;
             (w * 64 + 63 - self.bitmap[w].leading_zeros() as usize) as i16
         };
+        // `bar` followed the old highest (`prio`) unless it is i16::MAX.
+        if self.bar == prio as i16 {
+            self.bar = self.highest;
+        }
     }
 
     /// The highest priority with a ready thread.
@@ -442,14 +491,14 @@ impl<H: Hardware> Kernel<H> {
         if cpu != here {
             self.enqueue(t, false);
             self.hw.reschedule_cpu(cpu);
-        } else if self.cpus[here].action != Action::Resume {
+        } else if self.cpus[here].action() != Action::Resume {
             // A decision is pending (a thread to switch to, woken earlier in this same
             // entry, e.g. by the reply half of ReplyRecv): it goes back to the ready
             // queue before the scheduler chooses again, or it would be lost.
             self.reschedule_required();
             self.enqueue(t, false);
         } else {
-            self.cpus[here].action = Action::SwitchTo(t);
+            self.cpus[here].set_action(Action::SwitchTo(t));
         }
     }
 
@@ -520,12 +569,12 @@ impl<H: Hardware> Kernel<H> {
     /// CPU's decision is pending between an interrupt its idle loop took and the
     /// scheduler run that follows, with the lock released in between.)
     fn request_choose_new(&mut self, cpu: usize) {
-        if let Action::SwitchTo(t) = self.cpus[cpu].action
+        if let Action::SwitchTo(t) = self.cpus[cpu].action()
             && self.tcb(t).state.is_runnable()
         {
             self.enqueue(t, false);
         }
-        self.cpus[cpu].action = Action::ChooseNew;
+        self.cpus[cpu].set_action(Action::ChooseNew);
     }
 
     /// A preemption point of a long operation (seL4's preemptionPoint): after every
@@ -550,7 +599,7 @@ impl<H: Hardware> Kernel<H> {
     /// from now on (0: idle).
     pub fn schedule(&mut self) -> u64 {
         let here = self.hw.current_cpu();
-        let action = self.cpus[here].action;
+        let action = self.cpus[here].action();
         let current = self.cpus[here].current;
         // The common case after a system call that neither blocked nor woke anyone:
         // nothing to decide.
@@ -561,7 +610,7 @@ impl<H: Hardware> Kernel<H> {
         {
             return current;
         }
-        self.cpus[here].action = Action::Resume;
+        self.cpus[here].set_action(Action::Resume);
         let current_runnable = current != 0
             && self.tcb(current).state.is_runnable()
             && self.tcb(current).affinity as usize == here;

@@ -391,7 +391,7 @@ impl Both {
             s += &format!("{a:#x} {:?}\n", w.cap_at(a));
         }
         for (i, c) in w.k.cpus.iter().enumerate() {
-            s += &format!("cpu {i}: {:#x} {:?}\n", c.current, c.action);
+            s += &format!("cpu {i}: {:#x} {:?}\n", c.current, c.action());
         }
         s += &format!("ipis {:?}\n", w.k.hw.ipis);
         s += &String::from_utf8_lossy(&w.k.hw.console);

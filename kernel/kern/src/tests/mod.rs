@@ -474,7 +474,7 @@ impl World {
         }
         // Finish a pending restart the way `schedule` does.
         if self.k.tcb(t).state == ThreadState::Restart {
-            self.k.cpus[cpu].action = crate::kernel::Action::Resume;
+            self.k.cpus[cpu].set_action(crate::kernel::Action::Resume);
             self.k.schedule();
         }
     }
