@@ -538,8 +538,7 @@ pub fn prepare_thread(context_phys: u64, pml4: u64) -> u64 {
         let thread_not_plain =
             c.fs_base | c.gs_base | c.selectors | tcb.debug.dr7 | tcb.fsgsbase_allowed as u64;
         if cpu_not_plain || thread_not_plain != 0 {
-            let user_fsgsbase = tcb.fsgsbase_allowed && crate::cpu::has_fsgsbase();
-            load_thread_registers(tcb, user_fsgsbase, c.fs_base, c.gs_base);
+            load_thread_registers(tcb);
         }
         // --- FPU (issue 7, fpu.rs): nothing to do while the registers hold this
         // thread's state, or hold nobody's and this thread's is not loaded eagerly.
@@ -564,12 +563,9 @@ pub fn prepare_thread(context_phys: u64, pml4: u64) -> u64 {
 /// the FS/GS base MSRs, each written only if it changes.
 #[cold]
 #[inline(never)]
-fn load_thread_registers(
-    tcb: &keel_kern::object::tcb::Tcb,
-    user_fsgsbase: bool,
-    fs_base: u64,
-    gs_base: u64,
-) {
+fn load_thread_registers(tcb: &keel_kern::object::tcb::Tcb) {
+    let user_fsgsbase = tcb.fsgsbase_allowed && crate::cpu::has_fsgsbase();
+    let (fs_base, gs_base) = (tcb.context.fs_base, tcb.context.gs_base);
     let area =
         crate::percpu::current() as *const crate::percpu::PerCpu as *mut crate::percpu::PerCpu;
     // SAFETY: as in `prepare_thread`; the MSRs hold the user FS base and (until SWAPGS
