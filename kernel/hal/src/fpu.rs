@@ -314,38 +314,37 @@ fn park(owner: &AtomicU64) {
 pub fn switch_to(owner_slot: &AtomicU64, context: u64, tcb: &Tcb, owner: u64) {
     // The common eager case, inline: another thread's state is loaded, XSAVEOPT exists.
     // EDX:EAX all ones requests every component XCR0 enables. Without eager XSAVEOPT
-    // switching the block is patched at boot into a jump to its end (the
-    // `FpuEagerXsaveopt` switch, `switches::set_code_switch`), which goes the general way.
+    // switching the two instructions are patched at boot into a jump to the general
+    // way (the `FpuEagerXsaveopt` switch, `switches::set_code_switch`; the patch
+    // site's end is the `general` label), so the common case falls through.
     if owner > DIRTY && !tcb.fpu_disabled() {
         // SAFETY: `owner` is a live TCB's record (deletion turns it into DIRTY) whose
         // state the registers hold, CR0.TS clear while they have an owner; `context` is
         // a live TCB's record whose area holds a valid image. The instructions touch
         // only the two areas. Unpatched only where the CPU has XSAVEOPT and XCR0 is set
         // (eager switching configured, `init_cpu` run on every CPU before it runs
-        // threads).
+        // threads). The 8 bytes of the two instructions hold the patched jump.
         unsafe {
             core::arch::asm!(
                 "2:",
                 "xsaveopt64 [{old}]",
                 "xrstor64 [{new}]",
-                "jmp {done}",
-                "3:",
                 ".pushsection .keel_patch, \"a\"",
-                ".quad {switch}, 2b, 3b",
+                ".quad {switch}, 2b, {general}",
                 ".popsection",
                 old = in(reg) area_of(owner),
                 new = in(reg) area_of(context),
                 in("eax") u32::MAX,
                 in("edx") u32::MAX,
                 switch = const crate::switches::Switch::FpuEagerXsaveopt as u64,
-                done = label {
-                    owner_slot.store(context, Ordering::Relaxed);
+                general = label {
+                    switch_to_general(context, tcb);
                     return;
                 },
                 options(nostack, preserves_flags)
             )
         };
-        switch_to_general(context, tcb);
+        owner_slot.store(context, Ordering::Relaxed);
     } else if owner != 0 || (!tcb.fpu_disabled() && eager()) {
         switch_to_general(context, tcb);
     }

@@ -124,13 +124,16 @@ fn patch(off: u32) {
         if off & (1 << site.switch) == 0 {
             continue;
         }
-        let distance = site.end - site.start;
+        // (Negative when the block's end is a label placed before it: the near jump
+        // then goes backwards.)
+        let distance = site.end.wrapping_sub(site.start);
         let phys = crate::layout::image_virt_to_phys(site.start);
         let bytes = crate::layout::phys_to_virt(phys) as *mut u8;
-        // SAFETY: `start..end` is a block of kernel text (emitted by our assembly, at
-        // least 2 bytes long: the shortest is CLAC's 3; a block long enough for the
-        // 5-byte jump is over 129 bytes) that no CPU executes yet: only the
-        // bootstrap CPU runs, and it is not inside the entry code. The text is written
+        // SAFETY: `start` begins a block of kernel text (emitted by our assembly, at
+        // least 2 bytes long: the shortest is CLAC's 3; a block whose end is more than
+        // 129 bytes ahead or behind it, at least 5: the FPU switch's 8) that no CPU
+        // executes yet: only the bootstrap CPU runs, and it is not inside the entry
+        // code. The text is written
         // through its direct-map alias (writable); the jump keeps the instruction
         // stream valid because execution resumes at `end`, an instruction boundary.
         unsafe {
