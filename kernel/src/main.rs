@@ -394,11 +394,14 @@ fn idle_poll() -> u64 {
 /// broken invariant panics the kernel.
 #[inline(always)]
 fn check_invariants(k: &mut Kernel<Machine>) {
-    if k.invariant_root != 0
-        && let Err(v) = k.check_invariants_after_syscall()
-    {
-        panic!("kernel invariant broken: {v}");
-    }
+    // A code switch, not a flag test: off unless the command line asks for checks.
+    hal::switches::when_checking_invariants(|| {
+        if k.invariant_root != 0
+            && let Err(v) = k.check_invariants_after_syscall()
+        {
+            panic!("kernel invariant broken: {v}");
+        }
+    });
 }
 
 /// Runs the scheduler and readies the chosen thread: its address space, bases and

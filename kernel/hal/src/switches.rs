@@ -42,6 +42,10 @@ pub enum Switch {
     /// the general FPU switch) unless the CPU has XSAVEOPT and switching is eager
     /// (set by `fpu::init_cpu` on the bootstrap CPU).
     FpuEagerXsaveopt = 9,
+    /// Not a defence: the glue's call of the kernel invariant checker after each
+    /// system call ([`when_checking_invariants`]), on only when the command line has
+    /// `keel.check_invariants` in any form (the kernel reads its value).
+    CheckInvariants = 10,
 }
 
 const NAMES: [(Switch, &str); 8] = [
@@ -104,6 +108,12 @@ pub fn configure(cmdline: &str) {
     if !crate::cpu::features().smap {
         off |= 1 << Switch::Clac as u32;
     }
+    if !cmdline
+        .split_whitespace()
+        .any(|w| w.split('=').next() == Some("keel.check_invariants"))
+    {
+        off |= 1 << Switch::CheckInvariants as u32;
+    }
     OFF.fetch_or(off, Ordering::Relaxed);
     patch(off);
 }
@@ -115,6 +125,29 @@ pub fn set_code_switch(s: Switch, on: bool) {
     if !on {
         OFF.fetch_or(1 << s as u32, Ordering::Relaxed);
         patch(1 << s as u32);
+    }
+}
+
+/// Runs `f` if the [`Switch::CheckInvariants`] code switch is on. One jump either
+/// way (to `f`, or, patched at boot when the switch is off, to the next instruction):
+/// no flag is read.
+#[inline(always)]
+pub fn when_checking_invariants(f: impl FnOnce()) {
+    // SAFETY: a jump to a label of this function, marked as a patch site whose block
+    // is the jump itself (patched, it jumps to the instruction after it); no register,
+    // flag or memory is touched.
+    unsafe {
+        core::arch::asm!(
+            "2:",
+            "jmp {on}",
+            "3:",
+            ".pushsection .keel_patch, \"a\"",
+            ".quad {switch}, 2b, 3b",
+            ".popsection",
+            switch = const Switch::CheckInvariants as u64,
+            on = label { f() },
+            options(nomem, nostack, preserves_flags)
+        )
     }
 }
 
