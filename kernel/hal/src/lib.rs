@@ -101,6 +101,30 @@ macro_rules! clear_gprs {
     };
 }
 
+/// [`clear_gprs!`] without RAX and RCX, for the SYSCALL entry's fast check, which
+/// leaves them zero (they hold the OR of the null selectors).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! clear_gprs_but_rax_rcx {
+    () => {
+        "
+    xor ebx, ebx
+    xor edx, edx
+    xor esi, esi
+    xor edi, edi
+    xor ebp, ebp
+    xor r8d, r8d
+    xor r9d, r9d
+    xor r10d, r10d
+    xor r11d, r11d
+    xor r12d, r12d
+    xor r13d, r13d
+    xor r14d, r14d
+    xor r15d, r15d
+"
+    };
+}
+
 /// Assembly text that pops what [`push_gprs!`] pushed.
 #[macro_export]
 #[doc(hidden)]

@@ -40,7 +40,10 @@ syscall_entry:
     /* The fast check: null FS, GS, DS and ES selectors, and neither an FPU save
        request nor bases to read back (the two bytes at entry_work) -> the thread's
        FS/GS state is what the CPU was given, nothing to save. The user RAX and RCX are
-       in the context already. */
+       in the context already. Passed, it leaves RAX = 0 (the selectors ORed, each
+       zero-extended: MOV from a segment register to a 32-bit register clears bits
+       63:16; then the OR with entry_work zero) and RCX = ES = 0, so the clearing
+       below skips them. */
     mov eax, fs
     mov ecx, gs
     or eax, ecx
@@ -55,7 +58,7 @@ syscall_entry:
     .global keel_syscall_clear
 keel_syscall_clear:
 "#,
-    crate::clear_gprs!(),
+    crate::clear_gprs_but_rax_rcx!(),
     r#"
 1:
     .pushsection .keel_patch, "a"
