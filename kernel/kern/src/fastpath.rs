@@ -77,6 +77,8 @@ impl<H: Hardware> Kernel<H> {
         if cache.cptr == cptr && cache.root[0] == words[0] && cache.root[1] == words[1] {
             return Some(cache.slot);
         }
+        // (A thread's first Call through this pointer: laid out away from the hit.)
+        core::hint::cold_path();
         let slot = one_level_lookup(words, cptr)?;
         self.tcb_mut(t).lookup_cache = tcb::LookupCache {
             root: words,
