@@ -254,10 +254,10 @@ impl<H: Hardware> Kernel<H> {
         }
         self.fast_switch_target(dest, here)?;
         let buffers = self.fast_buffers::<LONG>(t, dest)?;
+        // The receiver's caller slot is empty (it waits to receive) and the caller's
+        // master reply capability has no child (it runs): invariants (invariants.rs,
+        // "reply capabilities"), so neither is tested here.
         let caller_slot = tcb::slot(dest, tcb::SLOT_CALLER);
-        if self.hw.read(caller_slot) != 0 {
-            return None;
-        }
         // Checks done: perform. Dequeue the receiver (the head).
         {
             let e = self.hw.get_mut::<Endpoint>(ep);
@@ -276,7 +276,7 @@ impl<H: Hardware> Kernel<H> {
             d.wait_next = 0;
             d.state = ThreadState::Running;
         }
-        cspace::insert_leaf(
+        cspace::insert_only_child(
             &mut self.hw,
             tcb::slot(t, tcb::SLOT_REPLY),
             caller_slot,

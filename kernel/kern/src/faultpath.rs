@@ -87,10 +87,10 @@ impl<H: Hardware> Kernel<H> {
         let ThreadState::BlockedOnReceive { can_grant, .. } = self.tcb(handler).state else {
             return None;
         };
+        // The handler's caller slot is empty (it waits to receive) and the faulter's
+        // master reply capability has no child (it ran): invariants (invariants.rs,
+        // "reply capabilities").
         let caller_slot = tcb::slot(handler, tcb::SLOT_CALLER);
-        if self.hw.read(caller_slot) != 0 {
-            return None;
-        }
         if !self.fault_switch_target(handler, here) {
             return None;
         }
@@ -147,7 +147,7 @@ impl<H: Hardware> Kernel<H> {
         }
         // The reply capability in the handler's caller slot (it grants iff the
         // handler's receive capability has the grant right, as in seL4).
-        cspace::insert_leaf(
+        cspace::insert_only_child(
             &mut self.hw,
             tcb::slot(t, tcb::SLOT_REPLY),
             caller_slot,

@@ -28,6 +28,9 @@
 //!   is a Zombie (its waiters being restarted) has no other capability, and a
 //!   notification's is unbound and signalled by no IRQ handler (so no thread can
 //!   join its queue);
+//! - **reply capabilities**: a thread's master reply capability has a child (the one
+//!   reply capability to it) only while the thread is BlockedOnReply, and a thread
+//!   BlockedOnReceive has an empty caller slot (the IPC fastpath relies on both);
 //! - this CPU's current thread is runnable.
 
 use alloc::collections::BTreeSet;
@@ -217,6 +220,7 @@ impl<H: Hardware> Kernel<H> {
         }
         self.check_wait_queues(&threads, &endpoints, &notifications)?;
         self.check_runnable_findable(&threads)?;
+        self.check_reply_links(&threads)?;
         let here = self.hw.current_cpu();
         let cur = self.cpus[here].current;
         ensure!(
@@ -454,6 +458,30 @@ impl<H: Hardware> Kernel<H> {
             queued as u64,
             in_queues as u64
         );
+        Ok(())
+    }
+
+    /// Reply capabilities as the fastpath expects them: only a thread waiting for a
+    /// reply has one (its master's only child), and a thread waiting to receive has no
+    /// caller capability (Recv deletes it first, and only a completed receive fills it).
+    fn check_reply_links(&self, threads: &BTreeSet<u64>) -> Result<(), Violation> {
+        for &t in threads {
+            let state = self.tcb(t).state;
+            let child = cspace::next(&self.hw, tcb::slot(t, tcb::SLOT_REPLY));
+            ensure!(
+                child == 0 || state == ThreadState::BlockedOnReply,
+                "reply capability to a thread not waiting for a reply",
+                t,
+                child
+            );
+            let caller = self.hw.read(tcb::slot(t, tcb::SLOT_CALLER));
+            ensure!(
+                caller == 0 || !matches!(state, ThreadState::BlockedOnReceive { .. }),
+                "caller capability held by a thread waiting to receive",
+                t,
+                caller
+            );
+        }
         Ok(())
     }
 

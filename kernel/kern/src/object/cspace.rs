@@ -246,6 +246,18 @@ pub fn insert_leaf<M: Memory>(m: &mut M, parent: u64, dest: u64, w0: u64, w1: u6
     }
 }
 
+/// [`insert_leaf`] under a `parent` known to have no child and no next slot (a
+/// running thread's master reply capability: the invariant checker's "reply
+/// capabilities" rule), into an empty `dest`: five stores, no loads.
+#[inline(always)]
+pub fn insert_only_child<M: Memory>(m: &mut M, parent: u64, dest: u64, w0: u64, w1: u64) {
+    m.write(dest, w0);
+    m.write(dest + 8, w1);
+    m.write(dest + 16, parent);
+    m.write(dest + 24, 0);
+    m.write(parent + 24, dest);
+}
+
 /// Fastpath form of [`remove`] for a slot holding a capability that is not
 /// first-badged (a reply capability): unlinks and empties it.
 #[inline(always)]

@@ -97,3 +97,44 @@ fn queue_and_state_mismatches_are_found() {
     w.k.tcb_mut(t.tcb).priority = 11;
     assert_ne!(violation(&w), "none");
 }
+
+#[test]
+fn stray_reply_capabilities_are_found() {
+    // A receiver waiting with a caller capability in its caller slot: a second reply
+    // capability to a client that waits for another server's reply.
+    let mut w = World::new();
+    let e = w.endpoint();
+    let e2 = w.endpoint();
+    let server = w.running_thread(10);
+    let server2 = w.running_thread(10);
+    let client = w.running_thread(10);
+    w.recv(server.tcb, e);
+    w.recv(server2.tcb, e2);
+    w.call(client.tcb, e2, 1, &[], &[]);
+    assert_eq!(violation(&w), "none");
+    cspace::insert_leaf(
+        &mut w.k.hw,
+        tcb::slot(client.tcb, tcb::SLOT_REPLY),
+        tcb::slot(server.tcb, tcb::SLOT_CALLER),
+        crate::object::cap::raw::reply(client.tcb, true),
+        0,
+    );
+    assert_eq!(
+        violation(&w),
+        "caller capability held by a thread waiting to receive"
+    );
+    // A thread that no longer waits for the reply (Inactive) with a reply capability
+    // to it.
+    let mut w = World::new();
+    let e = w.endpoint();
+    let server = w.running_thread(10);
+    let client = w.running_thread(10);
+    w.recv(server.tcb, e);
+    w.call(client.tcb, e, 1, &[], &[]);
+    assert_eq!(violation(&w), "none");
+    w.k.tcb_mut(client.tcb).state = ThreadState::Inactive;
+    assert_eq!(
+        violation(&w),
+        "reply capability to a thread not waiting for a reply"
+    );
+}
