@@ -423,7 +423,13 @@ impl<H: Hardware> Kernel<H> {
         self.fast_switch_target(caller, here)?;
         let buffers = self.fast_buffers::<LONG>(t, caller)?;
         // Checks done: perform. The reply capability goes; the caller gets the message.
-        cspace::remove_leaf(&mut self.hw, caller_slot);
+        // It is the only child of the caller's master reply capability and the end of
+        // its chain (invariants.rs, "reply capabilities").
+        cspace::remove_only_child(
+            &mut self.hw,
+            tcb::slot(caller, tcb::SLOT_REPLY),
+            caller_slot,
+        );
         self.fast_transfer(t, caller, 0, info, buffers);
         self.tcb_mut(caller).state = ThreadState::Running;
         self.fast_wait_on_endpoint(t, ep, rights & GRANT != 0, head, tail);

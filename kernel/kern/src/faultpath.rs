@@ -207,7 +207,13 @@ impl<H: Hardware> Kernel<H> {
             return None;
         }
         // Checks done: reply. The reply capability goes; the caller gets the registers.
-        cspace::remove_leaf(&mut self.hw, tcb::slot(t, tcb::SLOT_CALLER));
+        // The only child of the faulter's master reply capability, the end of its chain
+        // (invariants.rs, "reply capabilities").
+        cspace::remove_only_child(
+            &mut self.hw,
+            tcb::slot(caller, tcb::SLOT_REPLY),
+            tcb::slot(t, tcb::SLOT_CALLER),
+        );
         let (r10, r8, r9) = {
             let c = &self.tcb(t).context;
             (c.r10, c.r8, c.r9)

@@ -29,7 +29,8 @@
 //!   notification's is unbound and signalled by no IRQ handler (so no thread can
 //!   join its queue);
 //! - **reply capabilities**: a thread's master reply capability has a child (the one
-//!   reply capability to it) only while the thread is BlockedOnReply, and a thread
+//!   reply capability to it, the end of the master's chain) only while the thread is
+//!   BlockedOnReply, and a thread
 //!   BlockedOnReceive has an empty caller slot (the IPC fastpath relies on both);
 //! - this CPU's current thread is runnable.
 
@@ -471,6 +472,12 @@ impl<H: Hardware> Kernel<H> {
             ensure!(
                 child == 0 || state == ThreadState::BlockedOnReply,
                 "reply capability to a thread not waiting for a reply",
+                t,
+                child
+            );
+            ensure!(
+                child == 0 || cspace::next(&self.hw, child) == 0,
+                "reply capability not the last of its master's chain",
                 t,
                 child
             );

@@ -258,6 +258,17 @@ pub fn insert_only_child<M: Memory>(m: &mut M, parent: u64, dest: u64, w0: u64, 
     m.write(parent + 24, dest);
 }
 
+/// Removes `slot`, the only child of `parent` and the end of its chain (a reply
+/// capability in a caller slot: the invariant checker's "reply capabilities" rule):
+/// five stores, no loads.
+#[inline(always)]
+pub fn remove_only_child<M: Memory>(m: &mut M, parent: u64, slot: u64) {
+    m.write(parent + 24, 0);
+    for w in 0..4 {
+        m.write(slot + 8 * w, 0);
+    }
+}
+
 /// Fastpath form of [`remove`] for a slot holding a capability that is not
 /// first-badged (a reply capability): unlinks and empties it.
 #[inline(always)]
