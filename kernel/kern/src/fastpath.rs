@@ -403,17 +403,15 @@ impl<H: Hardware> Kernel<H> {
             return None;
         }
         let caller_slot = tcb::slot(t, tcb::SLOT_CALLER);
+        // A caller slot holds nothing or a (non-master) reply capability, to a thread
+        // that is BlockedOnReply: invariants (invariants.rs, "reply capabilities").
         let reply = self.hw.read(caller_slot);
-        if raw::tag(reply) != raw::REPLY || raw::reply_is_master(reply) {
+        if reply == 0 {
             return None;
         }
         let caller = raw::address(reply);
         {
             let c = self.tcb(caller);
-            // (`matches!`, not `!=`: the derived comparisons need not be inlined.)
-            if !matches!(c.state, ThreadState::BlockedOnReply) {
-                return None;
-            }
             if !matches!(c.fault, Fault::None) {
                 // A reply to a fault: the fault fast route (faultpath.rs) or nothing.
                 core::hint::cold_path();

@@ -30,8 +30,9 @@
 //!   join its queue);
 //! - **reply capabilities**: a thread's master reply capability has a child (the one
 //!   reply capability to it, the end of the master's chain) only while the thread is
-//!   BlockedOnReply, and a thread
-//!   BlockedOnReceive has an empty caller slot (the IPC fastpath relies on both);
+//!   BlockedOnReply; a caller slot holds nothing or a non-master reply capability; a
+//!   thread BlockedOnReceive has an empty caller slot (the IPC fastpath and the fault
+//!   fast route rely on all of these);
 //! - this CPU's current thread is runnable.
 
 use alloc::collections::BTreeSet;
@@ -482,6 +483,16 @@ impl<H: Hardware> Kernel<H> {
                 child
             );
             let caller = self.hw.read(tcb::slot(t, tcb::SLOT_CALLER));
+            ensure!(
+                caller == 0
+                    || matches!(
+                        cspace::cap(&self.hw, tcb::slot(t, tcb::SLOT_CALLER)),
+                        Cap::Reply { master: false, .. }
+                    ),
+                "caller slot holds something other than a reply capability",
+                t,
+                caller
+            );
             ensure!(
                 caller == 0 || !matches!(state, ThreadState::BlockedOnReceive { .. }),
                 "caller capability held by a thread waiting to receive",
