@@ -323,19 +323,27 @@ fn syscall() -> u64 {
         return prepare(k);
     }
     let number = k.tcb(t).context.rdx;
-    let fast = match number as i64 {
-        keel_abi::syscall::CALL => k.fastpath_call(t, here),
-        keel_abi::syscall::REPLY_RECV => k.fastpath_reply_recv(t, here),
+    // Each fast route leaves from its own arm (a shared exit tested the result again).
+    match number as i64 {
+        keel_abi::syscall::CALL => {
+            if let Some(next) = k.fastpath_call(t, here) {
+                leave_to_switched!(guard, k, next);
+            }
+        }
+        keel_abi::syscall::REPLY_RECV => {
+            if let Some(next) = k.fastpath_reply_recv(t, here) {
+                leave_to_switched!(guard, k, next);
+            }
+        }
         keel_abi::syscall::SEND => {
             // Laid out after Call and ReplyRecv: without the hint the round trip takes
             // 7 instructions more (measured at 110d65a).
             core::hint::cold_path();
-            k.fastpath_send(t, here)
+            if let Some(next) = k.fastpath_send(t, here) {
+                leave_to_switched!(guard, k, next);
+            }
         }
-        _ => None,
-    };
-    if let Some(next) = fast {
-        leave_to_switched!(guard, k, next);
+        _ => {}
     }
     k.handle_syscall(number);
     let entry = prepare(k);
