@@ -128,7 +128,6 @@ fn ipc_samples(touch: bool, call: impl Fn()) -> [[u64; SAMPLES]; 3] {
             keel_sys::fpu::touch();
         }
         let start = rdtsc();
-        T0.store(start, Ordering::Relaxed);
         call();
         let end = rdtsc();
         if i >= WARMUP {
