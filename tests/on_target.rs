@@ -680,6 +680,21 @@ fn defence_off_clac_is_caught() {
     );
 }
 
+/// Register clearing off (`entry.clear_regs=off`, the supported switch): the user's
+/// values reach the kernel stack in the registers the glue's prologue pushes.
+#[test]
+fn defence_off_clear_regs_is_caught() {
+    let run = defence_off("entry.clear_regs=off");
+    let p = protocol(&run.serial);
+    assert!(
+        p.failed
+            .iter()
+            .any(|t| t == "entry_user_registers_do_not_reach_the_kernel_stack"),
+        "the register-clearing test did not fail\n{}",
+        run.report()
+    );
+}
+
 /// A kernel stack overflow lands on the #DF stack and is diagnosed, not a reset.
 #[test]
 fn stack_overflow_is_diagnosed() {

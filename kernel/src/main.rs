@@ -75,7 +75,8 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
     }
 
     let cpus = hal::smp::online_cpus();
-    let mut kernel = Kernel::new(Machine::new(root_task_exited, test_report), cpus);
+    let machine = Machine::new(root_task_exited, test_report).with_test_hooks(testing);
+    let mut kernel = Kernel::new(machine, cpus);
     kernel.fsgsbase_supported = hal::cpu::features().fsgsbase;
     kernel.io_apics = boot.platform.io_apics.len();
     kernel.set_fastpath(cmdline::value(&boot.cmdline, "keel.fastpath") != Some("off"));

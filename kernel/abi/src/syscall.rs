@@ -251,6 +251,12 @@ pub const DEBUG_SET_FASTPATH: SyscallNumber = KEEL_DEBUG_BASE - 4;
 /// Keel: platform facts for benchmark reports, in RAX: bit 0 = QEMU counts
 /// instructions (`-icount`: the TSC counts instructions), bit 1 = hardware KVM.
 pub const DEBUG_PLATFORM_FLAGS: SyscallNumber = KEEL_DEBUG_BASE - 5;
+/// Keel, test images only (elsewhere an unknown system call): RDI is the complement of a
+/// value; RAX returns how many 8-byte words of this CPU's kernel stack, above the
+/// handler's own frame, equal the value. The register-clearing test (doc/entry.md)
+/// puts the value in every register the call does not use: with the entry's clearing
+/// on, none of them may reach the kernel stack.
+pub const DEBUG_KERNEL_STACK_COUNT: SyscallNumber = KEEL_DEBUG_BASE - 6;
 /// [`DEBUG_PLATFORM_FLAGS`]: the TSC counts instructions.
 pub const PLATFORM_ICOUNT: u64 = 1;
 /// [`DEBUG_PLATFORM_FLAGS`]: running under hardware KVM.
@@ -264,6 +270,7 @@ pub const KEEL_DEBUG_SYSCALLS: &[(SyscallNumber, &str)] = &[
     (DEBUG_TICKS, "KeelDebugTicks"),
     (DEBUG_SET_FASTPATH, "KeelDebugSetFastpath"),
     (DEBUG_PLATFORM_FLAGS, "KeelDebugPlatformFlags"),
+    (DEBUG_KERNEL_STACK_COUNT, "KeelDebugKernelStackCount"),
 ];
 
 /// Largest string [`DEBUG_PUT_STRING`] accepts in one call.

@@ -258,6 +258,34 @@ pub(crate) extern "C" fn syscall_entry_slow() {
     save_user_bases();
 }
 
+/// The register-clearing test hook (KeelDebugKernelStackCount): how many 8-byte words
+/// of this CPU's kernel stack, from the caller's frame up to the top, equal
+/// `!complement`. The caller passes the complement, so the value itself is never in
+/// a caller's frame; this function's own frame (where the compiler may keep it) is
+/// skipped. Frame pointers are forced, so RBP marks that frame.
+#[inline(never)]
+pub fn kernel_stack_count(complement: u64) -> u64 {
+    let frame: u64;
+    // SAFETY: copies RBP; no memory access.
+    unsafe {
+        core::arch::asm!("mov {}, rbp", out(reg) frame, options(nomem, nostack, preserves_flags))
+    };
+    let top = crate::percpu::current().kernel_stack_top;
+    let mut count = 0;
+    // Above the saved RBP and the return address: the callers' frames.
+    let mut word = frame + 16;
+    while word + 8 <= top {
+        // SAFETY: `frame + 16 .. top` lies within this CPU's kernel stack (this function
+        // runs on it, below the callers' frames), mapped and 8-byte aligned.
+        let value = unsafe { (word as *const u64).read_volatile() };
+        if !value == complement {
+            count += 1;
+        }
+        word += 8;
+    }
+    count
+}
+
 /// A trap from user mode lands here (registers saved in the TCB); the glue's handler
 /// leaves the kernel itself ([`resume`]).
 pub(crate) extern "C" fn trap_from_user() -> ! {

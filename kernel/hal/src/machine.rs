@@ -15,6 +15,7 @@ use crate::layout;
 pub struct Machine {
     on_thread_exit: fn(u64, u64),
     on_test_report: fn(u64, u64),
+    test_hooks: bool,
 }
 
 impl Machine {
@@ -23,7 +24,14 @@ impl Machine {
         Self {
             on_thread_exit,
             on_test_report,
+            test_hooks: false,
         }
+    }
+
+    /// Offers the test images' hooks (KeelDebugKernelStackCount) when `on`.
+    pub const fn with_test_hooks(mut self, on: bool) -> Self {
+        self.test_hooks = on;
+        self
     }
 }
 
@@ -164,6 +172,10 @@ impl Hardware for Machine {
         crate::percpu::current()
             .ticks
             .load(core::sync::atomic::Ordering::Relaxed)
+    }
+    fn kernel_stack_count(&self, complement: u64) -> Option<u64> {
+        self.test_hooks
+            .then(|| crate::entry::kernel_stack_count(complement))
     }
     fn thread_exited(&mut self, tcb: u64, value: u64) {
         (self.on_thread_exit)(tcb, value)

@@ -460,28 +460,43 @@ impl<H: Hardware> Kernel<H> {
     #[cold]
     #[inline(never)]
     fn handle_debug(&mut self, t: u64, number: i64) {
-        let c = self.tcb(t).context;
+        // Only the two argument registers are read (a copy of the whole context would put
+        // every user register on the kernel stack, which KeelDebugKernelStackCount looks
+        // at).
+        let (rdi, rsi) = {
+            let c = &self.tcb(t).context;
+            (c.rdi, c.rsi)
+        };
         match number {
-            syscall::DEBUG_PUT_CHAR => self.hw.console_write(&[c.rdi as u8]),
+            syscall::DEBUG_PUT_CHAR => self.hw.console_write(&[rdi as u8]),
             syscall::DEBUG_HALT => self.hw.halt(),
             syscall::DEBUG_PUT_STRING => {
-                let result = self.debug_put_string(t, c.rdi, c.rsi);
+                let result = self.debug_put_string(t, rdi, rsi);
                 self.tcb_mut(t).context.rax = result;
             }
             syscall::DEBUG_THREAD_EXIT => {
                 self.set_state(t, ThreadState::Inactive);
-                self.hw.thread_exited(t, c.rdi);
+                self.hw.thread_exited(t, rdi);
             }
-            syscall::DEBUG_TEST_REPORT => self.hw.test_report(c.rdi, c.rsi),
+            syscall::DEBUG_TEST_REPORT => self.hw.test_report(rdi, rsi),
             syscall::DEBUG_CAP_IDENTIFY => {
-                let tag = self.lookup_cap(t, c.rdi).map_or(0, |(_, cap)| cap.tag());
+                let tag = self.lookup_cap(t, rdi).map_or(0, |(_, cap)| cap.tag());
                 self.tcb_mut(t).context.rdi = tag;
             }
-            syscall::DEBUG_SET_FASTPATH => self.set_fastpath(c.rdi != 0),
+            syscall::DEBUG_SET_FASTPATH => self.set_fastpath(rdi != 0),
             syscall::DEBUG_PLATFORM_FLAGS => {
                 let flags = self.platform_flags;
                 self.tcb_mut(t).context.rax = flags;
             }
+            syscall::DEBUG_KERNEL_STACK_COUNT => match self.hw.kernel_stack_count(rdi) {
+                Some(count) => self.tcb_mut(t).context.rax = count,
+                None => self.handle_fault(
+                    t,
+                    Fault::UnknownSyscall {
+                        number: number as u64,
+                    },
+                ),
+            },
             syscall::DEBUG_TICKS => {
                 let ticks = self.hw.ticks();
                 self.tcb_mut(t).context.rax = ticks;
@@ -489,7 +504,7 @@ impl<H: Hardware> Kernel<H> {
             syscall::DEBUG_NAME_THREAD => {
                 // RDI: the TCB capability; the name is in the IPC buffer's message words.
                 if let (Ok((_, Cap::Tcb { ptr })), Some(b)) =
-                    (self.lookup_cap(t, c.rdi), self.ipc_buffer(t))
+                    (self.lookup_cap(t, rdi), self.ipc_buffer(t))
                 {
                     let mut name = [0u8; 16];
                     for (i, chunk) in name.chunks_mut(8).enumerate() {

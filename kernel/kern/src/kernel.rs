@@ -63,6 +63,13 @@ pub trait Hardware: Memory {
     fn preemption_window(&self) -> bool {
         false
     }
+    /// The KeelDebugKernelStackCount test hook: how many words of this CPU's kernel
+    /// stack above the caller's frame equal `!complement`; `None` where the hook is not
+    /// offered (not a test image, or no kernel stack: the host).
+    fn kernel_stack_count(&self, complement: u64) -> Option<u64> {
+        let _ = complement;
+        None
+    }
     /// The debug exit system call: a thread ended with `value`.
     fn thread_exited(&mut self, tcb: u64, value: u64);
     /// The debug test-report system call.

@@ -45,6 +45,51 @@ pub fn flags_across_syscall(bits: u64) -> u64 {
     after
 }
 
+/// Puts `value` in every general register a KeelDebugKernelStackCount call leaves
+/// free (RAX, RBX, RBP, RSI, R8, R9, R10, R12 to R15; RDI carries its complement, RDX
+/// the number, RCX and R11 are SYSCALL's) and makes the call: returns how many words of
+/// the kernel stack above the handler's frame equal `value` (test images only). With
+/// the entry's register clearing on, none of these registers reaches the kernel stack.
+pub fn kernel_stack_count_of_registers(value: u64) -> u64 {
+    let count: u64;
+    // SAFETY: RBX and RBP (which cannot be operands) are saved on the user stack and
+    // restored; every other register written is declared; the call changes RAX only
+    // (and RCX, R11 as SYSCALL does).
+    unsafe {
+        core::arch::asm!(
+            "push rbx",
+            "push rbp",
+            "mov rbx, r10",
+            "mov rbp, r10",
+            "mov rax, r10",
+            "mov rsi, r10",
+            "mov r8, r10",
+            "mov r9, r10",
+            "mov r12, r10",
+            "mov r13, r10",
+            "mov r14, r10",
+            "mov r15, r10",
+            "syscall",
+            "pop rbp",
+            "pop rbx",
+            inout("r10") value => _,
+            inout("rdi") !value => _,
+            inout("rdx") number::DEBUG_KERNEL_STACK_COUNT => _,
+            lateout("rax") count,
+            lateout("rsi") _,
+            lateout("r8") _,
+            lateout("r9") _,
+            lateout("r12") _,
+            lateout("r13") _,
+            lateout("r14") _,
+            lateout("r15") _,
+            lateout("rcx") _,
+            lateout("r11") _,
+        );
+    }
+    count
+}
+
 /// What follows the MOV SS in [`mov_ss_then`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AfterMovSs {

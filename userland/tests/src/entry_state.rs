@@ -46,6 +46,51 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
     suite.run("entry_debug_registers_do_not_outlive_their_thread", || {
         debug_registers(env)
     });
+    suite.run("entry_user_registers_do_not_reach_the_kernel_stack", || {
+        registers_cleared(env)
+    });
+}
+
+/// Makes 8 KeelDebugKernelStackCount calls, each with a fresh value in every free
+/// register; shared(1) counts the copies the kernel found, shared(2) finished threads.
+fn stack_count_thread(_: u64) {
+    for round in 0..8u64 {
+        // Fresh each time and never in a message: only a register could carry it.
+        let value = 0x5eed_0000_0000_0000 ^ keel_sys::rdtsc().rotate_left(17) ^ round;
+        add_shared(1, hazards::kernel_stack_count_of_registers(value));
+    }
+    add_shared(2, 1);
+}
+
+/// DESIGN §5.1: the SYSCALL entry clears the general registers before the kernel's
+/// Rust code runs, so no user value sits in a register the compiled code may spill or
+/// push. A system call with a fresh value in every free register, on every CPU, must
+/// find no copy of it on the kernel stack (the glue's prologue pushes the callee-saved
+/// registers it received: with `entry.clear_regs=off` they are the user's, and this
+/// test fails, which the runner's `defence_off_clear_regs_is_caught` checks).
+fn registers_cleared(env: &mut Env) -> TestResult {
+    for cpu in 0..env.info.num_nodes() {
+        set_shared(1, 0);
+        set_shared(2, 0);
+        let t = env.create(stack_count_thread, 0, CHILD_PRIORITY)?;
+        let outcome = (|| {
+            t.tcb.set_affinity(cpu).or_fail("SetAffinity")?;
+            t.start().or_fail("start")?;
+            ensure!(
+                wait_until(|| shared(2) == 1),
+                "CPU {cpu}: the thread did not finish"
+            );
+            ensure!(
+                shared(1) == 0,
+                "CPU {cpu}: {} copies of the user registers' values on the kernel stack",
+                shared(1)
+            );
+            Ok(())
+        })();
+        env.destroy(t)?;
+        outcome?;
+    }
+    Ok(())
 }
 
 /// RFLAGS of a new thread: IF and the reserved bit 1.
