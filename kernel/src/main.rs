@@ -303,10 +303,10 @@ macro_rules! leave_to_switched {
         let next: u64 = $next.get();
         let pml4 = $k.pml4_of(next);
         check_invariants($k);
-        if $k.tcb(next).context.rip < hal::layout::USER_END {
-            let context = hal::entry::prepare_thread(tcb::record(next), pml4);
+        if let Some(checked) = hal::entry::user_rip(tcb::record(next)) {
+            hal::entry::prepare_thread(tcb::record(next), pml4);
             drop($guard);
-            hal::entry::resume_thread(context);
+            hal::entry::resume_checked(checked);
         }
         return prepare($k);
     }};

@@ -49,12 +49,20 @@ keel_return_to_user:
     jz 5f
     .global keel_return_to_thread
 keel_return_to_thread:
+8:
+    mov rcx, [rax + {rip}]
+    shr rcx, 47
+    jnz 6f
+9:
+    .pushsection .keel_patch, "a"
+    .quad {sysret_switch}, 8b, 9b
+    .popsection
+    /* Entered here by `resume_checked` (RIP already found below 2^47). */
+    .global keel_return_checked
+keel_return_checked:
     mov rsp, rax
     .global keel_exit_checks
 keel_exit_checks:
-    mov rcx, [rsp + {rip}]
-    shr rcx, 47
-    jnz 6f
     test dword ptr [rsp + {rflags}], {iret_flags}
     jnz 2f
 1:
@@ -184,17 +192,39 @@ pub fn resume(context: u64) -> ! {
 }
 
 unsafe extern "C" {
-    /// [`keel_return_to_user`] for a thread's context (RAX, never 0): no idle test.
-    fn keel_return_to_thread() -> !;
+    /// [`keel_return_to_user`] for a thread's context (RAX) whose RIP is known to be a
+    /// user address: no idle test, no RIP test.
+    fn keel_return_checked() -> !;
 }
 
-/// Leaves the kernel into the thread whose context is at `context`, the value
-/// [`prepare_thread`] returned (so never 0: no test for the idle loop).
+/// A thread's context (direct-map address) whose saved RIP [`user_rip`] found below
+/// 2^47, so the exit need not test it again (SYSRET with a non-canonical RCX would
+/// fault in ring 0). Only [`user_rip`] makes one.
+pub struct UserRip(u64);
+
+/// The context of the TCB record at physical address `context_phys` if its saved RIP is
+/// a user address (below 2^47), else `None` (the thread must fault instead of
+/// running). The caller holds the big kernel lock until [`prepare_thread`] has run for
+/// the same thread, so nothing changes the RIP before [`resume_checked`] leaves.
 #[inline(always)]
-pub fn resume_thread(context: u64) -> ! {
-    // SAFETY: as in `resume`; `context` is a prepared thread's context, not 0.
+pub fn user_rip(context_phys: u64) -> Option<UserRip> {
+    let context = crate::layout::phys_to_virt(context_phys);
+    // SAFETY: the glue passes the record address of a live TCB (the context is its
+    // first field), read through the direct map under the big kernel lock.
+    let rip = unsafe { ((context + RIP_OFFSET) as *const u64).read() };
+    (rip < crate::layout::USER_END).then_some(UserRip(context))
+}
+
+/// Leaves the kernel into the thread whose context `checked` is, prepared by
+/// [`prepare_thread`]: [`resume`] without the idle and RIP tests.
+#[inline(always)]
+pub fn resume_checked(checked: UserRip) -> ! {
+    // SAFETY: as in `resume`; `checked` is a prepared thread's context (not 0) whose
+    // RIP is a user address (`user_rip`), and no CPU
+    // changes it before this thread next enters the kernel (`prepare_thread` published
+    // it as running: a CPU that stalls this one waits for that entry).
     unsafe {
-        core::arch::asm!("jmp {}", sym keel_return_to_thread, in("rax") context, options(noreturn))
+        core::arch::asm!("jmp {}", sym keel_return_checked, in("rax") checked.0, options(noreturn))
     }
 }
 
