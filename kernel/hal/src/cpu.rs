@@ -25,6 +25,10 @@ pub struct Features {
     pub umip: bool,
     /// Global pages.
     pub pge: bool,
+    /// Process-context identifiers (CR4.PCIDE).
+    pub pcid: bool,
+    /// The INVPCID instruction.
+    pub invpcid: bool,
     /// Invariant TSC (constant rate).
     pub invariant_tsc: bool,
     /// Running under a hypervisor (CPUID.1:ECX[31]).
@@ -54,6 +58,8 @@ fn read_features() -> Features {
             tsc_deadline: info.as_ref().is_some_and(|f| f.has_tsc_deadline()),
             hypervisor: info.as_ref().is_some_and(|f| f.has_hypervisor()),
             pge: info.as_ref().is_some_and(|f| f.has_pge()),
+            pcid: info.as_ref().is_some_and(|f| f.has_pcid()),
+            invpcid: ext.as_ref().is_some_and(|f| f.has_invpcid()),
             fsgsbase: ext.as_ref().is_some_and(|f| f.has_fsgsbase()),
             smep: ext.as_ref().is_some_and(|f| f.has_smep()),
             smap: ext.as_ref().is_some_and(|f| f.has_smap()),
@@ -148,7 +154,8 @@ pub fn relax() {
 }
 
 /// Turns on the protections the CPU has: write protection in ring 0, global pages, NX
-/// (already on from boot), SMEP, SMAP and UMIP. Runs on every CPU.
+/// (already on from boot), SMEP, SMAP and UMIP; and PCIDs where `crate::tlb` uses them.
+/// Runs on every CPU.
 pub fn enable_protections() {
     use x86::controlregs::{Cr0, Cr4, cr0, cr0_write, cr4, cr4_write};
     let f = features();
@@ -175,6 +182,11 @@ pub fn enable_protections() {
             // The paranoid entry uses RDGSBASE/WRGSBASE while this is on; the return
             // path turns it off for threads not allowed the instructions.
             bits |= Cr4::CR4_ENABLE_FSGSBASE;
+        }
+        if crate::tlb::pcids() {
+            // CR3[11:0] is 0 here (the kernel's PML4, PCID 0), as setting PCIDE
+            // requires; `tlb` tags user address spaces with their ASIDs from now on.
+            bits |= Cr4::CR4_ENABLE_PCID;
         }
         cr4_write(bits);
     }

@@ -575,8 +575,7 @@ pub fn prepare_thread(context_phys: u64, pml4: u64) -> u64 {
     // out of line.
     unsafe {
         if (*area).loaded_pml4 != pml4 {
-            crate::paging::switch_to(pml4);
-            (*area).loaded_pml4 = pml4;
+            crate::tlb::switch_to_user(pml4, context_phys, area);
             // The LDT goes with the address space (looked up only when CR3 changes;
             // `ldt::set` refreshes every CPU when an address space's LDT changes).
             // While no address space has one, no CPU has one loaded: one test.

@@ -127,12 +127,12 @@ impl Hardware for Machine {
             crate::apic::send_ipi(area.apic_id, crate::trap::WAKE_VECTOR);
         }
     }
-    fn flush_page(&mut self, _asid: u16, vaddr: u64) {
-        crate::tlb::flush_local_page(vaddr);
+    fn flush_page(&mut self, asid: u16, vaddr: u64) {
+        crate::tlb::flush_local_page(asid, vaddr);
         crate::tlb::flush_others();
     }
-    fn flush_address_space(&mut self, _asid: u16) {
-        crate::tlb::flush_local_all();
+    fn flush_address_space(&mut self, asid: u16) {
+        crate::tlb::flush_local_address_space(asid);
         crate::tlb::flush_others();
     }
     fn address_space_deleted(&mut self, _asid: u16, pml4: u64) {

@@ -46,6 +46,10 @@ pub enum Switch {
     /// system call ([`when_checking_invariants`]), on only when the command line has
     /// `keel.check_invariants` in any form (the kernel reads its value).
     CheckInvariants = 10,
+    /// Not a defence: CR3 loads without PCIDs (`tlb::switch_to_user`). Off, so patched
+    /// into the PCID-tagged load, when the CPU has PCID and INVPCID and the command
+    /// line does not say `keel.pcid=off` (`tlb::pcids`).
+    UntaggedCr3 = 11,
 }
 
 const NAMES: [(Switch, &str); 8] = [
@@ -108,6 +112,20 @@ pub fn configure(cmdline: &str) {
     if !crate::cpu::features().smap {
         off |= 1 << Switch::Clac as u32;
     }
+    let f = crate::cpu::features();
+    let pcid_off = keel_kern::cmdline::value(cmdline, "keel.pcid") == Some("off");
+    if f.pcid && f.invpcid && !pcid_off {
+        off |= 1 << Switch::UntaggedCr3 as u32;
+    }
+    log::info!(
+        "tlb: PCIDs {}",
+        match (f.pcid, f.invpcid, pcid_off) {
+            (true, true, false) => "on (user address spaces tagged with their ASIDs)",
+            (true, true, true) => "off (keel.pcid=off)",
+            (true, false, _) => "off (the CPU has PCID but no INVPCID)",
+            _ => "off (the CPU has none)",
+        }
+    );
     if !cmdline
         .split_whitespace()
         .any(|w| w.split('=').next() == Some("keel.check_invariants"))

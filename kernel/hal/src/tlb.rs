@@ -1,14 +1,102 @@
-//! TLB shootdown: after the object layer changes a user page table, every other CPU
-//! flushes its TLB before the change is reported done.
+//! TLB shootdown and PCIDs: after the object layer changes a user page table, every
+//! CPU flushes what its TLB may hold of it before the change is reported done.
 //!
-//! The initiator (holding the big kernel lock) raises a per-CPU request flag and an IPI
-//! on every other online CPU, then waits until each flag is cleared. A CPU clears its
-//! flag after reloading CR3 (which drops all non-global entries), either in the IPI
-//! handler or while it spins for the big kernel lock.
+//! The initiator (holding the big kernel lock) flushes its own TLB, raises a per-CPU
+//! request flag and an IPI on every other online CPU, then waits until each flag is
+//! cleared. A CPU clears its flag after flushing all its non-global entries
+//! ([`flush_local_all`]), either in the IPI handler or while it spins for the big
+//! kernel lock.
+//!
+//! **PCIDs** (where the CPU has PCID and INVPCID and the command line does not say
+//! `keel.pcid=off`: the `UntaggedCr3` code switch is then off; CR4.PCIDE is set on
+//! every CPU). A user address
+//! space runs with its ASID (1–4095, the ASID pools' whole range) as its PCID; PCID 0
+//! is the kernel's own PML4. CR3 is loaded with the no-flush bit, so an address space's
+//! TLB entries survive switches away and back. Invariant: every TLB entry any CPU holds
+//! for any PCID is current. It holds because every change to a user page table is
+//! followed by a flush that reaches every CPU before the change is reported done
+//! (locally INVPCID of the one address or of the whole PCID, on the other CPUs INVPCID
+//! of every non-global entry), and an ASID that an address space gives up (the address
+//! space or its ASID pool deleted) is flushed on every CPU before it can be assigned
+//! again (`drop_address_space`). Without PCIDs a CR3 load drops every non-global entry,
+//! so a flush only has to reach the address space each CPU has loaded.
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::layout::MAX_CPUS;
+
+/// CR3 bit 63 (with PCIDs): keep the PCID's TLB entries on this load.
+const CR3_NO_FLUSH: u64 = 1 << 63;
+
+/// Whether user address spaces run with their ASIDs as PCIDs (module docs).
+pub fn pcids() -> bool {
+    crate::switches::is_off(crate::switches::Switch::UntaggedCr3)
+}
+
+/// INVPCID of type `kind` (0: one address of a PCID, 1: a whole PCID, 3: every PCID's
+/// non-global entries) for `pcid` and `address`.
+///
+/// # Safety
+/// PCIDs are on (the CPU has INVPCID); `pcid` < 4096 and `address` canonical for type 0.
+unsafe fn invpcid(kind: u64, pcid: u64, address: u64) {
+    let descriptor = [pcid, address];
+    // SAFETY: as the caller guarantees; INVPCID only drops TLB and paging-structure
+    // cache entries, reading the 16-byte descriptor.
+    unsafe {
+        core::arch::asm!(
+            "invpcid {kind}, [{descriptor}]",
+            kind = in(reg) kind,
+            descriptor = in(reg) &descriptor,
+            options(nostack, preserves_flags, readonly)
+        )
+    };
+}
+
+/// Switches this CPU to the user address space rooted at `pml4`, of the thread whose
+/// TCB record is at physical address `context_phys` (its VSpace capability gives the
+/// ASID), and records it as this CPU's (`area`) `loaded_pml4`. Without PCIDs the load drops every non-global
+/// entry; with them it keeps the address space's entries (module docs). The untagged
+/// load is the code as compiled; where PCIDs are on, the bootstrap CPU patches its
+/// first bytes into a jump to the tagged one (`UntaggedCr3` off), so neither way reads
+/// a flag.
+///
+/// # Safety
+/// As [`crate::paging::switch_to`]: `pml4` is a complete address space, the thread's
+/// assigned one (so its VSpace capability holds its ASID); `area` is this CPU's
+/// per-CPU area, interrupts disabled.
+#[inline(always)]
+pub unsafe fn switch_to_user(pml4: u64, context_phys: u64, area: *mut crate::percpu::PerCpu) {
+    use keel_kern::object::tcb;
+    // SAFETY: as the caller guarantees. The block (6 bytes) holds the patched 5-byte
+    // jump; the tagged way's PCID entries are current (module docs); the VSpace slot is
+    // a live TCB's (the glue's record address), read through the direct map under the
+    // big kernel lock.
+    unsafe {
+        core::arch::asm!(
+            "2:",
+            "mov cr3, {pml4}",
+            "mov qword ptr [{area} + {loaded}], {pml4}",
+            ".pushsection .keel_patch, \"a\"",
+            ".quad {switch}, 2b, {tagged}",
+            ".popsection",
+            pml4 = in(reg) pml4,
+            area = in(reg) area,
+            loaded = const core::mem::offset_of!(crate::percpu::PerCpu, loaded_pml4),
+            switch = const crate::switches::Switch::UntaggedCr3 as u64,
+            tagged = label {
+                let slot = context_phys - tcb::TCB_RECORD_OFFSET + tcb::slot(0, tcb::SLOT_VSPACE);
+                // SAFETY: as above (the VSpace slot's second word, and this CPU's area).
+                unsafe {
+                    let w1 = (crate::layout::phys_to_virt(slot + 8) as *const u64).read();
+                    let pcid = keel_kern::object::cap::raw::pml4_asid(w1);
+                    crate::paging::switch_to(pml4 | pcid | CR3_NO_FLUSH);
+                    (*area).loaded_pml4 = pml4;
+                }
+            },
+            options(nostack, preserves_flags)
+        )
+    };
+}
 
 static REQUESTS: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 /// Per-CPU requests to reload LDTR (an address space's LDT changed; `crate::ldt`).
@@ -17,14 +105,37 @@ static LDT_REQUESTS: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) };
 /// Vector of the TLB-shootdown IPI.
 pub const TLB_VECTOR: u8 = 0xf2;
 
-/// Flushes this CPU's TLB entry for `vaddr` in the current address space.
-pub fn flush_local_page(vaddr: u64) {
-    // SAFETY: INVLPG only drops a TLB entry.
-    unsafe { core::arch::asm!("invlpg [{}]", in(reg) vaddr, options(nostack, preserves_flags)) };
+/// Flushes this CPU's TLB entry for `vaddr` of the address space with ASID `asid`.
+/// (Without PCIDs only the loaded address space can have entries: INVLPG.)
+pub fn flush_local_page(asid: u16, vaddr: u64) {
+    if pcids() {
+        // SAFETY: PCIDs are on; ASIDs are below 4096 and a user address is canonical.
+        unsafe { invpcid(0, asid as u64, vaddr) };
+    } else {
+        // SAFETY: INVLPG only drops a TLB entry.
+        unsafe {
+            core::arch::asm!("invlpg [{}]", in(reg) vaddr, options(nostack, preserves_flags))
+        };
+    }
 }
 
-/// Flushes this CPU's non-global TLB entries.
+/// Flushes this CPU's TLB entries of the address space with ASID `asid`.
+pub fn flush_local_address_space(asid: u16) {
+    if pcids() {
+        // SAFETY: PCIDs are on; ASIDs are below 4096.
+        unsafe { invpcid(1, asid as u64, 0) };
+    } else {
+        flush_local_all();
+    }
+}
+
+/// Flushes every non-global TLB entry of this CPU (every address space's).
 pub fn flush_local_all() {
+    if pcids() {
+        // SAFETY: PCIDs are on.
+        unsafe { invpcid(3, 0, 0) };
+        return;
+    }
     let cr3 = crate::paging::current_pml4();
     // SAFETY: reloading CR3 with its current value keeps the address space.
     unsafe { crate::paging::switch_to(cr3) };

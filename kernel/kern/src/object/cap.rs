@@ -907,6 +907,12 @@ pub mod raw {
         w0 & ADDR_MASK
     }
 
+    /// The ASID of a PML4 capability that has one (its second word; below 4096).
+    #[inline(always)]
+    pub const fn pml4_asid(w1: u64) -> u64 {
+        w1 & 0xfff
+    }
+
     /// The PML4 address of a PML4 capability that has an ASID, else `None`.
     #[inline(always)]
     pub const fn assigned_pml4(w0: u64) -> Option<u64> {
