@@ -220,9 +220,9 @@ pub fn user_rip(context_phys: u64) -> Option<UserRip> {
 #[inline(always)]
 pub fn resume_checked(checked: UserRip) -> ! {
     // SAFETY: as in `resume`; `checked` is a prepared thread's context (not 0) whose
-    // RIP is a user address (`user_rip`), and no CPU
-    // changes it before this thread next enters the kernel (`prepare_thread` published
-    // it as running: a CPU that stalls this one waits for that entry).
+    // RIP is a user address (`user_rip`), and no CPU changes it before this thread next
+    // enters the kernel (`prepare_thread` published it as running: a CPU that stalls
+    // this one waits for that entry).
     unsafe {
         core::arch::asm!("jmp {}", sym keel_return_checked, in("rax") checked.0, options(noreturn))
     }

@@ -1,6 +1,9 @@
 //! Boot switches of the entry core: `entry.clear_regs=off`, and the test-only
 //! `keel.unsafe.<name>` switches that each turn one defence off so that a hostile test
-//! can show it failing (negative controls; never use them otherwise).
+//! can show it failing (negative controls; never use them otherwise). The same
+//! mechanism makes a few boot-time choices that are not defences cost no flag test at
+//! run time: the eager XSAVEOPT switch, the invariant checker's call, the untagged CR3
+//! load (patched over where PCIDs are on).
 //!
 //! Switches that guard entry-path instructions are applied by patching: the assembly
 //! marks each guarded block in the `.keel_patch` section as `(switch, start, end)`,

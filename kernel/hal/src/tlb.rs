@@ -9,10 +9,9 @@
 //!
 //! **PCIDs** (where the CPU has PCID and INVPCID and the command line does not say
 //! `keel.pcid=off`: the `UntaggedCr3` code switch is then off; CR4.PCIDE is set on
-//! every CPU). A user address
-//! space runs with its ASID (1–4095, the ASID pools' whole range) as its PCID; PCID 0
-//! is the kernel's own PML4. CR3 is loaded with the no-flush bit, so an address space's
-//! TLB entries survive switches away and back. Invariant: every TLB entry any CPU holds
+//! every CPU). A user address space runs with its ASID (1–4095, the ASID pools' whole
+//! range) as its PCID; PCID 0 is the kernel's own PML4. CR3 is loaded with the no-flush
+//! bit, so an address space's TLB entries survive switches away and back. Invariant: every TLB entry any CPU holds
 //! for any PCID is current. It holds because every change to a user page table is
 //! followed by a flush that reaches every CPU before the change is reported done
 //! (locally INVPCID of the one address or of the whole PCID, on the other CPUs INVPCID
@@ -54,11 +53,11 @@ unsafe fn invpcid(kind: u64, pcid: u64, address: u64) {
 
 /// Switches this CPU to the user address space rooted at `pml4`, of the thread whose
 /// TCB record is at physical address `context_phys` (its VSpace capability gives the
-/// ASID), and records it as this CPU's (`area`) `loaded_pml4`. Without PCIDs the load drops every non-global
-/// entry; with them it keeps the address space's entries (module docs). The untagged
-/// load is the code as compiled; where PCIDs are on, the bootstrap CPU patches its
-/// first bytes into a jump to the tagged one (`UntaggedCr3` off), so neither way reads
-/// a flag.
+/// ASID), and records it as this CPU's (`area`) `loaded_pml4`. Without PCIDs the load
+/// drops every non-global entry; with them it keeps the address space's entries
+/// (module docs). The untagged load is the code as compiled; where PCIDs are on, the
+/// bootstrap CPU patches its first bytes into a jump to the tagged one (`UntaggedCr3`
+/// off), so neither way reads a flag.
 ///
 /// # Safety
 /// As [`crate::paging::switch_to`]: `pml4` is a complete address space, the thread's
