@@ -313,9 +313,9 @@ macro_rules! leave_to_switched {
 }
 
 #[inline(always)]
-fn syscall() -> u64 {
+fn syscall() -> Option<hal::entry::UserRip> {
     let mut guard = KERNEL.lock();
-    let Some(k) = guard.as_mut() else { return 0 };
+    let k = guard.as_mut()?;
     let here = hal::percpu::cpu_index();
     let t = k.cpus[here].current;
     // Another CPU may have stopped this thread (suspended or blocked it) while it waited
@@ -365,9 +365,9 @@ fn handle_interrupt(k: &mut Kernel<Machine>, vector: u64) {
 }
 
 #[inline(always)]
-fn user_trap(vector: u64, error_code: u64, address: u64) -> u64 {
+fn user_trap(vector: u64, error_code: u64, address: u64) -> Option<hal::entry::UserRip> {
     let mut guard = KERNEL.lock();
-    let Some(k) = guard.as_mut() else { return 0 };
+    let k = guard.as_mut()?;
     if vector == 7 && k.current() != 0 && hal::fpu::device_not_available(tcb::record(k.current())) {
         // #NM: the thread's FPU state is loaded (lazy switching); it carries on.
     } else if vector < 32 {
@@ -391,12 +391,9 @@ fn kernel_interrupt(vector: u64) {
     }
 }
 
-fn idle_poll() -> u64 {
+fn idle_poll() -> Option<hal::entry::UserRip> {
     let mut guard = KERNEL.lock();
-    match guard.as_mut() {
-        Some(k) => prepare(k),
-        None => 0,
-    }
+    prepare(guard.as_mut()?)
 }
 
 /// `keel.check_invariants`: checks the kernel's state (`keel_kern::invariants`); a
@@ -417,7 +414,7 @@ fn check_invariants(k: &mut Kernel<Machine>) {
 /// entry stack. A thread that cannot run (no address space, RIP outside user space)
 /// faults instead, and the scheduler chooses again.
 #[inline(never)]
-fn prepare(k: &mut Kernel<Machine>) -> u64 {
+fn prepare(k: &mut Kernel<Machine>) -> Option<hal::entry::UserRip> {
     // Interrupts a long operation let in at its preemption points: handled now.
     if hal::rseq::deferred_interrupts() {
         while let Some(vector) = hal::rseq::take_deferred_interrupt() {
@@ -428,20 +425,21 @@ fn prepare(k: &mut Kernel<Machine>) -> u64 {
         let t = k.schedule();
         if t == 0 {
             hal::fpu::idle();
-            return 0;
+            return None;
         }
         k.rseq_resume(t);
-        let rip = k.tcb(t).context.rip;
-        if rip >= hal::layout::USER_END {
+        let Some(checked) = hal::entry::user_rip(tcb::record(t)) else {
             k.handle_user_exception(13, 0, 0);
             continue;
-        }
+        };
         match keel_kern::object::cap::raw::assigned_pml4(k.hw.read(tcb::slot(t, tcb::SLOT_VSPACE)))
         {
             Some(base) => {
-                return hal::entry::prepare_thread(tcb::record(t), base);
+                hal::entry::prepare_thread(tcb::record(t), base);
+                return Some(checked);
             }
             None => {
+                let rip = k.tcb(t).context.rip;
                 k.handle_user_exception(14, 0, rip);
                 if k.current() == t {
                     k.suspend(t);

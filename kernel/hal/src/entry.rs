@@ -228,22 +228,31 @@ pub fn resume_checked(checked: UserRip) -> ! {
     }
 }
 
+/// Leaves the kernel: into the prepared thread `next`, or the idle loop (`None`).
+#[inline(always)]
+pub fn resume_next(next: Option<UserRip>) -> ! {
+    match next {
+        Some(checked) => resume_checked(checked),
+        None => resume(0),
+    }
+}
+
 unsafe extern "C" {
     /// The kernel's system-call handler, called by the SYSCALL entry's assembly; it
-    /// leaves the kernel through [`resume`] with the context to run (0 = idle), so it
-    /// neither returns nor restores the callee-saved registers (they hold nothing: the
-    /// entry zeroed them, and the exit reloads every register from the context).
+    /// leaves the kernel through [`resume_next`] with the thread to run (or idle), so
+    /// it neither returns nor restores the callee-saved registers (they hold nothing:
+    /// the entry zeroed them, and the exit reloads every register from the context).
     pub(crate) safe fn keel_entry_syscall() -> !;
 }
 
 unsafe extern "Rust" {
     /// The kernel's handler of a trap from user mode (exception or interrupt; vector,
-    /// error code and fault address given); leaves through [`resume`].
+    /// error code and fault address given); leaves through [`resume_next`].
     safe fn keel_entry_user_trap(vector: u64, error_code: u64, fault_address: u64) -> !;
     /// The kernel's handler of an interrupt that arrived while the CPU was idle.
     safe fn keel_entry_kernel_interrupt(vector: u64);
-    /// The idle loop asks whether a thread is ready; returns its context or 0.
-    safe fn keel_entry_idle_poll() -> u64;
+    /// The idle loop asks whether a thread is ready; returns it, prepared.
+    safe fn keel_entry_idle_poll() -> Option<UserRip>;
 }
 
 /// Defines the kernel's entry handlers (see the functions this module declares).
@@ -254,15 +263,15 @@ macro_rules! kernel_entries {
         // SAFETY: unique symbol, called only by hal::entry.
         #[unsafe(export_name = "keel_entry_syscall")]
         extern "C" fn __keel_entry_syscall() -> ! {
-            let f: fn() -> u64 = $s;
-            $crate::entry::resume(f())
+            let f: fn() -> Option<$crate::entry::UserRip> = $s;
+            $crate::entry::resume_next(f())
         }
         #[allow(unsafe_code)]
         // SAFETY: unique symbol, called only by hal::entry.
         #[unsafe(export_name = "keel_entry_user_trap")]
         extern "Rust" fn __keel_entry_user_trap(vector: u64, error_code: u64, address: u64) -> ! {
-            let f: fn(u64, u64, u64) -> u64 = $u;
-            $crate::entry::resume(f(vector, error_code, address))
+            let f: fn(u64, u64, u64) -> Option<$crate::entry::UserRip> = $u;
+            $crate::entry::resume_next(f(vector, error_code, address))
         }
         #[allow(unsafe_code)]
         // SAFETY: unique symbol, called only by hal::entry.
@@ -274,8 +283,8 @@ macro_rules! kernel_entries {
         #[allow(unsafe_code)]
         // SAFETY: unique symbol, called only by hal::entry.
         #[unsafe(export_name = "keel_entry_idle_poll")]
-        extern "Rust" fn __keel_entry_idle_poll() -> u64 {
-            let f: fn() -> u64 = $i;
+        extern "Rust" fn __keel_entry_idle_poll() -> Option<$crate::entry::UserRip> {
+            let f: fn() -> Option<$crate::entry::UserRip> = $i;
             f()
         }
     };
@@ -540,9 +549,8 @@ extern "C" fn idle() -> ! {
         crate::percpu::current()
             .running
             .store(0, core::sync::atomic::Ordering::Release);
-        let context = keel_entry_idle_poll();
-        if context != 0 {
-            resume(context);
+        if let Some(checked) = keel_entry_idle_poll() {
+            resume_checked(checked);
         }
         // Idle on the kernel's own address space: the last thread's may be deleted
         // (and its memory reused) while this CPU sleeps.
@@ -559,9 +567,10 @@ pub fn enter_idle() -> ! {
 /// Prepares this CPU to run the thread whose context is at physical address
 /// `context_phys` (the start of its TCB record): its address space (`pml4`), FS/GS
 /// bases (the context's), CR4.FSGSBASE and debug registers as the record says, and the
-/// entry stack pointers. Returns the context's direct-map address for [`resume`].
+/// entry stack pointers. The thread then runs by [`resume_checked`] with the proof
+/// [`user_rip`] gave for the same record.
 #[inline(always)]
-pub fn prepare_thread(context_phys: u64, pml4: u64) -> u64 {
+pub fn prepare_thread(context_phys: u64, pml4: u64) {
     let context = crate::layout::phys_to_virt(context_phys);
     // SAFETY: the glue passes the record address of a live TCB (the context is its
     // first field), read through the direct map; the object layer does not run
@@ -613,7 +622,6 @@ pub fn prepare_thread(context_phys: u64, pml4: u64) -> u64 {
             .running
             .store(context, core::sync::atomic::Ordering::Release);
     }
-    context
 }
 
 /// The rarely needed part of [`prepare_thread`]: CR4.FSGSBASE, debug registers, and
