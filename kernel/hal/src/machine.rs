@@ -127,6 +127,7 @@ impl Hardware for Machine {
             crate::apic::send_ipi(area.apic_id, crate::trap::WAKE_VECTOR);
         }
     }
+    #[inline]
     fn flush_page(&mut self, asid: u16, vaddr: u64) {
         crate::tlb::flush_local_page(asid, vaddr);
         crate::tlb::flush_others();

@@ -37,6 +37,8 @@ pub fn pcids() -> bool {
 ///
 /// # Safety
 /// PCIDs are on (the CPU has INVPCID); `pcid` < 4096 and `address` canonical for type 0.
+#[cold]
+#[inline(never)]
 unsafe fn invpcid(kind: u64, pcid: u64, address: u64) {
     let descriptor = [pcid, address];
     // SAFETY: as the caller guarantees; INVPCID only drops TLB and paging-structure
@@ -104,18 +106,32 @@ static LDT_REQUESTS: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) };
 /// Vector of the TLB-shootdown IPI.
 pub const TLB_VECTOR: u8 = 0xf2;
 
-/// Flushes this CPU's TLB entry for `vaddr` of the address space with ASID `asid`.
-/// (Without PCIDs only the loaded address space can have entries: INVLPG.)
+/// Flushes this CPU's TLB entry for `vaddr` of the address space with ASID `asid`:
+/// INVLPG (without PCIDs only the loaded address space can have entries), patched at
+/// boot into a jump to INVPCID of the address in the ASID's PCID where PCIDs are on
+/// (the `UntaggedCr3` switch, as in [`switch_to_user`]); no flag is read.
+#[inline(always)]
 pub fn flush_local_page(asid: u16, vaddr: u64) {
-    if pcids() {
-        // SAFETY: PCIDs are on; ASIDs are below 4096 and a user address is canonical.
-        unsafe { invpcid(0, asid as u64, vaddr) };
-    } else {
-        // SAFETY: INVLPG only drops a TLB entry.
-        unsafe {
-            core::arch::asm!("invlpg [{}]", in(reg) vaddr, options(nostack, preserves_flags))
-        };
-    }
+    // SAFETY: INVLPG only drops a TLB entry; it is encoded by hand with a 32-bit
+    // displacement of 0 (`invlpg [rax + 0]`, 7 bytes), so the block holds the patched
+    // 5-byte jump. The tagged way: PCIDs are on, ASIDs are below 4096 and a user
+    // address is canonical.
+    unsafe {
+        core::arch::asm!(
+            "2:",
+            ".byte 0x0f, 0x01, 0xb8, 0, 0, 0, 0",
+            ".pushsection .keel_patch, \"a\"",
+            ".quad {switch}, 2b, {tagged}",
+            ".popsection",
+            in("rax") vaddr,
+            switch = const crate::switches::Switch::UntaggedCr3 as u64,
+            tagged = label {
+                // SAFETY: as above.
+                unsafe { invpcid(0, asid as u64, vaddr) };
+            },
+            options(nostack, preserves_flags)
+        )
+    };
 }
 
 /// Flushes this CPU's TLB entries of the address space with ASID `asid`.
