@@ -393,7 +393,12 @@ impl<H: Hardware> Kernel<H> {
             args.mrs[i] = self.message_register(t, buffer, i);
         }
         let result = match InvocationLabel::from_u64(info.label()) {
-            Some(label) => self.invoke_object(words, label, &args),
+            // A frame is decoded inline, in registers (Map and Unmap are the common
+            // invocations); the other kinds out of line.
+            Some(label) => match Cap::decode_frame(words) {
+                Some(frame) => self.invoke_frame(frame, label, &args),
+                None => self.invoke_object(Cap::decode(words), label, &args),
+            },
             None => Err(InvocationError::simple(Error::IllegalOperation)),
         };
         // The thread may have been deleted or suspended by its own invocation.
@@ -437,14 +442,8 @@ impl<H: Hardware> Kernel<H> {
         self.hw.exists::<tcb::Tcb>(tcb::record(t))
     }
 
-    /// Dispatches a kernel-object invocation (the capability's two words) to the
-    /// object's decoder. A frame is decoded inline (Map and Unmap are the common ones);
-    /// the other kinds out of line.
-    fn invoke_object(&mut self, words: [u64; 2], label: InvocationLabel, args: &Args) -> Invoked {
-        if let Some(frame) = Cap::decode_frame(words) {
-            return self.invoke_frame(frame, label, args);
-        }
-        let cap = Cap::decode(words);
+    /// Dispatches a kernel-object invocation to the object's decoder.
+    fn invoke_object(&mut self, cap: Cap, label: InvocationLabel, args: &Args) -> Invoked {
         match cap {
             Cap::CNode { .. } => self.invoke_cnode(cap, label, args),
             Cap::Untyped { .. } => self.invoke_untyped(cap, label, args),

@@ -178,6 +178,8 @@ impl<H: Hardware> Kernel<H> {
         }
     }
 
+    // Inline into `invoke_frame`, its one caller: the frame's fields stay in registers.
+    #[inline(always)]
     fn map_frame(&mut self, cap: Cap, args: &Args) -> Invoked {
         let Cap::Frame {
             base,
