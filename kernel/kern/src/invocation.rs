@@ -11,7 +11,7 @@ use keel_abi::message::{MSG_MAX_LENGTH, MessageInfo};
 use keel_abi::syscall;
 
 use crate::kernel::{Hardware, Kernel};
-use crate::object::cap::{Cap, Rights};
+use crate::object::cap::{Cap, Rights, raw};
 use crate::object::cspace::{self, LookupFault};
 use crate::object::tcb::{self, Fault, ThreadState};
 
@@ -25,8 +25,9 @@ pub struct Args {
     pub length: usize,
     /// The first [`Args::EAGER`] message registers, read before decoding.
     mrs: [u64; Args::EAGER],
-    /// Extra capabilities: (slot, capability).
-    extra: [Option<(u64, Cap)>; 3],
+    /// Extra capabilities: (slot, the capability's two words as the slot holds them),
+    /// decoded only by the decoders that use them (a decoded `Cap` is five words).
+    extra: [Option<(u64, [u64; 2])>; 3],
     /// The slot of the invoked capability.
     pub slot: u64,
 }
@@ -45,7 +46,11 @@ impl Args {
     }
     /// Extra capability `i`.
     pub fn extra_cap(&self, i: usize) -> Option<Cap> {
-        self.extra[i].map(|(_, c)| c)
+        self.extra[i].map(|(_, words)| Cap::decode(words))
+    }
+    /// Extra capability `i` as its slot's two words (see [`crate::object::cap::raw`]).
+    pub fn extra_words(&self, i: usize) -> Option<[u64; 2]> {
+        self.extra[i].map(|(_, words)| words)
     }
     /// Slot of extra capability `i`.
     pub fn extra_slot(&self, i: usize) -> Option<u64> {
@@ -286,15 +291,15 @@ impl<H: Hardware> Kernel<H> {
         buffer: Option<u64>,
         info: MessageInfo,
         blocking: bool,
-        out: &mut [Option<(u64, Cap)>; 3],
+        out: &mut [Option<(u64, [u64; 2])>; 3],
     ) -> bool {
         let Some(b) = buffer else {
             return true;
         };
         for (i, e) in out.iter_mut().enumerate().take(info.extra_caps() as usize) {
             let c = self.hw.read(b + crate::ipc::buffer::caps_or_badges(i));
-            match self.lookup_cap(t, c) {
-                Ok(found) => *e = Some(found),
+            match self.lookup_slot(t, c) {
+                Ok(slot) => *e = Some((slot, cspace::words(&self.hw, slot))),
                 Err(lookup) => {
                     if blocking {
                         self.handle_fault(
@@ -318,8 +323,8 @@ impl<H: Hardware> Kernel<H> {
             let c = &self.tcb(t).context;
             (c.rdi, MessageInfo::from_word(c.rsi))
         };
-        let (slot, cap) = match self.lookup_cap(t, cptr) {
-            Ok(found) => found,
+        let slot = match self.lookup_slot(t, cptr) {
+            Ok(slot) => slot,
             Err(lookup) => {
                 if blocking {
                     self.handle_fault(
@@ -334,14 +339,14 @@ impl<H: Hardware> Kernel<H> {
                 return;
             }
         };
+        // Read as words, decoded below by kind (a decoded `Cap` is five words, copied
+        // through memory at each step).
+        let words = cspace::words(&self.hw, slot);
         let buffer = self.ipc_buffer(t);
-        let ipc_object = match cap {
-            Cap::Endpoint { rights, .. } | Cap::Notification { rights, .. } => {
-                rights.contains(Rights::WRITE)
-            }
-            Cap::Reply { master, .. } => !master,
-            _ => false,
-        };
+        let w0 = words[0];
+        let ipc_object = raw::endpoint_with(w0, Rights::WRITE.0)
+            || raw::notification_with(w0, Rights::WRITE.0)
+            || (raw::tag(w0) == raw::REPLY && !raw::reply_is_master(w0));
         if ipc_object {
             // The extra capabilities are looked up (a failed lookup is a fault, as in
             // seL4's handleInvocation) but not kept: `transfer` reads them again.
@@ -349,7 +354,7 @@ impl<H: Hardware> Kernel<H> {
             if !self.lookup_extra_caps(t, buffer, info, blocking, &mut unused) {
                 return;
             }
-            match cap {
+            match Cap::decode(words) {
                 // An endpoint or notification without the write right, like an empty
                 // slot, is an invalid capability: an error reply to a Call, nothing for a
                 // Send (seL4 decodeInvocation), not a fault.
@@ -388,7 +393,12 @@ impl<H: Hardware> Kernel<H> {
             args.mrs[i] = self.message_register(t, buffer, i);
         }
         let result = match InvocationLabel::from_u64(info.label()) {
-            Some(label) => self.invoke_object(cap, label, &args),
+            // A frame is decoded inline, in registers (Map and Unmap are the common
+            // invocations); the other kinds out of line.
+            Some(label) => match Cap::decode_frame(words) {
+                Some(frame) => self.invoke_frame(frame, label, &args),
+                None => self.invoke_object(Cap::decode(words), label, &args),
+            },
             None => Err(InvocationError::simple(Error::IllegalOperation)),
         };
         // The thread may have been deleted or suspended by its own invocation.

@@ -184,26 +184,31 @@ pub fn invoke<const N: usize>(
             regs: r.mrs,
         });
     }
-    Err(error_reply(r))
+    // The reply's words as separate arguments (in registers): a `RawReceive` argument
+    // would be stored to memory before the label test, on the success path too.
+    let [m0, m1, m2, m3] = r.mrs;
+    Err(error_reply(r.info, m0, m1, m2, m3))
 }
 
-/// The error an invocation's reply `r` (label not 0) carries, with its detail words.
+/// The error an invocation's reply (label not 0; `m0`–`m3` its message registers in
+/// CPU registers) carries, with its detail words.
 #[cold]
 #[inline(never)]
-fn error_reply(r: syscall::RawReceive) -> Error {
+fn error_reply(info: MessageInfo, m0: u64, m1: u64, m2: u64, m3: u64) -> Error {
+    let mrs = [m0, m1, m2, m3];
     let mut words = [0u64; 8];
-    let length = (r.info.length() as usize).min(words.len());
+    let length = (info.length() as usize).min(words.len());
     let has_buffer = ipc::buffer_address() != 0;
     for (i, w) in words.iter_mut().enumerate().take(length) {
         *w = if i < MSG_REGISTERS_IN_CPU {
-            r.mrs[i]
+            mrs[i]
         } else if has_buffer {
             ipc::buffer_mr(i)
         } else {
             0
         };
     }
-    Error::from_reply(r.info.label(), &words[..length])
+    Error::from_reply(info.label(), &words[..length])
 }
 
 /// seL4_X86_VMAttributes, plus Keel's execute-never bit.

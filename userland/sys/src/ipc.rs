@@ -28,6 +28,7 @@ pub fn set_buffer_address(address: u64) {
     thread::set_current(block);
 }
 
+#[inline]
 fn buffer() -> *mut IpcBuffer {
     let address = buffer_address();
     assert!(
@@ -37,6 +38,7 @@ fn buffer() -> *mut IpcBuffer {
     address as *mut IpcBuffer
 }
 
+#[inline]
 fn word_pointer(index: usize) -> *mut u64 {
     assert!(index < 128);
     (buffer() as *mut u64).wrapping_add(index)
@@ -49,6 +51,9 @@ fn read_word(index: usize) -> u64 {
     unsafe { word_pointer(index).read_volatile() }
 }
 
+// Inline: a constant index's bound check folds away, and an invocation's stub writes
+// its extra capabilities with no call.
+#[inline]
 fn write_word(index: usize, value: u64) {
     // SAFETY: as in `read_word`.
     unsafe { word_pointer(index).write_volatile(value) }

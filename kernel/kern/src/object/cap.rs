@@ -264,6 +264,18 @@ pub fn has_mapping_record(w0: u64) -> bool {
     matches!(w0 >> TYPE_SHIFT, 9..=12)
 }
 
+/// A frame capability from its first word without the type tag (`rest`) and its second.
+#[inline(always)]
+fn frame(rest: u64, w1: u64) -> Cap {
+    Cap::Frame {
+        base: (rest & ((1 << 40) - 1)) << 12,
+        size: FrameSize::from_bits(rest >> 52),
+        rights: VmRights::from_bits(rest >> 54),
+        device: rest & (1 << 56) != 0,
+        mapping: decode_mapping(rest, w1),
+    }
+}
+
 fn decode_mapping(w0: u64, w1: u64) -> Option<Mapping> {
     (w0 & (1 << 58) != 0).then_some(Mapping {
         vaddr: (w1 & ((1 << 48) - 1)) << 12,
@@ -390,6 +402,14 @@ impl Cap {
         }
     }
 
+    /// Decodes a frame capability's two words, inline (`None` for any other kind): the
+    /// general path decodes an invoked frame this way, so only the fields its invocation
+    /// uses are computed and nothing goes through memory.
+    #[inline(always)]
+    pub fn decode_frame([w0, w1]: [u64; 2]) -> Option<Cap> {
+        (w0 >> TYPE_SHIFT == Tag::Frame as u64).then(|| frame(w0 & ((1 << TYPE_SHIFT) - 1), w1))
+    }
+
     /// Decodes a slot's two words.
     pub fn decode([w0, w1]: [u64; 2]) -> Cap {
         let rest = w0 & ((1 << TYPE_SHIFT) - 1);
@@ -426,13 +446,7 @@ impl Cap {
             6 => Cap::Tcb { ptr: addr },
             7 => Cap::IrqControl,
             8 => Cap::IrqHandler { irq: rest as u16 },
-            9 => Cap::Frame {
-                base: page,
-                size: FrameSize::from_bits(rest >> 52),
-                rights: VmRights::from_bits(rest >> 54),
-                device: rest & (1 << 56) != 0,
-                mapping: decode_mapping(rest, w1),
-            },
+            9 => frame(rest, w1),
             10 => Cap::PageTable {
                 base: page,
                 mapping: decode_mapping(rest, w1),
@@ -614,13 +628,14 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_kind_round_trips() {
+    /// One capability of every kind (mapped and unmapped paging objects, PML4s with
+    /// and without an ASID, every Zombie kind).
+    fn sample_caps() -> Vec<Cap> {
         let m = Some(Mapping {
             asid: 7,
             vaddr: 0x7fff_f000,
         });
-        let caps = [
+        vec![
             Cap::Null,
             Cap::Untyped {
                 base: 0x1234_0000,
@@ -726,7 +741,31 @@ mod tests {
             Cap::Ldt {
                 base: 0xf_ffff_f000,
             },
-        ];
+        ]
+    }
+
+    /// The general path's raw readers give what decoding the whole capability gives,
+    /// for every kind (a wrong type reads as `None`).
+    #[test]
+    fn raw_readers_match_decode() {
+        for cap in sample_caps() {
+            let words = cap.encode();
+            let pml4 = match cap {
+                Cap::Pml4 {
+                    base,
+                    asid: Some(asid),
+                } => Some((base, asid)),
+                _ => None,
+            };
+            assert_eq!(raw::pml4_with_asid(words), pml4, "{cap:?}");
+            let frame = matches!(cap, Cap::Frame { .. }).then_some(cap);
+            assert_eq!(Cap::decode_frame(words), frame, "{cap:?}");
+        }
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        let caps = sample_caps();
         for cap in caps {
             assert_eq!(Cap::decode(cap.encode()), cap, "{cap:?}");
         }
@@ -911,6 +950,17 @@ pub mod raw {
     #[inline(always)]
     pub const fn pml4_asid(w1: u64) -> u64 {
         w1 & 0xfff
+    }
+
+    /// (PML4 address, ASID) of a PML4 capability that has an ASID, else `None`: what
+    /// [`Cap::decode`](super::Cap::decode) gives as `Cap::Pml4 { base, asid: Some(asid) }`.
+    #[inline(always)]
+    pub const fn pml4_with_asid([w0, w1]: [u64; 2]) -> Option<(u64, u16)> {
+        if w0 >> 58 == (PML4 << 1) | 1 {
+            Some((pml4_address(w0), w1 as u16))
+        } else {
+            None
+        }
     }
 
     /// The PML4 address of a PML4 capability that has an ASID, else `None`.

@@ -24,7 +24,13 @@ const FIRST_BADGED: u64 = 1 << 63;
 
 /// Reads the capability in `slot`.
 pub fn cap<M: Memory>(m: &M, slot: u64) -> Cap {
-    Cap::decode([m.read(slot), m.read(slot + 8)])
+    Cap::decode(words(m, slot))
+}
+
+/// The two words of the capability in `slot`, undecoded (see [`super::cap::raw`]).
+#[inline(always)]
+pub fn words<M: Memory>(m: &M, slot: u64) -> [u64; 2] {
+    [m.read(slot), m.read(slot + 8)]
 }
 
 /// Overwrites the capability in `slot` (links unchanged).

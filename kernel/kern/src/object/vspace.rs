@@ -18,7 +18,7 @@ use keel_abi::object::{ASID_POOL_INDEX_BITS, NUM_ASID_POOLS_BITS, USER_TOP};
 use crate::invocation::{Args, InvocationError, Invoked};
 use crate::kernel::{Hardware, Kernel};
 use crate::memory::Memory;
-use crate::object::cap::{Cap, FrameSize, Mapping, Rights, VmRights};
+use crate::object::cap::{Cap, FrameSize, Mapping, Rights, VmRights, raw};
 use crate::object::cspace;
 
 /// Number of ASID pools.
@@ -119,16 +119,7 @@ impl<H: Hardware> Kernel<H> {
     /// Decodes and performs an invocation on a paging structure, frame or ASID cap.
     pub fn invoke_vspace(&mut self, cap: Cap, label: L, args: &Args) -> Invoked {
         match (cap, label) {
-            (Cap::Frame { base, .. }, L::X86PageGetAddress) => {
-                self.set_message_register(args.thread, args.buffer, 0, base);
-                Ok(1)
-            }
-            (Cap::Frame { .. }, L::X86PageMap) => self.map_frame(cap, args),
-            (Cap::Frame { .. }, L::X86PageUnmap) => {
-                self.unmap_object(cap);
-                self.clear_mapping(args.slot);
-                Ok(0)
-            }
+            (Cap::Frame { .. }, _) => self.invoke_frame(cap, label, args),
             (Cap::PageTable { .. }, L::X86PageTableMap)
             | (Cap::PageDirectory { .. }, L::X86PageDirectoryMap)
             | (Cap::Pdpt { .. }, L::X86PdptMap) => self.map_table(cap, args),
@@ -152,27 +143,43 @@ impl<H: Hardware> Kernel<H> {
         }
     }
 
+    /// Decodes and performs an invocation on a frame capability (`cap`, a `Cap::Frame`).
+    /// Inline: the general path calls it with a frame decoded in registers.
+    #[inline(always)]
+    pub fn invoke_frame(&mut self, cap: Cap, label: L, args: &Args) -> Invoked {
+        match (cap, label) {
+            (Cap::Frame { base, .. }, L::X86PageGetAddress) => {
+                self.set_message_register(args.thread, args.buffer, 0, base);
+                Ok(1)
+            }
+            (Cap::Frame { .. }, L::X86PageMap) => self.map_frame(cap, args),
+            (Cap::Frame { .. }, L::X86PageUnmap) => {
+                self.unmap_object(cap);
+                self.clear_mapping(args.slot);
+                Ok(0)
+            }
+            _ => Err(InvocationError::simple(Error::IllegalOperation)),
+        }
+    }
+
     fn clear_mapping(&mut self, slot: u64) {
         cspace::set_mapping(&mut self.hw, slot, None);
     }
 
-    /// Looks up the address space argument (extra capability 0): an assigned PML4.
+    /// Looks up the address space argument (extra capability 0): an assigned PML4 (read
+    /// from the slot's words: decoding the whole capability costs more than the test).
     fn vspace_argument(&self, args: &Args) -> Result<(u64, u16), InvocationError> {
-        match args.extra_cap(0) {
-            Some(Cap::Pml4 {
-                base,
-                asid: Some(asid),
-            }) => {
-                if self.vspace_of_asid(asid) != Some(base) {
-                    return Err(InvocationError::capability(1));
-                }
-                Ok((base, asid))
-            }
-            Some(_) => Err(InvocationError::capability(1)),
-            None => Err(InvocationError::simple(Error::TruncatedMessage)),
+        let Some(words) = args.extra_words(0) else {
+            return Err(InvocationError::simple(Error::TruncatedMessage));
+        };
+        match raw::pml4_with_asid(words) {
+            Some((base, asid)) if self.vspace_of_asid(asid) == Some(base) => Ok((base, asid)),
+            _ => Err(InvocationError::capability(1)),
         }
     }
 
+    // Inline into `invoke_frame`, its one caller: the frame's fields stay in registers.
+    #[inline(always)]
     fn map_frame(&mut self, cap: Cap, args: &Args) -> Invoked {
         let Cap::Frame {
             base,
