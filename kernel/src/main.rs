@@ -346,7 +346,7 @@ fn syscall() -> Option<hal::entry::UserRip> {
         }
         _ => {}
     }
-    k.handle_syscall(number);
+    k.handle_syscall(t, number);
     let entry = prepare(k);
     check_invariants(k);
     entry

@@ -150,14 +150,11 @@ impl InvocationError {
 pub type Invoked = Result<usize, InvocationError>;
 
 impl<H: Hardware> Kernel<H> {
-    /// A system call by the current thread; `number` is the value of RDX. (Kept out of
-    /// line: the fastpath's caller must stay small.)
+    /// A system call by `t`, the current thread of this CPU (Running); `number` is the
+    /// value of RDX. (Kept out of line: the fastpath's caller must stay small.)
     #[inline(never)]
-    pub fn handle_syscall(&mut self, number: u64) {
-        let t = self.current();
-        if t == 0 {
-            return;
-        }
+    pub fn handle_syscall(&mut self, t: u64, number: u64) {
+        debug_assert_eq!(t, self.current());
         // (The entry code saved the context with the SYSCALL marker as its vector.)
         match number as i64 {
             syscall::CALL => self.handle_invocation(t, true, true),

@@ -508,7 +508,7 @@ impl World {
         if let Some(next) = fast {
             assert_eq!(self.k.current(), next.get());
         } else {
-            self.k.handle_syscall(number as u64);
+            self.k.handle_syscall(t, number as u64);
         }
         self.k.schedule();
         if self.check {
@@ -530,7 +530,7 @@ impl World {
             // The SYSCALL entry pushes the marker as the vector.
             c.vector = crate::object::tcb::SYSCALL_VECTOR;
         }
-        self.k.handle_syscall(number as u64);
+        self.k.handle_syscall(t, number as u64);
         self.k.schedule();
         if self.check {
             self.check_invariants();
