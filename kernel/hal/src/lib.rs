@@ -75,29 +75,19 @@ macro_rules! push_gprs {
     };
 }
 
-/// Assembly text that zeroes all 15 general registers (the SYSCALL entry's clearing
-/// block, `syscall.rs`).
+/// Assembly text that zeroes all 15 general registers (the SYSCALL entry's slow-check
+/// path, `syscall.rs`).
 #[macro_export]
 #[doc(hidden)]
 macro_rules! clear_gprs {
     () => {
-        "
+        concat!(
+            "
     xor eax, eax
-    xor ebx, ebx
     xor ecx, ecx
-    xor edx, edx
-    xor esi, esi
-    xor edi, edi
-    xor ebp, ebp
-    xor r8d, r8d
-    xor r9d, r9d
-    xor r10d, r10d
-    xor r11d, r11d
-    xor r12d, r12d
-    xor r13d, r13d
-    xor r14d, r14d
-    xor r15d, r15d
-"
+",
+            $crate::clear_gprs_but_rax_rcx!()
+        )
     };
 }
 
