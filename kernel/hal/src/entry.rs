@@ -54,9 +54,9 @@ keel_return_to_thread:
     shr rcx, 47
     jnz 6f
 9:
-    .pushsection .keel_patch, "a"
-    .quad {sysret_switch}, 8b, 9b
-    .popsection
+"#,
+    crate::patch_site!("{sysret_switch}", "8b", "9b"),
+    r#"
     /* Entered here by `resume_checked` (RIP already found below 2^47). */
     .global keel_return_checked
 keel_return_checked:
@@ -66,9 +66,9 @@ keel_exit_checks:
     test dword ptr [rsp + {rflags}], {iret_flags}
     jnz 2f
 1:
-    .pushsection .keel_patch, "a"
-    .quad {sysret_switch}, keel_exit_checks, 1b
-    .popsection
+"#,
+    crate::patch_site!("{sysret_switch}", "keel_exit_checks", "1b"),
+    r#"
     cmp qword ptr [rsp + {vector}], {syscall_marker}
     jne 2f
     /* Not R11 and RCX, which SYSRET takes from RFLAGS and RIP: they lie next to the
@@ -111,9 +111,9 @@ keel_espfix_alias:
     or rax, rcx
     jmp 22f
 21:
-    .pushsection .keel_patch, "a"
-    .quad {espfix_switch}, keel_espfix_alias, 21b
-    .popsection
+"#,
+    crate::patch_site!("{espfix_switch}", "keel_espfix_alias", "21b"),
+    r#"
     /* keel.unsafe.espfix: IRETQ from the kernel stack (leaks its ESP[31:16]). */
     mov rax, gs:[{kernel_stack}]
     sub rax, 64

@@ -75,6 +75,25 @@ macro_rules! push_gprs {
     };
 }
 
+/// Assembly text that records a patch site (`switches`): `(switch, start, end)` in the
+/// `.keel_patch` section, so that [`switches`] patches the block at `start` into a jump
+/// to `end` when the switch is off. `switch` is the asm operand that holds its number.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! patch_site {
+    ($switch:literal, $start:literal, $end:literal) => {
+        concat!(
+            "\n    .pushsection .keel_patch, \"a\"\n    .quad ",
+            $switch,
+            ", ",
+            $start,
+            ", ",
+            $end,
+            "\n    .popsection\n"
+        )
+    };
+}
+
 /// Assembly text that zeroes all 15 general registers (the SYSCALL entry's slow-check
 /// path, `syscall.rs`).
 #[macro_export]

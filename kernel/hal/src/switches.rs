@@ -162,9 +162,7 @@ pub fn when_checking_invariants(f: impl FnOnce()) {
             "2:",
             "jmp {on}",
             "3:",
-            ".pushsection .keel_patch, \"a\"",
-            ".quad {switch}, 2b, 3b",
-            ".popsection",
+            crate::patch_site!("{switch}", "2b", "3b"),
             switch = const Switch::CheckInvariants as u64,
             on = label { f() },
             options(nomem, nostack, preserves_flags)

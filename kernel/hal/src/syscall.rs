@@ -61,9 +61,9 @@ keel_syscall_clear:
     crate::clear_gprs_but_rax_rcx!(),
     r#"
 1:
-    .pushsection .keel_patch, "a"
-    .quad {clear_switch}, keel_syscall_clear, 1b
-    .popsection
+"#,
+    crate::patch_site!("{clear_switch}", "keel_syscall_clear", "1b"),
+    r#"
     /* No CLD: the flag mask cleared DF (it is not one of the keel.unsafe.fmask bits). */
     call {dispatch}
     ud2 /* the glue leaves through entry::resume */

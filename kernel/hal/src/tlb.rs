@@ -77,9 +77,7 @@ pub unsafe fn switch_to_user(pml4: u64, context_phys: u64, area: *mut crate::per
             "2:",
             "mov cr3, {pml4}",
             "mov qword ptr [{area} + {loaded}], {pml4}",
-            ".pushsection .keel_patch, \"a\"",
-            ".quad {switch}, 2b, {tagged}",
-            ".popsection",
+            crate::patch_site!("{switch}", "2b", "{tagged}"),
             pml4 = in(reg) pml4,
             area = in(reg) area,
             loaded = const core::mem::offset_of!(crate::percpu::PerCpu, loaded_pml4),
@@ -120,9 +118,7 @@ pub fn flush_local_page(asid: u16, vaddr: u64) {
         core::arch::asm!(
             "2:",
             ".byte 0x0f, 0x01, 0xb8, 0, 0, 0, 0",
-            ".pushsection .keel_patch, \"a\"",
-            ".quad {switch}, 2b, {tagged}",
-            ".popsection",
+            crate::patch_site!("{switch}", "2b", "{tagged}"),
             in("rax") vaddr,
             switch = const crate::switches::Switch::UntaggedCr3 as u64,
             tagged = label {

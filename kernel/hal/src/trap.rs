@@ -124,9 +124,9 @@ trap_common:
 5:
     clac
 6:
-    .pushsection .keel_patch, "a"
-    .quad {clac_switch}, 5b, 6b
-    .popsection
+"#,
+    crate::patch_site!("{clac_switch}", "5b", "6b"),
+    r#"
     test byte ptr [rsp + 24], 3
     jz 3f
     /* From user mode: the CPU pushed into the current thread's TCB (TSS.RSP0). */
@@ -216,10 +216,9 @@ paranoid_common:
 5:
     clac
 6:
-    .pushsection .keel_patch, "a"
-    .quad {clac_switch}, 5b, 6b
-    .popsection
 "#,
+    crate::patch_site!("{clac_switch}", "5b", "6b"),
+    r#""#,
     crate::push_gprs!(),
     r#"
     cld
@@ -238,9 +237,9 @@ keel_paranoid_fsgsbase:
     mov r12d, 2
     jmp 8f
 9:
-    .pushsection .keel_patch, "a"
-    .quad {paranoid_switch}, keel_paranoid_fsgsbase, 9b
-    .popsection
+"#,
+    crate::patch_site!("{paranoid_switch}", "keel_paranoid_fsgsbase", "9b"),
+    r#"
     /* No FSGSBASE: a negative IA32_GS_BASE is the kernel's (r12 = 0), else swap
        (r12 = 1, swap back on exit). */
     mov ecx, 0xc0000101
