@@ -133,6 +133,33 @@ impl<H: Hardware> Kernel<H> {
         Err(size < self.fastpath_limit)
     }
 
+    /// Gives `receiver` (waiting to receive, so its caller slot is empty) a reply
+    /// capability to `caller` (running, so its master reply capability has no child):
+    /// invariants (invariants.rs, "reply capabilities"), so five stores and no test.
+    /// Shared by the Call fastpath and the fault fast route.
+    #[inline(always)]
+    pub(crate) fn fast_give_reply(&mut self, caller: u64, receiver: u64, can_grant: bool) {
+        cspace::insert_only_child(
+            &mut self.hw,
+            tcb::slot(caller, tcb::SLOT_REPLY),
+            tcb::slot(receiver, tcb::SLOT_CALLER),
+            raw::reply(caller, can_grant),
+            0,
+        );
+    }
+
+    /// Removes the reply capability to `caller` from `replier`'s caller slot: the only
+    /// child of `caller`'s master and the end of its chain (invariants.rs, "reply
+    /// capabilities"), so five stores. Shared by ReplyRecv and the fault reply route.
+    #[inline(always)]
+    pub(crate) fn fast_take_reply(&mut self, caller: u64, replier: u64) {
+        cspace::remove_only_child(
+            &mut self.hw,
+            tcb::slot(caller, tcb::SLOT_REPLY),
+            tcb::slot(replier, tcb::SLOT_CALLER),
+        );
+    }
+
     /// Makes `t` wait on endpoint `ep` (whose queue ends were `head` and `tail`),
     /// appended to its receive queue as the general path's ReplyRecv leaves it.
     #[inline(always)]
@@ -254,10 +281,8 @@ impl<H: Hardware> Kernel<H> {
         }
         self.fast_switch_target(dest, here)?;
         let buffers = self.fast_buffers::<LONG>(t, dest)?;
-        // The receiver's caller slot is empty (it waits to receive) and the caller's
-        // master reply capability has no child (it runs): invariants (invariants.rs,
-        // "reply capabilities"), so neither is tested here.
-        let caller_slot = tcb::slot(dest, tcb::SLOT_CALLER);
+        // (The receiver's caller slot and the caller's master reply capability are
+        // not tested: `fast_give_reply`.)
         // Checks done: perform. Dequeue the receiver (the head).
         {
             let e = self.hw.get_mut::<Endpoint>(ep);
@@ -276,13 +301,7 @@ impl<H: Hardware> Kernel<H> {
             d.wait_next = 0;
             d.state = ThreadState::Running;
         }
-        cspace::insert_only_child(
-            &mut self.hw,
-            tcb::slot(t, tcb::SLOT_REPLY),
-            caller_slot,
-            raw::reply(t, reply_grant),
-            0,
-        );
+        self.fast_give_reply(t, dest, reply_grant);
         self.tcb_mut(t).state = ThreadState::BlockedOnReply;
         self.cpus[here].current = dest;
         NonZeroU64::new(dest)
@@ -421,13 +440,7 @@ impl<H: Hardware> Kernel<H> {
         self.fast_switch_target(caller, here)?;
         let buffers = self.fast_buffers::<LONG>(t, caller)?;
         // Checks done: perform. The reply capability goes; the caller gets the message.
-        // It is the only child of the caller's master reply capability and the end of
-        // its chain (invariants.rs, "reply capabilities").
-        cspace::remove_only_child(
-            &mut self.hw,
-            tcb::slot(caller, tcb::SLOT_REPLY),
-            caller_slot,
-        );
+        self.fast_take_reply(caller, t);
         self.fast_transfer(t, caller, 0, info, buffers);
         self.tcb_mut(caller).state = ThreadState::Running;
         self.fast_wait_on_endpoint(t, ep, rights & GRANT != 0, head, tail);

@@ -24,7 +24,6 @@ use keel_abi::message::{MSG_REGISTERS_IN_CPU, MessageInfo};
 use crate::fault::label;
 use crate::kernel::{Hardware, Kernel};
 use crate::object::cap::{Rights, raw};
-use crate::object::cspace;
 use crate::object::endpoint::{self, Endpoint, Queue};
 use crate::object::tcb::{self, Fault, ThreadState};
 
@@ -87,10 +86,8 @@ impl<H: Hardware> Kernel<H> {
         let ThreadState::BlockedOnReceive { can_grant, .. } = self.tcb(handler).state else {
             return None;
         };
-        // The handler's caller slot is empty (it waits to receive) and the faulter's
-        // master reply capability has no child (it ran): invariants (invariants.rs,
-        // "reply capabilities").
-        let caller_slot = tcb::slot(handler, tcb::SLOT_CALLER);
+        // (The handler's caller slot and the faulter's master reply capability are not
+        // tested: `fast_give_reply`.)
         if !self.fault_switch_target(handler, here) {
             return None;
         }
@@ -147,13 +144,7 @@ impl<H: Hardware> Kernel<H> {
         }
         // The reply capability in the handler's caller slot (it grants iff the
         // handler's receive capability has the grant right, as in seL4).
-        cspace::insert_only_child(
-            &mut self.hw,
-            tcb::slot(t, tcb::SLOT_REPLY),
-            caller_slot,
-            raw::reply(t, can_grant),
-            0,
-        );
+        self.fast_give_reply(t, handler, can_grant);
         self.rseq_switched_out(t);
         self.cpus[here].current = handler;
         NonZeroU64::new(handler)
@@ -207,13 +198,7 @@ impl<H: Hardware> Kernel<H> {
             return None;
         }
         // Checks done: reply. The reply capability goes; the caller gets the registers.
-        // The only child of the faulter's master reply capability, the end of its chain
-        // (invariants.rs, "reply capabilities").
-        cspace::remove_only_child(
-            &mut self.hw,
-            tcb::slot(caller, tcb::SLOT_REPLY),
-            tcb::slot(t, tcb::SLOT_CALLER),
-        );
+        self.fast_take_reply(caller, t);
         let (r10, r8, r9) = {
             let c = &self.tcb(t).context;
             (c.r10, c.r8, c.r9)
