@@ -370,6 +370,24 @@ impl<H: Hardware> Kernel<H> {
             }
             return;
         }
+        // Map and Unmap of a frame called the usual way: routes without the general
+        // argument record (below), which would cost each about a hundred instructions.
+        if is_call && raw::tag(w0) == raw::FRAME {
+            const MAP: u64 = InvocationLabel::X86PageMap as u64;
+            const UNMAP: u64 = InvocationLabel::X86PageUnmap as u64;
+            match (info.label(), info.extra_caps(), buffer) {
+                (MAP, 1, Some(b)) if info.length() >= 3 => {
+                    self.map_frame_call(t, slot, words, b);
+                    return;
+                }
+                (UNMAP, 0, _) => {
+                    self.unmap_frame(words, slot);
+                    self.reply_to_invocation(t, buffer, Ok(0));
+                    return;
+                }
+                _ => {}
+            }
+        }
         // Built in place (it is large: moving it costs tens of instructions).
         let mut args = Args {
             thread: t,
@@ -392,10 +410,8 @@ impl<H: Hardware> Kernel<H> {
         let result = match InvocationLabel::from_u64(info.label()) {
             // A frame is decoded inline, in registers (Map and Unmap are the common
             // invocations); the other kinds out of line.
-            Some(label) => match Cap::decode_frame(words) {
-                Some(frame) => self.invoke_frame(frame, label, &args),
-                None => self.invoke_object(Cap::decode(words), label, &args),
-            },
+            Some(label) if raw::tag(w0) == raw::FRAME => self.invoke_frame(words, label, &args),
+            Some(label) => self.invoke_object(Cap::decode(words), label, &args),
             None => Err(InvocationError::simple(Error::IllegalOperation)),
         };
         // The thread may have been deleted or suspended by its own invocation.
@@ -420,6 +436,13 @@ impl<H: Hardware> Kernel<H> {
             }
             return;
         }
+        self.reply_to_invocation(t, buffer, result);
+    }
+
+    /// The reply to a Call of a kernel object: the result's message (no capabilities,
+    /// badge 0) in `t`'s registers and IPC buffer.
+    #[inline(always)]
+    fn reply_to_invocation(&mut self, t: u64, buffer: Option<u64>, result: Invoked) {
         let (label, length) = match result {
             Ok(n) => (0, n),
             Err(e) => {
@@ -432,6 +455,33 @@ impl<H: Hardware> Kernel<H> {
         let c = &mut self.tcb_mut(t).context;
         c.rsi = MessageInfo::new(label, 0, 0, length as u64).to_word();
         c.rdi = 0;
+    }
+
+    /// X86PageMap called the usual way (Call, MR0-MR2 in registers, the address space as
+    /// the one extra capability, an IPC buffer): what the general path does for it
+    /// (the extra capability's lookup, a fault if it fails; [`Self::map_frame`]; the
+    /// reply) without its argument record. `frame` is the invoked slot's words.
+    #[inline(never)]
+    fn map_frame_call(&mut self, t: u64, slot: u64, frame: [u64; 2], buffer: u64) {
+        let cptr = self.hw.read(buffer + crate::ipc::buffer::caps_or_badges(0));
+        let vspace = match self.lookup_slot(t, cptr) {
+            Ok(vspace) => cspace::words(&self.hw, vspace),
+            Err(lookup) => {
+                self.handle_fault(
+                    t,
+                    Fault::Capability {
+                        address: cptr,
+                        in_receive: false,
+                        lookup,
+                    },
+                );
+                return;
+            }
+        };
+        let c = &self.tcb(t).context;
+        let (vaddr, requested, attributes) = (c.r10, Rights::from_word(c.r8), c.r9);
+        let result = self.map_frame(frame, slot, vaddr, requested, attributes, Some(vspace));
+        self.reply_to_invocation(t, Some(buffer), result);
     }
 
     /// Whether `t` is still a live TCB (not deleted by the invocation it made).

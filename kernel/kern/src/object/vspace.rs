@@ -119,7 +119,7 @@ impl<H: Hardware> Kernel<H> {
     /// Decodes and performs an invocation on a paging structure, frame or ASID cap.
     pub fn invoke_vspace(&mut self, cap: Cap, label: L, args: &Args) -> Invoked {
         match (cap, label) {
-            (Cap::Frame { .. }, _) => self.invoke_frame(cap, label, args),
+            (Cap::Frame { .. }, _) => self.invoke_frame(cap.encode(), label, args),
             (Cap::PageTable { .. }, L::X86PageTableMap)
             | (Cap::PageDirectory { .. }, L::X86PageDirectoryMap)
             | (Cap::Pdpt { .. }, L::X86PdptMap) => self.map_table(cap, args),
@@ -146,30 +146,48 @@ impl<H: Hardware> Kernel<H> {
     /// Decodes and performs an invocation on a frame capability (`cap`, a `Cap::Frame`).
     /// Inline: the general path calls it with a frame decoded in registers.
     #[inline(always)]
-    pub fn invoke_frame(&mut self, cap: Cap, label: L, args: &Args) -> Invoked {
-        match (cap, label) {
-            (Cap::Frame { base, .. }, L::X86PageGetAddress) => {
+    pub fn invoke_frame(&mut self, frame: [u64; 2], label: L, args: &Args) -> Invoked {
+        match label {
+            L::X86PageGetAddress => {
+                let Some(Cap::Frame { base, .. }) = Cap::decode_frame(frame) else {
+                    return Err(InvocationError::capability(0));
+                };
                 self.set_message_register(args.thread, args.buffer, 0, base);
                 Ok(1)
             }
-            (Cap::Frame { .. }, L::X86PageMap) => self.map_frame(cap, args),
-            (Cap::Frame { .. }, L::X86PageUnmap) => {
-                self.unmap_object(cap);
-                self.clear_mapping(args.slot);
+            L::X86PageMap => {
+                if args.length < 3 {
+                    return Err(InvocationError::simple(Error::TruncatedMessage));
+                }
+                let requested = Rights::from_word(args.mr(1));
+                let vspace = args.extra_words(0);
+                self.map_frame(frame, args.slot, args.mr(0), requested, args.mr(2), vspace)
+            }
+            L::X86PageUnmap => {
+                self.unmap_frame(frame, args.slot);
                 Ok(0)
             }
             _ => Err(InvocationError::simple(Error::IllegalOperation)),
         }
     }
 
+    /// X86PageUnmap of the frame capability `frame` (its slot's words) in `slot`: cannot
+    /// fail (an unmapped frame, or one whose mapping is gone, stays as it is).
+    #[inline(always)]
+    pub fn unmap_frame(&mut self, frame: [u64; 2], slot: u64) {
+        self.unmap_object(Cap::decode(frame));
+        self.clear_mapping(slot);
+    }
+
     fn clear_mapping(&mut self, slot: u64) {
         cspace::set_mapping(&mut self.hw, slot, None);
     }
 
-    /// Looks up the address space argument (extra capability 0): an assigned PML4 (read
-    /// from the slot's words: decoding the whole capability costs more than the test).
-    fn vspace_argument(&self, args: &Args) -> Result<(u64, u16), InvocationError> {
-        let Some(words) = args.extra_words(0) else {
+    /// Checks the address space argument (extra capability 0, as its slot's words): an
+    /// assigned PML4 (tested on the words: decoding the whole capability costs more).
+    #[inline(always)]
+    fn vspace_argument(&self, vspace: Option<[u64; 2]>) -> Result<(u64, u16), InvocationError> {
+        let Some(words) = vspace else {
             return Err(InvocationError::simple(Error::TruncatedMessage));
         };
         match raw::pml4_with_asid(words) {
@@ -178,27 +196,35 @@ impl<H: Hardware> Kernel<H> {
         }
     }
 
-    // Inline into `invoke_frame`, its one caller: the frame's fields stay in registers.
+    /// X86PageMap of the frame capability `frame` (its slot's words; the slot is `slot`)
+    /// at `vaddr` with the `requested` rights and `attributes`, in the address space
+    /// `vspace` (extra capability 0's words): seL4's checks in seL4's order, then the
+    /// mapping. The message's length is checked by the caller. Shared by the general
+    /// path ([`Self::invoke_frame`]) and the register route of a Call
+    /// (`Kernel::map_frame_call` in invocation.rs).
     #[inline(always)]
-    fn map_frame(&mut self, cap: Cap, args: &Args) -> Invoked {
-        let Cap::Frame {
+    pub fn map_frame(
+        &mut self,
+        frame: [u64; 2],
+        slot: u64,
+        vaddr: u64,
+        requested: Rights,
+        attributes: u64,
+        vspace: Option<[u64; 2]>,
+    ) -> Invoked {
+        let Some(Cap::Frame {
             base,
             size,
             rights,
             mapping,
             ..
-        } = cap
+        }) = Cap::decode_frame(frame)
         else {
             return Err(InvocationError::capability(0));
         };
-        if args.length < 3 {
-            return Err(InvocationError::simple(Error::TruncatedMessage));
-        }
-        let (vaddr, requested, attributes) =
-            (args.mr(0), Rights::from_word(args.mr(1)), args.mr(2));
-        let (pml4, asid) = self.vspace_argument(args)?;
+        let (pml4, asid) = self.vspace_argument(vspace)?;
         let bytes = 1u64 << size.bits();
-        if vaddr % bytes != 0 {
+        if !vaddr.is_multiple_of(bytes) {
             return Err(InvocationError::simple(Error::AlignmentError));
         }
         if vaddr.checked_add(bytes).is_none_or(|end| end > USER_TOP) {
@@ -222,8 +248,8 @@ impl<H: Hardware> Kernel<H> {
                 cspace::LookupFault::MissingCapability { bits_left: missing },
             ));
         };
-        let slot = entry_address(table, vaddr, level);
-        let old = self.hw.read(slot);
+        let entry_slot = entry_address(table, vaddr, level);
+        let old = self.hw.read(entry_slot);
         if old & PRESENT != 0 && mapping.is_none() {
             return Err(InvocationError::simple(Error::DeleteFirst));
         }
@@ -245,8 +271,8 @@ impl<H: Hardware> Kernel<H> {
             entry |= NO_EXECUTE;
         }
         // Performing.
-        self.hw.write(slot, entry);
-        cspace::set_mapping(&mut self.hw, args.slot, Some(Mapping { asid, vaddr }));
+        self.hw.write(entry_slot, entry);
+        cspace::set_mapping(&mut self.hw, slot, Some(Mapping { asid, vaddr }));
         // A TLB never holds a not-present entry: only a remap (rights change) needs a
         // flush.
         if old & PRESENT != 0 {
@@ -283,7 +309,7 @@ impl<H: Hardware> Kernel<H> {
             return Err(InvocationError::capability(0));
         }
         let vaddr = args.mr(0);
-        let (pml4, asid) = self.vspace_argument(args)?;
+        let (pml4, asid) = self.vspace_argument(args.extra_words(0))?;
         if vaddr >= USER_TOP {
             return Err(InvocationError::argument(0));
         }

@@ -392,3 +392,99 @@ fn unmapping_a_page_table_clears_it() {
     }
     assert_eq!(translate_user(&w.k.hw, ROOT_PML4, VA), None);
 }
+
+/// X86PageMap and X86PageUnmap called the usual way take their own routes
+/// (`Kernel::map_frame_call`, the Unmap arm beside it); an extra capability the
+/// invocation ignores sends the same calls down the general path. The two must agree on
+/// every outcome: reply, capability words, page-table entries, TLB flushes, thread
+/// state; through every error of Map, and the fault of a failed lookup.
+#[test]
+fn frame_routes_match_the_general_path() {
+    /// Reply label and words, frame capability, two page-table entries, message info,
+    /// TLB page flushes, whether the caller can run.
+    type Outcome = (u64, Vec<u64>, [u64; 2], [u64; 2], u64, usize, bool);
+    fn run(general: bool) -> Vec<Outcome> {
+        let mut w = World::new();
+        let (_, _, pt) = tables(&mut w);
+        let pt_base = w.addr(pt);
+        let f = w.make(T::X86Page4K, 0);
+        let g = w.make(T::X86Page4K, 0);
+        let large = w.make(T::X86LargePage, 0);
+        let unassigned = w.make(T::X64Pml4, 0);
+        let ro = w.alloc_slot();
+        w.root_ok(
+            S_CNODE,
+            L::CNodeCopy,
+            &[ro, 64, g, 64, Rights::READ.0 as u64],
+            &[S_CNODE],
+        );
+        let read = Rights::READ.0 as u64;
+        let calls: [(u64, L, Vec<u64>, u64); 18] = [
+            (f, L::X86PageMap, vec![VA, RW, 0], S_VSPACE),
+            (f, L::X86PageMap, vec![VA, read, 0], S_VSPACE),
+            (f, L::X86PageMap, vec![VA + 0x1000, RW, 0], S_VSPACE),
+            (g, L::X86PageMap, vec![VA, RW, 0], S_VSPACE),
+            (g, L::X86PageMap, vec![VA + 0x10, RW, 0], S_VSPACE),
+            (
+                g,
+                L::X86PageMap,
+                vec![keel_abi::object::USER_TOP, RW, 0],
+                S_VSPACE,
+            ),
+            (g, L::X86PageMap, vec![VA + 0x1000, 0, 0], S_VSPACE),
+            (g, L::X86PageMap, vec![VA + 0x1000, RW, 0], unassigned),
+            (g, L::X86PageMap, vec![VA + 0x1000, RW, 0], S_CNODE),
+            (g, L::X86PageMap, vec![VA + 0x1000, RW, 0], w.alloc_slot()),
+            (g, L::X86PageMap, vec![1 << 40, RW, 0], S_VSPACE),
+            (g, L::X86PageMap, vec![VA + 0x1000, RW, 0, 77], S_VSPACE),
+            (
+                ro,
+                L::X86PageMap,
+                vec![VA + 0x2000, RW, 1 << 8 | 1],
+                S_VSPACE,
+            ),
+            (large, L::X86PageMap, vec![VA, RW, 0], S_VSPACE),
+            (f, L::X86PageUnmap, vec![], 0),
+            (f, L::X86PageUnmap, vec![], 0),
+            (g, L::X86PageMap, vec![VA, RW, 2], S_VSPACE),
+            // A failed lookup of the address space: a capability fault.
+            (f, L::X86PageMap, vec![VA, RW, 0], 1 << 63),
+        ];
+        let mut outcomes = Vec::new();
+        for (frame, label, mrs, vspace) in calls {
+            let mut caps = Vec::new();
+            if label == L::X86PageMap {
+                caps.push(vspace);
+            }
+            if general {
+                caps.push(S_CNODE);
+            }
+            w.k.hw.page_flushes.clear();
+            let r = w.call(ROOT_TCB, frame, label as u64, &mrs, &caps);
+            let entry = |w: &World, va: u64| w.k.hw.read(pt_base + 8 * ((va >> 12) & 511));
+            let runnable = w.state(ROOT_TCB).is_runnable();
+            // A reply's message info; a faulted thread keeps its own (whose extra
+            // capability count differs between the two runs).
+            let mut info = w.k.tcb(ROOT_TCB).context.rsi;
+            if !runnable {
+                info &= !(3 << 7);
+            }
+            outcomes.push((
+                r.label,
+                r.mrs,
+                w.cap(frame).encode(),
+                [entry(&w, VA), entry(&w, VA + 0x2000)],
+                info,
+                w.k.hw.page_flushes.len(),
+                runnable,
+            ));
+        }
+        outcomes
+    }
+    let route = run(false);
+    assert_eq!(route, run(true));
+    // The script reached the outcomes it is meant to cover.
+    assert_eq!(route[0].0, 0);
+    assert!(route[3..11].iter().all(|o| o.0 != 0));
+    assert!(!route[17].6, "the failed lookup did not fault");
+}
