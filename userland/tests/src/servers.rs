@@ -761,9 +761,17 @@ const TIMER: usize = 11;
 
 /// Sleeps 200 ms at the timer server; records the wake-up tick in word 12 (+1, so 0
 /// means "not yet").
+/// What a sleeper records when its sleep fails (plus one, as every tick it records).
+const SLEEP_FAILED: u64 = u64::MAX - 1;
+
 fn long_sleeper(_: u64) {
-    let tick = timer::sleep(Cap::from_cptr(shared(TIMER)), 200).unwrap_or(u64::MAX - 1);
+    let tick = timer::sleep(Cap::from_cptr(shared(TIMER)), 200).unwrap_or(SLEEP_FAILED);
     set_shared(12, tick + 1);
+}
+
+fn short_sleeper(_: u64) {
+    let tick = timer::sleep(Cap::from_cptr(shared(TIMER)), 30).unwrap_or(SLEEP_FAILED);
+    set_shared(13, tick + 1);
 }
 
 fn timer_sleeps(env: &mut Env) -> TestResult {
@@ -811,19 +819,27 @@ fn timer_sleeps(env: &mut Env) -> TestResult {
     server.start().or_fail("start the timer server")?;
     set_shared(TIMER, ep.cptr());
     set_shared(12, 0);
+    set_shared(13, 0);
     let result = (|| {
         let Ok((t0, _)) = timer::now(ep) else {
             fail!("no answer to NOW")
         };
+        // Both sleeps in threads of their own, waited for with a timeout: a platform
+        // whose PIT interrupt never arrives fails the test instead of hanging the run.
         let sleeper = env.spawn(long_sleeper, 0, CHILD_PRIORITY)?;
         pause(10_000_000);
-        let short = timer::sleep(ep, 30);
+        let short = env.spawn(short_sleeper, 0, CHILD_PRIORITY)?;
+        let short_woke = wait_until(|| shared(13) != 0);
         let long_done_early = shared(12) != 0;
-        let waited = wait_until(|| shared(12) != 0);
+        let waited = short_woke && wait_until(|| shared(12) != 0);
+        env.destroy(short)?;
         env.destroy(sleeper)?;
-        let Ok(t1) = short else {
-            fail!("sleep 30: {short:?}")
-        };
+        ensure!(
+            short_woke,
+            "the 30 ms sleeper never woke: no PIT interrupt (IRQ 0) reached the timer server"
+        );
+        let t1 = shared(13) - 1;
+        ensure!(t1 != SLEEP_FAILED, "sleep 30 failed");
         ensure!(
             !long_done_early,
             "the 200 ms sleeper woke before the 30 ms one"
@@ -835,6 +851,7 @@ fn timer_sleeps(env: &mut Env) -> TestResult {
         );
         ensure!(waited, "the 200 ms sleeper never woke");
         let t2 = shared(12) - 1;
+        ensure!(t2 != SLEEP_FAILED, "sleep 200 failed");
         ensure!(
             t2 >= t0 + timer::ticks_for(200) && t2 > t1,
             "the 200 ms sleeper woke at tick {t2} (NOW {t0}, short sleeper {t1})"
