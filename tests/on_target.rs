@@ -680,6 +680,22 @@ fn defence_off_clac_is_caught() {
     );
 }
 
+/// The exit path's checks off: a thread that entered by SYSCALL with TF in its saved
+/// RFLAGS leaves by SYSRET, which raises the single-step trap before the first user
+/// instruction (a stop at the return address where the thread ran nothing).
+#[test]
+fn defence_off_sysret_is_caught() {
+    let run = defence_off("keel.unsafe.sysret");
+    let p = protocol(&run.serial);
+    assert!(
+        p.failed
+            .iter()
+            .any(|t| t == "entry_single_step_from_syscall_return_is_exact"),
+        "the single-step-after-SYSCALL test did not fail\n{}",
+        run.report()
+    );
+}
+
 /// Register clearing off (`entry.clear_regs=off`, the supported switch): the user's
 /// values reach the kernel stack in the registers the glue's prologue pushes.
 #[test]

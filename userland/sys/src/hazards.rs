@@ -45,6 +45,99 @@ pub fn flags_across_syscall(bits: u64) -> u64 {
     after
 }
 
+/// Instructions of [`step_probe`] after its SYSCALL (each exactly one step under TF):
+/// two NOPs, PUSHFQ, the AND that clears TF in the pushed image, POPFQ.
+pub const STEP_PROBE_STEPS: usize = 5;
+
+core::arch::global_asm!(
+    r#"
+    .section .text.keel_step_probe, "ax"
+    .code64
+    .global keel_step_probe
+keel_step_probe:
+    /* (number RDI, capability RSI, set TF RDX) */
+    push r15
+    mov rax, rdx
+    mov rdx, rdi
+    mov rdi, rsi
+    xor esi, esi
+    test rax, rax
+    jz 1f
+    pushfq
+    or qword ptr [rsp], {tf}
+    popfq
+1:
+    syscall
+    .global keel_step_probe_return
+keel_step_probe_return:
+    nop
+    .global keel_step_probe_1
+keel_step_probe_1:
+    nop
+    .global keel_step_probe_2
+keel_step_probe_2:
+    pushfq
+    .global keel_step_probe_3
+keel_step_probe_3:
+    and qword ptr [rsp], {not_tf}
+    .global keel_step_probe_4
+keel_step_probe_4:
+    popfq
+    .global keel_step_probe_5
+keel_step_probe_5:
+    pop r15
+    ret
+    .text
+"#,
+    tf = const TF,
+    not_tf = const !TF as i64,
+);
+
+unsafe extern "C" {
+    fn keel_step_probe(number: i64, capability: u64, set_tf: u64);
+    static keel_step_probe_return: u8;
+    static keel_step_probe_1: u8;
+    static keel_step_probe_2: u8;
+    static keel_step_probe_3: u8;
+    static keel_step_probe_4: u8;
+    static keel_step_probe_5: u8;
+}
+
+/// Makes system call `number` (RDI = `capability`, RSI = message info 0, no message
+/// registers) from a probe whose return address is [`step_probe_return`], followed by
+/// [`STEP_PROBE_STEPS`] instructions and then clearing TF (the last of them is the
+/// POPFQ that clears it). With `set_tf` the probe sets TF itself (POPFQ) right before
+/// the SYSCALL; without it, TF is whatever the kernel gives back (a debugger's
+/// ConfigureSingleStepping while the thread waits in the call). Either way the thread
+/// single-steps from the return of the call until that POPFQ: a fault handler must
+/// resume its debug faults.
+pub fn step_probe(number: i64, capability: u64, set_tf: bool) {
+    // SAFETY: the probe saves R15 (a message register a receive may write) and
+    // restores it; everything else it or the system call changes (RAX, RCX, RDX, RSI,
+    // RDI, R8-R11) is caller-saved in the C ABI; TF is cleared again before it
+    // returns (its handler resumes the debug faults TF raises); the stack is balanced.
+    unsafe { keel_step_probe(number, capability, set_tf as u64) }
+}
+
+/// The return address of [`step_probe`]'s SYSCALL: the RIP a thread waiting in that
+/// call has in its saved registers.
+pub fn step_probe_return() -> u64 {
+    (&raw const keel_step_probe_return) as u64
+}
+
+/// The RIPs after each of the [`STEP_PROBE_STEPS`] instructions of [`step_probe`] that
+/// follow its SYSCALL, in order: where the single-step faults of a thread stepping
+/// through them are reported, one per instruction run.
+pub fn step_probe_steps() -> [u64; STEP_PROBE_STEPS] {
+    [
+        (&raw const keel_step_probe_1) as u64,
+        (&raw const keel_step_probe_2) as u64,
+        (&raw const keel_step_probe_3) as u64,
+        (&raw const keel_step_probe_4) as u64,
+        (&raw const keel_step_probe_5) as u64,
+    ]
+}
+
 /// Puts `value` in every general register a KeelDebugKernelStackCount call leaves
 /// free (RAX, RBX, RBP, RSI, R8, R9, R10, R12 to R15; RDI carries its complement, RDX
 /// the number, RCX and R11 are SYSCALL's) and makes the call: returns how many words of

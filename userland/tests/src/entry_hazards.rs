@@ -25,6 +25,9 @@ const KERNEL_LOOKING_GS: u64 = 0xffff_8000_0000_0000;
 /// Runs the entry-hazard tests.
 pub fn run(suite: &mut Suite, env: &mut Env) {
     suite.run("entry_single_step_across_syscall", || single_step(env));
+    suite.run("entry_single_step_from_syscall_return_is_exact", || {
+        single_step_from_syscall_return(env)
+    });
     suite.run("entry_syscall_with_nt_and_nt_tf", || nt(env));
     suite.run("entry_mov_ss_data_breakpoint_then_kernel_entry", || {
         mov_ss(env)
@@ -297,6 +300,166 @@ fn sysret_rip(env: &mut Env) -> TestResult {
     })();
     env.destroy(t)?;
     result
+}
+
+// ---- Single steps across a SYSCALL's return (the exit path's TF check) ----
+
+/// Single-step faults recorded by [`serve_steps`], at most.
+const MAX_STEPS: usize = 8;
+
+/// What [`serve_steps`] saw: the FaultIPs of the single-step faults in order.
+struct Steps {
+    finished: bool,
+    ips: [u64; MAX_STEPS],
+    count: usize,
+}
+
+impl Steps {
+    fn ips(&self) -> &[u64] {
+        &self.ips[..self.count.min(MAX_STEPS)]
+    }
+}
+
+/// RIPs printed as offsets from the probe's return address (`[+0 +1 +b]`), short
+/// enough for a failure message.
+struct Offsets<'a>(&'a [u64]);
+
+impl core::fmt::Display for Offsets<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let ret = hazards::step_probe_return();
+        f.write_str("[")?;
+        for (i, ip) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            match ip.checked_sub(ret) {
+                Some(d) if d < 0x1000 => write!(f, "{sep}+{d:x}")?,
+                _ => write!(f, "{sep}{ip:#x}")?,
+            }
+        }
+        f.write_str("]")
+    }
+}
+
+/// Serves the fault endpoint until the thread running [`hazards::step_probe`] sets
+/// shared word 0: records the FaultIP of every single-step fault and resumes it. Any
+/// other fault fails the test (the thread is left stopped).
+fn serve_steps(env: &mut Env) -> Result<Steps, Why> {
+    let mut steps = Steps {
+        finished: false,
+        ips: [0; MAX_STEPS],
+        count: 0,
+    };
+    let mut bad: Option<(u64, u64)> = None;
+    steps.finished = wait_until(|| {
+        if let Some(r) = env.fault_ep.nb_recv() {
+            let single_step = FaultType::from_u64(r.label()) == Some(FaultType::DebugException)
+                && r.mr(debug_exception::EXCEPTION_REASON) == BreakpointType::SingleStep as u64;
+            if single_step {
+                if steps.count < MAX_STEPS {
+                    steps.ips[steps.count] = r.mr(debug_exception::FAULT_IP);
+                }
+                steps.count += 1;
+                keel_sys::ipc::reply(&Message::new(0));
+            } else if bad.is_none() {
+                bad = Some((r.label(), r.mr(0)));
+            }
+        }
+        bad.is_some() || shared(0) == 1
+    });
+    if let Some((label, w)) = bad {
+        fail!("unexpected fault: label {label:#x}, MR0 {w:#x}");
+    }
+    Ok(steps)
+}
+
+fn self_stepping_thread(_: u64) {
+    hazards::step_probe(keel_abi::syscall::YIELD, 0, true);
+    set_shared(0, 1);
+}
+
+fn stepped_while_waiting_thread(ep: u64) {
+    hazards::step_probe(keel_abi::syscall::RECV, ep, false);
+    set_shared(0, 1);
+}
+
+/// The single steps of a thread that sets TF itself (POPFQ) and makes a Yield.
+fn steps_of_self_stepping_thread(env: &mut Env) -> Result<Steps, Why> {
+    set_shared(0, 0);
+    let t = env.create(self_stepping_thread, 0, CHILD_PRIORITY)?;
+    let steps = t.start().or_fail("start").and_then(|()| serve_steps(env));
+    env.destroy(t)?;
+    steps
+}
+
+/// The single-step stops of a thread waiting in Recv when a debugger (this thread)
+/// configures single stepping on it with a count of 3, then sends it a message.
+fn steps_of_thread_stepped_while_waiting(env: &mut Env) -> Result<Steps, Why> {
+    set_shared(0, 0);
+    let ret = hazards::step_probe_return();
+    let ep = env.endpoint()?;
+    let t = env.create(stepped_while_waiting_thread, ep.cptr(), CHILD_PRIORITY)?;
+    let steps = (|| {
+        t.start().or_fail("start")?;
+        // Its saved RIP is the return address once it has entered its Recv (it runs
+        // first, on this CPU and above this thread's priority, and blocks there).
+        let waiting = wait_until(|| {
+            t.tcb
+                .read_registers(false, 0, 1)
+                .is_ok_and(|c| c.rip == ret)
+        });
+        ensure!(waiting, "thread never waited in its Recv at {ret:#x}");
+        let mut args = Args::new();
+        args.word(0);
+        args.word(3);
+        invoke(t.tcb.cptr(), L::TcbConfigureSingleStepping, &args)
+            .or_fail("ConfigureSingleStepping")?;
+        ep.nb_send(&Message::new(0));
+        serve_steps(env)
+    })();
+    env.destroy(t)?;
+    env.alloc.delete(ep).or_fail("delete endpoint")?;
+    steps
+}
+
+/// A thread with TF in its saved RFLAGS that entered by SYSCALL must leave the kernel by
+/// IRETQ, which single-steps from the first instruction after the call: a SYSRET with
+/// TF in R11 raises #DB at once, before that instruction runs (on hardware, and under
+/// QEMU's TCG too), so the thread's handler would see a stop at the return address
+/// where the thread ran no instruction. With `keel.unsafe.sysret` both halves fail.
+///
+/// 1. The thread sets TF itself (POPFQ) and makes a Yield: exactly one single-step
+///    fault after each of the five instructions that follow the call, none at its
+///    return address.
+/// 2. A debugger (this thread) configures single stepping with a count of 3 on a thread
+///    waiting in Recv, then sends it a message: the thread must stop after exactly
+///    three instructions after the call, then after each further one (a stop at the
+///    return address would be counted as one of the three).
+fn single_step_from_syscall_return(env: &mut Env) -> TestResult {
+    let after = hazards::step_probe_steps();
+    let own = steps_of_self_stepping_thread(env)?;
+    let debugger = steps_of_thread_stepped_while_waiting(env)?;
+    ensure!(
+        own.finished && debugger.finished,
+        "a stepped thread did not finish: {} and {} single steps",
+        own.count,
+        debugger.count
+    );
+    let own_ok = own.ips() == after;
+    let debugger_ok = debugger.ips() == &after[2..];
+    ensure!(
+        own_ok && debugger_ok,
+        "stops after the call (from its return address): own TF {} (want {}); \
+         debugger, count 3: {} (want {}){}",
+        Offsets(own.ips()),
+        Offsets(&after),
+        Offsets(debugger.ips()),
+        Offsets(&after[2..]),
+        if own.ips().first() == Some(&hazards::step_probe_return()) {
+            ": SYSRET with TF"
+        } else {
+            ""
+        }
+    );
+    Ok(())
 }
 
 // ---- LDT and espfix64 (DESIGN §5.4) ----
