@@ -143,8 +143,8 @@ impl<H: Hardware> Kernel<H> {
         }
     }
 
-    /// Decodes and performs an invocation on a frame capability (`cap`, a `Cap::Frame`).
-    /// Inline: the general path calls it with a frame decoded in registers.
+    /// Decodes and performs an invocation on a frame capability (`frame`: its slot's
+    /// two words). Inline: the general path calls it with the words in registers.
     #[inline(always)]
     pub fn invoke_frame(&mut self, frame: [u64; 2], label: L, args: &Args) -> Invoked {
         match label {
