@@ -1,6 +1,7 @@
 //! IPC: send/receive in both orders, Call/Reply and ReplyRecv, badges, NBSend and
 //! NBRecv, capability transfer with and without grant, unwrapping, deleting an endpoint
-//! a thread is blocked on, CancelBadgedSends, SaveCaller, notifications.
+//! a thread is blocked on, a notification a thread waits on, a queued sender and a
+//! caller whose reply is saved, CancelBadgedSends, SaveCaller, notifications.
 
 use keel_abi::fault::{FaultType, cap_fault};
 use keel_abi::object::cap_tag;
@@ -30,6 +31,15 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
     });
     suite.run("ipc_deleting_endpoint_restarts_blocked_receiver", || {
         delete_blocked(env)
+    });
+    suite.run("ipc_deleting_notification_restarts_blocked_waiter", || {
+        delete_waited_notification(env)
+    });
+    suite.run("ipc_deleting_queued_sender_takes_it_off_the_queue", || {
+        delete_queued_sender(env)
+    });
+    suite.run("ipc_deleting_caller_deletes_its_saved_reply", || {
+        delete_caller_with_saved_reply(env)
     });
     suite.run("ipc_cancel_badged_sends", || cancel_badged(env));
     suite.run("ipc_save_caller_then_reply", || save_caller(env));
@@ -321,6 +331,114 @@ fn delete_blocked(env: &mut Env) -> TestResult {
     Ok(())
 }
 
+/// A thread waiting on a notification whose every capability is deleted: its Wait
+/// restarts on the empty slot and faults (capability fault, receive phase); it never
+/// wakes with bits.
+fn delete_waited_notification(env: &mut Env) -> TestResult {
+    let n = env.notification()?;
+    let copy = env.mint(n, CapRights::ALL, 0)?;
+    set_shared(10, copy.cptr());
+    let t = env.spawn(ntfn_waiter, 0, CHILD_PRIORITY)?;
+    let blocked = shared(1) == 1 && shared(0) == 0;
+    init::CNODE
+        .delete(copy.cptr(), DEPTH)
+        .or_fail("delete copy")?;
+    init::CNODE
+        .delete(n.cptr(), DEPTH)
+        .or_fail("delete notification")?;
+    let got = recv_timeout(env.fault_ep);
+    let words = got.map(|r| r.words::<4>());
+    env.destroy(t)?;
+    ensure!(blocked, "the waiter did not block on the notification");
+    ensure!(
+        shared(0) == 0,
+        "the waiter woke from a deleted notification with bits {:#x}",
+        shared(0)
+    );
+    let Some(r) = got else {
+        fail!("no fault from the restarted waiter")
+    };
+    ensure!(
+        r.badge == FAULT_BADGE && r.label() == FaultType::CapFault as u64,
+        "fault badge {:#x} label {}",
+        r.badge,
+        r.label()
+    );
+    let w = words.unwrap_or_default();
+    ensure!(
+        w[cap_fault::ADDR] == copy.cptr() && w[cap_fault::IN_RECV_PHASE] == 1,
+        "fault address {:#x}, receive phase {}",
+        w[cap_fault::ADDR],
+        w[cap_fault::IN_RECV_PHASE]
+    );
+    Ok(())
+}
+
+/// Sends once on the endpoint capability `cptr`, with `cptr` as the message.
+fn send_once(cptr: u64) {
+    Cap::<Endpoint>::from_cptr(cptr).send(&Message::new(LABEL).word(cptr));
+}
+
+/// Two senders queued on an endpoint; the first is deleted while blocked: the receiver
+/// gets the second's message and then nothing (no message from the deleted thread, no
+/// corrupted queue), and the endpoint still works.
+fn delete_queued_sender(env: &mut Env) -> TestResult {
+    let ep = env.endpoint()?;
+    let b1 = env.mint(ep, CapRights::ALL, 1)?;
+    let b2 = env.mint(ep, CapRights::ALL, 2)?;
+    let s1 = env.spawn(send_once, b1.cptr(), CHILD_PRIORITY)?;
+    let s2 = env.spawn(send_once, b2.cptr(), CHILD_PRIORITY)?;
+    env.destroy(s1)?;
+    let first = recv_timeout(ep).map(|m| (m.badge, m.mr(0)));
+    let then = ep.nb_recv().map(|m| m.badge);
+    let s3 = env.spawn(send_once, b1.cptr(), CHILD_PRIORITY)?;
+    let after = recv_timeout(ep).map(|m| m.badge);
+    env.destroy(s2)?;
+    env.destroy(s3)?;
+    ensure!(
+        first == Some((2, b2.cptr())),
+        "first message {first:?}, expected badge 2 from the second sender"
+    );
+    ensure!(then.is_none(), "a message with badge {then:?} after it");
+    ensure!(
+        after == Some(1),
+        "a new sender on the same endpoint: {after:?}"
+    );
+    Ok(())
+}
+
+/// A server saved a caller's reply capability; the caller is deleted before the
+/// reply: the saved reply capability goes with it, and the server's reply through the
+/// emptied slot is nothing (no fault, no kernel error).
+fn delete_caller_with_saved_reply(env: &mut Env) -> TestResult {
+    let ep = env.endpoint()?;
+    let slot = env.slot()?;
+    set_shared(10, ep.cptr());
+    set_shared(11, slot);
+    let go = env.notification()?;
+    set_shared(12, go.cptr());
+    let s = env.spawn(saving_server, 0, CHILD_PRIORITY)?;
+    let c = env.spawn(caller, 0, CHILD_PRIORITY)?;
+    let saved = wait_until(|| shared(3) != 0);
+    let was_reply = env.has_tag(slot, cap_tag::REPLY);
+    env.destroy(c)?;
+    let emptied = env.is_empty(slot);
+    go.signal();
+    let server_done = wait_until(|| shared(4) != 0);
+    let fault = env.fault_ep.nb_recv().map(|r| r.label());
+    env.destroy(s)?;
+    ensure!(saved && shared(3) == 2, "SaveCaller failed");
+    ensure!(was_reply, "the saved slot does not hold a reply capability");
+    ensure!(
+        emptied,
+        "the reply capability outlived the caller it would answer"
+    );
+    ensure!(server_done, "the server did not get past its reply");
+    ensure!(fault.is_none(), "a fault (label {fault:?}) from the reply");
+    ensure!(shared(0) == 0, "the deleted caller got an answer");
+    Ok(())
+}
+
 /// Sends on the endpoint capability `cptr`, forever.
 fn repeat_sender(cptr: u64) {
     let ep = Cap::<Endpoint>::from_cptr(cptr);
@@ -362,6 +480,7 @@ fn saving_server(_: u64) {
     set_shared(1, r.mr(0));
     Cap::<Notification>::from_cptr(shared(12)).wait();
     Cap::<Reply>::from_cptr(saved).send(&Message::new(0).word(r.mr(0) + 1));
+    set_shared(4, 1);
 }
 
 /// Calls the endpoint in word 10 with 41; stores the answer in word 0.
