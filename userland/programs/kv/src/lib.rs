@@ -14,7 +14,7 @@
 #![deny(unsafe_code)]
 
 use keel_rt::println;
-use keel_rt::protocol::{self, Answer, Error, Reply, Request, Service};
+use keel_rt::protocol::{self, Answer, Error, Request, Service};
 use keel_servers::{StartInfo, names};
 use keel_sys::cap::{Cap, Endpoint};
 use keel_sys::{Message, Received};
@@ -46,12 +46,10 @@ pub enum KvRequest {
     Remove(u64),
 }
 
-/// Every reply: a value or none (one protocol has one reply type).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Value(pub Option<u64>);
-
 impl Request for KvRequest {
-    type Reply = Value;
+    /// One reply type for every request (the protocol's rule): the value, if any.
+    /// PUT's reply has none; the client functions give each request its own type.
+    type Reply = Option<u64>;
 
     fn encode(&self) -> Message {
         match *self {
@@ -76,19 +74,6 @@ impl Request for KvRequest {
     }
 }
 
-impl Reply for Value {
-    fn encode(&self) -> Message {
-        match self.0 {
-            Some(value) => Message::new(protocol::OK).word(value),
-            None => Message::new(protocol::OK),
-        }
-    }
-
-    fn decode(message: &Received) -> Result<Self, Error> {
-        Ok(Self((message.length() >= 1).then(|| message.mr(0))))
-    }
-}
-
 /// The table: `CAPACITY` entries, each free or a key and its value.
 struct Kv {
     entries: [Option<(u64, u64)>; CAPACITY],
@@ -101,7 +86,7 @@ impl Kv {
             .position(|entry| matches!(entry, Some((k, _)) if *k == key))
     }
 
-    fn put(&mut self, key: u64, value: u64) -> Result<Value, Error> {
+    fn put(&mut self, key: u64, value: u64) -> Result<Option<u64>, Error> {
         let index = match self.find(key) {
             Some(index) => index,
             None => self
@@ -111,23 +96,23 @@ impl Kv {
                 .ok_or(Error::Full)?,
         };
         self.entries[index] = Some((key, value));
-        Ok(Value(None))
+        Ok(None)
     }
 
-    fn get(&self, key: u64) -> Value {
-        Value(self.find(key).and_then(|i| self.entries[i]).map(|(_, v)| v))
+    fn get(&self, key: u64) -> Option<u64> {
+        self.find(key).and_then(|i| self.entries[i]).map(|(_, v)| v)
     }
 
-    fn remove(&mut self, key: u64) -> Result<Value, Error> {
+    fn remove(&mut self, key: u64) -> Result<Option<u64>, Error> {
         let index = self.find(key).ok_or(Error::NotFound)?;
-        Ok(Value(self.entries[index].take().map(|(_, v)| v)))
+        Ok(self.entries[index].take().map(|(_, v)| v))
     }
 }
 
 impl Service for Kv {
     type Request = KvRequest;
 
-    fn handle(&mut self, request: KvRequest, _badge: u64) -> Answer<Value> {
+    fn handle(&mut self, request: KvRequest, _badge: u64) -> Answer<Option<u64>> {
         Answer::Now(match request {
             KvRequest::Put { key, value } => self.put(key, value),
             KvRequest::Get(key) => Ok(self.get(key)),
@@ -161,12 +146,10 @@ pub fn put(server: Cap<Endpoint>, key: u64, value: u64) -> Result<(), Error> {
 
 /// Client side: the value under `key`, if any.
 pub fn get(server: Cap<Endpoint>, key: u64) -> Result<Option<u64>, Error> {
-    protocol::call(server, &KvRequest::Get(key)).map(|value| value.0)
+    protocol::call(server, &KvRequest::Get(key))
 }
 
 /// Client side: removes `key` and returns its value (`Error::NotFound` if absent).
 pub fn remove(server: Cap<Endpoint>, key: u64) -> Result<u64, Error> {
-    protocol::call(server, &KvRequest::Remove(key))?
-        .0
-        .ok_or(Error::BadReply)
+    protocol::call(server, &KvRequest::Remove(key))?.ok_or(Error::BadReply)
 }
