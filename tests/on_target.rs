@@ -314,9 +314,10 @@ fn default_image_ready() {
 
 /// A scripted shell session on the default image: `echo` goes through the name service
 /// and the echo server and its answer comes back on COM1; `mem` reports the boot-info
-/// untypeds; an unknown command is refused; `ps` lists the threads init started, all
-/// running; `caps echo` lists the echo server's own CSpace, typed by the kernel (init
-/// looks); the echo server's log line arrives whole through the serial server;
+/// untypeds; an unknown command is refused; the key-value store's client prints its
+/// results; `ps` lists the threads init started, all running; `caps echo` lists the
+/// echo server's own CSpace, typed by the kernel (init looks); the echo server's log
+/// line arrives whole through the serial server;
 /// `fault echo` makes the echo server fault, init reports it and restarts it, and the
 /// new instance answers the next `echo` (and `ps` says it was restarted); `sleep 100`
 /// waits at least 100 ms of the timer server's 10 ms ticks;
@@ -348,6 +349,15 @@ fn default_image_shell_session() {
         "no echo answer on its own line\n{}",
         run.report()
     );
+    // The key-value store's client (doc/writing-a-server.md's worked example) ran once
+    // after `keel: ready`: a value came back and the table filled up.
+    for line in [
+        "kvclient: get 1: Ok(Some(100))",
+        "kvclient: remove 2: Err(NotFound)",
+        "kvclient: 15 more puts fit, the next one: Err(Full)",
+    ] {
+        assert!(lines.contains(&line), "no {line:?}\n{}", run.report());
+    }
     assert!(
         run.serial.contains("unknown command 'bogus'"),
         "{}",
@@ -379,7 +389,9 @@ fn default_image_shell_session() {
         .take_while(|l| !l.starts_with("keel>"))
         .map(|l| l.split_whitespace().collect())
         .collect();
-    for name in ["init", "names", "echo", "serial", "timer", "power", "shell"] {
+    for name in [
+        "init", "names", "echo", "serial", "timer", "power", "kv", "shell",
+    ] {
         let row = table
             .iter()
             .find(|r| r.first() == Some(&name))
@@ -387,7 +399,7 @@ fn default_image_shell_session() {
         assert_eq!(row.get(5), Some(&"running"), "{row:?}\n{}", run.report());
     }
     // The servers loaded from their modules use part of their memory budget.
-    for name in ["names", "echo", "serial", "timer", "power"] {
+    for name in ["names", "echo", "serial", "timer", "power", "kv"] {
         let row = table.iter().find(|r| r[0] == name).unwrap();
         let (used, budget) = row[4].split_once('/').unwrap_or(("?", "?"));
         let (used, budget) = (used.parse::<u64>(), budget.parse::<u64>());

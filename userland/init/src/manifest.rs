@@ -162,6 +162,42 @@ pub const SERVERS: &[Server] = &[
         stage: Stage::Boot,
     },
     Server {
+        name: "kv",
+        priority: 140,
+        entry: None,
+        budget_bits: 20,
+        acpi_power: false,
+        // The key-value store (doc/writing-a-server.md's worked example). Its name comes
+        // from its crate: init waits for exactly this name before `keel: ready`.
+        serves: Some(keel_server_kv::NAME),
+        uses: &[NAMES],
+        io_ports: None,
+        irqs: &[],
+        slots: 0, // it looks nothing up
+        asks_init: false,
+        cpu: 0,
+        fsgsbase: false,
+        restart: true,
+        stage: Stage::Boot,
+    },
+    Server {
+        name: "kvclient",
+        priority: 60,
+        entry: None,
+        budget_bits: 20,
+        acpi_power: false,
+        serves: None,
+        uses: &[NAMES, keel_servers::serial::NAME, keel_server_kv::NAME],
+        io_ports: None,
+        irqs: &[],
+        slots: 2, // the endpoints it looks up: serial's, kv's
+        asks_init: false,
+        cpu: 0,
+        fsgsbase: false,
+        restart: false,
+        stage: Stage::Ready,
+    },
+    Server {
         name: "shell",
         priority: 50,
         entry: None,

@@ -8,6 +8,9 @@
 //!   answers every other with [`Error::UnknownLabel`].
 //! - A reply's label is [`OK`] (0) for success, with the reply's words; any other label
 //!   is an [`Error`] code ([`Error::code`]) and the reply has no words.
+//! - A protocol has one reply type for all its requests. The runtime has `()` (no
+//!   words), `u64` (one word), `Option<u64>` (one word or none) and [`Words`] (a list);
+//!   anything else is a type of the protocol's own implementing [`Reply`].
 //! - Text travels as words (`keel_servers::text_to_words`: length, then eight bytes a
 //!   word), in the registers and the IPC buffer.
 //!
@@ -119,6 +122,36 @@ impl Reply for () {
 
     fn decode(_: &Received) -> Result<Self, Error> {
         Ok(())
+    }
+}
+
+/// A reply of one word: label [`OK`] and the word ([`Error::BadReply`] if there is
+/// none).
+impl Reply for u64 {
+    fn encode(&self) -> Message {
+        Message::new(OK).word(*self)
+    }
+
+    fn decode(message: &Received) -> Result<Self, Error> {
+        match message.length() {
+            0 => Err(Error::BadReply),
+            _ => Ok(message.mr(0)),
+        }
+    }
+}
+
+/// A reply of one word or none: label [`OK`] and the word for `Some`, no words for
+/// `None` (a lookup that may find nothing).
+impl Reply for Option<u64> {
+    fn encode(&self) -> Message {
+        match *self {
+            Some(word) => Message::new(OK).word(word),
+            None => Message::new(OK),
+        }
+    }
+
+    fn decode(message: &Received) -> Result<Self, Error> {
+        Ok((message.length() > 0).then(|| message.mr(0)))
     }
 }
 

@@ -4,7 +4,7 @@
 //! timer server ([`timer`]: the PIT's ticks, `sleep`) and the power service
 //! ([`power`]: ACPI power off and reset).
 //!
-//! Each server is also a program of its own: a crate `userland/servers/NAME` whose
+//! Each server is also a program of its own: a crate `userland/programs/NAME` whose
 //! binary init loads from its boot module into an address space and a memory budget of
 //! its own ([`program`], [`loader`]).
 //!

@@ -2,7 +2,7 @@
 //! runtime set-up a server program does before it runs its server's entry, and the
 //! layout init builds for it (see [`crate::loader`]).
 //!
-//! A server program is a crate of its own (`userland/servers/NAME`, binary `NAME`)
+//! A server program is a crate of its own (`userland/programs/NAME`, binary `NAME`)
 //! whose `main.rs` is one line: `keel_servers::server_program!(keel_servers::echo::main);`.
 //! init loads it into an address space of its own and starts it with its packed start
 //! information in RDI (the argument of the server's entry) and, for a server that is

@@ -1,5 +1,6 @@
 //! The runtime's heap and typed IPC (`runtime_*`): `alloc` collections on the global
 //! allocator, large allocations, exhaustion reported as an error by the fallible calls;
+//! the runtime's one-word reply types (`u64`, `Option<u64>`) encoded and decoded;
 //! a small service on `keel_rt::protocol::serve` answering a typed request, a malformed
 //! one and an unknown label.
 
@@ -49,6 +50,7 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
         }
         Ok(())
     });
+    suite.run("runtime_protocol_one_word_replies", one_word_replies);
     suite.run("runtime_protocol_typed_request_and_unknown_label", || {
         protocol_service(env)
     });
@@ -304,4 +306,60 @@ fn protocol_service(env: &mut Env) -> TestResult {
     })();
     env.destroy(server)?;
     result
+}
+
+/// What `reply` looks like to the client: the message as received, without the IPC
+/// (words 0-3 travel in registers).
+fn as_received(reply: &Message) -> Received {
+    let (info, regs) = reply.prepare();
+    Received {
+        info,
+        badge: 0,
+        regs,
+    }
+}
+
+/// `u64` and `Option<u64>` as reply types: label `OK`, one word or none, and back.
+fn one_word_replies() -> TestResult {
+    use protocol::Reply;
+
+    for word in [0, 1, 0x1234_5678_9abc_def0, u64::MAX] {
+        let message = word.encode();
+        ensure!(
+            message.label() == protocol::OK && message.as_words() == [word],
+            "u64 {word:#x} encodes as {message:?}"
+        );
+        let decoded = <u64 as Reply>::decode(&as_received(&message));
+        ensure!(decoded == Ok(word), "u64 {word:#x} decodes as {decoded:?}");
+        let message = Some(word).encode();
+        ensure!(
+            message.label() == protocol::OK && message.as_words() == [word],
+            "Some({word:#x}) encodes as {message:?}"
+        );
+        let decoded = <Option<u64> as Reply>::decode(&as_received(&message));
+        ensure!(
+            decoded == Ok(Some(word)),
+            "Some({word:#x}) decodes as {decoded:?}"
+        );
+    }
+    let none = None::<u64>.encode();
+    ensure!(
+        none.label() == protocol::OK && none.as_words().is_empty(),
+        "None encodes as {none:?}"
+    );
+    let decoded = <Option<u64> as Reply>::decode(&as_received(&none));
+    ensure!(decoded == Ok(None), "None decodes as {decoded:?}");
+    // A u64 reply without its word is malformed, and an error label is the error.
+    let decoded = <u64 as Reply>::decode(&as_received(&Message::new(protocol::OK)));
+    ensure!(
+        decoded == Err(Error::BadReply),
+        "an empty u64 reply decodes as {decoded:?}"
+    );
+    let refused = as_received(&protocol::reply_message::<Option<u64>>(&Err(Error::Full)));
+    let decoded = protocol::decode_reply::<Option<u64>>(&refused);
+    ensure!(
+        decoded == Err(Error::Full),
+        "a Full reply decodes as {decoded:?}"
+    );
+    Ok(())
 }

@@ -8,6 +8,7 @@
 //! starts them, `keel_servers::cspace`) invokes what it was given, the IPC fastpath
 //! included, and cannot even look up a capability the suite holds. The timer server,
 //! confined with the PIT's ports and IRQ 0, counts ticks and wakes sleepers in order.
+//! The key-value store server of `userland/programs/kv` answers its typed errors.
 
 use keel_abi::fault::{FaultType, user_exception};
 use keel_abi::object::cap_tag;
@@ -48,6 +49,9 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
     );
     suite.run("timer_server_pit_ticks_and_sleeps_in_order", || {
         timer_sleeps(env)
+    });
+    suite.run("kv_server_round_trips_missing_keys_and_full_table", || {
+        kv_server(env)
     });
 }
 
@@ -872,5 +876,77 @@ fn timer_sleeps(env: &mut Env) -> TestResult {
     init::CNODE
         .delete(ports, DEPTH)
         .or_fail("delete the port capability")?;
+    result
+}
+
+/// The key-value store server (`userland/programs/kv`, the worked example of
+/// doc/writing-a-server.md) as a thread of the suite, found through the name service:
+/// values round-trip and are replaced, a missing key is `None` to GET and `NotFound` to
+/// REMOVE, a new key in a full table is `Full` while an existing one can still be
+/// replaced, and malformed or unknown requests get their typed errors.
+fn kv_server(env: &mut Env) -> TestResult {
+    use keel_rt::protocol::Error::{BadRequest, Full, NotFound, UnknownLabel};
+    use keel_server_kv as kv;
+
+    let (names_thread, ns, kv_ns) = start_names(env, 1)?;
+    let kv_ep = env.endpoint()?;
+    let start = StartInfo {
+        serve: kv_ep.cptr(),
+        names: kv_ns.cptr(),
+        ..StartInfo::default()
+    };
+    let kv_thread = env.spawn(kv::main, start.pack(), CHILD_PRIORITY)?;
+    let result = (|| {
+        let slot = env.slot()?;
+        let server = match names::lookup(ns, kv::NAME, init::CNODE, slot) {
+            Ok(c) => c,
+            Err(e) => fail!("lookup kv: {e:?}"),
+        };
+        ensure!(kv::get(server, 7) == Ok(None), "get of an empty table");
+        ensure!(kv::put(server, 7, 70) == Ok(()), "put 7");
+        ensure!(kv::put(server, u64::MAX, 0) == Ok(()), "put u64::MAX");
+        let got = kv::get(server, 7);
+        ensure!(got == Ok(Some(70)), "get 7: {got:?}");
+        let got = kv::get(server, u64::MAX);
+        ensure!(got == Ok(Some(0)), "get u64::MAX: {got:?}");
+        ensure!(kv::put(server, 7, 71) == Ok(()), "replace 7");
+        let got = kv::get(server, 7);
+        ensure!(got == Ok(Some(71)), "get 7 after replacing: {got:?}");
+        let got = kv::remove(server, 7);
+        ensure!(got == Ok(71), "remove 7: {got:?}");
+        let got = kv::remove(server, 7);
+        ensure!(got == Err(NotFound), "remove 7 again: {got:?}");
+        let got = kv::get(server, 7);
+        ensure!(got == Ok(None), "get 7 after removing: {got:?}");
+        // Fill the table: u64::MAX is in it already.
+        for key in 1..kv::CAPACITY as u64 {
+            let got = kv::put(server, key, key * 10);
+            ensure!(got == Ok(()), "put {key} of {}: {got:?}", kv::CAPACITY);
+        }
+        let got = kv::put(server, 1000, 1);
+        ensure!(got == Err(Full), "put into a full table: {got:?}");
+        ensure!(
+            kv::put(server, 3, 33) == Ok(()),
+            "replace 3 in a full table"
+        );
+        for key in 1..kv::CAPACITY as u64 {
+            let want = if key == 3 { 33 } else { key * 10 };
+            let got = kv::get(server, key);
+            ensure!(got == Ok(Some(want)), "get {key} of a full table: {got:?}");
+        }
+        ensure!(kv::remove(server, 5) == Ok(50), "remove 5 of a full table");
+        ensure!(kv::put(server, 1000, 1) == Ok(()), "put after a remove");
+        ensure!(kv::get(server, 1000) == Ok(Some(1)), "get 1000");
+        // Malformed and unknown requests.
+        let reply = server.call(&Message::new(kv::GET));
+        let got = keel_rt::protocol::decode_reply::<Option<u64>>(&reply);
+        ensure!(got == Err(BadRequest), "GET without a key: {got:?}");
+        let reply = server.call(&Message::new(99).word(1));
+        let got = keel_rt::protocol::decode_reply::<Option<u64>>(&reply);
+        ensure!(got == Err(UnknownLabel), "label 99: {got:?}");
+        Ok(())
+    })();
+    env.destroy(kv_thread)?;
+    env.destroy(names_thread)?;
     result
 }
