@@ -575,11 +575,18 @@ fn start_all(alloc: &mut Allocator, info: &BootInfo) -> keel_rt::Result<System> 
     init::TCB.set_priority(init::TCB, INIT_PRIORITY)?;
     let mine = mint(alloc, names_ep, INIT_BADGE)?;
     let slot = alloc.slot()?;
+    // TSC ticks after which init says which name it is still waiting for (10 s; the
+    // kernel writes the frequency record on every machine it boots on).
+    let patience = u64::from(info.tsc_mhz().unwrap_or(1000)) * 10_000_000;
     let boot_names = SERVERS
         .iter()
-        .filter(|s| s.stage == Stage::Boot)
-        .filter_map(|s| s.serves.filter(|n| *n != manifest::NAMES));
-    for name in boot_names {
+        .enumerate()
+        .filter(|(_, s)| s.stage == Stage::Boot)
+        .filter_map(|(i, s)| Some((i, s.serves.filter(|n| *n != manifest::NAMES)?)));
+    for (index, name) in boot_names {
+        let since = keel_sys::rdtsc();
+        let mut said = false;
+        let mut faults = 0;
         loop {
             match names::lookup(mine, name, init::CNODE, slot) {
                 Ok(ep) => {
@@ -588,14 +595,36 @@ fn start_all(alloc: &mut Allocator, info: &BootInfo) -> keel_rt::Result<System> 
                     init::CNODE.delete(ep.cptr(), ROOT_DEPTH)?;
                     break;
                 }
-                Err(keel_rt::protocol::Error::NotFound) => {
-                    keel_sys::ipc::yield_now();
-                }
+                Err(keel_rt::protocol::Error::NotFound) => {}
                 Err(e) => {
                     println!("init: {name} did not register: {e:?}");
                     break;
                 }
             }
+            // A boot server that faults before it registers (a panic in its setup, say)
+            // is reported now, and restarted if its entry says so, up to three times
+            // while init waits for it; then init goes on without it.
+            if let Some(r) = system.fault_ep.nb_recv() {
+                let waited_for = r.badge == index as u64 + 1;
+                faults += usize::from(waited_for);
+                if waited_for && (faults > BOOT_RESTARTS || !SERVERS[index].restart) {
+                    registry::faulted(index, r.label());
+                    println!(
+                        "init: server {name} faulted (fault label {}) before it registered; it stays stopped, and init goes on without it",
+                        r.label()
+                    );
+                    break;
+                }
+                fault(alloc, &mut system, r.badge, r.label());
+                continue;
+            }
+            if !said && keel_sys::rdtsc().wrapping_sub(since) > patience {
+                println!(
+                    "init: still waiting for a server to register '{name}' (does its program register the name its manifest entry serves?)"
+                );
+                said = true;
+            }
+            keel_sys::ipc::yield_now();
         }
     }
     MEM_FREE.store(alloc.untyped.free_bytes(), Ordering::Relaxed);
@@ -612,6 +641,10 @@ fn start_all(alloc: &mut Allocator, info: &BootInfo) -> keel_rt::Result<System> 
     }
     Ok(system)
 }
+
+/// How often init restarts a boot-stage server that faults before it registers its
+/// name (a server whose setup always fails would otherwise hold the boot for ever).
+const BOOT_RESTARTS: usize = 3;
 
 /// A budget in init's start line: `1024 KiB budget`, or `in init's image`.
 struct BudgetLine(Option<u64>);
