@@ -31,7 +31,7 @@ pub mod serial;
 pub mod timer;
 
 use keel_rt::SlotAllocator;
-use keel_sys::cap::{CNode, Cap};
+use keel_sys::cap::{CNode, Cap, Endpoint};
 
 /// What a server starts with, packed into its thread's one argument word: capability
 /// pointers in the server's CSpace (12 bits each, as many as the root CNode has slots;
@@ -97,6 +97,21 @@ impl StartInfo {
     /// The server's window of free slots, as the runtime's slot allocator.
     pub fn slot_allocator(&self) -> SlotAllocator {
         SlotAllocator::new(self.slots, self.slots + self.slot_count)
+    }
+
+    /// Looks `name` up in the name service this server was given, into a slot taken
+    /// from `slots`: the server's endpoint (badged for this client), or `None` if there
+    /// is no name service, no free slot or no such name (the slot goes back then).
+    pub fn look_up(&self, slots: &mut SlotAllocator, name: &str) -> Option<Cap<Endpoint>> {
+        if self.names == 0 {
+            return None;
+        }
+        let slot = slots.alloc().ok()?;
+        let found = names::lookup(Cap::from_cptr(self.names), name, self.cnode(), slot).ok();
+        if found.is_none() {
+            slots.free(slot);
+        }
+        found
     }
 }
 

@@ -9,21 +9,16 @@ keel_servers::server_program!(main);
 
 use keel_rt::println;
 use keel_server_kv as kv;
-use keel_servers::{StartInfo, names, serial};
-use keel_sys::cap::Cap;
+use keel_servers::{StartInfo, serial};
 
 /// The client's thread.
 pub fn main(argument: u64) {
     let start = StartInfo::unpack(argument);
     let mut slots = start.slot_allocator();
-    let mut lookup = |name: &str| {
-        let slot = slots.alloc().ok()?;
-        names::lookup(Cap::from_cptr(start.names), name, start.cnode(), slot).ok()
-    };
-    if let Some(serial) = lookup(serial::NAME) {
+    if let Some(serial) = start.look_up(&mut slots, serial::NAME) {
         serial::install_console(serial);
     }
-    let Some(server) = lookup(kv::NAME) else {
+    let Some(server) = start.look_up(&mut slots, kv::NAME) else {
         println!("kvclient: no kv server");
         return;
     };

@@ -51,10 +51,7 @@ struct Shell {
 pub fn main(argument: u64) {
     let start = StartInfo::unpack(argument);
     let mut slots = start.slot_allocator();
-    let mut lookup = |name: &str| match (start.names, slots.alloc()) {
-        (0, _) | (_, Err(_)) => None,
-        (ns, Ok(slot)) => names::lookup(Cap::from_cptr(ns), name, start.cnode(), slot).ok(),
-    };
+    let mut lookup = |name: &str| start.look_up(&mut slots, name);
     let Some(serial) = lookup(serial::NAME) else {
         println!("shell: no serial server; stopping");
         return;
