@@ -295,33 +295,21 @@ impl<H: Hardware> Kernel<H> {
         };
         for (i, e) in out.iter_mut().enumerate().take(info.extra_caps() as usize) {
             let c = self.hw.read(b + crate::ipc::buffer::caps_or_badges(i));
-            match self.lookup_slot(t, c) {
-                Ok(slot) => *e = Some((slot, cspace::words(&self.hw, slot))),
-                Err(lookup) => {
-                    if blocking {
-                        self.handle_fault(
-                            t,
-                            Fault::Capability {
-                                address: c,
-                                in_receive: false,
-                                lookup,
-                            },
-                        );
-                    }
-                    return false;
-                }
-            }
+            let Some(slot) = self.lookup_or_fault(t, c, blocking) else {
+                return false;
+            };
+            *e = Some((slot, cspace::words(&self.hw, slot)));
         }
         true
     }
 
-    fn handle_invocation(&mut self, t: u64, is_call: bool, blocking: bool) {
-        let (cptr, info) = {
-            let c = &self.tcb(t).context;
-            (c.rdi, MessageInfo::from_word(c.rsi))
-        };
-        let slot = match self.lookup_slot(t, cptr) {
-            Ok(slot) => slot,
+    /// Looks `cptr` up in `t`'s CSpace for an invocation (the invoked capability or an
+    /// extra one); a failed lookup is a capability fault of a blocking invocation (send
+    /// phase), nothing for a non-blocking one, and `None` either way.
+    #[inline(always)]
+    fn lookup_or_fault(&mut self, t: u64, cptr: u64, blocking: bool) -> Option<u64> {
+        match self.lookup_slot(t, cptr) {
+            Ok(slot) => Some(slot),
             Err(lookup) => {
                 if blocking {
                     self.handle_fault(
@@ -333,8 +321,18 @@ impl<H: Hardware> Kernel<H> {
                         },
                     );
                 }
-                return;
+                None
             }
+        }
+    }
+
+    fn handle_invocation(&mut self, t: u64, is_call: bool, blocking: bool) {
+        let (cptr, info) = {
+            let c = &self.tcb(t).context;
+            (c.rdi, MessageInfo::from_word(c.rsi))
+        };
+        let Some(slot) = self.lookup_or_fault(t, cptr, blocking) else {
+            return;
         };
         // Read as words, decoded below by kind (a decoded `Cap` is five words, copied
         // through memory at each step).
@@ -464,20 +462,10 @@ impl<H: Hardware> Kernel<H> {
     #[inline(never)]
     fn map_frame_call(&mut self, t: u64, slot: u64, frame: [u64; 2], buffer: u64) {
         let cptr = self.hw.read(buffer + crate::ipc::buffer::caps_or_badges(0));
-        let vspace = match self.lookup_slot(t, cptr) {
-            Ok(vspace) => cspace::words(&self.hw, vspace),
-            Err(lookup) => {
-                self.handle_fault(
-                    t,
-                    Fault::Capability {
-                        address: cptr,
-                        in_receive: false,
-                        lookup,
-                    },
-                );
-                return;
-            }
+        let Some(vspace) = self.lookup_or_fault(t, cptr, true) else {
+            return;
         };
+        let vspace = cspace::words(&self.hw, vspace);
         let c = &self.tcb(t).context;
         let (vaddr, requested, attributes) = (c.r10, Rights::from_word(c.r8), c.r9);
         let result = self.map_frame(frame, slot, vaddr, requested, attributes, Some(vspace));

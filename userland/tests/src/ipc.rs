@@ -6,7 +6,7 @@
 use keel_abi::fault::{FaultType, cap_fault};
 use keel_abi::object::cap_tag;
 use keel_sys::cap::{Cap, Endpoint, Notification, Reply, init};
-use keel_sys::{CapRights, Message};
+use keel_sys::{CapRights, Message, Received};
 
 use crate::harness::{
     DEPTH, Env, FAULT_BADGE, OrFail, Suite, TestResult, add_shared, recv_timeout, set_shared,
@@ -306,28 +306,33 @@ fn delete_blocked(env: &mut Env) -> TestResult {
         .or_fail("delete endpoint")?;
     // Its Recv restarts on an empty slot: a capability fault in the receive phase.
     let got = recv_timeout(env.fault_ep);
-    let words = got.map(|r| r.words::<4>());
     env.destroy(t)?;
     ensure!(
         shared(1) == 0,
         "the receiver got a message from a deleted endpoint"
     );
+    expect_receive_cap_fault(got, copy.cptr())
+}
+
+/// `got` (from the suite's fault endpoint) is a capability fault of a test thread, in
+/// the receive phase, on `cptr`.
+fn expect_receive_cap_fault(got: Option<Received>, cptr: u64) -> TestResult {
     let Some(r) = got else {
         fail!("no fault from the restarted receiver")
     };
-    ensure!(r.badge == FAULT_BADGE, "fault badge {:#x}", r.badge);
     ensure!(
-        r.label() == FaultType::CapFault as u64,
-        "fault label {}",
+        r.badge == FAULT_BADGE && r.label() == FaultType::CapFault as u64,
+        "fault badge {:#x} label {}",
+        r.badge,
         r.label()
     );
-    let w = words.unwrap_or_default();
+    let w = r.words::<4>();
     ensure!(
-        w[cap_fault::ADDR] == copy.cptr(),
-        "fault address {:#x}",
-        w[cap_fault::ADDR]
+        w[cap_fault::ADDR] == cptr && w[cap_fault::IN_RECV_PHASE] == 1,
+        "fault address {:#x}, receive phase {}",
+        w[cap_fault::ADDR],
+        w[cap_fault::IN_RECV_PHASE]
     );
-    ensure!(w[cap_fault::IN_RECV_PHASE] == 1, "not in the receive phase");
     Ok(())
 }
 
@@ -347,7 +352,6 @@ fn delete_waited_notification(env: &mut Env) -> TestResult {
         .delete(n.cptr(), DEPTH)
         .or_fail("delete notification")?;
     let got = recv_timeout(env.fault_ep);
-    let words = got.map(|r| r.words::<4>());
     env.destroy(t)?;
     ensure!(blocked, "the waiter did not block on the notification");
     ensure!(
@@ -355,23 +359,7 @@ fn delete_waited_notification(env: &mut Env) -> TestResult {
         "the waiter woke from a deleted notification with bits {:#x}",
         shared(0)
     );
-    let Some(r) = got else {
-        fail!("no fault from the restarted waiter")
-    };
-    ensure!(
-        r.badge == FAULT_BADGE && r.label() == FaultType::CapFault as u64,
-        "fault badge {:#x} label {}",
-        r.badge,
-        r.label()
-    );
-    let w = words.unwrap_or_default();
-    ensure!(
-        w[cap_fault::ADDR] == copy.cptr() && w[cap_fault::IN_RECV_PHASE] == 1,
-        "fault address {:#x}, receive phase {}",
-        w[cap_fault::ADDR],
-        w[cap_fault::IN_RECV_PHASE]
-    );
-    Ok(())
+    expect_receive_cap_fault(got, copy.cptr())
 }
 
 /// Sends once on the endpoint capability `cptr`, with `cptr` as the message.
