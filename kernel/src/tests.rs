@@ -271,6 +271,16 @@ fn all_cpus_online() -> Outcome {
 }
 hal::kernel_test!(smp_all_application_processors_check_in, all_cpus_online);
 
+/// The memory types user mappings select with PWT, PCD and PAT (seL4's attributes):
+/// IA32_PAT is programmed, entry 4 write-combining.
+fn pat_programmed() -> Outcome {
+    let pat = hal::cpu::pat();
+    check!(pat == hal::cpu::PAT, "IA32_PAT {pat:#018x}");
+    check!((pat >> 32) & 7 == 1, "entry 4 is not write-combining");
+    Outcome::Passed
+}
+hal::kernel_test!(paging_pat_entry_4_is_write_combining, pat_programmed);
+
 fn timer_ticks() -> Outcome {
     let cpus = hal::smp::online_cpus();
     let before: Vec<u64> = (0..cpus)

@@ -153,10 +153,27 @@ pub fn relax() {
     core::hint::spin_loop();
 }
 
+/// IA32_PAT as every CPU runs with it (seL4's layout): entries 0-3 as at reset (write-
+/// back, write-through, UC-, uncacheable: an entry without the PAT bit means what its
+/// PWT and PCD bits say), entry 4 write-combining (the PAT bit alone:
+/// seL4_X86_WriteCombining), entries 5-7 as at reset. One byte per entry, entry 0 lowest.
+pub const PAT: u64 = 0x0007_0401_0007_0406;
+
+/// IA32_PAT of this CPU.
+pub fn pat() -> u64 {
+    // SAFETY: IA32_PAT exists on every x86-64 CPU; reading it has no side effects.
+    unsafe { x86::msr::rdmsr(x86::msr::IA32_PAT) }
+}
+
 /// Turns on the protections the CPU has: write protection in ring 0, global pages, NX
 /// (already on from boot), SMEP, SMAP and UMIP; and PCIDs where `crate::tlb` uses them.
-/// Runs on every CPU.
+/// Also programs the memory types ([`PAT`]). Runs on every CPU.
 pub fn enable_protections() {
+    // SAFETY: [`PAT`] changes only entry 4 from its reset value (write-back), and no
+    // mapping yet uses entry 4 (the kernel's entries never set the PAT bit; user
+    // mappings come later), so no cached line changes type; every CPU writes the same
+    // value before it runs user code, as the SDM requires.
+    unsafe { x86::msr::wrmsr(x86::msr::IA32_PAT, PAT) };
     use x86::controlregs::{Cr0, Cr4, cr0, cr0_write, cr4, cr4_write};
     let f = features();
     // SAFETY: each bit is set only when CPUID reports the feature (FSGSBASE only lets

@@ -78,6 +78,22 @@ fn map_write_read(env: &mut Env) -> TestResult {
     let (_, second) = new_mapping(env, CapRights::READ_WRITE, VmAttributes::DEFAULT)?;
     probe::write_u64(second, 1);
     ensure!(probe::read_u64(vaddr) == 0, "frames alias");
+    // Every memory type maps, and the page reads back what was written through it.
+    for (name, attributes) in [
+        ("write-through", VmAttributes::WRITE_THROUGH),
+        ("cache-disabled", VmAttributes::CACHE_DISABLED),
+        ("uncacheable", VmAttributes::UNCACHEABLE),
+        ("write-combining", VmAttributes::WRITE_COMBINING),
+    ] {
+        let (_, page) = new_mapping(env, CapRights::READ_WRITE, attributes)?;
+        for i in 0..512 {
+            probe::write_u64(page + 8 * i, !i);
+        }
+        ensure!(
+            (0..512).all(|i| probe::read_u64(page + 8 * i) == !i),
+            "a {name} page does not read back what was written"
+        );
+    }
     Ok(())
 }
 

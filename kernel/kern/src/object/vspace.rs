@@ -34,6 +34,10 @@ const USER: u64 = 4;
 const WRITE_THROUGH: u64 = 8;
 const CACHE_DISABLE: u64 = 16;
 const HUGE: u64 = 1 << 7;
+/// The PAT bit of a 4 KiB page's entry.
+const PAT_SMALL: u64 = 1 << 7;
+/// The PAT bit of a large or huge page's entry.
+const PAT_LARGE: u64 = 1 << 12;
 const NO_EXECUTE: u64 = 1 << 63;
 const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
 
@@ -91,12 +95,24 @@ fn table_at<M: Memory>(m: &M, pml4: u64, vaddr: u64, level: u32) -> Option<u64> 
     Some(table)
 }
 
-fn cache_bits(attributes: u64) -> u64 {
-    match attributes & 7 {
-        1 => WRITE_THROUGH,
-        2 | 3 => CACHE_DISABLE,
-        _ => 0,
-    }
+/// The memory-type bits of a frame's entry at `level` for seL4_X86_VMAttributes
+/// `attributes`, whose three low bits are the entry's PWT (1), PCD (2) and PAT (4) bits
+/// as seL4 defines them: with the PAT the trusted core programs (entries 0-3 as at reset,
+/// entry 4 write-combining), WriteBack 0, WriteThrough 1, CacheDisabled 2 (UC-),
+/// Uncacheable 3 and WriteCombining 4 get those types. The PAT bit is bit 7 of a 4 KiB
+/// page's entry and bit 12 of a large or huge page's (bit 7 is PS there).
+fn cache_bits(attributes: u64, level: u32) -> u64 {
+    const _: () = assert!(WRITE_THROUGH == 1 << 3 && CACHE_DISABLE == 2 << 3);
+    const _: () = assert!(PAT_SMALL == 4 << 5 && PAT_LARGE == 4 << 10);
+    // Shifts, not tests: PWT and PCD are the attributes' bits 0 and 1 moved to 3 and 4.
+    let pat_shift = if level == 1 { 5 } else { 10 };
+    ((attributes & 3) << 3) | ((attributes & 4) << pat_shift)
+}
+
+/// The address in an entry that maps a frame at `level` (1: 4 KiB; 2, 3: large and
+/// huge pages, whose entry's bit 12 is the PAT bit, not an address bit).
+fn frame_address(entry: u64, level: u32) -> u64 {
+    entry & ADDRESS & !((1u64 << (12 + 9 * (level - 1))) - 1)
 }
 
 impl<H: Hardware> Kernel<H> {
@@ -260,7 +276,7 @@ impl<H: Hardware> Kernel<H> {
         if !requested.contains(Rights::READ) && !writable {
             return Err(InvocationError::argument(1));
         }
-        let mut entry = base | PRESENT | USER | cache_bits(attributes);
+        let mut entry = base | PRESENT | USER | cache_bits(attributes, level);
         if writable {
             entry |= WRITABLE;
         }
@@ -374,7 +390,7 @@ impl<H: Hardware> Kernel<H> {
         let slot = entry_address(table, vaddr, level);
         let e = self.hw.read(slot);
         let points_here =
-            e & PRESENT != 0 && e & ADDRESS == base && (is_table == (e & HUGE == 0) || level == 1);
+            e & PRESENT != 0 && frame_address(e, level) == base && (e & HUGE != 0 || level == 1);
         if points_here {
             self.hw.write(slot, 0);
             if is_table {

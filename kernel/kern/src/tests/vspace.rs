@@ -488,3 +488,46 @@ fn frame_routes_match_the_general_path() {
     assert!(route[3..11].iter().all(|o| o.0 != 0));
     assert!(!route[17].6, "the failed lookup did not fault");
 }
+
+/// seL4_X86_VMAttributes are the entry's PWT, PCD and PAT bits: WriteBack 0,
+/// WriteThrough 1 (PWT), CacheDisabled 2 (PCD), Uncacheable 3 (PWT and PCD),
+/// WriteCombining 4 (PAT: bit 7 of a 4 KiB page's entry, bit 12 of a large page's,
+/// where bit 7 is PS). A write-combining large page translates and unmaps like any
+/// other (bit 12 is not part of its address).
+#[test]
+fn memory_types_follow_the_attribute_bits() {
+    const PWT: u64 = 1 << 3;
+    const PCD: u64 = 1 << 4;
+    const TYPE_BITS: u64 = PWT | PCD | (1 << 7);
+    let mut w = World::new();
+    let (_, pd, pt) = tables(&mut w);
+    let pt_base = w.addr(pt);
+    let pd_base = w.addr(pd);
+    for (i, (attributes, bits)) in [(0, 0), (1, PWT), (2, PCD), (3, PWT | PCD), (4, 1 << 7)]
+        .into_iter()
+        .enumerate()
+    {
+        let f = w.make(T::X86Page4K, 0);
+        let va = VA + 0x1000 * i as u64;
+        w.root_ok(f, L::X86PageMap, &[va, RW, attributes], &[S_VSPACE]);
+        let e = w.k.hw.read(pt_base + 8 * ((va >> 12) & 511));
+        assert_eq!(e & TYPE_BITS, bits, "attributes {attributes}: entry {e:#x}");
+        assert_eq!(e & 0x000f_ffff_ffff_f000, w.addr(f));
+    }
+    let large = w.make(T::X86LargePage, 0);
+    let base = w.addr(large);
+    let va = VA + (2 << 20);
+    w.root_ok(large, L::X86PageMap, &[va, RW, 4], &[S_VSPACE]);
+    let slot = pd_base + 8 * ((va >> 21) & 511);
+    let e = w.k.hw.read(slot);
+    assert_eq!(e & (1 << 12), 1 << 12, "PAT bit of a large page: {e:#x}");
+    assert_eq!(e & (PWT | PCD), 0);
+    assert_ne!(e & (1 << 7), 0, "PS");
+    assert_eq!(
+        translate_user(&w.k.hw, ROOT_PML4, va + 0x1234),
+        Some(base + 0x1234)
+    );
+    w.root_ok(large, L::X86PageUnmap, &[], &[]);
+    assert_eq!(w.k.hw.read(slot), 0, "the unmap left the entry");
+    assert_eq!(translate_user(&w.k.hw, ROOT_PML4, va), None);
+}
