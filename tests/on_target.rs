@@ -315,7 +315,8 @@ fn default_image_ready() {
 /// A scripted shell session on the default image: `echo` goes through the name service
 /// and the echo server and its answer comes back on COM1; `mem` reports the boot-info
 /// untypeds; an unknown command is refused; the key-value store's client prints its
-/// results; `ps` lists the threads init started, all running; `caps echo` lists the
+/// results; `ps` lists the threads init started, all running (the second `ps`: the
+/// key-value client exited, its main having returned); `caps echo` lists the
 /// echo server's own CSpace, typed by the kernel (init looks); the echo server's log
 /// line arrives whole through the serial server;
 /// `fault echo` makes the echo server fault, init reports it and restarts it, and the
@@ -473,6 +474,14 @@ fn default_image_shell_session() {
             .iter()
             .any(|l| l.starts_with("echo ") && l.contains("running (restarted 1 time(s))")),
         "the second ps does not show echo restarted\n{}",
+        run.report()
+    );
+    // The key-value client's main returned long before: init recorded its exit.
+    assert!(
+        lines[fault_at..]
+            .iter()
+            .any(|l| l.starts_with("kvclient ") && l.trim_end().ends_with("exited")),
+        "the second ps does not show kvclient exited\n{}",
         run.report()
     );
     // sleep 100: at least 11 ticks of 10 ms (rounded up, plus the tick under way).

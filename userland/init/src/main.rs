@@ -605,6 +605,16 @@ fn start_all(alloc: &mut Allocator, info: &BootInfo) -> keel_rt::Result<System> 
             // is reported now, and restarted if its entry says so, up to three times
             // while init waits for it; then init goes on without it.
             if let Some(r) = system.fault_ep.nb_recv() {
+                if let Some(i) = exit_of(&r) {
+                    registry::exited(i);
+                    if i == index {
+                        println!(
+                            "init: {name}'s program returned before it registered the name; init goes on without it"
+                        );
+                        break;
+                    }
+                    continue;
+                }
                 let waited_for = r.badge == index as u64 + 1;
                 faults += usize::from(waited_for);
                 if waited_for && (faults > BOOT_RESTARTS || !SERVERS[index].restart) {
@@ -699,9 +709,24 @@ fn report_faults(alloc: &mut Allocator, mut system: System) -> u64 {
             request = system.fault_ep.reply_recv(&answer);
             continue;
         }
-        fault(alloc, &mut system, request.badge, request.label());
+        if let Some(i) = exit_of(&request) {
+            registry::exited(i);
+        } else {
+            fault(alloc, &mut system, request.badge, request.label());
+        }
         request = system.fault_ep.recv();
     }
+}
+
+/// The manifest entry whose program's entry returned, if `message` (from init's fault
+/// endpoint) says so: the UnknownSyscall fault of `keel_servers::program::EXIT_SYSCALL`.
+fn exit_of(message: &keel_sys::Received) -> Option<usize> {
+    use keel_abi::fault::{FaultType, unknown_syscall};
+    let index = (message.badge as usize).checked_sub(1)?;
+    (index < SERVERS.len()
+        && message.label() == FaultType::UnknownSyscall as u64
+        && message.mr(unknown_syscall::SYSCALL) == keel_servers::program::EXIT_SYSCALL)
+        .then_some(index)
 }
 
 /// What is in `slot` of thread `index`'s CSpace: init copies it into a slot of its own

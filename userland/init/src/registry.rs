@@ -58,7 +58,7 @@ struct Entry {
     cpu: AtomicU64,
     /// How often init restarted it.
     restarts: AtomicU64,
-    /// 0: not started; 1: running; label + 2: faulted.
+    /// 0: not started; 1: running; label + 2: faulted; `init_query::EXITED`.
     state: AtomicU64,
     /// Packed [`Handed`] records.
     caps: [AtomicU64; MAX_CAPS],
@@ -128,6 +128,15 @@ pub fn started(index: usize, tcb: u64, cnode: u64, cpu: u64, caps: &HandedList) 
 pub fn faulted(index: usize, label: u64) {
     if let Some(entry) = ENTRIES.get(index) {
         entry.state.store(label + 2, Ordering::Release);
+    }
+}
+
+/// Records that thread `index`'s entry returned.
+pub fn exited(index: usize) {
+    if let Some(entry) = ENTRIES.get(index) {
+        entry
+            .state
+            .store(keel_servers::init_query::EXITED, Ordering::Release);
     }
 }
 

@@ -18,12 +18,17 @@ pub enum State {
     /// Its fault reached init, with this fault label; it stays stopped (or is being
     /// restarted).
     Faulted(u64),
+    /// Its entry returned (`crate::program::EXIT_SYSCALL`); it stays stopped.
+    Exited,
 }
+
+/// The state word of [`State::Exited`] (0: not started, 1: running, label + 2: faulted).
+pub const EXITED: u64 = u64::MAX;
 
 /// What a capability init handed out is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    /// The thread's own TCB (it suspends itself through it when its entry returns).
+    /// The thread's own TCB (it suspends itself through it if init answers its exit).
     Tcb,
     /// The endpoint it serves requests on.
     Serve,
@@ -236,6 +241,7 @@ impl ThreadInfo {
         match self.state {
             0 => State::NotStarted,
             1 => State::Running,
+            EXITED => State::Exited,
             n => State::Faulted(n - 2),
         }
     }

@@ -33,9 +33,16 @@ pub const STACK_TOP: u64 = STACK_BASE + keel_sys::thread::STACK_SIZE as u64;
 const _: () = assert!(STACK_BASE.is_multiple_of(keel_sys::thread::STACK_SIZE as u64));
 const _: () = assert!(STACK_PAGES < keel_sys::thread::STACK_SIZE as u64 / 4096 - 1);
 
+/// The system call a program makes when its entry returns: a number the kernel does not
+/// know, so the kernel reports it to init as an UnknownSyscall fault (seL4's way of
+/// handing a thread's request to its fault handler), and init records the program as
+/// exited instead of faulted. ("EXIT" in ASCII.)
+pub const EXIT_SYSCALL: u64 = 0x4558_4954;
+
 /// Runs a server program: sets up the runtime (IPC buffer, own TCB, a panic becomes a
-/// fault that init handles), runs `entry(argument)`, and suspends the thread for good
-/// if `entry` returns.
+/// fault that init handles), runs `entry(argument)`, and when `entry` returns, tells
+/// init ([`EXIT_SYSCALL`]) and stays stopped (init does not answer; without an answer
+/// the thread suspends itself for good).
 pub fn run(argument: u64, entry: fn(u64)) -> u64 {
     keel_sys::ipc::set_buffer_address(IPC_BUFFER);
     keel_sys::thread::set_current(ThreadBlock {
@@ -45,6 +52,7 @@ pub fn run(argument: u64, entry: fn(u64)) -> u64 {
     });
     keel_rt::not_root_task();
     entry(argument);
+    keel_sys::syscall2(EXIT_SYSCALL as i64, 0, 0);
     let own = Cap::<Tcb>::from_cptr(slot::TCB);
     loop {
         let _ = own.suspend();

@@ -231,6 +231,7 @@ impl Shell {
             );
             match state {
                 State::Faulted(label) => println!("faulted (fault label {label}), stopped"),
+                State::Exited => println!("exited"),
                 _ if t.restarts > 0 => {
                     println!("running (restarted {} time(s))", t.restarts)
                 }
