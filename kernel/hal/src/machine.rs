@@ -128,13 +128,13 @@ impl Hardware for Machine {
         }
     }
     #[inline]
-    fn flush_page(&mut self, asid: u16, vaddr: u64) {
+    fn flush_page(&mut self, asid: u16, pml4: u64, vaddr: u64) {
         crate::tlb::flush_local_page(asid, vaddr);
-        crate::tlb::flush_others();
+        crate::tlb::flush_others_for(pml4);
     }
-    fn flush_address_space(&mut self, asid: u16) {
+    fn flush_address_space(&mut self, asid: u16, pml4: u64) {
         crate::tlb::flush_local_address_space(asid);
-        crate::tlb::flush_others();
+        crate::tlb::flush_others_for(pml4);
     }
     fn address_space_deleted(&mut self, _asid: u16, pml4: u64) {
         crate::tlb::drop_address_space(pml4);

@@ -2,8 +2,10 @@
 //! CPU flushes what its TLB may hold of it before the change is reported done.
 //!
 //! The initiator (holding the big kernel lock) flushes its own TLB, raises a per-CPU
-//! request flag and an IPI on every other online CPU, then waits until each flag is
-//! cleared. A CPU clears its flag after flushing all its non-global entries
+//! request flag and an IPI on every other online CPU that may hold entries of the
+//! address space (without PCIDs: the CPUs that have it loaded, [`flush_others_for`];
+//! with them, and for a deleted address space: every CPU), then waits until each flag
+//! is cleared. A CPU clears its flag after flushing all its non-global entries
 //! ([`flush_local_all`]), either in the IPI handler or while it spins for the big
 //! kernel lock.
 //!
@@ -154,18 +156,47 @@ pub fn flush_local_all() {
 
 /// Makes every other online CPU flush its TLB and waits until all have.
 pub fn flush_others() {
+    flush_others_where(|_| true);
+}
+
+/// Makes the other CPUs that may hold TLB entries of the user address space rooted at
+/// `pml4` flush them, and waits until they have. With PCIDs that is every CPU (an
+/// address space's entries outlive switches away). Without them only a CPU that has
+/// it loaded: a CR3 load drops every non-global entry (user entries are never global),
+/// so a CPU on another address space holds none of this one's. The caller holds the
+/// big kernel lock, under which every switch to a user address space happens
+/// ([`switch_to_user`]), so no CPU can load `pml4` meanwhile; a CPU that leaves it
+/// for the kernel's own (idle, [`use_kernel_address_space`]) records that after its
+/// CR3 load, so a stale `loaded_pml4` can only cost an IPI too many.
+pub fn flush_others_for(pml4: u64) {
+    if pcids() {
+        flush_others();
+    } else {
+        // SAFETY: an aligned 8-byte read of another CPU's `loaded_pml4`, which that CPU
+        // writes with single stores (a torn value is impossible on x86-64).
+        flush_others_where(|area| unsafe { core::ptr::read_volatile(&area.loaded_pml4) } == pml4);
+    }
+}
+
+/// Makes every other online CPU for which `target` holds flush its TLB, and waits until
+/// each has.
+fn flush_others_where(target: impl Fn(&crate::percpu::PerCpu) -> bool) {
     let me = crate::percpu::cpu_index();
     let cpus = crate::smp::online_cpus();
     if cpus <= 1 {
         return;
     }
+    let mut asked = 0u64;
     for cpu in (0..cpus).filter(|&c| c != me) {
-        REQUESTS[cpu].store(true, Ordering::Release);
-        if let Some(area) = crate::percpu::area(cpu) {
+        if let Some(area) = crate::percpu::area(cpu)
+            && target(area)
+        {
+            REQUESTS[cpu].store(true, Ordering::Release);
             crate::apic::send_ipi(area.apic_id, TLB_VECTOR);
+            asked |= 1 << cpu;
         }
     }
-    for cpu in (0..cpus).filter(|&c| c != me) {
+    for cpu in (0..cpus).filter(|&c| asked & (1 << c) != 0) {
         while REQUESTS[cpu].load(Ordering::Acquire) {
             core::hint::spin_loop();
         }

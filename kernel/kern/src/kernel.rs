@@ -38,10 +38,12 @@ pub trait Hardware: Memory {
     /// enter the kernel (saving the thread's registers into its TCB) and waits until it
     /// has ("remote stall"; the other CPU then waits for the big kernel lock).
     fn stall_cpu(&mut self, cpu: usize, tcb_record: u64);
-    /// Flushes the TLB entries of address space `asid` for `vaddr` on every CPU.
-    fn flush_page(&mut self, asid: u16, vaddr: u64);
-    /// Flushes every TLB entry of address space `asid` on every CPU.
-    fn flush_address_space(&mut self, asid: u16);
+    /// Flushes the TLB entries of address space `asid` (rooted at `pml4`) for `vaddr`
+    /// on every CPU that may hold them.
+    fn flush_page(&mut self, asid: u16, pml4: u64, vaddr: u64);
+    /// Flushes every TLB entry of address space `asid` (rooted at `pml4`) on every CPU
+    /// that may hold them.
+    fn flush_address_space(&mut self, asid: u16, pml4: u64);
     /// The address space rooted at `pml4` (ASID `asid`) is going away: no CPU may keep
     /// using it (a CPU still on it switches to the kernel's own address space).
     fn address_space_deleted(&mut self, asid: u16, pml4: u64);

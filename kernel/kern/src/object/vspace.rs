@@ -292,7 +292,7 @@ impl<H: Hardware> Kernel<H> {
         // A TLB never holds a not-present entry: only a remap (rights change) needs a
         // flush.
         if old & PRESENT != 0 {
-            self.hw.flush_page(asid, vaddr);
+            self.hw.flush_page(asid, pml4, vaddr);
         }
         Ok(0)
     }
@@ -394,9 +394,9 @@ impl<H: Hardware> Kernel<H> {
         if points_here {
             self.hw.write(slot, 0);
             if is_table {
-                self.hw.flush_address_space(asid);
+                self.hw.flush_address_space(asid, pml4);
             } else {
-                self.hw.flush_page(asid, vaddr);
+                self.hw.flush_page(asid, pml4, vaddr);
             }
         }
     }
@@ -416,7 +416,7 @@ impl<H: Hardware> Kernel<H> {
             self.hw.write(slot, 0);
         }
         // Whether or not it was still linked, nothing may stay cached from it.
-        self.hw.flush_address_space(asid);
+        self.hw.flush_address_space(asid, pml4);
     }
 
     fn make_asid_pool(&mut self, args: &Args) -> Invoked {

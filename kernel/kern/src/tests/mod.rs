@@ -106,10 +106,10 @@ impl Hardware for FakeHardware {
             self.ipis.push(cpu);
         }
     }
-    fn flush_page(&mut self, asid: u16, vaddr: u64) {
+    fn flush_page(&mut self, asid: u16, _pml4: u64, vaddr: u64) {
         self.page_flushes.push((asid, vaddr));
     }
-    fn flush_address_space(&mut self, asid: u16) {
+    fn flush_address_space(&mut self, asid: u16, _pml4: u64) {
         self.space_flushes.push(asid);
     }
     fn stall_cpu(&mut self, _cpu: usize, _tcb_record: u64) {}
