@@ -60,6 +60,11 @@ pub fn run(argument: u64, entry: fn(u64)) -> u64 {
     }
 }
 
+/// `keel_sys`, for [`server_program!`]'s expansion: a program needs no dependency of its
+/// own on `keel-sys` (only if its code uses it).
+#[doc(hidden)]
+pub use keel_sys as __keel_sys;
+
 /// The `main.rs` of a server program: `keel_servers::server_program!(path::to::main);`
 /// with the server's entry `fn(u64)`.
 #[macro_export]
@@ -68,6 +73,6 @@ macro_rules! server_program {
         fn __keel_server_main(argument: u64) -> u64 {
             $crate::program::run(argument, $entry)
         }
-        keel_sys::entry_point!(__keel_server_main);
+        $crate::program::__keel_sys::entry_point!(__keel_server_main);
     };
 }
