@@ -41,6 +41,9 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
     suite.run("ipc_deleting_caller_deletes_its_saved_reply", || {
         delete_caller_with_saved_reply(env)
     });
+    suite.run("ipc_deleting_server_leaves_its_caller_waiting", || {
+        delete_server_with_caller(env)
+    });
     suite.run("ipc_cancel_badged_sends", || cancel_badged(env));
     suite.run("ipc_save_caller_then_reply", || save_caller(env));
     suite.run("ipc_reply_recv_wakes_caller_and_queued_sender", || {
@@ -424,6 +427,61 @@ fn delete_caller_with_saved_reply(env: &mut Env) -> TestResult {
     ensure!(server_done, "the server did not get past its reply");
     ensure!(fault.is_none(), "a fault (label {fault:?}) from the reply");
     ensure!(shared(0) == 0, "the deleted caller got an answer");
+    Ok(())
+}
+
+/// Receives one message on the endpoint in word 10, stores its word 0 in word 1 and
+/// never answers (it waits on the notification in word 12, which nobody signals).
+fn holding_server(_: u64) {
+    let r = ep_at(10).recv();
+    set_shared(1, r.mr(0));
+    loop {
+        Cap::<Notification>::from_cptr(shared(12)).wait();
+    }
+}
+
+/// A server that received a Call is deleted before it answers: its reply capability
+/// goes with it, and the caller stays waiting for a reply that cannot come (as in
+/// seL4): no answer, no fault, not back on the endpoint's queue. It can still be
+/// deleted, and the endpoint serves a new pair.
+fn delete_server_with_caller(env: &mut Env) -> TestResult {
+    let ep = env.endpoint()?;
+    let never = env.notification()?;
+    set_shared(10, ep.cptr());
+    set_shared(12, never.cptr());
+    let s = env.spawn(holding_server, 0, CHILD_PRIORITY)?;
+    let c = env.spawn(caller, 0, CHILD_PRIORITY)?;
+    let received = wait_until(|| shared(1) != 0);
+    env.destroy(s)?;
+    crate::harness::pause(20_000_000);
+    let answered = shared(0);
+    let fault = env.fault_ep.nb_recv().map(|r| r.label());
+    let queued = ep.nb_recv().map(|r| r.badge);
+    env.destroy(c)?;
+    // A new server and client on the same endpoint.
+    let s2 = env.spawn(server, 0, CHILD_PRIORITY)?;
+    let c2 = env.spawn(client, 0, CHILD_PRIORITY)?;
+    let served = wait_until(|| shared(1) != 0 && shared(5) >= 10);
+    let good = shared(0);
+    env.destroy(c2)?;
+    env.destroy(s2)?;
+    ensure!(received && shared(1) != 0, "the server got no call");
+    ensure!(
+        answered == 0,
+        "the caller got answer {answered} from a deleted server"
+    );
+    ensure!(
+        fault.is_none(),
+        "a fault (label {fault:?}) after the server's deletion"
+    );
+    ensure!(
+        queued.is_none(),
+        "the caller is queued on the endpoint again"
+    );
+    ensure!(
+        served && good == 10,
+        "the endpoint served {good} of 10 calls afterwards"
+    );
     Ok(())
 }
 

@@ -32,6 +32,9 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
     suite.run("tcb_set_tls_and_gs_base", || bases(env));
     suite.run("tcb_set_affinity", || affinity(env));
     suite.run("tcb_bind_notification_wakes_recv", || bind(env));
+    suite.run("tcb_deleting_bound_thread_unbinds_its_notification", || {
+        delete_bound(env)
+    });
 }
 
 fn set_flag(v: u64) {
@@ -413,5 +416,34 @@ fn bind(env: &mut Env) -> TestResult {
         "Recv returned badge {badge:#x}, expected the notification word 0x30"
     );
     r_unbind2.or_fail("unbind")?;
+    Ok(())
+}
+
+/// A thread bound to a notification and waiting in Recv is deleted: the notification is
+/// unbound with it. A signal then has nobody to wake (it stays pending), and another
+/// thread can bind the notification and gets the pending word in its Recv.
+fn delete_bound(env: &mut Env) -> TestResult {
+    let ep = env.endpoint()?;
+    let n = env.notification()?;
+    let badged = env.mint(n, CapRights::ALL, 0x30)?;
+    set_shared(10, ep.cptr());
+    let t = env.create(bound_receiver, 0, CHILD_PRIORITY)?;
+    t.tcb.bind_notification(n).or_fail("bind")?;
+    t.start().or_fail("start")?;
+    let waiting = shared(0) == 0;
+    env.destroy(t)?;
+    badged.signal();
+    let t2 = env.create(bound_receiver, 0, CHILD_PRIORITY)?;
+    let rebound = t2.tcb.bind_notification(n);
+    t2.start().or_fail("start the second thread")?;
+    let woke = wait_until(|| shared(0) != 0);
+    let badge = shared(0);
+    env.destroy(t2)?;
+    ensure!(waiting, "the bound thread did not wait in Recv");
+    rebound.or_fail("bind a notification whose bound thread was deleted")?;
+    ensure!(
+        woke && badge == 0x30,
+        "the second thread's Recv returned {badge:#x}, expected the pending 0x30"
+    );
     Ok(())
 }
