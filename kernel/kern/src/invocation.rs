@@ -358,12 +358,24 @@ impl<H: Hardware> Kernel<H> {
                     let grant_reply = rights.contains(Rights::GRANT_REPLY);
                     self.send_ipc(t, ptr, badge, blocking, is_call, grant, grant_reply);
                 }
-                Cap::Notification { ptr, badge, .. } => self.signal(ptr, badge),
+                Cap::Notification { ptr, badge, .. } => {
+                    self.signal(ptr, badge);
+                    // The invoker did not block: a Call gets seL4's empty success reply
+                    // (handleInvocation's replyFromKernel_success_empty).
+                    if is_call {
+                        self.reply_to_invocation(t, buffer, Ok(0));
+                    }
+                }
                 Cap::Reply {
                     tcb: receiver,
                     can_grant,
                     ..
-                } => self.do_reply(t, receiver, slot, can_grant),
+                } => {
+                    self.do_reply(t, receiver, slot, can_grant);
+                    if is_call {
+                        self.reply_to_invocation(t, buffer, Ok(0));
+                    }
+                }
                 _ => {}
             }
             return;

@@ -870,3 +870,40 @@ fn reply_recv_fastpath_edge_cases_match_the_general_path() {
         assert_eq!(taken.last(), Some(&fast), "case {case}");
     }
 }
+
+/// A Call on a notification (a Signal) or on a reply capability (a Reply) does not
+/// block the caller, so it gets seL4's empty success reply: label 0, no words, badge
+/// 0 (handleInvocation's replyFromKernel_success_empty), not its own message back.
+#[test]
+fn call_on_a_notification_or_a_reply_gets_an_empty_reply() {
+    let mut w = World::new();
+    let n = w.notification();
+    let badged = w.mint(n, Rights::ALL, 0x44);
+    let t = w.running_thread(100);
+    let m = w.call(t.tcb, badged, 33, &[7, 8], &[]);
+    assert_eq!(w.state(t.tcb), ThreadState::Running);
+    assert_eq!((m.label, m.badge, m.mrs.len()), (0, 0, 0), "{m:?}");
+    w.recv(t.tcb, n);
+    assert_eq!(w.tcb(t.tcb).context.rdi, 0x44, "the Call signalled");
+    // A server saves its caller's reply capability and Calls it.
+    let e = w.endpoint();
+    let server = w.running_thread(100);
+    let client = w.running_thread(100);
+    w.recv(server.tcb, e);
+    w.call(client.tcb, e, 10, &[1], &[]);
+    let saved = w.alloc_slot();
+    let r = w.call(
+        server.tcb,
+        S_CNODE,
+        L::CNodeSaveCaller as u64,
+        &[saved, 64],
+        &[],
+    );
+    assert_eq!(r.label, 0, "SaveCaller: {r:?}");
+    let m = w.call(server.tcb, saved, 5, &[9], &[]);
+    assert_eq!(w.state(server.tcb), ThreadState::Running);
+    assert_eq!((m.label, m.badge, m.mrs.len()), (0, 0, 0), "{m:?}");
+    let answer = w.received(client.tcb);
+    assert_eq!((answer.label, answer.mrs), (5, vec![9]));
+    assert_eq!(w.state(client.tcb), ThreadState::Running);
+}
