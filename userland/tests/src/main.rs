@@ -22,6 +22,7 @@ mod entry_hazards;
 mod entry_state;
 mod faults;
 mod fpu;
+mod fuzz;
 mod gsbase;
 mod harness;
 mod ipc;
@@ -75,6 +76,7 @@ fn main(argument: u64) -> u64 {
                     servers::run(&mut suite, &mut env);
                     programs::run(&mut suite, &mut env);
                     runtime::run(&mut suite, &mut env);
+                    fuzz::run(&mut suite, &mut env);
                 }
                 Err(e) => {
                     suite.fail_setup(e);
