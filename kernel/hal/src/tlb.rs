@@ -172,8 +172,10 @@ pub fn flush_others_for(pml4: u64) {
     if pcids() {
         flush_others();
     } else {
-        // SAFETY: an aligned 8-byte read of another CPU's `loaded_pml4`, which that CPU
-        // writes with single stores (a torn value is impossible on x86-64).
+        // SAFETY: an aligned 8-byte volatile read of another CPU's `loaded_pml4`, which
+        // that CPU writes with single 8-byte stores (no torn value on x86-64), like its
+        // other per-CPU fields that other CPUs look at. (An `AtomicU64` would cost the
+        // thread switch an instruction: its load is not folded into the compare.)
         flush_others_where(|area| unsafe { core::ptr::read_volatile(&area.loaded_pml4) } == pml4);
     }
 }
