@@ -315,6 +315,12 @@ fn fuzz(env: &mut Env) -> TestResult {
         shared(OTHER_LABELS),
         shared(NOT_CALLS),
     );
+    // A Call that returns is answered by the kernel (nobody here answers one on an
+    // endpoint): a success (label 0) or one of seL4's errors, never anything else.
+    ensure!(
+        others == 0,
+        "seed {SEED:#x}: {others} Calls came back with a label that is neither 0 nor an error"
+    );
     ensure!(
         replied > 0 && errors > 0 && not_calls > 0,
         "seed {SEED:#x}: {replied} successful Calls, {errors} errors, {others} other labels, \
