@@ -391,13 +391,10 @@ impl<H: Hardware> Kernel<H> {
         let e = self.hw.read(slot);
         let points_here =
             e & PRESENT != 0 && frame_address(e, level) == base && (e & HUGE != 0 || level == 1);
+        // (A table returned above: this is a frame's entry.)
         if points_here {
             self.hw.write(slot, 0);
-            if is_table {
-                self.hw.flush_address_space(asid, pml4);
-            } else {
-                self.hw.flush_page(asid, pml4, vaddr);
-            }
+            self.hw.flush_page(asid, pml4, vaddr);
         }
     }
 
