@@ -1,54 +1,99 @@
-//! Hostile user code against the whole system-call interface: a confined thread makes
+//! Hostile user code against the whole system-call interface: confined threads make
 //! thousands of seeded-random system calls (seL4's eight and unknown numbers; random
 //! capability pointers, labels, lengths, extra capabilities and words, biased toward
 //! values that mean something: slot numbers, depth 64, object types, small sizes) on
-//! the capabilities of a CSpace of its own, which holds only objects made for it from
-//! an untyped of its own. The kernel must answer each with a reply, an error or a
-//! fault; none may take it down, leave the suite unable to go on, or lose memory: when
-//! the thread and its CSpace are gone, its untyped's memory retypes again in full.
+//! the capabilities of a CSpace of their own, which holds only objects made for them
+//! from an untyped of their own. The kernel must answer each with a reply, an error or
+//! a fault; none may take it down, leave the suite unable to go on, or lose memory:
+//! when the threads and their CSpaces are gone, each untyped's memory retypes again in
+//! full.
+//!
+//! Two tests: one thread alone on the suite's CPU (deterministic: the same counts on
+//! every configuration), and one thread per CPU at once (up to [`MAX_FUZZERS`]), which
+//! also share an endpoint and a notification (messages, capability transfers with
+//! grant, wake-ups and cancelled IPC between CPUs) and a third thread, the victim,
+//! whose TCB capability each of them holds: they suspend, resume, move, reprioritise,
+//! bind and read it while it waits on the shared notification, so that the
+//! cross-CPU paths (stalls, IPIs, migration, TLB and lock paths) run under random load.
 //!
 //! Keel's debug calls are left out (they report test results and switch the fastpath).
 //! A call that blocks for good (a Recv nobody sends to) or a fault (the suite does not
-//! answer faults) stops the thread; the suite then suspends it and writes it its first
+//! answer faults) stops a thread; the suite then suspends it and writes it its first
 //! registers again (WriteRegisters with resume), and it carries on where it stopped
 //! (the step and the generator's state live in shared words and are advanced before
-//! each call). The thread has no capability to its own TCB: with one it could give
-//! itself a random RIP and run the suite's code, which shares its address space.
+//! each call). A thread that runs on another CPU is restarted the same way when its
+//! step has not moved for a while. No fuzzing thread holds a capability to a fuzzing
+//! thread's TCB, and in the concurrent test no call writes the victim's registers or
+//! its rseq area: with those a thread could be sent to a random RIP in the suite's
+//! code, or have the kernel write to a random address, both in the address space the
+//! suite shares with it.
 //!
 //! This test found that a Call on a notification or a reply capability left the
 //! caller's own message in its registers instead of seL4's empty reply.
 
-use keel_abi::invocation;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use keel_abi::fault::{USER_CONTEXT_WORDS, UserContext};
+use keel_abi::invocation::{self, InvocationLabel};
 use keel_abi::message::MessageInfo;
 use keel_abi::object::ObjectType;
 use keel_abi::syscall as number;
+use keel_rt::Thread;
 use keel_servers::cspace::{ServerCSpace, slot};
 use keel_sys::CapRights;
-use keel_sys::cap::init;
+use keel_sys::cap::{Cap, Tcb, Untyped, init};
 
-use crate::harness::{DEPTH, Env, OrFail, Suite, TestResult, add_shared, set_shared, shared};
+use crate::harness::{DEPTH, Env, OrFail, Suite, TestResult};
 use crate::{CHILD_PRIORITY, ensure};
 
-/// Runs the fuzz test.
+/// Runs the fuzz tests.
 pub fn run(suite: &mut Suite, env: &mut Env) {
     suite.run("fuzz_random_system_calls_keep_the_kernel_whole", || {
-        fuzz(env)
+        fuzz_alone(env)
     });
+    suite.run(
+        "fuzz_random_system_calls_on_every_cpu_at_once_keep_the_kernel_whole",
+        || fuzz_concurrently(env),
+    );
 }
 
-/// System calls the thread makes in all.
+/// System calls each thread makes in all.
 const CALLS: u64 = 10000;
-/// The generator's seed (printed on failure).
+/// The generator's seed (printed on failure); the concurrent test's threads start
+/// from it mixed with their index.
 const SEED: u64 = 0x6b65_656c_f022_1e57;
-/// Free slots of the thread's CSpace (its CNode then has 32 slots).
+/// Free slots of a thread's CSpace (its CNode then has 32 slots).
 const FREE: u64 = 23;
-/// Slots of the thread's CNode.
+/// Slots of a thread's CNode.
 const SLOTS: u64 = 32;
-/// Size of the thread's untyped (64 KiB).
+/// Size of a thread's untyped (64 KiB).
 const UNTYPED_BITS: u64 = 16;
+/// Fuzzing threads of the concurrent test, at most.
+const MAX_FUZZERS: usize = 4;
+/// A thread's argument: its index, and this bit in the concurrent test.
+const CONCURRENT: u64 = 1 << 8;
+/// Fault badges: the fuzzing threads' (plus their index) and the victim's.
+const FAULT_BADGE: u64 = 0xf020;
+const VICTIM_FAULT_BADGE: u64 = 0xf0ff;
+/// Badge of the shared endpoint capability fuzzing thread `i` holds: this plus `i`.
+const SHARED_BADGE: u64 = 0x100;
+/// Set in the label of every Reply and ReplyRecv of the concurrent test.
+const REPLY_MARK: u64 = 1 << 40;
+/// Where the concurrent test's shared objects sit in each thread's CSpace (free slots:
+/// the threads' own operations may move or delete them).
+const SHARED_EP_SLOT: u64 = slot::FIRST_FREE + 4;
+const SHARED_NOTIFICATION_SLOT: u64 = slot::FIRST_FREE + 5;
+const VICTIM_SLOT: u64 = slot::FIRST_FREE + 6;
+/// The victim's slot of the shared notification in its own CSpace.
+const VICTIM_WAITS_ON: u64 = slot::FIRST_FREE;
+/// How long a thread on another CPU may leave its step unchanged before the suite
+/// takes it to be blocked for good and restarts it (about 2 ms; a restart of a thread
+/// that was only slow is harmless).
+const STALL_TSC: u64 = crate::harness::TIMEOUT_TSC / 5000;
 
-/// Shared words: the next step, the generator's state, done, and the outcomes of Calls
-/// (label 0, an seL4 error 1-10, anything else) and of the other system calls.
+/// Per-thread words, shared with the suite: the next step, the generator's state,
+/// done, and the outcomes of Calls (label 0, an seL4 error 1-10, anything else), of
+/// the other system calls, and messages and replies from another fuzzing thread.
 const STEP: usize = 0;
 const STATE: usize = 1;
 const DONE: usize = 2;
@@ -56,6 +101,25 @@ const REPLIED: usize = 3;
 const ERRORS: usize = 4;
 const OTHER_LABELS: usize = 5;
 const NOT_CALLS: usize = 6;
+const FROM_OTHERS: usize = 7;
+const WORDS: usize = 8;
+
+static THREAD_WORDS: [[AtomicU64; WORDS]; MAX_FUZZERS] =
+    [const { [const { AtomicU64::new(0) }; WORDS] }; MAX_FUZZERS];
+/// CPUs the victim may be moved to (read by the fuzzing threads).
+static CPUS: AtomicU64 = AtomicU64::new(1);
+
+fn get(thread: usize, word: usize) -> u64 {
+    THREAD_WORDS[thread][word].load(Ordering::SeqCst)
+}
+
+fn set(thread: usize, word: usize, value: u64) {
+    THREAD_WORDS[thread][word].store(value, Ordering::SeqCst)
+}
+
+fn add(thread: usize, word: usize) {
+    THREAD_WORDS[thread][word].fetch_add(1, Ordering::SeqCst);
+}
 
 fn next(state: &mut u64) -> u64 {
     // xorshift64*
@@ -95,12 +159,26 @@ fn free_slot(r: u64) -> u64 {
     slot::FIRST_FREE + (r & 31) % (SLOTS - slot::FIRST_FREE)
 }
 
-/// The confined thread: makes system calls from where the last one stopped.
-fn fuzzer(_: u64) {
+/// Labels no call of the concurrent test may carry, with what each becomes: a write of
+/// the victim's registers (a random RIP in the suite's code) and its rseq area (the
+/// kernel would write at a random address of the suite's address space).
+fn tame(label: u64) -> u64 {
+    match label {
+        l if l == InvocationLabel::TcbWriteRegisters as u64 => InvocationLabel::TcbSuspend as u64,
+        l if l == InvocationLabel::TcbSetRseq as u64 => InvocationLabel::TcbResume as u64,
+        l => l,
+    }
+}
+
+/// A fuzzing thread: makes system calls from where the last one stopped. Its argument
+/// is its index, with [`CONCURRENT`] in the concurrent test.
+fn fuzzer(argument: u64) {
+    let me = (argument & 0xff) as usize;
+    let concurrent = argument & CONCURRENT != 0;
     loop {
-        let step = shared(STEP);
+        let step = get(me, STEP);
         if step >= CALLS {
-            set_shared(DONE, 1);
+            set(me, DONE, 1);
             // Stops here for good (a receive on the null slot is a capability fault,
             // which the suite leaves unanswered): returning would make the runtime
             // suspend the thread through its own TCB capability, which it has not got.
@@ -108,7 +186,7 @@ fn fuzzer(_: u64) {
                 keel_sys::syscall::recv(0);
             }
         }
-        let mut state = shared(STATE);
+        let mut state = get(me, STATE);
         let r = next(&mut state);
         let syscall = match r % 100 {
             0..=54 => number::CALL,
@@ -169,125 +247,207 @@ fn fuzzer(_: u64) {
                 keel_sys::ipc::set_buffer_mr(7, free_slot(shape >> 34));
             }
         }
+        if concurrent {
+            let r = next(&mut state);
+            if syscall == number::CALL && r.is_multiple_of(8) {
+                // An operation on the victim's TCB (where the capability still is).
+                (dest, length, extra) = (VICTIM_SLOT, 1, 0);
+                let cpus = CPUS.load(Ordering::Relaxed);
+                (label, mrs[0]) = match r >> 8 & 7 {
+                    0 => (InvocationLabel::TcbSuspend as u64, 0),
+                    1 | 2 => (InvocationLabel::TcbResume as u64, 0),
+                    3 => (
+                        InvocationLabel::TcbSetAffinity as u64,
+                        (r >> 16) % (cpus + 1),
+                    ),
+                    4 => {
+                        extra = 1;
+                        keel_sys::ipc::set_cap(0, VICTIM_SLOT);
+                        (InvocationLabel::TcbSetPriority as u64, (r >> 16) % 128)
+                    }
+                    5 => {
+                        extra = 1;
+                        keel_sys::ipc::set_cap(0, SHARED_NOTIFICATION_SLOT);
+                        (InvocationLabel::TcbBindNotification as u64, 0)
+                    }
+                    6 => (InvocationLabel::TcbUnbindNotification as u64, 0),
+                    _ => (InvocationLabel::TcbReadRegisters as u64, 0),
+                };
+            } else if r % 8 < 3 {
+                // The shared endpoint or notification.
+                dest = if r & 8 == 0 {
+                    SHARED_EP_SLOT
+                } else {
+                    SHARED_NOTIFICATION_SLOT
+                };
+            }
+            // Half the receives take a capability, if one comes with grant.
+            if r >> 4 & 1 == 0 {
+                let (index, depth) = (free_slot(r >> 24), 64);
+                keel_sys::ipc::set_receive_slot(Cap::from_cptr(slot::CNODE), index, depth);
+            } else {
+                keel_sys::ipc::set_receive_slot(Cap::from_cptr(0), 0, 0);
+            }
+            label = tame(label);
+            // Replies between the threads carry a mark, so that a Call answered by the
+            // other thread is told from one the kernel answered.
+            if matches!(syscall, number::REPLY | number::REPLY_RECV) {
+                label = label & 0xffff | REPLY_MARK;
+            }
+        }
         let info = MessageInfo::new(label, 0, extra, length);
         // Advanced before the call: a restarted thread goes on after it.
-        set_shared(STATE, state);
-        set_shared(STEP, step + 1);
+        set(me, STATE, state);
+        set(me, STEP, step + 1);
         let got = keel_sys::syscall::with_number(syscall, dest, info, mrs);
         if syscall == number::CALL {
             match got.info.label() {
-                0 => add_shared(REPLIED, 1),
-                1..=10 => add_shared(ERRORS, 1),
-                _ => add_shared(OTHER_LABELS, 1),
+                0 => add(me, REPLIED),
+                1..=10 => add(me, ERRORS),
+                l if concurrent && l & REPLY_MARK != 0 => add(me, FROM_OTHERS),
+                _ => add(me, OTHER_LABELS),
             };
         } else {
-            add_shared(NOT_CALLS, 1);
+            add(me, NOT_CALLS);
+        }
+        let receives = matches!(syscall, number::RECV | number::NB_RECV | number::REPLY_RECV);
+        if receives && got.badge & !0xff == SHARED_BADGE && got.badge as usize & 0xff != me {
+            add(me, FROM_OTHERS);
         }
     }
 }
 
-fn fuzz(env: &mut Env) -> TestResult {
-    set_shared(STATE, SEED);
-    // Its own memory, and objects made from it (their capabilities also in the suite's
-    // CNode, deleted with the CSpace's copies below).
+/// The victim of the concurrent test: waits on the shared notification for ever, with
+/// nothing but registers (its TLS and IPC buffer may be moved under it).
+fn victim(_: u64) {
+    loop {
+        keel_sys::syscall::with_number(
+            number::RECV,
+            VICTIM_WAITS_ON,
+            MessageInfo::new(0, 0, 0, 0),
+            [0; 4],
+        );
+    }
+}
+
+/// One fuzzing thread and what it was given.
+struct Fuzzer {
+    untyped: Cap<Untyped>,
+    space: Option<ServerCSpace>,
+    thread: Option<Thread>,
+    initial: UserContext,
+    restarts: u64,
+    faults: u64,
+}
+
+/// Makes fuzzing thread `index`: its untyped, its CSpace with the fault endpoint
+/// (badged with its index), its untyped and the objects listed, and the thread
+/// (created, not started; its own TCB capability taken out of its CSpace).
+fn make_fuzzer(
+    env: &mut Env,
+    index: usize,
+    objects: &[(u64, u64, u64)],
+    affinity: Option<u64>,
+) -> Result<Fuzzer, crate::harness::Why> {
     let untyped = env.alloc.untyped(UNTYPED_BITS).or_fail("untyped")?;
-    let ep = env.endpoint()?;
-    let notification = env.notification()?;
-    let frame = env.alloc.frame(ObjectType::X86Page4K).or_fail("frame")?;
     let space = ServerCSpace::new(&mut env.alloc, FREE).or_fail("cspace")?;
     ensure!(space.size() == SLOTS, "{} slots", space.size());
     space
-        .mint(slot::FAULT, env.fault_ep, CapRights::ALL, 0xf022)
+        .mint(
+            slot::FAULT,
+            env.fault_ep,
+            CapRights::ALL,
+            FAULT_BADGE + index as u64,
+        )
         .or_fail("fault endpoint")?;
-    space
-        .copy(slot::SERVE, ep, CapRights::ALL)
-        .or_fail("endpoint")?;
     space
         .copy(slot::UNTYPED, untyped, CapRights::ALL)
         .or_fail("untyped copy")?;
-    space
-        .mint(slot::FIRST_FREE, ep, CapRights::ALL, 5)
-        .or_fail("badged endpoint")?;
-    space
-        .copy(slot::FIRST_FREE + 1, notification, CapRights::ALL)
-        .or_fail("notification")?;
-    space
-        .mint(slot::FIRST_FREE + 2, notification, CapRights::ALL, 3)
-        .or_fail("badged notification")?;
-    space
-        .copy(slot::FIRST_FREE + 3, frame, CapRights::ALL)
-        .or_fail("frame")?;
-    let start = keel_servers::StartInfo {
-        serve: slot::SERVE,
-        slots: slot::FIRST_FREE,
-        slot_count: FREE,
-        ..keel_servers::StartInfo::default()
-    };
+    // Capabilities of several types: copied by slot number.
+    for &(at, cap, badge) in objects {
+        let copied = if badge == 0 {
+            space
+                .cnode
+                .copy(at, DEPTH, init::CNODE, cap, DEPTH, CapRights::ALL)
+        } else {
+            space
+                .cnode
+                .mint(at, DEPTH, init::CNODE, cap, DEPTH, CapRights::ALL, badge)
+        };
+        copied.or_fail("an object's capability")?;
+    }
     let config = keel_rt::ThreadConfig {
         priority: CHILD_PRIORITY,
         fault_ep: slot::FAULT,
-        affinity: None,
+        affinity,
         cspace: Some(space.thread_cspace()),
     };
-    let mut restarts = 0u64;
-    let mut faults = 0u64;
-    let started = keel_sys::rdtsc();
+    let argument = index as u64 | if affinity.is_some() { CONCURRENT } else { 0 };
     // Slot 1 takes the thread's TCB capability, which is taken out again before it
     // runs: with its own TCB the thread could write itself a random RIP and run the
     // suite's code, which shares its address space.
     let thread = env
         .alloc
-        .create_thread(fuzzer, start.pack(), config)
-        .or_fail("create the fuzzing thread")?;
-    let result = (|| {
-        space
-            .cnode
+        .create_thread(fuzzer, argument, config)
+        .or_fail("create a fuzzing thread")?;
+    let cnode = space.cnode;
+    let mut fuzzer = Fuzzer {
+        untyped,
+        space: Some(space),
+        thread: Some(thread),
+        initial: UserContext::default(),
+        restarts: 0,
+        faults: 0,
+    };
+    let made = (|| {
+        cnode
             .delete(slot::TCB, DEPTH)
             .or_fail("take the thread's own TCB capability away")?;
-        let words = keel_abi::fault::USER_CONTEXT_WORDS;
-        let initial = thread
-            .tcb
-            .read_registers(false, 0, words)
+        fuzzer.initial = fuzzer
+            .tcb()
+            .read_registers(false, 0, USER_CONTEXT_WORDS)
             .or_fail("read the thread's first registers")?;
-        thread.start().or_fail("start the fuzzing thread")?;
-        // The thread runs at a higher priority, on this CPU: the suite runs again only
-        // when it has stopped (blocked for good, or stopped by a fault the suite does
-        // not answer) or is done.
-        loop {
-            while env.fault_ep.nb_recv().is_some() {
-                faults += 1;
-            }
-            if shared(DONE) != 0 {
-                break;
-            }
-            // Started again from its entry: it carries on from the shared step.
-            restarts += 1;
-            thread.tcb.suspend().or_fail("suspend the fuzzing thread")?;
-            thread
-                .tcb
-                .write_registers(true, 0, words, &initial)
-                .or_fail("restart the fuzzing thread")?;
-            ensure!(
-                keel_sys::rdtsc().wrapping_sub(started) < 20 * crate::harness::TIMEOUT_TSC,
-                "seed {SEED:#x}: step {} of {CALLS} after {restarts} restarts: too slow",
-                shared(STEP)
-            );
-        }
         Ok(())
     })();
-    env.destroy(thread)?;
-    // Everything the thread had goes: its CSpace (with every object it made), then the
-    // objects made for it.
-    space.destroy(&mut env.alloc).or_fail("delete the cspace")?;
-    env.alloc.delete(frame).or_fail("delete the frame")?;
-    init::CNODE
-        .delete(ep.cptr(), DEPTH)
-        .or_fail("delete the endpoint")?;
-    init::CNODE
-        .delete(notification.cptr(), DEPTH)
-        .or_fail("delete the notification")?;
-    result?;
-    // The untyped's memory is whole again: one object of its full size fits.
+    match made {
+        Ok(()) => Ok(fuzzer),
+        Err(e) => {
+            let _ = fuzzer.destroy(env);
+            Err(e)
+        }
+    }
+}
+
+impl Fuzzer {
+    fn tcb(&self) -> Cap<Tcb> {
+        self.thread.as_ref().map_or(Cap::from_cptr(0), |t| t.tcb)
+    }
+
+    /// Starts it again from its entry (it carries on from its shared step).
+    fn restart(&mut self) -> TestResult {
+        self.restarts += 1;
+        self.tcb().suspend().or_fail("suspend a fuzzing thread")?;
+        self.tcb()
+            .write_registers(true, 0, USER_CONTEXT_WORDS, &self.initial)
+            .or_fail("restart a fuzzing thread")
+    }
+
+    /// Deletes the thread and its CSpace (with every object it made or was given);
+    /// its untyped stays, for [`retypes_in_full`].
+    fn destroy(&mut self, env: &mut Env) -> TestResult {
+        if let Some(thread) = self.thread.take() {
+            env.destroy(thread)?;
+        }
+        match self.space.take() {
+            Some(space) => space.destroy(&mut env.alloc).or_fail("delete a cspace"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Whether an untyped's memory is whole again: after a revoke, one object of its full
+/// size fits (then that object and the untyped go).
+fn retypes_in_full(env: &mut Env, untyped: Cap<Untyped>, seed: u64) -> TestResult {
     init::CNODE
         .revoke(untyped.cptr(), DEPTH)
         .or_fail("revoke the untyped")?;
@@ -303,35 +463,258 @@ fn fuzz(env: &mut Env) -> TestResult {
     );
     ensure!(
         again.is_ok(),
-        "seed {SEED:#x}: the untyped does not retype in full afterwards: {again:?}"
+        "seed {seed:#x}: the untyped does not retype in full afterwards: {again:?}"
     );
     init::CNODE
         .delete(whole, DEPTH)
         .or_fail("delete the retyped untyped")?;
-    env.alloc.delete(untyped).or_fail("delete the untyped")?;
+    env.alloc.delete(untyped).or_fail("delete the untyped")
+}
+
+/// Checks thread `i`'s outcomes: a Call that returns was answered by the kernel (label
+/// 0 or one of seL4's errors, nothing else) or, in the concurrent test, by another
+/// fuzzing thread (a label with [`REPLY_MARK`]); and every kind of outcome happened.
+fn outcomes(i: usize, seed: u64, f: &Fuzzer) -> Result<u64, crate::harness::Why> {
     let (replied, errors, others, not_calls) = (
-        shared(REPLIED),
-        shared(ERRORS),
-        shared(OTHER_LABELS),
-        shared(NOT_CALLS),
+        get(i, REPLIED),
+        get(i, ERRORS),
+        get(i, OTHER_LABELS),
+        get(i, NOT_CALLS),
     );
-    // A Call that returns is answered by the kernel (nobody here answers one on an
-    // endpoint): a success (label 0) or one of seL4's errors, never anything else.
+    let report = alloc::format!(
+        "seed {seed:#x}: {replied} replied, {errors} errors, {others} other labels, \
+         {not_calls} not Calls, {} faults, {} restarts",
+        f.faults,
+        f.restarts
+    );
     ensure!(
         others == 0,
-        "seed {SEED:#x}: {others} Calls came back with a label that is neither 0 nor an error"
+        "{report}: Calls came back with a label that is neither 0 nor an error"
     );
     ensure!(
-        replied > 0 && errors > 0 && not_calls > 0,
-        "seed {SEED:#x}: {replied} successful Calls, {errors} errors, {others} other labels, \
-         {not_calls} other calls, {faults} faults, {restarts} restarts: some kind never happened"
+        replied > 0 && errors > 0 && not_calls > 0 && f.faults > 0,
+        "{report}: some kind never happened"
     );
+    keel_sys::debug_put_string(alloc::format!("  fuzz {i}: {CALLS} calls, {report}\n").as_bytes());
+    Ok(get(i, FROM_OTHERS))
+}
+
+fn reset_words() {
+    for thread in &THREAD_WORDS {
+        for word in thread {
+            word.store(0, Ordering::SeqCst);
+        }
+    }
+}
+
+/// One thread on the suite's CPU.
+fn fuzz_alone(env: &mut Env) -> TestResult {
+    reset_words();
+    set(0, STATE, SEED);
+    // Objects made for it (their capabilities also in the suite's CNode, deleted
+    // after its CSpace's copies).
+    let ep = env.endpoint()?;
+    let notification = env.notification()?;
+    let frame = env.alloc.frame(ObjectType::X86Page4K).or_fail("frame")?;
+    let objects = [
+        (slot::SERVE, ep.cptr(), 0),
+        (slot::FIRST_FREE, ep.cptr(), 5),
+        (slot::FIRST_FREE + 1, notification.cptr(), 0),
+        (slot::FIRST_FREE + 2, notification.cptr(), 3),
+        (slot::FIRST_FREE + 3, frame.cptr(), 0),
+    ];
+    let made = make_fuzzer(env, 0, &objects, None);
+    let result = match made {
+        Ok(mut f) => {
+            let ran = (|| {
+                f.tcb().resume().or_fail("start the fuzzing thread")?;
+                let started = keel_sys::rdtsc();
+                // The thread runs at a higher priority, on this CPU: the suite runs
+                // again only when it has stopped (blocked for good, or stopped by a
+                // fault the suite does not answer) or is done.
+                loop {
+                    while env.fault_ep.nb_recv().is_some() {
+                        f.faults += 1;
+                    }
+                    if get(0, DONE) != 0 {
+                        return Ok(());
+                    }
+                    f.restart()?;
+                    ensure!(
+                        keel_sys::rdtsc().wrapping_sub(started) < 20 * crate::harness::TIMEOUT_TSC,
+                        "seed {SEED:#x}: step {} of {CALLS} after {} restarts: too slow",
+                        get(0, STEP),
+                        f.restarts
+                    );
+                }
+            })();
+            let destroyed = f.destroy(env);
+            ran.and(destroyed)
+                .and_then(|()| retypes_in_full(env, f.untyped, SEED))
+                .and_then(|()| outcomes(0, SEED, &f).map(|_| ()))
+        }
+        Err(e) => Err(e),
+    };
+    env.alloc.delete(frame).or_fail("delete the frame")?;
+    env.alloc.delete(ep).or_fail("delete the endpoint")?;
+    env.alloc
+        .delete(notification)
+        .or_fail("delete the notification")?;
+    result
+}
+
+/// One thread per CPU (at least two, at most [`MAX_FUZZERS`]) at once, sharing an
+/// endpoint, a notification and a victim thread.
+fn fuzz_concurrently(env: &mut Env) -> TestResult {
+    reset_words();
+    let cpus = env.info.num_nodes().max(1);
+    CPUS.store(cpus, Ordering::SeqCst);
+    let count = (cpus as usize).clamp(2, MAX_FUZZERS);
+    let seed = |i: usize| SEED ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let ep = env.endpoint()?;
+    let notification = env.notification()?;
+    // The victim: a confined thread that waits on the shared notification.
+    let victim_space = ServerCSpace::new(&mut env.alloc, FREE).or_fail("victim's cspace")?;
+    let mut result = (|| {
+        victim_space
+            .mint(
+                slot::FAULT,
+                env.fault_ep,
+                CapRights::ALL,
+                VICTIM_FAULT_BADGE,
+            )
+            .or_fail("victim's fault endpoint")?;
+        victim_space
+            .copy(VICTIM_WAITS_ON, notification, CapRights::ALL)
+            .or_fail("victim's notification")?;
+        Ok(())
+    })();
+    let config = keel_rt::ThreadConfig {
+        priority: CHILD_PRIORITY,
+        fault_ep: slot::FAULT,
+        affinity: Some(cpus - 1),
+        cspace: Some(victim_space.thread_cspace()),
+    };
+    let victim = match result {
+        Ok(()) => env
+            .alloc
+            .create_thread(victim, 0, config)
+            .or_fail("create the victim")
+            .map(Some)?,
+        Err(_) => None,
+    };
+    let mut fuzzers = alloc::vec::Vec::new();
+    if let Some(v) = &victim {
+        result = (|| {
+            victim_space
+                .cnode
+                .delete(slot::TCB, DEPTH)
+                .or_fail("take the victim's own TCB capability away")?;
+            v.tcb
+                .set_mc_priority(init::TCB, CHILD_PRIORITY as u64)
+                .or_fail("victim's MCP")?;
+            v.start().or_fail("start the victim")?;
+            for i in 0..count {
+                set(i, STATE, seed(i));
+                let objects = [
+                    (slot::SERVE, ep.cptr(), 0),
+                    (SHARED_EP_SLOT, ep.cptr(), SHARED_BADGE + i as u64),
+                    (SHARED_NOTIFICATION_SLOT, notification.cptr(), 1 << i),
+                    (VICTIM_SLOT, v.tcb.cptr(), 0),
+                ];
+                fuzzers.push(make_fuzzer(env, i, &objects, Some(i as u64 % cpus))?);
+            }
+            Ok(())
+        })();
+    }
+    let mut victim_faults = 0u64;
+    if result.is_ok() {
+        result = (|| {
+            for f in &fuzzers {
+                f.tcb().resume().or_fail("start a fuzzing thread")?;
+            }
+            let started = keel_sys::rdtsc();
+            let mut seen = [(0u64, started); MAX_FUZZERS];
+            // The suite runs at a lower priority than the threads: on its own CPU
+            // whenever the thread there has stopped; the others it watches.
+            loop {
+                while let Some(fault) = env.fault_ep.nb_recv() {
+                    match fault.badge {
+                        VICTIM_FAULT_BADGE => victim_faults += 1,
+                        b if (FAULT_BADGE..FAULT_BADGE + count as u64).contains(&b) => {
+                            let i = (b - FAULT_BADGE) as usize;
+                            fuzzers[i].faults += 1;
+                            if get(i, DONE) == 0 {
+                                fuzzers[i].restart()?;
+                                seen[i] = (get(i, STEP), keel_sys::rdtsc());
+                            }
+                        }
+                        b => ensure!(false, "a fault message with badge {b:#x}"),
+                    }
+                }
+                if (0..count).all(|i| get(i, DONE) != 0) {
+                    return Ok(());
+                }
+                let now = keel_sys::rdtsc();
+                for (i, f) in fuzzers.iter_mut().enumerate() {
+                    let step = get(i, STEP);
+                    if get(i, DONE) != 0 {
+                        continue;
+                    }
+                    if step != seen[i].0 {
+                        seen[i] = (step, now);
+                    } else if now.wrapping_sub(seen[i].1) > STALL_TSC {
+                        f.restart()?;
+                        seen[i] = (step, keel_sys::rdtsc());
+                    }
+                }
+                ensure!(
+                    now.wrapping_sub(started) < 40 * crate::harness::TIMEOUT_TSC,
+                    "seed {SEED:#x}: steps {:?} of {CALLS}: too slow",
+                    (0..count)
+                        .map(|i| get(i, STEP))
+                        .collect::<alloc::vec::Vec<_>>()
+                );
+            }
+        })();
+    }
+    // Everything goes: the threads, the victim, the CSpaces (with every object the
+    // threads made or were sent), the shared objects; then each untyped must be
+    // whole again.
+    for f in &mut fuzzers {
+        let destroyed = f.destroy(env);
+        result = result.and(destroyed);
+    }
+    if let Some(v) = victim {
+        result = result.and(env.destroy(v));
+    }
+    result = result.and(
+        victim_space
+            .destroy(&mut env.alloc)
+            .or_fail("victim's cspace"),
+    );
+    result = result.and(env.alloc.delete(ep).or_fail("delete the endpoint"));
+    result = result.and(
+        env.alloc
+            .delete(notification)
+            .or_fail("delete the notification"),
+    );
+    let mut from_others = 0;
+    for (i, f) in fuzzers.iter().enumerate() {
+        result = result.and_then(|()| retypes_in_full(env, f.untyped, seed(i)));
+        result = result.and_then(|()| outcomes(i, seed(i), f).map(|n| from_others += n));
+    }
+    result?;
     keel_sys::debug_put_string(
         alloc::format!(
-            "  fuzz: {CALLS} calls, seed {SEED:#x}: {replied} replied, {errors} errors, {others} \
-             other labels, {not_calls} not Calls, {faults} faults, {restarts} restarts\n"
+            "  fuzz: {count} threads on {cpus} CPUs: {from_others} messages from another \
+             thread, {victim_faults} victim faults\n"
         )
         .as_bytes(),
+    );
+    ensure!(
+        from_others > 0,
+        "the threads never received a message from each other"
     );
     Ok(())
 }
