@@ -492,10 +492,22 @@ impl<H: Hardware> Kernel<H> {
 
     /// Stops a thread: it leaves every queue and will not run until resumed.
     pub fn suspend(&mut self, t: u64) {
-        self.cancel_ipc(t);
-        if self.tcb(t).state == ThreadState::Running || self.tcb(t).state == ThreadState::Restart {
-            // A thread suspended in the middle of a system call does not redo it.
+        // A running thread's last system call is complete (its result is in its
+        // registers: it suspended itself, or it has not run since the call returned),
+        // so resumed it goes on after it, as seL4's updateRestartPC makes it: dropping
+        // the SYSCALL marker keeps the restart from rewinding to the instruction. The
+        // exception is a thread current on another CPU, which is inside an entry that
+        // CPU has not handled yet (its registers hold the new call): it redoes that.
+        if self.tcb(t).state == ThreadState::Running {
+            let cpu = self.tcb(t).affinity as usize;
+            let elsewhere = cpu != self.hw.current_cpu()
+                && cpu < self.cpus.len()
+                && self.cpus[cpu].current == t;
+            if !elsewhere {
+                self.tcb_mut(t).context.vector = 0;
+            }
         }
+        self.cancel_ipc(t);
         self.set_state(t, ThreadState::Inactive);
         self.dequeue(t);
     }

@@ -240,6 +240,55 @@ fn suspend_and_resume() {
     assert_eq!(w.k.current(), ROOT_TCB);
 }
 
+/// seL4's updateRestartPC: a thread whose system call has completed (a server whose
+/// ReplyRecv has received a Call and not yet run; a thread that suspended itself) and
+/// that is suspended and resumed goes on after the call. Redoing it would, for the
+/// server, send the caller its own message back as the reply (the concurrent fuzz
+/// test's symptom), and make a thread that suspended itself suspend itself again.
+#[test]
+fn a_suspended_thread_does_not_redo_a_completed_system_call() {
+    let mut w = World::new();
+    let e = w.endpoint();
+    let server = w.running_thread(50);
+    let client = w.running_thread(60);
+    w.k.tcb_mut(server.tcb).context.rdi = e;
+    w.k.tcb_mut(server.tcb).context.rsi = 0;
+    w.syscall(server.tcb, REPLY_RECV);
+    assert!(matches!(
+        w.state(server.tcb),
+        ThreadState::BlockedOnReceive { .. }
+    ));
+    let _ = w.call(client.tcb, e, 7, &[1, 2], &[]);
+    assert_eq!(w.state(client.tcb), ThreadState::BlockedOnReply);
+    assert_eq!(w.received(server.tcb).label, 7);
+    assert_eq!(w.state(server.tcb), ThreadState::Running);
+    w.make_current(ROOT_TCB);
+    w.root_ok(server.slot, L::TcbSuspend, &[], &[]);
+    w.root_ok(server.slot, L::TcbResume, &[], &[]);
+    w.make_current(server.tcb);
+    assert_eq!(
+        w.tcb(server.tcb).context.rip,
+        SYSCALL_IP + 2,
+        "ReplyRecv redone"
+    );
+    assert_eq!(w.received(server.tcb).label, 7);
+    assert_eq!(w.state(client.tcb), ThreadState::BlockedOnReply);
+    // Its reply still reaches the client.
+    w.load(server.tcb, 0, 3, &[9], &[]);
+    w.syscall(server.tcb, keel_abi::syscall::REPLY);
+    assert_eq!(w.received(client.tcb).label, 3);
+    assert_eq!(w.received(client.tcb).mrs, vec![9]);
+    // A thread that suspended itself, resumed, goes on after its Suspend.
+    let s = w.running_thread(150);
+    let _ = w.call(s.tcb, s.slot, L::TcbSuspend as u64, &[], &[]);
+    assert_eq!(w.state(s.tcb), ThreadState::Inactive);
+    w.make_current(ROOT_TCB);
+    w.root_ok(s.slot, L::TcbResume, &[], &[]);
+    assert_eq!(w.k.current(), s.tcb);
+    assert_eq!(w.state(s.tcb), ThreadState::Running);
+    assert_eq!(w.tcb(s.tcb).context.rip, SYSCALL_IP + 2, "Suspend redone");
+}
+
 #[test]
 fn deleting_a_running_thread() {
     let mut w = World::new();
