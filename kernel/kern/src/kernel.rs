@@ -405,13 +405,14 @@ impl<H: Hardware> Kernel<H> {
     }
 
     /// `t`, current on another CPU `cpu`, can no longer run: that CPU stops it and
-    /// chooses again.
+    /// chooses again. It is no longer that CPU's current thread from here on, so that
+    /// a resume before that CPU has chosen again (which queues it) leaves no thread
+    /// both current and queued.
     #[cold]
     #[inline(never)]
     fn stop_on_other_cpu(&mut self, cpu: usize, t: u64) {
         self.hw.stall_cpu(cpu, tcb::record(t));
-        self.request_choose_new(cpu);
-        self.hw.reschedule_cpu(cpu);
+        self.current_gone(cpu);
     }
 
     /// Puts `t` at the head (`front`) or tail of its CPU's ready queue.

@@ -343,6 +343,46 @@ fn a_system_call_waiting_on_another_cpu_is_redone_after_a_move() {
     assert_eq!(w.tcb(t.tcb).fault, tcb::Fault::None);
 }
 
+/// A thread running on another CPU that this CPU suspends and resumes before that CPU
+/// has chosen again: it is queued there and no longer that CPU's current thread (the
+/// invariant checker found it both, under the concurrent fuzz test); that CPU then
+/// chooses it again, and its pending system call is redone.
+#[test]
+fn suspend_and_resume_of_a_thread_running_on_another_cpu() {
+    let mut w = World::with_cpus(2);
+    let t = w.running_thread(50);
+    w.root_ok(t.slot, L::TcbSetAffinity, &[1], &[]);
+    w.k.hw.cpu = 1;
+    w.k.handle_reschedule();
+    w.k.schedule();
+    assert_eq!(w.k.current(), t.tcb);
+    // CPU 1: the thread has entered SYSCALL and waits for the lock.
+    {
+        let c = &mut w.k.tcb_mut(t.tcb).context;
+        c.rip = SYSCALL_IP + 2;
+        c.vector = tcb::SYSCALL_VECTOR;
+    }
+    w.k.hw.cpu = 0;
+    w.make_current(ROOT_TCB);
+    w.root_ok(t.slot, L::TcbSuspend, &[], &[]);
+    assert_eq!(w.k.cpus[1].current, 0, "CPU 1 drops its current thread");
+    w.root_ok(t.slot, L::TcbResume, &[], &[]);
+    assert_eq!(w.k.cpus[1].current, 0);
+    assert_eq!(w.ready(1, 50), vec![t.tcb]);
+    w.check_invariants();
+    w.k.hw.cpu = 1;
+    w.k.handle_reschedule();
+    w.k.schedule();
+    assert_eq!(w.k.current(), t.tcb);
+    assert_eq!(w.state(t.tcb), ThreadState::Running);
+    assert_eq!(
+        w.tcb(t.tcb).context.rip,
+        SYSCALL_IP,
+        "the pending call is redone"
+    );
+    w.check_invariants();
+}
+
 /// A thread in a user restartable sequence that the timer preempts for another thread
 /// restarts it; one that keeps the CPU (nobody else ready at its priority) does not.
 #[test]
