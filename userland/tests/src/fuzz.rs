@@ -77,8 +77,6 @@ const FAULT_BADGE: u64 = 0xf020;
 const VICTIM_FAULT_BADGE: u64 = 0xf0ff;
 /// Badge of the shared endpoint capability fuzzing thread `i` holds: this plus `i`.
 const SHARED_BADGE: u64 = 0x100;
-/// Set in the label of every Reply and ReplyRecv of the concurrent test.
-const REPLY_MARK: u64 = 1 << 40;
 /// Where the concurrent test's shared objects sit in each thread's CSpace (free slots:
 /// the threads' own operations may move or delete them).
 const SHARED_EP_SLOT: u64 = slot::FIRST_FREE + 4;
@@ -102,7 +100,12 @@ const ERRORS: usize = 4;
 const OTHER_LABELS: usize = 5;
 const NOT_CALLS: usize = 6;
 const FROM_OTHERS: usize = 7;
-const WORDS: usize = 8;
+/// The last Call answered with another label: the message info it got, the one it
+/// sent, and its step << 16 | capability pointer.
+const ODD_GOT: usize = 8;
+const ODD_SENT: usize = 9;
+const ODD_CALL: usize = 10;
+const WORDS: usize = 11;
 
 static THREAD_WORDS: [[AtomicU64; WORDS]; MAX_FUZZERS] =
     [const { [const { AtomicU64::new(0) }; WORDS] }; MAX_FUZZERS];
@@ -289,11 +292,6 @@ fn fuzzer(argument: u64) {
                 keel_sys::ipc::set_receive_slot(Cap::from_cptr(0), 0, 0);
             }
             label = tame(label);
-            // Replies between the threads carry a mark, so that a Call answered by the
-            // other thread is told from one the kernel answered.
-            if matches!(syscall, number::REPLY | number::REPLY_RECV) {
-                label = label & 0xffff | REPLY_MARK;
-            }
         }
         let info = MessageInfo::new(label, 0, extra, length);
         // Advanced before the call: a restarted thread goes on after it.
@@ -301,11 +299,19 @@ fn fuzzer(argument: u64) {
         set(me, STEP, step + 1);
         let got = keel_sys::syscall::with_number(syscall, dest, info, mrs);
         if syscall == number::CALL {
+            // What a Call that the kernel returns from without a reply gets: its own
+            // message (another thread's reply has its own label and words).
+            let own = got.info.label() == label && got.mrs == mrs;
             match got.info.label() {
                 0 => add(me, REPLIED),
                 1..=10 => add(me, ERRORS),
-                l if concurrent && l & REPLY_MARK != 0 => add(me, FROM_OTHERS),
-                _ => add(me, OTHER_LABELS),
+                _ if concurrent && !own => add(me, FROM_OTHERS),
+                _ => {
+                    add(me, OTHER_LABELS);
+                    set(me, ODD_GOT, got.info.to_word());
+                    set(me, ODD_SENT, info.to_word());
+                    set(me, ODD_CALL, step << 16 | dest);
+                }
             };
         } else {
             add(me, NOT_CALLS);
@@ -473,7 +479,9 @@ fn retypes_in_full(env: &mut Env, untyped: Cap<Untyped>, seed: u64) -> TestResul
 
 /// Checks thread `i`'s outcomes: a Call that returns was answered by the kernel (label
 /// 0 or one of seL4's errors, nothing else) or, in the concurrent test, by another
-/// fuzzing thread (a label with [`REPLY_MARK`]); and every kind of outcome happened.
+/// fuzzing thread (with Reply, ReplyRecv, or a send on a reply capability it saved
+/// with SaveCaller: its label and words, not the caller's own); and every kind of
+/// outcome happened.
 fn outcomes(i: usize, seed: u64, f: &Fuzzer) -> Result<u64, crate::harness::Why> {
     let (replied, errors, others, not_calls) = (
         get(i, REPLIED),
@@ -489,7 +497,11 @@ fn outcomes(i: usize, seed: u64, f: &Fuzzer) -> Result<u64, crate::harness::Why>
     );
     ensure!(
         others == 0,
-        "{report}: Calls came back with a label that is neither 0 nor an error"
+        "info {:#x} back from a Call with info {:#x} (step << 16 | capability {:#x}): the \
+         last Call that came back with a label that is neither 0 nor an error ({report})",
+        get(i, ODD_GOT),
+        get(i, ODD_SENT),
+        get(i, ODD_CALL)
     );
     ensure!(
         replied > 0 && errors > 0 && not_calls > 0 && f.faults > 0,
