@@ -23,8 +23,10 @@
 //! (the step and the generator's state live in shared words and are advanced before
 //! each call). A thread that runs on another CPU is restarted the same way when its
 //! step has not moved for a while. No fuzzing thread holds a capability to a fuzzing
-//! thread's TCB, and in the concurrent test no call writes the victim's registers or
-//! its rseq area: with those a thread could be sent to a random RIP in the suite's
+//! thread's TCB, and in the concurrent test no call writes the victim's registers, its
+//! rseq area, its CSpace or its fault endpoint, and no reply from one fuzzing thread to
+//! another has label 0 (a fault reply writes registers; see [`tame`] and
+//! [`REPLY_LABEL`]): otherwise a thread could be sent to a random RIP in the suite's
 //! code, or have the kernel write to a random address, both in the address space the
 //! suite shares with it.
 //!
@@ -163,15 +165,32 @@ fn free_slot(r: u64) -> u64 {
 }
 
 /// Labels no call of the concurrent test may carry, with what each becomes: a write of
-/// the victim's registers (a random RIP in the suite's code) and its rseq area (the
-/// kernel would write at a random address of the suite's address space).
+/// the victim's registers (a random RIP in the suite's code), its rseq area (the
+/// kernel would write at a random address of the suite's address space), a new CSpace
+/// or fault endpoint for it (its faults could then reach a fuzzing thread, whose reply
+/// writes its registers; a Resume would then run it there), and SaveCaller (a send on
+/// a saved reply capability is a reply with a random label; see [`REPLY_LABEL`]).
 fn tame(label: u64) -> u64 {
     match label {
         l if l == InvocationLabel::TcbWriteRegisters as u64 => InvocationLabel::TcbSuspend as u64,
         l if l == InvocationLabel::TcbSetRseq as u64 => InvocationLabel::TcbResume as u64,
+        l if l == InvocationLabel::TcbConfigure as u64 => InvocationLabel::TcbReadRegisters as u64,
+        l if l == InvocationLabel::TcbSetSpace as u64 => {
+            InvocationLabel::TcbUnbindNotification as u64
+        }
+        l if l == InvocationLabel::CNodeSaveCaller as u64 => InvocationLabel::CNodeCopy as u64,
         l => l,
     }
 }
+
+/// Set in the label of every Reply and ReplyRecv of the concurrent test. A thread's
+/// fault may reach another fuzzing thread (its fault endpoint slot can come to hold
+/// the shared endpoint), and a reply to an unknown-system-call or user-exception
+/// fault writes the faulter's registers (RIP included) from the reply's words; with
+/// label 0 the faulter would then resume at a random RIP in the suite's code, in the
+/// address space the suite shares with it. With a non-zero label it stays stopped, and
+/// the suite restarts it.
+const REPLY_LABEL: u64 = 1 << 20;
 
 /// A fuzzing thread: makes system calls from where the last one stopped. Its argument
 /// is its index, with [`CONCURRENT`] in the concurrent test.
@@ -292,6 +311,9 @@ fn fuzzer(argument: u64) {
                 keel_sys::ipc::set_receive_slot(Cap::from_cptr(0), 0, 0);
             }
             label = tame(label);
+            if matches!(syscall, number::REPLY | number::REPLY_RECV) {
+                label |= REPLY_LABEL;
+            }
         }
         let info = MessageInfo::new(label, 0, extra, length);
         // Advanced before the call: a restarted thread goes on after it.
