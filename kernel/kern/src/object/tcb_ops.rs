@@ -240,9 +240,7 @@ impl<H: Hardware> Kernel<H> {
                 Ok(0)
             }
             L::TcbResume => {
-                if self.tcb(t).state == ThreadState::Inactive {
-                    self.restart(t);
-                }
+                self.restart(t);
                 Ok(0)
             }
             L::TcbBindNotification => {
@@ -331,8 +329,14 @@ impl<H: Hardware> Kernel<H> {
         }
     }
 
-    /// Makes an inactive or blocked thread run again from its saved registers.
+    /// Makes an inactive or blocked thread run again from its saved registers (a
+    /// blocked one redoes its system call); a runnable one is left as it is (seL4's
+    /// restart of a thread that `isStopped`: Resume, and WriteRegisters or
+    /// CopyRegisters with resume).
     pub fn restart(&mut self, t: u64) {
+        if self.tcb(t).state.is_runnable() {
+            return;
+        }
         self.cancel_ipc(t);
         self.set_state(t, ThreadState::Restart);
         self.possible_switch_to(t);

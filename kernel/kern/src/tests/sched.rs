@@ -383,6 +383,49 @@ fn suspend_and_resume_of_a_thread_running_on_another_cpu() {
     w.check_invariants();
 }
 
+/// seL4's restart: Resume (and WriteRegisters or CopyRegisters with resume) acts on a
+/// stopped thread, inactive or blocked, which then redoes its system call; a runnable
+/// thread is left alone (before, a resumed thread running on another CPU was queued
+/// there while still current).
+#[test]
+fn resume_restarts_stopped_threads_only() {
+    let mut w = World::with_cpus(2);
+    let e = w.endpoint();
+    // Blocked in Recv: off the queue, and its Recv is redone where it runs next.
+    let receiver = w.running_thread(50);
+    w.recv(receiver.tcb, e);
+    w.make_current(ROOT_TCB);
+    w.root_ok(receiver.slot, L::TcbResume, &[], &[]);
+    assert_eq!(w.state(receiver.tcb), ThreadState::Restart);
+    assert!(w.queue(Queue::Endpoint(w.addr(e))).is_empty());
+    w.make_current(receiver.tcb);
+    assert_eq!(w.tcb(receiver.tcb).context.rip, SYSCALL_IP);
+    // Waiting for a reply: the server's reply capability goes, and the Call is redone.
+    let client = w.running_thread(40);
+    w.recv(receiver.tcb, e);
+    let _ = w.call(client.tcb, e, 5, &[], &[]);
+    assert_eq!(w.state(client.tcb), ThreadState::BlockedOnReply);
+    w.make_current(ROOT_TCB);
+    w.root_ok(client.slot, L::TcbResume, &[], &[]);
+    assert_eq!(w.state(client.tcb), ThreadState::Restart);
+    assert!(cspace::cap(&w.k.hw, tcb::slot(receiver.tcb, tcb::SLOT_CALLER)).is_null());
+    // Running on another CPU: WriteRegisters with resume writes, but does not queue it.
+    let t = w.running_thread(30);
+    w.root_ok(t.slot, L::TcbSetAffinity, &[1], &[]);
+    w.k.hw.cpu = 1;
+    w.k.handle_reschedule();
+    w.k.schedule();
+    assert_eq!(w.k.current(), t.tcb);
+    w.k.hw.cpu = 0;
+    w.make_current(ROOT_TCB);
+    w.root_ok(t.slot, L::TcbWriteRegisters, &[1, 1, 0x50_2000], &[]);
+    assert_eq!(w.k.cpus[1].current, t.tcb);
+    assert!(!w.tcb(t.tcb).queued);
+    assert_eq!(w.state(t.tcb), ThreadState::Running);
+    assert_eq!(w.tcb(t.tcb).context.rip, 0x50_2000);
+    w.check_invariants();
+}
+
 /// A thread in a user restartable sequence that the timer preempts for another thread
 /// restarts it; one that keeps the CPU (nobody else ready at its priority) does not.
 #[test]
