@@ -10,8 +10,10 @@
 //!
 //! Two tests: one thread alone on the suite's CPU (deterministic: the same counts on
 //! every configuration), and one thread per CPU at once (up to [`MAX_FUZZERS`]), which
-//! also share an endpoint and a notification (messages, capability transfers with
-//! grant, wake-ups and cancelled IPC between CPUs) and a third thread, the victim,
+//! also share an endpoint, a notification (messages, capability transfers with grant,
+//! wake-ups and cancelled IPC between CPUs), an address space (maps and unmaps in the
+//! same page tables from every CPU; each thread otherwise has one of its own, which no
+//! thread runs in) and a third thread, the victim,
 //! whose TCB capability each of them holds: they suspend, resume, move, reprioritise,
 //! bind and read it while it waits on the shared notification, so that the
 //! cross-CPU paths (stalls, IPIs, migration, TLB and lock paths) run under random load.
@@ -43,7 +45,7 @@ use keel_abi::syscall as number;
 use keel_rt::Thread;
 use keel_servers::cspace::{ServerCSpace, slot};
 use keel_sys::CapRights;
-use keel_sys::cap::{Cap, Tcb, Untyped, init};
+use keel_sys::cap::{Cap, PageDirectory, PageTable, Pdpt, Pml4, Tcb, Untyped, init};
 
 use crate::harness::{DEPTH, Env, OrFail, Suite, TestResult};
 use crate::{CHILD_PRIORITY, ensure};
@@ -84,6 +86,16 @@ const SHARED_BADGE: u64 = 0x100;
 const SHARED_EP_SLOT: u64 = slot::FIRST_FREE + 4;
 const SHARED_NOTIFICATION_SLOT: u64 = slot::FIRST_FREE + 5;
 const VICTIM_SLOT: u64 = slot::FIRST_FREE + 6;
+/// Where each thread's address space (a PML4 with an ASID, which no thread runs in) and
+/// a PDPT, page directory and page table for it sit; the frame sits at
+/// `FIRST_FREE + 3`.
+const VSPACE_SLOT: u64 = slot::FIRST_FREE + 7;
+const PAGING_SLOTS: [u64; 3] = [
+    slot::FIRST_FREE + 8,
+    slot::FIRST_FREE + 9,
+    slot::FIRST_FREE + 10,
+];
+const FRAME_SLOT: u64 = slot::FIRST_FREE + 3;
 /// The victim's slot of the shared notification in its own CSpace.
 const VICTIM_WAITS_ON: u64 = slot::FIRST_FREE;
 /// How long a thread on another CPU may leave its step unchanged before the suite
@@ -107,7 +119,9 @@ const FROM_OTHERS: usize = 7;
 const ODD_GOT: usize = 8;
 const ODD_SENT: usize = 9;
 const ODD_CALL: usize = 10;
-const WORDS: usize = 11;
+/// Shaped paging operations that succeeded.
+const PAGING_DONE: usize = 11;
+const WORDS: usize = 12;
 
 static THREAD_WORDS: [[AtomicU64; WORDS]; MAX_FUZZERS] =
     [const { [const { AtomicU64::new(0) }; WORDS] }; MAX_FUZZERS];
@@ -245,11 +259,37 @@ fn fuzzer(argument: u64) {
         for i in 4..length.min(24) as usize {
             keel_sys::ipc::set_buffer_mr(i, word(&mut state));
         }
-        // Two Calls in five are shaped like a real Retype or CNode operation (random
-        // values in the right places, on the free slots: the CNode and untyped
-        // capabilities they use stay), so that objects come and go.
+        // Three Calls in five are shaped like a real paging, Retype or CNode operation
+        // (random values in the right places, on the free slots: the CNode and
+        // untyped capabilities they use stay), so that objects and mappings come and
+        // go.
         let shape = next(&mut state);
-        if syscall == number::CALL && shape % 5 < 2 {
+        let paging = syscall == number::CALL && shape % 5 == 2;
+        if paging {
+            // A paging operation in the thread's address space: a paging structure or
+            // frame (one it was given, or whatever is in a free slot) mapped at a
+            // random place of a small window (so that they meet), with random rights
+            // and attributes; unmapped; or asked its address.
+            (extra, length) = (1, 3);
+            keel_sys::ipc::set_cap(0, VSPACE_SLOT);
+            // Mostly the operations of the object's own type: a map, one in four an
+            // unmap (or for a frame, its address).
+            let op = shape >> 16;
+            let first = InvocationLabel::X86PdptMap as u64;
+            (dest, label) = match shape >> 8 & 7 {
+                n @ 0..=2 => (
+                    PAGING_SLOTS[n as usize],
+                    first + 2 * n + op.is_multiple_of(4) as u64,
+                ),
+                3 | 4 => (FRAME_SLOT, first + 6 + [0, 0, 1, 2][op as usize % 4]),
+                _ => (free_slot(shape >> 11), first + op % 9),
+            };
+            let vaddr = (shape >> 25 & 7) << 12
+                | (shape >> 28 & 3) << 21
+                | (shape >> 30 & 1) << 30
+                | (shape >> 31 & 1) << 39;
+            mrs = [vaddr, shape >> 32 & 15, shape >> 36 & 7, 0];
+        } else if syscall == number::CALL && shape % 5 < 2 {
             extra = 1;
             keel_sys::ipc::set_cap(0, slot::CNODE);
             if shape.is_multiple_of(5) {
@@ -324,6 +364,9 @@ fn fuzzer(argument: u64) {
             // What a Call that the kernel returns from without a reply gets: its own
             // message (another thread's reply has its own label and words).
             let own = got.info.label() == label && got.mrs == mrs;
+            if paging && got.info.label() == 0 {
+                add(me, PAGING_DONE);
+            }
             match got.info.label() {
                 0 => add(me, REPLIED),
                 1..=10 => add(me, ERRORS),
@@ -511,9 +554,10 @@ fn outcomes(i: usize, seed: u64, f: &Fuzzer) -> Result<u64, crate::harness::Why>
         get(i, OTHER_LABELS),
         get(i, NOT_CALLS),
     );
+    let paging = get(i, PAGING_DONE);
     let report = alloc::format!(
-        "seed {seed:#x}: {replied} replied, {errors} errors, {others} other labels, \
-         {not_calls} not Calls, {} faults, {} restarts",
+        "seed {seed:#x}: {replied} replied ({paging} paging), {errors} errors, {others} other \
+         labels, {not_calls} not Calls, {} faults, {} restarts",
         f.faults,
         f.restarts
     );
@@ -526,7 +570,7 @@ fn outcomes(i: usize, seed: u64, f: &Fuzzer) -> Result<u64, crate::harness::Why>
         get(i, ODD_CALL)
     );
     ensure!(
-        replied > 0 && errors > 0 && not_calls > 0 && f.faults > 0,
+        replied > 0 && paging > 0 && errors > 0 && not_calls > 0 && f.faults > 0,
         "{report}: some kind never happened"
     );
     keel_sys::debug_put_string(alloc::format!("  fuzz {i}: {CALLS} calls, {report}\n").as_bytes());
@@ -541,6 +585,44 @@ fn reset_words() {
     }
 }
 
+/// An address space for a fuzzing thread: a PML4 with an ASID (from the root task's
+/// pool) and a PDPT, page directory and page table, none mapped yet.
+struct Paging {
+    vspace: Cap<Pml4>,
+    tables: [u64; 3],
+}
+
+impl Paging {
+    fn new(env: &mut Env) -> Result<Self, crate::harness::Why> {
+        let vspace = env.alloc.create::<Pml4>().or_fail("pml4")?;
+        init::ASID_POOL.assign(vspace).or_fail("assign an ASID")?;
+        let pdpt = env.alloc.create::<Pdpt>().or_fail("pdpt")?;
+        let directory = env
+            .alloc
+            .create::<PageDirectory>()
+            .or_fail("page directory")?;
+        let table = env.alloc.create::<PageTable>().or_fail("page table")?;
+        Ok(Self {
+            vspace,
+            tables: [pdpt.cptr(), directory.cptr(), table.cptr()],
+        })
+    }
+
+    /// Deletes them (the tables first: a table's deletion unmaps it).
+    fn delete(self, env: &mut Env) -> TestResult {
+        env.alloc
+            .delete(Cap::<Pdpt>::from_cptr(self.tables[0]))
+            .or_fail("delete the pdpt")?;
+        env.alloc
+            .delete(Cap::<PageDirectory>::from_cptr(self.tables[1]))
+            .or_fail("delete the page directory")?;
+        env.alloc
+            .delete(Cap::<PageTable>::from_cptr(self.tables[2]))
+            .or_fail("delete the page table")?;
+        env.alloc.delete(self.vspace).or_fail("delete the pml4")
+    }
+}
+
 /// One thread on the suite's CPU.
 fn fuzz_alone(env: &mut Env) -> TestResult {
     reset_words();
@@ -550,12 +632,17 @@ fn fuzz_alone(env: &mut Env) -> TestResult {
     let ep = env.endpoint()?;
     let notification = env.notification()?;
     let frame = env.alloc.frame(ObjectType::X86Page4K).or_fail("frame")?;
+    let paging = Paging::new(env)?;
     let objects = [
         (slot::SERVE, ep.cptr(), 0),
         (slot::FIRST_FREE, ep.cptr(), 5),
         (slot::FIRST_FREE + 1, notification.cptr(), 0),
         (slot::FIRST_FREE + 2, notification.cptr(), 3),
-        (slot::FIRST_FREE + 3, frame.cptr(), 0),
+        (FRAME_SLOT, frame.cptr(), 0),
+        (VSPACE_SLOT, paging.vspace.cptr(), 0),
+        (PAGING_SLOTS[0], paging.tables[0], 0),
+        (PAGING_SLOTS[1], paging.tables[1], 0),
+        (PAGING_SLOTS[2], paging.tables[2], 0),
     ];
     let made = make_fuzzer(env, 0, &objects, None);
     let result = match made {
@@ -590,6 +677,7 @@ fn fuzz_alone(env: &mut Env) -> TestResult {
         Err(e) => Err(e),
     };
     env.alloc.delete(frame).or_fail("delete the frame")?;
+    paging.delete(env)?;
     env.alloc.delete(ep).or_fail("delete the endpoint")?;
     env.alloc
         .delete(notification)
@@ -607,6 +695,9 @@ fn fuzz_concurrently(env: &mut Env) -> TestResult {
     let seed = |i: usize| SEED ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let ep = env.endpoint()?;
     let notification = env.notification()?;
+    // One address space for all of them, and a frame each maps where it likes.
+    let frame = env.alloc.frame(ObjectType::X86Page4K).or_fail("frame")?;
+    let paging = Paging::new(env)?;
     // The victim: a confined thread that waits on the shared notification.
     let victim_space = ServerCSpace::new(&mut env.alloc, FREE).or_fail("victim's cspace")?;
     let mut result = (|| {
@@ -655,6 +746,11 @@ fn fuzz_concurrently(env: &mut Env) -> TestResult {
                     (SHARED_EP_SLOT, ep.cptr(), SHARED_BADGE + i as u64),
                     (SHARED_NOTIFICATION_SLOT, notification.cptr(), 1 << i),
                     (VICTIM_SLOT, v.tcb.cptr(), 0),
+                    (FRAME_SLOT, frame.cptr(), 0),
+                    (VSPACE_SLOT, paging.vspace.cptr(), 0),
+                    (PAGING_SLOTS[0], paging.tables[0], 0),
+                    (PAGING_SLOTS[1], paging.tables[1], 0),
+                    (PAGING_SLOTS[2], paging.tables[2], 0),
                 ];
                 fuzzers.push(make_fuzzer(env, i, &objects, Some(i as u64 % cpus))?);
             }
@@ -727,6 +823,8 @@ fn fuzz_concurrently(env: &mut Env) -> TestResult {
             .destroy(&mut env.alloc)
             .or_fail("victim's cspace"),
     );
+    result = result.and(env.alloc.delete(frame).or_fail("delete the frame"));
+    result = result.and(paging.delete(env));
     result = result.and(env.alloc.delete(ep).or_fail("delete the endpoint"));
     result = result.and(
         env.alloc
