@@ -207,6 +207,26 @@ fn affinity_moves_a_thread_to_another_cpu() {
 }
 
 impl World {
+    /// A thread of priority `prio` moved to CPU 1 and running there; `in_syscall`: it
+    /// has entered SYSCALL there (registers saved) and waits for the lock. CPU 0 (the
+    /// root) is current again afterwards.
+    fn running_on_cpu1(&mut self, prio: u8, in_syscall: bool) -> Thread {
+        let t = self.running_thread(prio);
+        self.root_ok(t.slot, L::TcbSetAffinity, &[1], &[]);
+        self.k.hw.cpu = 1;
+        self.k.handle_reschedule();
+        self.k.schedule();
+        assert_eq!(self.k.current(), t.tcb);
+        if in_syscall {
+            let c = &mut self.k.tcb_mut(t.tcb).context;
+            c.rip = SYSCALL_IP + 2;
+            c.vector = tcb::SYSCALL_VECTOR;
+        }
+        self.k.hw.cpu = 0;
+        self.make_current(ROOT_TCB);
+        t
+    }
+
     fn endpoint_on_cpu0(&mut self) -> u64 {
         self.k.hw.cpu = 0;
         self.make_current(ROOT_TCB);
@@ -311,21 +331,8 @@ fn deleting_a_running_thread() {
 #[test]
 fn a_system_call_waiting_on_another_cpu_is_redone_after_a_move() {
     let mut w = World::with_cpus(2);
-    let t = w.running_thread(50);
-    w.root_ok(t.slot, L::TcbSetAffinity, &[1], &[]);
-    w.k.hw.cpu = 1;
-    w.k.handle_reschedule();
-    w.k.schedule();
-    assert_eq!(w.k.current(), t.tcb);
-    // CPU 1: the thread has entered SYSCALL (registers saved) and waits for the lock.
-    {
-        let c = &mut w.k.tcb_mut(t.tcb).context;
-        c.rip = SYSCALL_IP + 2;
-        c.vector = tcb::SYSCALL_VECTOR;
-    }
+    let t = w.running_on_cpu1(50, true);
     // CPU 0 moves it.
-    w.k.hw.cpu = 0;
-    w.make_current(ROOT_TCB);
     w.root_ok(t.slot, L::TcbSetAffinity, &[0], &[]);
     assert_eq!(w.k.cpus[1].current, 0, "CPU 1 drops the entry");
     assert_eq!(w.state(t.tcb), ThreadState::Restart);
@@ -350,20 +357,7 @@ fn a_system_call_waiting_on_another_cpu_is_redone_after_a_move() {
 #[test]
 fn suspend_and_resume_of_a_thread_running_on_another_cpu() {
     let mut w = World::with_cpus(2);
-    let t = w.running_thread(50);
-    w.root_ok(t.slot, L::TcbSetAffinity, &[1], &[]);
-    w.k.hw.cpu = 1;
-    w.k.handle_reschedule();
-    w.k.schedule();
-    assert_eq!(w.k.current(), t.tcb);
-    // CPU 1: the thread has entered SYSCALL and waits for the lock.
-    {
-        let c = &mut w.k.tcb_mut(t.tcb).context;
-        c.rip = SYSCALL_IP + 2;
-        c.vector = tcb::SYSCALL_VECTOR;
-    }
-    w.k.hw.cpu = 0;
-    w.make_current(ROOT_TCB);
+    let t = w.running_on_cpu1(50, true);
     w.root_ok(t.slot, L::TcbSuspend, &[], &[]);
     assert_eq!(w.k.cpus[1].current, 0, "CPU 1 drops its current thread");
     w.root_ok(t.slot, L::TcbResume, &[], &[]);
@@ -410,14 +404,7 @@ fn resume_restarts_stopped_threads_only() {
     assert_eq!(w.state(client.tcb), ThreadState::Restart);
     assert!(cspace::cap(&w.k.hw, tcb::slot(receiver.tcb, tcb::SLOT_CALLER)).is_null());
     // Running on another CPU: WriteRegisters with resume writes, but does not queue it.
-    let t = w.running_thread(30);
-    w.root_ok(t.slot, L::TcbSetAffinity, &[1], &[]);
-    w.k.hw.cpu = 1;
-    w.k.handle_reschedule();
-    w.k.schedule();
-    assert_eq!(w.k.current(), t.tcb);
-    w.k.hw.cpu = 0;
-    w.make_current(ROOT_TCB);
+    let t = w.running_on_cpu1(30, false);
     w.root_ok(t.slot, L::TcbWriteRegisters, &[1, 1, 0x50_2000], &[]);
     assert_eq!(w.k.cpus[1].current, t.tcb);
     assert!(!w.tcb(t.tcb).queued);
