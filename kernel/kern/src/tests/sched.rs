@@ -263,8 +263,9 @@ fn suspend_and_resume() {
 /// seL4's updateRestartPC: a thread whose system call has completed (a server whose
 /// ReplyRecv has received a Call and not yet run; a thread that suspended itself) and
 /// that is suspended and resumed goes on after the call. Redoing it would, for the
-/// server, send the caller its own message back as the reply (the concurrent fuzz
-/// test's symptom), and make a thread that suspended itself suspend itself again.
+/// server, send the caller its own message back as the reply (what the concurrent
+/// fuzz test checks Calls for), and make a thread that suspended itself suspend
+/// itself again.
 #[test]
 fn a_suspended_thread_does_not_redo_a_completed_system_call() {
     let mut w = World::new();
