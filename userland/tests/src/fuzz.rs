@@ -183,7 +183,9 @@ fn free_slot(r: u64) -> u64 {
 /// kernel would write at a random address of the suite's address space), a new CSpace
 /// or fault endpoint for it (its faults could then reach a fuzzing thread, whose reply
 /// writes its registers; a Resume would then run it there), and SaveCaller (a send on
-/// a saved reply capability is a reply with a random label; see [`REPLY_LABEL`]).
+/// a saved reply capability is a reply with a random label; see [`REPLY_LABEL`]); and
+/// breakpoints and single-stepping, so that the victim never faults (the test checks
+/// it does not, and that it still wakes at the end).
 fn tame(label: u64) -> u64 {
     match label {
         l if l == InvocationLabel::TcbWriteRegisters as u64 => InvocationLabel::TcbSuspend as u64,
@@ -193,6 +195,11 @@ fn tame(label: u64) -> u64 {
             InvocationLabel::TcbUnbindNotification as u64
         }
         l if l == InvocationLabel::CNodeSaveCaller as u64 => InvocationLabel::CNodeCopy as u64,
+        l if l == InvocationLabel::TcbSetBreakpoint as u64
+            || l == InvocationLabel::TcbConfigureSingleStepping as u64 =>
+        {
+            InvocationLabel::TcbGetBreakpoint as u64
+        }
         l => l,
     }
 }
@@ -388,8 +395,12 @@ fn fuzzer(argument: u64) {
     }
 }
 
-/// The victim of the concurrent test: waits on the shared notification for ever, with
-/// nothing but registers (its TLS and IPC buffer may be moved under it).
+/// Times the victim has woken.
+static VICTIM_WAKES: AtomicU64 = AtomicU64::new(0);
+
+/// The victim of the concurrent test: waits on the shared notification for ever and
+/// counts its wake-ups, with nothing but registers and one static word (its TLS and
+/// IPC buffer may be moved under it).
 fn victim(_: u64) {
     loop {
         keel_sys::syscall::with_number(
@@ -398,7 +409,33 @@ fn victim(_: u64) {
             MessageInfo::new(0, 0, 0, 0),
             [0; 4],
         );
+        VICTIM_WAKES.fetch_add(1, Ordering::SeqCst);
     }
+}
+
+/// After the fuzzing: the victim, put back to its priority, unbound and resumed (as the
+/// threads may have left it), still waits on the notification and wakes when it is
+/// signalled; it never faulted.
+fn victim_still_works(
+    victim: Cap<Tcb>,
+    notification: Cap<keel_sys::cap::Notification>,
+    faults: u64,
+) -> TestResult {
+    ensure!(faults == 0, "the victim faulted {faults} times");
+    victim
+        .set_priority(init::TCB, CHILD_PRIORITY as u64)
+        .or_fail("the victim's priority")?;
+    let _ = victim.unbind_notification();
+    victim.resume().or_fail("resume the victim")?;
+    for round in 0..3 {
+        let before = VICTIM_WAKES.load(Ordering::SeqCst);
+        notification.signal();
+        ensure!(
+            crate::harness::wait_until(|| VICTIM_WAKES.load(Ordering::SeqCst) > before),
+            "round {round}: the victim did not wake for a signal ({before} wake-ups before)"
+        );
+    }
+    Ok(())
 }
 
 /// One fuzzing thread and what it was given.
@@ -578,6 +615,7 @@ fn outcomes(i: usize, seed: u64, f: &Fuzzer) -> Result<u64, crate::harness::Why>
 }
 
 fn reset_words() {
+    VICTIM_WAKES.store(0, Ordering::SeqCst);
     for thread in &THREAD_WORDS {
         for word in thread {
             word.store(0, Ordering::SeqCst);
@@ -808,12 +846,15 @@ fn fuzz_concurrently(env: &mut Env) -> TestResult {
             }
         })();
     }
-    // Everything goes: the threads, the victim, the CSpaces (with every object the
-    // threads made or were sent), the shared objects; then each untyped must be
-    // whole again.
+    // Everything goes: the threads, the victim (once it is seen to work), the CSpaces
+    // (with every object the threads made or were sent), the shared objects; then each
+    // untyped must be whole again.
     for f in &mut fuzzers {
         let destroyed = f.destroy(env);
         result = result.and(destroyed);
+    }
+    if let Some(v) = &victim {
+        result = result.and_then(|()| victim_still_works(v.tcb, notification, victim_faults));
     }
     if let Some(v) = victim {
         result = result.and(env.destroy(v));
@@ -840,7 +881,8 @@ fn fuzz_concurrently(env: &mut Env) -> TestResult {
     keel_sys::debug_put_string(
         alloc::format!(
             "  fuzz: {count} threads on {cpus} CPUs: {from_others} messages from another \
-             thread, {victim_faults} victim faults\n"
+             thread; the victim woke {} times\n",
+            VICTIM_WAKES.load(Ordering::SeqCst)
         )
         .as_bytes(),
     );
