@@ -8,15 +8,17 @@
 //! when the threads and their CSpaces are gone, each untyped's memory retypes again in
 //! full.
 //!
-//! Two tests: one thread alone on the suite's CPU (deterministic: the same counts on
-//! every configuration), and one thread per CPU at once (up to [`MAX_FUZZERS`]), which
-//! also share an endpoint, a notification (messages, capability transfers with grant,
-//! wake-ups and cancelled IPC between CPUs), an address space (maps and unmaps in the
-//! same page tables from every CPU; each thread otherwise has one of its own, which no
-//! thread runs in) and a third thread, the victim,
-//! whose TCB capability each of them holds: they suspend, resume, move, reprioritise,
-//! bind and read it while it waits on the shared notification, so that the
-//! cross-CPU paths (stalls, IPIs, migration, TLB and lock paths) run under random load.
+//! Each thread also has an address space of its own (a PML4 with an ASID and tables,
+//! which no thread runs in) for paging operations. Two tests: one thread alone on the
+//! suite's CPU (deterministic: the same counts on every configuration), and one thread
+//! per CPU at once (up to [`MAX_FUZZERS`]), which share an endpoint, a notification
+//! (messages, capability transfers with grant, wake-ups and cancelled IPC between
+//! CPUs), one address space (maps and unmaps in the same page tables from every CPU)
+//! and a third thread, the victim, whose TCB capability each of them holds: they
+//! suspend, resume, move, reprioritise, bind and read it while it waits on the shared
+//! notification, so that the cross-CPU paths (stalls, IPIs, migration, TLB and lock
+//! paths) run under random load. The victim must never fault and must still wake for
+//! signals afterwards.
 //!
 //! Keel's debug calls are left out (they report test results and switch the fastpath).
 //! A call that blocks for good (a Recv nobody sends to) or a fault (the suite does not
@@ -32,8 +34,10 @@
 //! code, or have the kernel write to a random address, both in the address space the
 //! suite shares with it.
 //!
-//! This test found that a Call on a notification or a reply capability left the
-//! caller's own message in its registers instead of seL4's empty reply.
+//! The tests found that a Call on a notification or a reply capability left the
+//! caller's own message in its registers instead of seL4's empty reply, and (under
+//! the invariant checker) that a thread suspended and resumed while running on
+//! another CPU was left both current there and queued.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -182,9 +186,9 @@ fn free_slot(r: u64) -> u64 {
 /// the victim's registers (a random RIP in the suite's code), its rseq area (the
 /// kernel would write at a random address of the suite's address space), a new CSpace
 /// or fault endpoint for it (its faults could then reach a fuzzing thread, whose reply
-/// writes its registers; a Resume would then run it there), and SaveCaller (a send on
-/// a saved reply capability is a reply with a random label; see [`REPLY_LABEL`]); and
-/// breakpoints and single-stepping, so that the victim never faults (the test checks
+/// writes its registers; a Resume would then run it there), SaveCaller (a send on a
+/// saved reply capability is a reply with a random label; see [`REPLY_LABEL`]), and
+/// breakpoints and single-stepping (so that the victim never faults: the test checks
 /// it does not, and that it still wakes at the end).
 fn tame(label: u64) -> u64 {
     match label {
