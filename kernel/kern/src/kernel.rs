@@ -394,11 +394,9 @@ impl<H: Hardware> Kernel<H> {
         self.tcb_mut(t).state = state;
         if !state.is_runnable() {
             self.dequeue(t);
-            let cpu = self.tcb(t).affinity as usize;
             // This CPU's scheduler notices a current thread that cannot run; another
             // CPU must be told (and must not keep running it).
-            if cpu < self.cpus.len() && self.cpus[cpu].current == t && cpu != self.hw.current_cpu()
-            {
+            if let Some(cpu) = self.current_elsewhere(t) {
                 self.stop_on_other_cpu(cpu, t);
             }
         }
@@ -515,10 +513,18 @@ impl<H: Hardware> Kernel<H> {
     /// If thread `t` is running on another CPU, stops it there until this CPU is done
     /// with it: its registers are then in its TCB and no other CPU touches them.
     pub fn stall_if_running_elsewhere(&mut self, t: u64) {
-        let cpu = self.tcb(t).affinity as usize;
-        if cpu != self.hw.current_cpu() && cpu < self.cpus.len() && self.cpus[cpu].current == t {
+        if let Some(cpu) = self.current_elsewhere(t) {
             self.hw.stall_cpu(cpu, tcb::record(t));
         }
+    }
+
+    /// The other CPU `t` is current on, if any (it runs there, or is inside a kernel
+    /// entry that CPU has not handled yet).
+    #[inline(always)]
+    pub fn current_elsewhere(&self, t: u64) -> Option<usize> {
+        let cpu = self.tcb(t).affinity as usize;
+        (cpu != self.hw.current_cpu() && cpu < self.cpus.len() && self.cpus[cpu].current == t)
+            .then_some(cpu)
     }
 
     /// `cpu` stopped running its current thread (deleted, moved): it must choose again.

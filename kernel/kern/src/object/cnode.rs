@@ -498,14 +498,8 @@ impl<H: Hardware> Kernel<H> {
         // the SYSCALL marker keeps the restart from rewinding to the instruction. The
         // exception is a thread current on another CPU, which is inside an entry that
         // CPU has not handled yet (its registers hold the new call): it redoes that.
-        if self.tcb(t).state == ThreadState::Running {
-            let cpu = self.tcb(t).affinity as usize;
-            let elsewhere = cpu != self.hw.current_cpu()
-                && cpu < self.cpus.len()
-                && self.cpus[cpu].current == t;
-            if !elsewhere {
-                self.tcb_mut(t).context.vector = 0;
-            }
+        if self.tcb(t).state == ThreadState::Running && self.current_elsewhere(t).is_none() {
+            self.tcb_mut(t).context.vector = 0;
         }
         self.cancel_ipc(t);
         self.set_state(t, ThreadState::Inactive);
