@@ -458,9 +458,10 @@ struct Fuzzer {
     faults: u64,
 }
 
-/// Makes fuzzing thread `index`: its untyped, its CSpace with the fault endpoint
-/// (badged with its index), its untyped and the objects listed, and the thread
-/// (created, not started; its own TCB capability taken out of its CSpace).
+/// Makes fuzzing thread `index`: its untyped, its CSpace holding the fault endpoint
+/// (badged with its index), a copy of the untyped and the objects listed, and the
+/// thread (created, not started; its own TCB capability taken out of its CSpace). On
+/// failure nothing of it stays behind.
 fn make_fuzzer(
     env: &mut Env,
     index: usize,
@@ -468,75 +469,95 @@ fn make_fuzzer(
     affinity: Option<u64>,
 ) -> Result<Fuzzer, crate::harness::Why> {
     let untyped = env.alloc.untyped(UNTYPED_BITS).or_fail("untyped")?;
-    let space = ServerCSpace::new(&mut env.alloc, FREE).or_fail("cspace")?;
-    ensure!(space.size() == SLOTS, "{} slots", space.size());
-    space
-        .mint(
-            slot::FAULT,
-            env.fault_ep,
-            CapRights::ALL,
-            FAULT_BADGE + index as u64,
-        )
-        .or_fail("fault endpoint")?;
-    space
-        .copy(slot::UNTYPED, untyped, CapRights::ALL)
-        .or_fail("untyped copy")?;
-    // Capabilities of several types: copied by slot number.
-    for &(at, cap, badge) in objects {
-        let copied = if badge == 0 {
-            space
-                .cnode
-                .copy(at, DEPTH, init::CNODE, cap, DEPTH, CapRights::ALL)
-        } else {
-            space
-                .cnode
-                .mint(at, DEPTH, init::CNODE, cap, DEPTH, CapRights::ALL, badge)
-        };
-        copied.or_fail("an object's capability")?;
-    }
-    let config = keel_rt::ThreadConfig {
-        priority: CHILD_PRIORITY,
-        fault_ep: slot::FAULT,
-        affinity,
-        cspace: Some(space.thread_cspace()),
+    let space = match ServerCSpace::new(&mut env.alloc, FREE) {
+        Ok(space) => space,
+        Err(e) => {
+            let _ = env.alloc.delete(untyped);
+            return Err(e).or_fail("cspace");
+        }
     };
-    let argument = index as u64 | if affinity.is_some() { CONCURRENT } else { 0 };
-    // Slot 1 takes the thread's TCB capability, which is taken out again before it
-    // runs: with its own TCB the thread could write itself a random RIP and run the
-    // suite's code, which shares its address space.
-    let thread = env
-        .alloc
-        .create_thread(fuzzer, argument, config)
-        .or_fail("create a fuzzing thread")?;
-    let cnode = space.cnode;
     let mut fuzzer = Fuzzer {
         untyped,
         space: Some(space),
-        thread: Some(thread),
+        thread: None,
         initial: UserContext::default(),
         restarts: 0,
         faults: 0,
     };
-    let made = (|| {
-        cnode
-            .delete(slot::TCB, DEPTH)
-            .or_fail("take the thread's own TCB capability away")?;
-        fuzzer.initial = fuzzer
-            .tcb()
-            .read_registers(false, 0, USER_CONTEXT_WORDS)
-            .or_fail("read the thread's first registers")?;
-        Ok(())
-    })();
-    match made {
+    match fuzzer.make(env, index, objects, affinity) {
         Ok(()) => Ok(fuzzer),
         Err(e) => {
+            // Nothing it was given stays behind.
             let _ = fuzzer.destroy(env);
+            let _ = env.alloc.delete(fuzzer.untyped);
             Err(e)
         }
     }
 }
 
 impl Fuzzer {
+    /// [`make_fuzzer`]'s fallible part, on its untyped and CSpace.
+    fn make(
+        &mut self,
+        env: &mut Env,
+        index: usize,
+        objects: &[(u64, u64, u64)],
+        affinity: Option<u64>,
+    ) -> TestResult {
+        let Some(space) = &self.space else {
+            crate::fail!("no cspace");
+        };
+        ensure!(space.size() == SLOTS, "{} slots", space.size());
+        space
+            .mint(
+                slot::FAULT,
+                env.fault_ep,
+                CapRights::ALL,
+                FAULT_BADGE + index as u64,
+            )
+            .or_fail("fault endpoint")?;
+        space
+            .copy(slot::UNTYPED, self.untyped, CapRights::ALL)
+            .or_fail("untyped copy")?;
+        // Capabilities of several types: copied by slot number.
+        for &(at, cap, badge) in objects {
+            let copied = if badge == 0 {
+                space
+                    .cnode
+                    .copy(at, DEPTH, init::CNODE, cap, DEPTH, CapRights::ALL)
+            } else {
+                space
+                    .cnode
+                    .mint(at, DEPTH, init::CNODE, cap, DEPTH, CapRights::ALL, badge)
+            };
+            copied.or_fail("an object's capability")?;
+        }
+        let config = keel_rt::ThreadConfig {
+            priority: CHILD_PRIORITY,
+            fault_ep: slot::FAULT,
+            affinity,
+            cspace: Some(space.thread_cspace()),
+        };
+        let cnode = space.cnode;
+        let argument = index as u64 | if affinity.is_some() { CONCURRENT } else { 0 };
+        // Slot 1 takes the thread's TCB capability, which is taken out again before it
+        // runs: with its own TCB the thread could write itself a random RIP and run the
+        // suite's code, which shares its address space.
+        self.thread = Some(
+            env.alloc
+                .create_thread(fuzzer, argument, config)
+                .or_fail("create a fuzzing thread")?,
+        );
+        cnode
+            .delete(slot::TCB, DEPTH)
+            .or_fail("take the thread's own TCB capability away")?;
+        self.initial = self
+            .tcb()
+            .read_registers(false, 0, USER_CONTEXT_WORDS)
+            .or_fail("read the thread's first registers")?;
+        Ok(())
+    }
+
     fn tcb(&self) -> Cap<Tcb> {
         self.thread.as_ref().map_or(Cap::from_cptr(0), |t| t.tcb)
     }
