@@ -31,6 +31,9 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
     suite.run("tcb_configure_wrong_caps", || configure_wrong(env));
     suite.run("tcb_set_tls_and_gs_base", || bases(env));
     suite.run("tcb_set_affinity", || affinity(env));
+    suite.run("tcb_operations_on_a_thread_running_on_another_cpu", || {
+        running_elsewhere(env)
+    });
     suite.run("tcb_bind_notification_wakes_recv", || bind(env));
     suite.run("tcb_deleting_bound_thread_unbinds_its_notification", || {
         delete_bound(env)
@@ -374,6 +377,132 @@ fn affinity(env: &mut Env) -> TestResult {
     if cpus < 2 {
         return Err(Why::Skipped("one CPU: only the error path checked"));
     }
+    Ok(())
+}
+
+/// Counts in shared word `word` for ever.
+fn count_for_ever(word: u64) {
+    loop {
+        add_shared(word as usize, 1);
+    }
+}
+
+/// Writes `argument` to shared word 3, then counts in word 4 for ever.
+fn land_and_count(argument: u64) {
+    set_shared(3, argument);
+    count_for_ever(4);
+}
+
+/// Whether shared word `i` stays at `before` for a while (the thread counting in it
+/// is stopped; a running one adds thousands in that time).
+fn stays(i: usize, before: u64) -> bool {
+    crate::harness::pause(20_000_000);
+    shared(i) == before
+}
+
+/// TCB invocations on a thread that is running on another CPU at that moment (a
+/// counting loop on CPU 1, never blocking): the kernel must stop that CPU first
+/// (`stall_if_running_elsewhere`), so each takes effect at once. ReadRegisters sees
+/// the thread's stack; Suspend stops it before it returns and Resume starts it again;
+/// WriteRegisters (and CopyRegisters) of the running thread make it carry on from the
+/// registers written; SetPriority leaves it running; deleting it stops it.
+fn running_elsewhere(env: &mut Env) -> TestResult {
+    if env.info.num_nodes() < 2 {
+        return Err(Why::Skipped("one CPU"));
+    }
+    let t = env.create(count_for_ever, 2, CHILD_PRIORITY)?;
+    // A second thread, never started: its first registers run `land_and_count(0x77)`
+    // on its own stack.
+    let landing = env.create(land_and_count, 0x77, CHILD_PRIORITY)?;
+    let outcome = running_elsewhere_steps(&t, &landing);
+    let destroyed = env.destroy(t);
+    // Deleted while it ran: it must count no more.
+    let stopped_by_delete = stays(4, shared(4));
+    env.destroy(landing)?;
+    outcome?;
+    destroyed?;
+    ensure!(
+        stopped_by_delete,
+        "a thread deleted while running on another CPU still ran"
+    );
+    Ok(())
+}
+
+fn running_elsewhere_steps(t: &keel_rt::Thread, landing: &keel_rt::Thread) -> TestResult {
+    t.tcb.set_affinity(1).or_fail("SetAffinity 1")?;
+    t.start().or_fail("start")?;
+    ensure!(
+        wait_until(|| shared(2) > 1000),
+        "the thread on CPU 1 did not run"
+    );
+
+    let live = t
+        .tcb
+        .read_registers(false, 0, USER_CONTEXT_WORDS)
+        .or_fail("ReadRegisters of the running thread")?;
+    ensure!(
+        (t.stack_base()..t.stack_top()).contains(&live.rsp),
+        "ReadRegisters of the running thread: RSP {:#x} is not on its stack {:#x}..{:#x}",
+        live.rsp,
+        t.stack_base(),
+        t.stack_top()
+    );
+    ensure!(
+        shared(2) > 1000 && live.rip != 0 && live.rip < 1 << 47,
+        "ReadRegisters of the running thread: RIP {:#x}",
+        live.rip
+    );
+
+    t.tcb.suspend().or_fail("Suspend of the running thread")?;
+    let at_suspend = shared(2);
+    ensure!(
+        stays(2, at_suspend),
+        "the thread suspended on another CPU still ran"
+    );
+    t.tcb.resume().or_fail("Resume")?;
+    ensure!(
+        wait_until(|| shared(2) > at_suspend + 1000),
+        "the resumed thread did not run again"
+    );
+
+    t.tcb
+        .set_priority(init::TCB, (CHILD_PRIORITY - 1) as u64)
+        .or_fail("SetPriority of the running thread")?;
+    let after_priority = shared(2);
+    ensure!(
+        wait_until(|| shared(2) > after_priority + 1000),
+        "the thread stopped running after SetPriority"
+    );
+
+    // New registers for the running thread (resume = false: it is running): it
+    // carries on from them, in `land_and_count` on the landing thread's stack.
+    let start = landing
+        .tcb
+        .read_registers(false, 0, USER_CONTEXT_WORDS)
+        .or_fail("ReadRegisters of the landing thread")?;
+    t.tcb
+        .write_registers(false, 0, USER_CONTEXT_WORDS, &start)
+        .or_fail("WriteRegisters of the running thread")?;
+    ensure!(
+        wait_until(|| shared(3) == 0x77 && shared(4) > 1000),
+        "the running thread did not carry on from the registers written"
+    );
+    let old_count = shared(2);
+    ensure!(
+        stays(2, old_count),
+        "the old loop still ran after WriteRegisters"
+    );
+
+    // CopyRegisters onto the running thread (frame and integer registers): it starts
+    // over in `land_and_count` again.
+    set_shared(3, 0);
+    t.tcb
+        .copy_registers(landing.tcb, false, false, true, true, 0)
+        .or_fail("CopyRegisters onto the running thread")?;
+    ensure!(
+        wait_until(|| shared(3) == 0x77),
+        "the running thread did not carry on from the registers copied"
+    );
     Ok(())
 }
 
