@@ -27,6 +27,10 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
     suite.run("vspace_remap_on_another_cpu_is_seen_here", || {
         remap_across_cpus(env)
     });
+    suite.run(
+        "vspace_unmap_and_downgrade_stop_a_thread_using_the_page_on_another_cpu",
+        || stop_accesses_across_cpus(env),
+    );
     suite.run("vspace_read_only_mapping_faults_on_write", || {
         read_only(env)
     });
@@ -284,6 +288,91 @@ fn remap_across_cpus(env: &mut Env) -> TestResult {
     })();
     env.destroy(t)?;
     result
+}
+
+/// Reads (shared word 1 = 0) or writes (1) the page at shared word 10 for ever,
+/// counting the accesses in shared word 3 (and the last value read in word 2).
+fn page_user(_: u64) {
+    let vaddr = shared(10);
+    let mut n = 0u64;
+    loop {
+        if shared(1) == 0 {
+            set_shared(2, probe::read_u64(vaddr));
+        } else {
+            probe::write_u64(vaddr, n);
+        }
+        n += 1;
+        set_shared(3, n);
+    }
+}
+
+/// A thread on another CPU uses a page in a loop (so that CPU's TLB holds the entry
+/// while it runs in user mode), and this CPU unmaps the page, or maps it again
+/// read-only: the shootdown must reach that CPU at once, so the thread's next access
+/// faults (not present for a read after the unmap; a write to a present page after the
+/// downgrade) at the page's address, and it stops there.
+fn stop_accesses_across_cpus(env: &mut Env) -> TestResult {
+    let cpus = env.info.num_nodes();
+    if cpus < 2 {
+        return Err(Why::Skipped("needs two CPUs"));
+    }
+    // (write, what the fault's error code must be: user, and write and present or not)
+    for (write, error_code) in [(false, 0b100), (true, 0b111)] {
+        let (frame, vaddr) = new_mapping(env, CapRights::READ_WRITE, VmAttributes::DEFAULT)?;
+        probe::write_u64(vaddr, 0x5a5a);
+        set_shared(1, write as u64);
+        set_shared(2, 0);
+        set_shared(3, 0);
+        set_shared(10, vaddr);
+        let t = env.create(page_user, 0, CHILD_PRIORITY)?;
+        let result = (|| {
+            t.tcb.set_affinity(cpus - 1).or_fail("SetAffinity")?;
+            t.start().or_fail("start")?;
+            ensure!(
+                wait_until(|| shared(3) > 1000),
+                "the thread on the other CPU did not use the page"
+            );
+            ensure!(
+                write || shared(2) == 0x5a5a,
+                "the other CPU read {:#x}",
+                shared(2)
+            );
+            if write {
+                frame
+                    .map(init::VSPACE, vaddr, CapRights::READ, VmAttributes::DEFAULT)
+                    .or_fail("map again read-only")?;
+            } else {
+                frame.unmap().or_fail("unmap")?;
+            }
+            let what = if write { "downgrade" } else { "unmap" };
+            let Some(r) = recv_timeout(env.fault_ep) else {
+                fail!(
+                    "no fault after the {what} (the other CPU goes on through a stale TLB entry: {} accesses)",
+                    shared(3)
+                )
+            };
+            ensure!(
+                r.label() == FaultType::VmFault as u64,
+                "{what}: fault label {}",
+                r.label()
+            );
+            let (address, fsr) = (r.mr(vm_fault::ADDR), r.mr(vm_fault::FSR));
+            ensure!(
+                address == vaddr && fsr & 0b111 == error_code,
+                "{what}: fault at {address:#x} with error code {fsr:#x}, expected {vaddr:#x} and {error_code:#b}"
+            );
+            let stopped = shared(3);
+            crate::harness::pause(20_000_000);
+            ensure!(
+                shared(3) == stopped,
+                "{what}: the thread went on after its fault"
+            );
+            Ok(())
+        })();
+        env.destroy(t)?;
+        result?;
+    }
+    Ok(())
 }
 
 fn read_only(env: &mut Env) -> TestResult {
