@@ -184,8 +184,9 @@ impl<H: Hardware> Kernel<H> {
     pub fn handle_user_exception(&mut self, vector: u64, code: u64, address: u64) {
         let t = self.current();
         // Stopped by another CPU while this one waited for the lock: resumed, it
-        // re-executes the instruction.
-        if t == 0 || !self.tcb(t).state.is_runnable() {
+        // re-executes the instruction. Its registers rewritten meanwhile (Restart): it
+        // goes on from them, and the exception, which the old ones raised, is dropped.
+        if t == 0 || self.tcb(t).state != ThreadState::Running {
             return;
         }
         self.tcb_mut(t).context.vector = vector;

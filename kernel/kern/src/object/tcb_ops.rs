@@ -139,6 +139,7 @@ impl<H: Hardware> Kernel<H> {
                     // The thread continues at the written RIP, not in a system call.
                     c.vector = 0;
                 }
+                self.restart_if_current_elsewhere(t);
                 if args.mr(0) & 1 != 0 {
                     self.restart(t);
                 }
@@ -176,6 +177,7 @@ impl<H: Hardware> Kernel<H> {
                     c.sanitise_flags();
                     c.sanitise_bases();
                 }
+                self.restart_if_current_elsewhere(t);
                 if flags & 2 != 0 {
                     self.restart(t);
                 }
@@ -340,6 +342,19 @@ impl<H: Hardware> Kernel<H> {
         self.cancel_ipc(t);
         self.set_state(t, ThreadState::Restart);
         self.possible_switch_to(t);
+    }
+
+    /// `t`'s registers were just written while it is current on another CPU (stalled
+    /// there: it ran, or that CPU's entry for it waits for the lock). That CPU must not
+    /// handle a pending system call or exception of it with the new registers: the
+    /// thread restarts (seL4's remote stall does the same), so that CPU takes no call
+    /// for it and, choosing it again, lets it go on from its registers (at a written
+    /// RIP; with the SYSCALL marker still there, as after an integer-only
+    /// CopyRegisters, it makes its system call again with the registers it now has).
+    fn restart_if_current_elsewhere(&mut self, t: u64) {
+        if self.current_elsewhere(t).is_some() && self.tcb(t).state == ThreadState::Running {
+            self.tcb_mut(t).state = ThreadState::Restart;
+        }
     }
 
     /// Changes a thread's priority, moving it between ready queues.

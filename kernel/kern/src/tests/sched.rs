@@ -404,13 +404,70 @@ fn resume_restarts_stopped_threads_only() {
     w.root_ok(client.slot, L::TcbResume, &[], &[]);
     assert_eq!(w.state(client.tcb), ThreadState::Restart);
     assert!(cspace::cap(&w.k.hw, tcb::slot(receiver.tcb, tcb::SLOT_CALLER)).is_null());
-    // Running on another CPU: WriteRegisters with resume writes, but does not queue it.
+    // Running on another CPU: WriteRegisters with resume writes, but does not queue it;
+    // that CPU goes on with it from the registers written.
     let t = w.running_on_cpu1(30, false);
     w.root_ok(t.slot, L::TcbWriteRegisters, &[1, 1, 0x50_2000], &[]);
     assert_eq!(w.k.cpus[1].current, t.tcb);
     assert!(!w.tcb(t.tcb).queued);
+    assert_eq!(w.state(t.tcb), ThreadState::Restart);
+    w.check_invariants();
+    w.k.hw.cpu = 1;
+    w.k.schedule();
+    assert_eq!(w.k.current(), t.tcb);
     assert_eq!(w.state(t.tcb), ThreadState::Running);
     assert_eq!(w.tcb(t.tcb).context.rip, 0x50_2000);
+    w.check_invariants();
+}
+
+/// Registers written (or copied) while the thread's own CPU waits for the lock with a
+/// system call or an exception of it: that CPU must not handle the entry with the new
+/// registers (it made an unknown system call with the written RDX under the concurrent
+/// fuzz test). The thread restarts from its registers: at the written RIP, or, when an
+/// integer-only CopyRegisters left the SYSCALL marker, on its SYSCALL instruction with
+/// the copied registers.
+#[test]
+fn registers_written_while_an_entry_waits_on_another_cpu() {
+    let mut w = World::with_cpus(2);
+    let t = w.running_on_cpu1(50, true);
+    w.root_ok(t.slot, L::TcbWriteRegisters, &[0, 1, 0x50_2000], &[]);
+    assert_eq!(
+        w.state(t.tcb),
+        ThreadState::Restart,
+        "CPU 1 must not make the waiting call"
+    );
+    assert_eq!(w.k.cpus[1].current, t.tcb);
+    w.check_invariants();
+    // Nor handle an exception entry of it.
+    w.k.hw.cpu = 1;
+    w.k.handle_user_exception(13, 0, 0);
+    assert_eq!(w.tcb(t.tcb).fault, tcb::Fault::None);
+    w.k.schedule();
+    assert_eq!(w.k.current(), t.tcb);
+    assert_eq!(w.state(t.tcb), ThreadState::Running);
+    assert_eq!(w.tcb(t.tcb).context.rip, 0x50_2000, "goes on where written");
+    assert_eq!(w.tcb(t.tcb).context.vector, 0);
+    w.check_invariants();
+
+    let mut w = World::with_cpus(2);
+    let source = w.running_thread(40);
+    w.k.tcb_mut(source.tcb).context.rdx = 0x1234;
+    let t = w.running_on_cpu1(50, true);
+    w.root_ok(t.slot, L::TcbCopyRegisters, &[8], &[source.slot]);
+    assert_eq!(w.state(t.tcb), ThreadState::Restart);
+    w.k.hw.cpu = 1;
+    w.k.schedule();
+    assert_eq!(w.state(t.tcb), ThreadState::Running);
+    assert_eq!(
+        w.tcb(t.tcb).context.rip,
+        SYSCALL_IP,
+        "the call is made again"
+    );
+    assert_eq!(
+        w.tcb(t.tcb).context.rdx,
+        0x1234,
+        "with the copied registers"
+    );
     w.check_invariants();
 }
 
