@@ -131,6 +131,16 @@ static THREAD_WORDS: [[AtomicU64; WORDS]; MAX_FUZZERS] =
     [const { [const { AtomicU64::new(0) }; WORDS] }; MAX_FUZZERS];
 /// CPUs the victim may be moved to (read by the fuzzing threads).
 static CPUS: AtomicU64 = AtomicU64::new(1);
+/// The victim's first registers, in [`UserContext`] order (set before the fuzzing
+/// starts): a WriteRegisters of the victim keeps the words the runtime's trampoline
+/// uses (RIP, RSP, RFLAGS, RDX, RSI, RDI) and makes the rest random.
+static VICTIM_START: [AtomicU64; VICTIM_KEPT.len()] =
+    [const { AtomicU64::new(0) }; VICTIM_KEPT.len()];
+/// Which [`UserContext`] words of the victim a WriteRegisters keeps: RIP, RSP, RFLAGS,
+/// RDX, RSI, RDI.
+const VICTIM_KEPT: [usize; 6] = [0, 1, 2, 6, 7, 8];
+/// WriteRegisters of the victim made (all threads).
+static VICTIM_WRITES: AtomicU64 = AtomicU64::new(0);
 
 fn get(thread: usize, word: usize) -> u64 {
     THREAD_WORDS[thread][word].load(Ordering::SeqCst)
@@ -193,6 +203,9 @@ fn free_slot(r: u64) -> u64 {
 fn tame(label: u64) -> u64 {
     match label {
         l if l == InvocationLabel::TcbWriteRegisters as u64 => InvocationLabel::TcbSuspend as u64,
+        l if l == InvocationLabel::TcbCopyRegisters as u64 => {
+            InvocationLabel::TcbReadRegisters as u64
+        }
         l if l == InvocationLabel::TcbSetRseq as u64 => InvocationLabel::TcbResume as u64,
         l if l == InvocationLabel::TcbConfigure as u64 => InvocationLabel::TcbReadRegisters as u64,
         l if l == InvocationLabel::TcbSetSpace as u64 => {
@@ -322,28 +335,52 @@ fn fuzzer(argument: u64) {
         }
         if concurrent {
             let r = next(&mut state);
+            let mut shaped_write = false;
             if syscall == number::CALL && r.is_multiple_of(8) {
                 // An operation on the victim's TCB (where the capability still is).
                 (dest, length, extra) = (VICTIM_SLOT, 1, 0);
                 let cpus = CPUS.load(Ordering::Relaxed);
-                (label, mrs[0]) = match r >> 8 & 7 {
-                    0 => (InvocationLabel::TcbSuspend as u64, 0),
-                    1 | 2 => (InvocationLabel::TcbResume as u64, 0),
-                    3 => (
+                (label, mrs[0]) = match r >> 8 & 15 {
+                    0 | 8 => (InvocationLabel::TcbSuspend as u64, 0),
+                    1 | 2 | 9 => (InvocationLabel::TcbResume as u64, 0),
+                    15 => {
+                        // WriteRegisters with resume: from its first registers (the
+                        // trampoline's), the rest random; a running victim goes on
+                        // from them, a blocked or stopped one restarts (its IPC
+                        // cancelled), wherever it runs.
+                        let count = 9 + (r >> 16) % (USER_CONTEXT_WORDS as u64 - 8);
+                        length = 2 + count;
+                        let mut words = [0u64; USER_CONTEXT_WORDS];
+                        for w in words.iter_mut() {
+                            *w = word(&mut state);
+                        }
+                        for (k, &i) in VICTIM_KEPT.iter().enumerate() {
+                            words[i] = VICTIM_START[k].load(Ordering::Relaxed);
+                        }
+                        for i in 2..count as usize {
+                            keel_sys::ipc::set_buffer_mr(2 + i, words[i]);
+                        }
+                        mrs[1] = count;
+                        (mrs[2], mrs[3]) = (words[0], words[1]);
+                        VICTIM_WRITES.fetch_add(1, Ordering::Relaxed);
+                        shaped_write = true;
+                        (InvocationLabel::TcbWriteRegisters as u64, 1)
+                    }
+                    3 | 10 => (
                         InvocationLabel::TcbSetAffinity as u64,
                         (r >> 16) % (cpus + 1),
                     ),
-                    4 => {
+                    4 | 11 => {
                         extra = 1;
                         keel_sys::ipc::set_cap(0, VICTIM_SLOT);
                         (InvocationLabel::TcbSetPriority as u64, (r >> 16) % 128)
                     }
-                    5 => {
+                    5 | 12 => {
                         extra = 1;
                         keel_sys::ipc::set_cap(0, SHARED_NOTIFICATION_SLOT);
                         (InvocationLabel::TcbBindNotification as u64, 0)
                     }
-                    6 => (InvocationLabel::TcbUnbindNotification as u64, 0),
+                    6 | 13 => (InvocationLabel::TcbUnbindNotification as u64, 0),
                     _ => (InvocationLabel::TcbReadRegisters as u64, 0),
                 };
             } else if r % 8 < 3 {
@@ -361,7 +398,9 @@ fn fuzzer(argument: u64) {
             } else {
                 keel_sys::ipc::set_receive_slot(Cap::from_cptr(0), 0, 0);
             }
-            label = tame(label);
+            if !shaped_write {
+                label = tame(label);
+            }
             if matches!(syscall, number::REPLY | number::REPLY_RECV) {
                 label |= REPLY_LABEL;
             }
@@ -647,6 +686,7 @@ fn outcomes(i: usize, seed: u64, f: &Fuzzer) -> Result<u64, crate::harness::Why>
 
 fn reset_words() {
     VICTIM_WAKES.store(0, Ordering::SeqCst);
+    VICTIM_WRITES.store(0, Ordering::SeqCst);
     for thread in &THREAD_WORDS {
         for word in thread {
             word.store(0, Ordering::SeqCst);
@@ -800,6 +840,14 @@ fn fuzz_concurrently(env: &mut Env) -> TestResult {
     let mut fuzzers = alloc::vec::Vec::new();
     if let Some(v) = &victim {
         result = (|| {
+            let first = v
+                .tcb
+                .read_registers(false, 0, USER_CONTEXT_WORDS)
+                .or_fail("the victim's first registers")?
+                .to_words();
+            for (k, &i) in VICTIM_KEPT.iter().enumerate() {
+                VICTIM_START[k].store(first[i], Ordering::SeqCst);
+            }
             victim_space
                 .cnode
                 .delete(slot::TCB, DEPTH)
@@ -923,14 +971,20 @@ fn fuzz_concurrently(env: &mut Env) -> TestResult {
     keel_sys::debug_put_string(
         alloc::format!(
             "  fuzz: {count} threads on {cpus} CPUs: {from_others} messages from another \
-             thread; the victim woke {} times, its Wait was refused {victim_faults} times\n",
-            VICTIM_WAKES.load(Ordering::SeqCst)
+             thread; the victim woke {} times, its Wait was refused {victim_faults} times, \
+             its registers were written {} times\n",
+            VICTIM_WAKES.load(Ordering::SeqCst),
+            VICTIM_WRITES.load(Ordering::SeqCst)
         )
         .as_bytes(),
     );
     ensure!(
         from_others > 0,
         "the threads never received a message from each other"
+    );
+    ensure!(
+        VICTIM_WRITES.load(Ordering::SeqCst) > 0,
+        "no thread wrote the victim's registers"
     );
     Ok(())
 }
