@@ -357,8 +357,8 @@ fn fuzzer(argument: u64) {
                         for (k, &i) in VICTIM_KEPT.iter().enumerate() {
                             words[i] = VICTIM_START[k].load(Ordering::Relaxed);
                         }
-                        for i in 2..count as usize {
-                            keel_sys::ipc::set_buffer_mr(2 + i, words[i]);
+                        for (i, &w) in words.iter().enumerate().take(count as usize).skip(2) {
+                            keel_sys::ipc::set_buffer_mr(2 + i, w);
                         }
                         mrs[1] = count;
                         (mrs[2], mrs[3]) = (words[0], words[1]);
