@@ -381,6 +381,15 @@ fn fuzzer(argument: u64) {
                         (InvocationLabel::TcbBindNotification as u64, 0)
                     }
                     6 | 13 => (InvocationLabel::TcbUnbindNotification as u64, 0),
+                    14 => {
+                        // CopyRegisters from the victim to itself, random flags
+                        // (suspend the source, resume the target, frame, integer):
+                        // its registers stay its own.
+                        extra = 1;
+                        keel_sys::ipc::set_cap(0, VICTIM_SLOT);
+                        shaped_write = true;
+                        (InvocationLabel::TcbCopyRegisters as u64, r >> 16 & 15)
+                    }
                     _ => (InvocationLabel::TcbReadRegisters as u64, 0),
                 };
             } else if r % 8 < 3 {
