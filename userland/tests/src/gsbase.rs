@@ -45,6 +45,10 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
     );
     suite.run("gsbase_bases_survive_migration", || migration(env));
     suite.run("gsbase_read_write_registers_round_trip", || round_trip(env));
+    suite.run(
+        "gsbase_set_tls_and_gs_base_of_a_thread_running_on_another_cpu",
+        || set_bases_elsewhere(env),
+    );
     suite.run("gsbase_bases_survive_fault_and_resume", || {
         fault_resume(env)
     });
@@ -346,6 +350,67 @@ fn round_trip(env: &mut Env) -> TestResult {
         }
     }
     finish(env, &mut threads, n)
+}
+
+/// Publishes its FS and GS bases (RDFSBASE, RDGSBASE) in shared words 2 and 7 for ever,
+/// counting in word 3.
+fn base_watcher(_: u64) {
+    loop {
+        set_shared(2, f::rdfsbase());
+        set_shared(7, f::rdgsbase());
+        crate::harness::add_shared(3, 1);
+    }
+}
+
+/// TCBSetTLSBase and TCBSetGSBase of a thread with the FSGSBASE right that is running
+/// on another CPU: it sees the new bases at once, and they stay (the kernel reads such a
+/// thread's bases back from the CPU when it enters, which without a stall of that CPU
+/// first would put the old ones back).
+fn set_bases_elsewhere(env: &mut Env) -> TestResult {
+    let cpus = env.info.num_nodes();
+    if cpus < 2 {
+        return Err(Why::Skipped("one CPU"));
+    }
+    if !has_fsgsbase(env) {
+        return Err(skipped());
+    }
+    let t = env.create(base_watcher, 0, CHILD_PRIORITY)?;
+    let result = (|| {
+        init::FS_GS_BASE_CONTROL
+            .set_access(t.tcb, true)
+            .or_fail("grant the FSGSBASE right")?;
+        t.tcb.set_affinity(cpus - 1).or_fail("SetAffinity")?;
+        t.start().or_fail("start")?;
+        ensure!(
+            wait_until(|| shared(3) > 1000),
+            "the thread on the other CPU did not run"
+        );
+        for (round, (fs, gs)) in [(W_FS, W_GS), (0x7000_1000, 0x7000_2000)]
+            .into_iter()
+            .enumerate()
+        {
+            t.tcb.set_tls_base(fs).or_fail("SetTLSBase")?;
+            t.tcb.set_gs_base(gs).or_fail("SetGSBase")?;
+            let seen = shared(3);
+            ensure!(
+                wait_until(|| shared(3) > seen + 1000 && shared(2) == fs && shared(7) == gs),
+                "round {round}: the running thread's bases are {:#x}/{:#x}, not {fs:#x}/{gs:#x}",
+                shared(2),
+                shared(7)
+            );
+            // Timer interrupts enter the kernel meanwhile: the bases stay.
+            pause(30_000_000);
+            ensure!(
+                shared(2) == fs && shared(7) == gs,
+                "round {round}: the bases went back to {:#x}/{:#x}",
+                shared(2),
+                shared(7)
+            );
+        }
+        Ok(())
+    })();
+    env.destroy(t)?;
+    result
 }
 
 fn fault_thread(arg: u64) {

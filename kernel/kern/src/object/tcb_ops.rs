@@ -282,6 +282,9 @@ impl<H: Hardware> Kernel<H> {
                 if args.length < 1 {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
                 }
+                // Running elsewhere, a thread with the FSGSBASE right would have the
+                // base it holds read back at its next entry, over this one.
+                self.stall_if_running_elsewhere(t);
                 let c = &mut self.tcb_mut(t).context;
                 c.fs_base = args.mr(0);
                 c.selectors &= !tcb::FS_SELECTOR_MASK;
@@ -292,6 +295,9 @@ impl<H: Hardware> Kernel<H> {
                 if args.length < 1 {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
                 }
+                // Running elsewhere, a thread with the FSGSBASE right would have the
+                // base it holds read back at its next entry, over this one.
+                self.stall_if_running_elsewhere(t);
                 let c = &mut self.tcb_mut(t).context;
                 c.gs_base = args.mr(0);
                 c.selectors &= !tcb::GS_SELECTOR_MASK;
