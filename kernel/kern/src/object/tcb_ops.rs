@@ -325,6 +325,9 @@ impl<H: Hardware> Kernel<H> {
                 let (clear, set) = (args.mr(0), args.mr(1));
                 let flags = (self.tcb(t).flags & !clear | set) & tcb_flags::MASK;
                 if flags != self.tcb(t).flags {
+                    // Running on another CPU, the thread's FPU state is in that CPU's
+                    // registers: the stall saves it, or the release would lose it.
+                    self.stall_if_running_elsewhere(t);
                     // The trusted core saves the thread's FPU state where it can and
                     // loads the FPU for it afresh at its next switch.
                     self.hw.fpu_release(t);

@@ -60,8 +60,19 @@ pub struct FakeHardware {
     pub reports: Vec<(u64, u64)>,
     pub ticks: u64,
     pub ldt_changes: Vec<(u64, u64)>,
+    /// The CPUs stalled (`stall_cpu`) and the FPU releases (`fpu_release`), in order.
+    pub stalls_and_releases: Vec<Stall>,
     /// What `preemption_window` answers (preemption-point tests).
     pub pending_interrupt: bool,
+}
+
+/// A stall of a CPU or an FPU release, as `FakeHardware` records them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stall {
+    /// `stall_cpu(cpu)`.
+    Cpu(usize),
+    /// `fpu_release` of the TCB at this address.
+    FpuRelease(u64),
 }
 
 impl Memory for FakeHardware {
@@ -112,7 +123,12 @@ impl Hardware for FakeHardware {
     fn flush_address_space(&mut self, asid: u16, _pml4: u64) {
         self.space_flushes.push(asid);
     }
-    fn stall_cpu(&mut self, _cpu: usize, _tcb_record: u64) {}
+    fn stall_cpu(&mut self, cpu: usize, _tcb_record: u64) {
+        self.stalls_and_releases.push(Stall::Cpu(cpu));
+    }
+    fn fpu_release(&mut self, tcb: u64) {
+        self.stalls_and_releases.push(Stall::FpuRelease(tcb));
+    }
     fn address_space_deleted(&mut self, asid: u16, _pml4: u64) {
         self.space_flushes.push(asid);
     }

@@ -544,3 +544,35 @@ fn a_switch_to_a_thread_blocked_meanwhile_is_not_made() {
     w.k.schedule();
     assert_eq!(w.k.current(), 0, "a suspended thread was made current");
 }
+
+/// TCB invocations that change what a thread running on another CPU holds in that CPU's
+/// registers stall that CPU first (it saves them into the TCB), so nothing is lost:
+/// SetTLSBase and SetGSBase (a thread with the FSGSBASE right has its bases read back
+/// at its next entry, which put the old base back: the on-target test
+/// `gsbase_set_tls_and_gs_base_of_a_thread_running_on_another_cpu` found it), and
+/// SetFlags before it releases the thread's FPU state (the live state on that CPU was
+/// dropped).
+#[test]
+fn state_another_cpu_holds_is_saved_before_it_changes() {
+    let mut w = World::with_cpus(2);
+    let t = w.running_on_cpu1(50, false);
+    w.root_ok(t.slot, L::TcbSetTlsBase, &[0x7000], &[]);
+    assert_eq!(w.k.hw.stalls_and_releases, vec![Stall::Cpu(1)]);
+    w.k.hw.stalls_and_releases.clear();
+    w.root_ok(t.slot, L::TcbSetGsBase, &[0x8000], &[]);
+    assert_eq!(w.k.hw.stalls_and_releases, vec![Stall::Cpu(1)]);
+    w.k.hw.stalls_and_releases.clear();
+    let fpu_disabled = keel_abi::object::tcb_flags::FPU_DISABLED;
+    w.root_ok(t.slot, L::TcbSetFlags, &[0, fpu_disabled], &[]);
+    assert_eq!(
+        w.k.hw.stalls_and_releases,
+        vec![Stall::Cpu(1), Stall::FpuRelease(t.tcb)]
+    );
+    // On this CPU's own side nothing is stalled.
+    w.k.hw.stalls_and_releases.clear();
+    let u = w.running_thread(40);
+    w.root_ok(u.slot, L::TcbSetTlsBase, &[0x7000], &[]);
+    w.root_ok(u.slot, L::TcbSetFlags, &[0, fpu_disabled], &[]);
+    assert_eq!(w.k.hw.stalls_and_releases, vec![Stall::FpuRelease(u.tcb)]);
+    w.check_invariants();
+}
