@@ -307,18 +307,49 @@ fn page_user(_: u64) {
 }
 
 /// A thread on another CPU uses a page in a loop (so that CPU's TLB holds the entry
-/// while it runs in user mode), and this CPU unmaps the page, or maps it again
-/// read-only: the shootdown must reach that CPU at once, so the thread's next access
-/// faults (not present for a read after the unmap; a write to a present page after the
-/// downgrade) at the page's address, and it stops there.
+/// while it runs in user mode), and this CPU unmaps the page, maps it again read-only,
+/// or unmaps the page table it is mapped through: the shootdown (of the page, or of the
+/// whole address space for the table) must reach that CPU at once, so the thread's next
+/// access faults (not present for a read after an unmap; a write to a present page
+/// after the downgrade) at the page's address, and it stops there.
 fn stop_accesses_across_cpus(env: &mut Env) -> TestResult {
     let cpus = env.info.num_nodes();
     if cpus < 2 {
         return Err(Why::Skipped("needs two CPUs"));
     }
-    // (write, what the fault's error code must be: user, and write and present or not)
-    for (write, error_code) in [(false, 0b100), (true, 0b111)] {
-        let (frame, vaddr) = new_mapping(env, CapRights::READ_WRITE, VmAttributes::DEFAULT)?;
+    // (write, through a page table of its own that is unmapped instead of the page,
+    // what the fault's error code must be: user, and write and present or not)
+    for (write, table, error_code) in [
+        (false, false, 0b100),
+        (true, false, 0b111),
+        (false, true, 0b100),
+    ] {
+        let (frame, vaddr, pt) = if table {
+            // A fresh 2 MiB region with a page table of its own, the frame in it.
+            let pt = env
+                .alloc
+                .create::<keel_sys::cap::PageTable>()
+                .or_fail("page table")?;
+            let frame = env.alloc.frame(ObjectType::X86Page4K).or_fail("frame")?;
+            let region = env.alloc.scratch_range(0x20_0000, 0x20_0000);
+            env.alloc
+                .ensure_tables(init::VSPACE, region, 2)
+                .or_fail("tables above")?;
+            pt.map(init::VSPACE, region, VmAttributes::DEFAULT)
+                .or_fail("map the page table")?;
+            frame
+                .map(
+                    init::VSPACE,
+                    region,
+                    CapRights::READ_WRITE,
+                    VmAttributes::DEFAULT,
+                )
+                .or_fail("map the frame")?;
+            (frame, region, Some(pt))
+        } else {
+            let (frame, vaddr) = new_mapping(env, CapRights::READ_WRITE, VmAttributes::DEFAULT)?;
+            (frame, vaddr, None)
+        };
         probe::write_u64(vaddr, 0x5a5a);
         set_shared(1, write as u64);
         set_shared(2, 0);
@@ -337,14 +368,20 @@ fn stop_accesses_across_cpus(env: &mut Env) -> TestResult {
                 "the other CPU read {:#x}",
                 shared(2)
             );
-            if write {
+            if let Some(pt) = pt {
+                pt.unmap().or_fail("unmap the page table")?;
+            } else if write {
                 frame
                     .map(init::VSPACE, vaddr, CapRights::READ, VmAttributes::DEFAULT)
                     .or_fail("map again read-only")?;
             } else {
                 frame.unmap().or_fail("unmap")?;
             }
-            let what = if write { "downgrade" } else { "unmap" };
+            let what = match (write, table) {
+                (_, true) => "table unmap",
+                (true, _) => "downgrade",
+                _ => "unmap",
+            };
             let Some(r) = recv_timeout(env.fault_ep) else {
                 fail!(
                     "no fault after the {what} (the other CPU goes on through a stale TLB entry: {} accesses)",
