@@ -53,6 +53,18 @@ pub fn run_devices(suite: &mut Suite, env: &mut Env) {
     });
 }
 
+/// A fresh 2 MiB region of the scratch area with the tables above it, and `pt` mapped
+/// as its page table; returns the region's address.
+fn page_table_region(env: &mut Env, pt: Cap<keel_sys::cap::PageTable>) -> Result<u64, Why> {
+    let region = env.alloc.scratch_range(0x20_0000, 0x20_0000);
+    env.alloc
+        .ensure_tables(init::VSPACE, region, 2)
+        .or_fail("tables above")?;
+    pt.map(init::VSPACE, region, VmAttributes::DEFAULT)
+        .or_fail("map the page table")?;
+    Ok(region)
+}
+
 fn new_mapping(
     env: &mut Env,
     rights: CapRights,
@@ -331,12 +343,7 @@ fn stop_accesses_across_cpus(env: &mut Env) -> TestResult {
                 .create::<keel_sys::cap::PageTable>()
                 .or_fail("page table")?;
             let frame = env.alloc.frame(ObjectType::X86Page4K).or_fail("frame")?;
-            let region = env.alloc.scratch_range(0x20_0000, 0x20_0000);
-            env.alloc
-                .ensure_tables(init::VSPACE, region, 2)
-                .or_fail("tables above")?;
-            pt.map(init::VSPACE, region, VmAttributes::DEFAULT)
-                .or_fail("map the page table")?;
+            let region = page_table_region(env, pt)?;
             frame
                 .map(
                     init::VSPACE,
@@ -566,12 +573,7 @@ fn tables_twice(env: &mut Env) -> TestResult {
         "PDPT over a present one",
     )?;
     // A fresh 2 MiB region: the page table maps, a second one does not, unmap works.
-    let region = env.alloc.scratch_range(0x20_0000, 0x20_0000);
-    env.alloc
-        .ensure_tables(init::VSPACE, region, 2)
-        .or_fail("tables above")?;
-    pt.map(init::VSPACE, region, VmAttributes::DEFAULT)
-        .or_fail("page table map")?;
+    let region = page_table_region(env, pt)?;
     let pt2 = env
         .alloc
         .create::<keel_sys::cap::PageTable>()
