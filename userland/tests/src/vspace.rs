@@ -31,6 +31,10 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
         "vspace_unmap_and_downgrade_stop_a_thread_using_the_page_on_another_cpu",
         || stop_accesses_across_cpus(env),
     );
+    suite.run(
+        "vspace_deleting_an_address_space_stops_a_thread_running_in_it_on_another_cpu",
+        || delete_running_space(env),
+    );
     suite.run("vspace_read_only_mapping_faults_on_write", || {
         read_only(env)
     });
@@ -417,6 +421,149 @@ fn stop_accesses_across_cpus(env: &mut Env) -> TestResult {
         result?;
     }
     Ok(())
+}
+
+/// Where the loop of [`delete_running_space`] runs, in its address space of its own;
+/// its counter is the next page.
+const LOOP_CODE: u64 = 0x1000_0000;
+/// `loop: lock inc qword ptr [rip + 0xff9]` (the counter page), `jmp loop`: 10 bytes,
+/// as two little-endian words.
+const LOOP_BYTES: [u64; 2] = [0x0000_0ff9_05ff_48f0, 0xf7eb];
+
+/// A thread on another CPU runs a two-instruction loop (no stack, no IPC buffer) in an
+/// address space of its own that maps only its code page and a counter page, which
+/// this thread maps too. Deleting that address space (its PML4 revoked and deleted)
+/// must stop the thread at once: the kernel moves every CPU still on it to its own
+/// PML4 before the deletion completes, so the loop cannot go on in freed page tables.
+fn delete_running_space(env: &mut Env) -> TestResult {
+    let cpus = env.info.num_nodes();
+    if cpus < 2 {
+        return Err(Why::Skipped("needs two CPUs"));
+    }
+    let (code, code_here) = new_mapping(env, CapRights::READ_WRITE, VmAttributes::DEFAULT)?;
+    let (counter, counter_here) = new_mapping(env, CapRights::READ_WRITE, VmAttributes::DEFAULT)?;
+    probe::write_u64(code_here, LOOP_BYTES[0]);
+    probe::write_u64(code_here + 8, LOOP_BYTES[1]);
+    // Second capabilities to the frames, for the other address space.
+    let code_there = env.slot()?;
+    let counter_there = env.slot()?;
+    for (copy, frame) in [(code_there, code.cptr()), (counter_there, counter.cptr())] {
+        init::CNODE
+            .copy(
+                copy,
+                DEPTH,
+                init::CNODE,
+                frame,
+                DEPTH,
+                CapRights::READ_WRITE,
+            )
+            .or_fail("copy a frame capability")?;
+    }
+    let vspace = env.alloc.create::<Pml4>().or_fail("PML4")?;
+    let pdpt = env.alloc.create::<keel_sys::cap::Pdpt>().or_fail("PDPT")?;
+    let pd = env
+        .alloc
+        .create::<keel_sys::cap::PageDirectory>()
+        .or_fail("page directory")?;
+    let pt = env
+        .alloc
+        .create::<keel_sys::cap::PageTable>()
+        .or_fail("page table")?;
+    let tcb = env.alloc.create::<keel_sys::cap::Tcb>().or_fail("TCB")?;
+    let result = (|| {
+        init::ASID_POOL.assign(vspace).or_fail("ASID")?;
+        pdpt.map(vspace, LOOP_CODE, VmAttributes::DEFAULT)
+            .or_fail("map the PDPT")?;
+        pd.map(vspace, LOOP_CODE, VmAttributes::DEFAULT)
+            .or_fail("map the page directory")?;
+        pt.map(vspace, LOOP_CODE, VmAttributes::DEFAULT)
+            .or_fail("map the page table")?;
+        Cap::<Frame>::from_cptr(code_there)
+            .map(vspace, LOOP_CODE, CapRights::READ, VmAttributes::DEFAULT)
+            .or_fail("map the code")?;
+        Cap::<Frame>::from_cptr(counter_there)
+            .map(
+                vspace,
+                LOOP_CODE + 0x1000,
+                CapRights::READ_WRITE,
+                VmAttributes::DEFAULT,
+            )
+            .or_fail("map the counter")?;
+        tcb.configure(
+            env.fault_ep_badged.cptr(),
+            init::CNODE,
+            0,
+            vspace,
+            0,
+            0,
+            Cap::from_cptr(0),
+        )
+        .or_fail("configure")?;
+        tcb.set_priority(init::TCB, CHILD_PRIORITY as u64)
+            .or_fail("priority")?;
+        tcb.set_affinity(cpus - 1).or_fail("affinity")?;
+        let start = keel_abi::fault::UserContext {
+            rip: LOOP_CODE,
+            rflags: 0x202,
+            ..Default::default()
+        };
+        tcb.write_registers(true, 0, 3, &start).or_fail("start")?;
+        ensure!(
+            wait_until(|| probe::read_u64(counter_here) > 100_000),
+            "the loop on the other CPU did not run"
+        );
+        init::CNODE
+            .revoke(vspace.cptr(), DEPTH)
+            .or_fail("revoke the PML4")?;
+        init::CNODE
+            .delete(vspace.cptr(), DEPTH)
+            .or_fail("delete the PML4")?;
+        let at_delete = probe::read_u64(counter_here);
+        crate::harness::pause(20_000_000);
+        let later = probe::read_u64(counter_here);
+        ensure!(
+            later == at_delete,
+            "the thread went on in the deleted address space ({} more increments)",
+            later - at_delete
+        );
+        // Its next fetch faults (there is nothing at its RIP now), if the kernel runs
+        // it at all; a fault, if one came, is that.
+        if let Some(r) = recv_timeout_short(env.fault_ep) {
+            ensure!(
+                r.label() == FaultType::VmFault as u64 && r.mr(vm_fault::ADDR) == LOOP_CODE,
+                "fault label {} at {:#x}",
+                r.label(),
+                r.mr(vm_fault::ADDR)
+            );
+        }
+        Ok(())
+    })();
+    let cleanup = env
+        .alloc
+        .delete(tcb)
+        .and(env.alloc.delete(Cap::<Frame>::from_cptr(code_there)))
+        .and(env.alloc.delete(Cap::<Frame>::from_cptr(counter_there)))
+        .and(env.alloc.delete(vspace))
+        .and(env.alloc.delete(pt))
+        .and(env.alloc.delete(pd))
+        .and(env.alloc.delete(pdpt));
+    result?;
+    cleanup.or_fail("delete what the test made")?;
+    Ok(())
+}
+
+/// A fault message on `ep` if one comes within about 20 ms.
+fn recv_timeout_short(ep: Cap<keel_sys::cap::Endpoint>) -> Option<keel_sys::Received> {
+    let start = keel_sys::rdtsc();
+    loop {
+        if let Some(r) = ep.nb_recv() {
+            return Some(r);
+        }
+        if keel_sys::rdtsc().wrapping_sub(start) > 20_000_000 {
+            return None;
+        }
+        keel_sys::ipc::yield_now();
+    }
 }
 
 fn read_only(env: &mut Env) -> TestResult {
