@@ -413,7 +413,13 @@ fn running_elsewhere(env: &mut Env) -> TestResult {
     let t = env.create(count_for_ever, 2, CHILD_PRIORITY)?;
     // A second thread, never started: its first registers run `land_and_count(0x77)`
     // on its own stack.
-    let landing = env.create(land_and_count, 0x77, CHILD_PRIORITY)?;
+    let landing = match env.create(land_and_count, 0x77, CHILD_PRIORITY) {
+        Ok(landing) => landing,
+        Err(e) => {
+            env.destroy(t)?;
+            return Err(e);
+        }
+    };
     let outcome = running_elsewhere_steps(&t, &landing);
     let destroyed = env.destroy(t);
     // Deleted while it ran: it must count no more.
