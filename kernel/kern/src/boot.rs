@@ -571,7 +571,7 @@ impl RootTask {
                 core::mem::offset_of!(BootInfo, user_image_paging),
                 SlotRegion {
                     start: self.image_paging_start,
-                    end: self.untyped_start,
+                    end: self.extra_pages.start,
                 },
             ),
             (

@@ -112,6 +112,11 @@ impl BootInfo {
         self.info.user_image_paging
     }
 
+    /// Frame capabilities of the extra boot-info pages.
+    pub fn extra_bi_pages(&self) -> SlotRegion {
+        self.info.extra_bi_pages
+    }
+
     /// The untyped capabilities' slots.
     pub fn untyped(&self) -> SlotRegion {
         self.info.untyped

@@ -20,6 +20,10 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
     });
     suite.run("bootinfo_tsc_frequency_record", || tsc(env));
     suite.run(
+        "bootinfo_slot_regions_are_disjoint_and_hold_their_kinds",
+        || slot_regions(env),
+    );
+    suite.run(
         "bootinfo_framebuffer_record_describes_a_framebuffer",
         || framebuffer(env),
     );
@@ -166,6 +170,63 @@ fn framebuffer(env: &mut Env) -> TestResult {
     ensure!(
         covered,
         "framebuffer {addr:#x}..{end:#x} in no device untyped"
+    );
+    Ok(())
+}
+
+/// The boot info's slot regions (image frames, image paging structures, extra
+/// boot-info pages, untypeds, empty) do not overlap, and each slot holds the kind of
+/// capability its region says (DebugCapIdentify): the paging region held the extra
+/// boot-info page's frame too, until the kernel ended it before that slot.
+fn slot_regions(env: &mut Env) -> TestResult {
+    use keel_abi::object::cap_tag;
+    let i = &env.info;
+    let regions = [
+        ("userImageFrames", i.user_image_frames()),
+        ("userImagePaging", i.user_image_paging()),
+        ("extraBIPages", i.extra_bi_pages()),
+        ("untyped", i.untyped()),
+        ("empty", i.empty()),
+    ];
+    for (a, ra) in &regions {
+        ensure!(ra.start <= ra.end, "{a}: {}..{}", ra.start, ra.end);
+        for (b, rb) in &regions {
+            ensure!(
+                a == b || ra.end <= rb.start || rb.end <= ra.start,
+                "{a} {}..{} overlaps {b} {}..{}",
+                ra.start,
+                ra.end,
+                rb.start,
+                rb.end
+            );
+        }
+    }
+    if !env.identify {
+        return Err(Why::Skipped("no DebugCapIdentify"));
+    }
+    let paging = [cap_tag::PAGE_TABLE, cap_tag::PAGE_DIRECTORY, cap_tag::PDPT];
+    for slot in i.user_image_paging().start..i.user_image_paging().end {
+        let tag = keel_sys::debug_cap_identify(slot);
+        ensure!(
+            paging.contains(&tag),
+            "userImagePaging slot {slot} holds capability type {tag}"
+        );
+    }
+    for (name, region) in [
+        ("userImageFrames", i.user_image_frames()),
+        ("extraBIPages", i.extra_bi_pages()),
+    ] {
+        for slot in region.start..region.end {
+            let tag = keel_sys::debug_cap_identify(slot);
+            ensure!(
+                tag == cap_tag::FRAME,
+                "{name} slot {slot} holds capability type {tag}"
+            );
+        }
+    }
+    ensure!(
+        i.extra_bi_pages().end > i.extra_bi_pages().start,
+        "no extra boot-info page"
     );
     Ok(())
 }
