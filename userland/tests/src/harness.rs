@@ -198,6 +198,13 @@ pub fn pause(tsc: u64) {
     }
 }
 
+/// Whether shared word `i` stays at `before` for a while (a thread counting in it is
+/// stopped: a running one adds thousands in that time).
+pub fn stays(i: usize, before: u64) -> bool {
+    pause(20_000_000);
+    shared(i) == before
+}
+
 /// Receives on `ep` without blocking, retrying until a message arrives or the limit.
 pub fn recv_timeout(ep: Cap<Endpoint>) -> Option<Received> {
     let mut got = None;

@@ -9,7 +9,7 @@ use keel_sys::{CapRights, Error};
 
 use crate::harness::{
     Env, OrFail, Suite, TestResult, Why, add_shared, expect_code, expect_err, set_shared, shared,
-    wait_until,
+    stays, wait_until,
 };
 use crate::{CHILD_PRIORITY, ROOT_PRIORITY, ensure};
 
@@ -391,13 +391,6 @@ fn count_for_ever(word: u64) {
 fn land_and_count(argument: u64) {
     set_shared(3, argument);
     count_for_ever(4);
-}
-
-/// Whether shared word `i` stays at `before` for a while (the thread counting in it
-/// is stopped; a running one adds thousands in that time).
-fn stays(i: usize, before: u64) -> bool {
-    crate::harness::pause(20_000_000);
-    shared(i) == before
 }
 
 /// TCB invocations on a thread that is running on another CPU at that moment (a

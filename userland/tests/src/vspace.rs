@@ -409,10 +409,8 @@ fn stop_accesses_across_cpus(env: &mut Env) -> TestResult {
                 address == vaddr && fsr & 0b111 == error_code,
                 "{what}: fault at {address:#x} with error code {fsr:#x}, expected {vaddr:#x} and {error_code:#b}"
             );
-            let stopped = shared(3);
-            crate::harness::pause(20_000_000);
             ensure!(
-                shared(3) == stopped,
+                crate::harness::stays(3, shared(3)),
                 "{what}: the thread went on after its fault"
             );
             Ok(())
