@@ -103,9 +103,13 @@ const FRAME_SLOT: u64 = slot::FIRST_FREE + 3;
 /// The victim's slot of the shared notification in its own CSpace.
 const VICTIM_WAITS_ON: u64 = slot::FIRST_FREE;
 /// How long a thread on another CPU may leave its step unchanged before the suite
-/// takes it to be blocked for good and restarts it (about 2 ms; a restart of a thread
-/// that was only slow is harmless).
+/// takes it to be blocked for good and restarts it (about 2 ms). A restart of a thread
+/// that was only slow (its CPU not run by the host for a while) costs it the step it
+/// was making, so each restart that did not help doubles the thread's wait, up to
+/// [`MAX_STALL_TSC`]: on a loaded host a thread is not restarted over and over before
+/// it makes a step.
 const STALL_TSC: u64 = crate::harness::TIMEOUT_TSC / 5000;
+const MAX_STALL_TSC: u64 = crate::harness::TIMEOUT_TSC / 20;
 
 /// Per-thread words, shared with the suite: the next step, the generator's state,
 /// done, and the outcomes of Calls (label 0, an seL4 error 1-10, anything else), of
@@ -885,13 +889,16 @@ fn fuzz_concurrently(env: &mut Env) -> TestResult {
     }
     let mut victim_faults = 0u64;
     let mut odd_victim_fault = None;
+    let mut elapsed = 0u64;
     if result.is_ok() {
         result = (|| {
             for f in &fuzzers {
                 f.tcb().resume().or_fail("start a fuzzing thread")?;
             }
             let started = keel_sys::rdtsc();
-            let mut seen = [(0u64, started); MAX_FUZZERS];
+            // Per thread: its step when last seen to change, then, and how long it
+            // may stay there.
+            let mut seen = [(0u64, started, STALL_TSC); MAX_FUZZERS];
             // The suite runs at a lower priority than the threads: on its own CPU
             // whenever the thread there has stopped; the others it watches.
             loop {
@@ -913,7 +920,7 @@ fn fuzz_concurrently(env: &mut Env) -> TestResult {
                             fuzzers[i].faults += 1;
                             if get(i, DONE) == 0 {
                                 fuzzers[i].restart()?;
-                                seen[i] = (get(i, STEP), keel_sys::rdtsc());
+                                seen[i] = (get(i, STEP), keel_sys::rdtsc(), seen[i].2);
                             }
                         }
                         b => ensure!(false, "a fault message with badge {b:#x}"),
@@ -929,12 +936,14 @@ fn fuzz_concurrently(env: &mut Env) -> TestResult {
                         continue;
                     }
                     if step != seen[i].0 {
-                        seen[i] = (step, now);
-                    } else if now.wrapping_sub(seen[i].1) > STALL_TSC {
+                        seen[i] = (step, now, STALL_TSC);
+                    } else if now.wrapping_sub(seen[i].1) > seen[i].2 {
                         f.restart()?;
-                        seen[i] = (step, keel_sys::rdtsc());
+                        let patience = (seen[i].2 * 2).min(MAX_STALL_TSC);
+                        seen[i] = (step, keel_sys::rdtsc(), patience);
                     }
                 }
+                elapsed = now.wrapping_sub(started);
                 ensure!(
                     now.wrapping_sub(started) < 40 * crate::harness::TIMEOUT_TSC,
                     "seed {SEED:#x}: steps {:?} of {CALLS}: too slow",
@@ -981,9 +990,10 @@ fn fuzz_concurrently(env: &mut Env) -> TestResult {
         alloc::format!(
             "  fuzz: {count} threads on {cpus} CPUs: {from_others} messages from another \
              thread; the victim woke {} times, its Wait was refused {victim_faults} times, \
-             its registers were written {} times\n",
+             its registers were written {} times; {} M TSC ticks\n",
             VICTIM_WAKES.load(Ordering::SeqCst),
-            VICTIM_WRITES.load(Ordering::SeqCst)
+            VICTIM_WRITES.load(Ordering::SeqCst),
+            elapsed / 1_000_000
         )
         .as_bytes(),
     );

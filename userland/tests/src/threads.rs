@@ -29,6 +29,9 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
     suite.run("tcb_copy_registers", || copy_registers(env));
     suite.run("tcb_priority_bounded_by_mcp", || mcp(env));
     suite.run("tcb_configure_wrong_caps", || configure_wrong(env));
+    suite.run("tcb_failed_configure_changes_nothing", || {
+        failed_configure(env)
+    });
     suite.run("tcb_set_tls_and_gs_base", || bases(env));
     suite.run("tcb_set_affinity", || affinity(env));
     suite.run("tcb_operations_on_a_thread_running_on_another_cpu", || {
@@ -338,6 +341,60 @@ fn configure_wrong(env: &mut Env) -> TestResult {
         "IPC buffer frame is an endpoint",
     )?;
     r5.or_fail("set_space with good caps")
+}
+
+fn ud2(_: u64) {
+    keel_sys::probe::ud2();
+}
+
+/// A Configure that fails on its IPC buffer (unaligned; not a frame) gives the thread
+/// nothing of it: its faults still go to its first fault endpoint, not the one the
+/// failed calls named (the kernel decodes all of a Configure before doing any of it).
+fn failed_configure(env: &mut Env) -> TestResult {
+    const OTHER_BADGE: u64 = 0xfa18;
+    let t = env.create(ud2, 0, CHILD_PRIORITY)?;
+    let other = env.mint(env.fault_ep, CapRights::ALL, OTHER_BADGE)?;
+    let result = (|| {
+        let unaligned = t.tcb.configure(
+            other.cptr(),
+            init::CNODE,
+            0,
+            init::VSPACE,
+            0,
+            t.ipc_buffer + 8,
+            t.ipc_frame,
+        );
+        expect_err(unaligned, Error::AlignmentError, "unaligned IPC buffer")?;
+        let not_a_frame = t.tcb.configure(
+            other.cptr(),
+            init::CNODE,
+            0,
+            init::VSPACE,
+            0,
+            t.ipc_buffer,
+            other.cast(),
+        );
+        expect_err(
+            not_a_frame,
+            Error::InvalidCapability { index: 3 },
+            "IPC buffer frame is an endpoint",
+        )?;
+        t.start().or_fail("start the thread")?;
+        let Some(fault) = crate::harness::recv_timeout(env.fault_ep) else {
+            crate::fail!("no fault message for the thread's UD2")
+        };
+        ensure!(
+            fault.badge == crate::harness::FAULT_BADGE,
+            "the fault came with badge {:#x}: a failed Configure changed the fault endpoint",
+            fault.badge
+        );
+        Ok(())
+    })();
+    let destroyed = env.destroy(t);
+    let deleted = init::CNODE
+        .delete(other.cptr(), crate::harness::DEPTH)
+        .or_fail("delete the other fault endpoint");
+    result.and(destroyed).and(deleted)
 }
 
 fn bases(env: &mut Env) -> TestResult {

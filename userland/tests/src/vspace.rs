@@ -4,9 +4,11 @@
 
 use keel_abi::error::Error as Code;
 use keel_abi::fault::{FaultType, vm_fault};
+use keel_abi::invocation::InvocationLabel;
 use keel_abi::message::CapRights;
 use keel_abi::object::{ObjectType, USER_TOP, cap_tag};
 use keel_sys::cap::{AsidPool, Cap, Frame, IoPort, IrqHandler, Pml4, init};
+use keel_sys::invocations::{Args, invoke};
 use keel_sys::{Error, Message, VmAttributes, probe};
 
 use crate::harness::{
@@ -50,6 +52,10 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
 /// Runs the device tests (last: the ASID and IRQ tests use up global resources).
 pub fn run_devices(suite: &mut Suite, env: &mut Env) {
     suite.run("ioport_issue_and_access", || ioport(env));
+    suite.run(
+        "ioport_access_running_past_the_last_port_is_refused",
+        || ioport_top(env),
+    );
     suite.run("irq_get_ioapic_handlers", || irq_handlers(env));
     suite.run("irq_rtc_interrupt_signals_notification", || rtc_irq(env));
     suite.run("asid_pool_exhaustion_is_delete_first", || {
@@ -807,6 +813,47 @@ fn ioport(env: &mut Env) -> TestResult {
         .delete(slot, DEPTH)
         .or_fail("delete the port cap")?;
     expect_code(overlap, Code::RevokeFirst, "issuing an overlapping range")
+}
+
+/// Ports 0xfff0-0xffff: an access whose last port would be past 0xffff is refused,
+/// however the port number is written (seL4 takes its low 16 bits, so u64::MAX is port
+/// 0xffff, and 0xffff + 1 is outside the range; a sum that wrapped to 0 would let a
+/// 16- or 32-bit access through). A byte at 0xffff, written as u64::MAX, is allowed.
+fn ioport_top(env: &mut Env) -> TestResult {
+    let slot = env.slot()?;
+    init::IO_PORT_CONTROL
+        .issue(0xfff0, 0xffff, init::CNODE, slot, DEPTH)
+        .or_fail("issue 0xfff0-0xffff")?;
+    let raw = |label: InvocationLabel, port: u64| {
+        let mut args = Args::new();
+        args.word(port);
+        args.word(0);
+        invoke(slot, label, &args)
+    };
+    let result = (|| {
+        for (label, port) in [
+            (InvocationLabel::X86IoPortIn16, u64::MAX),
+            (InvocationLabel::X86IoPortIn32, u64::MAX - 2),
+            (InvocationLabel::X86IoPortOut16, u64::MAX),
+            (InvocationLabel::X86IoPortOut32, 0xfffd),
+            (InvocationLabel::X86IoPortIn8, 0x1_0000),
+        ] {
+            expect_err(
+                raw(label, port),
+                Error::IllegalOperation,
+                &alloc::format!("{label:?} at {port:#x}"),
+            )?;
+        }
+        raw(InvocationLabel::X86IoPortIn8, u64::MAX).or_fail("in8 at u64::MAX (port 0xffff)")?;
+        Cap::<IoPort>::from_cptr(slot)
+            .in32(0xfffc)
+            .or_fail("in32 at 0xfffc")?;
+        Ok(())
+    })();
+    let deleted = init::CNODE
+        .delete(slot, DEPTH)
+        .or_fail("delete the port cap");
+    result.and(deleted)
 }
 
 fn irq_handlers(env: &mut Env) -> TestResult {

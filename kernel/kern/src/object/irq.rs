@@ -242,7 +242,9 @@ impl<H: Hardware> Kernel<H> {
                 if args.length < if write { 2 } else { 1 } {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
                 }
-                let port = args.mr(0);
+                // seL4 takes the port number's low 16 bits; the last port the access
+                // touches may be past 0xffff, and then outside every range.
+                let port = args.mr(0) & 0xffff;
                 if port < first as u64 || port + size as u64 - 1 > last as u64 {
                     return Err(InvocationError::simple(Error::IllegalOperation));
                 }

@@ -148,7 +148,8 @@ impl<H: Hardware> Kernel<H> {
             return Ok(0);
         }
         let Some(i) = existing.or_else(|| self.ldts.iter().position(|a| a.asid == 0)) else {
-            return Err(InvocationError::simple(Error::NotEnoughMemory));
+            // The error's word, memory still free, is 0: the table is full.
+            return Err(InvocationError::memory(0));
         };
         self.ldts[i] = LdtAttachment { asid, pml4, ldt };
         self.hw.set_vspace_ldt(pml4, ldt);

@@ -187,27 +187,31 @@ impl<H: Hardware> Kernel<H> {
                 if args.length < 4 {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
                 }
-                let (fault_ep, cspace_data, vspace_data, buffer) =
-                    (args.mr(0), args.mr(1), args.mr(2), args.mr(3));
-                self.set_space(t, args, fault_ep, cspace_data, vspace_data, 0)?;
-                if self.preempted {
+                let (fault_ep, cspace_data, buffer) = (args.mr(0), args.mr(1), args.mr(3));
+                // Both halves are decoded before either is done: a Configure that
+                // fails changes nothing.
+                let space = self.decode_space(args, cspace_data, 0)?;
+                let ipc_buffer = self.decode_ipc_buffer(args, buffer, 2)?;
+                if !self.install_space(t, fault_ep, space) {
                     return Ok(0); // redone after the interrupt
                 }
-                self.set_ipc_buffer(t, args, buffer, 2)?;
+                self.install_ipc_buffer(t, buffer, ipc_buffer);
                 Ok(0)
             }
             L::TcbSetSpace => {
                 if args.length < 3 {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
                 }
-                self.set_space(t, args, args.mr(0), args.mr(1), args.mr(2), 0)?;
+                let space = self.decode_space(args, args.mr(1), 0)?;
+                self.install_space(t, args.mr(0), space);
                 Ok(0)
             }
             L::TcbSetIpcBuffer => {
                 if args.length < 1 {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
                 }
-                self.set_ipc_buffer(t, args, args.mr(0), 0)?;
+                let ipc_buffer = self.decode_ipc_buffer(args, args.mr(0), 0)?;
+                self.install_ipc_buffer(t, args.mr(0), ipc_buffer);
                 Ok(0)
             }
             L::TcbSetPriority | L::TcbSetMcPriority | L::TcbSetSchedParams => {
@@ -402,15 +406,16 @@ impl<H: Hardware> Kernel<H> {
         }
     }
 
-    fn set_space(
+    /// Decodes the CSpace and VSpace halves of a SetSpace or Configure: the CNode
+    /// capability (its guard changed by `cspace_data` when that is not zero) and the PML4
+    /// capability in extra capabilities `first_cap` and `first_cap + 1`, each derived
+    /// from its slot. No side effects. (seL4 ignores the VSpace data word on x86-64.)
+    fn decode_space(
         &mut self,
-        t: u64,
         args: &Args,
-        fault_ep: u64,
         cspace_data: u64,
-        vspace_data: u64,
         first_cap: usize,
-    ) -> Result<(), InvocationError> {
+    ) -> Result<SpaceChange, InvocationError> {
         let (Some(cspace_cap), Some(cspace_slot)) =
             (args.extra_cap(first_cap), args.extra_slot(first_cap))
         else {
@@ -428,7 +433,6 @@ impl<H: Hardware> Kernel<H> {
         } else {
             cspace_cap
         };
-        let _ = vspace_data;
         if !matches!(cspace_new, Cap::CNode { .. }) {
             return Err(InvocationError::capability(first_cap as u64 + 1));
         }
@@ -439,41 +443,47 @@ impl<H: Hardware> Kernel<H> {
             .ok_or(InvocationError::capability(first_cap as u64 + 1))?;
         let vspace_new = cnode::derive(self, vspace_slot, vspace_cap)
             .ok_or(InvocationError::capability(first_cap as u64 + 2))?;
-        // Decoding done.
+        Ok(SpaceChange {
+            cspace: (cspace_slot, cspace_new),
+            vspace: (vspace_slot, vspace_new),
+        })
+    }
+
+    /// Gives thread `t` the fault endpoint pointer and the roots `decode_space` decoded.
+    /// False when it stopped at a preemption point (emptying an old root): the thread
+    /// redoes the call, which continues the deletion (`handle_invocation`).
+    fn install_space(&mut self, t: u64, fault_ep: u64, change: SpaceChange) -> bool {
         self.tcb_mut(t).fault_handler = fault_ep;
-        for (index, source, cap) in [
-            (tcb::SLOT_CSPACE, cspace_slot, cspace_new),
-            (tcb::SLOT_VSPACE, vspace_slot, vspace_new),
+        for (index, (source, cap)) in [
+            (tcb::SLOT_CSPACE, change.cspace),
+            (tcb::SLOT_VSPACE, change.vspace),
         ] {
             let slot = tcb::slot(t, index);
             if slot == source {
                 continue; // installing a thread's own root in place
             }
             if !self.delete(slot) {
-                // Stopped at a preemption point (emptying the old root): the thread
-                // redoes the call, which continues the deletion (`handle_invocation`).
-                return Ok(());
+                return false;
             }
             if cspace::cap(&self.hw, source).is_null() {
                 continue; // the source was deleted along with the old root
             }
             cspace::insert_child(&mut self.hw, source, slot, cap);
         }
-        Ok(())
+        true
     }
 
-    fn set_ipc_buffer(
+    /// Decodes an IPC buffer change: none for address 0 (the thread is left without a
+    /// buffer), else the address's alignment and the frame capability in extra capability
+    /// `cap_index`, derived from its slot. No side effects.
+    fn decode_ipc_buffer(
         &mut self,
-        t: u64,
         args: &Args,
         buffer: u64,
         cap_index: usize,
-    ) -> Result<(), InvocationError> {
-        let slot = tcb::slot(t, tcb::SLOT_IPC_BUFFER);
+    ) -> Result<Option<(u64, Cap)>, InvocationError> {
         if buffer == 0 {
-            self.delete(slot);
-            self.tcb_mut(t).ipc_buffer = 0;
-            return Ok(());
+            return Ok(None);
         }
         if !buffer.is_multiple_of(1 << keel_abi::message::IPC_BUFFER_SIZE_BITS) {
             return Err(InvocationError::simple(Error::AlignmentError));
@@ -488,11 +498,26 @@ impl<H: Hardware> Kernel<H> {
         };
         let derived = cnode::derive(self, frame_slot, frame)
             .ok_or(InvocationError::capability(cap_index as u64 + 1))?;
+        Ok(Some((frame_slot, derived)))
+    }
+
+    /// Gives thread `t` the IPC buffer at `buffer` that `decode_ipc_buffer` decoded
+    /// (the frame's slot and derived capability; none for no buffer).
+    fn install_ipc_buffer(&mut self, t: u64, buffer: u64, frame: Option<(u64, Cap)>) {
+        let slot = tcb::slot(t, tcb::SLOT_IPC_BUFFER);
         self.delete(slot);
-        if !cspace::cap(&self.hw, frame_slot).is_null() {
+        if let Some((frame_slot, derived)) = frame
+            && !cspace::cap(&self.hw, frame_slot).is_null()
+        {
             cspace::insert_child(&mut self.hw, frame_slot, slot, derived);
         }
         self.tcb_mut(t).ipc_buffer = buffer;
-        Ok(())
     }
+}
+
+/// A decoded CSpace and VSpace change: each new root's source slot and derived
+/// capability.
+struct SpaceChange {
+    cspace: (u64, Cap),
+    vspace: (u64, Cap),
 }

@@ -147,3 +147,28 @@ fn attach_detach_and_deletion() {
     assert_eq!(w.k.ldt_of_asid(asid2), 0);
     assert_eq!(w.k.hw.ldt_changes.last(), Some(&(pml4_base, 0)));
 }
+
+/// At most `MAX_LDT_ATTACHMENTS` address spaces carry an LDT: one more is
+/// NotEnoughMemory with MR0 = 0 (no room left); re-attaching to one of them still works,
+/// and a detach makes room.
+#[test]
+fn attachment_table_full_is_not_enough_memory() {
+    let mut w = World::new();
+    let ldt = w.make(T::KeelX86Ldt, 0);
+    let spaces: Vec<u64> = (0..=crate::object::ldt::MAX_LDT_ATTACHMENTS)
+        .map(|_| {
+            let pml4 = w.make(T::X64Pml4, 0);
+            w.root_ok(S_ASID_POOL, L::X86AsidPoolAssign, &[], &[pml4]);
+            pml4
+        })
+        .collect();
+    let (last, full) = spaces.split_last().unwrap();
+    for &pml4 in full {
+        w.root_ok(pml4, L::X86VSpaceSetLdt, &[], &[ldt]);
+    }
+    let r = w.root(*last, L::X86VSpaceSetLdt, &[], &[ldt]);
+    assert_eq!((r.label, r.mrs), (err(E::NotEnoughMemory), vec![0]));
+    w.root_ok(full[3], L::X86VSpaceSetLdt, &[], &[ldt]);
+    w.root_ok(full[3], L::X86VSpaceSetLdt, &[], &[]);
+    w.root_ok(*last, L::X86VSpaceSetLdt, &[], &[ldt]);
+}

@@ -138,6 +138,58 @@ fn configure_errors_and_ipc_buffer() {
     assert_eq!(r.label, err(E::IllegalOperation));
 }
 
+/// A Configure whose IPC buffer half is wrong fails with nothing done: no roots, no
+/// fault endpoint, no buffer (the kernel decodes both halves before doing either).
+#[test]
+fn failed_configure_changes_nothing() {
+    let mut w = World::new();
+    let s = w.make(keel_abi::object::ObjectType::Tcb, 0);
+    let t = w.addr(s);
+    let e = w.endpoint();
+    let f = w.make(keel_abi::object::ObjectType::X86Page4K, 0);
+    let unchanged = |w: &World| {
+        assert_eq!(w.tcb(t).fault_handler, 0);
+        assert_eq!(w.k.ipc_buffer(t), None);
+        for index in [tcb::SLOT_CSPACE, tcb::SLOT_VSPACE, tcb::SLOT_IPC_BUFFER] {
+            assert!(w.cap_at(tcb::slot(t, index)).is_null(), "slot {index}");
+        }
+    };
+    let r = w.root(
+        s,
+        L::TcbConfigure,
+        &[e, 0, 0, 0x3000_0010],
+        &[S_CNODE, S_VSPACE, f],
+    );
+    assert_eq!(r.label, err(E::AlignmentError));
+    unchanged(&w);
+    let r = w.root(
+        s,
+        L::TcbConfigure,
+        &[e, 0, 0, 0x3000_0400],
+        &[S_CNODE, S_VSPACE, e],
+    );
+    assert_eq!((r.label, r.mrs), (err(E::InvalidCapability), vec![3]));
+    unchanged(&w);
+    let r = w.root(
+        s,
+        L::TcbConfigure,
+        &[e, 0, 0, 0x3000_0400],
+        &[S_CNODE, S_VSPACE],
+    );
+    assert_eq!(r.label, err(E::TruncatedMessage));
+    unchanged(&w);
+    // The same call with a good buffer does all three.
+    w.root_ok(
+        s,
+        L::TcbConfigure,
+        &[e, 0, 0, 0x3000_0400],
+        &[S_CNODE, S_VSPACE, f],
+    );
+    assert_eq!(w.tcb(t).fault_handler, e);
+    assert_eq!(w.k.ipc_buffer(t), Some(w.addr(f) + 0x400));
+    assert!(!w.cap_at(tcb::slot(t, tcb::SLOT_VSPACE)).is_null());
+}
+
 #[test]
 fn non_canonical_bases_are_sanitised() {
     let mut w = World::new();

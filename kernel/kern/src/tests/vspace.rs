@@ -283,9 +283,44 @@ fn io_ports() {
         (L::X86IoPortOut8, 0x65),
     ] {
         let r = w.root(p, label, &[port, 0], &[]);
-        assert_ne!(r.label, 0, "{label:?} {port:#x}");
+        assert_eq!(r.label, err(E::IllegalOperation), "{label:?} {port:#x}");
     }
     assert_eq!(w.k.hw.ports.len(), 2);
+    // At the top of the port space: the port number is its low 16 bits (seL4), and an
+    // access running past 0xffff is outside every range (the sum does not wrap).
+    let top = w.alloc_slot();
+    w.root_ok(
+        S_IO_PORT_CONTROL,
+        L::X86IoPortControlIssue,
+        &[0xfff0, 0xffff, top, 64],
+        &[S_CNODE],
+    );
+    for (label, port) in [
+        (L::X86IoPortIn16, u64::MAX),
+        (L::X86IoPortIn32, u64::MAX - 2),
+        (L::X86IoPortOut16, u64::MAX),
+        (L::X86IoPortOut32, 0xfffd),
+        (L::X86IoPortIn8, 0x1_0000),
+    ] {
+        let r = w.root(top, label, &[port, 0], &[]);
+        assert_eq!(r.label, err(E::IllegalOperation), "{label:?} {port:#x}");
+    }
+    assert_eq!(w.k.hw.ports.len(), 2);
+    w.root_ok(top, L::X86IoPortIn8, &[u64::MAX], &[]);
+    w.root_ok(top, L::X86IoPortIn32, &[0xfffc], &[]);
+    assert_eq!(
+        w.k.hw.ports[2..],
+        [
+            PortOp::In {
+                port: 0xffff,
+                size: 1
+            },
+            PortOp::In {
+                port: 0xfffc,
+                size: 4
+            }
+        ]
+    );
     // Copies of IOPortControl are not allowed (seL4).
     let r = w.root(
         S_CNODE,
