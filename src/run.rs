@@ -187,6 +187,19 @@ fn run(cli: &Cli, interrupted: &AtomicBool) -> Result<Verdict, String> {
         for (name, why) in &seen.skipped {
             eprintln!("keel: skipped: {name} ({why})");
         }
+        if !seen.timings.is_empty() {
+            eprintln!("keel: slowest tests: {}", seen.slowest(3).join(", "));
+        }
+        if let Ending::TimedOut(_) = ending {
+            let last = seen
+                .timings
+                .last()
+                .map_or("none", |(name, _)| name.as_str());
+            eprintln!(
+                "keel: stopped {:.1} s after the last test result (last: {last})",
+                seen.since_last_result.as_secs_f64()
+            );
+        }
         if let Some((passed, failed)) = seen.summary
             && (passed as usize, failed as usize) != (seen.ok.len(), seen.failed.len())
         {
@@ -248,6 +261,7 @@ pub fn supervise(
     let mut all: Vec<u8> = Vec::new();
     let mut line_start = 0;
     let mut panic_deadline: Option<Instant> = None;
+    let mut last_result = start;
     let ending = loop {
         if interrupted.load(Ordering::SeqCst) {
             stop(&mut child);
@@ -277,7 +291,13 @@ pub fn supervise(
                 let search_from = all.len().saturating_sub(pattern.map_or(0, <[u8]>::len));
                 all.extend_from_slice(&chunk);
                 while let Some(pos) = all[line_start..].iter().position(|&b| b == b'\n') {
-                    seen.line(&String::from_utf8_lossy(&all[line_start..line_start + pos]));
+                    let line = String::from_utf8_lossy(&all[line_start..line_start + pos]);
+                    if let Some(name) = verdict::result_name(&line) {
+                        let now = Instant::now();
+                        seen.timings.push((name, now - last_result));
+                        last_result = now;
+                    }
+                    seen.line(&line);
                     line_start += pos + 1;
                 }
                 if seen.panic.is_some() && panic_deadline.is_none() {
@@ -302,6 +322,7 @@ pub fn supervise(
     if line_start < all.len() {
         seen.line(&String::from_utf8_lossy(&all[line_start..]));
     }
+    seen.since_last_result = last_result.elapsed();
     let _ = reader.join();
     // QEMU exits on the same Ctrl-C that interrupts us: report the interrupt, not its status.
     let ending = if interrupted.load(Ordering::SeqCst) {

@@ -54,6 +54,22 @@ pub struct Observed {
     /// The image asked for a power off or a restart on the last non-empty line
     /// ([`POWER_OFF_LINE`], [`RESTART_LINE`]).
     pub power: Option<PowerRequest>,
+    /// Each test result line (ok, FAILED, skipped) with the time from the line before
+    /// it, as [`crate::run::supervise`] saw them arrive: what a slow or hung run spent
+    /// its time on.
+    pub timings: Vec<(String, std::time::Duration)>,
+    /// Time from the last test result line to the end of the run.
+    pub since_last_result: std::time::Duration,
+}
+
+/// The test a result line (ok, FAILED or skipped) is about.
+pub fn result_name(line: &str) -> Option<String> {
+    match parse_line(line)? {
+        TestLine::Ok(name) | TestLine::Failed(name) | TestLine::Skipped(name, _) => {
+            Some(name.to_string())
+        }
+        TestLine::Summary { .. } => None,
+    }
 }
 
 /// A power change the image announced on serial.
@@ -66,6 +82,16 @@ pub enum PowerRequest {
 }
 
 impl Observed {
+    /// The `n` slowest test results, slowest first, as `name (12.3 s)`.
+    pub fn slowest(&self, n: usize) -> Vec<String> {
+        let mut t: Vec<_> = self.timings.iter().collect();
+        t.sort_by(|a, b| b.1.cmp(&a.1));
+        t.iter()
+            .take(n)
+            .map(|(name, d)| format!("{name} ({:.1} s)", d.as_secs_f64()))
+            .collect()
+    }
+
     /// Takes one complete serial line into account.
     pub fn line(&mut self, line: &str) {
         let trimmed = line.trim_end();
@@ -275,6 +301,24 @@ mod tests {
         let mut seen = Observed::default();
         text.lines().for_each(|l| seen.line(l));
         seen
+    }
+
+    #[test]
+    fn result_lines_name_their_test_and_the_slowest_come_first() {
+        assert_eq!(result_name("test a_b ... ok").as_deref(), Some("a_b"));
+        assert_eq!(result_name("test c ... FAILED: why").as_deref(), Some("c"));
+        assert_eq!(
+            result_name("test d ... skipped (no SMAP)").as_deref(),
+            Some("d")
+        );
+        assert_eq!(result_name("3 passed, 0 failed"), None);
+        assert_eq!(result_name("[0] INFO boot"), None);
+        let mut seen = Observed::default();
+        for (name, ms) in [("a", 20), ("b", 3000), ("c", 450), ("d", 1)] {
+            seen.timings
+                .push((name.to_string(), std::time::Duration::from_millis(ms)));
+        }
+        assert_eq!(seen.slowest(2), ["b (3.0 s)", "c (0.5 s)"]);
     }
 
     const GOOD: &str =
