@@ -85,7 +85,7 @@ impl Observed {
     /// The `n` slowest test results, slowest first, as `name (12.3 s)`.
     pub fn slowest(&self, n: usize) -> Vec<String> {
         let mut t: Vec<_> = self.timings.iter().collect();
-        t.sort_by(|a, b| b.1.cmp(&a.1));
+        t.sort_by_key(|entry| std::cmp::Reverse(entry.1));
         t.iter()
             .take(n)
             .map(|(name, d)| format!("{name} ({:.1} s)", d.as_secs_f64()))
