@@ -324,20 +324,13 @@ fn configure_wrong(env: &mut Env) -> TestResult {
     let r4 = t.tcb.set_ipc_buffer(t.ipc_buffer, ep.cast());
     let r5 = t.tcb.set_space(0, init::CNODE, 0, init::VSPACE, 0);
     env.destroy(t)?;
-    expect_err(
-        r1,
-        Error::InvalidCapability { index: 1 },
-        "cspace root is an endpoint",
-    )?;
-    expect_err(
-        r2,
-        Error::InvalidCapability { index: 2 },
-        "vspace root is a cnode",
-    )?;
+    // seL4's codes: a root or buffer of the wrong kind is IllegalOperation.
+    expect_err(r1, Error::IllegalOperation, "cspace root is an endpoint")?;
+    expect_err(r2, Error::IllegalOperation, "vspace root is a cnode")?;
     expect_err(r3, Error::AlignmentError, "unaligned IPC buffer")?;
     expect_err(
         r4,
-        Error::InvalidCapability { index: 1 },
+        Error::IllegalOperation,
         "IPC buffer frame is an endpoint",
     )?;
     r5.or_fail("set_space with good caps")
@@ -376,7 +369,7 @@ fn failed_configure(env: &mut Env) -> TestResult {
         );
         expect_err(
             not_a_frame,
-            Error::InvalidCapability { index: 3 },
+            Error::IllegalOperation,
             "IPC buffer frame is an endpoint",
         )?;
         t.start().or_fail("start the thread")?;

@@ -184,14 +184,14 @@ impl<H: Hardware> Kernel<H> {
                 Ok(0)
             }
             L::TcbConfigure => {
-                if args.length < 4 {
+                if args.length < 4 || args.extra_cap(2).is_none() {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
                 }
                 let (fault_ep, cspace_data, buffer) = (args.mr(0), args.mr(1), args.mr(3));
-                // Both halves are decoded before either is done: a Configure that
-                // fails changes nothing.
-                let space = self.decode_space(args, cspace_data, 0)?;
+                // All of it is decoded before any of it is done, in seL4's order (the
+                // buffer, then the roots): a Configure that fails changes nothing.
                 let ipc_buffer = self.decode_ipc_buffer(args, buffer, 2)?;
+                let space = self.decode_space(args, cspace_data, 0)?;
                 if !self.install_space(t, fault_ep, space) {
                     return Ok(0); // redone after the interrupt
                 }
@@ -207,7 +207,7 @@ impl<H: Hardware> Kernel<H> {
                 Ok(0)
             }
             L::TcbSetIpcBuffer => {
-                if args.length < 1 {
+                if args.length < 1 || args.extra_cap(0).is_none() {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
                 }
                 let ipc_buffer = self.decode_ipc_buffer(args, args.mr(0), 0)?;
@@ -409,7 +409,9 @@ impl<H: Hardware> Kernel<H> {
     /// Decodes the CSpace and VSpace halves of a SetSpace or Configure: the CNode
     /// capability (its guard changed by `cspace_data` when that is not zero) and the PML4
     /// capability in extra capabilities `first_cap` and `first_cap + 1`, each derived
-    /// from its slot. No side effects. (seL4 ignores the VSpace data word on x86-64.)
+    /// from its slot. As seL4: a root that is not a CNode (also one whose guard change
+    /// is refused) or not a PML4 with an ASID is IllegalOperation. No side effects.
+    /// (seL4 ignores the VSpace data word on x86-64.)
     fn decode_space(
         &mut self,
         args: &Args,
@@ -429,20 +431,19 @@ impl<H: Hardware> Kernel<H> {
         };
         let cspace_new = if cspace_data != 0 {
             cnode::update_data(cspace_cap, cspace_data, false)
-                .ok_or(InvocationError::argument(1))?
         } else {
-            cspace_cap
+            Some(cspace_cap)
         };
-        if !matches!(cspace_new, Cap::CNode { .. }) {
-            return Err(InvocationError::capability(first_cap as u64 + 1));
-        }
-        if !matches!(vspace_cap, Cap::Pml4 { .. }) {
-            return Err(InvocationError::capability(first_cap as u64 + 2));
-        }
-        let cspace_new = cnode::derive(self, cspace_slot, cspace_new)
-            .ok_or(InvocationError::capability(first_cap as u64 + 1))?;
-        let vspace_new = cnode::derive(self, vspace_slot, vspace_cap)
-            .ok_or(InvocationError::capability(first_cap as u64 + 2))?;
+        let Some(cspace_new @ Cap::CNode { .. }) =
+            cspace_new.and_then(|cap| cnode::derive(self, cspace_slot, cap))
+        else {
+            return Err(InvocationError::simple(Error::IllegalOperation));
+        };
+        let Some(vspace_new @ Cap::Pml4 { asid: Some(_), .. }) =
+            cnode::derive(self, vspace_slot, vspace_cap)
+        else {
+            return Err(InvocationError::simple(Error::IllegalOperation));
+        };
         Ok(SpaceChange {
             cspace: (cspace_slot, cspace_new),
             vspace: (vspace_slot, vspace_new),
@@ -474,8 +475,9 @@ impl<H: Hardware> Kernel<H> {
     }
 
     /// Decodes an IPC buffer change: none for address 0 (the thread is left without a
-    /// buffer), else the address's alignment and the frame capability in extra capability
-    /// `cap_index`, derived from its slot. No side effects.
+    /// buffer), else the frame capability in extra capability `cap_index`, derived from
+    /// its slot, and the address. As seL4: not a RAM frame is IllegalOperation, an
+    /// address not aligned to the buffer's size AlignmentError. No side effects.
     fn decode_ipc_buffer(
         &mut self,
         args: &Args,
@@ -485,19 +487,19 @@ impl<H: Hardware> Kernel<H> {
         if buffer == 0 {
             return Ok(None);
         }
-        if !buffer.is_multiple_of(1 << keel_abi::message::IPC_BUFFER_SIZE_BITS) {
-            return Err(InvocationError::simple(Error::AlignmentError));
-        }
         let (Some(frame), Some(frame_slot)) =
             (args.extra_cap(cap_index), args.extra_slot(cap_index))
         else {
             return Err(InvocationError::simple(Error::TruncatedMessage));
         };
-        let Cap::Frame { device: false, .. } = frame else {
-            return Err(InvocationError::capability(cap_index as u64 + 1));
+        let Some(derived @ Cap::Frame { device: false, .. }) =
+            cnode::derive(self, frame_slot, frame)
+        else {
+            return Err(InvocationError::simple(Error::IllegalOperation));
         };
-        let derived = cnode::derive(self, frame_slot, frame)
-            .ok_or(InvocationError::capability(cap_index as u64 + 1))?;
+        if !buffer.is_multiple_of(1 << keel_abi::message::IPC_BUFFER_SIZE_BITS) {
+            return Err(InvocationError::simple(Error::AlignmentError));
+        }
         Ok(Some((frame_slot, derived)))
     }
 

@@ -626,7 +626,7 @@ fn fastpath_lookup_memo_follows_the_cspace_root() {
         client.slot,
         L::TcbConfigure,
         &[0, 56, 0, 0],
-        &[cnode, S_VSPACE],
+        &[cnode, S_VSPACE, cnode],
     );
     w.load(client.tcb, e1, 3, &[22], &[]);
     assert!(w.fast_syscall(client.tcb, CALL), "still a one-level CSpace");

@@ -676,10 +676,13 @@ impl World {
         } else {
             (0, 0)
         };
-        let mut caps = std::vec![S_CNODE, S_VSPACE];
-        if buffer {
-            caps.push(buffer_slot);
-        }
+        // Configure takes three capabilities; with buffer address 0 the third is not
+        // looked at (seL4).
+        let caps = [
+            S_CNODE,
+            S_VSPACE,
+            if buffer { buffer_slot } else { S_CNODE },
+        ];
         self.root_ok(s, L::TcbConfigure, &[fault_ep, 0, 0, vaddr], &caps);
         self.root_ok(s, L::TcbSetPriority, &[prio as u64], &[S_TCB]);
         // rip, rsp: somewhere in user space.

@@ -89,27 +89,42 @@ fn configure_errors_and_ipc_buffer() {
     let t = w.thread(50);
     let e = w.endpoint();
     let f = w.make(keel_abi::object::ObjectType::X86Page4K, 0);
-    // The CSpace root must be a CNode, the VSpace root a PML4.
-    let r = w.root(
-        t.slot,
-        L::TcbConfigure,
-        &[0, 0, 0, 0x3000_0000],
-        &[e, S_VSPACE, f],
-    );
-    assert_eq!((r.label, r.mrs), (err(E::InvalidCapability), vec![1]));
-    let r = w.root(
-        t.slot,
-        L::TcbConfigure,
-        &[0, 0, 0, 0x3000_0000],
-        &[S_CNODE, e, f],
-    );
-    assert_eq!((r.label, r.mrs), (err(E::InvalidCapability), vec![2]));
-    // The buffer must be 1 KiB aligned and a frame.
+    let no_asid = w.make(keel_abi::object::ObjectType::X64Pml4, 0);
+    // seL4's codes: the CSpace root must be a CNode (also after its guard change), the
+    // VSpace root a PML4 with an ASID, the buffer a RAM frame; each else is
+    // IllegalOperation.
+    for (cspace_data, caps) in [
+        (0, [e, S_VSPACE, f]),
+        (0, [S_CNODE, e, f]),
+        (0, [S_CNODE, no_asid, f]),
+        (0, [S_CNODE, S_VSPACE, e]),
+        (60, [S_CNODE, S_VSPACE, f]),
+    ] {
+        let r = w.root(
+            t.slot,
+            L::TcbConfigure,
+            &[0, cspace_data, 0, 0x3000_0000],
+            &caps,
+        );
+        assert_eq!(
+            r.label,
+            err(E::IllegalOperation),
+            "{cspace_data:#x} {caps:?}"
+        );
+    }
+    // The buffer must be 1 KiB aligned; seL4 looks at the capability first.
     let r = w.root(t.slot, L::TcbSetIpcBuffer, &[0x3000_0010], &[f]);
     assert_eq!(r.label, err(E::AlignmentError));
-    let r = w.root(t.slot, L::TcbSetIpcBuffer, &[0x3000_0400], &[e]);
-    assert_eq!((r.label, r.mrs), (err(E::InvalidCapability), vec![1]));
+    let r = w.root(t.slot, L::TcbSetIpcBuffer, &[0x3000_0010], &[e]);
+    assert_eq!(r.label, err(E::IllegalOperation));
+    // Truncated: too few words, or too few capabilities even for buffer address 0.
     let r = w.root(t.slot, L::TcbConfigure, &[0, 0], &[S_CNODE, S_VSPACE, f]);
+    assert_eq!(r.label, err(E::TruncatedMessage));
+    let r = w.root(t.slot, L::TcbConfigure, &[0, 0, 0, 0], &[S_CNODE, S_VSPACE]);
+    assert_eq!(r.label, err(E::TruncatedMessage));
+    let r = w.root(t.slot, L::TcbSetIpcBuffer, &[0], &[]);
+    assert_eq!(r.label, err(E::TruncatedMessage));
+    let r = w.root(t.slot, L::TcbSetSpace, &[0, 0, 0], &[S_CNODE]);
     assert_eq!(r.label, err(E::TruncatedMessage));
     // A buffer at offset 0x400 of its frame.
     w.root_ok(t.slot, L::TcbSetIpcBuffer, &[0x3000_0400], &[f]);
@@ -120,7 +135,7 @@ fn configure_errors_and_ipc_buffer() {
         tcb::slot(t.tcb, tcb::SLOT_IPC_BUFFER)
     ));
     // Buffer 0 removes it; deleting the frame removes it too.
-    w.root_ok(t.slot, L::TcbSetIpcBuffer, &[0], &[]);
+    w.root_ok(t.slot, L::TcbSetIpcBuffer, &[0], &[f]);
     assert_eq!(w.k.ipc_buffer(t.tcb), None);
     w.root_ok(t.slot, L::TcbSetIpcBuffer, &[0x3000_0000], &[f]);
     w.root_ok(S_CNODE, L::CNodeRevoke, &[f, 64], &[]);
@@ -168,7 +183,7 @@ fn failed_configure_changes_nothing() {
         &[e, 0, 0, 0x3000_0400],
         &[S_CNODE, S_VSPACE, e],
     );
-    assert_eq!((r.label, r.mrs), (err(E::InvalidCapability), vec![3]));
+    assert_eq!(r.label, err(E::IllegalOperation));
     unchanged(&w);
     let r = w.root(
         s,
