@@ -448,7 +448,8 @@ fn land_and_count(argument: u64) {
 /// (`stall_if_running_elsewhere`), so each takes effect at once. ReadRegisters sees
 /// the thread's stack; Suspend stops it before it returns and Resume starts it again;
 /// WriteRegisters (and CopyRegisters) of the running thread make it carry on from the
-/// registers written; SetPriority leaves it running; deleting it stops it.
+/// registers written; SetPriority leaves it running; a watchpoint set on it fires at
+/// its next write; deleting it stops it.
 fn running_elsewhere(env: &mut Env) -> TestResult {
     if env.info.num_nodes() < 2 {
         return Err(Why::Skipped("one CPU"));
@@ -463,7 +464,8 @@ fn running_elsewhere(env: &mut Env) -> TestResult {
             return Err(e);
         }
     };
-    let outcome = running_elsewhere_steps(&t, &landing);
+    let outcome =
+        running_elsewhere_steps(&t, &landing).and_then(|()| watchpoint_elsewhere(env, &t));
     let destroyed = env.destroy(t);
     // Deleted while it ran: it must count no more.
     let stopped_by_delete = stays(4, shared(4));
@@ -551,6 +553,51 @@ fn running_elsewhere_steps(t: &keel_rt::Thread, landing: &keel_rt::Thread) -> Te
     ensure!(
         wait_until(|| shared(3) == 0x77),
         "the running thread did not carry on from the registers copied"
+    );
+    Ok(())
+}
+
+/// A write watchpoint set on the word the thread running on CPU 1 counts in (word 4,
+/// after `running_elsewhere_steps`): the thread faults at its next write, once the
+/// SetBreakpoint has returned, not some time later at its next kernel entry (a timer
+/// tick: hundreds of thousands of writes). It then runs on without the watchpoint.
+fn watchpoint_elsewhere(env: &mut Env, t: &keel_rt::Thread) -> TestResult {
+    use keel_abi::fault::{BreakpointType, FaultType, debug_exception};
+    use keel_abi::invocation::InvocationLabel as L;
+    use keel_sys::invocations::{Args, invoke};
+    let word = crate::harness::SHARED[4].as_ptr() as u64;
+    let mut args = Args::new();
+    for w in [0, word, BreakpointType::Data as u64, 8, 1] {
+        args.word(w);
+    }
+    invoke(t.tcb.cptr(), L::TcbSetBreakpoint, &args).or_fail("SetBreakpoint")?;
+    let at_set = shared(4);
+    let fault = crate::harness::recv_timeout(env.fault_ep);
+    let at_fault = shared(4);
+    let mut args = Args::new();
+    args.word(0);
+    invoke(t.tcb.cptr(), L::TcbUnsetBreakpoint, &args).or_fail("UnsetBreakpoint")?;
+    let Some(fault) = fault else {
+        crate::fail!("no fault for the watchpoint set on the thread running on CPU 1")
+    };
+    ensure!(
+        fault.label() == FaultType::DebugException as u64
+            && fault.words::<4>()[debug_exception::TRIGGER_ADDRESS] == word,
+        "fault label {} MR0-3 {:x?}, expected a watchpoint at {word:#x}",
+        fault.label(),
+        fault.words::<4>()
+    );
+    ensure!(
+        at_fault - at_set <= 1,
+        "the thread on CPU 1 wrote the watched word {} more times after SetBreakpoint \
+         returned: its CPU took the watchpoint at a later kernel entry",
+        at_fault - at_set
+    );
+    keel_sys::ipc::reply(&keel_sys::Message::new(0));
+    let resumed = shared(4);
+    ensure!(
+        wait_until(|| shared(4) > resumed + 1000),
+        "the thread did not run on after its watchpoint fault"
     );
     Ok(())
 }

@@ -75,9 +75,14 @@ fn user_address(address: u64) -> bool {
 impl<H: Hardware> Kernel<H> {
     /// Decodes and performs a TCB invocation on the TCB at `t`.
     pub fn invoke_tcb(&mut self, t: u64, label: L, args: &Args) -> Invoked {
+        // As seL4 does at the start of every TCB invocation: a thread running on another
+        // CPU is stopped there first, its registers, bases and FPU state saved to its
+        // TCB. So the invocation reads and changes the thread's true state, and that
+        // CPU takes every change (registers, bases, roots, IPC buffer, breakpoints,
+        // flags) when it goes back to the thread, not at its next kernel entry.
+        self.stall_if_running_elsewhere(t);
         match label {
             L::TcbReadRegisters => {
-                self.stall_if_running_elsewhere(t);
                 if args.length < 2 {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
                 }
@@ -98,7 +103,6 @@ impl<H: Hardware> Kernel<H> {
                 Ok(count)
             }
             L::TcbWriteRegisters => {
-                self.stall_if_running_elsewhere(t);
                 if args.length < 2 {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
                 }
@@ -146,7 +150,6 @@ impl<H: Hardware> Kernel<H> {
                 Ok(0)
             }
             L::TcbCopyRegisters => {
-                self.stall_if_running_elsewhere(t);
                 let Some(Cap::Tcb { ptr: source }) = args.extra_cap(0) else {
                     return Err(InvocationError::capability(1));
                 };
@@ -286,9 +289,6 @@ impl<H: Hardware> Kernel<H> {
                 if args.length < 1 {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
                 }
-                // Running elsewhere, a thread with the FSGSBASE right would have the
-                // base it holds read back at its next entry, over this one.
-                self.stall_if_running_elsewhere(t);
                 let c = &mut self.tcb_mut(t).context;
                 c.fs_base = args.mr(0);
                 c.selectors &= !tcb::FS_SELECTOR_MASK;
@@ -299,9 +299,6 @@ impl<H: Hardware> Kernel<H> {
                 if args.length < 1 {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
                 }
-                // Running elsewhere, a thread with the FSGSBASE right would have the
-                // base it holds read back at its next entry, over this one.
-                self.stall_if_running_elsewhere(t);
                 let c = &mut self.tcb_mut(t).context;
                 c.gs_base = args.mr(0);
                 c.selectors &= !tcb::GS_SELECTOR_MASK;
@@ -329,10 +326,8 @@ impl<H: Hardware> Kernel<H> {
                 let (clear, set) = (args.mr(0), args.mr(1));
                 let flags = (self.tcb(t).flags & !clear | set) & tcb_flags::MASK;
                 if flags != self.tcb(t).flags {
-                    // Running on another CPU, the thread's FPU state is in that CPU's
-                    // registers: the stall saves it, or the release would lose it.
-                    self.stall_if_running_elsewhere(t);
-                    // The trusted core saves the thread's FPU state where it can and
+                    // (Running on another CPU, the thread's FPU state was in that
+                    // CPU's registers: the stall above saved it.) The trusted core saves the thread's FPU state where it can and
                     // loads the FPU for it afresh at its next switch.
                     self.hw.fpu_release(t);
                 }

@@ -568,6 +568,19 @@ fn state_another_cpu_holds_is_saved_before_it_changes() {
         w.k.hw.stalls_and_releases,
         vec![Stall::Cpu(1), Stall::FpuRelease(t.tcb)]
     );
+    // Every TCB invocation stalls it first (seL4 too), so that its CPU takes the change
+    // when it goes back to it: a breakpoint, new roots, a new IPC buffer, a priority.
+    let f = w.make(keel_abi::object::ObjectType::X86Page4K, 0);
+    for (label, mrs, caps) in [
+        (L::TcbSetBreakpoint, &[0, 0x40_0000, 0, 8, 1][..], &[][..]),
+        (L::TcbSetSpace, &[0, 0, 0], &[S_CNODE, S_VSPACE]),
+        (L::TcbSetIpcBuffer, &[0x3000_0000], &[f]),
+        (L::TcbSetPriority, &[40], &[S_TCB]),
+    ] {
+        w.k.hw.stalls_and_releases.clear();
+        w.root_ok(t.slot, label, mrs, caps);
+        assert_eq!(w.k.hw.stalls_and_releases, vec![Stall::Cpu(1)], "{label:?}");
+    }
     // On this CPU's own side nothing is stalled.
     w.k.hw.stalls_and_releases.clear();
     let u = w.running_thread(40);
