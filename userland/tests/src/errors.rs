@@ -1,10 +1,12 @@
 //! Invocation error paths no other module asserts: each test makes an invocation fail
 //! in one way (missing rights on IPC capabilities, tables mapped into the kernel half or
 //! over missing levels, derive and badge refusals, argument checks of I/O ports, IRQ
-//! controls, Retype, TCB register, priority and breakpoint methods, LDTs, Rotate and
-//! SaveCaller), checks the exact error (code and detail words) or the exact capability
-//! fault, and checks that the failed call changed nothing. Only errors on which Keel and
-//! seL4 agree are asserted here.
+//! controls, Retype, TCB register, priority and breakpoint methods, LDTs, DomainSet,
+//! Rotate and SaveCaller, wrong or unknown labels, messages too short, extra
+//! capabilities and receive pointers that do not resolve), checks the exact error (code
+//! and detail words) or the exact capability fault, and checks that the failed call
+//! changed nothing. Only errors on which Keel and seL4 agree are asserted here (and
+//! Keel's own objects: LDT, FsGsBaseControl, SetGSBase, SetRseq).
 
 use alloc::format;
 
@@ -124,6 +126,18 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
         || immutable_data(env),
     );
     suite.run("cnode_rotate_argument_checks", || rotate_checks(env));
+    suite.run(
+        "fault_extra_capability_or_receive_pointer_that_does_not_resolve_is_a_cap_fault",
+        || lookup_faults(env),
+    );
+    suite.run(
+        "invocation_wrong_or_unknown_label_is_illegal_operation",
+        || wrong_labels(env),
+    );
+    suite.run("domain_set_argument_checks", || domain_set(env));
+    suite.run("invocation_short_messages_are_truncated", || {
+        short_messages(env)
+    });
 }
 
 /// Deletes the capabilities in `slots` and gives the slots back; the first failure.
@@ -1170,4 +1184,486 @@ fn rotate_checks(env: &mut Env) -> TestResult {
     })();
     let cleanup = free(env, &[dest, empty, b.cptr(), a.cptr()]);
     result.and(cleanup)
+}
+
+/// Invokes CNode Copy into the slot in shared word 11 with the capability pointer in
+/// word 10 as the source root (an extra capability); sets word 0 if that returns.
+fn bad_extra_cap(_: u64) {
+    let mut args = Args::new();
+    for w in [shared(11), DEPTH as u64, 0, DEPTH as u64, CapRights::ALL.0] {
+        args.word(w);
+    }
+    args.cap(shared(10));
+    let _ = invoke(init::CNODE.cptr(), L::CNodeCopy, &args);
+    set_shared(0, 1);
+}
+
+/// Maps the frame in shared word 11 with the capability pointer in word 10 as the
+/// address space (the register route of a frame Map); sets word 0 if that returns.
+fn bad_vspace(_: u64) {
+    let _ = Cap::<Frame>::from_cptr(shared(11)).map(
+        Cap::from_cptr(shared(10)),
+        0x1000,
+        CapRights::READ_WRITE,
+        VmAttributes::DEFAULT,
+    );
+    set_shared(0, 1);
+}
+
+/// Starts `t` and expects a capability fault on `cptr`, a root-CNode pointer with guard
+/// bits set: GuardMismatch with 64 bits left, the root's guard (0) and guard size.
+fn expect_guard_fault(
+    env: &mut Env,
+    t: &keel_rt::Thread,
+    cptr: u64,
+    in_receive: bool,
+    what: &str,
+) -> TestResult {
+    let guard_size = 64 - env.info.cnode_size_bits();
+    t.start().or_fail("start")?;
+    let Some(r) = recv_timeout(env.fault_ep) else {
+        fail!("{what}: no fault (the call returned: {})", shared(0) != 0)
+    };
+    ensure!(r.badge == FAULT_BADGE, "{what}: fault badge {:#x}", r.badge);
+    ensure!(
+        r.label() == FaultType::CapFault as u64 && r.length() == 7,
+        "{what}: fault label {} length {}",
+        r.label(),
+        r.length()
+    );
+    let w = r.words::<7>();
+    ensure!(
+        w[cap_fault::ADDR] == cptr
+            && w[cap_fault::IN_RECV_PHASE] == in_receive as u64
+            && w[cap_fault::LOOKUP_FAILURE_TYPE] == LookupFailure::GuardMismatch as u64
+            && w[cap_fault::BITS_LEFT] == 64
+            && w[cap_fault::GUARD_MISMATCH_GUARD_FOUND] == 0
+            && w[cap_fault::GUARD_MISMATCH_BITS_FOUND] == guard_size,
+        "{what}: fault words {:x?}",
+        &w[1..]
+    );
+    ensure!(shared(0) == 0, "{what}: the thread went on");
+    Ok(())
+}
+
+fn lookup_faults(env: &mut Env) -> TestResult {
+    let bad = 1 << 40 | 5;
+    let dest = env.slot()?;
+    let frame = env.alloc.frame(ObjectType::X86Page4K).or_fail("frame")?;
+    let mut result = Ok(());
+    for (entry, in_receive, word, what) in [
+        (
+            bad_extra_cap as fn(u64),
+            false,
+            dest,
+            "CNode Copy with a source root that does not resolve",
+        ),
+        (
+            bad_vspace,
+            false,
+            frame.cptr(),
+            "frame Map with a VSpace that does not resolve",
+        ),
+        (receiver, true, 0, "Recv on a pointer that does not resolve"),
+    ] {
+        set_shared(0, 0);
+        set_shared(10, bad);
+        set_shared(11, word);
+        let t = match env.create(entry, 0, CHILD_PRIORITY) {
+            Ok(t) => t,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
+        let r = expect_guard_fault(env, &t, bad, in_receive, what);
+        let destroyed = env.destroy(t);
+        result = r.and(destroyed);
+        if result.is_err() {
+            break;
+        }
+    }
+    if result.is_ok() && !env.is_empty(dest) {
+        result = Err(why(format_args!("the copy was made")));
+    }
+    let cleanup = free(env, &[dest, frame.cptr()]);
+    result.and(cleanup)
+}
+
+/// The label of the reply to a Call of `cptr` with label `label` and no message.
+fn raw_label(cptr: u64, label: u64) -> u64 {
+    let info = keel_abi::message::MessageInfo::new(label, 0, 0, 0);
+    keel_sys::syscall::call(cptr, info, [0; 4]).info.label()
+}
+
+fn wrong_labels(env: &mut Env) -> TestResult {
+    let t = env.create(idle, 0, CHILD_PRIORITY)?;
+    let frame = env.alloc.frame(ObjectType::X86Page4K).or_fail("frame")?;
+    let pt = env.alloc.create::<PageTable>().or_fail("page table")?;
+    let ldt = env.alloc.create::<Ldt>().or_fail("LDT")?;
+    let handler = env.slot()?;
+    let port = env.slot()?;
+    let result = (|| {
+        get_ioapic(handler, 0, 21, 103).or_fail("IRQ handler")?;
+        init::IO_PORT_CONTROL
+            .issue(0xc010, 0xc013, init::CNODE, port, DEPTH)
+            .or_fail("I/O port capability")?;
+        let illegal = Code::IllegalOperation as u64;
+        for (cptr, label, what) in [
+            (t.tcb.cptr(), L::CNodeCopy, "TCB with CNodeCopy"),
+            (frame.cptr(), L::TcbSuspend, "frame with TCBSuspend"),
+            (init::VSPACE.cptr(), L::X86PageMap, "PML4 with X86PageMap"),
+            (pt.cptr(), L::X86PdptMap, "page table with X86PDPTMap"),
+            (
+                init::IRQ_CONTROL.cptr(),
+                L::IrqAckIrq,
+                "IRQControl with IRQAckIRQ",
+            ),
+            (handler, L::TcbSuspend, "IRQHandler with TCBSuspend"),
+            (
+                init::IO_PORT_CONTROL.cptr(),
+                L::X86IoPortIn8,
+                "IOPortControl with X86IOPortIn8",
+            ),
+            (
+                port,
+                L::X86IoPortControlIssue,
+                "IOPort with X86IOPortControlIssue",
+            ),
+            (
+                init::ASID_CONTROL.cptr(),
+                L::X86AsidPoolAssign,
+                "ASIDControl with X86ASIDPoolAssign",
+            ),
+            (
+                init::ASID_POOL.cptr(),
+                L::X86AsidControlMakePool,
+                "ASIDPool with X86ASIDControlMakePool",
+            ),
+            (
+                init::DOMAIN.cptr(),
+                L::TcbSuspend,
+                "DomainSet with TCBSuspend",
+            ),
+            (ldt.cptr(), L::TcbSuspend, "LDT with TCBSuspend"),
+            (
+                init::FS_GS_BASE_CONTROL.cptr(),
+                L::TcbSuspend,
+                "FsGsBaseControl with TCBSuspend",
+            ),
+        ] {
+            expect_err(
+                invoke(cptr, label, &Args::new()),
+                Error::IllegalOperation,
+                what,
+            )?;
+        }
+        // A label number seL4 does not have, on kernel objects.
+        for (cptr, what) in [
+            (init::CNODE.cptr(), "CNode"),
+            (t.tcb.cptr(), "TCB"),
+            (frame.cptr(), "frame"),
+            (init::VSPACE.cptr(), "PML4"),
+            (handler, "IRQHandler"),
+            (port, "IOPort"),
+            (ldt.cptr(), "LDT"),
+        ] {
+            let got = raw_label(cptr, 999);
+            ensure!(
+                got == illegal,
+                "{what} with label 999: reply label {got}, expected IllegalOperation"
+            );
+        }
+        Ok(())
+    })();
+    let destroyed = env.destroy(t);
+    let cleanup = free(env, &[port, handler, ldt.cptr(), pt.cptr(), frame.cptr()]);
+    result.and(destroyed).and(cleanup)
+}
+
+fn domain_set(env: &mut Env) -> TestResult {
+    let t = env.create(idle, 0, CHILD_PRIORITY)?;
+    let ep = env.endpoint()?;
+    let result = (|| {
+        expect_err(
+            init::DOMAIN.set(1, t.tcb),
+            Error::InvalidArgument { index: 0 },
+            "domain 1 (there is one domain)",
+        )?;
+        expect_err(
+            init::DOMAIN.set(0, ep.cast()),
+            Error::InvalidArgument { index: 1 },
+            "an endpoint as the thread",
+        )?;
+        let mut args = Args::new();
+        args.word(0);
+        expect_err(
+            invoke(init::DOMAIN.cptr(), L::DomainSetSet, &args),
+            Error::TruncatedMessage,
+            "no thread",
+        )?;
+        init::DOMAIN.set(0, t.tcb).or_fail("domain 0")?;
+        Ok(())
+    })();
+    let destroyed = env.destroy(t);
+    let cleanup = free(env, &[ep.cptr()]);
+    result.and(destroyed).and(cleanup)
+}
+
+/// A message too short for its invocation: invoked capability, label, message words,
+/// extra capabilities, what it is.
+type ShortMessage<'a> = (u64, L, &'a [u64], &'a [u64], &'a str);
+
+fn short_messages(env: &mut Env) -> TestResult {
+    let t = env.create(idle, 0, CHILD_PRIORITY)?;
+    let ut = env.alloc.untyped(12).or_fail("untyped")?;
+    let frame = env.alloc.frame(ObjectType::X86Page4K).or_fail("frame")?;
+    let pt = env.alloc.create::<PageTable>().or_fail("page table")?;
+    let ldt = env.alloc.create::<Ldt>().or_fail("LDT")?;
+    let ep = env.endpoint()?;
+    let port = env.slot()?;
+    let s = env.slot()?;
+    let result = (|| {
+        init::IO_PORT_CONTROL
+            .issue(0xc020, 0xc023, init::CNODE, port, DEPTH)
+            .or_fail("I/O port capability")?;
+        let root = init::CNODE.cptr();
+        let d = DEPTH as u64;
+        let all = CapRights::ALL.0;
+        let tcb = t.tcb.cptr();
+        let cases: &[ShortMessage] = &[
+            (root, L::CNodeDelete, &[s], &[], "CNode Delete, 1 word"),
+            (
+                root,
+                L::CNodeCopy,
+                &[s, d, ep.cptr(), d, all],
+                &[],
+                "Copy, no source root",
+            ),
+            (
+                root,
+                L::CNodeCopy,
+                &[s, d, ep.cptr()],
+                &[root],
+                "Copy, 3 words",
+            ),
+            (
+                root,
+                L::CNodeCopy,
+                &[s, d, ep.cptr(), d],
+                &[root],
+                "Copy, 4 words",
+            ),
+            (
+                root,
+                L::CNodeMint,
+                &[s, d, ep.cptr(), d, all],
+                &[root],
+                "Mint, 5 words",
+            ),
+            (
+                root,
+                L::CNodeMove,
+                &[s, d, ep.cptr()],
+                &[root],
+                "Move, 3 words",
+            ),
+            (
+                root,
+                L::CNodeMutate,
+                &[s, d, ep.cptr(), d],
+                &[root],
+                "Mutate, 4 words",
+            ),
+            (
+                root,
+                L::CNodeRotate,
+                &[s, d, 0, ep.cptr(), d, 0, frame.cptr(), d],
+                &[root],
+                "Rotate, one root",
+            ),
+            (
+                root,
+                L::CNodeRotate,
+                &[s, d, 0, ep.cptr(), d, 0, frame.cptr()],
+                &[root, root],
+                "Rotate, 7 words",
+            ),
+            (
+                ut.cptr(),
+                L::UntypedRetype,
+                &[ObjectType::Endpoint as u64, 0, 0, 0, s, 1],
+                &[],
+                "Retype, no root",
+            ),
+            (tcb, L::TcbReadRegisters, &[0], &[], "ReadRegisters, 1 word"),
+            (
+                tcb,
+                L::TcbWriteRegisters,
+                &[0],
+                &[],
+                "WriteRegisters, 1 word",
+            ),
+            (
+                tcb,
+                L::TcbConfigure,
+                &[0, 0, 0],
+                &[root, init::VSPACE.cptr(), frame.cptr()],
+                "Configure, 3 words",
+            ),
+            (
+                tcb,
+                L::TcbConfigure,
+                &[0, 0, 0, 0],
+                &[root, init::VSPACE.cptr()],
+                "Configure, 2 capabilities",
+            ),
+            (
+                tcb,
+                L::TcbSetSpace,
+                &[0, 0],
+                &[root, init::VSPACE.cptr()],
+                "SetSpace, 2 words",
+            ),
+            (
+                tcb,
+                L::TcbSetIpcBuffer,
+                &[],
+                &[frame.cptr()],
+                "SetIPCBuffer, no word",
+            ),
+            (tcb, L::TcbSetPriority, &[], &[tcb], "SetPriority, no word"),
+            (
+                tcb,
+                L::TcbSetMcPriority,
+                &[],
+                &[tcb],
+                "SetMCPriority, no word",
+            ),
+            (
+                tcb,
+                L::TcbSetSchedParams,
+                &[0],
+                &[tcb],
+                "SetSchedParams, 1 word",
+            ),
+            (tcb, L::TcbSetAffinity, &[], &[], "SetAffinity, no word"),
+            (tcb, L::TcbSetTlsBase, &[], &[], "SetTLSBase, no word"),
+            (tcb, L::TcbSetGsBase, &[], &[], "SetGSBase, no word"),
+            (tcb, L::TcbSetRseq, &[], &[], "SetRseq, no word"),
+            (tcb, L::TcbSetFlags, &[0], &[], "SetFlags, 1 word"),
+            (
+                frame.cptr(),
+                L::X86PageMap,
+                &[0x1000, 3],
+                &[init::VSPACE.cptr()],
+                "frame Map, 2 words",
+            ),
+            (
+                frame.cptr(),
+                L::X86PageMap,
+                &[0x1000, 3, 0],
+                &[],
+                "frame Map, no VSpace",
+            ),
+            (
+                pt.cptr(),
+                L::X86PageTableMap,
+                &[0],
+                &[init::VSPACE.cptr()],
+                "page table Map, 1 word",
+            ),
+            (
+                pt.cptr(),
+                L::X86PageTableMap,
+                &[0, 0],
+                &[],
+                "page table Map, no VSpace",
+            ),
+            (
+                init::IRQ_CONTROL.cptr(),
+                L::X86IrqIssueIrqHandlerIoApic,
+                &[s, d, 0, 20, 0, 0],
+                &[root],
+                "GetIOAPIC, 6 words",
+            ),
+            (
+                init::IRQ_CONTROL.cptr(),
+                L::X86IrqIssueIrqHandlerMsi,
+                &[s, d, 0, 0, 0, 0, 104],
+                &[],
+                "GetMSI, no root",
+            ),
+            (
+                init::IO_PORT_CONTROL.cptr(),
+                L::X86IoPortControlIssue,
+                &[0xc030, 0xc031, s],
+                &[root],
+                "Issue, 3 words",
+            ),
+            (
+                init::IO_PORT_CONTROL.cptr(),
+                L::X86IoPortControlIssue,
+                &[0xc030, 0xc031, s, d],
+                &[],
+                "Issue, no root",
+            ),
+            (port, L::X86IoPortIn8, &[], &[], "In8, no word"),
+            (port, L::X86IoPortOut8, &[0xc020], &[], "Out8, 1 word"),
+            (
+                ldt.cptr(),
+                L::X86LdtSetEntries,
+                &[0],
+                &[],
+                "LDT SetEntries, 1 word",
+            ),
+            (
+                ldt.cptr(),
+                L::X86LdtSetEntries,
+                &[0, 2, 0],
+                &[],
+                "LDT SetEntries, 1 of 2 descriptors",
+            ),
+            (
+                init::FS_GS_BASE_CONTROL.cptr(),
+                L::FsGsBaseControlSetAccess,
+                &[],
+                &[tcb],
+                "SetAccess, no word",
+            ),
+        ];
+        for &(cptr, label, words, caps, what) in cases {
+            let mut args = Args::new();
+            for &w in words {
+                args.word(w);
+            }
+            for &c in caps {
+                args.cap(c);
+            }
+            expect_err(invoke(cptr, label, &args), Error::TruncatedMessage, what)?;
+        }
+        ensure!(
+            env.is_empty(s),
+            "a short message filled the destination slot"
+        );
+        ensure!(
+            env.has_tag(ep.cptr(), cap_tag::ENDPOINT),
+            "a short message moved the endpoint"
+        );
+        Ok(())
+    })();
+    let destroyed = env.destroy(t);
+    let cleanup = free(
+        env,
+        &[
+            s,
+            port,
+            ep.cptr(),
+            ldt.cptr(),
+            pt.cptr(),
+            frame.cptr(),
+            ut.cptr(),
+        ],
+    );
+    result.and(destroyed).and(cleanup)
 }
