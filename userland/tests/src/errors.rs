@@ -118,6 +118,10 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
         make_pool_truncated(env)
     });
     suite.run(
+        "vspace_assign_from_a_full_asid_pool_is_delete_first",
+        || full_asid_pool(env),
+    );
+    suite.run(
         "cnode_save_caller_into_a_full_slot_is_delete_first_and_the_caller_still_waits",
         || save_caller_full(env),
     );
@@ -1666,4 +1670,41 @@ fn short_messages(env: &mut Env) -> TestResult {
         ],
     );
     result.and(destroyed).and(cleanup)
+}
+
+fn full_asid_pool(env: &mut Env) -> TestResult {
+    // Up to 512 PML4s (one more than a pool has ASIDs) from one 2 MiB untyped, each
+    // moved once assigned into a 512-slot CNode (the root CNode has too few free slots).
+    let ut = env.alloc.untyped(21).or_fail("2 MiB untyped")?;
+    let cn = env.alloc.cnode(9).or_fail("512-slot cnode")?;
+    let s = env.slot()?;
+    let result = (|| {
+        let mut assigned = 0;
+        loop {
+            ut.retype(ObjectType::X64Pml4, 0, init::CNODE, 0, 0, s, 1)
+                .or_fail("PML4")?;
+            match init::ASID_POOL.assign(Cap::from_cptr(s)) {
+                Ok(()) => {}
+                Err(Error::DeleteFirst) => break,
+                Err(e) => fail!("assign {}: {e}", assigned + 1),
+            }
+            cn.move_(assigned, 9, init::CNODE, s, DEPTH)
+                .or_fail("move the PML4 away")?;
+            assigned += 1;
+            ensure!(
+                assigned < 512,
+                "512 ASIDs assigned from one pool (it has 511 to give)"
+            );
+        }
+        ensure!(assigned >= 1, "no ASID was free in the root task's pool");
+        // The refused PML4 got no ASID: it takes one once one is free.
+        cn.delete(assigned - 1, 9)
+            .or_fail("delete an assigned PML4")?;
+        init::ASID_POOL
+            .assign(Cap::from_cptr(s))
+            .or_fail("assign the refused PML4 after one ASID was freed")?;
+        Ok(())
+    })();
+    let cleanup = free(env, &[s, cn.cptr(), ut.cptr()]);
+    result.and(cleanup)
 }
