@@ -61,15 +61,18 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
         "cnode_copy_of_irq_control_or_io_port_control_is_illegal_operation",
         || derive_refused(env),
     );
-    suite.run("ioport_issue_argument_checks_and_full_slot", || {
-        ioport_issue_checks(env)
-    });
-    suite.run("irq_get_ioapic_argument_checks_and_full_slot", || {
-        irq_ioapic_checks(env)
-    });
-    suite.run("irq_get_msi_argument_checks_and_full_slot", || {
-        irq_msi_checks(env)
-    });
+    suite.run(
+        "ioport_issue_reversed_range_is_invalid_argument_and_full_slot_is_delete_first",
+        || ioport_issue_checks(env),
+    );
+    suite.run(
+        "irq_get_ioapic_out_of_range_arguments_are_range_errors_and_full_slot_is_delete_first",
+        || irq_ioapic_checks(env),
+    );
+    suite.run(
+        "irq_get_msi_vector_out_of_range_in_use_or_into_a_full_slot_is_refused",
+        || irq_msi_checks(env),
+    );
     suite.run(
         "vspace_mapped_table_map_is_invalid_capability_and_unmap_with_copies_is_revoke_first",
         || mapped_table_state(env),
@@ -99,11 +102,14 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
         || bind_with_waiter(env),
     );
     suite.run(
-        "tcb_mcp_bounds_set_mc_priority_and_set_sched_params",
+        "tcb_set_mc_priority_and_set_sched_params_above_the_authority_mcp_are_range_errors",
         || mcp_ceiling(env),
     );
-    suite.run("tcb_set_breakpoint_argument_checks", || breakpoints(env));
-    suite.run("ldt_set_entries_ranges_are_range_errors", || {
+    suite.run(
+        "tcb_set_breakpoint_bad_address_slot_type_or_size_is_refused",
+        || breakpoints(env),
+    );
+    suite.run("ldt_set_entries_past_the_table_are_range_errors", || {
         ldt_ranges(env)
     });
     suite.run(
@@ -129,7 +135,10 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
         "cnode_guards_too_large_and_endpoint_mutate_or_rotate_are_illegal_operation",
         || immutable_data(env),
     );
-    suite.run("cnode_rotate_argument_checks", || rotate_checks(env));
+    suite.run(
+        "cnode_rotate_pivot_equal_to_source_or_destination_or_empty_slots_are_refused",
+        || rotate_checks(env),
+    );
     suite.run(
         "fault_extra_capability_or_receive_pointer_that_does_not_resolve_is_a_cap_fault",
         || lookup_faults(env),
@@ -138,7 +147,9 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
         "invocation_wrong_or_unknown_label_is_illegal_operation",
         || wrong_labels(env),
     );
-    suite.run("domain_set_argument_checks", || domain_set(env));
+    suite.run("domain_set_bad_domain_or_thread_is_refused", || {
+        domain_set(env)
+    });
     suite.run("invocation_short_messages_are_truncated", || {
         short_messages(env)
     });
