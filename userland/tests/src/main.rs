@@ -20,6 +20,7 @@ mod bootinfo;
 mod cspace;
 mod entry_hazards;
 mod entry_state;
+mod errors;
 mod faults;
 mod fpu;
 mod fuzz;
@@ -76,6 +77,7 @@ fn main(argument: u64) -> u64 {
                     servers::run(&mut suite, &mut env);
                     programs::run(&mut suite, &mut env);
                     runtime::run(&mut suite, &mut env);
+                    errors::run(&mut suite, &mut env);
                     fuzz::run(&mut suite, &mut env);
                 }
                 Err(e) => {
