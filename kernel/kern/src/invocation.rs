@@ -418,12 +418,17 @@ impl<H: Hardware> Kernel<H> {
         for i in 0..args.length.min(args.mrs.len()) {
             args.mrs[i] = self.message_register(t, buffer, i);
         }
-        let result = match InvocationLabel::from_u64(info.label()) {
+        // A label no object has is seL4's InvalidInvocation (0): the capability decides
+        // first (InvalidCapability 0 for one that cannot be invoked, as seL4), then each
+        // object's decoder refuses it with IllegalOperation.
+        let label =
+            InvocationLabel::from_u64(info.label()).unwrap_or(InvocationLabel::InvalidInvocation);
+        let result = if raw::tag(w0) == raw::FRAME {
             // A frame is decoded inline, in registers (Map and Unmap are the common
             // invocations); the other kinds out of line.
-            Some(label) if raw::tag(w0) == raw::FRAME => self.invoke_frame(words, label, &args),
-            Some(label) => self.invoke_object(Cap::decode(words), label, &args),
-            None => Err(InvocationError::simple(Error::IllegalOperation)),
+            self.invoke_frame(words, label, &args)
+        } else {
+            self.invoke_object(Cap::decode(words), label, &args)
         };
         // The thread may have been deleted or suspended by its own invocation.
         if !self.thread_alive(t) {

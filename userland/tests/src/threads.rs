@@ -32,6 +32,7 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
     suite.run("tcb_failed_configure_changes_nothing", || {
         failed_configure(env)
     });
+    suite.run("tcb_argument_checks_follow_sel4", || argument_checks(env));
     suite.run("tcb_set_tls_and_gs_base", || bases(env));
     suite.run("tcb_set_affinity", || affinity(env));
     suite.run("tcb_operations_on_a_thread_running_on_another_cpu", || {
@@ -334,6 +335,79 @@ fn configure_wrong(env: &mut Env) -> TestResult {
         "IPC buffer frame is an endpoint",
     )?;
     r5.or_fail("set_space with good caps")
+}
+
+/// seL4's codes and order for TCB arguments: a missing capability is TruncatedMessage
+/// (CopyRegisters, the priority setters, BindNotification), as is a WriteRegisters count
+/// beyond the words sent; BindNotification refuses a non-notification or one without
+/// Read with IllegalOperation.
+fn argument_checks(env: &mut Env) -> TestResult {
+    use keel_abi::invocation::InvocationLabel as L;
+    use keel_sys::invocations::{Args, invoke};
+    let t = env.create(set_flag, 0, CHILD_PRIORITY)?;
+    let n = env.notification()?;
+    let send_only = env.mint(n, CapRights::WRITE, 0)?;
+    let raw = |label: L, words: &[u64], caps: &[u64]| {
+        let mut args = Args::new();
+        words.iter().for_each(|&w| args.word(w));
+        caps.iter().for_each(|&c| args.cap(c));
+        invoke(t.tcb.cptr(), label, &args)
+    };
+    let result = (|| {
+        expect_err(
+            raw(L::TcbCopyRegisters, &[], &[t.tcb.cptr()]),
+            Error::TruncatedMessage,
+            "CopyRegisters without its word",
+        )?;
+        expect_err(
+            raw(L::TcbCopyRegisters, &[0b100], &[]),
+            Error::TruncatedMessage,
+            "CopyRegisters without its source",
+        )?;
+        expect_err(
+            raw(L::TcbWriteRegisters, &[0, 5, 0x40_0000, 0x7000, 0x202], &[]),
+            Error::TruncatedMessage,
+            "WriteRegisters of 5 words with 3 sent",
+        )?;
+        for (label, words) in [
+            (L::TcbSetPriority, &[1][..]),
+            (L::TcbSetMcPriority, &[1]),
+            (L::TcbSetSchedParams, &[1, 1]),
+        ] {
+            expect_err(
+                raw(label, words, &[]),
+                Error::TruncatedMessage,
+                &alloc::format!("{label:?} without the authority"),
+            )?;
+        }
+        expect_err(
+            raw(L::TcbBindNotification, &[], &[]),
+            Error::TruncatedMessage,
+            "BindNotification without a capability",
+        )?;
+        expect_err(
+            t.tcb.bind_notification(init::CNODE.cast()),
+            Error::IllegalOperation,
+            "BindNotification of a CNode",
+        )?;
+        expect_err(
+            t.tcb.bind_notification(send_only),
+            Error::IllegalOperation,
+            "BindNotification of a notification without Read",
+        )?;
+        t.tcb.bind_notification(n).or_fail("BindNotification")?;
+        expect_err(
+            t.tcb.bind_notification(init::CNODE.cast()),
+            Error::IllegalOperation,
+            "BindNotification of a bound thread",
+        )
+    })();
+    let destroyed = env.destroy(t);
+    let deleted = init::CNODE
+        .delete(send_only.cptr(), crate::harness::DEPTH)
+        .or_fail("delete the copy");
+    let deleted_n = env.alloc.delete(n).or_fail("delete the notification");
+    result.and(destroyed).and(deleted).and(deleted_n)
 }
 
 fn ud2(_: u64) {

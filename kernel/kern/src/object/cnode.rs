@@ -648,7 +648,8 @@ impl<H: Hardware> Kernel<H> {
                 let (pivot_data, pivot_index, pivot_depth) = (args.mr(2), args.mr(3), args.mr(4));
                 let (src_data, src_index, src_depth) = (args.mr(5), args.mr(6), args.mr(7));
                 let src = self.source_slot(src_root, src_index, src_depth)?;
-                let pivot = self.target_slot(pivot_root, pivot_index, pivot_depth, false)?;
+                // seL4 (lookupPivotSlot) reports a failed pivot lookup as the source's.
+                let pivot = self.target_slot(pivot_root, pivot_index, pivot_depth, true)?;
                 if pivot == src || pivot == dest {
                     return Err(illegal());
                 }

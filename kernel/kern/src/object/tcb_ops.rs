@@ -106,9 +106,12 @@ impl<H: Hardware> Kernel<H> {
                 if args.length < 2 {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
                 }
-                let count = (args.mr(1) as usize)
-                    .min(USER_CONTEXT_WORDS)
-                    .min(args.length.saturating_sub(2));
+                // seL4: the count may not exceed the words sent; beyond the context's
+                // words it is clamped.
+                if ((args.length - 2) as u64) < args.mr(1) {
+                    return Err(InvocationError::simple(Error::TruncatedMessage));
+                }
+                let count = (args.mr(1) as usize).min(USER_CONTEXT_WORDS);
                 if t == args.thread {
                     return Err(InvocationError::simple(Error::IllegalOperation));
                 }
@@ -150,6 +153,9 @@ impl<H: Hardware> Kernel<H> {
                 Ok(0)
             }
             L::TcbCopyRegisters => {
+                if args.length < 1 || args.extra_cap(0).is_none() {
+                    return Err(InvocationError::simple(Error::TruncatedMessage));
+                }
                 let Some(Cap::Tcb { ptr: source }) = args.extra_cap(0) else {
                     return Err(InvocationError::capability(1));
                 };
@@ -219,7 +225,7 @@ impl<H: Hardware> Kernel<H> {
             }
             L::TcbSetPriority | L::TcbSetMcPriority | L::TcbSetSchedParams => {
                 let need = if label == L::TcbSetSchedParams { 2 } else { 1 };
-                if args.length < need {
+                if args.length < need || args.extra_cap(0).is_none() {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
                 }
                 let Some(Cap::Tcb { ptr: authority }) = args.extra_cap(0) else {
@@ -253,14 +259,23 @@ impl<H: Hardware> Kernel<H> {
                 Ok(0)
             }
             L::TcbBindNotification => {
-                let Some(Cap::Notification { ptr, rights, .. }) = args.extra_cap(0) else {
-                    return Err(InvocationError::capability(1));
+                // seL4's checks in its order: the capability is there; the thread has
+                // none bound; it is a notification the caller may receive on, with no
+                // waiter and no other thread bound. Each refusal is IllegalOperation.
+                let Some(cap) = args.extra_cap(0) else {
+                    return Err(InvocationError::simple(Error::TruncatedMessage));
                 };
-                if !rights.contains(crate::object::cap::Rights::READ) {
-                    return Err(InvocationError::capability(1));
+                if self.tcb(t).bound_notification != 0 {
+                    return Err(InvocationError::simple(Error::IllegalOperation));
                 }
+                let Cap::Notification { ptr, rights, .. } = cap else {
+                    return Err(InvocationError::simple(Error::IllegalOperation));
+                };
                 let n = *self.hw.get::<Notification>(ptr);
-                if self.tcb(t).bound_notification != 0 || n.bound() != 0 || n.head != 0 {
+                if !rights.contains(crate::object::cap::Rights::READ)
+                    || n.bound() != 0
+                    || n.head != 0
+                {
                     return Err(InvocationError::simple(Error::IllegalOperation));
                 }
                 self.hw.get_mut::<Notification>(ptr).set_bound(t);

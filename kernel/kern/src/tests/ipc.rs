@@ -488,6 +488,21 @@ fn missing_rights_are_invalid_capability_or_cap_faults() {
         info.label(),
         keel_abi::error::Error::InvalidCapability as u64
     );
+    // So does one with a label no object has (the capability is looked at first).
+    for label in [999, u64::from(u32::MAX)] {
+        let r = w.call(t.tcb, ro, label, &[], &[]);
+        assert_eq!(
+            (r.label, r.mrs),
+            (err(keel_abi::error::Error::InvalidCapability), vec![0]),
+            "{label}"
+        );
+    }
+    let r = w.call(ROOT_TCB, S_CNODE, 999, &[], &[]);
+    assert_eq!(
+        r.label,
+        err(keel_abi::error::Error::IllegalOperation),
+        "a CNode with label 999"
+    );
     w.load(t.tcb, ro, 0, &[], &[]);
     w.syscall(t.tcb, SEND);
     assert_eq!(w.state(t.tcb), ThreadState::Running);

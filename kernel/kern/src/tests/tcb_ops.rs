@@ -314,3 +314,73 @@ fn domain_set_with_one_domain() {
     let r = w.root(S_DOMAIN, L::DomainScheduleConfigure, &[0], &[t.slot]);
     assert_eq!(r.label, err(E::IllegalOperation));
 }
+
+/// The TCB argument checks seL4 makes, with its codes and in its order: missing
+/// capabilities are TruncatedMessage; WriteRegisters' count may not exceed the words
+/// sent; BindNotification refuses with IllegalOperation.
+#[test]
+fn argument_checks_follow_sel4() {
+    use crate::object::cap::Rights;
+    let mut w = World::new();
+    let t = w.thread(50);
+    let u = w.thread(50);
+    let n = w.notification();
+    let e = w.endpoint();
+    // CopyRegisters: a word and a capability, the capability a TCB.
+    let r = w.root(t.slot, L::TcbCopyRegisters, &[], &[u.slot]);
+    assert_eq!(r.label, err(E::TruncatedMessage));
+    let r = w.root(t.slot, L::TcbCopyRegisters, &[0b100], &[]);
+    assert_eq!(r.label, err(E::TruncatedMessage));
+    let r = w.root(t.slot, L::TcbCopyRegisters, &[0b100], &[S_CNODE]);
+    assert_eq!((r.label, r.mrs), (err(E::InvalidCapability), vec![1]));
+    // WriteRegisters: count 5 with 3 words is truncated; a count past the context's
+    // words with all of them sent is clamped.
+    let r = w.root(
+        t.slot,
+        L::TcbWriteRegisters,
+        &[0, 5, 0x40_0000, 0x7000, 0x202],
+        &[],
+    );
+    assert_eq!(r.label, err(E::TruncatedMessage));
+    let mut mrs = vec![0, 100, 0x40_0000];
+    mrs.resize(2 + USER_CONTEXT_WORDS, 0);
+    let r = w.root(t.slot, L::TcbWriteRegisters, &mrs, &[]);
+    assert_eq!(r.label, err(E::TruncatedMessage), "100 words promised");
+    mrs[1] = USER_CONTEXT_WORDS as u64;
+    w.root_ok(t.slot, L::TcbWriteRegisters, &mrs, &[]);
+    // The priority setters: the authority's capability must be there, then a TCB.
+    for (label, mrs) in [
+        (L::TcbSetPriority, &[10][..]),
+        (L::TcbSetMcPriority, &[10]),
+        (L::TcbSetSchedParams, &[10, 10]),
+    ] {
+        let r = w.root(t.slot, label, mrs, &[]);
+        assert_eq!(r.label, err(E::TruncatedMessage), "{label:?}");
+        let r = w.root(t.slot, label, mrs, &[S_CNODE]);
+        assert_eq!(
+            (r.label, r.mrs),
+            (err(E::InvalidCapability), vec![1]),
+            "{label:?}"
+        );
+    }
+    // BindNotification.
+    let r = w.root(t.slot, L::TcbBindNotification, &[], &[]);
+    assert_eq!(r.label, err(E::TruncatedMessage));
+    let r = w.root(t.slot, L::TcbBindNotification, &[], &[e]);
+    assert_eq!((r.label, r.mrs), (err(E::IllegalOperation), vec![]));
+    let send_only = w.alloc_slot();
+    w.root_ok(
+        S_CNODE,
+        L::CNodeCopy,
+        &[send_only, 64, n, 64, Rights::WRITE.0 as u64],
+        &[S_CNODE],
+    );
+    let r = w.root(t.slot, L::TcbBindNotification, &[], &[send_only]);
+    assert_eq!(r.label, err(E::IllegalOperation));
+    w.root_ok(t.slot, L::TcbBindNotification, &[], &[n]);
+    let r = w.root(u.slot, L::TcbBindNotification, &[], &[n]);
+    assert_eq!(r.label, err(E::IllegalOperation), "bound to another thread");
+    // A thread already bound is refused before its capability is looked at.
+    let r = w.root(t.slot, L::TcbBindNotification, &[], &[e]);
+    assert_eq!(r.label, err(E::IllegalOperation));
+}
