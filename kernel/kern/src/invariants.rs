@@ -59,16 +59,27 @@ pub struct Violation {
     pub at: u64,
     /// A second address involved (0 if none).
     pub other: u64,
+    /// For a derivation-tree violation, the capabilities in the two slots.
+    pub caps: Option<(crate::object::cap::Cap, crate::object::cap::Cap)>,
 }
 
 impl core::fmt::Display for Violation {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "{} (at {:#x}, {:#x})", self.what, self.at, self.other)
+        write!(f, "{} (at {:#x}, {:#x})", self.what, self.at, self.other)?;
+        if let Some((a, b)) = self.caps {
+            write!(f, ": {a:?}, {b:?}")?;
+        }
+        Ok(())
     }
 }
 
 fn fail<T>(what: &'static str, at: u64, other: u64) -> Result<T, Violation> {
-    Err(Violation { what, at, other })
+    Err(Violation {
+        what,
+        at,
+        other,
+        caps: None,
+    })
 }
 
 macro_rules! ensure {
@@ -314,6 +325,7 @@ impl<H: Hardware> Kernel<H> {
                             what: "a child outside its parent's subtree run",
                             at: z,
                             other: s,
+                            caps: Some((cspace::cap(hw, z), cspace::cap(hw, s))),
                         });
                     }
                 }

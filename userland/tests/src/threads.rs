@@ -632,8 +632,8 @@ fn running_elsewhere_steps(t: &keel_rt::Thread, landing: &keel_rt::Thread) -> Te
 }
 
 /// A write watchpoint set on the word the thread running on CPU 1 counts in (word 4,
-/// after `running_elsewhere_steps`): the thread faults at its next write, once the
-/// SetBreakpoint has returned, not some time later at its next kernel entry (a timer
+/// after `running_elsewhere_steps`): the thread faults at once, within a few writes of
+/// the SetBreakpoint's return, not some time later at its next kernel entry (a timer
 /// tick: hundreds of thousands of writes). It then runs on without the watchpoint.
 fn watchpoint_elsewhere(env: &mut Env, t: &keel_rt::Thread) -> TestResult {
     use keel_abi::fault::{BreakpointType, FaultType, debug_exception};
@@ -661,8 +661,11 @@ fn watchpoint_elsewhere(env: &mut Env, t: &keel_rt::Thread) -> TestResult {
         fault.label(),
         fault.words::<4>()
     );
+    // Taken at once, the watchpoint lets one write through (it traps after the write);
+    // two were seen once with the invariant checker on 4 CPUs. Taken at the next timer
+    // tick instead, thousands to hundreds of thousands go through.
     ensure!(
-        at_fault - at_set <= 1,
+        at_fault - at_set <= 16,
         "the thread on CPU 1 wrote the watched word {} more times after SetBreakpoint \
          returned: its CPU took the watchpoint at a later kernel entry",
         at_fault - at_set
