@@ -13,7 +13,9 @@
 //! - **derivation tree**: empty slots are all zero; `prev`/`next` links agree and never
 //!   name an empty slot; every full slot is on exactly one acyclic chain; a slot's
 //!   descendants follow it contiguously (checked against the [`SUBTREE_WINDOW`]
-//!   slots after its run, to keep the cost linear);
+//!   slots after its run, to keep the cost linear; for a badged endpoint or
+//!   notification only up to the next first-badged capability with its badge, which
+//!   starts a sibling's subtree);
 //! - **untyped accounting**: a free index lies within its untyped; the objects of an
 //!   untyped's children lie below its free index (a copy of the untyped excepted);
 //!   distinct objects do not overlap, and one address holds one kind of object;
@@ -319,7 +321,22 @@ impl<H: Hardware> Kernel<H> {
                     j += 1;
                 }
                 let end = (j + SUBTREE_WINDOW).min(chain.len());
+                let parent = cspace::cap(hw, s);
+                let badge = parent.badge();
                 for &z in &chain[j..end] {
+                    // A badged endpoint or notification is a parent of every later
+                    // non-first-badged copy with its badge, by the capabilities alone;
+                    // a first-badged one with that badge starts a sibling's subtree,
+                    // and the copies after it are that sibling's (seL4's tree is the
+                    // same: its descendants are only the run right after a slot).
+                    let candidate = cspace::cap(hw, z);
+                    if badge != 0
+                        && cspace::first_badged(hw, z)
+                        && candidate.badge() == badge
+                        && candidate.object() == parent.object()
+                    {
+                        break;
+                    }
                     if cspace::is_parent_of(hw, s, z) {
                         return Err(Violation {
                             what: "a child outside its parent's subtree run",

@@ -138,3 +138,34 @@ fn stray_reply_capabilities_are_found() {
         "reply capability to a thread not waiting for a reply"
     );
 }
+
+/// seL4's derivation tree is a list in which a capability's descendants are the run of
+/// capabilities right after it that it is a parent of. A badged endpoint minted from the
+/// original after an older one with the same badge (minted from an unbadged copy, and
+/// copied) is a parent of that older one's copy by the capabilities alone, but not its
+/// ancestor: the unbadged copy and the older first-badged one lie between them. seL4
+/// has the same state, and its revoke stops there too; the checker must accept it.
+#[test]
+fn a_later_badged_sibling_is_not_the_parent_of_an_older_copy() {
+    let mut w = World::new();
+    let e = w.endpoint();
+    let unbadged = w.mint(e, Rights::ALL, 0);
+    let b1 = w.mint(unbadged, Rights::ALL, 7);
+    let b1_copy = w.alloc_slot();
+    w.root_ok(
+        S_CNODE,
+        L::CNodeCopy,
+        &[b1_copy, 64, b1, 64, Rights::ALL.0 as u64],
+        &[S_CNODE],
+    );
+    let b2 = w.mint(e, Rights::ALL, 7);
+    // List order: e, b2, unbadged, b1, b1_copy (each insert goes right after its
+    // parent).
+    assert_eq!(violation(&w), "none");
+    // Revoking b2 leaves the older ones alone, as seL4's revoke does.
+    w.root_ok(S_CNODE, L::CNodeRevoke, &[b2, 64], &[]);
+    for s in [unbadged, b1, b1_copy] {
+        assert!(!w.cap(s).is_null());
+    }
+    assert_eq!(violation(&w), "none");
+}
