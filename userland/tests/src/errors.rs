@@ -153,6 +153,29 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
     suite.run("invocation_short_messages_are_truncated", || {
         short_messages(env)
     });
+    suite.run(
+        "irq_set_notification_without_a_capability_is_truncated_and_a_wrong_one_is_invalid_capability_0",
+        || irq_set_notification_checks(env),
+    );
+    suite.run(
+        "ioport_issue_takes_the_ports_low_16_bits_and_a_missing_root_is_truncated_first",
+        || ioport_issue_low_bits(env),
+    );
+    suite.run(
+        "irq_get_ioapic_and_msi_check_the_route_after_the_destination",
+        || irq_route_checks(env),
+    );
+    suite.run("tcb_set_breakpoint_codes_and_order_are_sel4s", || {
+        breakpoint_sel4_checks(env)
+    });
+    suite.run(
+        "vspace_tables_round_down_below_2_47_and_frames_check_the_range_before_alignment",
+        || tables_near_user_top(env),
+    );
+    suite.run(
+        "vspace_stale_asid_is_failed_lookup_and_make_pool_with_no_free_pool_is_delete_first",
+        || stale_asid(env),
+    );
 }
 
 /// Deletes the capabilities in `slots` and gives the slots back; the first failure.
@@ -1717,5 +1740,448 @@ fn full_asid_pool(env: &mut Env) -> TestResult {
         Ok(())
     })();
     let cleanup = free(env, &[s, cn.cptr(), ut.cptr()]);
+    result.and(cleanup)
+}
+
+fn irq_set_notification_checks(env: &mut Env) -> TestResult {
+    let h = env.slot()?;
+    let n = env.notification()?;
+    let ep = env.endpoint()?;
+    let read_only = env.mint(n, CapRights::READ, 0)?;
+    let result = (|| {
+        init::IRQ_CONTROL
+            .get_msi(init::CNODE, h, DEPTH, 0, 0, 0, 0, 106)
+            .or_fail("MSI handler at vector 106")?;
+        let handler = Cap::<keel_sys::cap::IrqHandler>::from_cptr(h);
+        expect_err(
+            invoke(h, L::IrqSetIrqHandler, &Args::new()),
+            Error::TruncatedMessage,
+            "SetNotification without a capability",
+        )?;
+        expect_err(
+            handler.set_notification(ep.cast()),
+            Error::InvalidCapability { index: 0 },
+            "SetNotification with an endpoint",
+        )?;
+        expect_err(
+            handler.set_notification(read_only),
+            Error::InvalidCapability { index: 0 },
+            "SetNotification with a notification without write",
+        )?;
+        handler.set_notification(n).or_fail("SetNotification")
+    })();
+    let cleanup = free(env, &[h, read_only.cptr(), n.cptr(), ep.cptr()]);
+    result.and(cleanup)
+}
+
+fn ioport_issue_low_bits(env: &mut Env) -> TestResult {
+    let s = env.slot()?;
+    let s2 = env.slot()?;
+    let result = (|| {
+        let mut args = Args::new();
+        for w in [0xc050, 0x1_0000, s, DEPTH as u64] {
+            args.word(w);
+        }
+        expect_err(
+            invoke(
+                init::IO_PORT_CONTROL.cptr(),
+                L::X86IoPortControlIssue,
+                &args,
+            ),
+            Error::TruncatedMessage,
+            "Issue with last port 0x1_0000 and no root",
+        )?;
+        // 0x1_0000 is port 0, below the first.
+        expect_err(
+            init::IO_PORT_CONTROL.issue(0xc050, 0x1_0000, init::CNODE, s, DEPTH),
+            Error::InvalidArgument { index: 1 },
+            "last port 0x1_0000",
+        )?;
+        ensure!(env.is_empty(s), "a capability was made");
+        init::IO_PORT_CONTROL
+            .issue(0x1_c050, 0xffff_ffff_ffff_c051, init::CNODE, s, DEPTH)
+            .or_fail("ports 0x1_c050 to 0xffff_ffff_ffff_c051 (0xc050 to 0xc051)")?;
+        ensure!(
+            env.has_tag(s, cap_tag::IO_PORT),
+            "not an I/O port capability"
+        );
+        expect_err(
+            init::IO_PORT_CONTROL.issue(0xc051, 0xc051, init::CNODE, s2, DEPTH),
+            Error::RevokeFirst,
+            "port 0xc051 again",
+        )?;
+        ensure!(env.is_empty(s2), "a capability was made");
+        Ok(())
+    })();
+    let cleanup = free(env, &[s, s2]);
+    result.and(cleanup)
+}
+
+fn irq_route_checks(env: &mut Env) -> TestResult {
+    let active = env.slot()?;
+    let s = env.slot()?;
+    let full = env.endpoint()?;
+    let result = (|| {
+        let io_apic = |slot: u64, ioapic, pin, level, polarity, vector| {
+            init::IRQ_CONTROL.get_ioapic(
+                init::CNODE,
+                slot,
+                DEPTH,
+                ioapic,
+                pin,
+                level,
+                polarity,
+                vector,
+            )
+        };
+        let msi = |slot: u64, bus, dev, func, vector| {
+            init::IRQ_CONTROL.get_msi(init::CNODE, slot, DEPTH, bus, dev, func, 0, vector)
+        };
+        get_msi(active, 106).or_fail("MSI handler at vector 106")?;
+        // Bad I/O APIC, pin, level and polarity: the IRQ in use and the full slot
+        // come first.
+        expect_err(
+            io_apic(s, 99, 99, 2, 2, 106),
+            Error::RevokeFirst,
+            "GetIOAPIC on a vector in use, every route argument bad",
+        )?;
+        expect_err(
+            io_apic(full.cptr(), 99, 99, 2, 2, 107),
+            Error::DeleteFirst,
+            "GetIOAPIC into a full slot, every route argument bad",
+        )?;
+        expect_err(
+            msi(full.cptr(), 256, 32, 8, 107),
+            Error::DeleteFirst,
+            "GetMSI into a full slot, every PCI argument bad",
+        )?;
+        ensure!(
+            env.has_tag(full.cptr(), cap_tag::ENDPOINT),
+            "the full slot changed"
+        );
+        // Level and polarity are 0 or 1 (after the I/O APIC and pin).
+        expect_err(
+            io_apic(s, 0, 24, 2, 2, 107),
+            Error::RangeError { min: 0, max: 23 },
+            "pin 24 and level 2",
+        )?;
+        expect_err(
+            io_apic(s, 0, 23, 2, 0, 107),
+            Error::RangeError { min: 0, max: 1 },
+            "level 2",
+        )?;
+        expect_err(
+            io_apic(s, 0, 23, 0, 2, 107),
+            Error::RangeError { min: 0, max: 1 },
+            "polarity 2",
+        )?;
+        for (bus, dev, func, max, what) in [
+            (256, 32, 8, 255, "PCI bus 256"),
+            (255, 32, 8, 31, "PCI device 32"),
+            (255, 31, 8, 7, "PCI function 8"),
+        ] {
+            expect_err(
+                msi(s, bus, dev, func, 107),
+                Error::RangeError { min: 0, max },
+                what,
+            )?;
+        }
+        ensure!(env.is_empty(s), "a handler was made");
+        msi(s, 255, 31, 7, 107).or_fail("GetMSI at the last PCI bus, device and function")
+    })();
+    let cleanup = free(env, &[active, s, full.cptr()]);
+    result.and(cleanup)
+}
+
+fn breakpoint_sel4_checks(env: &mut Env) -> TestResult {
+    let t = env.create(idle, 0, CHILD_PRIORITY)?;
+    let result = (|| {
+        let set = |slot: u64, vaddr: u64, kind: u64, size: u64, rw: u64| {
+            let mut args = Args::new();
+            for w in [slot, vaddr, kind, size, rw] {
+                args.word(w);
+            }
+            invoke(t.tcb.cptr(), L::TcbSetBreakpoint, &args)
+        };
+        let get = |slot: u64| {
+            let mut args = Args::new();
+            args.word(slot);
+            invoke(t.tcb.cptr(), L::TcbGetBreakpoint, &args)
+        };
+        let data = BreakpointType::Data as u64;
+        let instruction = BreakpointType::Instruction as u64;
+        let address = crate::harness::SHARED.as_ptr() as u64;
+        const READ: u64 = 0;
+        const WRITE: u64 = 1;
+        for (slot, vaddr, kind, size, rw, expected, what) in [
+            (
+                9,
+                0x7fff_ffff_ffff,
+                data,
+                1,
+                WRITE,
+                Error::InvalidArgument { index: 1 },
+                "address 2^47 - 1",
+            ),
+            (
+                0,
+                address,
+                data,
+                4,
+                3,
+                Error::InvalidArgument { index: 3 },
+                "access 3",
+            ),
+            (
+                0,
+                address,
+                instruction,
+                1,
+                READ,
+                Error::InvalidArgument { index: 3 },
+                "an instruction breakpoint of size 1",
+            ),
+            (
+                0,
+                address + 2,
+                data,
+                4,
+                WRITE,
+                Error::AlignmentError,
+                "a misaligned watchpoint",
+            ),
+            (
+                4,
+                address + 2,
+                data,
+                4,
+                WRITE,
+                Error::AlignmentError,
+                "a misaligned watchpoint in slot 4",
+            ),
+        ] {
+            expect_err(set(slot, vaddr, kind, size, rw), expected, what)?;
+        }
+        let r = get(0).or_fail("GetBreakpoint")?;
+        ensure!(r.mr(4) == 0, "slot 0 was enabled by a refused call");
+        // x86 has no read-only watchpoint: "read" watches reads and writes.
+        set(0, address, data, 4, READ).or_fail("a data breakpoint on reads")?;
+        let r = get(0).or_fail("GetBreakpoint")?;
+        ensure!(
+            (r.mr(0), r.mr(1), r.mr(2), r.mr(3), r.mr(4)) == (address, data, 4, 2, 1),
+            "GetBreakpoint: {:#x} {} {} {} {}, expected a read-write watchpoint",
+            r.mr(0),
+            r.mr(1),
+            r.mr(2),
+            r.mr(3),
+            r.mr(4)
+        );
+        let mut args = Args::new();
+        args.word(0);
+        invoke(t.tcb.cptr(), L::TcbUnsetBreakpoint, &args).or_fail("UnsetBreakpoint")?;
+        Ok(())
+    })();
+    let destroyed = env.destroy(t);
+    result.and(destroyed)
+}
+
+fn tables_near_user_top(env: &mut Env) -> TestResult {
+    use keel_abi::object::USER_TOP; // 0x7fff_ffff_f000
+    let pml4 = env.alloc.create::<Pml4>().or_fail("pml4")?;
+    let pdpt = env.alloc.create::<Pdpt>().or_fail("pdpt")?;
+    let pd = env
+        .alloc
+        .create::<PageDirectory>()
+        .or_fail("page directory")?;
+    let pt = env.alloc.create::<PageTable>().or_fail("page table")?;
+    let frame = env.alloc.frame(ObjectType::X86Page4K).or_fail("frame")?;
+    let other = env.alloc.frame(ObjectType::X86Page4K).or_fail("frame")?;
+    let result = (|| {
+        init::ASID_POOL.assign(pml4).or_fail("assign")?;
+        let attr = VmAttributes::DEFAULT;
+        // Addresses above USER_TOP but below 2^47 round down into the last region.
+        pdpt.map(pml4, USER_TOP + 0x800, attr)
+            .or_fail("PDPT at USER_TOP + 0x800")?;
+        pd.map(pml4, USER_TOP + 0xfff, attr)
+            .or_fail("page directory at 2^47 - 1")?;
+        pt.map(pml4, USER_TOP, attr)
+            .or_fail("page table at USER_TOP")?;
+        // A mapped table without a VSpace: TruncatedMessage before "already mapped".
+        let mut args = Args::new();
+        args.word(USER_TOP);
+        args.word(0);
+        expect_err(
+            invoke(pt.cptr(), L::X86PageTableMap, &args),
+            Error::TruncatedMessage,
+            "mapped page table, no VSpace",
+        )?;
+        // Frames: the range before the alignment.
+        let rw = CapRights::READ_WRITE;
+        expect_err(
+            other.map(pml4, USER_TOP + 0x10, rw, attr),
+            Error::InvalidArgument { index: 0 },
+            "a misaligned frame above USER_TOP",
+        )?;
+        expect_err(
+            other.map(pml4, USER_TOP - 0xfff, rw, attr),
+            Error::AlignmentError,
+            "a misaligned frame ending below 2^47",
+        )?;
+        expect_err(
+            other.map(pml4, USER_TOP, rw, attr),
+            Error::InvalidArgument { index: 0 },
+            "a frame at USER_TOP",
+        )?;
+        frame
+            .map(pml4, USER_TOP - 0x1000, rw, attr)
+            .or_fail("the last page")?;
+        // The mapped frame in another address space: InvalidCapability 1.
+        expect_err(
+            frame.map(init::VSPACE, USER_TOP - 0x1000, rw, attr),
+            Error::InvalidCapability { index: 1 },
+            "the mapped frame into another address space",
+        )?;
+        Ok(())
+    })();
+    let cleanup = free(
+        env,
+        &[
+            frame.cptr(),
+            other.cptr(),
+            pt.cptr(),
+            pd.cptr(),
+            pdpt.cptr(),
+            pml4.cptr(),
+        ],
+    );
+    result.and(cleanup)
+}
+
+/// Deletes an ASID pool an earlier test left behind (found in the root CNode's empty
+/// region), so that a new one can be made.
+fn free_a_leftover_pool(env: &mut Env) -> TestResult {
+    let empty = env.info.empty();
+    let Some(s) =
+        (empty.start..empty.end).find(|&s| keel_sys::debug_cap_identify(s) == cap_tag::ASID_POOL)
+    else {
+        fail!("every ASID pool is in use and none of them is in the root CNode's empty region");
+    };
+    init::CNODE
+        .delete(s, DEPTH)
+        .or_fail("delete a leftover ASID pool")
+}
+
+fn stale_asid(env: &mut Env) -> TestResult {
+    use keel_sys::cap::{AsidPool, Untyped};
+    // Every free ASID pool is made (earlier tests leave pools), kept to be deleted.
+    let mut made: alloc::vec::Vec<(Cap<Untyped>, u64)> = alloc::vec::Vec::new();
+    let big = env.alloc.untyped(13).or_fail("8 KiB untyped")?;
+    let spare = env.slot()?;
+    let result = (|| {
+        loop {
+            let ut = env.alloc.untyped(12).or_fail("4 KiB untyped")?;
+            let s = env.slot()?;
+            match init::ASID_CONTROL.make_pool(ut, init::CNODE, s, DEPTH) {
+                Ok(()) => made.push((ut, s)),
+                Err(Error::DeleteFirst) => {
+                    free(env, &[s, ut.cptr()])?;
+                    break;
+                }
+                Err(e) => fail!("MakePool {}: {e}", made.len() + 1),
+            }
+            ensure!(made.len() <= 8, "more than eight ASID pools");
+        }
+        // seL4 looks for a free pool before it looks at the untyped.
+        expect_err(
+            init::ASID_CONTROL.make_pool(big, init::CNODE, spare, DEPTH),
+            Error::DeleteFirst,
+            "MakePool from an 8 KiB untyped with every pool in use",
+        )?;
+        ensure!(env.is_empty(spare), "a pool was made");
+        // One pool of this test's own: the last one made, else a new one where a
+        // leftover was.
+        let (ut, pool_slot) = match made.pop() {
+            Some(p) => p,
+            None => {
+                free_a_leftover_pool(env)?;
+                let ut = env.alloc.untyped(12).or_fail("4 KiB untyped")?;
+                let s = env.slot()?;
+                init::ASID_CONTROL
+                    .make_pool(ut, init::CNODE, s, DEPTH)
+                    .or_fail("MakePool after a leftover pool was deleted")?;
+                (ut, s)
+            }
+        };
+        let pool = Cap::<AsidPool>::from_cptr(pool_slot);
+        let stale = env.alloc.create::<Pml4>().or_fail("pml4")?;
+        let fresh = env.alloc.create::<Pml4>().or_fail("pml4")?;
+        let frame = env.alloc.frame(ObjectType::X86Page4K).or_fail("frame")?;
+        let pt = env.alloc.create::<PageTable>().or_fail("page table")?;
+        let inner = (|| {
+            pool.assign(stale).or_fail("assign")?;
+            init::CNODE
+                .delete(pool_slot, DEPTH)
+                .or_fail("delete the pool")?;
+            let rw = CapRights::READ_WRITE;
+            let attr = VmAttributes::DEFAULT;
+            let lookup = Error::FailedLookup {
+                source: false,
+                lookup: Lookup::InvalidRoot,
+            };
+            expect_err(
+                frame.map(stale, 0x40_0000, rw, attr),
+                lookup,
+                "frame into a PML4 whose pool is gone",
+            )?;
+            expect_err(
+                frame.map(stale, 0x40_0001, rw, attr),
+                lookup,
+                "misaligned frame into a PML4 whose pool is gone (the ASID first)",
+            )?;
+            expect_err(
+                frame.map(stale, keel_abi::object::USER_TOP, rw, attr),
+                Error::InvalidArgument { index: 0 },
+                "frame at USER_TOP into a PML4 whose pool is gone (the range first)",
+            )?;
+            expect_err(
+                pt.map(stale, 0x40_0000, attr),
+                lookup,
+                "page table into a PML4 whose pool is gone",
+            )?;
+            // The pool again, its first ASID now another PML4's.
+            init::ASID_CONTROL
+                .make_pool(ut, init::CNODE, pool_slot, DEPTH)
+                .or_fail("MakePool again")?;
+            pool.assign(fresh).or_fail("assign another PML4")?;
+            expect_err(
+                frame.map(stale, 0x40_0000, rw, attr),
+                Error::InvalidCapability { index: 1 },
+                "frame into a PML4 whose ASID is another's",
+            )?;
+            expect_err(
+                pt.map(stale, 0x40_0000, attr),
+                Error::InvalidCapability { index: 1 },
+                "page table into a PML4 whose ASID is another's",
+            )
+        })();
+        let cleanup = free(
+            env,
+            &[
+                frame.cptr(),
+                pt.cptr(),
+                stale.cptr(),
+                fresh.cptr(),
+                pool_slot,
+                ut.cptr(),
+            ],
+        );
+        inner.and(cleanup)
+    })();
+    let mut slots = alloc::vec![spare, big.cptr()];
+    for (ut, s) in made {
+        slots.push(s);
+        slots.push(ut.cptr());
+    }
+    let cleanup = free(env, &slots);
     result.and(cleanup)
 }

@@ -60,35 +60,15 @@ impl<H: Hardware> Kernel<H> {
                 // Get: MR0 irq, MR1 index, MR2 depth. GetIOAPIC: MR0 index, MR1 depth,
                 // MR2 ioapic, MR3 pin, MR4 level, MR5 polarity, MR6 vector. GetMSI: MR0
                 // index, MR1 depth, MR2..MR5 PCI bus/dev/func/handle, MR6 vector.
+                // seL4's order: the message and root, the IRQ, whether it is free, the
+                // destination; only then the route's own arguments.
                 let need = if label == L::IrqIssueIrqHandler { 3 } else { 7 };
-                if args.length < need {
+                let Some(root) = args.extra_cap(0).filter(|_| args.length >= need) else {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
-                }
-                let root = args
-                    .extra_cap(0)
-                    .ok_or(InvocationError::simple(Error::TruncatedMessage))?;
-                let (irq, index, depth, route) = match label {
-                    L::IrqIssueIrqHandler => (args.mr(0), args.mr(1), args.mr(2), IrqRoute::Legacy),
-                    L::X86IrqIssueIrqHandlerIoApic => {
-                        let (ioapic, pin) = (args.mr(2), args.mr(3));
-                        if ioapic >= self.io_apics as u64 {
-                            return Err(InvocationError::range(
-                                0,
-                                (self.io_apics as u64).saturating_sub(1),
-                            ));
-                        }
-                        if pin >= 24 {
-                            return Err(InvocationError::range(0, 23));
-                        }
-                        let route = IrqRoute::IoApic {
-                            ioapic: ioapic as u8,
-                            pin: pin as u8,
-                            level: args.mr(4) != 0,
-                            active_low: args.mr(5) != 0,
-                        };
-                        (args.mr(6), args.mr(0), args.mr(1), route)
-                    }
-                    _ => (args.mr(6), args.mr(0), args.mr(1), IrqRoute::Msi),
+                };
+                let (irq, index, depth) = match label {
+                    L::IrqIssueIrqHandler => (args.mr(0), args.mr(1), args.mr(2)),
+                    _ => (args.mr(6), args.mr(0), args.mr(1)),
                 };
                 if irq >= MAX_IRQS as u64 {
                     return Err(InvocationError::range(0, MAX_IRQS as u64 - 1));
@@ -100,6 +80,20 @@ impl<H: Hardware> Kernel<H> {
                 if !cspace::cap(&self.hw, dest).is_null() {
                     return Err(InvocationError::simple(Error::DeleteFirst));
                 }
+                let route = match label {
+                    L::IrqIssueIrqHandler => IrqRoute::Legacy,
+                    L::X86IrqIssueIrqHandlerIoApic => self.decode_io_apic_route(args)?,
+                    _ => {
+                        // PCI bus, device and function must exist (the handle is the
+                        // driver's business).
+                        for (value, max) in [(args.mr(2), 255), (args.mr(3), 31), (args.mr(4), 7)] {
+                            if value > max {
+                                return Err(InvocationError::range(0, max));
+                            }
+                        }
+                        IrqRoute::Msi
+                    }
+                };
                 self.irqs[irq as usize] = IrqState::Signal {
                     notification: 0,
                     badge: 0,
@@ -121,11 +115,15 @@ impl<H: Hardware> Kernel<H> {
                 Ok(0)
             }
             (Cap::IrqHandler { irq }, L::IrqSetIrqHandler) => {
-                let Some(Cap::Notification { ptr, badge, rights }) = args.extra_cap(0) else {
-                    return Err(InvocationError::capability(1));
+                // seL4 numbers this capability 0 (decodeIRQHandlerInvocation).
+                let Some(cap) = args.extra_cap(0) else {
+                    return Err(InvocationError::simple(Error::TruncatedMessage));
+                };
+                let Cap::Notification { ptr, badge, rights } = cap else {
+                    return Err(InvocationError::capability(0));
                 };
                 if !rights.contains(Rights::WRITE) {
-                    return Err(InvocationError::capability(1));
+                    return Err(InvocationError::capability(0));
                 }
                 if let IrqState::Signal { route, .. } = self.irqs[irq as usize] {
                     self.irqs[irq as usize] = IrqState::Signal {
@@ -150,6 +148,31 @@ impl<H: Hardware> Kernel<H> {
             }
             _ => Err(InvocationError::simple(Error::IllegalOperation)),
         }
+    }
+
+    /// The I/O APIC route of an IRQControl GetIOAPIC (MR2 I/O APIC, MR3 pin, MR4 level,
+    /// MR5 polarity), checked in seL4's order: there must be an I/O APIC, the I/O APIC
+    /// and pin must exist, and level and polarity must be 0 or 1.
+    fn decode_io_apic_route(&self, args: &Args) -> Result<IrqRoute, InvocationError> {
+        let (ioapic, pin, level, polarity) = (args.mr(2), args.mr(3), args.mr(4), args.mr(5));
+        if self.io_apics == 0 {
+            return Err(InvocationError::simple(Error::IllegalOperation));
+        }
+        if ioapic >= self.io_apics as u64 {
+            return Err(InvocationError::range(0, self.io_apics as u64 - 1));
+        }
+        if pin >= 24 {
+            return Err(InvocationError::range(0, 23));
+        }
+        if level > 1 || polarity > 1 {
+            return Err(InvocationError::range(0, 1));
+        }
+        Ok(IrqRoute::IoApic {
+            ioapic: ioapic as u8,
+            pin: pin as u8,
+            level: level == 1,
+            active_low: polarity == 1,
+        })
     }
 
     /// Records I/O ports `first ..= last` as issued (or free again).
@@ -193,15 +216,14 @@ impl<H: Hardware> Kernel<H> {
     pub fn invoke_io_port(&mut self, cap: Cap, label: L, args: &Args) -> Invoked {
         match (cap, label) {
             (Cap::IoPortControl, L::X86IoPortControlIssue) => {
-                if args.length < 4 {
+                let Some(root) = args.extra_cap(0).filter(|_| args.length >= 4) else {
                     return Err(InvocationError::simple(Error::TruncatedMessage));
-                }
-                let (first, last, index, depth) = (args.mr(0), args.mr(1), args.mr(2), args.mr(3));
+                };
+                // seL4 takes each port number's low 16 bits: there is no range error.
+                let (first, last) = (args.mr(0) & 0xffff, args.mr(1) & 0xffff);
+                let (index, depth) = (args.mr(2), args.mr(3));
                 if first > last {
                     return Err(InvocationError::argument(1));
-                }
-                if last > 0xffff {
-                    return Err(InvocationError::range(0, 0xffff));
                 }
                 // seL4 hands each port out once: an overlap with an issued range must
                 // be revoked first.
@@ -210,9 +232,6 @@ impl<H: Hardware> Kernel<H> {
                 {
                     return Err(InvocationError::simple(Error::RevokeFirst));
                 }
-                let root = args
-                    .extra_cap(0)
-                    .ok_or(InvocationError::simple(Error::TruncatedMessage))?;
                 let dest = self.target_slot(root, index, depth, false)?;
                 if !cspace::cap(&self.hw, dest).is_null() {
                     return Err(InvocationError::simple(Error::DeleteFirst));

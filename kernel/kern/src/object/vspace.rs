@@ -25,6 +25,10 @@ use crate::object::cspace;
 pub const ASID_POOLS: usize = 1 << NUM_ASID_POOLS_BITS;
 /// ASIDs per pool.
 pub const ASIDS_PER_POOL: u64 = 1 << ASID_POOL_INDEX_BITS;
+/// The last address of user space, seL4 x86-64's kernel `USER_TOP` (2^47 - 1; the ABI's
+/// `seL4_UserTop`, [`USER_TOP`], is the last page's address). A frame's end (its address
+/// plus its size) and a table's region must not lie above it, as seL4 compares them.
+const LAST_USER_ADDRESS: u64 = (1 << 47) - 1;
 /// Mapping attribute: no-execute (Keel extension).
 pub const KEEL_EXECUTE_NEVER: u64 = 1 << 8;
 
@@ -199,16 +203,30 @@ impl<H: Hardware> Kernel<H> {
         cspace::set_mapping(&mut self.hw, slot, None);
     }
 
-    /// Checks the address space argument (extra capability 0, as its slot's words): an
-    /// assigned PML4 (tested on the words: decoding the whole capability costs more).
+    /// The address space argument (extra capability 0, as its slot's words) must be a
+    /// PML4 with an ASID (tested on the words: decoding the whole capability costs
+    /// more): else InvalidCapability 1; none is TruncatedMessage.
     #[inline(always)]
-    fn vspace_argument(&self, vspace: Option<[u64; 2]>) -> Result<(u64, u16), InvocationError> {
+    fn vspace_argument(vspace: Option<[u64; 2]>) -> Result<(u64, u16), InvocationError> {
         let Some(words) = vspace else {
             return Err(InvocationError::simple(Error::TruncatedMessage));
         };
-        match raw::pml4_with_asid(words) {
-            Some((base, asid)) if self.vspace_of_asid(asid) == Some(base) => Ok((base, asid)),
-            _ => Err(InvocationError::capability(1)),
+        raw::pml4_with_asid(words).ok_or(InvocationError::capability(1))
+    }
+
+    /// The PML4 capability's ASID must still be its own (seL4's findVSpaceForASID and
+    /// the comparison after it): an ASID that names no address space (the PML4 was
+    /// deleted, or its pool) is FailedLookup (not the source, InvalidRoot); one that
+    /// names another PML4 is InvalidCapability 1.
+    #[inline(always)]
+    fn check_asid(&self, pml4: u64, asid: u16) -> Result<(), InvocationError> {
+        match self.vspace_of_asid(asid) {
+            None => Err(InvocationError::failed_lookup(
+                false,
+                cspace::LookupFault::InvalidRoot,
+            )),
+            Some(p) if p != pml4 => Err(InvocationError::capability(1)),
+            Some(_) => Ok(()),
         }
     }
 
@@ -238,19 +256,26 @@ impl<H: Hardware> Kernel<H> {
         else {
             return Err(InvocationError::capability(0));
         };
-        let (pml4, asid) = self.vspace_argument(vspace)?;
+        let (pml4, asid) = Self::vspace_argument(vspace)?;
         let bytes = 1u64 << size.bits();
+        if let Some(m) = mapping {
+            // Mapped already: only a remap at the same place, in the same address
+            // space, may follow (it may change rights).
+            if m.asid != asid {
+                return Err(InvocationError::capability(1));
+            }
+            if m.vaddr != vaddr {
+                return Err(InvocationError::argument(0));
+            }
+        } else if vaddr
+            .checked_add(bytes)
+            .is_none_or(|end| end > LAST_USER_ADDRESS)
+        {
+            return Err(InvocationError::argument(0));
+        }
+        self.check_asid(pml4, asid)?;
         if !vaddr.is_multiple_of(bytes) {
             return Err(InvocationError::simple(Error::AlignmentError));
-        }
-        if vaddr.checked_add(bytes).is_none_or(|end| end > USER_TOP) {
-            return Err(InvocationError::argument(0));
-        }
-        if let Some(m) = mapping
-            && (m.asid != asid || m.vaddr != vaddr)
-        {
-            // seL4: remapping elsewhere is InvalidArgument 0.
-            return Err(InvocationError::argument(0));
         }
         let level = match size {
             FrameSize::Small => 1,
@@ -318,19 +343,22 @@ impl<H: Hardware> Kernel<H> {
             Cap::Pdpt { base, mapping } => (base, mapping, 4),
             _ => return Err(InvocationError::capability(0)),
         };
-        if args.length < 2 {
+        let vspace = args.extra_words(0).filter(|_| args.length >= 2);
+        if vspace.is_none() {
             return Err(InvocationError::simple(Error::TruncatedMessage));
         }
         if mapping.is_some() {
             return Err(InvocationError::capability(0));
         }
-        let vaddr = args.mr(0);
-        let (pml4, asid) = self.vspace_argument(args.extra_words(0))?;
-        if vaddr >= USER_TOP {
+        // The address is rounded down to the region the table covers (2 MiB, 1 GiB or
+        // 512 GiB); a region above seL4's `USER_TOP` is the kernel half (2^47 and up).
+        let span = 1u64 << (12 + 9 * (level - 1));
+        let vaddr = args.mr(0) & !(span - 1);
+        let (pml4, asid) = Self::vspace_argument(vspace)?;
+        if vaddr > LAST_USER_ADDRESS {
             return Err(InvocationError::argument(0));
         }
-        let span = 1u64 << (12 + 9 * (level - 1));
-        let vaddr = vaddr & !(span - 1);
+        self.check_asid(pml4, asid)?;
         let Some(table) = table_at(&self.hw, pml4, vaddr, level) else {
             let missing = self.missing_level(pml4, vaddr, level);
             return Err(InvocationError::failed_lookup(
@@ -425,6 +453,10 @@ impl<H: Hardware> Kernel<H> {
         else {
             return Err(InvocationError::simple(Error::TruncatedMessage));
         };
+        // seL4 looks for a free pool before it looks at the untyped.
+        let Some(free) = self.asid_pools.iter().position(|p| *p == 0) else {
+            return Err(InvocationError::simple(Error::DeleteFirst));
+        };
         let Cap::Untyped {
             base,
             size_bits: 12,
@@ -437,9 +469,6 @@ impl<H: Hardware> Kernel<H> {
         if cspace::has_children(&self.hw, untyped_slot) {
             return Err(InvocationError::simple(Error::RevokeFirst));
         }
-        let Some(free) = self.asid_pools.iter().position(|p| *p == 0) else {
-            return Err(InvocationError::simple(Error::DeleteFirst));
-        };
         let dest = self.target_slot(root, args.mr(0), args.mr(1), false)?;
         if !cspace::cap(&self.hw, dest).is_null() {
             return Err(InvocationError::simple(Error::DeleteFirst));

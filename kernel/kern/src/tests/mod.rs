@@ -32,6 +32,7 @@ mod invariants;
 mod ipc;
 mod ldt;
 mod sched;
+mod tcb_debug;
 mod tcb_ops;
 mod untyped;
 mod vspace;

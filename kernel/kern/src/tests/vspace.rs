@@ -206,6 +206,14 @@ fn asid_pools() {
         &[u, S_CNODE],
     );
     assert_eq!(r.label, err(E::DeleteFirst));
+    // seL4 looks for a free pool first: an unsuitable untyped is DeleteFirst too.
+    let r = w.root(
+        S_ASID_CONTROL,
+        L::X86AsidControlMakePool,
+        &[d, 64],
+        &[big, S_CNODE],
+    );
+    assert_eq!(r.label, err(E::DeleteFirst));
     // An address space from pool 1.
     let p2 = w.make(T::X64Pml4, 0);
     w.root_ok(pools[0].1, L::X86AsidPoolAssign, &[], &[p2]);
@@ -231,6 +239,149 @@ fn asid_pools() {
     // Deleting a PML4 frees its ASID.
     w.root_ok(S_CNODE, L::CNodeDelete, &[pml4, 64], &[]);
     assert_eq!(w.k.vspace_of_asid(2), None);
+}
+
+/// Table and frame Map decode as seL4's decodeX86PageTableInvocation,
+/// decodeX64PageDirectoryInvocation, decodeX64PDPTInvocation and
+/// decodeX86FrameInvocation do: the order of their checks and their codes.
+#[test]
+fn paging_checks_in_sel4_order() {
+    let mut w = World::new();
+    const TOP: u64 = keel_abi::object::USER_TOP; // 0x7fff_ffff_f000
+    // Tables at an address between seL4_UserTop and 2^47: rounded down to the region
+    // they cover, so they go in the last user PML4 entry.
+    let pdpt = w.make(T::X86Pdpt, 0);
+    let pd = w.make(T::X86PageDirectory, 0);
+    let pt = w.make(T::X86PageTable, 0);
+    w.root_ok(pdpt, L::X86PdptMap, &[TOP + 0x800, 0], &[S_VSPACE]);
+    w.root_ok(pd, L::X86PageDirectoryMap, &[TOP + 0xfff, 0], &[S_VSPACE]);
+    w.root_ok(pt, L::X86PageTableMap, &[(1 << 47) - 1, 0], &[S_VSPACE]);
+    assert!(
+        matches!(w.cap(pt), Cap::PageTable { mapping: Some(m), .. } if m.vaddr == 0x7fff_ffe0_0000)
+    );
+    assert!(
+        matches!(w.cap(pdpt), Cap::Pdpt { mapping: Some(m), .. } if m.vaddr == 0x7f80_0000_0000)
+    );
+    assert_eq!(w.k.hw.read(ROOT_PML4 + 8 * 255) & !0xfff, w.addr(pdpt));
+    // 2^47 and above (the kernel half, non-canonical addresses): InvalidArgument 0,
+    // for every kind of table; nothing is written.
+    let kernel_half: Vec<u64> = (256..512).map(|i| w.k.hw.read(ROOT_PML4 + 8 * i)).collect();
+    for (kind, label) in [
+        (T::X86PageTable, L::X86PageTableMap),
+        (T::X86PageDirectory, L::X86PageDirectoryMap),
+        (T::X86Pdpt, L::X86PdptMap),
+    ] {
+        let table = w.make(kind, 0);
+        for vaddr in [
+            1 << 47,
+            (1 << 47) + (2 << 20),
+            0xffff_8000_0000_0000,
+            u64::MAX,
+        ] {
+            let r = w.root(table, label, &[vaddr, 0], &[S_VSPACE]);
+            assert_eq!(
+                (r.label, r.mrs),
+                (err(E::InvalidArgument), vec![0]),
+                "{label:?} {vaddr:#x}"
+            );
+        }
+    }
+    let after: Vec<u64> = (256..512).map(|i| w.k.hw.read(ROOT_PML4 + 8 * i)).collect();
+    assert_eq!(kernel_half, after);
+    // A mapped table without the VSpace capability (or the second word): Truncated
+    // before "already mapped".
+    let r = w.root(pt, L::X86PageTableMap, &[VA, 0], &[]);
+    assert_eq!(r.label, err(E::TruncatedMessage));
+    let r = w.root(pdpt, L::X86PdptMap, &[VA], &[S_VSPACE]);
+    assert_eq!(r.label, err(E::TruncatedMessage));
+    let r = w.root(pdpt, L::X86PdptMap, &[VA, 0], &[S_VSPACE]);
+    assert_eq!((r.label, r.mrs), (err(E::InvalidCapability), vec![0]));
+    // Frames: the range (the end may reach 2^47 - 1) before the alignment.
+    let f = w.make(T::X86Page4K, 0);
+    let r = w.root(f, L::X86PageMap, &[TOP + 0x10, RW, 0], &[S_VSPACE]);
+    assert_eq!((r.label, r.mrs), (err(E::InvalidArgument), vec![0]));
+    let r = w.root(f, L::X86PageMap, &[TOP - 0xfff, RW, 0], &[S_VSPACE]);
+    assert_eq!(r.label, err(E::AlignmentError));
+    let r = w.root(f, L::X86PageMap, &[TOP, RW, 0], &[S_VSPACE]);
+    assert_eq!((r.label, r.mrs), (err(E::InvalidArgument), vec![0]));
+    w.root_ok(f, L::X86PageMap, &[TOP - 0x1000, RW, 0], &[S_VSPACE]);
+    // A mapped frame in another address space: InvalidCapability 1 (at the same or
+    // another address); in its own at another address: InvalidArgument 0.
+    let other = w.make(T::X64Pml4, 0);
+    w.root_ok(S_ASID_POOL, L::X86AsidPoolAssign, &[], &[other]);
+    for vaddr in [TOP - 0x1000, VA] {
+        let r = w.root(f, L::X86PageMap, &[vaddr, RW, 0], &[other]);
+        assert_eq!((r.label, r.mrs), (err(E::InvalidCapability), vec![1]));
+    }
+    let r = w.root(f, L::X86PageMap, &[TOP - 0x2000, RW, 0], &[S_VSPACE]);
+    assert_eq!((r.label, r.mrs), (err(E::InvalidArgument), vec![0]));
+    // A stale ASID: the PML4's pool is deleted. FailedLookup, not the source, with
+    // the lookup fault InvalidRoot; after the range, before the alignment.
+    let u = w.make(T::Untyped, 12);
+    let pool = w.alloc_slot();
+    w.root_ok(
+        S_ASID_CONTROL,
+        L::X86AsidControlMakePool,
+        &[pool, 64],
+        &[u, S_CNODE],
+    );
+    let stale = w.make(T::X64Pml4, 0);
+    w.root_ok(pool, L::X86AsidPoolAssign, &[], &[stale]);
+    w.root_ok(S_CNODE, L::CNodeRevoke, &[u, 64], &[]);
+    assert!(matches!(
+        w.cap(stale),
+        Cap::Pml4 {
+            asid: Some(512),
+            ..
+        }
+    ));
+    let g = w.make(T::X86Page4K, 0);
+    let new_pt = w.make(T::X86PageTable, 0);
+    for (cap, label, mrs) in [
+        (g, L::X86PageMap, vec![VA, RW, 0]),
+        (g, L::X86PageMap, vec![VA + 1, RW, 0]),
+        (new_pt, L::X86PageTableMap, vec![VA, 0]),
+    ] {
+        let r = w.root(cap, label, &mrs, &[stale]);
+        assert_eq!(
+            (r.label, r.mrs),
+            (err(E::FailedLookup), vec![0, 1]),
+            "{label:?}"
+        );
+    }
+    let r = w.root(g, L::X86PageMap, &[TOP, RW, 0], &[stale]);
+    assert_eq!((r.label, r.mrs), (err(E::InvalidArgument), vec![0]));
+    let r = w.root(new_pt, L::X86PageTableMap, &[1 << 47, 0], &[stale]);
+    assert_eq!((r.label, r.mrs), (err(E::InvalidArgument), vec![0]));
+    // The pool is made again and its first ASID given to another PML4: the stale
+    // capability's ASID names that one now, InvalidCapability 1.
+    w.root_ok(
+        S_ASID_CONTROL,
+        L::X86AsidControlMakePool,
+        &[pool, 64],
+        &[u, S_CNODE],
+    );
+    let fresh = w.make(T::X64Pml4, 0);
+    w.root_ok(pool, L::X86AsidPoolAssign, &[], &[fresh]);
+    assert!(matches!(
+        w.cap(fresh),
+        Cap::Pml4 {
+            asid: Some(512),
+            ..
+        }
+    ));
+    for (cap, label, mrs) in [
+        (g, L::X86PageMap, vec![VA + 1, RW, 0]),
+        (new_pt, L::X86PageTableMap, vec![VA, 0]),
+    ] {
+        let r = w.root(cap, label, &mrs, &[stale]);
+        assert_eq!(
+            (r.label, r.mrs),
+            (err(E::InvalidCapability), vec![1]),
+            "{label:?}"
+        );
+    }
+    let _ = pd;
 }
 
 #[test]
@@ -333,6 +484,136 @@ fn io_ports() {
     assert_eq!(r.label, err(E::TruncatedMessage));
 }
 
+/// IOPortControl Issue as seL4 decodes it: TruncatedMessage first (also for a missing
+/// root), then the ports' low 16 bits (no RangeError), InvalidArgument 1 if the last
+/// is below the first, RevokeFirst for an issued port, then the destination.
+#[test]
+fn io_port_issue_checks_in_sel4_order() {
+    let mut w = World::new();
+    let issue = |w: &mut World, mrs: &[u64], caps: &[u64]| {
+        w.root(S_IO_PORT_CONTROL, L::X86IoPortControlIssue, mrs, caps)
+    };
+    let p = w.alloc_slot();
+    let r = issue(&mut w, &[0x60, 0x1_0000, p], &[S_CNODE]);
+    assert_eq!(r.label, err(E::TruncatedMessage));
+    let r = issue(&mut w, &[0x60, 0x1_0000, p, 64], &[]);
+    assert_eq!(r.label, err(E::TruncatedMessage));
+    // 0x1_0000 is port 0, below the first: InvalidArgument 1.
+    let r = issue(&mut w, &[0x60, 0x1_0000, p, 64], &[S_CNODE]);
+    assert_eq!((r.label, r.mrs), (err(E::InvalidArgument), vec![1]));
+    // Ports above 0xffff are their low 16 bits.
+    w.root_ok(
+        S_IO_PORT_CONTROL,
+        L::X86IoPortControlIssue,
+        &[0x1_0060, u64::MAX - 0xff9b, p, 64],
+        &[S_CNODE],
+    );
+    assert_eq!(
+        w.cap(p),
+        Cap::IoPort {
+            first: 0x60,
+            last: 0x64
+        }
+    );
+    // An issued port is RevokeFirst before the destination is looked at.
+    let r = issue(&mut w, &[0x64, 0x64, p, 64], &[S_CNODE]);
+    assert_eq!(r.label, err(E::RevokeFirst));
+    let r = issue(&mut w, &[0x65, 0x65, p, 64], &[S_CNODE]);
+    assert_eq!(r.label, err(E::DeleteFirst));
+}
+
+/// IRQControl GetIOAPIC and GetMSI as seL4 decodes them: TruncatedMessage (< 7 words
+/// or no root), the IRQ (MR6), whether it is free, the destination, and only then the
+/// route: no I/O APIC IllegalOperation, the I/O APIC and pin, level and polarity 0 or
+/// 1 (RangeError (0, 1)); for MSIs the PCI bus, device and function.
+#[test]
+fn irq_control_routes_check_in_sel4_order() {
+    let mut w = World::new();
+    w.k.io_apics = 0;
+    let h = w.alloc_slot();
+    let io_apic = |w: &mut World, mrs: [u64; 7], caps: &[u64]| {
+        w.root(S_IRQ_CONTROL, L::X86IrqIssueIrqHandlerIoApic, &mrs, caps)
+    };
+    let r = w.root(
+        S_IRQ_CONTROL,
+        L::X86IrqIssueIrqHandlerIoApic,
+        &[h, 64, 0, 3, 0, 0],
+        &[S_CNODE],
+    );
+    assert_eq!(r.label, err(E::TruncatedMessage));
+    let r = io_apic(&mut w, [h, 64, 0, 3, 0, 0, 20], &[]);
+    assert_eq!(r.label, err(E::TruncatedMessage));
+    // Bad I/O APIC, pin, level and polarity all lose to the IRQ, its state and the
+    // destination.
+    let r = io_apic(&mut w, [h, 64, 9, 99, 2, 2, 108], &[S_CNODE]);
+    assert_eq!((r.label, r.mrs), (err(E::RangeError), vec![0, 107]));
+    w.root_ok(
+        S_IRQ_CONTROL,
+        L::IrqIssueIrqHandler,
+        &[8, h, 64],
+        &[S_CNODE],
+    );
+    let h2 = w.alloc_slot();
+    let r = io_apic(&mut w, [h2, 64, 9, 99, 2, 2, 8], &[S_CNODE]);
+    assert_eq!(r.label, err(E::RevokeFirst));
+    let r = io_apic(&mut w, [h, 64, 9, 99, 2, 2, 20], &[S_CNODE]);
+    assert_eq!(r.label, err(E::DeleteFirst));
+    // No I/O APIC at all: IllegalOperation.
+    let r = io_apic(&mut w, [h2, 64, 0, 3, 0, 0, 20], &[S_CNODE]);
+    assert_eq!(r.label, err(E::IllegalOperation));
+    w.k.io_apics = 1;
+    for (mrs, range) in [
+        ([h2, 64, 1, 99, 2, 2, 20], vec![0, 0]),
+        ([h2, 64, 0, 24, 2, 2, 20], vec![0, 23]),
+        ([h2, 64, 0, 3, 2, 0, 20], vec![0, 1]),
+        ([h2, 64, 0, 3, 1, 2, 20], vec![0, 1]),
+    ] {
+        let r = io_apic(&mut w, mrs, &[S_CNODE]);
+        assert_eq!((r.label, r.mrs), (err(E::RangeError), range), "{mrs:?}");
+    }
+    assert_eq!(
+        w.k.irqs[20],
+        IrqState::Inactive,
+        "a refused Get changes nothing"
+    );
+    w.root_ok(
+        S_IRQ_CONTROL,
+        L::X86IrqIssueIrqHandlerIoApic,
+        &[h2, 64, 0, 3, 1, 1, 20],
+        &[S_CNODE],
+    );
+    assert!(matches!(
+        w.k.irqs[20],
+        IrqState::Signal {
+            route: crate::object::irq::IrqRoute::IoApic {
+                ioapic: 0,
+                pin: 3,
+                level: true,
+                active_low: true
+            },
+            ..
+        }
+    ));
+    // GetMSI: the PCI address after the destination, bus, then device, then function.
+    let h3 = w.alloc_slot();
+    let msi = |w: &mut World, mrs: [u64; 7], caps: &[u64]| {
+        w.root(S_IRQ_CONTROL, L::X86IrqIssueIrqHandlerMsi, &mrs, caps)
+    };
+    let r = msi(&mut w, [h2, 64, 256, 32, 8, 0, 21], &[S_CNODE]);
+    assert_eq!(r.label, err(E::DeleteFirst));
+    for (mrs, range) in [
+        ([h3, 64, 256, 32, 8, 0, 21], vec![0, 255]),
+        ([h3, 64, 255, 32, 8, 0, 21], vec![0, 31]),
+        ([h3, 64, 255, 31, 8, 0, 21], vec![0, 7]),
+    ] {
+        let r = msi(&mut w, mrs, &[S_CNODE]);
+        assert_eq!((r.label, r.mrs), (err(E::RangeError), range), "{mrs:?}");
+    }
+    let r = msi(&mut w, [h3, 64, 255, 31, 7, u64::MAX, 21], &[S_CNODE]);
+    assert_eq!(r.label, 0);
+    assert_eq!(w.cap(h3), Cap::IrqHandler { irq: 21 });
+}
+
 #[test]
 fn irq_handlers_deliver_to_notifications() {
     let mut w = World::new();
@@ -362,8 +643,15 @@ fn irq_handlers_deliver_to_notifications() {
     // Bind a badged notification; the IRQ is unmasked.
     let n = w.notification();
     let nb = w.mint(n, Rights::ALL, 0x100);
+    // seL4's codes: no capability is TruncatedMessage; one that is not a notification,
+    // or has no write right, is InvalidCapability 0.
+    let r = w.root(h, L::IrqSetIrqHandler, &[], &[]);
+    assert_eq!(r.label, err(E::TruncatedMessage));
     let r = w.root(h, L::IrqSetIrqHandler, &[], &[S_TCB]);
-    assert_eq!((r.label, r.mrs), (err(E::InvalidCapability), vec![1]));
+    assert_eq!((r.label, r.mrs), (err(E::InvalidCapability), vec![0]));
+    let read_only = w.mint(n, Rights::READ, 0x100);
+    let r = w.root(h, L::IrqSetIrqHandler, &[], &[read_only]);
+    assert_eq!((r.label, r.mrs), (err(E::InvalidCapability), vec![0]));
     w.root_ok(h, L::IrqSetIrqHandler, &[], &[nb]);
     assert_eq!(w.k.hw.irqs.last(), Some(&(8, true)));
     // A thread waits; the interrupt masks the line and signals.
