@@ -220,13 +220,20 @@ impl<H: Hardware> Kernel<H> {
     /// names another PML4 is InvalidCapability 1.
     #[inline(always)]
     fn check_asid(&self, pml4: u64, asid: u16) -> Result<(), InvocationError> {
+        if self.vspace_of_asid(asid) == Some(pml4) {
+            return Ok(());
+        }
+        Err(self.stale_asid(asid))
+    }
+
+    /// The error for an ASID that is no longer its PML4's (out of line: the map paths
+    /// keep only the comparison).
+    #[cold]
+    #[inline(never)]
+    fn stale_asid(&self, asid: u16) -> InvocationError {
         match self.vspace_of_asid(asid) {
-            None => Err(InvocationError::failed_lookup(
-                false,
-                cspace::LookupFault::InvalidRoot,
-            )),
-            Some(p) if p != pml4 => Err(InvocationError::capability(1)),
-            Some(_) => Ok(()),
+            None => InvocationError::failed_lookup(false, cspace::LookupFault::InvalidRoot),
+            Some(_) => InvocationError::capability(1),
         }
     }
 
