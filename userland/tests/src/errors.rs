@@ -19,7 +19,7 @@ use keel_sys::cap::{
     Cap, Endpoint, Frame, Ldt, Notification, PageDirectory, PageTable, Pdpt, Pml4, init,
 };
 use keel_sys::error::Lookup;
-use keel_sys::invocations::{Args, invoke};
+use keel_sys::invocations::{Args, Reply, invoke};
 use keel_sys::{Error, Message, VmAttributes, probe};
 
 use crate::harness::{
@@ -27,6 +27,15 @@ use crate::harness::{
     set_shared, shared, wait_until, why,
 };
 use crate::{CHILD_PRIORITY, ensure, fail};
+
+/// Invokes `cptr` with `label`, the message words `words` and the extra capabilities
+/// `caps` (for calls the typed API cannot express).
+fn call(cptr: u64, label: L, words: &[u64], caps: &[u64]) -> keel_sys::error::Result<Reply> {
+    let mut args = Args::new();
+    words.iter().for_each(|&w| args.word(w));
+    caps.iter().for_each(|&c| args.cap(c));
+    invoke(cptr, label, &args)
+}
 
 /// Runs the error-path tests.
 pub fn run(suite: &mut Suite, env: &mut Env) {
@@ -854,11 +863,8 @@ fn register_writes(env: &mut Env) -> TestResult {
             "CopyRegisters from a CNode",
         )?;
         // WriteRegisters of no register on the caller itself.
-        let mut args = Args::new();
-        args.word(0);
-        args.word(0);
         expect_err(
-            invoke(init::TCB.cptr(), L::TcbWriteRegisters, &args),
+            call(init::TCB.cptr(), L::TcbWriteRegisters, &[0, 0], &[]),
             Error::IllegalOperation,
             "WriteRegisters on the calling thread",
         )?;
@@ -935,11 +941,12 @@ fn breakpoints(env: &mut Env) -> TestResult {
     let t = env.create(idle, 0, CHILD_PRIORITY)?;
     let result = (|| {
         let set = |slot: u64, vaddr: u64, kind: u64, size: u64, rw: u64| {
-            let mut args = Args::new();
-            for w in [slot, vaddr, kind, size, rw] {
-                args.word(w);
-            }
-            invoke(t.tcb.cptr(), L::TcbSetBreakpoint, &args)
+            call(
+                t.tcb.cptr(),
+                L::TcbSetBreakpoint,
+                &[slot, vaddr, kind, size, rw],
+                &[],
+            )
         };
         let data = BreakpointType::Data as u64;
         let address = crate::harness::SHARED.as_ptr() as u64;
@@ -980,9 +987,7 @@ fn breakpoints(env: &mut Env) -> TestResult {
         ] {
             expect_err(set(slot, vaddr, kind, size, WRITE), expected, what)?;
         }
-        let mut args = Args::new();
-        args.word(0);
-        let r = invoke(t.tcb.cptr(), L::TcbGetBreakpoint, &args).or_fail("GetBreakpoint")?;
+        let r = call(t.tcb.cptr(), L::TcbGetBreakpoint, &[0], &[]).or_fail("GetBreakpoint")?;
         ensure!(r.mr(4) == 0, "slot 0 was enabled by a refused call");
         set(0, address, data, 4, WRITE).or_fail("a valid watchpoint")?;
         Ok(())
@@ -1043,11 +1048,13 @@ fn set_access_cnode(_env: &mut Env) -> TestResult {
 fn make_pool_truncated(env: &mut Env) -> TestResult {
     let s = env.slot()?;
     let result = (|| {
-        let mut args = Args::new();
-        args.word(s);
-        args.word(DEPTH as u64);
         expect_err(
-            invoke(init::ASID_CONTROL.cptr(), L::X86AsidControlMakePool, &args),
+            call(
+                init::ASID_CONTROL.cptr(),
+                L::X86AsidControlMakePool,
+                &[s, DEPTH as u64],
+                &[],
+            ),
             Error::TruncatedMessage,
             "MakePool without capabilities",
         )?;
@@ -1433,10 +1440,8 @@ fn domain_set(env: &mut Env) -> TestResult {
             Error::InvalidArgument { index: 1 },
             "an endpoint as the thread",
         )?;
-        let mut args = Args::new();
-        args.word(0);
         expect_err(
-            invoke(init::DOMAIN.cptr(), L::DomainSetSet, &args),
+            call(init::DOMAIN.cptr(), L::DomainSetSet, &[0], &[]),
             Error::TruncatedMessage,
             "no thread",
         )?;
@@ -1671,14 +1676,11 @@ fn short_messages(env: &mut Env) -> TestResult {
             ),
         ];
         for &(cptr, label, words, caps, what) in cases {
-            let mut args = Args::new();
-            for &w in words {
-                args.word(w);
-            }
-            for &c in caps {
-                args.cap(c);
-            }
-            expect_err(invoke(cptr, label, &args), Error::TruncatedMessage, what)?;
+            expect_err(
+                call(cptr, label, words, caps),
+                Error::TruncatedMessage,
+                what,
+            )?;
         }
         ensure!(
             env.is_empty(s),
@@ -1897,17 +1899,14 @@ fn breakpoint_sel4_checks(env: &mut Env) -> TestResult {
     let t = env.create(idle, 0, CHILD_PRIORITY)?;
     let result = (|| {
         let set = |slot: u64, vaddr: u64, kind: u64, size: u64, rw: u64| {
-            let mut args = Args::new();
-            for w in [slot, vaddr, kind, size, rw] {
-                args.word(w);
-            }
-            invoke(t.tcb.cptr(), L::TcbSetBreakpoint, &args)
+            call(
+                t.tcb.cptr(),
+                L::TcbSetBreakpoint,
+                &[slot, vaddr, kind, size, rw],
+                &[],
+            )
         };
-        let get = |slot: u64| {
-            let mut args = Args::new();
-            args.word(slot);
-            invoke(t.tcb.cptr(), L::TcbGetBreakpoint, &args)
-        };
+        let get = |slot: u64| call(t.tcb.cptr(), L::TcbGetBreakpoint, &[slot], &[]);
         let data = BreakpointType::Data as u64;
         let instruction = BreakpointType::Instruction as u64;
         let address = crate::harness::SHARED.as_ptr() as u64;
@@ -1976,9 +1975,7 @@ fn breakpoint_sel4_checks(env: &mut Env) -> TestResult {
             r.mr(3),
             r.mr(4)
         );
-        let mut args = Args::new();
-        args.word(0);
-        invoke(t.tcb.cptr(), L::TcbUnsetBreakpoint, &args).or_fail("UnsetBreakpoint")?;
+        call(t.tcb.cptr(), L::TcbUnsetBreakpoint, &[0], &[]).or_fail("UnsetBreakpoint")?;
         Ok(())
     })();
     let destroyed = env.destroy(t);
@@ -2007,11 +2004,8 @@ fn tables_near_user_top(env: &mut Env) -> TestResult {
         pt.map(pml4, USER_TOP, attr)
             .or_fail("page table at USER_TOP")?;
         // A mapped table without a VSpace: TruncatedMessage before "already mapped".
-        let mut args = Args::new();
-        args.word(USER_TOP);
-        args.word(0);
         expect_err(
-            invoke(pt.cptr(), L::X86PageTableMap, &args),
+            call(pt.cptr(), L::X86PageTableMap, &[USER_TOP, 0], &[]),
             Error::TruncatedMessage,
             "mapped page table, no VSpace",
         )?;
