@@ -114,10 +114,6 @@ pub fn run(suite: &mut Suite, env: &mut Env) {
         "tcb_set_mc_priority_and_set_sched_params_above_the_authority_mcp_are_range_errors",
         || mcp_ceiling(env),
     );
-    suite.run(
-        "tcb_set_breakpoint_bad_address_slot_type_or_size_is_refused",
-        || breakpoints(env),
-    );
     suite.run("ldt_set_entries_past_the_table_are_range_errors", || {
         ldt_ranges(env)
     });
@@ -934,65 +930,6 @@ fn mcp_ceiling(env: &mut Env) -> TestResult {
         Ok(())
     })();
     let destroyed = env.destroy(auth).and(env.destroy(target));
-    result.and(destroyed)
-}
-
-fn breakpoints(env: &mut Env) -> TestResult {
-    let t = env.create(idle, 0, CHILD_PRIORITY)?;
-    let result = (|| {
-        let set = |slot: u64, vaddr: u64, kind: u64, size: u64, rw: u64| {
-            call(
-                t.tcb.cptr(),
-                L::TcbSetBreakpoint,
-                &[slot, vaddr, kind, size, rw],
-                &[],
-            )
-        };
-        let data = BreakpointType::Data as u64;
-        let address = crate::harness::SHARED.as_ptr() as u64;
-        const WRITE: u64 = 1;
-        for (slot, vaddr, kind, size, expected, what) in [
-            (
-                0,
-                0xffff_8000_0000_0000,
-                data,
-                4,
-                Error::InvalidArgument { index: 1 },
-                "a kernel address",
-            ),
-            (
-                4,
-                address,
-                data,
-                4,
-                Error::RangeError { min: 0, max: 3 },
-                "slot 4",
-            ),
-            (
-                0,
-                address,
-                BreakpointType::SingleStep as u64,
-                4,
-                Error::InvalidArgument { index: 2 },
-                "type 2",
-            ),
-            (
-                0,
-                address,
-                data,
-                3,
-                Error::InvalidArgument { index: 3 },
-                "size 3",
-            ),
-        ] {
-            expect_err(set(slot, vaddr, kind, size, WRITE), expected, what)?;
-        }
-        let r = call(t.tcb.cptr(), L::TcbGetBreakpoint, &[0], &[]).or_fail("GetBreakpoint")?;
-        ensure!(r.mr(4) == 0, "slot 0 was enabled by a refused call");
-        set(0, address, data, 4, WRITE).or_fail("a valid watchpoint")?;
-        Ok(())
-    })();
-    let destroyed = env.destroy(t);
     result.and(destroyed)
 }
 
@@ -1913,6 +1850,42 @@ fn breakpoint_sel4_checks(env: &mut Env) -> TestResult {
         const READ: u64 = 0;
         const WRITE: u64 = 1;
         for (slot, vaddr, kind, size, rw, expected, what) in [
+            (
+                0,
+                0xffff_8000_0000_0000,
+                data,
+                4,
+                WRITE,
+                Error::InvalidArgument { index: 1 },
+                "a kernel address",
+            ),
+            (
+                4,
+                address,
+                data,
+                4,
+                WRITE,
+                Error::RangeError { min: 0, max: 3 },
+                "slot 4",
+            ),
+            (
+                0,
+                address,
+                BreakpointType::SingleStep as u64,
+                4,
+                WRITE,
+                Error::InvalidArgument { index: 2 },
+                "type 2",
+            ),
+            (
+                0,
+                address,
+                data,
+                3,
+                WRITE,
+                Error::InvalidArgument { index: 3 },
+                "size 3",
+            ),
             (
                 9,
                 0x7fff_ffff_ffff,
