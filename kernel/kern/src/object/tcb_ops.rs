@@ -391,15 +391,16 @@ impl<H: Hardware> Kernel<H> {
         self.reschedule_cpu_of(t);
     }
 
-    /// Moves a thread to another CPU.
+    /// Moves a thread to another CPU. A thread running on another CPU must have been
+    /// stalled there first (`invoke_tcb` does it for every TCB invocation).
     pub fn set_affinity(&mut self, t: u64, cpu: usize) {
         let old = self.tcb(t).affinity as usize;
         if cpu == old {
             // Already there: nothing moves (the thread keeps running undisturbed).
             return;
         }
-        // A thread running elsewhere first leaves that CPU (its registers into its TCB).
-        self.stall_if_running_elsewhere(t);
+        // A thread running elsewhere has been stalled there by `invoke_tcb` (its
+        // registers are in its TCB).
         let queued = self.tcb(t).queued;
         self.dequeue(t);
         self.tcb_mut(t).affinity = cpu as u16;
